@@ -1,0 +1,40 @@
+//! A cluster of shoal nodes on one machine, built from network namespaces.
+//!
+//! ```text
+//!            switch namespace  <run>-sw:  bridge "br0" (the shared L2 underlay segment)
+//!              |            |            |
+//!         eth0 (10.99.0.1)  eth0 (.2)    eth0 (.3)      <- node namespaces <run>-n0, -n1, -n2
+//!           |   cbr0 (10.244.1.1/24, optional container bridge)
+//!           |     \__ veth -> container namespace <run>-n0-c0, eth0 10.244.1.2
+//! ```
+//!
+//! Every name carries a run id made of this process's pid and a counter, so tests run in
+//! parallel. Everything is removed when the [`Cluster`] is dropped, also when a test panics; a
+//! run that was killed is cleaned up by [`sweep`], which every new cluster calls first.
+//! Traffic only ever goes to addresses inside namespaces the harness created.
+
+mod cluster;
+mod netns;
+
+pub use cluster::{Cluster, ClusterBuilder, Container, Node};
+pub use netns::{Namespace, sweep};
+
+/// Errors of the harness; each names the command or namespace involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("running {command}: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("invalid cluster layout: {0}")]
+    Layout(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

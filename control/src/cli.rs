@@ -1,0 +1,43 @@
+//! The `shoal` command line. Each component owns its own flags (`shoal_kv::cli`,
+//! `shoal_scheduler::cli`, this crate's modules); this file only wires them together.
+use clap::{Parser, Subcommand};
+
+/// shoal turns a set of Linux machines into a cluster: an etcd-compatible store, a flannel
+/// overlay with an eBPF dataplane, and fleet.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the per-node daemon: store member or client, overlay, fleet agent and engine.
+    Agent(crate::agent::AgentArgs),
+    /// Run only the embedded etcd v3-compatible key-value store.
+    Kv(shoal_kv::cli::KvArgs),
+    /// Run only the overlay network (flanneld-compatible).
+    Flannel(crate::flannel::FlannelArgs),
+    /// Run only fleet's daemon (agent and engine candidate).
+    Fleetd(shoal_scheduler::cli::FleetdArgs),
+    /// Manage units across the cluster (fleetctl-compatible).
+    Fleetctl(shoal_scheduler::cli::FleetctlArgs),
+    /// Run a command in a new container network namespace on the overlay.
+    Run(crate::run::RunArgs),
+    /// Install shoal as a systemd service on this host.
+    Install(crate::install::InstallArgs),
+    /// Remove what `shoal install` put in place.
+    Uninstall,
+    /// Print version and build information.
+    Version,
+}
+
+/// Prints the version and what this binary carries.
+pub fn print_version() {
+    println!("shoal {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "dataplane eBPF object: {} bytes",
+        shoal_dataplane::object_size()
+    );
+}

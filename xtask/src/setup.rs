@@ -1,0 +1,121 @@
+//! `cargo xtask setup`: make a fresh Debian 12 machine able to build, test and benchmark shoal.
+//! Idempotent; when everything is present it only checks (well under 5 s).
+//!
+//! What and why (see ../shared/notes/ebpf-toolchain.md for the eBPF toolchain):
+//! - rustc-web, cargo-web, rust-web-src, llvm-22-dev: Debian's rustc 1.96 with its sources, which
+//!   `-Z build-std=core` needs for the BPF target; rustup cannot fetch `rust-src` here.
+//! - bpf-linker 0.13 built against LLVM 22 (the LLVM of that rustc).
+//! - the `bpf` rustup toolchain: a link to Debian's rustc in /usr, used by aya-build.
+//! - peers and tools for tests and benchmarks: etcd, iperf3, sockperf, tshark, qemu...
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::run_cmd;
+
+/// Debian packages the build, tests and benchmarks need.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "iproute2",
+    "ethtool",
+    "kmod",
+    "cpio",
+    "etcd-server",
+    "etcd-client",
+    "iperf3",
+    "sockperf",
+    "tshark",
+    "tcpdump",
+    "qemu-system-x86",
+    "busybox-static",
+    "linux-image-amd64",
+    "protobuf-compiler",
+    "python3-matplotlib",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_MAJOR: &str = "22";
+const BPF_TOOLCHAIN: &str = "bpf";
+
+pub fn run() -> Result<()> {
+    install_debian_packages()?;
+    install_bpf_linker()?;
+    link_bpf_toolchain()?;
+    Ok(())
+}
+
+fn install_debian_packages() -> Result<()> {
+    let missing = missing_debian_packages()?;
+    if missing.is_empty() {
+        println!("setup: Debian packages present");
+        return Ok(());
+    }
+    println!("setup: installing Debian packages: {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn missing_debian_packages() -> Result<Vec<String>> {
+    let output = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${db:Status-Status}\n"])
+        .args(DEBIAN_PACKAGES)
+        .output()
+        .context("running dpkg-query")?;
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let installed: Vec<&str> = listing
+        .lines()
+        .filter_map(|line| line.strip_suffix(" installed"))
+        .collect();
+    Ok(DEBIAN_PACKAGES
+        .iter()
+        .filter(|package| !installed.contains(package))
+        .map(|package| package.to_string())
+        .collect())
+}
+
+fn install_bpf_linker() -> Result<()> {
+    let present = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION));
+    if present {
+        println!("setup: bpf-linker {BPF_LINKER_VERSION} present");
+        return Ok(());
+    }
+    println!("setup: installing bpf-linker {BPF_LINKER_VERSION} for LLVM {LLVM_MAJOR}");
+    let path = format!(
+        "/usr/lib/llvm-{LLVM_MAJOR}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run_cmd(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--no-default-features"])
+            .args(["--version", BPF_LINKER_VERSION])
+            .args(["--features", &format!("llvm-{LLVM_MAJOR}")])
+            .env("PATH", path),
+    )
+}
+
+fn link_bpf_toolchain() -> Result<()> {
+    let toolchains = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("running rustup toolchain list")?;
+    let listed = String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(BPF_TOOLCHAIN));
+    if listed {
+        println!("setup: rustup toolchain `{BPF_TOOLCHAIN}` present");
+        return Ok(());
+    }
+    println!("setup: linking rustup toolchain `{BPF_TOOLCHAIN}` to Debian's rustc in /usr");
+    run_cmd(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))
+}

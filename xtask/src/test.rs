@@ -1,0 +1,44 @@
+//! `cargo xtask test`: what CI runs. Setup, then the quality gates, then every test.
+use std::process::Command;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::{run_cmd, workspace_root};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and clippy (for a quick local loop).
+    #[arg(long)]
+    no_lints: bool,
+    /// Extra arguments for `cargo test` (e.g. a test name filter).
+    #[arg(last = true)]
+    cargo_test_args: Vec<String>,
+}
+
+pub fn run(args: TestArgs) -> Result<()> {
+    crate::setup::run()?;
+    let root = workspace_root();
+    let cargo = || {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&root);
+        cmd
+    };
+    if !args.no_lints {
+        run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+        run_cmd(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    // The harness sweeps namespaces left by killed runs before every cluster it builds.
+    run_cmd(
+        cargo()
+            .args(["test", "--workspace"])
+            .args(&args.cargo_test_args),
+    )
+}
