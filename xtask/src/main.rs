@@ -1,4 +1,5 @@
 //! `cargo xtask <chore>`: the one place every chore of the project lives.
+mod bench;
 mod setup;
 mod test;
 mod up;
@@ -21,6 +22,8 @@ enum Chore {
     Test(test::TestArgs),
     /// Bring the platform up on its embedded defaults: a local cluster of network namespaces.
     Up(up::UpArgs),
+    /// Run a benchmark suite side by side with its reference; results in target/bench/.
+    Bench(bench::BenchArgs),
     /// Remove network namespaces and processes left behind by killed test runs.
     Sweep,
 }
@@ -30,6 +33,7 @@ fn main() -> Result<()> {
         Chore::Setup => setup::run(),
         Chore::Test(args) => test::run(args),
         Chore::Up(args) => up::run(args),
+        Chore::Bench(args) => bench::run(args),
         Chore::Sweep => {
             let removed = shoal_harness::sweep()?;
             println!("removed {removed} leftover namespace(s)");

@@ -20,6 +20,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "rust-web-src",
     "llvm-22-dev",
     "iproute2",
+    "iputils-ping",
+    "netcat-openbsd",
+    "socat",
     "ethtool",
     "kmod",
     "cpio",
@@ -31,7 +34,6 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "qemu-system-x86",
     "busybox-static",
-    "linux-image-amd64",
     "protobuf-compiler",
     "python3-matplotlib",
 ];

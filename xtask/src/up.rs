@@ -37,8 +37,18 @@ pub fn run(args: UpArgs) -> Result<()> {
             );
         }
     }
-    println!("enter a node with `ip netns exec <namespace> bash`; press Enter to tear it down");
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
+    println!("enter a node with `ip netns exec <namespace> bash`; Ctrl-C tears it all down");
+    wait_for_ctrl_c()?;
+    println!("tearing down cluster {}", cluster.run_id());
+    Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM, so the cluster is dropped (and removed) on Ctrl-C.
+fn wait_for_ctrl_c() -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })?;
+    rx.recv()?;
     Ok(())
 }
