@@ -1,0 +1,398 @@
+//! The agent's cloud-config-style YAML: one file describes one node. Every error names the
+//! field it is about, e.g. ``store.initial_cluster: must name this node (`node1`)``.
+//!
+//! ```yaml
+//! #shoal-config
+//! name: node1
+//! role: master                     # master: runs a store member; worker: uses the masters
+//! metadata: { compute: web, rack: rack1 }
+//! public_ip: 10.90.0.11            # underlay address (default: the address of `iface`)
+//! iface: eth0
+//! store:
+//!   initial_cluster: node1=http://10.90.0.11:2380,node2=http://10.90.0.12:2380,node3=http://10.90.0.13:2380
+//! network:
+//!   config: { Network: 10.244.0.0/16, Backend: { Type: vxlan } }
+//! fleet:
+//!   agent_ttl: 30s
+//! ```
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// What a config error says: the field (a dotted path) and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs a member of the store (3 or 5 masters per cluster).
+    #[default]
+    Master,
+    /// Uses the masters' store as a client.
+    Worker,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The node's name: the store member name and the default machine name.
+    pub name: String,
+    #[serde(default)]
+    pub role: Role,
+    /// fleet machine metadata (`MachineMetadata=` matches these).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Underlay address of the node; default: the first IPv4 address of `iface`.
+    pub public_ip: Option<Ipv4Addr>,
+    /// Underlay interface; default: the interface of the default route.
+    pub iface: Option<String>,
+    /// Where the store, IPAM and fleet keep their state.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub fleet: FleetSettings,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// The store: a member of the embedded store (masters) or a client of one (workers, or an
+/// external etcd cluster when `external` is set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Masters: the static initial cluster, `name=peer-url,...` (etcd's `--initial-cluster`).
+    pub initial_cluster: Option<String>,
+    /// Masters: `new` for a first boot, `existing` to join a running cluster.
+    #[serde(default)]
+    pub initial_cluster_state: ClusterState,
+    /// Masters: join through any existing member's client URL instead of a static cluster.
+    pub join: Option<String>,
+    /// Masters: client URLs to listen on (default `http://0.0.0.0:2379`).
+    pub listen_client_urls: Option<String>,
+    /// Masters: peer URLs to listen on (default `http://0.0.0.0:2380`).
+    pub listen_peer_urls: Option<String>,
+    /// Client URLs of the store, used by every component (workers: required; masters: default
+    /// the masters of `initial_cluster` on port 2379).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Use an external etcd cluster at `endpoints` instead of running a member.
+    #[serde(default)]
+    pub external: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    #[default]
+    New,
+    Existing,
+}
+
+/// The overlay network (flannel).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// Store prefix of the network (flannel's `--etcd-prefix`).
+    #[serde(default = "default_network_prefix")]
+    pub prefix: String,
+    /// flannel's network config JSON, written to `<prefix>/config` on first start if absent.
+    pub config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub ip_masq: bool,
+    #[serde(default = "default_subnet_file")]
+    pub subnet_file: PathBuf,
+}
+
+/// fleet's agent and engine candidate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    #[serde(default = "default_fleet_prefix")]
+    pub key_prefix: String,
+    /// How long a machine may miss heartbeats before its units are rescheduled.
+    #[serde(default = "default_agent_ttl", with = "humantime_serde")]
+    pub agent_ttl: Duration,
+    /// Whether this node stands for election as the engine.
+    #[serde(default = "enabled")]
+    pub engine: bool,
+}
+
+/// The health, readiness and metrics endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_health_listen")]
+    pub listen: SocketAddr,
+}
+
+fn enabled() -> bool {
+    true
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/shoal")
+}
+fn default_network_prefix() -> String {
+    "/coreos.com/network".into()
+}
+fn default_subnet_file() -> PathBuf {
+    PathBuf::from("/run/flannel/subnet.env")
+}
+fn default_fleet_prefix() -> String {
+    "/_coreos.com/fleet/".into()
+}
+fn default_agent_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_health_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefix: default_network_prefix(),
+            config: None,
+            ip_masq: false,
+            subnet_file: default_subnet_file(),
+        }
+    }
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key_prefix: default_fleet_prefix(),
+            agent_ttl: default_agent_ttl(),
+            engine: true,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_health_listen(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|(field, message)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        })
+    }
+
+    /// Parses and validates YAML text; an error is `(field, message)`.
+    pub fn parse(text: &str) -> Result<Self, (String, String)> {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let field = err.path().to_string();
+            let field = if field == "." {
+                "(top level)".to_string()
+            } else {
+                field
+            };
+            (field, err.into_inner().to_string())
+        })?;
+        config
+            .validate()
+            .map_err(|(field, message)| (field.to_string(), message))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !is_dns_label(&self.name) {
+            return Err((
+                "name",
+                format!(
+                    "`{}` is not a valid node name (letters, digits and `-`, at most 63)",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(key) = self
+            .metadata
+            .keys()
+            .find(|key| key.is_empty() || key.contains(['=', ',']))
+        {
+            return Err((
+                "metadata",
+                format!("key `{key}` must be non-empty without `=` or `,`"),
+            ));
+        }
+        self.validate_store()?;
+        if let Some(config) = &self.network.config {
+            if config
+                .get("Network")
+                .and_then(|network| network.as_str())
+                .is_none()
+            {
+                return Err((
+                    "network.config",
+                    "flannel's network config needs a `Network` string such as 10.244.0.0/16"
+                        .into(),
+                ));
+            }
+        }
+        if self.fleet.agent_ttl < Duration::from_secs(1) {
+            return Err(("fleet.agent_ttl", "must be at least 1s".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_store(&self) -> Result<(), (&'static str, String)> {
+        let store = &self.store;
+        if store.external || self.role == Role::Worker {
+            if store.endpoints.is_empty() {
+                return Err((
+                    "store.endpoints",
+                    "a worker (or an external store) needs the store's client URLs".into(),
+                ));
+            }
+            return Ok(());
+        }
+        match (&store.initial_cluster, &store.join) {
+            (Some(_), Some(_)) => Err((
+                "store.join",
+                "give either store.initial_cluster or store.join, not both".into(),
+            )),
+            (None, None) => Ok(()), // a single-member store of its own
+            (None, Some(_)) => Ok(()),
+            (Some(cluster), None) => {
+                let members =
+                    parse_initial_cluster(cluster).map_err(|msg| ("store.initial_cluster", msg))?;
+                if !members.iter().any(|(name, _)| *name == self.name) {
+                    return Err((
+                        "store.initial_cluster",
+                        format!("must name this node (`{}`)", self.name),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Splits etcd's `name=url,name=url` into pairs.
+pub fn parse_initial_cluster(text: &str) -> Result<Vec<(&str, &str)>, String> {
+    text.split(',')
+        .map(|member| {
+            let (name, url) = member
+                .split_once('=')
+                .ok_or_else(|| format!("`{member}` is not `name=peer-url`"))?;
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(format!(
+                    "peer URL `{url}` of `{name}` must start with http:// or https://"
+                ));
+            }
+            Ok((name.trim(), url.trim()))
+        })
+        .collect()
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> (String, String) {
+        AgentConfig::parse(text).expect_err("config is invalid")
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_embedded_defaults() {
+        let config = AgentConfig::parse("name: node1\n").expect("valid");
+        assert_eq!(config.role, Role::Master);
+        assert!(config.store.initial_cluster.is_none());
+        assert_eq!(config.network.prefix, "/coreos.com/network");
+        assert_eq!(config.fleet.agent_ttl, Duration::from_secs(30));
+        assert_eq!(config.health.listen.port(), 9901);
+    }
+
+    #[test]
+    fn the_example_files_are_valid() {
+        for example in ["master.yaml", "worker.yaml", "single.yaml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/agent")
+                .join(example);
+            AgentConfig::load(&path).unwrap_or_else(|err| panic!("{example}: {err}"));
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            error_of("name: n1\nfleet:\n  agent_ttl: soon\n").0,
+            "fleet.agent_ttl"
+        );
+        assert_eq!(error_of("name: n1\nrole: boss\n").0, "role");
+        let (field, message) = error_of("name: n1\nstore:\n  initial_clustr: x\n");
+        assert_eq!(field, "store.initial_clustr");
+        assert!(message.contains("expected one of"), "{message}");
+        assert_eq!(error_of("name: n1\npublic_ip: 10.0.0.300\n").0, "public_ip");
+        assert_eq!(error_of("name: 'bad name'\n").0, "name");
+    }
+
+    #[test]
+    fn the_initial_cluster_must_name_this_node() {
+        let (field, message) =
+            error_of("name: n1\nstore:\n  initial_cluster: n2=http://10.0.0.2:2380\n");
+        assert_eq!(field, "store.initial_cluster");
+        assert!(message.contains("`n1`"), "{message}");
+        let (field, _) = error_of("name: n1\nstore:\n  initial_cluster: n1\n");
+        assert_eq!(field, "store.initial_cluster");
+    }
+
+    #[test]
+    fn a_worker_needs_endpoints() {
+        assert_eq!(error_of("name: w1\nrole: worker\n").0, "store.endpoints");
+    }
+
+    #[test]
+    fn the_network_config_needs_a_network() {
+        let (field, _) = error_of("name: n1\nnetwork:\n  config: { SubnetLen: 24 }\n");
+        assert_eq!(field, "network.config");
+    }
+}
