@@ -1,26 +1,48 @@
 //! shoal's overlay dataplane. Built for `bpfel-unknown-none` by `control/dataplane/build.rs` and
 //! loaded by the `shoal-dataplane` crate.
+//!
+//! - `shoal_tc_egress` (TC egress on the underlay device): VXLAN or flannel-`udp` encapsulation
+//!   of packets whose destination is a remote subnet in the routes map.
+//! - `shoal_xdp_ingress` (XDP on the underlay device) or `shoal_tc_ingress` (TC ingress): checks
+//!   and decapsulation of overlay packets addressed to this node; the inner packet goes to the
+//!   kernel stack, which routes it to the workload.
+//!
+//! Everything else passes untouched.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod decap;
+#[cfg(target_arch = "bpf")]
+mod encap;
+#[cfg(target_arch = "bpf")]
+mod headers;
+#[cfg(target_arch = "bpf")]
+mod maps;
+
+#[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{TC_ACT_OK, xdp_action},
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
 
-    /// Ingress on the underlay interface: decapsulation lands here.
+    /// Ingress on the underlay interface: decapsulation (XDP variant).
     #[xdp]
-    pub fn shoal_xdp_ingress(_ctx: XdpContext) -> u32 {
-        xdp_action::XDP_PASS
+    pub fn shoal_xdp_ingress(ctx: XdpContext) -> u32 {
+        crate::decap::xdp_ingress(&ctx)
     }
 
-    /// Egress towards the underlay: encapsulation lands here.
+    /// Ingress on the underlay interface: decapsulation (TC variant).
     #[classifier]
-    pub fn shoal_tc_egress(_ctx: TcContext) -> i32 {
-        TC_ACT_OK
+    pub fn shoal_tc_ingress(ctx: TcContext) -> i32 {
+        crate::decap::tc_ingress(&ctx)
+    }
+
+    /// Egress towards the underlay: encapsulation.
+    #[classifier]
+    pub fn shoal_tc_egress(ctx: TcContext) -> i32 {
+        crate::encap::tc_egress(&ctx)
     }
 
     #[panic_handler]

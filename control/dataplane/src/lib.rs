@@ -1,18 +1,694 @@
 //! Userspace API of the eBPF overlay dataplane. The control plane calls this crate to load and
 //! attach the programs, program routes and read counters.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), shoal_dataplane::Error> {
+//! use shoal_dataplane::{Backend, Config, Dataplane, MacAddr, RouteTarget};
+//! let config = Config::new("eth0", "10.99.0.1".parse().unwrap(), "10.244.1.0/24".parse().unwrap());
+//! let mut dataplane = Dataplane::load_or_attach(config)?;
+//! dataplane.set_route(
+//!     "10.244.2.0/24".parse().unwrap(),
+//!     RouteTarget {
+//!         underlay_ip: "10.99.0.2".parse().unwrap(),
+//!         vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
+//!         backend: Backend::Vxlan,
+//!     },
+//! )?;
+//! println!("{:?}", dataplane.stats()?);
+//! # Ok(()) }
+//! ```
+//!
+//! Everything acts in the calling thread's network namespace (the interface is looked up there,
+//! routes are installed there). Maps and links are pinned under `<pin_root>/<instance>/`, so a
+//! new process calling [`Dataplane::load_or_attach`] with the same config takes over without
+//! interrupting traffic: the maps (routes, counters) are reused and the new programs replace the
+//! old ones atomically in the pinned links. Only [`Dataplane::detach`] removes the dataplane;
+//! dropping a [`Dataplane`] leaves it running.
+use std::{
+    fmt, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+    },
+};
+use ipnetwork::Ipv4Network;
+pub use shoal_dataplane_common::{Backend, Counter};
+use shoal_dataplane_common::{
+    CONFIG_MAP, COUNTERS_MAP, DataplaneConfig, FLANNEL_UDP_DEFAULT_PORT, PIN_ROOT, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_XDP_INGRESS, ROUTES_MAP, RouteTarget as RawTarget, VXLAN_DEFAULT_PORT,
+    VXLAN_DEFAULT_VNI,
+};
+
+mod system;
+
+use system::{InterfaceInfo, KernelRoute};
 
 /// The eBPF object built from `dataplane-ebpf` by this crate's build script.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal-dataplane"));
 
-/// Errors of the dataplane API.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-}
-
-/// Parses the embedded object to check it is well-formed (used by `shoal version`).
+/// Size of the embedded eBPF object (used by `shoal version`).
 pub fn object_size() -> usize {
     EBPF_OBJECT.len()
+}
+
+/// Errors of the dataplane API; each names the interface or object involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the eBPF object for {interface}: {source}")]
+    Load {
+        interface: String,
+        source: Box<aya::EbpfError>,
+    },
+    /// Loading (verifying) or attaching a program; the message includes the verifier log.
+    #[error("program {program} on {interface}: {source}")]
+    Program {
+        program: &'static str,
+        interface: String,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("link {path} on {interface}: {message}")]
+    Link {
+        interface: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("map {map} of {interface}: {source}")]
+    Map {
+        map: &'static str,
+        interface: String,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("interface {interface}: {message}")]
+    Interface { interface: String, message: String },
+    #[error("{command} failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("invalid MAC address {0:?}")]
+    InvalidMac(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A 48-bit MAC address, printed and parsed as `aa:bb:cc:dd:ee:ff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let mut bytes = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut bytes {
+            let part = parts
+                .next()
+                .filter(|part| part.len() == 2)
+                .ok_or_else(|| Error::InvalidMac(text.to_string()))?;
+            *byte =
+                u8::from_str_radix(part, 16).map_err(|_| Error::InvalidMac(text.to_string()))?;
+        }
+        if parts.next().is_some() {
+            return Err(Error::InvalidMac(text.to_string()));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+/// Where decapsulation runs on the underlay device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapHook {
+    /// XDP (native, or generic as a fallback): the fastest path for small packets.
+    Xdp,
+    /// TC ingress (TCX): keeps the sender's GSO batches intact on veth.
+    Tc,
+}
+
+/// How the XDP program was attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (skb) XDP, used when the driver refused native mode.
+    Generic,
+    /// Decapsulation runs on TC, no XDP program.
+    Tc,
+    /// Taken over from a pinned link of an earlier process.
+    Inherited,
+}
+
+/// What a dataplane instance is: its interface, addresses and wire format.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The underlay device (the programs attach here).
+    pub interface: String,
+    /// This node's underlay address (outer source; decapsulation only for packets to it).
+    pub underlay_ip: Ipv4Addr,
+    /// This node's subnet: decapsulated packets must be addressed inside it.
+    pub local_subnet: Ipv4Network,
+    /// Pin directory is `<pin_root>/<instance>`; parallel instances need distinct names.
+    pub pin_root: PathBuf,
+    pub instance: String,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub udp_port: u16,
+    /// This node's VTEP MAC; the underlay device's MAC when `None`.
+    pub vtep_mac: Option<MacAddr>,
+    pub decap_hook: DecapHook,
+    /// Install the kernel route and neighbour of each overlay route (see [`Dataplane::set_route`]).
+    pub manage_kernel_routes: bool,
+    /// Preferred source of locally originated overlay traffic (for example the bridge address in
+    /// the local subnet, as flannel's `flannel.1` address is); must be a local address.
+    pub route_source: Option<Ipv4Addr>,
+}
+
+impl Config {
+    /// flannel's defaults (VNI 1, port 8472, udp port 8285), XDP decapsulation, kernel routes
+    /// managed, pins under `/sys/fs/bpf/shoal/<interface>`.
+    pub fn new(interface: &str, underlay_ip: Ipv4Addr, local_subnet: Ipv4Network) -> Self {
+        Self {
+            interface: interface.to_string(),
+            underlay_ip,
+            local_subnet,
+            pin_root: PathBuf::from(PIN_ROOT),
+            instance: interface.to_string(),
+            vni: VXLAN_DEFAULT_VNI,
+            vxlan_port: VXLAN_DEFAULT_PORT,
+            udp_port: FLANNEL_UDP_DEFAULT_PORT,
+            vtep_mac: None,
+            decap_hook: DecapHook::Xdp,
+            manage_kernel_routes: true,
+            route_source: None,
+        }
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        self.pin_root.join(&self.instance)
+    }
+}
+
+/// Where packets for one remote subnet go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// Underlay address of the node leasing the subnet.
+    pub underlay_ip: Ipv4Addr,
+    /// That node's VTEP MAC (flannel's `VtepMAC`).
+    pub vtep_mac: MacAddr,
+    pub backend: Backend,
+}
+
+impl RouteTarget {
+    fn to_raw(self) -> RawTarget {
+        RawTarget {
+            underlay_ip: self.underlay_ip.octets(),
+            vtep_mac: self.vtep_mac.0,
+            backend: self.backend as u8,
+            _pad: 0,
+        }
+    }
+
+    fn from_raw(raw: RawTarget) -> Option<Self> {
+        Some(Self {
+            underlay_ip: Ipv4Addr::from(raw.underlay_ip),
+            vtep_mac: MacAddr(raw.vtep_mac),
+            backend: Backend::from_u8(raw.backend)?,
+        })
+    }
+}
+
+/// Counter totals over all CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    values: Vec<u64>,
+}
+
+impl Stats {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values.get(counter as usize).copied().unwrap_or(0)
+    }
+
+    /// Every counter with its stable name.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL
+            .iter()
+            .map(|&counter| (counter, self.get(counter)))
+    }
+
+    /// Sum of all `drop_*` counters.
+    pub fn drops(&self) -> u64 {
+        self.iter()
+            .filter(|(counter, _)| counter.name().starts_with("drop_"))
+            .map(|(_, value)| value)
+            .sum()
+    }
+}
+
+const LINK_EGRESS: &str = "link_tc_egress";
+const LINK_INGRESS_XDP: &str = "link_xdp_ingress";
+const LINK_INGRESS_TC: &str = "link_tc_ingress";
+
+/// A loaded, attached dataplane on one interface.
+pub struct Dataplane {
+    config: Config,
+    interface: InterfaceInfo,
+    vtep_mac: MacAddr,
+    attach_mode: AttachMode,
+    routes: LpmTrie<MapData, [u8; 4], RawTarget>,
+    counters: PerCpuArray<MapData, u64>,
+    // Keeps the programs loaded while this handle lives (the links keep them attached after).
+    _ebpf: Ebpf,
+}
+
+impl fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("config", &self.config)
+            .field("vtep_mac", &self.vtep_mac)
+            .field("attach_mode", &self.attach_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    /// Loads the programs and attaches them to `config.interface`, or takes over the pinned
+    /// dataplane a previous process left on it (same maps, programs replaced atomically).
+    pub fn load_or_attach(config: Config) -> Result<Self> {
+        let interface = system::interface_info(&config.interface)?;
+        let vtep_mac = config.vtep_mac.unwrap_or(interface.mac);
+        let pin_dir = config.pin_dir();
+        system::ensure_bpffs(&config.pin_root)?;
+        std::fs::create_dir_all(&pin_dir).map_err(|source| Error::Io {
+            context: format!("creating pin directory {}", pin_dir.display()),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load(EBPF_OBJECT)
+            .map_err(|source| Error::Load {
+                interface: config.interface.clone(),
+                source: Box::new(source),
+            })?;
+        let name = config.interface.clone();
+        let map_error = |map: &'static str| {
+            let interface = name.clone();
+            move |source| Error::Map {
+                map,
+                interface,
+                source: Box::new(source),
+            }
+        };
+        let mut config_map: Array<MapData, DataplaneConfig> =
+            Array::try_from(take_map(&mut ebpf, CONFIG_MAP, &name)?)
+                .map_err(map_error(CONFIG_MAP))?;
+        config_map
+            .set(0, raw_config(&config, &interface, vtep_mac), 0)
+            .map_err(map_error(CONFIG_MAP))?;
+        let routes = LpmTrie::try_from(take_map(&mut ebpf, ROUTES_MAP, &name)?)
+            .map_err(map_error(ROUTES_MAP))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP, &name)?)
+            .map_err(map_error(COUNTERS_MAP))?;
+        attach_egress(&mut ebpf, &config, &pin_dir)?;
+        let attach_mode = match config.decap_hook {
+            DecapHook::Xdp => attach_xdp_ingress(&mut ebpf, &config, &pin_dir)?,
+            DecapHook::Tc => attach_tc_ingress(&mut ebpf, &config, &pin_dir)?,
+        };
+        tracing::info!(
+            interface = %config.interface,
+            pins = %pin_dir.display(),
+            ?attach_mode,
+            %vtep_mac,
+            "dataplane attached"
+        );
+        Ok(Self {
+            config,
+            interface,
+            vtep_mac,
+            attach_mode,
+            routes,
+            counters,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The VTEP MAC peers must use for this node (flannel's `VtepMAC` in the lease).
+    pub fn vtep_mac(&self) -> MacAddr {
+        self.vtep_mac
+    }
+
+    pub fn attach_mode(&self) -> AttachMode {
+        self.attach_mode
+    }
+
+    /// The MTU workloads must use with `backend`: the underlay MTU minus the encapsulation.
+    pub fn overlay_mtu(&self, backend: Backend) -> u32 {
+        self.interface.mtu - backend.overhead()
+    }
+
+    /// Adds or replaces the route for a remote subnet. The map entry is replaced atomically;
+    /// with `manage_kernel_routes`, the kernel route (via the subnet's network address, on-link,
+    /// MTU = underlay - overhead) and its permanent neighbour are replaced too.
+    pub fn set_route(&mut self, subnet: Ipv4Network, target: RouteTarget) -> Result<()> {
+        let key = route_key(subnet);
+        self.routes
+            .insert(&key, target.to_raw(), 0)
+            .map_err(|source| self.map_error(ROUTES_MAP, source))?;
+        if self.config.manage_kernel_routes {
+            self.kernel_route(subnet, target.backend).install()?;
+        }
+        tracing::debug!(interface = %self.config.interface, %subnet, ?target, "route set");
+        Ok(())
+    }
+
+    /// Removes the route for a remote subnet (a missing route is not an error).
+    pub fn remove_route(&mut self, subnet: Ipv4Network) -> Result<()> {
+        if self.config.manage_kernel_routes {
+            self.kernel_route(subnet, Backend::Vxlan).remove()?;
+        }
+        match self.routes.remove(&route_key(subnet)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(self.map_error(ROUTES_MAP, source)),
+        }
+    }
+
+    /// Every route in the map.
+    pub fn routes(&self) -> Result<Vec<(Ipv4Network, RouteTarget)>> {
+        let mut routes = Vec::new();
+        for entry in self.routes.iter() {
+            let (key, raw) = entry.map_err(|source| self.map_error(ROUTES_MAP, source))?;
+            let prefix = key.prefix_len() as u8;
+            let Ok(subnet) = Ipv4Network::new(Ipv4Addr::from(key.data()), prefix) else {
+                continue;
+            };
+            if let Some(target) = RouteTarget::from_raw(raw) {
+                routes.push((subnet, target));
+            }
+        }
+        Ok(routes)
+    }
+
+    /// Counter totals over all CPUs.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut values = Vec::with_capacity(Counter::ALL.len());
+        for counter in Counter::ALL {
+            let per_cpu = self
+                .counters
+                .get(&(counter as u32), 0)
+                .map_err(|source| self.map_error(COUNTERS_MAP, source))?;
+            values.push(per_cpu.iter().sum());
+        }
+        Ok(Stats { values })
+    }
+
+    /// Detaches the programs, removes the kernel routes this dataplane installed and every pin.
+    pub fn detach(self) -> Result<()> {
+        if self.config.manage_kernel_routes {
+            for (subnet, target) in self.routes()? {
+                self.kernel_route(subnet, target.backend).remove()?;
+            }
+        }
+        let pin_dir = self.config.pin_dir();
+        // Unpinning drops the kernel's last reference to the links: the programs detach.
+        remove_pins(&pin_dir)?;
+        tracing::info!(interface = %self.config.interface, "dataplane detached");
+        Ok(())
+    }
+
+    fn kernel_route(&self, subnet: Ipv4Network, backend: Backend) -> KernelRoute<'_> {
+        KernelRoute {
+            interface: &self.config.interface,
+            subnet,
+            neighbour_mac: self.vtep_mac,
+            mtu: self.overlay_mtu(backend),
+            source: self.config.route_source,
+        }
+    }
+
+    fn map_error(&self, map: &'static str, source: aya::maps::MapError) -> Error {
+        Error::Map {
+            map,
+            interface: self.config.interface.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
+fn route_key(subnet: Ipv4Network) -> Key<[u8; 4]> {
+    Key::new(u32::from(subnet.prefix()), subnet.network().octets())
+}
+
+fn raw_config(config: &Config, interface: &InterfaceInfo, vtep_mac: MacAddr) -> DataplaneConfig {
+    DataplaneConfig {
+        underlay_ip: config.underlay_ip.octets(),
+        local_subnet: config.local_subnet.network().octets(),
+        local_mask: config.local_subnet.mask().octets(),
+        underlay_ifindex: interface.index,
+        underlay_mtu: interface.mtu,
+        vni: config.vni,
+        vxlan_port: config.vxlan_port.to_be_bytes(),
+        udp_port: config.udp_port.to_be_bytes(),
+        vtep_mac: vtep_mac.0,
+        underlay_mac: interface.mac.0,
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str, interface: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name).ok_or_else(|| Error::Interface {
+        interface: interface.to_string(),
+        message: format!("the eBPF object has no map {name}"),
+    })
+}
+
+fn program_error(
+    program: &'static str,
+    config: &Config,
+) -> impl FnOnce(aya::programs::ProgramError) -> Error + use<> {
+    let interface = config.interface.clone();
+    move |source| Error::Program {
+        program,
+        interface,
+        source: Box::new(source),
+    }
+}
+
+fn link_error(config: &Config, path: &Path, message: impl fmt::Display) -> Error {
+    Error::Link {
+        interface: config.interface.clone(),
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// The link pinned at `path`, if any.
+fn pinned_link(config: &Config, path: &Path) -> Result<Option<FdLink>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let link = PinnedLink::from_pin(path).map_err(|err| link_error(config, path, err))?;
+    Ok(Some(FdLink::from(link)))
+}
+
+fn pin_link(config: &Config, link: FdLink, path: &Path) -> Result<()> {
+    link.pin(path)
+        .map(drop)
+        .map_err(|err| link_error(config, path, err))
+}
+
+fn load_classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    config: &Config,
+) -> Result<&'a mut SchedClassifier> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Interface {
+            interface: config.interface.clone(),
+            message: format!("the eBPF object has no program {name}"),
+        })?
+        .try_into()
+        .map_err(program_error(name, config))?;
+    program.load().map_err(program_error(name, config))?;
+    Ok(program)
+}
+
+/// Attaches (or atomically replaces, in the pinned link) a TCX program.
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    attach_type: TcAttachType,
+    config: &Config,
+    link_path: &Path,
+) -> Result<bool> {
+    let program = load_classifier(ebpf, name, config)?;
+    if let Some(link) = pinned_link(config, link_path)? {
+        let link = SchedClassifierLink::try_from(link)
+            .map_err(|err| link_error(config, link_path, err))?;
+        program
+            .attach_to_link(link)
+            .map_err(program_error(name, config))?;
+        return Ok(true);
+    }
+    let id = program
+        .attach_with_options(
+            &config.interface,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(program_error(name, config))?;
+    let link = program.take_link(id).map_err(program_error(name, config))?;
+    let link = FdLink::try_from(link).map_err(|err| link_error(config, link_path, err))?;
+    pin_link(config, link, link_path)?;
+    Ok(false)
+}
+
+fn attach_egress(ebpf: &mut Ebpf, config: &Config, pin_dir: &Path) -> Result<()> {
+    attach_tc(
+        ebpf,
+        PROG_TC_EGRESS,
+        TcAttachType::Egress,
+        config,
+        &pin_dir.join(LINK_EGRESS),
+    )
+    .map(drop)
+}
+
+fn attach_tc_ingress(ebpf: &mut Ebpf, config: &Config, pin_dir: &Path) -> Result<AttachMode> {
+    let inherited = attach_tc(
+        ebpf,
+        PROG_TC_INGRESS,
+        TcAttachType::Ingress,
+        config,
+        &pin_dir.join(LINK_INGRESS_TC),
+    )?;
+    // Switching hooks: the XDP link of an earlier configuration goes.
+    remove_file_if_exists(&pin_dir.join(LINK_INGRESS_XDP))?;
+    Ok(if inherited {
+        AttachMode::Inherited
+    } else {
+        AttachMode::Tc
+    })
+}
+
+fn attach_xdp_ingress(ebpf: &mut Ebpf, config: &Config, pin_dir: &Path) -> Result<AttachMode> {
+    let link_path = pin_dir.join(LINK_INGRESS_XDP);
+    let program: &mut Xdp = ebpf
+        .program_mut(PROG_XDP_INGRESS)
+        .ok_or_else(|| Error::Interface {
+            interface: config.interface.clone(),
+            message: format!("the eBPF object has no program {PROG_XDP_INGRESS}"),
+        })?
+        .try_into()
+        .map_err(program_error(PROG_XDP_INGRESS, config))?;
+    program
+        .load()
+        .map_err(program_error(PROG_XDP_INGRESS, config))?;
+    if let Some(link) = pinned_link(config, &link_path)? {
+        let link = XdpLink::try_from(link).map_err(|err| link_error(config, &link_path, err))?;
+        program
+            .attach_to_link(link)
+            .map_err(program_error(PROG_XDP_INGRESS, config))?;
+        return Ok(AttachMode::Inherited);
+    }
+    let (id, mode) = match program.attach(&config.interface, XdpMode::Driver) {
+        Ok(id) => (id, AttachMode::Native),
+        Err(native_error) => {
+            tracing::warn!(
+                interface = %config.interface,
+                "native XDP refused ({native_error}); falling back to generic XDP"
+            );
+            let id = program
+                .attach(&config.interface, XdpMode::Skb)
+                .map_err(program_error(PROG_XDP_INGRESS, config))?;
+            (id, AttachMode::Generic)
+        }
+    };
+    let link = program
+        .take_link(id)
+        .map_err(program_error(PROG_XDP_INGRESS, config))?;
+    let link = FdLink::try_from(link).map_err(|err| link_error(config, &link_path, err))?;
+    pin_link(config, link, &link_path)?;
+    remove_file_if_exists(&pin_dir.join(LINK_INGRESS_TC))?;
+    Ok(mode)
+}
+
+fn remove_file_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            context: format!("removing pin {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// Removes every pin in `dir`, then `dir` itself.
+fn remove_pins(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("listing pins in {}", dir.display()),
+                source,
+            });
+        }
+    };
+    for entry in entries.flatten() {
+        remove_file_if_exists(&entry.path())?;
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Io {
+            context: format!("removing pin directory {}", dir.display()),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses_round_trip() {
+        let mac: MacAddr = "02:0a:ff:00:01:9c".parse().expect("valid");
+        assert_eq!(mac.0, [0x02, 0x0a, 0xff, 0x00, 0x01, 0x9c]);
+        assert_eq!(mac.to_string(), "02:0a:ff:00:01:9c");
+        assert!("02:0a:ff:00:01".parse::<MacAddr>().is_err());
+        assert!("02:0a:ff:00:01:9c:00".parse::<MacAddr>().is_err());
+        assert!("02:0a:ff:00:01:zz".parse::<MacAddr>().is_err());
+    }
+
+    #[test]
+    fn route_targets_survive_the_map_encoding() {
+        let target = RouteTarget {
+            underlay_ip: Ipv4Addr::new(10, 99, 0, 2),
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            backend: Backend::Udp,
+        };
+        assert_eq!(RouteTarget::from_raw(target.to_raw()), Some(target));
+    }
 }

@@ -14,10 +14,13 @@
 //! Traffic only ever goes to addresses inside namespaces the harness created.
 
 mod cluster;
+pub mod flannel_vxlan;
 mod netns;
+mod ns_worker;
 
 pub use cluster::{Cluster, ClusterBuilder, Container, Node};
 pub use netns::{Namespace, sweep};
+pub use ns_worker::NsWorker;
 
 /// Errors of the harness; each names the command or namespace involved.
 #[derive(Debug, thiserror::Error)]

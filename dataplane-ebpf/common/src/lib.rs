@@ -1,6 +1,9 @@
 //! Types shared between the eBPF programs in `dataplane-ebpf` and the userspace loader in
 //! `control/dataplane`. Everything here is `#[repr(C)]`, plain old data, and has the same layout
 //! on both sides; map names are constants so the two sides cannot drift apart.
+//!
+//! Byte order: fields documented as "network order" hold the bytes exactly as they appear on the
+//! wire (so the eBPF side compares them with packet bytes without swapping).
 #![no_std]
 
 /// Default VXLAN UDP destination port, as flannel's vxlan backend uses (Linux's legacy port).
@@ -12,15 +15,36 @@ pub const VXLAN_DEFAULT_VNI: u32 = 1;
 /// Bytes VXLAN adds in front of an inner Ethernet frame: outer IPv4 (20) + UDP (8) + VXLAN (8) +
 /// inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// Bytes flannel's `udp` backend adds in front of the inner IPv4 packet: outer IPv4 (20) + UDP (8).
+pub const UDP_OVERHEAD: u32 = 28;
+/// Source-port range of the outer UDP header (Linux's default ephemeral range, which the kernel
+/// VXLAN device uses when no range is configured). The port within it comes from the flow hash.
+pub const SOURCE_PORT_MIN: u16 = 32768;
+pub const SOURCE_PORT_MAX: u16 = 60999;
+/// TTL of outer IPv4 headers (the kernel VXLAN device's default: the IPv4 default hop limit).
+pub const OUTER_TTL: u8 = 64;
 
-/// Name of the LPM trie that maps a remote subnet to the node that leases it.
+/// Name of the LPM trie that maps a remote subnet (key: prefix length, then the 4 address bytes
+/// in network order) to the node that leases it.
 pub const ROUTES_MAP: &str = "ROUTES";
-/// Directory under bpffs where the dataplane pins its maps and links.
+/// Name of the one-entry array holding the [`DataplaneConfig`].
+pub const CONFIG_MAP: &str = "CONFIG";
+/// Name of the per-CPU array of [`Counter`]s.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Capacity of the routes map (remote subnets).
+pub const MAX_ROUTES: u32 = 16384;
+/// Directory under bpffs where the dataplane pins its maps and links (one subdirectory per
+/// instance).
 pub const PIN_ROOT: &str = "/sys/fs/bpf/shoal";
+
+/// Program names in the object.
+pub const PROG_TC_EGRESS: &str = "shoal_tc_egress";
+pub const PROG_XDP_INGRESS: &str = "shoal_xdp_ingress";
+pub const PROG_TC_INGRESS: &str = "shoal_tc_ingress";
 
 /// How packets for a route leave this node.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// VXLAN, wire-compatible with flannel's vxlan backend.
     Vxlan = 1,
@@ -28,12 +52,30 @@ pub enum Backend {
     Udp = 2,
 }
 
+impl Backend {
+    /// Bytes this encapsulation adds to an inner IPv4 packet.
+    pub const fn overhead(self) -> u32 {
+        match self {
+            Self::Vxlan => VXLAN_OVERHEAD,
+            Self::Udp => UDP_OVERHEAD,
+        }
+    }
+
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Vxlan),
+            2 => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
 /// Value of the routes map: where to send packets for one remote subnet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteTarget {
-    /// Underlay IPv4 address of the remote node, network byte order.
-    pub underlay_ip: u32,
+    /// Underlay IPv4 address of the remote node, network order.
+    pub underlay_ip: [u8; 4],
     /// VTEP MAC of the remote node (inner destination MAC for VXLAN).
     pub vtep_mac: [u8; 6],
     /// A [`Backend`] as `u8`.
@@ -41,7 +83,136 @@ pub struct RouteTarget {
     pub _pad: u8,
 }
 
+/// The one entry of the config map: what this node is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// This node's underlay IPv4 address (outer source, decapsulation destination), network order.
+    pub underlay_ip: [u8; 4],
+    /// This node's leased subnet, network order, and its mask: decapsulated packets must be
+    /// addressed inside it.
+    pub local_subnet: [u8; 4],
+    pub local_mask: [u8; 4],
+    /// Interface index of the underlay device the programs are attached to.
+    pub underlay_ifindex: u32,
+    /// MTU of the underlay device; encapsulated non-GSO packets must fit.
+    pub underlay_mtu: u32,
+    /// VXLAN network identifier (host order, 24 bits).
+    pub vni: u32,
+    /// VXLAN UDP port, network order.
+    pub vxlan_port: [u8; 2],
+    /// flannel `udp` backend port, network order.
+    pub udp_port: [u8; 2],
+    /// This node's VTEP MAC (inner source MAC; inner destination of received VXLAN).
+    pub vtep_mac: [u8; 6],
+    /// MAC of the underlay device (destination MAC of decapsulated frames, so the stack takes
+    /// them as addressed to this host).
+    pub underlay_mac: [u8; 6],
+}
+
+/// Per-CPU counters, indices into the counters map. Packet/byte pairs count what the dataplane
+/// did; `Drop*` count packets dropped and `Pass*` packets handed to the kernel unmodified, by
+/// reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    EncapVxlanPackets = 0,
+    EncapVxlanBytes,
+    EncapUdpPackets,
+    EncapUdpBytes,
+    DecapVxlanPackets,
+    DecapVxlanBytes,
+    DecapUdpPackets,
+    DecapUdpBytes,
+    /// The outer or inner headers are shorter than they claim or than the format needs.
+    DropTruncated,
+    /// VXLAN header without the I flag, or with reserved bits where the VNI belongs.
+    DropBadVxlanHeader,
+    /// VXLAN with a VNI other than the configured one.
+    DropWrongVni,
+    /// The outer source address holds no lease for the inner source (anti-spoofing).
+    DropNoLease,
+    /// The inner frame is not IPv4 (ARP, IPv6, ...) or its IPv4 header is invalid.
+    DropInnerNotIpv4,
+    /// The inner destination is outside this node's subnet.
+    DropInnerNotLocal,
+    /// The inner destination MAC is not this node's VTEP MAC.
+    DropWrongInnerMac,
+    /// An encapsulated packet would exceed the underlay MTU.
+    DropTooBig,
+    /// The kernel refused to grow, shrink or rewrite the packet.
+    DropAdjustFailed,
+    /// No usable underlay route to the remote node.
+    DropNoUnderlayRoute,
+    /// Addressed to the overlay port but fragmented: left to the kernel.
+    PassFragment,
+    /// Addressed to this node, with outer IPv4 options: left to the kernel.
+    PassIpOptions,
+    /// The program ran without a config entry (not yet configured): everything passed.
+    PassUnconfigured,
+}
+
+/// Number of entries in the counters map.
+pub const COUNTER_COUNT: u32 = Counter::PassUnconfigured as u32 + 1;
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Self::EncapVxlanPackets,
+        Self::EncapVxlanBytes,
+        Self::EncapUdpPackets,
+        Self::EncapUdpBytes,
+        Self::DecapVxlanPackets,
+        Self::DecapVxlanBytes,
+        Self::DecapUdpPackets,
+        Self::DecapUdpBytes,
+        Self::DropTruncated,
+        Self::DropBadVxlanHeader,
+        Self::DropWrongVni,
+        Self::DropNoLease,
+        Self::DropInnerNotIpv4,
+        Self::DropInnerNotLocal,
+        Self::DropWrongInnerMac,
+        Self::DropTooBig,
+        Self::DropAdjustFailed,
+        Self::DropNoUnderlayRoute,
+        Self::PassFragment,
+        Self::PassIpOptions,
+        Self::PassUnconfigured,
+    ];
+
+    /// Stable snake-case name (for JSON, logs and metrics).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::EncapVxlanPackets => "encap_vxlan_packets",
+            Self::EncapVxlanBytes => "encap_vxlan_bytes",
+            Self::EncapUdpPackets => "encap_udp_packets",
+            Self::EncapUdpBytes => "encap_udp_bytes",
+            Self::DecapVxlanPackets => "decap_vxlan_packets",
+            Self::DecapVxlanBytes => "decap_vxlan_bytes",
+            Self::DecapUdpPackets => "decap_udp_packets",
+            Self::DecapUdpBytes => "decap_udp_bytes",
+            Self::DropTruncated => "drop_truncated",
+            Self::DropBadVxlanHeader => "drop_bad_vxlan_header",
+            Self::DropWrongVni => "drop_wrong_vni",
+            Self::DropNoLease => "drop_no_lease",
+            Self::DropInnerNotIpv4 => "drop_inner_not_ipv4",
+            Self::DropInnerNotLocal => "drop_inner_not_local",
+            Self::DropWrongInnerMac => "drop_wrong_inner_mac",
+            Self::DropTooBig => "drop_too_big",
+            Self::DropAdjustFailed => "drop_adjust_failed",
+            Self::DropNoUnderlayRoute => "drop_no_underlay_route",
+            Self::PassFragment => "pass_fragment",
+            Self::PassIpOptions => "pass_ip_options",
+            Self::PassUnconfigured => "pass_unconfigured",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
-// SAFETY: RouteTarget is repr(C), has no padding holes beyond the explicit `_pad`, and every bit
-// pattern is valid.
-unsafe impl aya::Pod for RouteTarget {}
+mod pod {
+    // SAFETY (both): repr(C) structs of byte arrays and u32s laid out without implicit padding
+    // (RouteTarget has an explicit `_pad`), every bit pattern valid.
+    unsafe impl aya::Pod for super::RouteTarget {}
+    unsafe impl aya::Pod for super::DataplaneConfig {}
+}

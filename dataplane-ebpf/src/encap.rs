@@ -1,0 +1,236 @@
+//! Encapsulation on the underlay egress (TC, so TCP keeps its large GSO segments: the kernel
+//! segments the tunnel packets after this program, as it does for its own VXLAN device).
+//!
+//! Packets reach this hook because the kernel routes each remote subnet out of the underlay
+//! device (a route per subnet via a permanent neighbour, the layout flannel gives `flannel.1`).
+//! A packet whose destination is in the routes map gets the outer headers of its route's backend,
+//! then the outer MACs from a FIB lookup of the remote node's underlay address.
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh,
+    },
+    programs::TcContext,
+};
+use shoal_dataplane_common::{
+    Backend, Counter, DataplaneConfig, RouteTarget, UDP_OVERHEAD, VXLAN_OVERHEAD,
+};
+
+use crate::{
+    headers::{
+        ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, VxlanHdr, source_port,
+    },
+    maps::{config, count, route_for},
+};
+
+const AF_INET: u8 = 2;
+
+/// Everything in front of the inner IPv4 packet of a VXLAN packet.
+#[repr(C)]
+struct VxlanHeaders {
+    outer_eth: EthHdr,
+    outer_ip: Ipv4Hdr,
+    udp: UdpHdr,
+    vxlan: VxlanHdr,
+    inner_eth: EthHdr,
+}
+
+/// Everything in front of the inner IPv4 packet of a flannel `udp` packet.
+#[repr(C)]
+struct UdpHeaders {
+    outer_eth: EthHdr,
+    outer_ip: Ipv4Hdr,
+    udp: UdpHdr,
+}
+
+pub fn tc_egress(ctx: &TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        count(Counter::PassUnconfigured, 1);
+        return TC_ACT_OK;
+    };
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+        return TC_ACT_OK;
+    };
+    if eth.proto != ETHERTYPE_IPV4 {
+        return TC_ACT_OK;
+    }
+    let Ok(inner) = ctx.load::<Ipv4Hdr>(ETH_LEN) else {
+        return TC_ACT_OK;
+    };
+    let Some(route) = route_for(inner.dst) else {
+        return TC_ACT_OK;
+    };
+    let Some(backend) = Backend::from_u8(route.backend) else {
+        return TC_ACT_OK;
+    };
+    match encapsulate(ctx, cfg, route, backend, &inner) {
+        Ok(action) => action,
+        Err(reason) => {
+            count(reason, 1);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn encapsulate(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    route: &RouteTarget,
+    backend: Backend,
+    inner: &Ipv4Hdr,
+) -> Result<i32, Counter> {
+    let skb = ctx.skb.skb;
+    // SAFETY: reading fields of the kernel-provided __sk_buff context.
+    let (gso_size, gso_segs, ifindex) =
+        unsafe { ((*skb).gso_size, (*skb).gso_segs, (*skb).ifindex) };
+    let inner_len = ctx.len() - ETH_LEN as u32;
+    let overhead = backend.overhead();
+    if gso_size == 0 && inner_len + overhead > cfg.underlay_mtu {
+        // The route MTU keeps forwarded traffic below this; what still arrives cannot be sent.
+        return Err(Counter::DropTooBig);
+    }
+    // SAFETY: the helper only reads the skb.
+    let sport = source_port(unsafe { bpf_get_hash_recalc(skb) });
+    match backend {
+        Backend::Vxlan => push_vxlan(ctx, cfg, route, inner, inner_len, sport)?,
+        Backend::Udp => push_udp(ctx, cfg, route, inner, inner_len, sport)?,
+    }
+    let action = set_outer_macs(ctx, cfg, route, ifindex)?;
+    let (packets, bytes) = match backend {
+        Backend::Vxlan => (Counter::EncapVxlanPackets, Counter::EncapVxlanBytes),
+        Backend::Udp => (Counter::EncapUdpPackets, Counter::EncapUdpBytes),
+    };
+    count(packets, u64::from(if gso_segs > 1 { gso_segs } else { 1 }));
+    count(bytes, u64::from(inner_len));
+    Ok(action)
+}
+
+#[inline(always)]
+fn push_vxlan(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    route: &RouteTarget,
+    inner: &Ipv4Hdr,
+    inner_len: u32,
+    sport: u16,
+) -> Result<(), Counter> {
+    let flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+        | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+        | BPF_F_ADJ_ROOM_ENCAP_L2_ETH
+        | BPF_F_ADJ_ROOM_FIXED_GSO;
+    let flags = u64::from(flags) | ((ETH_LEN as u64) << 56);
+    ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
+        .map_err(|_| Counter::DropAdjustFailed)?;
+    // Outer payload: UDP + VXLAN + inner Ethernet + inner IPv4.
+    let udp_payload = 8 + ETH_LEN as u32 + inner_len;
+    let headers = VxlanHeaders {
+        outer_eth: EthHdr {
+            dst: [0; 6],
+            src: cfg.underlay_mac,
+            proto: ETHERTYPE_IPV4,
+        },
+        outer_ip: Ipv4Hdr::outer_udp(
+            cfg.underlay_ip,
+            route.underlay_ip,
+            8 + udp_payload,
+            inner.tos,
+        ),
+        udp: UdpHdr::new(sport, cfg.vxlan_port, udp_payload),
+        vxlan: VxlanHdr::new(cfg.vni),
+        inner_eth: EthHdr {
+            dst: route.vtep_mac,
+            src: cfg.vtep_mac,
+            proto: ETHERTYPE_IPV4,
+        },
+    };
+    ctx.store(0, &headers, 0)
+        .map_err(|_| Counter::DropAdjustFailed)
+}
+
+#[inline(always)]
+fn push_udp(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    route: &RouteTarget,
+    inner: &Ipv4Hdr,
+    inner_len: u32,
+    sport: u16,
+) -> Result<(), Counter> {
+    let flags =
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
+    ctx.adjust_room(UDP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, u64::from(flags))
+        .map_err(|_| Counter::DropAdjustFailed)?;
+    let headers = UdpHeaders {
+        outer_eth: EthHdr {
+            dst: [0; 6],
+            src: cfg.underlay_mac,
+            proto: ETHERTYPE_IPV4,
+        },
+        outer_ip: Ipv4Hdr::outer_udp(cfg.underlay_ip, route.underlay_ip, 8 + inner_len, inner.tos),
+        udp: UdpHdr::new(sport, cfg.udp_port, inner_len),
+    };
+    ctx.store(0, &headers, 0)
+        .map_err(|_| Counter::DropAdjustFailed)
+}
+
+/// Fills the outer MACs from the kernel's FIB and neighbour tables. A resolved neighbour on this
+/// device keeps the packet on its way (TC_ACT_OK); otherwise the kernel resolves it
+/// (`bpf_redirect_neigh`) or another device is used (`bpf_redirect`).
+#[inline(always)]
+fn set_outer_macs(
+    ctx: &TcContext,
+    cfg: &DataplaneConfig,
+    route: &RouteTarget,
+    ifindex: u32,
+) -> Result<i32, Counter> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = IPPROTO_UDP;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(cfg.underlay_ip);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(route.underlay_ip);
+    // SAFETY: params lives on this stack frame for the duration of the call.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        let macs = [params.dmac, params.smac];
+        ctx.store(0, &macs, 0)
+            .map_err(|_| Counter::DropAdjustFailed)?;
+        if params.ifindex == ifindex {
+            return Ok(TC_ACT_OK);
+        }
+        // SAFETY: plain helper call with scalar arguments.
+        return Ok(unsafe { bpf_redirect(params.ifindex, 0) } as i32);
+    }
+    if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        // SAFETY: reading the union member the lookup wrote for AF_INET.
+        let nexthop = unsafe { params.__bindgen_anon_4.ipv4_dst };
+        let mut neigh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+        neigh.nh_family = u32::from(AF_INET);
+        neigh.__bindgen_anon_1.ipv4_nh = nexthop;
+        // SAFETY: neigh lives on this stack frame for the duration of the call.
+        let action = unsafe {
+            bpf_redirect_neigh(
+                params.ifindex,
+                &mut neigh,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        };
+        return Ok(action as i32);
+    }
+    Err(Counter::DropNoUnderlayRoute)
+}
