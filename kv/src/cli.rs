@@ -1,5 +1,11 @@
 //! `shoal kv`: run one member of the store. Flag names follow etcd's.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
 use clap::Args;
+
+use crate::member::{ClusterState, Config, Member};
 
 /// Run one member of shoal's embedded etcd-compatible store.
 #[derive(Debug, Clone, Args)]
@@ -7,9 +13,133 @@ pub struct KvArgs {
     /// Human-readable name of this member.
     #[arg(long, default_value = "default")]
     pub name: String,
+    /// Path to the data directory [default: ${name}.etcd, as etcd].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Client URLs of this member to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub advertise_client_urls: String,
+    /// URLs to listen on for peer traffic (comma-separated).
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// Peer URLs of this member to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping: `name=peer-url,...`
+    /// [default: ${name}=${initial-advertise-peer-urls}].
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster, `existing` to join one (after `member add`).
+    #[arg(long, default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token, part of member and cluster IDs.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Number of committed entries that trigger a snapshot (and log compaction).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
 }
 
-/// Runs a store member until it is asked to stop.
-pub async fn run(_args: KvArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`shoal kv` is not implemented yet (issue #4: embedded Raft key-value store)")
+fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Parses `--initial-cluster` (`name=url,name=url2,other=url3`) keeping the order of names.
+fn parse_initial_cluster(spec: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let mut cluster: Vec<(String, Vec<String>)> = Vec::new();
+    for item in split_urls(spec) {
+        let (name, url) = item
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster: {item:?} is not name=url"))?;
+        match cluster.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => cluster.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    Ok(cluster)
+}
+
+impl KvArgs {
+    /// Resolves the flags into a member configuration, checking them as etcd does.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let peer_urls = split_urls(&self.initial_advertise_peer_urls);
+        let initial_cluster = match &self.initial_cluster {
+            Some(spec) => parse_initial_cluster(spec)?,
+            None => vec![(self.name.clone(), peer_urls.clone())],
+        };
+        let Some((_, mine)) = initial_cluster.iter().find(|(n, _)| *n == self.name) else {
+            bail!(
+                "--initial-cluster has no member named {:?} (--name)",
+                self.name
+            );
+        };
+        let (mut mine, mut advertised) = (mine.clone(), peer_urls.clone());
+        mine.sort();
+        advertised.sort();
+        if mine != advertised {
+            bail!(
+                "--initial-cluster must include {}={} given --initial-advertise-peer-urls={}",
+                self.name,
+                self.initial_advertise_peer_urls,
+                self.initial_advertise_peer_urls
+            );
+        }
+        let initial_cluster_state = match self.initial_cluster_state.as_str() {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => bail!("--initial-cluster-state must be new or existing, not {other:?}"),
+        };
+        Ok(Config {
+            name: self.name.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name))),
+            listen_client_urls: split_urls(&self.listen_client_urls),
+            advertise_client_urls: split_urls(&self.advertise_client_urls),
+            listen_peer_urls: split_urls(&self.listen_peer_urls),
+            initial_advertise_peer_urls: peer_urls,
+            initial_cluster,
+            initial_cluster_state,
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
+            election_timeout: Duration::from_millis(self.election_timeout),
+            snapshot_count: self.snapshot_count,
+        })
+    }
+}
+
+/// Runs a store member until it is asked to stop (SIGINT or SIGTERM).
+pub async fn run(args: KvArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let data_dir = config.data_dir.display().to_string();
+    let running = Member::start(config)
+        .await
+        .with_context(|| format!("starting member {:?} (data dir {data_dir})", args.name))?;
+    tracing::info!(
+        member = format!("{:x}", running.member.id),
+        clients = ?running.client_addrs,
+        "shoal kv is serving"
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate.recv() => {},
+    }
+    running.shutdown().await;
+    Ok(())
 }

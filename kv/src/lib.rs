@@ -1,4 +1,23 @@
 //! shoal's key-value store: a Raft-replicated (openraft) MVCC store that speaks the etcd v3 gRPC
 //! API, so `etcdctl` and the `etcd-client` crate work against it.
 
+pub mod api;
 pub mod cli;
+pub mod error;
+pub mod member;
+pub mod mvcc;
+pub mod peer;
+pub mod proto;
+pub mod store;
+pub mod types;
+pub mod watch;
+
+/// Logs to stderr, filtered by `SHOAL_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

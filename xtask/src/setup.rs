@@ -35,6 +35,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "python3-matplotlib",
 ];
 

@@ -1,0 +1,109 @@
+//! etcd's client-visible errors: the gRPC codes and the exact messages etcd 3.4 sends
+//! (`etcdserver/api/v3rpc/rpctypes`), so clients that match on them keep working.
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status};
+
+/// An error the store reports to a client. Raised deterministically by the state machine (so it
+/// travels through the Raft log as an outcome) or by the server before proposing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    Unhealthy,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl EtcdError {
+    fn code(&self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | RequestTooLarge | PeerUrlExists => Code::InvalidArgument,
+            Compacted | FutureRevision => Code::OutOfRange,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExists | MemberExists => Code::FailedPrecondition,
+            LeaseTtlTooLarge => Code::OutOfRange,
+            MemberNotLearner | Unhealthy => Code::FailedPrecondition,
+            NoLeader | Timeout => Code::Unavailable,
+            Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(error: EtcdError) -> Self {
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+/// Errors of the store's machinery (disk, Raft, peers), as opposed to client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the data file {path}: {source}")]
+    Open {
+        path: String,
+        source: redb::DatabaseError,
+    },
+    #[error("data file is damaged: {0}")]
+    Damaged(String),
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("encoding: {0}")]
+    Encoding(#[from] bincode::Error),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+macro_rules! engine_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Engine(e.to_string()) }
+        }
+    )*};
+}
+engine_errors!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

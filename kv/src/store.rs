@@ -1,0 +1,510 @@
+//! Durable storage for openraft: the Raft log, vote and snapshots in one redb file (every write
+//! transaction is fsync'd before openraft hears it is done), and the state machine, which lives
+//! in memory and is rebuilt on start from the last snapshot plus the log.
+//!
+//! Every stored record carries a CRC-32 of its bytes, so a damaged file is reported as damaged
+//! instead of being read as wrong data.
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::{self, Cursor};
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::error::{EtcdError, StoreError};
+use crate::mvcc::Mvcc;
+use crate::proto::mvccpb;
+use crate::types::{
+    Command, Entry, LogId, MemberAttrs, MemberNode, Outcome, Proto, StorageError, StoredMembership,
+    TypeConfig,
+};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+const SNAPSHOT: &str = "snapshot";
+
+/// The replicated state: the key-value store and what members published about themselves.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub mvcc: Mvcc,
+    pub member_attrs: BTreeMap<u64, MemberAttrs>,
+}
+
+impl State {
+    /// Applies one command; returns its outcome and the watch events it produced.
+    pub fn apply(&mut self, command: Command) -> (Outcome, Vec<mvccpb::Event>) {
+        let mvcc = &mut self.mvcc;
+        let result = match command {
+            Command::Put(req) => mvcc
+                .put(&req.0)
+                .map(|a| (Outcome::Put(Proto(a.response)), a.events)),
+            Command::DeleteRange(req) => {
+                let a = mvcc.delete_range(&req.0);
+                Ok((Outcome::DeleteRange(Proto(a.response)), a.events))
+            }
+            Command::Txn(req) => mvcc
+                .txn(&req.0)
+                .map(|a| (Outcome::Txn(Proto(a.response)), a.events)),
+            Command::Compact(rev) => mvcc
+                .compact(rev)
+                .map(|r| (Outcome::Compact(Proto(r)), Vec::new())),
+            Command::LeaseGrant { id, ttl } => mvcc
+                .lease_grant(id, ttl)
+                .map(|r| (Outcome::LeaseGrant(Proto(r)), Vec::new())),
+            Command::LeaseRevoke { id } => mvcc
+                .lease_revoke(id)
+                .map(|a| (Outcome::LeaseRevoke(Proto(a.response)), a.events)),
+            Command::PublishMember { id, attrs } => {
+                self.member_attrs.insert(id, attrs);
+                Ok((Outcome::None, Vec::new()))
+            }
+        };
+        result.unwrap_or_else(|e: EtcdError| (Outcome::Error(e), Vec::new()))
+    }
+}
+
+/// What watchers hear from the state machine.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// Events applied, in revision order.
+    Events(Arc<Vec<mvccpb::Event>>),
+    /// The state was replaced by a snapshot: re-read history from the store.
+    Resync,
+}
+
+/// The state machine's state, shared with the servers that read it.
+#[derive(Debug)]
+pub struct Shared {
+    pub state: RwLock<State>,
+    pub feed: broadcast::Sender<Feed>,
+}
+
+impl Shared {
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn seal(bytes: Vec<u8>) -> Vec<u8> {
+    let mut sealed = crc32fast::hash(&bytes).to_le_bytes().to_vec();
+    sealed.extend_from_slice(&bytes);
+    sealed
+}
+
+fn unseal<'a>(sealed: &'a [u8], what: &str) -> Result<&'a [u8], StoreError> {
+    if sealed.len() < 4 {
+        return Err(StoreError::Damaged(format!("{what} is truncated")));
+    }
+    let (crc, bytes) = sealed.split_at(4);
+    let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32fast::hash(bytes) != expected {
+        return Err(StoreError::Damaged(format!("{what} fails its checksum")));
+    }
+    Ok(bytes)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(sealed: &[u8], what: &str) -> Result<T, StoreError> {
+    Ok(bincode::deserialize(unseal(sealed, what)?)?)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(seal(bincode::serialize(value)?))
+}
+
+/// Opens (or creates) the data file and checks that what it holds is readable.
+pub fn open_database(dir: &Path) -> Result<Arc<Database>, StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("shoal-kv.redb");
+    let db = Database::create(&path).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(META)?;
+    txn.commit()?;
+    let db = Arc::new(db);
+    verify(&db)?;
+    Ok(db)
+}
+
+/// Reads every record once so damage is found at start, not when the data is needed.
+fn verify(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_read()?;
+    let log = txn.open_table(LOG)?;
+    for row in log.iter()? {
+        let (index, bytes) = row?;
+        let entry: Entry = decode(bytes.value(), &format!("raft log entry {}", index.value()))?;
+        if entry.log_id.index != index.value() {
+            return Err(StoreError::Damaged(format!(
+                "raft log entry {} claims index {}",
+                index.value(),
+                entry.log_id.index
+            )));
+        }
+    }
+    let meta = txn.open_table(META)?;
+    for row in meta.iter()? {
+        let (key, bytes) = row?;
+        unseal(bytes.value(), &format!("record {:?}", key.value()))?;
+    }
+    Ok(())
+}
+
+fn read_meta<T: for<'de> Deserialize<'de>>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(META)?;
+    let Some(bytes) = table.get(key)? else {
+        return Ok(None);
+    };
+    Ok(Some(decode(bytes.value(), key)?))
+}
+
+fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = encode(value)?;
+    let txn = db.begin_write()?;
+    txn.open_table(META)?.insert(key, bytes.as_slice())?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// The Raft log, vote and commit index.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<Database>) -> Self {
+        LogStore { db }
+    }
+
+    fn read_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOG)?;
+        let mut entries = Vec::new();
+        for row in table.range(range)? {
+            let (index, bytes) = row?;
+            entries.push(decode(
+                bytes.value(),
+                &format!("raft log entry {}", index.value()),
+            )?);
+        }
+        Ok(entries)
+    }
+
+    fn write_entries(db: &Database, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(LOG)?;
+            for entry in &entries {
+                table.insert(entry.log_id.index, encode(entry)?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn remove_from(&self, first: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(LOG)?.retain(|index, _| index < first)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn purge_upto(&self, log_id: LogId) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert(LAST_PURGED, encode(&log_id)?.as_slice())?;
+        txn.open_table(LOG)?
+            .retain(|index, _| index > log_id.index)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOG)?;
+        let Some((index, bytes)) = table.last()? else {
+            return Ok(None);
+        };
+        Ok(Some(decode(
+            bytes.value(),
+            &format!("raft log entry {}", index.value()),
+        )?))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_range(range)
+            .map_err(|e| StorageIOError::read_logs(&io_err(e)).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let read = || -> Result<_, StoreError> {
+            let last_purged: Option<LogId> = read_meta(&self.db, LAST_PURGED)?;
+            let last = self.last_entry()?.map(|e| e.log_id).or(last_purged);
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last,
+            })
+        };
+        read().map_err(|e| StorageIOError::read_logs(&io_err(e)).into())
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        write_meta(&self.db, VOTE, vote).map_err(|e| StorageIOError::write_vote(&io_err(e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&io_err(e)).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        write_meta(&self.db, COMMITTED, &committed)
+            .map_err(|e| StorageIOError::write(&io_err(e)).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> =
+            read_meta(&self.db, COMMITTED).map_err(|e| StorageIOError::read(&io_err(e)))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || LogStore::write_entries(&db, entries))
+            .await
+            .map_err(io_err)
+            .and_then(|r| r.map_err(io_err));
+        let failed = result
+            .as_ref()
+            .err()
+            .map(|e| io::Error::other(e.to_string()));
+        callback.log_io_completed(result);
+        match failed {
+            Some(e) => Err(StorageIOError::write_logs(&e).into()),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove_from(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&io_err(e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.purge_upto(log_id)
+            .map_err(|e| StorageIOError::write_logs(&io_err(e)).into())
+    }
+}
+
+/// A snapshot as stored: openraft's metadata and the encoded [`State`].
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<u64, MemberNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine: applies committed entries to the shared [`State`].
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    db: Arc<Database>,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    snapshots_built: u64,
+}
+
+impl StateMachine {
+    /// Starts from the last stored snapshot, if any.
+    pub fn open(db: Arc<Database>, shared: Arc<Shared>) -> Result<Self, StoreError> {
+        let mut machine = StateMachine {
+            shared,
+            db,
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            snapshots_built: 0,
+        };
+        if let Some(stored) = read_meta::<StoredSnapshot>(&machine.db, SNAPSHOT)? {
+            let state: State = bincode::deserialize(&stored.data)?;
+            *machine.shared.write() = state;
+            machine.last_applied = stored.meta.last_log_id;
+            machine.last_membership = stored.meta.last_membership;
+        }
+        Ok(machine)
+    }
+
+    fn stored_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let stored: Option<StoredSnapshot> = read_meta(&self.db, SNAPSHOT)?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+/// Builds a snapshot of the state at the moment it is called.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    db: Arc<Database>,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    snapshot_id: String,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let data = {
+            let state = self.shared.read();
+            bincode::serialize(&*state)
+                .map_err(|e| StorageIOError::read_state_machine(&io_err(e)))?
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id: self.snapshot_id.clone(),
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        write_meta(&self.db, SNAPSHOT, &stored)
+            .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut outcomes = Vec::new();
+        let mut events = Vec::new();
+        {
+            let mut state = self.shared.write();
+            for entry in entries {
+                self.last_applied = Some(entry.log_id);
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => Outcome::None,
+                    EntryPayload::Membership(membership) => {
+                        self.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                        Outcome::None
+                    }
+                    EntryPayload::Normal(command) => {
+                        let (outcome, produced) = state.apply(command);
+                        events.extend(produced);
+                        outcome
+                    }
+                };
+                outcomes.push(outcome);
+            }
+        }
+        if !events.is_empty() {
+            // No receiver just means no watcher.
+            let _ = self.shared.feed.send(Feed::Events(Arc::new(events)));
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshots_built += 1;
+        let last = self.last_applied.map(|l| l.index).unwrap_or_default();
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+            db: self.db.clone(),
+            last_applied: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id: format!("{last}-{}", self.snapshots_built),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, MemberNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state: State = bincode::deserialize(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        write_meta(&self.db, SNAPSHOT, &stored)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e)))?;
+        *self.shared.write() = state;
+        self.last_applied = meta.last_log_id;
+        self.last_membership = meta.last_membership.clone();
+        let _ = self.shared.feed.send(Feed::Resync);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.stored_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &io_err(e)).into())
+    }
+}

@@ -1,0 +1,331 @@
+//! The Watch service. Each client stream runs one session task that owns its watchers; the
+//! session hears applied events from the state machine's broadcast feed and reads history from
+//! the store for `start_revision` (and when it fell behind the feed).
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::member::Member;
+use crate::mvcc::key_in_range;
+use crate::proto::etcdserverpb::{
+    self as pb, watch_create_request::FilterType, watch_request::RequestUnion, watch_server::Watch,
+};
+use crate::proto::mvccpb::{self, event::EventType};
+use crate::store::Feed;
+
+/// etcd's default interval for `progress_notify` watchers.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+
+pub struct WatchService(pub Arc<Member>);
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(256);
+        let session = Session {
+            member: self.0.clone(),
+            feed: self.0.shared.feed.subscribe(),
+            tx,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+        };
+        tokio::spawn(session.run(request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Watcher {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    /// The first revision this watcher has not seen yet.
+    next_rev: i64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    /// Whether events went out since the last progress notification.
+    sent_since_tick: bool,
+}
+
+impl Watcher {
+    fn select(&self, events: &[mvccpb::Event]) -> Vec<mvccpb::Event> {
+        events
+            .iter()
+            .filter(|e| {
+                let kv = e.kv.as_ref();
+                let key = kv.map(|kv| kv.key.as_slice()).unwrap_or_default();
+                let rev = kv.map(|kv| kv.mod_revision).unwrap_or_default();
+                let is_put = e.r#type == EventType::Put as i32;
+                rev >= self.next_rev
+                    && key_in_range(key, &self.key, &self.range_end)
+                    && !(is_put && self.no_put)
+                    && (is_put || !self.no_delete)
+            })
+            .map(|e| {
+                let mut e = e.clone();
+                if !self.prev_kv {
+                    e.prev_kv = None;
+                }
+                e
+            })
+            .collect()
+    }
+}
+
+struct Session {
+    member: Arc<Member>,
+    feed: broadcast::Receiver<Feed>,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+}
+
+/// Why a session ends: the client went away.
+struct Closed;
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
+        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+        ticker.tick().await;
+        loop {
+            let step = tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => self.handle(request).await,
+                    Ok(None) | Err(_) => Err(Closed),
+                },
+                feed = self.feed.recv() => match feed {
+                    Ok(Feed::Events(events)) => self.deliver(&events).await,
+                    Ok(Feed::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
+                    Err(broadcast::error::RecvError::Closed) => Err(Closed),
+                },
+                _ = ticker.tick() => self.progress_tick().await,
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn send(&self, response: pb::WatchResponse) -> Result<(), Closed> {
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+    }
+
+    fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
+        self.member.header(revision)
+    }
+
+    async fn handle(&mut self, request: pb::WatchRequest) -> Result<(), Closed> {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let revision = self.member.shared.read().mvcc.revision();
+                    self.send(pb::WatchResponse {
+                        header: self.header(revision),
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                let revision = self.member.shared.read().mvcc.revision();
+                self.send(pb::WatchResponse {
+                    header: self.header(revision),
+                    watch_id: -1,
+                    ..Default::default()
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn allocate_id(&mut self, requested: i64) -> Option<i64> {
+        if requested != 0 {
+            return (!self.watchers.contains_key(&requested)).then_some(requested);
+        }
+        while self.watchers.contains_key(&self.next_id) {
+            self.next_id += 1;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Some(id)
+    }
+
+    async fn create(&mut self, create: pb::WatchCreateRequest) -> Result<(), Closed> {
+        let Some(id) = self.allocate_id(create.watch_id) else {
+            let revision = self.member.shared.read().mvcc.revision();
+            return self
+                .send(pb::WatchResponse {
+                    header: self.header(revision),
+                    watch_id: create.watch_id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: "etcdserver: watch ID already exists".to_string(),
+                    ..Default::default()
+                })
+                .await;
+        };
+        let mut watcher = Watcher {
+            key: create.key,
+            range_end: create.range_end,
+            next_rev: create.start_revision,
+            prev_kv: create.prev_kv,
+            no_put: create.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
+            progress_notify: create.progress_notify,
+            sent_since_tick: false,
+        };
+        let (current, compacted, history) = {
+            let state = self.member.shared.read();
+            let current = state.mvcc.revision();
+            let compacted = state.mvcc.compact_revision();
+            let start = watcher.next_rev;
+            let history = if start > 0 && start <= current && start >= compacted {
+                state
+                    .mvcc
+                    .events_since(&watcher.key, &watcher.range_end, start)
+            } else {
+                Vec::new()
+            };
+            (current, compacted, history)
+        };
+        self.send(pb::WatchResponse {
+            header: self.header(current),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        })
+        .await?;
+        if watcher.next_rev > 0 && watcher.next_rev < compacted {
+            return self.send_compacted(id, compacted, current).await;
+        }
+        if watcher.next_rev <= 0 {
+            watcher.next_rev = current + 1;
+        }
+        let events = watcher.select(&history);
+        watcher.next_rev = watcher.next_rev.max(current + 1);
+        if !events.is_empty() {
+            self.send_events(id, events, current).await?;
+        }
+        self.watchers.insert(id, watcher);
+        Ok(())
+    }
+
+    async fn send_compacted(&self, id: i64, compacted: i64, current: i64) -> Result<(), Closed> {
+        self.send(pb::WatchResponse {
+            header: self.header(current),
+            watch_id: id,
+            canceled: true,
+            compact_revision: compacted,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn send_events(
+        &self,
+        id: i64,
+        events: Vec<mvccpb::Event>,
+        revision: i64,
+    ) -> Result<(), Closed> {
+        self.send(pb::WatchResponse {
+            header: self.header(revision),
+            watch_id: id,
+            events,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn deliver(&mut self, events: &[mvccpb::Event]) -> Result<(), Closed> {
+        let Some(last) = events
+            .last()
+            .and_then(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+        else {
+            return Ok(());
+        };
+        let mut outgoing = Vec::new();
+        for (id, watcher) in &mut self.watchers {
+            let selected = watcher.select(events);
+            watcher.next_rev = watcher.next_rev.max(last + 1);
+            if !selected.is_empty() {
+                watcher.sent_since_tick = true;
+                outgoing.push((*id, selected));
+            }
+        }
+        for (id, selected) in outgoing {
+            self.send_events(id, selected, last).await?;
+        }
+        Ok(())
+    }
+
+    /// The feed skipped events (a slow session, or a snapshot replaced the state): catch every
+    /// watcher up from the store's history.
+    async fn resync(&mut self) -> Result<(), Closed> {
+        let mut outgoing = Vec::new();
+        let mut compacted_out = Vec::new();
+        let (current, compacted) = {
+            let state = self.member.shared.read();
+            let current = state.mvcc.revision();
+            let compacted = state.mvcc.compact_revision();
+            for (id, watcher) in &mut self.watchers {
+                if watcher.next_rev < compacted {
+                    compacted_out.push(*id);
+                    continue;
+                }
+                let history =
+                    state
+                        .mvcc
+                        .events_since(&watcher.key, &watcher.range_end, watcher.next_rev);
+                let selected = watcher.select(&history);
+                watcher.next_rev = watcher.next_rev.max(current + 1);
+                if !selected.is_empty() {
+                    outgoing.push((*id, selected));
+                }
+            }
+            (current, compacted)
+        };
+        for id in compacted_out {
+            self.watchers.remove(&id);
+            self.send_compacted(id, compacted, current).await?;
+        }
+        for (id, selected) in outgoing {
+            self.send_events(id, selected, current).await?;
+        }
+        Ok(())
+    }
+
+    async fn progress_tick(&mut self) -> Result<(), Closed> {
+        let revision = self.member.shared.read().mvcc.revision();
+        let mut due = Vec::new();
+        for (id, watcher) in &mut self.watchers {
+            if watcher.progress_notify && !watcher.sent_since_tick {
+                due.push(*id);
+            }
+            watcher.sent_since_tick = false;
+        }
+        for id in due {
+            self.send(pb::WatchResponse {
+                header: self.header(revision),
+                watch_id: id,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
