@@ -299,8 +299,10 @@ impl Member {
                         return Ok(answer);
                     }
                 }
-                Some((_, node)) => match remote(node).await {
-                    Err(EtcdError::NoLeader) => {}
+                Some((leader, node)) => match remote(node).await {
+                    Err(EtcdError::NoLeader) => {
+                        tracing::debug!("member {leader:x} no longer leads; retrying");
+                    }
                     other => return other,
                 },
                 None => {}
@@ -317,6 +319,7 @@ impl Member {
     }
 
     async fn wait_applied(&self, index: u64) -> Result<(), EtcdError> {
+        tracing::debug!("waiting until index {index} is applied");
         self.raft
             .wait(Some(REQUEST_TIMEOUT))
             .applied_index_at_least(Some(index), "request")

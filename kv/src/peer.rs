@@ -84,6 +84,7 @@ impl PeerPool {
         let unavailable = |e: Status| {
             EtcdError::Internal(format!("forwarding to {}: {}", node.name, e.message()))
         };
+        tracing::debug!("forwarding {rpc:?} to {}", node.name);
         let mut client = self.client(&node).map_err(unavailable)?;
         let mut req = Request::new(blob(request).map_err(unavailable)?);
         req.set_timeout(timeout);
@@ -94,11 +95,16 @@ impl PeerPool {
             ForwardRpc::LeaseTimeToLive => client.lease_time_to_live(req).await,
             ForwardRpc::Members => client.members(req).await,
         };
+        let reply = reply.map_err(|status| {
+            tracing::debug!("forwarding {rpc:?} to {}: {status}", node.name);
+            status
+        });
         let reply = reply.map_err(|status| match status.code() {
             tonic::Code::DeadlineExceeded => EtcdError::Timeout,
             _ => unavailable(status),
         })?;
-        unblob(reply.get_ref()).map_err(unavailable)
+        let answer: Result<A, EtcdError> = unblob(reply.get_ref()).map_err(unavailable)?;
+        answer
     }
 }
 
@@ -281,6 +287,7 @@ impl<H: PeerHandler> Peer for PeerService<H> {
     }
 
     async fn members(&self, _request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        Ok(Response::new(blob(&self.handler.cluster_view())?))
+        let view: Result<ClusterView, EtcdError> = Ok(self.handler.cluster_view());
+        Ok(Response::new(blob(&view)?))
     }
 }
