@@ -1,0 +1,307 @@
+//! fleetd's configuration, under fleet's option names. It comes from a fleet config file
+//! (`key=value` lines, as fleet's `fleet.conf`), from YAML/JSON (embedded in the agent's config)
+//! and from command-line flags, later sources overriding earlier ones.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::store::DEFAULT_PREFIX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}:{line}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("option {key}: {message}")]
+    Value { key: String, message: String },
+    #[error("reading {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which unit runtime the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// systemd when it is PID 1, else the built-in supervisor.
+    #[default]
+    Auto,
+    Systemd,
+    Supervisor,
+}
+
+/// fleetd's settings. Deserialises from YAML with fleet's option names; durations are numbers
+/// of seconds or strings such as `"30s"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    pub etcd_servers: Vec<String>,
+    pub etcd_key_prefix: String,
+    /// `k=v,k=v`.
+    #[serde(deserialize_with = "metadata_field")]
+    pub metadata: BTreeMap<String, String>,
+    pub public_ip: Option<String>,
+    #[serde(deserialize_with = "duration_field")]
+    pub agent_ttl: Duration,
+    #[serde(deserialize_with = "duration_field")]
+    pub engine_reconcile_interval: Duration,
+    #[serde(deserialize_with = "duration_field")]
+    pub etcd_request_timeout: Duration,
+    pub machine_id: Option<String>,
+    pub data_dir: PathBuf,
+    /// Run only the agent, never the engine (fleet's `disable_engine`).
+    pub disable_engine: bool,
+    pub unit_runtime: RuntimeKind,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            etcd_servers: vec!["http://127.0.0.1:2379".into()],
+            etcd_key_prefix: DEFAULT_PREFIX.into(),
+            metadata: BTreeMap::new(),
+            public_ip: None,
+            agent_ttl: Duration::from_secs(30),
+            engine_reconcile_interval: Duration::from_secs(2),
+            etcd_request_timeout: Duration::from_secs(3),
+            machine_id: None,
+            data_dir: PathBuf::from("/var/lib/shoal/fleet"),
+            disable_engine: false,
+            unit_runtime: RuntimeKind::Auto,
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Reads a fleet config file (`key=value` lines, `#` comments, values optionally quoted,
+    /// `etcd_servers` as a comma list or `["a","b"]`).
+    pub fn from_conf_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_conf_text(&file, &text)
+    }
+
+    pub fn from_conf_text(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            let syntax = |message: String| ConfigError::Syntax {
+                file: file.to_string(),
+                line: index + 1,
+                message,
+            };
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| syntax(format!("expected key=value, got {line:?}")))?;
+            config
+                .set(key.trim(), value.trim())
+                .map_err(|err| syntax(err.to_string()))?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one option from its textual value.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let value = unquote(value);
+        let bad = |message: String| ConfigError::Value {
+            key: key.to_string(),
+            message,
+        };
+        match key {
+            "etcd_servers" => self.etcd_servers = parse_list(&value),
+            "etcd_key_prefix" => self.etcd_key_prefix = value,
+            "metadata" => self.metadata = parse_metadata(&value).map_err(bad)?,
+            "public_ip" => self.public_ip = Some(value).filter(|v| !v.is_empty()),
+            "agent_ttl" => self.agent_ttl = parse_duration(&value).map_err(bad)?,
+            "engine_reconcile_interval" => {
+                self.engine_reconcile_interval = parse_duration(&value).map_err(bad)?
+            }
+            "etcd_request_timeout" => {
+                self.etcd_request_timeout = parse_duration(&value).map_err(bad)?
+            }
+            "machine_id" => self.machine_id = Some(value).filter(|v| !v.is_empty()),
+            "data_dir" => self.data_dir = PathBuf::from(value),
+            "disable_engine" => {
+                self.disable_engine = crate::unit::parse_bool(&value).map_err(bad)?
+            }
+            "unit_runtime" => {
+                self.unit_runtime = match value.as_str() {
+                    "auto" => RuntimeKind::Auto,
+                    "systemd" => RuntimeKind::Systemd,
+                    "supervisor" => RuntimeKind::Supervisor,
+                    _ => return Err(bad(format!("{value:?} is not auto, systemd or supervisor"))),
+                }
+            }
+            // fleet options that have no meaning here are accepted and ignored.
+            "verbosity"
+            | "etcd_cafile"
+            | "etcd_keyfile"
+            | "etcd_certfile"
+            | "authorized_keys_file"
+            | "verify_units"
+            | "token_limit"
+            | "enable_grpc" => {
+                tracing::debug!(key, "ignoring fleet option");
+            }
+            _ => return Err(bad("unknown option".into())),
+        }
+        Ok(())
+    }
+
+    /// Checks values that would only fail later.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| ConfigError::Value {
+            key: key.to_string(),
+            message: message.to_string(),
+        };
+        if self.etcd_servers.is_empty() {
+            return Err(bad("etcd_servers", "at least one endpoint is needed"));
+        }
+        if self.agent_ttl < Duration::from_secs(1) {
+            return Err(bad("agent_ttl", "must be at least 1s"));
+        }
+        if self.engine_reconcile_interval.is_zero() {
+            return Err(bad("engine_reconcile_interval", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+fn unquote(value: &str) -> String {
+    let trimmed = value.trim();
+    for quote in ['"', '\''] {
+        if let Some(inner) = trimmed
+            .strip_prefix(quote)
+            .and_then(|v| v.strip_suffix(quote))
+        {
+            return inner.to_string();
+        }
+    }
+    trimmed.to_string()
+}
+
+fn parse_list(value: &str) -> Vec<String> {
+    let inner = value.trim().trim_start_matches('[').trim_end_matches(']');
+    inner
+        .split(',')
+        .map(unquote)
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+/// `k=v,k=v` into a map.
+pub fn parse_metadata(value: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut metadata = BTreeMap::new();
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, val) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("metadata {pair:?} is not key=value"))?;
+        let (key, val) = (key.trim(), val.trim());
+        if key.is_empty() || val.is_empty() {
+            return Err(format!("metadata {pair:?} needs a key and a value"));
+        }
+        metadata.insert(key.to_string(), val.to_string());
+    }
+    Ok(metadata)
+}
+
+/// `30`, `1.5`, `30s`, `500ms`, `1m`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>()
+        && seconds.is_finite()
+        && seconds >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(seconds));
+    }
+    crate::agent::service::parse_timespan(value)
+}
+
+fn duration_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(f64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Seconds(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            Ok(Duration::from_secs_f64(seconds))
+        }
+        Raw::Seconds(seconds) => Err(serde::de::Error::custom(format!(
+            "{seconds} is not a duration"
+        ))),
+        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+fn metadata_field<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Map(BTreeMap<String, String>),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Text(text) => parse_metadata(&text).map_err(serde::de::Error::custom),
+        Raw::Map(map) => Ok(map),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_conf_file_with_quotes_and_lists() {
+        let text = "# fleet.conf\netcd_servers=[\"http://10.0.0.1:2379\",\"http://10.0.0.2:2379\"]\n\
+                    metadata=\"region=us-east,rack=r1\"\npublic_ip=\"10.0.0.5\"\nagent_ttl=\"10s\"\n\
+                    engine_reconcile_interval=0.5\n";
+        let config = FleetConfig::from_conf_text("fleet.conf", text).expect("parses");
+        assert_eq!(
+            config.etcd_servers,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(config.metadata.get("rack").map(String::as_str), Some("r1"));
+        assert_eq!(config.public_ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(config.agent_ttl, Duration::from_secs(10));
+        assert_eq!(config.engine_reconcile_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn conf_errors_name_file_and_line() {
+        let err = FleetConfig::from_conf_text("f.conf", "agent_ttl=10s\nbogus=1\n").unwrap_err();
+        assert_eq!(err.to_string(), "f.conf:2: option bogus: unknown option");
+        let err = FleetConfig::from_conf_text("f.conf", "metadata=rack\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("f.conf:1: option metadata:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn yaml_with_fleet_names() {
+        let yaml = "etcd_servers: [\"http://127.0.0.1:2379\"]\nmetadata: \"role=web\"\nagent_ttl: 5\n\
+                    engine_reconcile_interval: 1s\ndata_dir: /tmp/x\n";
+        let config: FleetConfig = serde_yaml::from_str(yaml).expect("parses");
+        assert_eq!(config.agent_ttl, Duration::from_secs(5));
+        assert_eq!(config.engine_reconcile_interval, Duration::from_secs(1));
+        assert_eq!(config.metadata.get("role").map(String::as_str), Some("web"));
+        assert!(serde_yaml::from_str::<FleetConfig>("agent_tll: 5\n").is_err());
+    }
+}

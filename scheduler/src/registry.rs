@@ -1,0 +1,258 @@
+//! What fleetctl does to the store: read jobs, submit units, change desired state.
+//!
+//! Submitting validates every unit before writing anything, then writes each unit's text, job
+//! object and target state in one transaction guarded by the job not existing (or, with
+//! replace, not having changed since it was read).
+
+use std::collections::BTreeMap;
+
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+
+use crate::{
+    store::{
+        JobRecord, MachineRecord, Store, StoreError, TargetState, UnitStateRecord, absent,
+        parse_json, to_json,
+    },
+    unit::{ParseError, RequirementsError, UnitFile, UnitName, UnitNameError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Name(#[from] UnitNameError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(transparent)]
+    Requirements(#[from] RequirementsError),
+    #[error("unit {0} does not exist in the cluster")]
+    UnknownUnit(String),
+    #[error("unit {name} already exists with different contents; use --replace to update it")]
+    Exists { name: String },
+    #[error("unit {0} changed while it was being submitted; try again")]
+    Raced(String),
+}
+
+pub type RegistryResult<T> = Result<T, RegistryError>;
+
+/// A job as stored: the unit it runs and what should happen to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Job {
+    pub name: String,
+    pub hash: Option<String>,
+    pub target_state: Option<TargetState>,
+    pub target: Option<String>,
+    pub unschedulable: Option<String>,
+    /// Revision of the job object, for replace guards.
+    pub object_revision: i64,
+}
+
+/// A unit checked and ready to submit.
+#[derive(Debug, Clone)]
+pub struct ValidUnit {
+    pub name: UnitName,
+    pub unit: UnitFile,
+}
+
+impl ValidUnit {
+    /// Parses and validates unit `name` with contents `text`; `source` names it in errors.
+    pub fn new(name: &str, source: &str, text: &str) -> RegistryResult<Self> {
+        let name = UnitName::parse(name)?;
+        let unit = UnitFile::parse(source, text)?;
+        unit.requirements(&name).map_err(|mut err| {
+            err.file = source.to_string();
+            err
+        })?;
+        Ok(Self { name, unit })
+    }
+}
+
+/// What happened to one submitted unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    Created,
+    Unchanged,
+    Replaced,
+}
+
+pub struct Registry {
+    store: Store,
+}
+
+impl Registry {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn jobs(&self) -> RegistryResult<BTreeMap<String, Job>> {
+        let keys = self.store.keys().clone();
+        let mut client = self.store.client();
+        let response = self
+            .store
+            .call(
+                "list jobs",
+                client.get(keys.jobs(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let value = String::from_utf8_lossy(kv.value()).into_owned();
+            let Some((name, field)) = keys.parse_job_key(&key) else {
+                continue;
+            };
+            let job = jobs.entry(name.to_string()).or_insert_with(|| Job {
+                name: name.to_string(),
+                ..Job::default()
+            });
+            match field {
+                "object" => {
+                    let record: JobRecord = parse_json(&key, &value)?;
+                    job.hash = Some(record.unit_hash);
+                    job.object_revision = kv.mod_revision();
+                }
+                "target-state" => job.target_state = TargetState::parse(&value),
+                "target" => job.target = Some(value),
+                "unschedulable" => job.unschedulable = Some(value),
+                _ => {}
+            }
+        }
+        jobs.retain(|_, job| job.hash.is_some());
+        Ok(jobs)
+    }
+
+    pub async fn job(&self, name: &str) -> RegistryResult<Option<Job>> {
+        Ok(self.jobs().await?.remove(name))
+    }
+
+    pub async fn unit_text(&self, hash: &str) -> RegistryResult<Option<String>> {
+        Ok(self.store.get(&self.store.keys().unit(hash)).await?)
+    }
+
+    pub async fn machines(&self) -> RegistryResult<Vec<MachineRecord>> {
+        Ok(self.store.machines().await?)
+    }
+
+    pub async fn states(
+        &self,
+    ) -> RegistryResult<BTreeMap<String, BTreeMap<String, UnitStateRecord>>> {
+        Ok(self.store.unit_states().await?)
+    }
+
+    /// Submits `units` all together. Existing units with the same contents are left alone;
+    /// with different contents they are an error unless `replace`.
+    pub async fn submit(
+        &self,
+        units: &[ValidUnit],
+        replace: bool,
+    ) -> RegistryResult<Vec<Submitted>> {
+        let existing = self.jobs().await?;
+        let mut plans = Vec::with_capacity(units.len());
+        for unit in units {
+            let hash = unit.unit.hash();
+            let outcome = match existing.get(unit.name.as_str()) {
+                None => Submitted::Created,
+                Some(job) if job.hash.as_deref() == Some(hash.as_str()) => Submitted::Unchanged,
+                Some(_) if replace => Submitted::Replaced,
+                Some(_) => {
+                    return Err(RegistryError::Exists {
+                        name: unit.name.to_string(),
+                    });
+                }
+            };
+            plans.push((unit, hash, outcome));
+        }
+        for chunk in plans.chunks(crate::store::MAX_TXN_OPS / 3) {
+            let mut guards = Vec::new();
+            let mut ops = Vec::new();
+            for (unit, hash, outcome) in chunk {
+                let name = unit.name.as_str();
+                let keys = self.store.keys();
+                let object = to_json(&JobRecord {
+                    name: name.to_string(),
+                    unit_hash: hash.clone(),
+                });
+                match outcome {
+                    Submitted::Unchanged => continue,
+                    Submitted::Created => {
+                        guards.push(absent(&keys.job_object(name)));
+                        ops.push(TxnOp::put(
+                            keys.target_state(name),
+                            TargetState::Inactive.as_str(),
+                            None,
+                        ));
+                    }
+                    Submitted::Replaced => {
+                        let revision = existing[name].object_revision;
+                        guards.push(Compare::mod_revision(
+                            keys.job_object(name),
+                            CompareOp::Equal,
+                            revision,
+                        ));
+                    }
+                }
+                ops.push(TxnOp::put(keys.unit(hash), unit.unit.serialize(), None));
+                ops.push(TxnOp::put(keys.job_object(name), object, None));
+            }
+            if ops.is_empty() {
+                continue;
+            }
+            let txn = Txn::new().when(guards).and_then(ops);
+            if !self.store.txn("submit units", txn).await? {
+                let first = chunk
+                    .first()
+                    .map(|(u, _, _)| u.name.to_string())
+                    .unwrap_or_default();
+                return Err(RegistryError::Raced(first));
+            }
+        }
+        Ok(plans.into_iter().map(|(_, _, outcome)| outcome).collect())
+    }
+
+    /// Sets the desired state of existing units (all or none are changed).
+    pub async fn set_target_state(
+        &self,
+        names: &[String],
+        state: TargetState,
+    ) -> RegistryResult<()> {
+        let keys = self.store.keys().clone();
+        for chunk in names.chunks(crate::store::MAX_TXN_OPS) {
+            let guards: Vec<Compare> = chunk
+                .iter()
+                .map(|name| Compare::create_revision(keys.job_object(name), CompareOp::Greater, 0))
+                .collect();
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|name| TxnOp::put(keys.target_state(name), state.as_str(), None))
+                .collect();
+            let txn = Txn::new().when(guards).and_then(ops);
+            if !self.store.txn("set target state", txn).await? {
+                let jobs = self.jobs().await?;
+                let missing = chunk.iter().find(|name| !jobs.contains_key(*name));
+                return Err(RegistryError::UnknownUnit(
+                    missing.cloned().unwrap_or_default(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a unit from the cluster; its agents stop it.
+    pub async fn destroy(&self, name: &str) -> RegistryResult<bool> {
+        let mut client = self.store.client();
+        let options = DeleteOptions::new().with_prefix();
+        let response = self
+            .store
+            .call(
+                "destroy unit",
+                client.delete(self.store.keys().job(name), Some(options)),
+            )
+            .await?;
+        Ok(response.deleted() > 0)
+    }
+}

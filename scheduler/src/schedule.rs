@@ -1,0 +1,217 @@
+//! Placement: which machine a unit goes to, honouring every `[X-Fleet]` rule. Pure and
+//! in-memory; the engine feeds it the cluster it watches and writes the decisions back.
+//!
+//! The decider is fleet's least-loaded one: machines ordered by the number of units scheduled
+//! to them (ties by machine ID), the first that can run the unit wins.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::unit::Requirements;
+
+/// A machine as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub id: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Why a machine cannot take a unit; the engine reports these for unschedulable units.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    MachineId(String),
+    Metadata,
+    MissingPeer(String),
+    Conflict(String),
+    ReplacedBy(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::MachineId(id) => write!(f, "MachineID is {id}"),
+            Refusal::Metadata => write!(f, "MachineMetadata does not match"),
+            Refusal::MissingPeer(peer) => write!(f, "MachineOf unit {peer} is not there"),
+            Refusal::Conflict(unit) => write!(f, "conflicts with {unit}"),
+            Refusal::ReplacedBy(unit) => write!(f, "{unit} replaces it there"),
+        }
+    }
+}
+
+/// Units placed on machines, plus every unit's rules, indexed for placement.
+#[derive(Debug, Default, Clone)]
+pub struct Placement {
+    machines: BTreeMap<String, Machine>,
+    requirements: HashMap<String, Requirements>,
+    target: HashMap<String, String>,
+    units_on: HashMap<String, BTreeSet<String>>,
+    by_load: BTreeSet<(usize, String)>,
+}
+
+impl Placement {
+    pub fn add_machine(&mut self, machine: Machine) {
+        let load = self.load(&machine.id);
+        self.by_load.insert((load, machine.id.clone()));
+        self.machines.insert(machine.id.clone(), machine);
+    }
+
+    /// Removes a machine; returns the units that were scheduled to it (now unscheduled).
+    pub fn remove_machine(&mut self, id: &str) -> Vec<String> {
+        let Some(_) = self.machines.remove(id) else {
+            return Vec::new();
+        };
+        let orphans: Vec<String> = self.units_on.remove(id).into_iter().flatten().collect();
+        for unit in &orphans {
+            self.target.remove(unit);
+        }
+        self.by_load.retain(|(_, machine)| machine != id);
+        orphans
+    }
+
+    pub fn machine(&self, id: &str) -> Option<&Machine> {
+        self.machines.get(id)
+    }
+
+    pub fn machines(&self) -> impl Iterator<Item = &Machine> {
+        self.machines.values()
+    }
+
+    pub fn set_requirements(&mut self, unit: &str, requirements: Requirements) {
+        self.requirements.insert(unit.to_string(), requirements);
+    }
+
+    pub fn requirements(&self, unit: &str) -> Option<&Requirements> {
+        self.requirements.get(unit)
+    }
+
+    /// Forgets a unit entirely (destroyed); returns the machine it was on.
+    pub fn forget(&mut self, unit: &str) -> Option<String> {
+        self.requirements.remove(unit);
+        self.unassign(unit)
+    }
+
+    pub fn target(&self, unit: &str) -> Option<&str> {
+        self.target.get(unit).map(String::as_str)
+    }
+
+    pub fn units_on(&self, machine: &str) -> impl Iterator<Item = &String> {
+        self.units_on.get(machine).into_iter().flatten()
+    }
+
+    pub fn load(&self, machine: &str) -> usize {
+        self.units_on.get(machine).map_or(0, BTreeSet::len)
+    }
+
+    /// Records that `unit` runs on `machine` (a decision, or one read back from the store).
+    pub fn assign(&mut self, unit: &str, machine: &str) {
+        if self.target(unit) == Some(machine) {
+            return;
+        }
+        self.unassign(unit);
+        let load = self.load(machine);
+        if self.machines.contains_key(machine) {
+            self.by_load.remove(&(load, machine.to_string()));
+            self.by_load.insert((load + 1, machine.to_string()));
+        }
+        self.units_on
+            .entry(machine.to_string())
+            .or_default()
+            .insert(unit.to_string());
+        self.target.insert(unit.to_string(), machine.to_string());
+    }
+
+    /// Unschedules `unit`; returns the machine it was on.
+    pub fn unassign(&mut self, unit: &str) -> Option<String> {
+        let machine = self.target.remove(unit)?;
+        let load = self.load(&machine);
+        if let Some(units) = self.units_on.get_mut(&machine) {
+            units.remove(unit);
+        }
+        if self.machines.contains_key(&machine) {
+            self.by_load.remove(&(load, machine.clone()));
+            self.by_load
+                .insert((load.saturating_sub(1), machine.clone()));
+        }
+        Some(machine)
+    }
+
+    /// Can `machine` run `unit` given what is on it now? The unit itself is ignored among the
+    /// machine's units, so this also checks a unit already placed there.
+    pub fn able_to_run(&self, unit: &str, machine: &Machine) -> Result<(), Refusal> {
+        let empty = Requirements::default();
+        let rules = self.requirements.get(unit).unwrap_or(&empty);
+        if !rules.machine_id_matches(&machine.id) {
+            let wanted = rules.machine_id.clone().unwrap_or_default();
+            return Err(Refusal::MachineId(wanted));
+        }
+        if !rules.metadata_matches(&machine.metadata) {
+            return Err(Refusal::Metadata);
+        }
+        let here = self.units_on.get(&machine.id);
+        let is_here = |peer: &String| here.is_some_and(|units| units.contains(peer));
+        if let Some(peer) = rules.machine_of.iter().find(|peer| !is_here(peer)) {
+            return Err(Refusal::MissingPeer(peer.clone()));
+        }
+        for other in here.into_iter().flatten().filter(|other| *other != unit) {
+            let other_rules = self.requirements.get(other).unwrap_or(&empty);
+            if other_rules.replaces_unit(unit) {
+                return Err(Refusal::ReplacedBy(other.clone()));
+            }
+            if rules.replaces_unit(other) {
+                continue;
+            }
+            if rules.conflicts_with(other) || other_rules.conflicts_with(unit) {
+                return Err(Refusal::Conflict(other.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The least-loaded machine able to run `unit`, or why there is none.
+    pub fn decide(&self, unit: &str) -> Result<String, String> {
+        let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
+        for (_, id) in &self.by_load {
+            let Some(machine) = self.machines.get(id) else {
+                continue;
+            };
+            match self.able_to_run(unit, machine) {
+                Ok(()) => return Ok(id.clone()),
+                Err(refusal) => *refusals.entry(refusal).or_default() += 1,
+            }
+        }
+        Err(describe_refusals(self.machines.len(), &refusals))
+    }
+
+    /// Places `unit` on the least-loaded able machine; units it replaces there are unscheduled
+    /// and returned so the caller can place them elsewhere.
+    pub fn schedule(&mut self, unit: &str) -> Result<(String, Vec<String>), String> {
+        let machine = self.decide(unit)?;
+        let rules = self.requirements.get(unit).cloned().unwrap_or_default();
+        let displaced: Vec<String> = self
+            .units_on(&machine)
+            .filter(|other| *other != unit && rules.replaces_unit(other))
+            .cloned()
+            .collect();
+        for other in &displaced {
+            self.unassign(other);
+        }
+        self.assign(unit, &machine);
+        Ok((machine, displaced))
+    }
+}
+
+fn describe_refusals(machine_count: usize, refusals: &BTreeMap<Refusal, usize>) -> String {
+    if machine_count == 0 {
+        return "no machines in the cluster".to_string();
+    }
+    let reasons: Vec<String> = refusals
+        .iter()
+        .map(|(refusal, count)| format!("{count} {refusal}"))
+        .collect();
+    format!(
+        "no eligible machine among {machine_count}: {}",
+        reasons.join("; ")
+    )
+}
+
+#[cfg(test)]
+mod tests;
