@@ -167,9 +167,12 @@ impl Registry {
             };
             plans.push((unit, hash, outcome));
         }
+        let mut seen_names = std::collections::HashSet::new();
+        plans.retain(|(unit, _, _)| seen_names.insert(unit.name.to_string()));
         for chunk in plans.chunks(crate::store::MAX_TXN_OPS / 3) {
             let mut guards = Vec::new();
             let mut ops = Vec::new();
+            let mut texts_written = std::collections::HashSet::new();
             for (unit, hash, outcome) in chunk {
                 let name = unit.name.as_str();
                 let keys = self.store.keys();
@@ -196,7 +199,9 @@ impl Registry {
                         ));
                     }
                 }
-                ops.push(TxnOp::put(keys.unit(hash), unit.unit.serialize(), None));
+                if texts_written.insert(hash.clone()) {
+                    ops.push(TxnOp::put(keys.unit(hash), unit.unit.serialize(), None));
+                }
                 ops.push(TxnOp::put(keys.job_object(name), object, None));
             }
             if ops.is_empty() {
