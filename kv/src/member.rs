@@ -286,7 +286,7 @@ impl Member {
     async fn on_leader<T, L, LF, R, RF>(&self, local: L, remote: R) -> Result<T, EtcdError>
     where
         L: Fn() -> LF,
-        LF: Future<Output = Result<T, Option<u64>>>,
+        LF: Future<Output = Result<Result<T, EtcdError>, Option<u64>>>,
         R: Fn(MemberNode) -> RF,
         RF: Future<Output = Result<T, EtcdError>>,
     {
@@ -296,7 +296,7 @@ impl Member {
             match leader {
                 Some((leader, _)) if leader == self.id => {
                     if let Ok(answer) = local().await {
-                        return Ok(answer);
+                        return answer;
                     }
                 }
                 Some((leader, node)) => match remote(node).await {
@@ -337,7 +337,7 @@ impl Member {
         }
         let (outcome, index) = self
             .on_leader(
-                || self.propose_here(command.clone()),
+                || async { self.propose_here(command.clone()).await.map(Ok) },
                 |node| {
                     self.pool
                         .call(node, ForwardRpc::Propose, &command, REQUEST_TIMEOUT)
@@ -381,7 +381,7 @@ impl Member {
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {
         let index = self
             .on_leader(
-                || self.read_index_here(),
+                || async { self.read_index_here().await.map(Ok) },
                 |node| {
                     self.pool
                         .call(node, ForwardRpc::ReadIndex, &(), REQUEST_TIMEOUT)
@@ -394,7 +394,7 @@ impl Member {
     /// Renews a lease on the leader; the TTL it got (0 when the lease is unknown, like etcd).
     pub async fn keep_alive(&self, id: i64) -> Result<i64, EtcdError> {
         self.on_leader(
-            || async { self.keep_alive_here(id).map_err(|_| None) },
+            || async { Ok(self.keep_alive_here(id)) },
             |node| {
                 self.pool
                     .call(node, ForwardRpc::LeaseKeepAlive, &id, REQUEST_TIMEOUT)
@@ -416,7 +416,7 @@ impl Member {
     /// The seconds a lease has left, as the leader sees it.
     pub async fn time_to_live(&self, id: i64) -> Result<i64, EtcdError> {
         self.on_leader(
-            || async { self.time_to_live_here(id).map_err(|_| None) },
+            || async { Ok(self.time_to_live_here(id)) },
             |node| {
                 self.pool
                     .call(node, ForwardRpc::LeaseTimeToLive, &id, REQUEST_TIMEOUT)
