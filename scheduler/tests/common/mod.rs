@@ -22,7 +22,7 @@ use shoal_scheduler::{
 
 pub const ETCD: &str = "/usr/bin/etcd";
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
@@ -38,8 +38,13 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts etcd serving clients on `client_port`.
+    pub async fn start_on(client_port: u16) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let client = format!("http://127.0.0.1:{}", free_port());
+        let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{}", free_port());
         let child = Command::new(ETCD)
             .args(["--name", "fleet-test", "--data-dir"])

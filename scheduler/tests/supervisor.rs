@@ -1,0 +1,315 @@
+//! The built-in supervisor's service semantics, with real processes.
+
+use std::{path::Path, time::Duration};
+
+use shoal_scheduler::{
+    agent::{UnitRuntime, supervisor::Supervisor},
+    unit::{UnitFile, UnitName},
+};
+
+mod common;
+use common::wait_until;
+
+async fn load(supervisor: &Supervisor, name: &str, text: &str) {
+    let unit_name = UnitName::parse(name).expect("name");
+    let unit = UnitFile::parse(name, text).expect("unit");
+    supervisor
+        .load(&unit_name, &unit, &unit.hash())
+        .await
+        .expect("load");
+}
+
+async fn state(supervisor: &Supervisor, name: &str) -> (String, String) {
+    supervisor
+        .units()
+        .await
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| (s.active_state, s.sub_state))
+        .unwrap_or_default()
+}
+
+async fn wait_state(supervisor: &Supervisor, name: &str, active: &str, sub: &str) {
+    let what = format!("{name} {active}/{sub}");
+    wait_until(Duration::from_secs(10), &what, || async {
+        state(supervisor, name).await == (active.to_string(), sub.to_string())
+    })
+    .await;
+}
+
+async fn output(supervisor: &Supervisor, name: &str) -> String {
+    supervisor.journal(name, 1000).await.expect("journal")
+}
+
+fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+#[tokio::test]
+async fn exec_sequence_environment_and_working_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env_file = dir.path().join("env");
+    std::fs::write(
+        &env_file,
+        "# comment\nFROM_FILE=\"file value\"\nSHARED=file\n",
+    )
+    .expect("env file");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("work dir");
+    let supervisor = Supervisor::new(dir.path()).expect("supervisor");
+    let text = format!(
+        "[Service]\nEnvironment=GREETING=hi \"SPACED=a b\" SHARED=unit\nEnvironmentFile={}\nEnvironmentFile=-/nonexistent/env\n\
+         WorkingDirectory={}\nExecStartPre=/bin/sh -c 'echo pre $GREETING'\nExecStartPre=-/bin/false\n\
+         ExecStart=/bin/sh -c 'echo main ${{SPACED}} $FROM_FILE $SHARED in $(pwd) as %n; exec sleep 600'\n\
+         ExecStartPost=/bin/echo post $MAINPID\nExecStop=/bin/echo stopping $MAINPID\n",
+        env_file.display(),
+        work.display()
+    );
+    load(&supervisor, "seq.service", &text).await;
+    supervisor.start("seq.service").await.expect("start");
+    wait_state(&supervisor, "seq.service", "active", "running").await;
+    wait_until(Duration::from_secs(5), "main output", || async {
+        output(&supervisor, "seq.service")
+            .await
+            .contains("main a b")
+    })
+    .await;
+    let out = output(&supervisor, "seq.service").await;
+    assert!(out.contains("pre hi"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "main a b file value file in {} as seq.service",
+            work.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("post "), "{out}");
+    supervisor.stop("seq.service").await.expect("stop");
+    assert_eq!(
+        state(&supervisor, "seq.service").await,
+        ("inactive".into(), "dead".into())
+    );
+    assert!(
+        output(&supervisor, "seq.service")
+            .await
+            .contains("stopping ")
+    );
+}
+
+#[tokio::test]
+async fn failing_pre_command_fails_the_unit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::new(dir.path()).expect("supervisor");
+    load(
+        &supervisor,
+        "bad.service",
+        "[Service]\nExecStartPre=/bin/false\nExecStart=/bin/sleep 600\n",
+    )
+    .await;
+    supervisor.start("bad.service").await.expect("start");
+    wait_state(&supervisor, "bad.service", "failed", "failed").await;
+    load(
+        &supervisor,
+        "missing.service",
+        "[Service]\nExecStart=/nonexistent/binary\n",
+    )
+    .await;
+    supervisor.start("missing.service").await.expect("start");
+    wait_state(&supervisor, "missing.service", "failed", "failed").await;
+    assert!(
+        output(&supervisor, "missing.service")
+            .await
+            .contains("start failed")
+    );
+}
+
+#[tokio::test]
+async fn oneshot_runs_to_completion_and_remain_after_exit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::new(dir.path()).expect("supervisor");
+    load(
+        &supervisor,
+        "once.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/echo one\nExecStart=/bin/echo two\n",
+    )
+    .await;
+    supervisor.start("once.service").await.expect("start");
+    wait_state(&supervisor, "once.service", "inactive", "dead").await;
+    wait_until(Duration::from_secs(5), "both commands ran", || async {
+        let out = output(&supervisor, "once.service").await;
+        out.contains("one\n") && out.contains("two\n")
+    })
+    .await;
+    load(
+        &supervisor,
+        "stays.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
+    )
+    .await;
+    supervisor.start("stays.service").await.expect("start");
+    wait_state(&supervisor, "stays.service", "active", "exited").await;
+}
+
+#[tokio::test]
+async fn restart_policies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let counter = dir.path().join("count");
+    let supervisor = Supervisor::new(dir.path()).expect("supervisor");
+    let text = format!(
+        "[Service]\nRestart=on-failure\nRestartSec=200ms\nExecStart=/bin/sh -c 'echo x >> {}; exit 3'\n",
+        counter.display()
+    );
+    load(&supervisor, "flaky.service", &text).await;
+    supervisor.start("flaky.service").await.expect("start");
+    wait_until(Duration::from_secs(10), "three attempts", || async {
+        std::fs::read_to_string(&counter).is_ok_and(|c| c.lines().count() >= 3)
+    })
+    .await;
+    supervisor.stop("flaky.service").await.expect("stop");
+    assert_eq!(state(&supervisor, "flaky.service").await.0, "inactive");
+
+    load(
+        &supervisor,
+        "clean.service",
+        "[Service]\nRestart=on-failure\nRestartSec=100ms\nExecStart=/bin/true\n",
+    )
+    .await;
+    supervisor.start("clean.service").await.expect("start");
+    wait_state(&supervisor, "clean.service", "inactive", "dead").await;
+
+    let always = dir.path().join("always");
+    let text = format!(
+        "[Service]\nRestart=always\nRestartSec=100ms\nExecStart=/bin/sh -c 'echo x >> {}'\n",
+        always.display()
+    );
+    load(&supervisor, "loop.service", &text).await;
+    supervisor.start("loop.service").await.expect("start");
+    wait_until(
+        Duration::from_secs(10),
+        "restarts after clean exits",
+        || async { std::fs::read_to_string(&always).is_ok_and(|c| c.lines().count() >= 3) },
+    )
+    .await;
+    supervisor.unload("loop.service").await.expect("unload");
+
+    load(
+        &supervisor,
+        "once-fail.service",
+        "[Service]\nRestart=no\nExecStart=/bin/sh -c 'exit 1'\n",
+    )
+    .await;
+    supervisor.start("once-fail.service").await.expect("start");
+    wait_state(&supervisor, "once-fail.service", "failed", "failed").await;
+}
+
+#[tokio::test]
+async fn stop_kills_the_whole_process_group_and_honours_timeout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pids = dir.path().join("pids");
+    let supervisor = Supervisor::new(dir.path()).expect("supervisor");
+    // The shell ignores SIGTERM, and its child sleeps: both must die by SIGKILL after 1s.
+    let text = format!(
+        "[Service]\nTimeoutStopSec=1\nExecStart=/bin/sh -c 'trap \"\" TERM; sleep 600 & echo $! > {}; wait; sleep 600'\n",
+        pids.display()
+    );
+    load(&supervisor, "stubborn.service", &text).await;
+    supervisor.start("stubborn.service").await.expect("start");
+    wait_state(&supervisor, "stubborn.service", "active", "running").await;
+    wait_until(Duration::from_secs(5), "child pid", || async {
+        std::fs::read_to_string(&pids).is_ok_and(|p| !p.trim().is_empty())
+    })
+    .await;
+    let child: u32 = std::fs::read_to_string(&pids)
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid number");
+    let main = supervisor.units().await[0].1.main_pid.expect("main pid");
+    let started = std::time::Instant::now();
+    supervisor.stop("stubborn.service").await.expect("stop");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "stop took {took:?}"
+    );
+    wait_until(Duration::from_secs(5), "group gone", || async {
+        !process_exists(child) && !process_exists(main)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn new_supervisor_adopts_recorded_processes_and_discards_unclaimed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = "[Service]\nExecStart=/bin/sleep 600\n";
+    let pids = {
+        let first = Supervisor::new(dir.path()).expect("supervisor");
+        load(&first, "keep.service", text).await;
+        load(&first, "drop.service", text).await;
+        first.start("keep.service").await.expect("start");
+        first.start("drop.service").await.expect("start");
+        wait_state(&first, "keep.service", "active", "running").await;
+        wait_state(&first, "drop.service", "active", "running").await;
+        let units = first.units().await;
+        let pid = |name: &str| {
+            units
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, s)| s.main_pid)
+                .expect("pid")
+        };
+        (pid("keep.service"), pid("drop.service"))
+    };
+    let second = Supervisor::new(dir.path()).expect("supervisor");
+    load(&second, "keep.service", text).await;
+    let (_, status) = second.units().await.into_iter().next().expect("unit");
+    assert_eq!(
+        (status.active_state.as_str(), status.main_pid),
+        ("active", Some(pids.0))
+    );
+    assert!(status.started, "adopted units count as started");
+    second.finish_adoption().await;
+    wait_until(Duration::from_secs(5), "unclaimed unit killed", || async {
+        !process_exists(pids.1)
+    })
+    .await;
+    assert!(process_exists(pids.0));
+    second.unload("keep.service").await.expect("unload");
+    wait_until(Duration::from_secs(5), "adopted unit stopped", || async {
+        !process_exists(pids.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_service_settings_are_refused_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::new(dir.path()).expect("supervisor");
+    for (text, expected) in [
+        (
+            "[Service]\nType=forking\nExecStart=/bin/true\n",
+            "Type=forking",
+        ),
+        (
+            "[Service]\nExecStart=/bin/a\nExecStart=/bin/b\n",
+            "more than one ExecStart",
+        ),
+        ("[Unit]\nDescription=none\n", "no ExecStart"),
+        (
+            "[Service]\nExecStart=/bin/true\nRestartSec=soon\n",
+            "RestartSec",
+        ),
+    ] {
+        let unit = UnitFile::parse("x.service", text).expect("parses");
+        let name = UnitName::parse("x.service").expect("name");
+        let err = supervisor
+            .load(&name, &unit, &unit.hash())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(expected),
+            "{err} should mention {expected}"
+        );
+    }
+}
