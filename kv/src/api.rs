@@ -552,7 +552,9 @@ impl Maintenance for MaintenanceService {
             let state = self.0.shared.read();
             let mut data =
                 bincode::serialize(&*state).map_err(|e| Status::internal(e.to_string()))?;
-            // Like etcd, the stream ends with the SHA-256 of what precedes it (etcdctl checks).
+            // Like etcd's, the stream is whole 512-byte pages followed by the SHA-256 of
+            // them (etcdctl checks both); the encoding tolerates the zero padding.
+            data.resize(data.len().div_ceil(512) * 512, 0);
             let digest = <sha2::Sha256 as sha2::Digest>::digest(&data);
             data.extend_from_slice(&digest);
             (data, state.mvcc.revision())

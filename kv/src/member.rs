@@ -597,7 +597,7 @@ fn raft_config(config: &Config) -> Result<openraft::Config, StoreError> {
         election_timeout_min: election,
         election_timeout_max: election * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
         max_payload_entries: 1000,
         install_snapshot_timeout: 5000,
         ..Default::default()

@@ -62,10 +62,16 @@ pub struct TestCluster {
     pub procs: Vec<Option<Proc>>,
     pub dir: tempfile::TempDir,
     pub state: &'static str,
+    /// Passed to every member after the standard flags.
+    pub extra_args: Vec<String>,
 }
 
 impl TestCluster {
     pub async fn start(flavor: Flavor, size: usize) -> TestCluster {
+        Self::start_with(flavor, size, &[]).await
+    }
+
+    pub async fn start_with(flavor: Flavor, size: usize, extra_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let names = ["alpha", "bravo", "charlie", "delta", "echo"];
         let specs: Vec<MemberSpec> = (0..size)
@@ -82,6 +88,7 @@ impl TestCluster {
             specs,
             dir,
             state: "new",
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..size {
             cluster.spawn(i);
@@ -135,6 +142,7 @@ impl TestCluster {
             .arg("50")
             .arg("--election-timeout")
             .arg("500")
+            .args(&self.extra_args)
             .env("SHOAL_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
