@@ -1,0 +1,329 @@
+//! Durability and faults with real `shoal-kv` processes: kill -9 of the leader under write load,
+//! kill -9 of every member, one member of three down, a member back with an empty data dir,
+//! a damaged data file, and requests the store must refuse without going down.
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Flavor, TestCluster, connect};
+use etcd_client::{Client, GetOptions};
+
+/// Writers that put unique keys round-robin across members and remember which were acknowledged.
+struct WriteLoad {
+    acked: Arc<Mutex<BTreeSet<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WriteLoad {
+    async fn start(endpoints: Vec<String>, writers: usize) -> WriteLoad {
+        let acked = Arc::new(Mutex::new(BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for writer in 0..writers {
+            let mut clients = Vec::new();
+            for endpoint in &endpoints {
+                clients.push(connect(std::slice::from_ref(endpoint)).await);
+            }
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0usize;
+                let members = clients.len();
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("load/{writer}/{n}");
+                    let client = &mut clients[(writer + n) % members];
+                    let put = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        client.put(key.clone(), "v", None),
+                    );
+                    if let Ok(Ok(_)) = put.await {
+                        acked.lock().expect("acked").insert(key);
+                    }
+                    n += 1;
+                }
+            }));
+        }
+        WriteLoad { acked, stop, tasks }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().expect("acked").len()
+    }
+
+    async fn stop(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        Arc::try_unwrap(self.acked)
+            .map(|m| m.into_inner().expect("acked"))
+            .unwrap_or_default()
+    }
+}
+
+async fn keys_with_prefix(
+    client: &mut Client,
+    prefix: &str,
+    serializable: bool,
+) -> BTreeSet<String> {
+    let mut options = GetOptions::new().with_prefix().with_keys_only();
+    if serializable {
+        options = options.with_serializable();
+    }
+    let response = client.get(prefix, Some(options)).await.expect("range");
+    response
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect()
+}
+
+/// Every acknowledged key is readable (linearizably) through every live member.
+async fn assert_all_present(cluster: &TestCluster, acked: &BTreeSet<String>) {
+    for (i, proc) in cluster.procs.iter().enumerate() {
+        if proc.is_none() {
+            continue;
+        }
+        let mut client = cluster.client(i).await;
+        let present = keys_with_prefix(&mut client, "load/", false).await;
+        let missing: Vec<&String> = acked.difference(&present).collect();
+        assert!(
+            missing.is_empty(),
+            "member {i} lost {} acknowledged writes: {missing:?}",
+            missing.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill9_under_write_load_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let leader = cluster.leader().await;
+    let load = WriteLoad::start(cluster.endpoints(), 8).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = load.acked_count();
+    cluster.kill(leader);
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let acked = load.stop().await;
+    println!(
+        "acknowledged {before} writes before kill -9 of the leader, {} in {:?} after",
+        acked.len() - before,
+        killed_at.elapsed()
+    );
+    assert!(before > 0, "no write was acknowledged before the kill");
+    assert!(
+        acked.len() > before,
+        "the two survivors acknowledged no write after the kill"
+    );
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, leader);
+    assert_all_present(&cluster, &acked).await;
+    cluster.restart(leader).await;
+    assert_all_present(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_every_member_then_restart_keeps_acknowledged_writes() {
+    let mut cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let load = WriteLoad::start(cluster.endpoints(), 8).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let acked = load.stop().await;
+    println!(
+        "acknowledged {} writes before kill -9 of all three members",
+        acked.len()
+    );
+    assert!(!acked.is_empty());
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    cluster.wait_ready().await;
+    assert_all_present(&cluster, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_three_down_keeps_serving_and_quorum_losing_removal_is_refused() {
+    let mut cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let leader = cluster.leader().await;
+    let down = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.kill(down);
+    let mut client = cluster.client(other).await;
+    client
+        .put("still", "serving", None)
+        .await
+        .expect("put with one member down");
+    let got = client
+        .get("still", None)
+        .await
+        .expect("linearizable read with one member down");
+    assert_eq!(got.kvs()[0].value(), b"serving");
+    let lease = client
+        .lease_grant(10, None)
+        .await
+        .expect("lease grant with one member down");
+    client.lease_revoke(lease.id()).await.expect("lease revoke");
+
+    let mut leader_client = cluster.client(leader).await;
+    let members = leader_client.member_list().await.expect("member list");
+    let other_id = members
+        .members()
+        .iter()
+        .find(|m| m.name() == cluster.specs[other].name)
+        .expect("the other member")
+        .id();
+    let refused = leader_client.member_remove(other_id).await;
+    let message = format!("{refused:?}");
+    assert!(
+        message.contains("re-configuration failed due to not enough started members"),
+        "{message}"
+    );
+    client
+        .put("after", "refusal", None)
+        .await
+        .expect("the cluster still serves");
+    let members = leader_client.member_list().await.expect("member list");
+    assert_eq!(members.members().len(), 3, "nobody was removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_with_empty_data_dir_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start_with(Flavor::Shoal, 3, &["--snapshot-count", "50"]).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = cluster.client(leader).await;
+    for n in 0..300 {
+        client
+            .put(format!("load/{n}"), "v", None)
+            .await
+            .expect("put");
+    }
+    cluster.kill(follower);
+    std::fs::remove_dir_all(&cluster.specs[follower].data_dir).expect("wiping the data dir");
+    for n in 300..400 {
+        client
+            .put(format!("load/{n}"), "v", None)
+            .await
+            .expect("put");
+    }
+    cluster.state = "existing";
+    cluster.restart(follower).await;
+    let expected: BTreeSet<String> = (0..400).map(|n| format!("load/{n}")).collect();
+    let mut rejoined = cluster.client(follower).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let present = keys_with_prefix(&mut rejoined, "load/", true).await;
+        if present == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "caught up to {} of 400 keys",
+            present.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = rejoined.status().await.expect("status");
+    println!(
+        "rejoined member applied index {}",
+        status.raft_applied_index()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_data_file_is_a_clear_error() {
+    let mut cluster = TestCluster::start(Flavor::Shoal, 1).await;
+    let canary = "CANARY-VALUE-0123456789-CANARY";
+    let mut client = cluster.client(0).await;
+    client.put("canary", canary, None).await.expect("put");
+    cluster.kill(0);
+    let path = common::data_file(&cluster.specs[0].data_dir);
+    let mut bytes = std::fs::read(&path).expect("data file");
+    let mut damaged = 0;
+    let mut at = 0;
+    while let Some(offset) = find(&bytes[at..], canary.as_bytes()) {
+        bytes[at + offset + 7] ^= 0x20;
+        at += offset + canary.len();
+        damaged += 1;
+    }
+    assert!(damaged > 0, "the value is not in the data file as is");
+    std::fs::write(&path, bytes).expect("writing the damaged file");
+
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(common::SHOAL_KV)
+            .arg("--data-dir")
+            .arg(&cluster.specs[0].data_dir)
+            .arg("--listen-client-urls")
+            .arg(cluster.specs[0].client_url())
+            .arg("--listen-peer-urls")
+            .arg(cluster.specs[0].peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(cluster.specs[0].peer_url())
+            .arg("--name")
+            .arg(&cluster.specs[0].name)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("shoal-kv must exit on a damaged file, not serve")
+    .expect("running shoal-kv");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stderr}");
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("damaged") || stderr.to_lowercase().contains("corrupt"),
+        "{stderr}"
+    );
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_the_member_stays_up() {
+    let cluster = TestCluster::start(Flavor::Shoal, 1).await;
+    let mut client = cluster.client(0).await;
+    let huge_key = vec![b'k'; 3 * 1024 * 1024];
+    let refused = client.put(huge_key, "v", None).await;
+    assert!(refused.is_err(), "a 3 MiB key must be refused");
+    let refused = client.put("k", vec![b'v'; 1600 * 1024], None).await;
+    assert!(
+        format!("{refused:?}").contains("etcdserver: request is too large"),
+        "{refused:?}"
+    );
+    let refused = client
+        .put(
+            "k",
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(99)),
+        )
+        .await;
+    assert!(
+        format!("{refused:?}").contains("requested lease not found"),
+        "{refused:?}"
+    );
+    let refused = client.lease_keep_alive(99).await;
+    if let Ok((mut keeper, mut stream)) = refused {
+        keeper.keep_alive().await.expect("keep-alive request");
+        let answer = stream
+            .message()
+            .await
+            .expect("keep-alive answer")
+            .expect("stream");
+        assert_eq!(answer.ttl(), 0, "an unknown lease renews to TTL 0, as etcd");
+    }
+    client
+        .put("k", "fine", None)
+        .await
+        .expect("the member is still up");
+    let status = client.status().await.expect("status");
+    assert!(status.raft_index() > 0);
+}
