@@ -28,7 +28,7 @@ pub enum Command {
     /// Install shoal as a systemd service on this host.
     Install(crate::install::InstallArgs),
     /// Remove what `shoal install` put in place.
-    Uninstall,
+    Uninstall(crate::install::UninstallArgs),
     /// Print version and build information.
     Version,
 }

@@ -1,19 +1,212 @@
-//! `shoal install` / `shoal uninstall`: put shoal in place as a systemd service.
-use std::path::PathBuf;
+//! `shoal install` / `shoal uninstall`: put shoal in place as a systemd service, and take it
+//! away again. With `--root DIR` the files go below DIR and systemd is left alone (for images
+//! and packaging); otherwise the service is enabled and started through `systemctl`.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
+use anyhow::{Context, Result, bail};
 use clap::Args;
+
+use crate::agent::config::AgentConfig;
+
+const BINARY: &str = "usr/local/bin/shoal";
+const FLEETCTL_LINK: &str = "usr/local/bin/fleetctl";
+const UNIT: &str = "etc/systemd/system/shoal.service";
+const CONFIG: &str = "etc/shoal/agent.yaml";
+const SERVICE: &str = "shoal.service";
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
-    /// The agent's config file to install.
+    /// The agent's config file to install (validated first); without it an existing
+    /// /etc/shoal/agent.yaml is kept, and one is required if there is none.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Install below this directory instead of `/`, without touching systemd.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
 }
 
-pub async fn install(_args: InstallArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`shoal install` is not implemented yet (issue #7: per-node agent)")
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Uninstall from below this directory instead of `/`, without touching systemd.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
 }
 
-pub async fn uninstall() -> anyhow::Result<()> {
-    anyhow::bail!("`shoal uninstall` is not implemented yet (issue #7: per-node agent)")
+/// The systemd unit that runs the agent.
+pub fn unit_file() -> String {
+    format!(
+        "[Unit]\n\
+         Description=shoal node agent: store, overlay network and fleet\n\
+         Documentation=https://example.invalid/shoal\n\
+         Wants=network-online.target\n\
+         After=network-online.target\n\
+         \n\
+         [Service]\n\
+         Type=simple\n\
+         ExecStart=/{BINARY} agent --config /{CONFIG}\n\
+         Restart=always\n\
+         RestartSec=2\n\
+         # Stopping the agent leaves the overlay (pinned eBPF state) working for containers.\n\
+         KillMode=process\n\
+         TimeoutStopSec=20\n\
+         LimitNOFILE=1048576\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}
+
+pub async fn install(args: InstallArgs) -> Result<()> {
+    let root = &args.root;
+    let config_target = root.join(CONFIG);
+    match &args.config {
+        Some(source) => {
+            AgentConfig::load(source)?;
+            place(
+                root,
+                CONFIG,
+                &std::fs::read(source).with_context(|| format!("reading {}", source.display()))?,
+            )?;
+        }
+        None if config_target.exists() => {
+            AgentConfig::load(&config_target)?;
+        }
+        None => bail!(
+            "no {} yet: give one with --config FILE",
+            config_target.display()
+        ),
+    }
+    let me = std::env::current_exe().context("finding this binary")?;
+    let binary = std::fs::read(&me).with_context(|| format!("reading {}", me.display()))?;
+    place(root, BINARY, &binary)?;
+    set_mode(&root.join(BINARY), 0o755)?;
+    let link = root.join(FLEETCTL_LINK);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("shoal", &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    place(root, UNIT, unit_file().as_bytes())?;
+    println!(
+        "installed /{BINARY}, /{FLEETCTL_LINK}, /{UNIT}, /{CONFIG} below {}",
+        root.display()
+    );
+    if is_host_root(root) {
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", "--now", SERVICE])?;
+        println!("enabled and started {SERVICE}");
+    }
+    Ok(())
+}
+
+pub async fn uninstall(args: UninstallArgs) -> Result<()> {
+    let root = &args.root;
+    if is_host_root(root) && root.join(UNIT).exists() {
+        systemctl(&["disable", "--now", SERVICE])?;
+    }
+    for path in [UNIT, FLEETCTL_LINK, BINARY, CONFIG] {
+        let target = root.join(path);
+        match std::fs::remove_file(&target) {
+            Ok(()) => println!("removed {}", target.display()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", target.display())),
+        }
+    }
+    if is_host_root(root) {
+        systemctl(&["daemon-reload"])?;
+    }
+    println!("kept the data directory (/var/lib/shoal); remove it to forget this node's state");
+    Ok(())
+}
+
+fn is_host_root(root: &Path) -> bool {
+    root == Path::new("/")
+}
+
+/// Writes `contents` to `root/relative` atomically (temp file + rename).
+fn place(root: &Path, relative: &str, contents: &[u8]) -> Result<()> {
+    let target = root.join(relative);
+    let dir = target.parent().context("installed paths have a parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let temp = target.with_extension("shoal-new");
+    std::fs::write(&temp, contents).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, &target).with_context(|| format!("moving into {}", target.display()))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+fn systemctl(args: &[&str]) -> Result<()> {
+    if !Path::new("/run/systemd/system").exists() {
+        bail!(
+            "systemd is not running on this host: the files are in place, but `systemctl {}` cannot run",
+            args.join(" ")
+        );
+    }
+    let status = Command::new("systemctl")
+        .args(args)
+        .status()
+        .context("running systemctl")?;
+    anyhow::ensure!(
+        status.success(),
+        "systemctl {} failed: {status}",
+        args.join(" ")
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn install_then_uninstall_below_a_root() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let config = root.path().join("node.yaml");
+        std::fs::write(&config, "name: node1\n").expect("write config");
+        install(InstallArgs {
+            config: Some(config),
+            root: root.path().to_path_buf(),
+        })
+        .await
+        .expect("install");
+        for path in [BINARY, UNIT, CONFIG] {
+            assert!(root.path().join(path).is_file(), "{path} installed");
+        }
+        let unit = std::fs::read_to_string(root.path().join(UNIT)).expect("unit");
+        assert!(
+            unit.contains("ExecStart=/usr/local/bin/shoal agent --config /etc/shoal/agent.yaml")
+        );
+        let link = std::fs::read_link(root.path().join(FLEETCTL_LINK)).expect("symlink");
+        assert_eq!(link, Path::new("shoal"));
+
+        uninstall(UninstallArgs {
+            root: root.path().to_path_buf(),
+        })
+        .await
+        .expect("uninstall");
+        for path in [BINARY, UNIT, CONFIG, FLEETCTL_LINK] {
+            assert!(!root.path().join(path).exists(), "{path} removed");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_config_installs_nothing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let config = root.path().join("node.yaml");
+        std::fs::write(&config, "name: node1\nrole: boss\n").expect("write config");
+        let err = install(InstallArgs {
+            config: Some(config),
+            root: root.path().to_path_buf(),
+        })
+        .await
+        .expect_err("invalid config");
+        assert!(format!("{err:#}").contains("role"), "{err:#}");
+        assert!(!root.path().join(BINARY).exists());
+        assert!(!root.path().join(UNIT).exists());
+    }
 }

@@ -59,7 +59,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Fleetctl(args) => shoal_scheduler::cli::run_fleetctl(args).await,
         Command::Run(args) => shoal_control::run::run(args).await,
         Command::Install(args) => shoal_control::install::install(args).await,
-        Command::Uninstall => shoal_control::install::uninstall().await,
+        Command::Uninstall(args) => shoal_control::install::uninstall(args).await,
         Command::Version => {
             shoal_control::cli::print_version();
             Ok(())

@@ -257,18 +257,22 @@ impl AgentConfig {
             ));
         }
         self.validate_store()?;
-        if let Some(config) = &self.network.config {
-            if config
+        let network_named = |config: &serde_json::Value| {
+            config
                 .get("Network")
                 .and_then(|network| network.as_str())
-                .is_none()
-            {
-                return Err((
-                    "network.config",
-                    "flannel's network config needs a `Network` string such as 10.244.0.0/16"
-                        .into(),
-                ));
-            }
+                .is_some()
+        };
+        if self
+            .network
+            .config
+            .as_ref()
+            .is_some_and(|config| !network_named(config))
+        {
+            return Err((
+                "network.config",
+                "flannel's network config needs a `Network` string such as 10.244.0.0/16".into(),
+            ));
         }
         if self.fleet.agent_ttl < Duration::from_secs(1) {
             return Err(("fleet.agent_ttl", "must be at least 1s".into()));
