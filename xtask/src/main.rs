@@ -3,6 +3,7 @@ mod bench;
 mod setup;
 mod test;
 mod up;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Chore {
     Bench(bench::BenchArgs),
     /// Remove network namespaces and processes left behind by killed test runs.
     Sweep,
+    /// A shoal cluster on qemu VMs (`down` stops it; see xtask/vm).
+    VmCluster(vm::VmClusterArgs),
 }
 
 fn main() -> Result<()> {
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
         Chore::Test(args) => test::run(args),
         Chore::Up(args) => up::run(args),
         Chore::Bench(args) => bench::run(args),
+        Chore::VmCluster(args) => vm::run(args),
         Chore::Sweep => {
             let removed = shoal_harness::sweep()?;
             println!("removed {removed} leftover namespace(s)");

@@ -1,0 +1,698 @@
+//! A cluster of shoal VMs: images prepared, a private network, one qemu per node, each node's
+//! agent config shared in over 9p; followed until every node booted and its agent is ready.
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use shoal_harness::Namespace;
+
+use crate::{
+    Error, IoContext, Result, accel, build,
+    config::{self, NodeLayout, Role},
+    guest::{self, ExecOutput},
+    image::{self, GuestKernel},
+    netns,
+    qemu::{self, Vm, VmConfig},
+};
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    pub masters: usize,
+    /// Metadata of node `i` (fleet's `key=value` pairs); missing entries get `rack=rack<i>`.
+    pub metadata: Vec<BTreeMap<String, String>>,
+    pub memory_mib: u32,
+    /// How long booting every node may take (to the agent's start).
+    pub boot_timeout: Duration,
+    /// The static shoal binary to share in; built when `None`.
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            masters: 3,
+            metadata: Vec::new(),
+            memory_mib: 512,
+            boot_timeout: Duration::from_secs(90),
+            binary: None,
+        }
+    }
+}
+
+/// A step of bringing the cluster up, for progress lines.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Since [`VmCluster::up`] was called.
+    pub elapsed: Duration,
+    pub node: Option<String>,
+    pub message: String,
+}
+
+/// A node of a running cluster.
+#[derive(Debug)]
+pub struct VmNode {
+    pub layout: NodeLayout,
+    vm: Option<Vm>,
+    config: VmConfig,
+}
+
+impl VmNode {
+    pub fn name(&self) -> &str {
+        &self.layout.name
+    }
+
+    pub fn address(&self) -> Ipv4Addr {
+        self.layout.address
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.vm.as_mut().is_some_and(Vm::running)
+    }
+
+    /// The guest's console log on the host.
+    pub fn console_log(&self) -> &Path {
+        &self.config.console_log
+    }
+}
+
+/// What `vm-cluster down` needs to find a cluster started by another process.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub id: u32,
+    pub owner_pid: u32,
+    pub namespace: String,
+    pub nodes: Vec<(String, Ipv4Addr, u32)>,
+}
+
+/// A running cluster. Dropping it kills every VM and removes the namespace with its bridge
+/// and taps, and the cluster's state directory.
+#[derive(Debug)]
+pub struct VmCluster {
+    id: u32,
+    started: Instant,
+    accel: accel::Choice,
+    dir: PathBuf,
+    // Field order matters: VMs go before the namespace that holds their taps.
+    nodes: Vec<VmNode>,
+    namespace: Namespace,
+}
+
+impl VmCluster {
+    /// Boots the cluster, reporting each step to `progress`; returns once every node's agent
+    /// has started (see [`Self::wait_ready`] for convergence).
+    pub fn up(spec: &ClusterSpec, progress: &mut dyn FnMut(Progress)) -> Result<Self> {
+        validate(spec)?;
+        let started = Instant::now();
+        let mut report = |node: Option<&str>, message: String| {
+            progress(Progress {
+                elapsed: started.elapsed(),
+                node: node.map(str::to_string),
+                message,
+            })
+        };
+        let cache = crate::cache_dir();
+        fs::create_dir_all(&cache).context(|| format!("creating {}", cache.display()))?;
+        sweep()?;
+        let binary = match &spec.binary {
+            Some(binary) => binary.clone(),
+            None => {
+                report(None, "building the static shoal binary".to_string());
+                build::static_shoal()?
+            }
+        };
+        report(None, "preparing the guest kernel and initramfs".to_string());
+        let kernel = GuestKernel::prepare(&cache)?;
+        let (id, dir) = claim_cluster_dir(&cache)?;
+        let booted = Self::boot(spec, id, &dir, &kernel, &binary, started, &mut report);
+        if booted.is_err() {
+            preserve_logs_and_remove(&dir, id);
+        }
+        booted
+    }
+
+    fn boot(
+        spec: &ClusterSpec,
+        id: u32,
+        dir: &Path,
+        kernel: &GuestKernel,
+        binary: &Path,
+        started: Instant,
+        report: &mut dyn FnMut(Option<&str>, String),
+    ) -> Result<Self> {
+        let cache = crate::cache_dir();
+        let initramfs = dir.join("initramfs.cpio");
+        image::build_initramfs(kernel, &initramfs)?;
+        let choice = accel::choose(&cache, &kernel.vmlinux, &initramfs)?;
+        report(
+            None,
+            format!(
+                "kernel {}, accelerator {} ({})",
+                kernel.version,
+                choice.accel.name(),
+                choice.reason
+            ),
+        );
+        let layouts = layouts(spec, id)?;
+        let share = prepare_share(dir, binary, &layouts)?;
+        let namespace = netns::create(id, layouts.len())?;
+        let mut cluster = Self {
+            id,
+            started,
+            accel: choice,
+            dir: dir.to_path_buf(),
+            nodes: Vec::new(),
+            namespace,
+        };
+        for (index, layout) in layouts.into_iter().enumerate() {
+            let config = cluster.vm_config(kernel, &initramfs, &share, &layout, index + 1, spec);
+            let vm = Vm::spawn(&config, cluster.namespace.command_for(&config))?;
+            report(
+                Some(&layout.name),
+                format!(
+                    "qemu started (pid {}, {} {}, console {})",
+                    vm.pid(),
+                    layout.address,
+                    role_name(layout.role),
+                    config.console_log.display()
+                ),
+            );
+            cluster.nodes.push(VmNode {
+                layout,
+                vm: Some(vm),
+                config,
+            });
+        }
+        cluster.write_state()?;
+        cluster.wait_booted(spec.boot_timeout, report)?;
+        Ok(cluster)
+    }
+
+    fn vm_config(
+        &self,
+        kernel: &GuestKernel,
+        initramfs: &Path,
+        share: &Path,
+        layout: &NodeLayout,
+        index: usize,
+        spec: &ClusterSpec,
+    ) -> VmConfig {
+        VmConfig {
+            name: layout.name.clone(),
+            accel: self.accel.accel,
+            memory_mib: spec.memory_mib,
+            cpus: 1,
+            kernel: kernel.vmlinux.clone(),
+            initramfs: initramfs.to_path_buf(),
+            append: format!(
+                "{} shoal.mode=cluster shoal.node={} shoal.ip={}/{}",
+                qemu::kernel_args(),
+                layout.name,
+                layout.address,
+                netns::SUBNET_PREFIX_LEN
+            ),
+            nic: Some(qemu::TapNic {
+                tap: netns::tap_name(index),
+                mac: mac_address(self.id, index),
+            }),
+            share: Some(share.to_path_buf()),
+            disk: None,
+            console_log: self.dir.join(format!("{}.console.log", layout.name)),
+        }
+    }
+
+    /// Waits for each node's boot markers in turn, reporting them as progress lines.
+    fn wait_booted(
+        &self,
+        timeout: Duration,
+        report: &mut dyn FnMut(Option<&str>, String),
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for node in &self.nodes {
+            let Some(vm) = &node.vm else { continue };
+            for (prefix, what) in [
+                ("userspace", "kernel booted, init running"),
+                ("network", "network up"),
+                ("agent starting", "shoal agent starting"),
+            ] {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let marker = vm.wait_marker(prefix, left)?;
+                report(
+                    Some(node.name()),
+                    format!("{what} ({:.1}s after qemu start)", marker.at.as_secs_f64()),
+                );
+            }
+            if let Some(version) = vm
+                .markers()
+                .into_iter()
+                .find(|m| m.text.starts_with("version: shoal"))
+            {
+                report(Some(node.name()), version.text);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every running node's agent answers `GET /readyz` with 200 (store quorum,
+    /// leases known, machine registered), reporting each node as it turns ready. Fails early,
+    /// with the agent's last words, if an agent exits.
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].vm.is_some())
+            .collect();
+        let mut last_answer: BTreeMap<usize, String> = BTreeMap::new();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for index in pending {
+                let node = &self.nodes[index];
+                if let Some(exit) = node.agent_exit() {
+                    return Err(Error::Guest {
+                        node: node.name().to_string(),
+                        message: format!(
+                            "{exit} before becoming ready; console tail:\n{}",
+                            node.vm.as_ref().map(Vm::console_tail).unwrap_or_default()
+                        ),
+                    });
+                }
+                match self.health(index, "/readyz") {
+                    Ok((200, _)) => progress(Progress {
+                        elapsed: self.started.elapsed(),
+                        node: Some(node.name().to_string()),
+                        message: "agent ready (GET /readyz: 200)".to_string(),
+                    }),
+                    Ok((status, body)) => {
+                        last_answer.insert(index, format!("{status} {}", body.trim()));
+                        still.push(index);
+                    }
+                    Err(err) => {
+                        last_answer.insert(index, err.to_string());
+                        still.push(index);
+                    }
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let detail = pending
+                    .iter()
+                    .map(|&i| {
+                        let answer = last_answer.get(&i).map(String::as_str).unwrap_or("-");
+                        format!("\n  {}: {answer}", self.nodes[i].name())
+                    })
+                    .collect::<String>();
+                return Err(Error::Timeout {
+                    what: "every agent ready".to_string(),
+                    timeout,
+                    detail: format!("; last answers:{detail}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(self.started.elapsed())
+    }
+
+    /// `GET path` on node `index`'s agent health port, from the host side.
+    pub fn health(&self, index: usize, path: &str) -> Result<(u16, String)> {
+        let target = SocketAddr::from((self.nodes[index].address(), config::HEALTH_PORT));
+        guest::http_get(self.namespace_name(), target, path, Duration::from_secs(2))
+    }
+
+    /// `GET path` on any address and port inside the cluster, from the host side.
+    pub fn http_get(&self, target: SocketAddr, path: &str) -> Result<(u16, String)> {
+        guest::http_get(self.namespace_name(), target, path, Duration::from_secs(5))
+    }
+
+    /// Runs `script` with `sh` inside node `index`'s guest.
+    pub fn exec(&self, index: usize, script: &str, timeout: Duration) -> Result<ExecOutput> {
+        guest::exec(
+            self.namespace_name(),
+            self.nodes[index].address(),
+            script,
+            timeout,
+        )
+    }
+
+    /// Powers node `index` off (kills its qemu): the node disappears from the network at once,
+    /// as when a machine loses power.
+    pub fn power_off(&mut self, index: usize) {
+        if let Some(mut vm) = self.nodes[index].vm.take() {
+            vm.kill();
+        }
+    }
+
+    /// A command that runs `program` on the host side of the cluster's network (inside its
+    /// namespace), e.g. `etcdctl` or `shoal fleetctl`.
+    pub fn host_command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        self.namespace.command(program)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn namespace_name(&self) -> &str {
+        self.namespace.name()
+    }
+
+    pub fn accel(&self) -> &accel::Choice {
+        &self.accel
+    }
+
+    pub fn nodes(&self) -> &[VmNode] {
+        &self.nodes
+    }
+
+    pub fn nodes_mut(&mut self) -> &mut [VmNode] {
+        &mut self.nodes
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Client URLs of the store (the masters), comma-separated, as etcdctl and fleetctl take
+    /// them.
+    pub fn store_endpoints(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.layout.role == Role::Master)
+            .map(|n| n.layout.client_url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Milestones of every node's boot (marker text and time after its qemu started).
+    pub fn boot_timings(&self) -> Vec<(String, Vec<qemu::Marker>)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.name().to_string(), n.vm.as_ref()?.markers())))
+            .collect()
+    }
+
+    /// Returns the name of the first node whose qemu exited on its own, if any.
+    pub fn exited_node(&mut self) -> Option<String> {
+        self.nodes
+            .iter_mut()
+            .filter(|n| n.vm.is_some())
+            .find_map(|n| (!n.is_running()).then(|| n.name().to_string()))
+    }
+
+    fn write_state(&self) -> Result<()> {
+        let state = ClusterState {
+            id: self.id,
+            owner_pid: std::process::id(),
+            namespace: self.namespace_name().to_string(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let pid = n.vm.as_ref().map(Vm::pid).unwrap_or_default();
+                    (n.name().to_string(), n.address(), pid)
+                })
+                .collect(),
+        };
+        let path = self.dir.join(STATE_FILE);
+        let text = serde_json::to_string_pretty(&state).map_err(|err| Error::Encode {
+            what: "the cluster state".to_string(),
+            message: err.to_string(),
+        })?;
+        fs::write(&path, text).context(|| format!("writing {}", path.display()))
+    }
+}
+
+impl VmNode {
+    /// "agent exited rc=N" if the guest reported its agent gone.
+    fn agent_exit(&self) -> Option<String> {
+        self.vm
+            .as_ref()?
+            .markers()
+            .into_iter()
+            .find(|m| m.text.starts_with("agent exited"))
+            .map(|m| m.text)
+    }
+}
+
+impl Drop for VmCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut vm) = node.vm.take() {
+                vm.kill();
+            }
+        }
+        preserve_logs_and_remove(&self.dir, self.id);
+        // The namespace (field) is deleted after this, with its bridge and taps.
+    }
+}
+
+trait CommandFor {
+    fn command_for(&self, config: &VmConfig) -> std::process::Command;
+}
+
+impl CommandFor for Namespace {
+    /// qemu inside this namespace (`ip netns exec` execs it: same process, same pid).
+    fn command_for(&self, config: &VmConfig) -> std::process::Command {
+        let plain = config.command();
+        let mut cmd = self.command(plain.get_program());
+        cmd.args(plain.get_args());
+        cmd
+    }
+}
+
+const STATE_FILE: &str = "state.json";
+
+fn validate(spec: &ClusterSpec) -> Result<()> {
+    if spec.nodes == 0 || spec.nodes > 200 {
+        return Err(Error::Invalid(format!(
+            "--nodes {} is not in 1..=200",
+            spec.nodes
+        )));
+    }
+    if spec.masters == 0 || spec.masters > spec.nodes {
+        return Err(Error::Invalid(format!(
+            "--masters {} must be between 1 and the number of nodes ({})",
+            spec.masters, spec.nodes
+        )));
+    }
+    if !qemu::available() {
+        return Err(Error::Invalid(format!(
+            "{} or {} is missing (cargo xtask setup installs qemu-system-x86)",
+            qemu::QEMU,
+            qemu::QBOOT
+        )));
+    }
+    Ok(())
+}
+
+fn layouts(spec: &ClusterSpec, id: u32) -> Result<Vec<NodeLayout>> {
+    (1..=spec.nodes)
+        .map(|index| {
+            let mut metadata = spec.metadata.get(index - 1).cloned().unwrap_or_default();
+            if metadata.is_empty() {
+                metadata = config::parse_metadata(&format!("rack=rack{index}"))?;
+            }
+            Ok(NodeLayout {
+                name: format!("n{index}"),
+                address: netns::node_address(id, index),
+                role: if index <= spec.masters {
+                    Role::Master
+                } else {
+                    Role::Worker
+                },
+                metadata,
+            })
+        })
+        .collect()
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Master => "master",
+        Role::Worker => "worker",
+    }
+}
+
+/// A locally administered MAC carrying the cluster id and node index.
+fn mac_address(id: u32, index: usize) -> String {
+    format!("52:54:00:97:{:02x}:{:02x}", id % 256, index % 256)
+}
+
+/// Claims the lowest free cluster id by creating its directory under `cache/clusters`
+/// (atomic, so parallel tests never share one) and returns it with the directory.
+fn claim_cluster_dir(cache: &Path) -> Result<(u32, PathBuf)> {
+    let clusters = cache.join("clusters");
+    fs::create_dir_all(&clusters).context(|| format!("creating {}", clusters.display()))?;
+    for id in 0..256 {
+        let dir = clusters.join(id.to_string());
+        if netns::exists(&netns::namespace_name(id)) {
+            continue;
+        }
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok((id, dir)),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("creating {}", dir.display()),
+                    source,
+                });
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "no free cluster id under {} (run `cargo xtask vm-cluster down`)",
+        clusters.display()
+    )))
+}
+
+/// The 9p share: the binary and one directory per node holding its `agent.yaml`.
+fn prepare_share(dir: &Path, binary: &Path, layouts: &[NodeLayout]) -> Result<PathBuf> {
+    let share = dir.join("share");
+    let shared_binary = share.join("shoal");
+    fs::create_dir_all(&share).context(|| format!("creating {}", share.display()))?;
+    if fs::hard_link(binary, &shared_binary).is_err() {
+        image::copy(binary, &shared_binary)?;
+    }
+    for layout in layouts {
+        let node_dir = share.join("nodes").join(&layout.name);
+        fs::create_dir_all(&node_dir).context(|| format!("creating {}", node_dir.display()))?;
+        let yaml = config::agent_yaml(layout, layouts)?;
+        let path = node_dir.join("agent.yaml");
+        fs::write(&path, yaml).context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(share)
+}
+
+/// Where the consoles of cluster `id` are kept once it is gone.
+pub fn logs_dir(id: u32) -> PathBuf {
+    crate::cache_dir()
+        .join("logs")
+        .join(format!("cluster-{id}"))
+}
+
+/// Keeps the console logs of a finished cluster under [`logs_dir`] and removes its directory
+/// (share, initramfs, state), which frees its id.
+fn preserve_logs_and_remove(dir: &Path, id: u32) {
+    let logs = logs_dir(id);
+    let _ = fs::remove_dir_all(&logs);
+    if let Err(err) = fs::create_dir_all(&logs) {
+        tracing::warn!("creating {}: {err}", logs.display());
+    }
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.to_string_lossy().ends_with(".log") {
+            let _ = fs::copy(&path, logs.join(entry.file_name()));
+        }
+    }
+    if let Err(err) = fs::remove_dir_all(dir) {
+        tracing::warn!("removing {}: {err}", dir.display());
+    }
+}
+
+/// Every cluster recorded under the cache, with its state if it has one.
+fn recorded_clusters(cache: &Path) -> Vec<(PathBuf, Option<ClusterState>)> {
+    let Ok(entries) = fs::read_dir(cache.join("clusters")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.is_dir())
+        .map(|dir| {
+            let state = fs::read_to_string(dir.join(STATE_FILE))
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok());
+            (dir, state)
+        })
+        .collect()
+}
+
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes clusters whose owning process is gone (a killed run): their namespace (and any
+/// process left in it) and their directory. Returns how many it removed.
+pub fn sweep() -> Result<usize> {
+    let mut removed = 0;
+    for (dir, state) in recorded_clusters(&crate::cache_dir()) {
+        let id: Option<u32> = dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.parse().ok());
+        let owner_alive = state.as_ref().is_some_and(|s| process_alive(s.owner_pid));
+        if owner_alive || state.is_none() && recently_claimed(&dir) {
+            continue;
+        }
+        if let Some(id) = id {
+            let namespace = netns::namespace_name(id);
+            if netns::exists(&namespace) {
+                netns::remove(&namespace)?;
+            }
+        }
+        fs::remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// A directory without state is a cluster still being set up, unless it is old.
+fn recently_claimed(dir: &Path) -> bool {
+    fs::metadata(dir)
+        .and_then(|meta| meta.modified())
+        .ok()
+        .and_then(|modified| modified.elapsed().ok())
+        .is_some_and(|age| age < Duration::from_secs(600))
+}
+
+/// `vm-cluster down`: asks each running cluster's owner to stop (SIGTERM; it then removes
+/// everything itself), waits for it, and removes what is left of clusters whose owner is gone.
+/// Returns the ids it stopped.
+pub fn down_all(wait: Duration) -> Result<Vec<u32>> {
+    let mut stopped = Vec::new();
+    for (dir, state) in recorded_clusters(&crate::cache_dir()) {
+        let Some(state) = state else { continue };
+        if process_alive(state.owner_pid) && state.owner_pid != std::process::id() {
+            let pid = i32::try_from(state.owner_pid)
+                .map_err(|_| Error::Invalid(format!("pid {} out of range", state.owner_pid)))?;
+            // SAFETY: kill(2) with a pid from our own state file; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + wait;
+            while dir.join(STATE_FILE).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if netns::exists(&state.namespace) {
+            netns::remove(&state.namespace)?;
+        }
+        if dir.exists() {
+            fs::remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
+        }
+        stopped.push(state.id);
+    }
+    sweep()?;
+    Ok(stopped)
+}
+
+/// The namespace and address of node `name` in a running cluster (the first one that has it).
+pub fn find_node(name: &str) -> Result<Option<(String, Ipv4Addr)>> {
+    Ok(recorded_clusters(&crate::cache_dir())
+        .into_iter()
+        .filter_map(|(_, state)| state)
+        .filter(|state| process_alive(state.owner_pid))
+        .find_map(|state| {
+            let (_, address, _) = state.nodes.iter().find(|(node, _, _)| node == name)?;
+            Some((state.namespace.clone(), *address))
+        }))
+}

@@ -1,0 +1,151 @@
+//! Clusters of shoal nodes on qemu VMs, for `cargo xtask vm-cluster` and the vm-tests.
+//!
+//! ```text
+//! host ── network namespace shoal-vmc-<id> ───────────────────────────────────────────
+//!          br0 10.97.0.1/24 (the host's foot in the cluster: etcdctl, fleetctl, HTTP)
+//!           ├─ tap0 ── qemu n1: eth0 10.97.0.11  (kernel: Debian's, initramfs: busybox)
+//!           ├─ tap1 ── qemu n2: eth0 10.97.0.12   9p share "shoal" (read-only):
+//!           └─ tap2 ── qemu n3: eth0 10.97.0.13     shoal binary + nodes/<name>/agent.yaml
+//! ```
+//!
+//! Flow: [`image::GuestKernel::prepare`] fetches Debian's kernel package once into
+//! `target/vm/` and unpacks it (uncompressed vmlinux for a fast PVH boot, modules);
+//! [`image::build_initramfs`] packs busybox, the modules the guest needs and the shell init
+//! (`guest/init.sh`); [`accel::choose`] decides KVM versus TCG by a bounded test boot;
+//! [`cluster::VmCluster::up`] builds the namespace, writes one agent YAML per node
+//! ([`config::agent_yaml`]), starts every qemu inside the namespace and follows their serial
+//! consoles. Dropping the cluster (or `vm-cluster down` from another process, through the state
+//! file under `target/vm/clusters/`) kills every qemu and deletes the namespace, which takes
+//! the bridge and taps with it.
+//!
+//! Invariants: every qemu runs inside the cluster's namespace, dies with the thread that
+//! started it (`PR_SET_PDEATHSIG`), and every wait on a guest is bounded by a timeout. The
+//! only addresses used are those of the private range the cluster creates.
+
+pub mod accel;
+pub mod build;
+pub mod cluster;
+pub mod config;
+pub mod guest;
+pub mod image;
+pub mod netns;
+pub mod qemu;
+pub mod signals;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+pub use cluster::{ClusterSpec, Progress, VmCluster};
+
+/// Errors of the VM tooling; each names the command, file or guest involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("running {command}: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{what} did not happen within {timeout:?}{detail}")]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        detail: String,
+    },
+    #[error("guest {node}: {message}")]
+    Guest { node: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("encoding {what}: {message}")]
+    Encode { what: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a description to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}
+
+/// Root of the workspace (this crate lives at `xtask/vm`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("xtask/vm lives two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// Where images, kernels and cluster state are cached: `<workspace>/target/vm`.
+pub fn cache_dir() -> PathBuf {
+    workspace_root().join("target").join("vm")
+}
+
+/// Runs a command to completion; its stdout on success, an error naming it otherwise.
+pub(crate) fn run(cmd: &mut Command) -> Result<String> {
+    let output = cmd.output().map_err(|source| Error::Spawn {
+        command: describe(cmd),
+        source,
+    })?;
+    if !output.status.success() {
+        return Err(Error::Failed {
+            command: describe(cmd),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs a command with its output going to ours (long builds the user should see).
+pub(crate) fn run_visible(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().map_err(|source| Error::Spawn {
+        command: describe(cmd),
+        source,
+    })?;
+    if !status.success() {
+        return Err(Error::Failed {
+            command: describe(cmd),
+            status,
+            stderr: "see its output above".to_string(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn describe(cmd: &Command) -> String {
+    let mut text = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+/// Whether a program is on PATH.
+pub fn have_program(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+}
