@@ -234,10 +234,22 @@ impl RouteTarget {
     }
 }
 
-/// Counter totals over all CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Counter totals over all CPUs (`Debug` lists the non-zero ones by name).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     values: Vec<u64>,
+}
+
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.iter()
+                    .filter(|(_, value)| *value != 0)
+                    .map(|(counter, value)| (counter.name(), value)),
+            )
+            .finish()
+    }
 }
 
 impl Stats {

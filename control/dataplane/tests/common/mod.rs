@@ -166,3 +166,199 @@ static PORT: AtomicU32 = AtomicU32::new(0);
 pub fn test_port() -> u16 {
     20000 + (std::process::id() % 1000) as u16 * 10 + PORT.fetch_add(1, Ordering::Relaxed) as u16
 }
+
+/// An `iperf3 -s -1` in a namespace, killed on drop.
+pub struct Iperf3Server {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Iperf3Server {
+    pub fn start(ns: &shoal_harness::Namespace) -> Self {
+        let port = test_port();
+        let mut cmd = ns.command("iperf3");
+        cmd.args(["-s", "-1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = ns.spawn(&mut cmd).expect("starting iperf3 server");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Self { child, port }
+    }
+}
+
+impl Drop for Iperf3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Result of one iperf3 client run.
+#[derive(Debug)]
+pub struct Iperf3Result {
+    pub bits_per_second: f64,
+    pub bytes: u64,
+    /// UDP only.
+    pub lost_percent: f64,
+    pub json: serde_json::Value,
+}
+
+/// Runs an iperf3 client from `ns` to `server`; panics with iperf3's error on failure.
+pub fn iperf3(
+    ns: &shoal_harness::Namespace,
+    server: Ipv4Addr,
+    port: u16,
+    extra: &[&str],
+) -> Iperf3Result {
+    let mut args = vec![
+        "-c".to_string(),
+        server.to_string(),
+        "-p".to_string(),
+        port.to_string(),
+        "-J".to_string(),
+    ];
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    let output = ns.output("iperf3", &args).expect("running iperf3");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("iperf3 printed no JSON ({err}): {output:?}"));
+    if let Some(error) = json.get("error") {
+        panic!("iperf3 -c {server} {extra:?} failed: {error}");
+    }
+    let end = &json["end"];
+    let received = if end.get("sum_received").is_some() {
+        &end["sum_received"]
+    } else {
+        &end["sum"]
+    };
+    Iperf3Result {
+        bits_per_second: received["bits_per_second"].as_f64().unwrap_or(0.0),
+        bytes: received["bytes"].as_u64().unwrap_or(0),
+        lost_percent: end["sum"]["lost_percent"].as_f64().unwrap_or(0.0),
+        json,
+    }
+}
+
+/// TCP for `seconds` from `client` to `server`, through a fresh server; returns bits/s.
+pub fn tcp_transfer(
+    client: &shoal_harness::Namespace,
+    server_ns: &shoal_harness::Namespace,
+    server_ip: Ipv4Addr,
+    seconds: u32,
+) -> Iperf3Result {
+    let server = Iperf3Server::start(server_ns);
+    iperf3(
+        client,
+        server_ip,
+        server.port,
+        &["-t", &seconds.to_string()],
+    )
+}
+
+/// UDP at 20 Mbit/s for one second; returns the result (loss in `lost_percent`).
+pub fn udp_transfer(
+    client: &shoal_harness::Namespace,
+    server_ns: &shoal_harness::Namespace,
+    server_ip: Ipv4Addr,
+) -> Iperf3Result {
+    let server = Iperf3Server::start(server_ns);
+    iperf3(
+        client,
+        server_ip,
+        server.port,
+        &["-u", "-b", "20M", "-t", "1", "-l", "1200"],
+    )
+}
+
+/// A packet capture with tcpdump on an interface of a namespace, into a temporary file.
+pub struct Capture {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Capture {
+    pub fn start(ns: &shoal_harness::Namespace, interface: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("capture.pcap");
+        let mut cmd = ns.command("tcpdump");
+        cmd.args(["-i", interface, "-U", "-s", "256", "-w"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = ns.spawn(&mut cmd).expect("starting tcpdump");
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        Self { child, dir }
+    }
+
+    /// Stops the capture and returns the path of the pcap file (valid while `self` lives).
+    pub fn stop(&mut self) -> std::path::PathBuf {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc_kill(self.child.id() as i32) };
+        let _ = self.child.wait();
+        self.dir.path().join("capture.pcap")
+    }
+
+    /// Runs tshark on the capture with VXLAN decoding on 8472 and every checksum verified, and
+    /// returns how many frames match `filter`.
+    pub fn count(&self, filter: &str) -> usize {
+        self.fields(filter, &["frame.number"]).lines().count()
+    }
+
+    /// tshark's `-T fields` output for the frames matching `filter`.
+    pub fn fields(&self, filter: &str, fields: &[&str]) -> String {
+        let file = self.dir.path().join("capture.pcap");
+        let output = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(&file)
+            .args([
+                "-d",
+                "udp.port==8472,vxlan",
+                "-o",
+                "ip.check_checksum:TRUE",
+                "-o",
+                "udp.check_checksum:TRUE",
+                "-o",
+                "tcp.check_checksum:TRUE",
+                "-Y",
+                filter,
+                "-T",
+                "fields",
+            ])
+            .args(fields.iter().flat_map(|field| ["-e", field]))
+            .output()
+            .expect("running tshark");
+        assert!(output.status.success(), "tshark: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe fn libc_kill(pid: i32) {
+    // SIGTERM lets tcpdump flush its buffer.
+    unsafe { kill(pid, 15) };
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
+
+/// Turns off checksum offload in every container and on every node's underlay, so packets carry
+/// real checksums on the wire (veth would otherwise hide checksum bugs: a partial checksum left
+/// for offload looks bad in a capture, and a wrong one is never noticed).
+pub fn checksum_offload_off(cluster: &Cluster) {
+    for node in cluster.nodes() {
+        node.exec("ethtool", &["-K", "eth0", "tx", "off"])
+            .expect("ethtool -K eth0 tx off");
+        for container in node.containers() {
+            container
+                .exec("ethtool", &["-K", "eth0", "tx", "off"])
+                .expect("ethtool -K eth0 tx off");
+        }
+    }
+}
