@@ -1,6 +1,33 @@
-//! `shoal flannel`: the overlay control plane, compatible with flanneld's flags and store layout.
+//! `shoal flannel`: the overlay control plane, compatible with flanneld's flags, environment
+//! and store layout. The library entry point is [`Overlay::run`] with an [`OverlayConfig`].
+//!
+//! Code map: [`config`] parses `<prefix>/config`; [`registry`] is the store through the etcd v3
+//! API; [`lease`] is flannel's lease format and subnet choice; [`acquire`] takes and renews
+//! this node's lease; [`sync`] follows every lease (list + watch + resync) into a
+//! [`backend::Backend`] (`host-gw`, `vxlan`) that programs the kernel through [`netlink`];
+//! [`subnet_env`], [`ipmasq`] and [`healthz`] are the node-facing outputs; [`ipam`] hands out
+//! workload addresses for `shoal run`.
+use std::{net::Ipv4Addr, path::PathBuf};
+
 use clap::Args;
 
+pub mod acquire;
+pub mod backend;
+pub mod config;
+pub mod healthz;
+pub mod iface;
+pub mod ipam;
+pub mod ipmasq;
+pub mod lease;
+pub mod netlink;
+pub mod overlay;
+pub mod registry;
+pub mod subnet_env;
+pub mod sync;
+
+pub use overlay::{DEFAULT_BRIDGE, Overlay, OverlayConfig};
+
+/// flanneld's flags; each also reads its `FLANNELD_*` environment twin.
 #[derive(Debug, Args)]
 pub struct FlannelArgs {
     /// Comma-separated etcd endpoints.
@@ -17,8 +44,104 @@ pub struct FlannelArgs {
         default_value = "/coreos.com/network"
     )]
     pub etcd_prefix: String,
+    /// TLS client certificate for etcd.
+    #[arg(long, env = "FLANNELD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// TLS client key for etcd.
+    #[arg(long, env = "FLANNELD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// TLS CA bundle for etcd.
+    #[arg(long, env = "FLANNELD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// etcd user name.
+    #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// etcd password.
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD")]
+    pub etcd_password: Option<String>,
+    /// Interface (name or IPv4 address) for inter-host traffic; repeatable, first match wins.
+    #[arg(long, env = "FLANNELD_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// Regular expression matching the interface name or address; repeatable.
+    #[arg(long, env = "FLANNELD_IFACE_REGEX", value_delimiter = ',')]
+    pub iface_regex: Vec<String>,
+    /// IP address other nodes use to reach this one (defaults to the interface's address).
+    #[arg(long, env = "FLANNELD_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Where to write the node's network settings for Docker or CNI.
+    #[arg(
+        long,
+        env = "FLANNELD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    pub subnet_file: PathBuf,
+    /// Masquerade traffic leaving the overlay network.
+    #[arg(long, env = "FLANNELD_IP_MASQ")]
+    pub ip_masq: bool,
+    /// Renew the lease this many minutes before it expires.
+    #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
+    pub subnet_lease_renew_margin: u64,
+    /// Address of the health endpoint.
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: Ipv4Addr,
+    /// Port of the health endpoint (`GET /healthz`); 0 disables it.
+    #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// Workload bridge that `shoal run` attaches containers to; empty for none (Docker/CNI).
+    #[arg(long, env = "SHOAL_FLANNEL_BRIDGE", default_value = DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// Lifetime of the subnet lease in seconds (flannel uses 24 h).
+    #[arg(long, env = "SHOAL_FLANNEL_LEASE_TTL", default_value_t = 24 * 3600, hide = true)]
+    pub subnet_lease_ttl: u64,
 }
 
-pub async fn run(_args: FlannelArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`shoal flannel` is not implemented yet (issue #5: overlay control plane)")
+impl FlannelArgs {
+    pub fn to_config(&self) -> OverlayConfig {
+        OverlayConfig {
+            store: registry::StoreOptions {
+                endpoints: self
+                    .etcd_endpoints
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|endpoint| !endpoint.is_empty())
+                    .map(String::from)
+                    .collect(),
+                prefix: self.etcd_prefix.clone(),
+                certfile: self.etcd_certfile.clone(),
+                keyfile: self.etcd_keyfile.clone(),
+                cafile: self.etcd_cafile.clone(),
+                username: self.etcd_username.clone(),
+                password: self.etcd_password.clone(),
+            },
+            interface: iface::IfaceSelection {
+                iface: self.iface.clone(),
+                iface_regex: self.iface_regex.clone(),
+                public_ip: self.public_ip,
+            },
+            subnet_file: self.subnet_file.clone(),
+            ip_masq: self.ip_masq,
+            subnet_lease_renew_margin: self.subnet_lease_renew_margin,
+            subnet_lease_ttl_secs: self.subnet_lease_ttl,
+            healthz: (self.healthz_port != 0)
+                .then(|| std::net::SocketAddr::from((self.healthz_ip, self.healthz_port))),
+            bridge: Some(self.bridge.clone()).filter(|bridge| !bridge.is_empty()),
+        }
+    }
+}
+
+pub async fn run(args: FlannelArgs) -> anyhow::Result<()> {
+    Overlay::run(args.to_config(), shutdown_signal()).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

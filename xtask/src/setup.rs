@@ -37,6 +37,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "libprotobuf-dev",
     "python3-matplotlib",
+    "nftables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

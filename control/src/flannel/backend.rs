@@ -1,0 +1,87 @@
+//! Backends program the node for the leases of its peers. Each is small: it says what goes into
+//! its own lease (`BackendData`) and adds or removes one peer at a time.
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use super::{
+    config::BackendConfig,
+    lease::Lease,
+    netlink::{Netlink, NetlinkError},
+};
+
+mod host_gw;
+mod vxlan;
+
+pub use host_gw::HostGw;
+pub use vxlan::KernelVxlan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("lease of {subnet} from {public_ip} has no usable vxlan BackendData (VNI, VtepMAC)")]
+    BadBackendData {
+        subnet: Ipv4Network,
+        public_ip: Ipv4Addr,
+    },
+    #[error("the {0} backend needs the eBPF dataplane, which this build cannot drive yet")]
+    Unsupported(&'static str),
+    #[error("{0}")]
+    Device(String),
+}
+
+pub type BackendResult<T> = std::result::Result<T, BackendError>;
+
+/// The underlay link the overlay runs over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub index: u32,
+    pub name: String,
+    pub public_ip: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// Programs the kernel (or the dataplane) for one overlay backend.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// flannel's name for it (`BackendType`).
+    fn type_name(&self) -> &'static str;
+    /// Prepares devices that must exist before the lease is taken and returns this node's
+    /// `BackendData`.
+    async fn prepare(&mut self) -> BackendResult<Option<serde_json::Value>>;
+    /// Finishes the local setup once this node's subnet is known.
+    async fn configure(&mut self, own: Ipv4Network) -> BackendResult<()>;
+    /// Makes a peer's subnet reachable (idempotent: also used for changed leases).
+    async fn add_peer(&mut self, lease: &Lease) -> BackendResult<()>;
+    /// Makes a peer's subnet unreachable.
+    async fn remove_peer(&mut self, lease: &Lease) -> BackendResult<()>;
+    /// Removes state for subnets that are no longer leased (after a restart or a resync).
+    async fn prune(&mut self, keep: &[Ipv4Network]) -> BackendResult<()>;
+}
+
+/// The backend for a network config.
+pub fn for_config(
+    config: &BackendConfig,
+    netlink: Netlink,
+    underlay: Underlay,
+) -> BackendResult<Box<dyn Backend>> {
+    match config {
+        BackendConfig::HostGw => Ok(Box::new(HostGw::new(netlink))),
+        BackendConfig::Vxlan(vxlan) => {
+            Ok(Box::new(KernelVxlan::new(netlink, underlay, vxlan.clone())))
+        }
+        BackendConfig::Udp { .. } => Err(BackendError::Unsupported("udp")),
+    }
+}
+
+/// Deletes every overlay route whose destination is not in `keep`.
+pub(crate) async fn prune_routes(netlink: &Netlink, keep: &[Ipv4Network]) -> BackendResult<()> {
+    for destination in netlink.overlay_route_destinations().await? {
+        if !keep.contains(&destination) {
+            tracing::info!(%destination, "removing the route of a subnet that is no longer leased");
+            netlink.delete_route(destination).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Subnet leases exactly as flannel stores them: key `<prefix>/subnets/<ip>-<len>`, value a
+//! JSON `LeaseAttrs` object, and the choice of a free subnet.
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::config::NetworkConfig;
+
+/// flannel's lease value (`lease.LeaseAttrs`). Field order and names match flannel's JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    /// flannel writes `null` here for IPv4-only nodes.
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub backend_type: String,
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_data: Option<serde_json::Value>,
+}
+
+/// The `BackendData` of a vxlan lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanBackendData {
+    #[serde(rename = "VNI")]
+    pub vni: u32,
+    #[serde(rename = "VtepMAC")]
+    pub vtep_mac: String,
+}
+
+impl VxlanBackendData {
+    /// The VTEP MAC as bytes, if it is a well-formed `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        parse_mac(&self.vtep_mac)
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Formats a MAC the way Go's `net.HardwareAddr` does.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// One node's lease as read from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub subnet: Ipv4Network,
+    pub attrs: LeaseAttrs,
+    /// The etcd lease holding the key; 0 for a reservation (a key without a lease).
+    pub etcd_lease: i64,
+}
+
+impl Lease {
+    pub fn is_reservation(&self) -> bool {
+        self.etcd_lease == 0
+    }
+
+    /// The vxlan backend data, if the lease carries well-formed vxlan data.
+    pub fn vxlan_data(&self) -> Option<VxlanBackendData> {
+        serde_json::from_value(self.attrs.backend_data.clone()?).ok()
+    }
+}
+
+/// The key name of a subnet under `<prefix>/subnets/`: `10.5.34.0-24`.
+pub fn subnet_key(subnet: Ipv4Network) -> String {
+    format!("{}-{}", subnet.network(), subnet.prefix())
+}
+
+/// Reads a subnet back from a full key or key name, as flannel does (`<ip>-<len>`, optionally
+/// followed by `&<ipv6>-<len>` which IPv4-only nodes ignore).
+pub fn parse_subnet_key(key: &str) -> Option<Ipv4Network> {
+    let name = key.rsplit('/').next()?;
+    let v4 = name.split('&').next()?;
+    let (ip, len) = v4.split_once('-')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let subnet = Ipv4Network::new(ip, len).ok()?;
+    (subnet.network() == ip).then_some(subnet)
+}
+
+/// How many free candidates flannel collects before picking one at random.
+const CANDIDATES: usize = 100;
+
+/// A random free subnet between SubnetMin and SubnetMax that overlaps no existing key (lease
+/// or reservation), or `None` when the range is full.
+pub fn pick_free_subnet(config: &NetworkConfig, taken: &[Ipv4Network]) -> Option<Ipv4Network> {
+    let taken_exact: HashSet<Ipv4Network> = taken.iter().copied().collect();
+    let step = 1u64 << (32 - config.subnet_len);
+    let mut candidates = Vec::with_capacity(CANDIDATES);
+    let base = u64::from(u32::from(config.subnet_min));
+    // Start at a random offset so 1,000 nodes starting together do not all race for the first
+    // free subnets; wrap around once.
+    let count = (u64::from(u32::from(config.subnet_max)) - base) / step + 1;
+    let start = rand::random::<u64>() % count;
+    for index in 0..count {
+        let slot = (start + index) % count;
+        let ip = Ipv4Addr::from((base + slot * step) as u32);
+        let Ok(subnet) = Ipv4Network::new(ip, config.subnet_len) else {
+            continue;
+        };
+        if taken_exact.contains(&subnet) || taken.iter().any(|other| overlaps(*other, subnet)) {
+            continue;
+        }
+        candidates.push(subnet);
+        if candidates.len() >= CANDIDATES {
+            break;
+        }
+    }
+    candidates.choose(&mut rand::thread_rng()).copied()
+}
+
+fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attrs_serialize_like_flannel() {
+        let attrs = LeaseAttrs {
+            public_ip: Ipv4Addr::new(10, 99, 0, 1),
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(
+                serde_json::to_value(VxlanBackendData {
+                    vni: 1,
+                    vtep_mac: "0a:58:0a:f4:01:01".into(),
+                })
+                .expect("serializable"),
+            ),
+        };
+        let text = serde_json::to_string(&attrs).expect("serializable");
+        assert_eq!(
+            text,
+            r#"{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:01"}}"#
+        );
+        let back: LeaseAttrs = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, attrs);
+        let host_gw: LeaseAttrs =
+            serde_json::from_str(r#"{"PublicIP":"10.99.0.2","BackendType":"host-gw"}"#)
+                .expect("parses");
+        assert_eq!(host_gw.backend_data, None);
+    }
+
+    #[test]
+    fn subnet_keys_round_trip() {
+        let subnet: Ipv4Network = "10.5.34.0/24".parse().expect("cidr");
+        assert_eq!(subnet_key(subnet), "10.5.34.0-24");
+        assert_eq!(
+            parse_subnet_key("/coreos.com/network/subnets/10.5.34.0-24"),
+            Some(subnet)
+        );
+        assert_eq!(parse_subnet_key("10.5.34.0-24&fc00::-64"), Some(subnet));
+        assert_eq!(parse_subnet_key("10.5.34.1-24"), None);
+        assert_eq!(parse_subnet_key("config"), None);
+    }
+
+    #[test]
+    fn macs_round_trip() {
+        let mac = parse_mac("0a:58:0A:f4:01:ff").expect("valid");
+        assert_eq!(format_mac(mac), "0a:58:0a:f4:01:ff");
+        assert_eq!(parse_mac("0a:58:0a:f4:01"), None);
+        assert_eq!(parse_mac("0a:58:0a:f4:01:02:03"), None);
+    }
+
+    #[test]
+    fn free_subnets_avoid_taken_ones() {
+        let config =
+            NetworkConfig::parse(r#"{"Network": "10.5.0.0/28", "SubnetLen": 30}"#).expect("valid");
+        // Slots: .4, .8, .12 (the first /30 is skipped).
+        let taken: Vec<Ipv4Network> = vec![
+            "10.5.0.4/30".parse().expect("cidr"),
+            "10.5.0.12/30".parse().expect("cidr"),
+        ];
+        for _ in 0..20 {
+            assert_eq!(
+                pick_free_subnet(&config, &taken),
+                Some("10.5.0.8/30".parse().expect("cidr"))
+            );
+        }
+        let full: Vec<Ipv4Network> = vec!["10.5.0.0/28".parse().expect("cidr")];
+        assert_eq!(pick_free_subnet(&config, &full), None);
+    }
+}

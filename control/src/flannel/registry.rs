@@ -1,0 +1,330 @@
+//! The store as flannel uses it, through the etcd v3 API only: the network config, the lease
+//! list with its revision, create-if-absent and update of a lease, keep-alive and the watch.
+use std::{path::PathBuf, time::Duration};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use ipnetwork::Ipv4Network;
+use serde::Deserialize;
+
+use super::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
+
+/// How to reach the store: flanneld's `--etcd-*` flags.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub cafile: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/coreos.com/network".into(),
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{action}: {source}")]
+    Etcd {
+        action: String,
+        source: etcd_client::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Tls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("serializing lease attributes: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+fn etcd(action: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> RegistryError {
+    let action = action.into();
+    move |source| RegistryError::Etcd { action, source }
+}
+
+/// One change seen by the lease watch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseEvent {
+    Put(Lease),
+    Deleted(Ipv4Network),
+}
+
+/// flannel's view of the store, under one prefix.
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// Connects to the store (TLS when a certificate is given, auth when a user is).
+    pub async fn connect(options: &StoreOptions) -> Result<Self> {
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let (Some(user), Some(password)) = (&options.username, &options.password) {
+            connect = connect.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = tls_options(options)? {
+            connect = connect.with_tls(tls);
+        }
+        let client = Client::connect(&options.endpoints, Some(connect))
+            .await
+            .map_err(etcd(format!(
+                "connecting to {}",
+                options.endpoints.join(",")
+            )))?;
+        Ok(Self::from_client(client, &options.prefix))
+    }
+
+    /// A registry on an existing client (shared by simulated nodes in benchmarks).
+    pub fn from_client(client: Client, prefix: &str) -> Self {
+        Self {
+            client,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    pub fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    pub fn lease_key(&self, subnet: Ipv4Network) -> String {
+        format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
+    }
+
+    /// The raw network config, `None` while nobody has written it.
+    pub async fn network_config(&mut self) -> Result<Option<String>> {
+        let key = self.config_key();
+        let response = self
+            .client
+            .get(key.clone(), None)
+            .await
+            .map_err(etcd(format!("reading {key}")))?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Every lease and reservation, and the store revision they were read at. Keys that are
+    /// not flannel leases are skipped with a warning.
+    pub async fn list(&mut self) -> Result<(Vec<Lease>, i64)> {
+        let prefix = self.subnets_prefix();
+        let response = self
+            .client
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd(format!("listing {prefix}")))?;
+        let revision = response.header().map_or(0, |header| header.revision());
+        let leases = response
+            .kvs()
+            .iter()
+            .filter_map(|kv| decode_lease(kv.key(), kv.value(), kv.lease()))
+            .collect();
+        Ok((leases, revision))
+    }
+
+    /// Writes a new lease key only if the key does not exist (flannel's create-if-absent
+    /// transaction). Returns the etcd lease id, or `None` if another node won the race.
+    pub async fn create(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<i64>> {
+        let key = self.lease_key(subnet);
+        let value = serde_json::to_string(attrs)?;
+        let lease_id = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        let outcome = self
+            .client
+            .txn(txn)
+            .await
+            .map_err(etcd(format!("creating {key}")));
+        match outcome {
+            Ok(response) if response.succeeded() => Ok(Some(lease_id)),
+            Ok(_) => {
+                self.revoke(lease_id).await;
+                Ok(None)
+            }
+            Err(err) => {
+                self.revoke(lease_id).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Rewrites a lease this node owns: with a fresh etcd lease of `ttl`, or without one (a
+    /// reservation stays a reservation) when `ttl` is `None`. Returns the etcd lease id (0 for
+    /// none).
+    pub async fn update(
+        &mut self,
+        subnet: Ipv4Network,
+        attrs: &LeaseAttrs,
+        ttl: Option<Duration>,
+    ) -> Result<i64> {
+        let key = self.lease_key(subnet);
+        let value = serde_json::to_string(attrs)?;
+        let lease_id = match ttl {
+            Some(ttl) => self.grant(ttl).await?,
+            None => 0,
+        };
+        let options = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
+        if let Err(err) = self.client.put(key.clone(), value, options).await {
+            if lease_id != 0 {
+                self.revoke(lease_id).await;
+            }
+            return Err(etcd(format!("updating {key}"))(err));
+        }
+        Ok(lease_id)
+    }
+
+    pub async fn delete(&mut self, subnet: Ipv4Network) -> Result<()> {
+        let key = self.lease_key(subnet);
+        self.client
+            .delete(key.clone(), None)
+            .await
+            .map_err(etcd(format!("deleting {key}")))?;
+        Ok(())
+    }
+
+    /// Renews an etcd lease once; returns its new TTL in seconds (0 when it no longer exists).
+    pub async fn keep_alive(&mut self, lease_id: i64) -> Result<i64> {
+        let action = || format!("renewing etcd lease {lease_id:x}");
+        let (mut keeper, mut stream) = self
+            .client
+            .lease_keep_alive(lease_id)
+            .await
+            .map_err(etcd(action()))?;
+        keeper.keep_alive().await.map_err(etcd(action()))?;
+        let response = stream.message().await.map_err(etcd(action()))?;
+        Ok(response.map_or(0, |response| response.ttl()))
+    }
+
+    /// Watches every lease from `start_revision` on.
+    pub async fn watch(&mut self, start_revision: i64) -> Result<WatchStream> {
+        let prefix = self.subnets_prefix();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_revision);
+        self.client
+            .watch(prefix.clone(), Some(options))
+            .await
+            .map_err(etcd(format!(
+                "watching {prefix} from revision {start_revision}"
+            )))
+    }
+
+    /// Decodes the events of one watch response.
+    pub fn decode_events(events: &[etcd_client::Event]) -> Vec<LeaseEvent> {
+        events
+            .iter()
+            .filter_map(|event| {
+                let kv = event.kv()?;
+                match event.event_type() {
+                    etcd_client::EventType::Delete => {
+                        parse_subnet_key(&String::from_utf8_lossy(kv.key()))
+                            .map(LeaseEvent::Deleted)
+                    }
+                    etcd_client::EventType::Put => {
+                        decode_lease(kv.key(), kv.value(), kv.lease()).map(LeaseEvent::Put)
+                    }
+                }
+            })
+            .collect()
+    }
+
+    async fn grant(&mut self, ttl: Duration) -> Result<i64> {
+        let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
+        let response = self
+            .client
+            .lease_grant(seconds, None)
+            .await
+            .map_err(etcd(format!("granting an etcd lease of {seconds} s")))?;
+        Ok(response.id())
+    }
+
+    async fn revoke(&mut self, lease_id: i64) {
+        if let Err(err) = self.client.lease_revoke(lease_id).await {
+            tracing::warn!("revoking unused etcd lease {lease_id:x}: {err}");
+        }
+    }
+}
+
+/// A lease from a key and value, or `None` (logged) for keys that are not flannel leases.
+fn decode_lease(key: &[u8], value: &[u8], etcd_lease: i64) -> Option<Lease> {
+    let key = String::from_utf8_lossy(key);
+    let Some(subnet) = parse_subnet_key(&key) else {
+        tracing::warn!(%key, "ignoring a key that is not a subnet lease");
+        return None;
+    };
+    match serde_json::from_slice::<LeaseAttrs>(value) {
+        Ok(attrs) => Some(Lease {
+            subnet,
+            attrs,
+            etcd_lease,
+        }),
+        Err(err) => {
+            tracing::warn!(%key, "ignoring a lease with a bad value: {err}");
+            None
+        }
+    }
+}
+
+fn tls_options(options: &StoreOptions) -> Result<Option<TlsOptions>> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| RegistryError::Tls {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut tls = TlsOptions::new();
+    let mut used = false;
+    if let Some(ca) = &options.cafile {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        used = true;
+    }
+    if let (Some(cert), Some(key)) = (&options.certfile, &options.keyfile) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        used = true;
+    }
+    Ok(used.then_some(tls))
+}

@@ -1,0 +1,197 @@
+//! Keeps a node in sync with every lease: list, then watch from the list's revision + 1 so no
+//! update falls between the two (flannel issue #1145); on a watch error, a cancelled watch or a
+//! compacted revision, list again and reconcile (a full resync).
+use std::{collections::HashMap, time::Duration};
+
+use ipnetwork::Ipv4Network;
+
+use super::{
+    backend::{Backend, BackendResult},
+    lease::Lease,
+    registry::{LeaseEvent, Registry, RegistryError},
+};
+
+/// Receives the peers' leases as they come and go.
+#[async_trait::async_trait]
+pub trait PeerSink: Send {
+    async fn upsert(&mut self, lease: &Lease) -> BackendResult<()>;
+    async fn remove(&mut self, lease: &Lease) -> BackendResult<()>;
+    /// After a full list: everything not in `keep` may be dropped.
+    async fn resynced(&mut self, keep: &[Ipv4Network]) -> BackendResult<()>;
+}
+
+#[async_trait::async_trait]
+impl PeerSink for Box<dyn Backend> {
+    async fn upsert(&mut self, lease: &Lease) -> BackendResult<()> {
+        self.add_peer(lease).await
+    }
+
+    async fn remove(&mut self, lease: &Lease) -> BackendResult<()> {
+        self.remove_peer(lease).await
+    }
+
+    async fn resynced(&mut self, keep: &[Ipv4Network]) -> BackendResult<()> {
+        self.prune(keep).await
+    }
+}
+
+/// Why the watch loop stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("this node's lease on {0} was deleted or expired")]
+    OwnLeaseRemoved(Ipv4Network),
+}
+
+/// Follows every lease of the network, except this node's own.
+#[derive(Debug)]
+pub struct LeaseSync {
+    registry: Registry,
+    own: Ipv4Network,
+    known: HashMap<Ipv4Network, Lease>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl LeaseSync {
+    pub fn new(registry: Registry, own: Ipv4Network) -> Self {
+        Self {
+            registry,
+            own,
+            known: HashMap::new(),
+        }
+    }
+
+    /// The peers' leases known right now.
+    pub fn known(&self) -> &HashMap<Ipv4Network, Lease> {
+        &self.known
+    }
+
+    /// Runs until this node's own lease disappears (or forever; cancel by dropping).
+    pub async fn run(&mut self, sink: &mut dyn PeerSink) -> SyncError {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.resync(sink).await {
+                Ok(revision) => {
+                    backoff = Duration::from_millis(100);
+                    match self.follow(revision + 1, sink).await {
+                        Ok(Some(end)) => return end,
+                        Ok(None) => tracing::warn!("lease watch ended; resyncing"),
+                        Err(err) => tracing::warn!("lease watch failed: {err}; resyncing"),
+                    }
+                }
+                Err(err) => tracing::warn!("listing leases failed: {err}; retrying in {backoff:?}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Lists every lease and brings the sink in line: adds new and changed ones, removes the
+    /// ones that vanished. Returns the revision of the list.
+    pub async fn resync(&mut self, sink: &mut dyn PeerSink) -> Result<i64, RegistryError> {
+        let (leases, revision) = self.registry.list().await?;
+        let current: HashMap<Ipv4Network, Lease> = leases
+            .into_iter()
+            .filter(|lease| lease.subnet != self.own)
+            .map(|lease| (lease.subnet, lease))
+            .collect();
+        let gone: Vec<Lease> = self
+            .known
+            .values()
+            .filter(|lease| !current.contains_key(&lease.subnet))
+            .cloned()
+            .collect();
+        for lease in gone {
+            self.forget(sink, lease.subnet).await;
+        }
+        for lease in current.into_values() {
+            self.learn(sink, lease).await;
+        }
+        let keep: Vec<Ipv4Network> = self.known.keys().copied().collect();
+        if let Err(err) = sink.resynced(&keep).await {
+            tracing::warn!("pruning state of vanished leases: {err}");
+        }
+        tracing::debug!(revision, peers = keep.len(), "leases resynced");
+        Ok(revision)
+    }
+
+    /// Applies watch events from `start_revision` on. `Ok(None)` when the watch ends or is
+    /// cancelled (compaction included) and a resync is needed.
+    async fn follow(
+        &mut self,
+        start_revision: i64,
+        sink: &mut dyn PeerSink,
+    ) -> Result<Option<SyncError>, RegistryError> {
+        let mut stream = self.registry.watch(start_revision).await?;
+        loop {
+            let response = match stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return Ok(None),
+                Err(source) => {
+                    return Err(RegistryError::Etcd {
+                        action: "reading the lease watch".into(),
+                        source,
+                    });
+                }
+            };
+            if response.canceled() || response.compact_revision() > 0 {
+                tracing::warn!(
+                    compact_revision = response.compact_revision(),
+                    reason = response.cancel_reason(),
+                    "lease watch cancelled"
+                );
+                return Ok(None);
+            }
+            for event in Registry::decode_events(response.events()) {
+                if let Some(end) = self.apply(sink, event).await {
+                    return Ok(Some(end));
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, sink: &mut dyn PeerSink, event: LeaseEvent) -> Option<SyncError> {
+        match event {
+            LeaseEvent::Deleted(subnet) if subnet == self.own => {
+                Some(SyncError::OwnLeaseRemoved(subnet))
+            }
+            LeaseEvent::Put(lease) if lease.subnet == self.own => None,
+            LeaseEvent::Deleted(subnet) => {
+                self.forget(sink, subnet).await;
+                None
+            }
+            LeaseEvent::Put(lease) => {
+                self.learn(sink, lease).await;
+                None
+            }
+        }
+    }
+
+    async fn learn(&mut self, sink: &mut dyn PeerSink, lease: Lease) {
+        if self
+            .known
+            .get(&lease.subnet)
+            .is_some_and(|known| known.attrs == lease.attrs)
+        {
+            return;
+        }
+        tracing::info!(subnet = %lease.subnet, public_ip = %lease.attrs.public_ip, "peer lease added");
+        match sink.upsert(&lease).await {
+            Ok(()) => {
+                self.known.insert(lease.subnet, lease);
+            }
+            // Not remembered, so the next event or resync for this subnet tries again.
+            Err(err) => tracing::error!(subnet = %lease.subnet, "programming peer: {err}"),
+        }
+    }
+
+    async fn forget(&mut self, sink: &mut dyn PeerSink, subnet: Ipv4Network) {
+        let Some(lease) = self.known.remove(&subnet) else {
+            return;
+        };
+        tracing::info!(%subnet, public_ip = %lease.attrs.public_ip, "peer lease removed");
+        if let Err(err) = sink.remove(&lease).await {
+            tracing::error!(%subnet, "removing peer: {err}");
+        }
+    }
+}

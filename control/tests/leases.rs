@@ -1,0 +1,297 @@
+//! Lease semantics against a real etcd 3.4 on loopback: flannel's key layout and JSON, the
+//! 24 h etcd lease, create-if-absent races, reservations, restarts, and a watch that loses no
+//! update.
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::{Etcd, PREFIX};
+use ipnetwork::Ipv4Network;
+use shoal_control::flannel::{
+    acquire::{self, AcquireError, LEASE_TTL},
+    backend::BackendResult,
+    config::NetworkConfig,
+    lease::{Lease, LeaseAttrs},
+    registry::{Registry, StoreOptions},
+    sync::{LeaseSync, PeerSink},
+};
+
+fn attrs(public_ip: Ipv4Addr) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip,
+        public_ipv6: None,
+        backend_type: "host-gw".into(),
+        backend_data: None,
+    }
+}
+
+async fn registry(etcd: &Etcd) -> Registry {
+    Registry::connect(&StoreOptions {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: PREFIX.into(),
+        ..StoreOptions::default()
+    })
+    .await
+    .expect("connecting to etcd")
+}
+
+#[tokio::test]
+async fn leases_are_written_as_flannel_writes_them() {
+    let etcd = Etcd::on_loopback();
+    let mut registry = registry(&etcd).await;
+    let config =
+        NetworkConfig::parse(r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#)
+            .expect("valid");
+    let own = acquire::acquire(
+        &mut registry,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 0, 1)),
+        None,
+        LEASE_TTL,
+    )
+    .await
+    .expect("acquired");
+    let leases = etcd.leases();
+    assert_eq!(leases.len(), 1);
+    let (key, value) = &leases[0];
+    assert_eq!(
+        key,
+        &format!("{PREFIX}/subnets/{}-24", own.subnet.network())
+    );
+    assert_eq!(
+        value,
+        r#"{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#
+    );
+    let ttl = etcd
+        .ctl(&["lease", "timetolive", &format!("{:x}", own.etcd_lease)])
+        .expect("timetolive");
+    let granted: u64 = ttl
+        .split("granted with TTL(")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected etcdctl output {ttl:?}"));
+    assert_eq!(granted, 24 * 3600);
+    assert!(config.is_compatible(own.subnet));
+    assert_ne!(
+        own.subnet.network(),
+        Ipv4Addr::new(10, 5, 0, 0),
+        "the first subnet is skipped"
+    );
+}
+
+#[tokio::test]
+async fn restarts_keep_the_subnet_and_reservations_are_never_taken() {
+    let etcd = Etcd::on_loopback();
+    let mut registry = registry(&etcd).await;
+    // Four subnets: 10.5.0.4/30 .. 10.5.0.12/30 minus the first; .8 is reserved (no lease).
+    let config =
+        NetworkConfig::parse(r#"{"Network": "10.5.0.0/28", "SubnetLen": 30}"#).expect("valid");
+    etcd.put(
+        &format!("{PREFIX}/subnets/10.5.0.8-30"),
+        r#"{"PublicIP":"10.99.0.200","BackendType":"host-gw"}"#,
+    );
+    let first = acquire::acquire(
+        &mut registry,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 0, 1)),
+        None,
+        LEASE_TTL,
+    )
+    .await
+    .expect("first node");
+    let second = acquire::acquire(
+        &mut registry,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 0, 2)),
+        None,
+        LEASE_TTL,
+    )
+    .await
+    .expect("second node");
+    let reserved: Ipv4Network = "10.5.0.8/30".parse().expect("cidr");
+    assert_ne!(first.subnet, reserved);
+    assert_ne!(second.subnet, reserved);
+    assert_ne!(first.subnet, second.subnet);
+    let third = acquire::acquire(
+        &mut registry,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 0, 3)),
+        None,
+        LEASE_TTL,
+    )
+    .await;
+    assert!(
+        matches!(third, Err(AcquireError::OutOfSubnets { .. })),
+        "{third:?}"
+    );
+    // A restart (same public IP) gets the same subnet back.
+    let again = acquire::acquire(
+        &mut registry,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 0, 1)),
+        None,
+        LEASE_TTL,
+    )
+    .await
+    .expect("restarted node");
+    assert_eq!(again.subnet, first.subnet);
+    // The reservation's owner gets its reservation, still without an etcd lease.
+    let owner = acquire::acquire(
+        &mut registry,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 0, 200)),
+        None,
+        LEASE_TTL,
+    )
+    .await
+    .expect("reservation owner");
+    assert_eq!(owner.subnet, reserved);
+    assert_eq!(owner.etcd_lease, 0);
+    // A node whose lease expired comes back on its previous subnet (from subnet.env).
+    registry.delete(second.subnet).await.expect("deleted");
+    let back = acquire::acquire(
+        &mut registry,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 0, 9)),
+        Some(second.subnet),
+        LEASE_TTL,
+    )
+    .await
+    .expect("previous subnet");
+    assert_eq!(back.subnet, second.subnet);
+}
+
+#[tokio::test]
+async fn concurrent_nodes_never_share_a_subnet() {
+    let etcd = Etcd::on_loopback();
+    let config =
+        NetworkConfig::parse(r#"{"Network": "10.5.0.0/24", "SubnetLen": 28}"#).expect("valid");
+    let mut tasks = Vec::new();
+    for node in 1..=15u8 {
+        let mut registry = registry(&etcd).await;
+        let config = config.clone();
+        tasks.push(tokio::spawn(async move {
+            acquire::acquire(
+                &mut registry,
+                &config,
+                &attrs(Ipv4Addr::new(10, 99, 0, node)),
+                None,
+                LEASE_TTL,
+            )
+            .await
+        }));
+    }
+    let mut subnets = HashSet::new();
+    for task in tasks {
+        let lease = task.await.expect("task").expect("every node gets a subnet");
+        assert!(
+            subnets.insert(lease.subnet),
+            "{} handed out twice",
+            lease.subnet
+        );
+    }
+    assert_eq!(subnets.len(), 15);
+    assert_eq!(etcd.leases().len(), 15);
+}
+
+/// Records what the watch delivers, shared with the test.
+#[derive(Default, Clone)]
+struct Table {
+    peers: Arc<Mutex<HashMap<Ipv4Network, Lease>>>,
+}
+
+impl Table {
+    fn subnets(&self) -> HashSet<Ipv4Network> {
+        self.peers
+            .lock()
+            .expect("table lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl PeerSink for Table {
+    async fn upsert(&mut self, lease: &Lease) -> BackendResult<()> {
+        self.peers
+            .lock()
+            .expect("table lock")
+            .insert(lease.subnet, lease.clone());
+        Ok(())
+    }
+
+    async fn remove(&mut self, lease: &Lease) -> BackendResult<()> {
+        self.peers.lock().expect("table lock").remove(&lease.subnet);
+        Ok(())
+    }
+
+    async fn resynced(&mut self, keep: &[Ipv4Network]) -> BackendResult<()> {
+        self.peers
+            .lock()
+            .expect("table lock")
+            .retain(|subnet, _| keep.contains(subnet));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_watch_loses_no_update_between_list_and_watch() {
+    let etcd = Etcd::on_loopback();
+    let config = NetworkConfig::parse(r#"{"Network": "10.5.0.0/16"}"#).expect("valid");
+    let mut writer = registry(&etcd).await;
+    let own = acquire::acquire(
+        &mut writer,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 1, 1)),
+        None,
+        LEASE_TTL,
+    )
+    .await
+    .expect("own lease");
+    let table = Table::default();
+    let mut sink = table.clone();
+    let mut sync = LeaseSync::new(registry(&etcd).await, own.subnet);
+    let watcher = tokio::spawn(async move { sync.run(&mut sink).await });
+    // Writes racing with the watcher's first list and the start of its watch.
+    let mut expected = HashSet::new();
+    for node in 2..=60u8 {
+        let lease = acquire::acquire(
+            &mut writer,
+            &config,
+            &attrs(Ipv4Addr::new(10, 99, 1, node)),
+            None,
+            LEASE_TTL,
+        )
+        .await
+        .expect("peer lease");
+        expected.insert(lease.subnet);
+    }
+    let removed: Vec<Ipv4Network> = expected.iter().take(5).copied().collect();
+    for subnet in &removed {
+        writer.delete(*subnet).await.expect("deleted");
+        expected.remove(subnet);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while table.subnets() != expected && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        table.subnets(),
+        expected,
+        "the watcher's view differs from the store"
+    );
+    // Our own lease going away ends the sync with a clear reason.
+    writer.delete(own.subnet).await.expect("deleted own lease");
+    let end = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("watcher stops")
+        .expect("watcher task");
+    assert!(end.to_string().contains("was deleted or expired"), "{end}");
+}
