@@ -72,6 +72,14 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro shoal /mnt/shoal; then
     halt_now
 fi
 ln -s /mnt/shoal/shoal /bin/shoal
+# Host tools shared in with their libraries (etcdctl): linked at their host paths.
+if [ -d /mnt/shoal/sysroot ]; then
+    (cd /mnt/shoal/sysroot && find . -type f) | while read -r file; do
+        file="${file#./}"
+        mkdir -p "/${file%/*}"
+        ln -sf "/mnt/shoal/sysroot/$file" "/$file"
+    done
+fi
 ln -s /mnt/shoal/shoal /bin/fleetctl
 cp "/mnt/shoal/nodes/$NODE/agent.yaml" /etc/shoal/agent.yaml
 nc -ll -p 7022 -e /bin/shoal-exec &

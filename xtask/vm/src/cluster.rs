@@ -73,6 +73,11 @@ impl VmNode {
         self.layout.address
     }
 
+    /// qemu's pid, while the node is powered on.
+    pub fn pid(&self) -> Option<u32> {
+        self.vm.as_ref().map(Vm::pid)
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.vm.as_mut().is_some_and(Vm::running)
     }
@@ -123,11 +128,9 @@ impl VmCluster {
         sweep()?;
         let binary = match &spec.binary {
             Some(binary) => binary.clone(),
-            None => {
-                report(None, "building the static shoal binary".to_string());
-                build::static_shoal()?
-            }
+            None => build::static_shoal()?,
         };
+        report(None, format!("shoal binary {}", binary.display()));
         report(None, "preparing the guest kernel and initramfs".to_string());
         let kernel = GuestKernel::prepare(&cache)?;
         let (id, dir) = claim_cluster_dir(&cache)?;
@@ -565,6 +568,11 @@ fn prepare_share(dir: &Path, binary: &Path, layouts: &[NodeLayout]) -> Result<Pa
     if fs::hard_link(binary, &shared_binary).is_err() {
         image::copy(binary, &shared_binary)?;
     }
+    for tool in GUEST_HOST_TOOLS {
+        if crate::have_program(tool) {
+            share_host_tool(&share, tool)?;
+        }
+    }
     for layout in layouts {
         let node_dir = share.join("nodes").join(&layout.name);
         fs::create_dir_all(&node_dir).context(|| format!("creating {}", node_dir.display()))?;
@@ -599,6 +607,35 @@ fn preserve_logs_and_remove(dir: &Path, id: u32) {
     if let Err(err) = fs::remove_dir_all(dir) {
         tracing::warn!("removing {}: {err}", dir.display());
     }
+}
+
+/// Host programs the guests get (with their shared libraries and loader) under the share's
+/// `sysroot/`, which the guest init links into place: etcdctl, for units and tests that talk
+/// to the store from inside a node.
+const GUEST_HOST_TOOLS: &[&str] = &["etcdctl"];
+
+/// Copies host program `name` and every file `ldd` lists for it under `share/sysroot`, at
+/// their host paths.
+fn share_host_tool(share: &Path, name: &str) -> Result<()> {
+    let program = crate::run(std::process::Command::new("which").arg(name))?;
+    let program = PathBuf::from(program.trim());
+    let libraries = crate::run(std::process::Command::new("ldd").arg(&program))?;
+    let sysroot = share.join("sysroot");
+    let files = libraries
+        .lines()
+        .filter_map(|line| {
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .chain(std::iter::once(program));
+    for file in files {
+        let relative = file.strip_prefix("/").unwrap_or(&file);
+        let target = sysroot.join(relative);
+        if !target.exists() {
+            image::copy(&file, &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Every cluster recorded under the cache, with its state if it has one.

@@ -2,10 +2,10 @@
 //!
 //! ```text
 //! host ── network namespace shoal-vmc-<id> ───────────────────────────────────────────
-//!          br0 10.97.0.1/24 (the host's foot in the cluster: etcdctl, fleetctl, HTTP)
-//!           ├─ tap0 ── qemu n1: eth0 10.97.0.11  (kernel: Debian's, initramfs: busybox)
-//!           ├─ tap1 ── qemu n2: eth0 10.97.0.12   9p share "shoal" (read-only):
-//!           └─ tap2 ── qemu n3: eth0 10.97.0.13     shoal binary + nodes/<name>/agent.yaml
+//!          br0 10.97.<id>.1/24 (the host's foot in the cluster: etcdctl, fleetctl, HTTP)
+//!           ├─ tap1 ── qemu n1: eth0 10.97.<id>.11  (kernel: Debian's, initramfs: busybox)
+//!           ├─ tap2 ── qemu n2: eth0 10.97.<id>.12   9p share "shoal" (read-only): shoal,
+//!           └─ tap3 ── qemu n3: eth0 10.97.<id>.13   nodes/<name>/agent.yaml, sysroot/ (etcdctl)
 //! ```
 //!
 //! Flow: [`image::GuestKernel::prepare`] fetches Debian's kernel package once into
@@ -14,7 +14,7 @@
 //! (`guest/init.sh`); [`accel::choose`] decides KVM versus TCG by a bounded test boot;
 //! [`cluster::VmCluster::up`] builds the namespace, writes one agent YAML per node
 //! ([`config::agent_yaml`]), starts every qemu inside the namespace and follows their serial
-//! consoles. Dropping the cluster (or `vm-cluster down` from another process, through the state
+//! consoles; each guest runs a command server on port 7022 ([`guest::exec`]). Dropping the cluster (or `vm-cluster down` from another process, through the state
 //! file under `target/vm/clusters/`) kills every qemu and deletes the namespace, which takes
 //! the bridge and taps with it.
 //!
