@@ -41,11 +41,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Logs go to stderr, filtered by `SHOAL_LOG` (default: info for shoal, warnings for the
+/// chattier libraries).
 fn init_tracing() {
+    use std::io::IsTerminal;
+    const DEFAULT_FILTER: &str = "info,openraft=warn,netlink_packet_route=error,h2=warn,tower=warn";
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

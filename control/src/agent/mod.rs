@@ -1,34 +1,259 @@
-//! `shoal agent`: the daemon of one node. It reads the node's YAML ([`config`]), then runs
-//! together: a store member (masters) or the store's address (workers), the overlay control
-//! plane and dataplane, fleet's agent and engine candidate, and the health endpoint
-//! ([`health`]).
+//! `shoal agent`: the daemon of one node. It reads the node's YAML ([`config`]), resolves what
+//! the node runs ([`plan`]), then runs together: a store member (masters) or nothing (workers
+//! use the masters), the overlay control plane and dataplane, fleet's agent and engine
+//! candidate, and the health endpoint ([`health`], [`readiness`]).
+//!
+//! Shutdown (SIGINT, SIGTERM) stops the components; the overlay leaves its routes, lease and
+//! pinned dataplane in place so running containers keep their network.
 pub mod config;
 pub mod health;
+pub mod plan;
+pub mod readiness;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
+use anyhow::{Context, Result};
 use clap::Args;
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use self::config::AgentConfig;
+use self::{config::AgentConfig, health::Readiness, plan::Plan, readiness::Probes};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Cloud-config-style YAML describing this node.
     #[arg(long, default_value = "/etc/shoal/agent.yaml")]
     pub config: PathBuf,
-    /// Only validate the config and print it, then exit.
+    /// Only validate the config, print what the node would run, and exit.
     #[arg(long)]
     pub check: bool,
 }
 
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub async fn run(args: AgentArgs) -> Result<()> {
     let config = AgentConfig::load(&args.config)?;
+    let plan = Plan::for_node(&config)?;
     if args.check {
-        println!("{}: valid\n{config:#?}", args.config.display());
+        println!("{}: valid\n{plan:#?}", args.config.display());
         return Ok(());
     }
-    anyhow::bail!(
-        "`shoal agent` cannot run components yet (issue #7); `shoal agent --check` validates {}",
-        args.config.display()
-    )
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    run_node(config, plan, shutdown).await
+}
+
+/// Runs every component of the node until `shutdown` is cancelled or one of them fails.
+pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationToken) -> Result<()> {
+    let member = match &plan.member {
+        Some(member) => Some(start_member(member).await?),
+        None => None,
+    };
+    let readiness = Arc::new(Readiness::default());
+    let probes = probes(&config, &plan)?;
+    probes.declare(&readiness);
+
+    let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+    tasks.spawn(named(
+        "health",
+        health::serve(
+            config.health.listen,
+            readiness.clone(),
+            Vec::new(),
+            shutdown.clone(),
+        ),
+    ));
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        probes.run(readiness, stop).await;
+        ("readiness", Ok(()))
+    });
+    if let Some((key, json)) = plan.network_config.clone() {
+        let endpoints = plan.endpoints.clone();
+        tasks.spawn(named(
+            "network-config",
+            write_network_config_once(endpoints, key, json),
+        ));
+    }
+    if let Some(overlay) = plan.overlay.clone() {
+        let stop = shutdown.clone();
+        tasks.spawn(named("overlay", async move {
+            crate::flannel::Overlay::run(overlay, async move { stop.cancelled().await }).await
+        }));
+    }
+    if let Some(fleet) = plan.fleet.clone() {
+        let stop = watch_of(shutdown.clone());
+        tasks.spawn(named("fleet", async move {
+            shoal_scheduler::fleetd::Fleetd::run(fleet, stop)
+                .await
+                .map_err(anyhow::Error::from)
+        }));
+    }
+    tracing::info!(node = %config.name, endpoints = ?plan.endpoints, "agent running");
+
+    let outcome = supervise(&mut tasks, &shutdown).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    if let Some(member) = member {
+        member.shutdown().await;
+    }
+    tracing::info!("agent stopped; the overlay stays in place for running containers");
+    outcome
+}
+
+/// Waits for shutdown, or for a component to end on its own (which is an error, or fine for
+/// one-shot tasks such as writing the network config).
+async fn supervise(
+    tasks: &mut JoinSet<(&'static str, Result<()>)>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            joined = tasks.join_next() => match joined {
+                None => return Ok(()),
+                Some(Ok(("network-config", Ok(())))) => continue,
+                Some(Ok((name, Ok(())))) if shutdown.is_cancelled() => tracing::debug!(name, "stopped"),
+                Some(Ok((name, Ok(())))) => anyhow::bail!("{name} stopped unexpectedly"),
+                Some(Ok((name, Err(err)))) => return Err(err.context(format!("{name} failed"))),
+                Some(Err(err)) => return Err(anyhow::anyhow!("a component panicked: {err}")),
+            },
+        }
+    }
+}
+
+async fn start_member(member: &plan::MemberPlan) -> Result<shoal_kv::member::RunningMember> {
+    let mut config = member.config.clone();
+    if let Some(join) = &member.join {
+        config.initial_cluster = join_cluster(join, &config).await?;
+    }
+    let data_dir = config.data_dir.display().to_string();
+    shoal_kv::member::Member::start(config)
+        .await
+        .with_context(|| format!("starting the store member (data dir {data_dir})"))
+}
+
+/// Joins a running cluster through `join` (any member's client URL): `MemberAdd` this node's
+/// peer URLs, and return the cluster as the existing members report it. A member already
+/// added (a restart) is found in the list instead.
+async fn join_cluster(
+    join: &str,
+    config: &shoal_kv::member::Config,
+) -> Result<Vec<(String, Vec<String>)>> {
+    let mut client = Client::connect([join], None)
+        .await
+        .with_context(|| format!("reaching {join} to join the store"))?;
+    let listed = client.member_list().await.context("listing members")?;
+    let known = listed
+        .members()
+        .iter()
+        .any(|member| member.peer_urls() == config.initial_advertise_peer_urls.as_slice());
+    if !known {
+        client
+            .member_add(config.initial_advertise_peer_urls.clone(), None)
+            .await
+            .with_context(|| format!("adding this member through {join}"))?;
+    }
+    let members = client.member_list().await.context("listing members")?;
+    Ok(members
+        .members()
+        .iter()
+        .map(|member| {
+            let name = if member.name().is_empty() {
+                config.name.clone()
+            } else {
+                member.name().to_string()
+            };
+            (name, member.peer_urls().to_vec())
+        })
+        .collect())
+}
+
+/// Writes flannel's network config if the store has none yet (never overwrites).
+async fn write_network_config_once(
+    endpoints: Vec<String>,
+    key: String,
+    json: String,
+) -> Result<()> {
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match try_write_network_config(&endpoints, &key, &json).await {
+            Ok(written) => {
+                tracing::info!(%key, written, "network config in place");
+                return Ok(());
+            }
+            Err(err) => {
+                tracing::info!(%key, "store not ready for the network config yet: {err:#}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn try_write_network_config(endpoints: &[String], key: &str, json: &str) -> Result<bool> {
+    let mut client = Client::connect(endpoints, None).await?;
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, json, None)]);
+    Ok(client.txn(txn).await?.succeeded())
+}
+
+fn probes(config: &AgentConfig, plan: &Plan) -> Result<Probes> {
+    let fleet = match &plan.fleet {
+        Some(fleet) => {
+            let id = shoal_scheduler::agent::identity::machine_id(
+                fleet.machine_id.as_deref(),
+                &fleet.data_dir,
+            )
+            .context("finding this machine's ID")?;
+            Some((fleet.etcd_key_prefix.clone(), id))
+        }
+        None => None,
+    };
+    Ok(Probes {
+        endpoints: plan.endpoints.clone(),
+        overlay: plan.overlay.as_ref().map(|overlay| {
+            (
+                overlay.store.prefix.clone(),
+                config.public_ip,
+                overlay.subnet_file.clone(),
+            )
+        }),
+        fleet,
+    })
+}
+
+async fn named(
+    name: &'static str,
+    work: impl Future<Output = Result<()>>,
+) -> (&'static str, Result<()>) {
+    (name, work.await)
+}
+
+/// fleet's daemon takes its shutdown as a `watch` that turns true.
+fn watch_of(token: CancellationToken) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        token.cancelled().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        tracing::warn!("cannot listen for SIGTERM; stop the agent with SIGINT");
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
 }

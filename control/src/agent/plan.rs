@@ -1,0 +1,266 @@
+//! From one node's [`AgentConfig`] to the configuration of each component it runs. Pure
+//! functions: everything the agent decides about addresses and ports is here, and tested here.
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result};
+
+use super::config::{AgentConfig, ClusterState, Role};
+use crate::flannel::{OverlayConfig, registry::StoreOptions};
+
+pub const CLIENT_PORT: u16 = 2379;
+pub const PEER_PORT: u16 = 2380;
+
+/// What the node runs, fully resolved.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The store member this node runs, if it is a master of the embedded store.
+    pub member: Option<MemberPlan>,
+    /// Client URLs every component uses to reach the store (own member first).
+    pub endpoints: Vec<String>,
+    pub overlay: Option<OverlayConfig>,
+    /// flannel's network config to write to `<prefix>/config` if absent.
+    pub network_config: Option<(String, String)>,
+    pub fleet: Option<shoal_scheduler::config::FleetConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberPlan {
+    pub config: shoal_kv::member::Config,
+    /// A member's client URL to join through (`MemberAdd`), instead of a static cluster.
+    pub join: Option<String>,
+}
+
+impl Plan {
+    pub fn for_node(config: &AgentConfig) -> Result<Self> {
+        let member = member_plan(config)?;
+        let endpoints = endpoints(config, member.as_ref());
+        Ok(Self {
+            overlay: config
+                .network
+                .enabled
+                .then(|| overlay_config(config, &endpoints)),
+            network_config: network_config(config),
+            fleet: config
+                .fleet
+                .enabled
+                .then(|| fleet_config(config, &endpoints)),
+            member,
+            endpoints,
+        })
+    }
+}
+
+fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
+    if config.role == Role::Worker || config.store.external {
+        return Ok(None);
+    }
+    let store = &config.store;
+    let host = config
+        .public_ip
+        .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string());
+    let (initial_cluster, own_peer) = match &store.initial_cluster {
+        Some(spec) => {
+            let members = super::config::parse_initial_cluster(spec).map_err(anyhow::Error::msg)?;
+            let own = members
+                .iter()
+                .find(|(name, _)| *name == config.name)
+                .map(|(_, url)| url.to_string())
+                .context("store.initial_cluster does not name this node")?;
+            let cluster = members
+                .iter()
+                .map(|(name, url)| (name.to_string(), vec![url.to_string()]))
+                .collect();
+            (cluster, own)
+        }
+        None => {
+            let own = format!("http://{host}:{PEER_PORT}");
+            (vec![(config.name.clone(), vec![own.clone()])], own)
+        }
+    };
+    // A lone member without a cluster keeps clients on loopback, as `shoal kv` does.
+    let clustered = store.initial_cluster.is_some() || store.join.is_some();
+    let any = if clustered { "0.0.0.0" } else { "127.0.0.1" };
+    let client_host = if clustered {
+        host.as_str()
+    } else {
+        "127.0.0.1"
+    };
+    let peer_port = port_of(&own_peer).unwrap_or(PEER_PORT);
+    let kv = shoal_kv::member::Config {
+        name: config.name.clone(),
+        data_dir: config.data_dir.join("kv"),
+        listen_client_urls: split(store.listen_client_urls.as_deref())
+            .unwrap_or_else(|| vec![format!("http://{any}:{CLIENT_PORT}")]),
+        advertise_client_urls: vec![format!("http://{client_host}:{CLIENT_PORT}")],
+        listen_peer_urls: split(store.listen_peer_urls.as_deref())
+            .unwrap_or_else(|| vec![format!("http://{any}:{peer_port}")]),
+        initial_advertise_peer_urls: vec![own_peer],
+        initial_cluster,
+        initial_cluster_state: match store.initial_cluster_state {
+            ClusterState::New if store.join.is_none() => shoal_kv::member::ClusterState::New,
+            _ => shoal_kv::member::ClusterState::Existing,
+        },
+        initial_cluster_token: "shoal-cluster".to_string(),
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout: Duration::from_millis(1000),
+        snapshot_count: 10_000,
+    };
+    Ok(Some(MemberPlan {
+        config: kv,
+        join: store.join.clone(),
+    }))
+}
+
+/// Client URLs: explicit ones win; a master lists its own member first, then the other
+/// masters of the initial cluster (same host, client port).
+fn endpoints(config: &AgentConfig, member: Option<&MemberPlan>) -> Vec<String> {
+    if !config.store.endpoints.is_empty() {
+        return config.store.endpoints.clone();
+    }
+    let Some(member) = member else {
+        return Vec::new();
+    };
+    let mut urls = member.config.advertise_client_urls.clone();
+    for (name, peers) in &member.config.initial_cluster {
+        if *name == config.name {
+            continue;
+        }
+        if let Some(host) = peers.first().and_then(|url| host_of(url)) {
+            urls.push(format!("http://{host}:{CLIENT_PORT}"));
+        }
+    }
+    if let Some(join) = &member.join {
+        urls.push(join.clone());
+    }
+    urls
+}
+
+fn overlay_config(config: &AgentConfig, endpoints: &[String]) -> OverlayConfig {
+    let mut overlay = OverlayConfig {
+        store: StoreOptions {
+            endpoints: endpoints.to_vec(),
+            prefix: config.network.prefix.clone(),
+            ..StoreOptions::default()
+        },
+        subnet_file: config.network.subnet_file.clone(),
+        ip_masq: config.network.ip_masq,
+        ..OverlayConfig::default()
+    };
+    overlay.interface.iface = config.iface.iter().cloned().collect();
+    overlay.interface.public_ip = config.public_ip;
+    overlay
+}
+
+fn network_config(config: &AgentConfig) -> Option<(String, String)> {
+    let json = config.network.config.as_ref()?;
+    let key = format!("{}/config", config.network.prefix.trim_end_matches('/'));
+    Some((key, json.to_string()))
+}
+
+fn fleet_config(
+    config: &AgentConfig,
+    endpoints: &[String],
+) -> shoal_scheduler::config::FleetConfig {
+    shoal_scheduler::config::FleetConfig {
+        etcd_servers: endpoints.to_vec(),
+        etcd_key_prefix: config.fleet.key_prefix.clone(),
+        metadata: config.metadata.clone(),
+        public_ip: config.public_ip.map(|ip: Ipv4Addr| ip.to_string()),
+        agent_ttl: config.fleet.agent_ttl,
+        data_dir: config.data_dir.join("fleet"),
+        disable_engine: !config.fleet.engine,
+        ..shoal_scheduler::config::FleetConfig::default()
+    }
+}
+
+fn split(urls: Option<&str>) -> Option<Vec<String>> {
+    let urls: Vec<String> = urls?
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect();
+    (!urls.is_empty()).then_some(urls)
+}
+
+/// `host` of `scheme://host:port/...`.
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    Some(
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    )
+}
+
+fn port_of(url: &str) -> Option<u16> {
+    let rest = url.split_once("://")?.1;
+    rest.split('/').next()?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The data directory's place for the agent's own state.
+pub fn agent_state_dir(config: &AgentConfig) -> PathBuf {
+    config.data_dir.join("agent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(yaml: &str) -> Plan {
+        let config = AgentConfig::parse(yaml).expect("valid config");
+        Plan::for_node(&config).expect("plan")
+    }
+
+    #[test]
+    fn a_lone_master_keeps_its_store_on_loopback() {
+        let plan = plan("name: solo\n");
+        let member = plan.member.expect("a master runs a member");
+        assert_eq!(member.config.listen_client_urls, ["http://127.0.0.1:2379"]);
+        assert_eq!(plan.endpoints, ["http://127.0.0.1:2379"]);
+        assert!(plan.overlay.is_some() && plan.fleet.is_some());
+    }
+
+    #[test]
+    fn a_master_of_three_lists_itself_first_then_the_other_masters() {
+        let plan = plan(
+            "name: node2\npublic_ip: 10.90.0.12\nstore:\n  initial_cluster: node1=http://10.90.0.11:2380,node2=http://10.90.0.12:2380,node3=http://10.90.0.13:2380\n",
+        );
+        assert_eq!(
+            plan.endpoints,
+            [
+                "http://10.90.0.12:2379",
+                "http://10.90.0.11:2379",
+                "http://10.90.0.13:2379"
+            ]
+        );
+        let member = plan.member.expect("member");
+        assert_eq!(member.config.listen_client_urls, ["http://0.0.0.0:2379"]);
+        assert_eq!(
+            member.config.initial_advertise_peer_urls,
+            ["http://10.90.0.12:2380"]
+        );
+        assert_eq!(member.config.initial_cluster.len(), 3);
+        let fleet = plan.fleet.expect("fleet");
+        assert_eq!(fleet.etcd_servers, plan.endpoints);
+    }
+
+    #[test]
+    fn a_worker_runs_no_member_and_uses_the_given_endpoints() {
+        let plan = plan(
+            "name: w1\nrole: worker\nstore:\n  endpoints: [http://10.90.0.11:2379]\nfleet:\n  engine: false\n",
+        );
+        assert!(plan.member.is_none());
+        assert_eq!(plan.endpoints, ["http://10.90.0.11:2379"]);
+        assert!(plan.fleet.expect("fleet").disable_engine);
+    }
+
+    #[test]
+    fn the_network_config_goes_under_the_prefix() {
+        let plan = plan("name: n1\nnetwork:\n  config: { Network: 10.244.0.0/16 }\n");
+        let (key, json) = plan.network_config.expect("network config");
+        assert_eq!(key, "/coreos.com/network/config");
+        assert!(json.contains("10.244.0.0/16"));
+    }
+}
