@@ -14,6 +14,9 @@ use shoal_harness::{Namespace, Node};
 
 pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 pub const PREFIX: &str = "/coreos.com/network";
+/// Log filter for spawned shoal processes (netlink-packet-route warns about every newer-kernel
+/// attribute it does not know).
+pub const QUIET_LOG: &str = "info,netlink_packet_route=error";
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
@@ -244,7 +247,8 @@ pub struct Container {
 impl Container {
     pub fn start(node: &Node, subnet_file: &Path, ipam_dir: &Path, command: &[&str]) -> Self {
         let mut cmd = node.ns().command(SHOAL);
-        cmd.args(["run", "--subnet-file"])
+        cmd.env("SHOAL_LOG", QUIET_LOG)
+            .args(["run", "--subnet-file"])
             .arg(subnet_file)
             .arg("--ipam-dir")
             .arg(ipam_dir)
@@ -271,6 +275,7 @@ pub fn run_once(node: &Node, subnet_file: &Path, ipam_dir: &Path, command: &[&st
     let output = node
         .ns()
         .command(SHOAL)
+        .env("SHOAL_LOG", QUIET_LOG)
         .args(["run", "--subnet-file"])
         .arg(subnet_file)
         .arg("--ipam-dir")

@@ -1,0 +1,380 @@
+//! The overlay end to end in the namespace cluster harness, against a real etcd 3.4 running in
+//! node 0: leases, containers on every node reaching each other, a joining node, deleted and
+//! expired leases, a restart that keeps the subnet and an open TCP connection, a Docker-style
+//! bridge from subnet.env.
+mod common;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use common::{Container, Etcd, Flannel, PREFIX, route_to, run_once, wait_for};
+use shoal_harness::{Cluster, Node};
+
+const HOST_GW: &str = r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#;
+const VXLAN: &str = r#"{"Network": "10.6.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+
+struct Setup {
+    cluster: Cluster,
+    etcd: Etcd,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(nodes: usize, config: &str) -> Self {
+        let cluster = Cluster::builder()
+            .nodes(nodes)
+            .containers_per_node(0)
+            .container_supernet(None)
+            .build()
+            .expect("cluster");
+        let etcd = Etcd::in_namespace(cluster.node(0).ns(), cluster.node(0).underlay_ip());
+        etcd.put(&format!("{PREFIX}/config"), config);
+        Self {
+            cluster,
+            etcd,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    fn flannel(&self, index: usize, extra: &[&str]) -> Flannel {
+        Flannel::start(
+            self.cluster.node(index),
+            &self.etcd.endpoint,
+            self.dir.path(),
+            extra,
+        )
+    }
+
+    fn ipam(&self) -> std::path::PathBuf {
+        self.dir.path().join("ipam")
+    }
+
+    fn container(&self, index: usize, flannel: &Flannel, command: &[&str]) -> Container {
+        Container::start(
+            self.cluster.node(index),
+            &flannel.subnet_file,
+            &self.ipam(),
+            command,
+        )
+    }
+
+    fn ping_from_container(
+        &self,
+        index: usize,
+        flannel: &Flannel,
+        target: std::net::Ipv4Addr,
+    ) -> bool {
+        run_once(
+            self.cluster.node(index),
+            &flannel.subnet_file,
+            &self.ipam(),
+            &["ping", "-c", "1", "-W", "2", &target.to_string()],
+        )
+    }
+}
+
+fn subnet_of(flannel: &Flannel) -> String {
+    let (gateway, _) = flannel.wait_subnet();
+    let net: ipnetwork::Ipv4Network = gateway.parse().expect("FLANNEL_SUBNET");
+    format!("{}/{}", net.network(), net.prefix())
+}
+
+fn ping_from_node(node: &Node, target: std::net::Ipv4Addr) -> bool {
+    node.output("ping", &["-c", "1", "-W", "1", &target.to_string()])
+        .map(|output| output.status.success())
+        .unwrap_or(false)
+}
+
+/// Containers on every node reach containers on every other node.
+fn assert_full_mesh(setup: &Setup, flannels: &[Flannel]) {
+    let targets: Vec<Container> = flannels
+        .iter()
+        .enumerate()
+        .map(|(index, flannel)| setup.container(index, flannel, &["sleep", "120"]))
+        .collect();
+    for (from, flannel) in flannels.iter().enumerate() {
+        for (to, target) in targets.iter().enumerate().filter(|(to, _)| *to != from) {
+            assert!(
+                setup.ping_from_container(from, flannel, target.ip),
+                "container on n{from} cannot reach {} on n{to}",
+                target.ip
+            );
+        }
+    }
+}
+
+#[test]
+fn host_gw_cluster_lifecycle() {
+    let setup = Setup::new(4, HOST_GW);
+    let flannels: Vec<Flannel> = (0..3).map(|index| setup.flannel(index, &[])).collect();
+    let subnets: Vec<String> = flannels.iter().map(subnet_of).collect();
+    let leases = setup.etcd.leases();
+    assert_eq!(leases.len(), 3, "{leases:?}");
+    for (key, value) in &leases {
+        eprintln!("{key} {value}");
+        assert!(value.contains(r#""BackendType":"host-gw""#), "{value}");
+    }
+    assert_ne!(subnets[0], subnets[1]);
+    assert_full_mesh(&setup, &flannels);
+
+    // A fourth node joins: every other node routes to it within 1 s of its lease.
+    let fourth = setup.flannel(3, &[]);
+    let subnet = subnet_of(&fourth);
+    let joined = Instant::now();
+    for index in 0..3 {
+        wait_for("the new node's route", Duration::from_secs(1), || {
+            Some(())
+                .filter(|()| route_to(setup.cluster.node(index), &subnet).contains("via 10.99.0.4"))
+        });
+    }
+    eprintln!(
+        "4th node routed everywhere {:?} after its subnet.env appeared",
+        joined.elapsed()
+    );
+    let newcomer = setup.container(3, &fourth, &["sleep", "60"]);
+    for index in 0..3 {
+        assert!(
+            ping_from_node(setup.cluster.node(index), newcomer.ip),
+            "n{index} cannot reach the new node"
+        );
+    }
+    drop(newcomer);
+
+    // A deleted lease disappears from every node's routes.
+    drop(fourth);
+    setup
+        .etcd
+        .ctl(&[
+            "del",
+            &format!("{PREFIX}/subnets/{}", subnet.replace('/', "-")),
+        ])
+        .expect("del");
+    for index in 0..3 {
+        wait_for(
+            "the deleted lease's route to go",
+            Duration::from_secs(5),
+            || Some(()).filter(|()| route_to(setup.cluster.node(index), &subnet).is_empty()),
+        );
+    }
+    let _ = subnets;
+}
+
+#[test]
+fn expired_lease_removes_routes_everywhere() {
+    let setup = Setup::new(3, HOST_GW);
+    let flannels: Vec<Flannel> = (0..2).map(|index| setup.flannel(index, &[])).collect();
+    // Node 2 holds a short lease, renewed every second while it runs.
+    let mut short = setup.flannel(2, &["--subnet-lease-ttl", "3"]);
+    let subnet = subnet_of(&short);
+    for index in 0..2 {
+        wait_for(
+            "the short-lived node's route",
+            Duration::from_secs(5),
+            || Some(()).filter(|()| !route_to(setup.cluster.node(index), &subnet).is_empty()),
+        );
+    }
+    // Renewals keep it alive past its TTL.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !route_to(setup.cluster.node(0), &subnet).is_empty(),
+        "lease expired while renewed"
+    );
+    short.process.kill();
+    let killed = Instant::now();
+    for index in 0..2 {
+        wait_for(
+            "the expired lease's route to go",
+            Duration::from_secs(10),
+            || Some(()).filter(|()| route_to(setup.cluster.node(index), &subnet).is_empty()),
+        );
+    }
+    eprintln!("routes removed {:?} after the node died", killed.elapsed());
+    assert_eq!(setup.etcd.leases().len(), 2);
+    drop(flannels);
+}
+
+#[test]
+fn restart_keeps_subnet_and_open_tcp_connection() {
+    let setup = Setup::new(2, HOST_GW);
+    let mut first = setup.flannel(0, &[]);
+    let second = setup.flannel(1, &[]);
+    let subnet = subnet_of(&first);
+    subnet_of(&second);
+    let server = setup.container(0, &first, &["python3", "-c", ECHO_SERVER]);
+    let client_log = setup.dir.path().join("client.log");
+    let mut client_cmd = setup.cluster.node(1).ns().command(common::SHOAL);
+    client_cmd
+        .args(["run", "--subnet-file"])
+        .arg(&second.subnet_file)
+        .arg("--ipam-dir")
+        .arg(setup.ipam())
+        .args(["--", "python3", "-c", ECHO_CLIENT, &server.ip.to_string()])
+        .stdout(std::fs::File::create(&client_log).expect("client log"));
+    let mut client = common::Process::spawn("tcp client", &mut client_cmd);
+    std::thread::sleep(Duration::from_secs(2));
+    first.process.stop();
+    let restarted = setup.flannel(0, &[]);
+    assert_eq!(
+        subnet_of(&restarted),
+        subnet,
+        "the restarted node changed subnet"
+    );
+    assert_eq!(setup.etcd.leases().len(), 2);
+    let status = wait_for("the TCP client to finish", Duration::from_secs(30), || {
+        client.child.try_wait().ok().flatten()
+    });
+    let log = std::fs::read_to_string(&client_log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "the TCP connection broke across the restart: {log}"
+    );
+    assert!(log.contains("echoes"), "{log}");
+    drop(server);
+}
+
+#[test]
+fn vxlan_cluster_reaches_every_node() {
+    let setup = Setup::new(3, VXLAN);
+    let flannels: Vec<Flannel> = (0..3).map(|index| setup.flannel(index, &[])).collect();
+    for flannel in &flannels {
+        let (_, mtu) = flannel.wait_subnet();
+        assert_eq!(mtu, 1450);
+    }
+    for (_, value) in setup.etcd.leases() {
+        assert!(
+            value.contains(r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":""#),
+            "{value}"
+        );
+    }
+    assert_full_mesh(&setup, &flannels);
+}
+
+#[test]
+fn docker_style_bridge_from_subnet_env() {
+    let setup = Setup::new(2, HOST_GW);
+    let flannels: Vec<Flannel> = (0..2)
+        .map(|index| setup.flannel(index, &["--bridge", ""]))
+        .collect();
+    let workloads: Vec<DockerStyle> = flannels
+        .iter()
+        .enumerate()
+        .map(|(index, flannel)| DockerStyle::new(&setup, index, &flannel.subnet_file))
+        .collect();
+    let target = workloads[1].ip.clone();
+    let output = workloads[0]
+        .ns
+        .output("ping", ["-c", "1", "-W", "2", &target])
+        .expect("ping");
+    assert!(
+        output.status.success(),
+        "docker-style containers cannot talk: {output:?}"
+    );
+}
+
+/// What Docker does with subnet.env: a bridge holding FLANNEL_SUBNET with FLANNEL_MTU, and a
+/// container behind a veth with the next address.
+struct DockerStyle {
+    ip: String,
+    ns: shoal_harness::Namespace,
+}
+
+impl DockerStyle {
+    fn new(setup: &Setup, index: usize, subnet_file: &Path) -> Self {
+        let node = setup.cluster.node(index);
+        wait_for("subnet.env", Duration::from_secs(20), || {
+            std::fs::read_to_string(subnet_file).ok()
+        });
+        let env = std::fs::read_to_string(subnet_file).expect("subnet.env");
+        let get = |key: &str| {
+            env.lines()
+                .find_map(|line| line.strip_prefix(&format!("{key}=")))
+                .expect("key in subnet.env")
+                .to_string()
+        };
+        let gateway = get("FLANNEL_SUBNET");
+        let mtu = get("FLANNEL_MTU");
+        let net: ipnetwork::Ipv4Network = gateway.parse().expect("subnet");
+        let ip = std::net::Ipv4Addr::from(u32::from(net.network()) + 2);
+        let ns = shoal_harness::Namespace::create(format!(
+            "shoal-{}x{}-dk{index}",
+            std::process::id(),
+            setup.cluster.run_id().replace('x', "y")
+        ))
+        .expect("container namespace");
+        let node_ns = node.ns();
+        node_ns
+            .ip(["link", "add", "docker0", "mtu", &mtu, "type", "bridge"])
+            .expect("bridge");
+        node_ns
+            .ip(["addr", "add", &gateway, "dev", "docker0"])
+            .expect("bridge address");
+        node_ns
+            .ip(["link", "set", "docker0", "up"])
+            .expect("bridge up");
+        node_ns
+            .ip([
+                "link",
+                "add",
+                "vdk",
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])
+            .expect("veth");
+        node_ns
+            .ip(["link", "set", "vdk", "master", "docker0", "up"])
+            .expect("veth up");
+        ns.ip([
+            "addr",
+            "add",
+            &format!("{ip}/{}", net.prefix()),
+            "dev",
+            "eth0",
+        ])
+        .expect("address");
+        ns.ip(["link", "set", "eth0", "up"]).expect("eth0 up");
+        ns.ip(["route", "add", "default", "via", &net.ip().to_string()])
+            .expect("default route");
+        Self {
+            ip: ip.to_string(),
+            ns,
+        }
+    }
+}
+
+const ECHO_SERVER: &str = r#"
+import socket
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("0.0.0.0", 7777))
+server.listen(1)
+conn, _ = server.accept()
+while True:
+    data = conn.recv(64)
+    if not data:
+        break
+    conn.sendall(data)
+"#;
+
+const ECHO_CLIENT: &str = r#"
+import socket, sys, time
+sock = socket.create_connection((sys.argv[1], 7777), timeout=5)
+sock.settimeout(2)
+count = 0
+end = time.time() + 8
+while time.time() < end:
+    sock.sendall(b"ping")
+    if sock.recv(64) != b"ping":
+        sys.exit("bad echo")
+    count += 1
+    time.sleep(0.05)
+print(count, "echoes", flush=True)
+"#;
