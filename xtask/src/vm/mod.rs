@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use shoal_vm::{ClusterSpec, Progress, VmCluster, cluster, config, guest, signals};
+use shoal_vm::{ClusterSpec, GuestImage, Progress, VmCluster, cluster, config, guest, signals};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -48,9 +48,18 @@ struct UpArgs {
     /// How long to wait for every agent's /readyz, seconds.
     #[arg(long, default_value_t = 60)]
     ready_timeout: u64,
+    /// Guest image: `small` (busybox initramfs) or `debian` (systemd, `shoal install`).
+    #[arg(long, value_enum, default_value_t = Image::Small)]
+    image: Image,
     /// Boot, wait for convergence, print the timings and tear down (exit status: converged).
     #[arg(long)]
     check: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Image {
+    Small,
+    Debian,
 }
 
 pub fn run(args: VmClusterArgs) -> Result<()> {
@@ -64,6 +73,10 @@ pub fn run(args: VmClusterArgs) -> Result<()> {
 fn up(args: UpArgs) -> Result<()> {
     signals::block_termination();
     let spec = ClusterSpec {
+        image: match args.image {
+            Image::Small => GuestImage::Small,
+            Image::Debian => GuestImage::Debian,
+        },
         nodes: args.nodes,
         masters: args.masters,
         metadata: args

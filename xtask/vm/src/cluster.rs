@@ -20,9 +20,21 @@ use crate::{
     qemu::{self, Vm, VmConfig},
 };
 
+/// What the guests run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestImage {
+    /// Busybox in an initramfs; the init starts `shoal agent` itself (boots in seconds).
+    #[default]
+    Small,
+    /// Debian with systemd as PID 1; `shoal install` sets up shoal.service (see
+    /// [`crate::debian`]).
+    Debian,
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
+    pub image: GuestImage,
     pub nodes: usize,
     pub masters: usize,
     /// Metadata of node `i` (fleet's `key=value` pairs); missing entries get `rack=rack<i>`.
@@ -37,6 +49,7 @@ pub struct ClusterSpec {
 impl Default for ClusterSpec {
     fn default() -> Self {
         Self {
+            image: GuestImage::Small,
             nodes: 3,
             masters: 3,
             metadata: Vec::new(),
@@ -153,6 +166,18 @@ impl VmCluster {
         let cache = crate::cache_dir();
         let initramfs = dir.join("initramfs.cpio");
         image::build_initramfs(kernel, &initramfs)?;
+        let disk = match spec.image {
+            GuestImage::Small => None,
+            GuestImage::Debian => {
+                report(
+                    None,
+                    "preparing the Debian image (built once, then cached)".to_string(),
+                );
+                let disk = crate::debian::prepare_image(&cache, kernel)?;
+                report(None, format!("Debian image {}", disk.display()));
+                Some(disk)
+            }
+        };
         let choice = accel::choose(&cache, &kernel.vmlinux, &initramfs)?;
         report(
             None,
@@ -175,7 +200,16 @@ impl VmCluster {
             namespace,
         };
         for (index, layout) in layouts.into_iter().enumerate() {
-            let config = cluster.vm_config(kernel, &initramfs, &share, &layout, index + 1, spec);
+            let mut config =
+                cluster.vm_config(kernel, &initramfs, &share, &layout, index + 1, spec);
+            if let Some(disk) = &disk {
+                config.disk = Some(disk.clone());
+                config.append = format!(
+                    "{} net.ifnames=0 systemd.show_status=false shoal.mode=root shoal.root={}",
+                    config.append,
+                    crate::debian::ROOT_DEVICE
+                );
+            }
             let vm = Vm::spawn(&config, cluster.namespace.command_for(&config))?;
             report(
                 Some(&layout.name),

@@ -26,6 +26,7 @@ pub mod accel;
 pub mod build;
 pub mod cluster;
 pub mod config;
+pub mod debian;
 pub mod guest;
 pub mod image;
 pub mod netns;
@@ -38,7 +39,7 @@ use std::{
     time::Duration,
 };
 
-pub use cluster::{ClusterSpec, Progress, VmCluster};
+pub use cluster::{ClusterSpec, GuestImage, Progress, VmCluster};
 
 /// Errors of the VM tooling; each names the command, file or guest involved.
 #[derive(Debug, thiserror::Error)]
