@@ -30,6 +30,9 @@ const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// gRPC framing allowance on top of the request limit (etcd's `grpcOverheadBytes`).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// How long a membership change may take to commit.
+const MEMBERSHIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Serves the etcd API on one listener until the task is aborted.
@@ -314,22 +317,23 @@ impl ClusterService {
                 "etcdserver: membership changes must be sent to the leader in shoal kv",
             ));
         }
-        self.0
-            .raft
-            .change_membership(change, false)
-            .await
+        let changed = tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            self.0.raft.change_membership(change, false),
+        )
+        .await
+        .map_err(|_| Status::from(EtcdError::Timeout))?;
+        changed
             .map(|_| ())
             .map_err(|e| Status::failed_precondition(format!("etcdserver: {e}")))
     }
 
     /// etcd refuses a change after which the voters that are up could not form a quorum.
     fn check_quorum_after(&self, voters_after: &[u64]) -> Result<(), Status> {
-        let metrics = self.0.raft.metrics();
-        let m = metrics.borrow();
-        let replication = m.replication.clone().unwrap_or_default();
+        let window = self.0.config.election_timeout * 2;
         let reachable = voters_after
             .iter()
-            .filter(|id| **id == self.0.id || matches!(replication.get(id), Some(Some(_))))
+            .filter(|id| **id == self.0.id || self.0.pool.recently_heard(**id, window))
             .count();
         if voters_after.is_empty() || reachable < voters_after.len() / 2 + 1 {
             return Err(EtcdError::Unhealthy.into());

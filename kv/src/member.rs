@@ -15,7 +15,7 @@ use openraft::error::{
 };
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -125,9 +125,12 @@ pub struct Member {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub config: Config,
-    pool: PeerPool,
+    pub pool: PeerPool,
     leases: LeaseClock,
+    read_requests: mpsc::Sender<ReadWaiter>,
 }
+
+type ReadWaiter = oneshot::Sender<Result<u64, EtcdError>>;
 
 /// A running member; dropping it does not stop it, [`RunningMember::shutdown`] does.
 pub struct RunningMember {
@@ -197,6 +200,7 @@ impl Member {
         )
         .await
         .map_err(|e| StoreError::Raft(e.to_string()))?;
+        let (read_requests, read_waiters) = mpsc::channel(4096);
         let member = Arc::new(Member {
             id,
             cluster_id,
@@ -205,8 +209,9 @@ impl Member {
             config,
             pool,
             leases: LeaseClock::default(),
+            read_requests,
         });
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(member.clone().run_read_batcher(read_waiters))];
         for listener in peer_listeners {
             tasks.push(tokio::spawn(serve_peers(member.clone(), listener)));
         }
@@ -379,16 +384,45 @@ impl Member {
 
     /// Waits until this member has applied everything committed when the read arrived.
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {
-        let index = self
-            .on_leader(
-                || async { self.read_index_here().await.map(Ok) },
-                |node| {
-                    self.pool
-                        .call(node, ForwardRpc::ReadIndex, &(), REQUEST_TIMEOUT)
-                },
-            )
-            .await?;
+        let index = self.read_index().await?;
         self.wait_applied(index).await
+    }
+
+    /// The commit index a linearizable read must wait for. Concurrent callers share one
+    /// confirmation round; a round only serves reads that arrived before it started.
+    async fn read_index(&self) -> Result<u64, EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.read_requests
+            .send(tx)
+            .await
+            .map_err(|_| EtcdError::Internal("the read-index batcher stopped".to_string()))?;
+        rx.await
+            .map_err(|_| EtcdError::Internal("the read-index batcher stopped".to_string()))?
+    }
+
+    /// Serves read-index requests in rounds (see [`Member::read_index`]).
+    async fn run_read_batcher(self: Arc<Self>, mut requests: mpsc::Receiver<ReadWaiter>) {
+        while let Some(first) = requests.recv().await {
+            let mut waiters = vec![first];
+            while let Ok(more) = requests.try_recv() {
+                waiters.push(more);
+            }
+            let result = self.read_index_round().await;
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+
+    async fn read_index_round(&self) -> Result<u64, EtcdError> {
+        self.on_leader(
+            || async { self.read_index_here().await.map(Ok) },
+            |node| {
+                self.pool
+                    .call(node, ForwardRpc::ReadIndex, &(), REQUEST_TIMEOUT)
+            },
+        )
+        .await
     }
 
     /// Renews a lease on the leader; the TTL it got (0 when the lease is unknown, like etcd).

@@ -2,7 +2,7 @@
 //! and ReadIndex requests forwarded to the leader, and the leader's lease clock.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -49,9 +49,30 @@ fn peer_url(node: &MemberNode) -> Result<&str, Status> {
 #[derive(Debug, Clone, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// When each member last answered a Raft RPC, and whether a later one failed.
+    last_contact: Arc<Mutex<HashMap<u64, (Instant, bool)>>>,
 }
 
 impl PeerPool {
+    /// Whether `member` answered its last Raft RPC, within `window` (the leader heartbeats
+    /// everyone).
+    pub fn recently_heard(&self, member: u64, window: Duration) -> bool {
+        let contacts = self.last_contact.lock().unwrap_or_else(|p| p.into_inner());
+        contacts
+            .get(&member)
+            .is_some_and(|(at, failing)| !failing && at.elapsed() < window)
+    }
+
+    fn record_contact(&self, member: u64, answered: bool) {
+        let mut contacts = self.last_contact.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = contacts.entry(member).or_insert((Instant::now(), true));
+        if answered {
+            *entry = (Instant::now(), false);
+        } else {
+            entry.1 = true;
+        }
+    }
+
     pub fn client(&self, node: &MemberNode) -> Result<PeerClient<Channel>, Status> {
         let url = peer_url(node)?;
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -171,7 +192,11 @@ impl PeerConnection {
             RaftRpc::Vote => client.vote(req).await,
             RaftRpc::Snapshot => client.full_snapshot(req).await,
         }
-        .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        .map_err(|e| {
+            self.pool.record_contact(self.target, false);
+            RPCError::Unreachable(Unreachable::new(&e))
+        })?;
+        self.pool.record_contact(self.target, true);
         let answer: Result<A, RaftError<u64, E>> =
             unblob(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| {
