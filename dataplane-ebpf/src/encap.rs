@@ -10,7 +10,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-        bpf_fib_lookup, bpf_redir_neigh,
+        bpf_fib_lookup,
     },
     helpers::{
         bpf_fib_lookup as fib_lookup, bpf_get_hash_recalc, bpf_redirect, bpf_redirect_neigh,
@@ -216,20 +216,11 @@ fn set_outer_macs(
         return Ok(unsafe { bpf_redirect(params.ifindex, 0) } as i32);
     }
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
-        // SAFETY: reading the union member the lookup wrote for AF_INET.
-        let nexthop = unsafe { params.__bindgen_anon_4.ipv4_dst };
-        let mut neigh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-        neigh.nh_family = u32::from(AF_INET);
-        neigh.__bindgen_anon_1.ipv4_nh = nexthop;
-        // SAFETY: neigh lives on this stack frame for the duration of the call.
-        let action = unsafe {
-            bpf_redirect_neigh(
-                params.ifindex,
-                &mut neigh,
-                core::mem::size_of::<bpf_redir_neigh>() as i32,
-                0,
-            )
-        };
+        // The kernel routes the outer packet itself and resolves the neighbour (queueing the
+        // packet meanwhile). Without a nexthop argument it also replaces the skb's route with
+        // the underlay one, so a queued packet leaves with the underlay neighbour's MAC.
+        // SAFETY: a null nexthop with length 0 is the documented "look it up" form.
+        let action = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
         return Ok(action as i32);
     }
     Err(Counter::DropNoUnderlayRoute)

@@ -387,7 +387,7 @@ impl Dataplane {
             .insert(&key, target.to_raw(), 0)
             .map_err(|source| self.map_error(ROUTES_MAP, source))?;
         if self.config.manage_kernel_routes {
-            self.kernel_route(subnet, target.backend).install()?;
+            self.kernel_route(subnet, target).install()?;
         }
         tracing::debug!(interface = %self.config.interface, %subnet, ?target, "route set");
         Ok(())
@@ -396,7 +396,12 @@ impl Dataplane {
     /// Removes the route for a remote subnet (a missing route is not an error).
     pub fn remove_route(&mut self, subnet: Ipv4Network) -> Result<()> {
         if self.config.manage_kernel_routes {
-            self.kernel_route(subnet, Backend::Vxlan).remove()?;
+            let target = RouteTarget {
+                underlay_ip: Ipv4Addr::UNSPECIFIED,
+                vtep_mac: self.vtep_mac,
+                backend: Backend::Vxlan,
+            };
+            self.kernel_route(subnet, target).remove()?;
         }
         match self.routes.remove(&route_key(subnet)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -437,7 +442,7 @@ impl Dataplane {
     pub fn detach(self) -> Result<()> {
         if self.config.manage_kernel_routes {
             for (subnet, target) in self.routes()? {
-                self.kernel_route(subnet, target.backend).remove()?;
+                self.kernel_route(subnet, target).remove()?;
             }
         }
         let pin_dir = self.config.pin_dir();
@@ -447,12 +452,14 @@ impl Dataplane {
         Ok(())
     }
 
-    fn kernel_route(&self, subnet: Ipv4Network, backend: Backend) -> KernelRoute<'_> {
+    /// The kernel route steering `subnet` to the underlay device. Its permanent neighbour
+    /// carries the peer's VTEP MAC, as flannel's does (the program writes the inner MACs itself).
+    fn kernel_route(&self, subnet: Ipv4Network, target: RouteTarget) -> KernelRoute<'_> {
         KernelRoute {
             interface: &self.config.interface,
             subnet,
-            neighbour_mac: self.vtep_mac,
-            mtu: self.overlay_mtu(backend),
+            neighbour_mac: target.vtep_mac,
+            mtu: self.overlay_mtu(target.backend),
             source: self.config.route_source,
         }
     }
