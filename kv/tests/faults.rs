@@ -327,3 +327,120 @@ async fn bad_input_is_refused_and_the_member_stays_up() {
     let status = client.status().await.expect("status");
     assert!(status.raft_index() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_added_started_promoted_and_removed() {
+    let cluster = TestCluster::start(Flavor::Shoal, 1).await;
+    let mut client = cluster.client(0).await;
+    client.put("before-join", "1", None).await.expect("put");
+    let (client_port, peer_port) = (common::free_port(), common::free_port());
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let added = client
+        .member_add(
+            [peer_url.as_str()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("member add");
+    let new_id = added.member().expect("the added member").id();
+    let listed = client.member_list().await.expect("member list");
+    let learner = listed
+        .members()
+        .iter()
+        .find(|m| m.id() == new_id)
+        .expect("listed");
+    assert!(
+        learner.is_learner() && learner.name().is_empty(),
+        "{learner:?}"
+    );
+    let refused = client.member_add([peer_url.as_str()], None).await;
+    assert!(
+        format!("{refused:?}").contains("Peer URLs already exists"),
+        "{refused:?}"
+    );
+
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let initial = format!(
+        "{}={},joiner={peer_url}",
+        cluster.specs[0].name,
+        cluster.specs[0].peer_url()
+    );
+    let log = std::fs::File::create(cluster.dir.path().join("joiner.log")).expect("log");
+    let _joiner = common::Proc(
+        std::process::Command::new(common::SHOAL_KV)
+            .args(["--name", "joiner", "--initial-cluster-state", "existing"])
+            .arg("--data-dir")
+            .arg(cluster.dir.path().join("joiner"))
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &initial,
+                "--election-timeout",
+                "500",
+                "--heartbeat-interval",
+                "50",
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the joiner"),
+    );
+    let mut joiner = common::connect(&[format!("127.0.0.1:{client_port}")]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = joiner
+            .get("before-join", Some(GetOptions::new().with_serializable()))
+            .await;
+        if got.map(|r| r.kvs().len() == 1).unwrap_or(false) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the learner did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let voter = cluster_member_id(&mut client, "alpha").await;
+    let refused = client.member_promote(voter).await;
+    assert!(
+        format!("{refused:?}").contains("can only promote a learner member"),
+        "{refused:?}"
+    );
+    client.member_promote(new_id).await.expect("promote");
+    let listed = client.member_list().await.expect("member list");
+    let promoted = listed
+        .members()
+        .iter()
+        .find(|m| m.id() == new_id)
+        .expect("listed");
+    assert!(!promoted.is_learner());
+    joiner
+        .put("via-joiner", "1", None)
+        .await
+        .expect("a write through the new voter");
+    client.member_remove(new_id).await.expect("remove");
+    let listed = client.member_list().await.expect("member list");
+    assert_eq!(listed.members().len(), 1);
+    client
+        .put("after-removal", "1", None)
+        .await
+        .expect("the single member still serves");
+}
+
+async fn cluster_member_id(client: &mut Client, name: &str) -> u64 {
+    let listed = client.member_list().await.expect("member list");
+    listed
+        .members()
+        .iter()
+        .find(|m| m.name() == name)
+        .map(|m| m.id())
+        .expect("member by name")
+}
