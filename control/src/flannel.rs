@@ -25,7 +25,8 @@ pub mod registry;
 pub mod subnet_env;
 pub mod sync;
 
-pub use overlay::{DEFAULT_BRIDGE, Overlay, OverlayConfig};
+pub use backend::DataplaneKind;
+pub use overlay::{DEFAULT_BRIDGE, DEFAULT_PIN_ROOT, Overlay, OverlayConfig};
 
 /// flanneld's flags; each also reads its `FLANNELD_*` environment twin.
 #[derive(Debug, Args)]
@@ -90,6 +91,13 @@ pub struct FlannelArgs {
     /// Workload bridge that `shoal run` attaches containers to; empty for none (Docker/CNI).
     #[arg(long, env = "SHOAL_FLANNEL_BRIDGE", default_value = DEFAULT_BRIDGE)]
     pub bridge: String,
+    /// What carries vxlan and udp: shoal's eBPF dataplane, or the kernel VXLAN device as
+    /// flanneld configures it.
+    #[arg(long, env = "SHOAL_FLANNEL_DATAPLANE", value_enum, default_value_t = DataplaneKind::Ebpf)]
+    pub dataplane: DataplaneKind,
+    /// bpffs directory for the eBPF dataplane's pinned maps and links.
+    #[arg(long, env = "SHOAL_FLANNEL_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
+    pub dataplane_pin_root: PathBuf,
     /// Lifetime of the subnet lease in seconds (flannel uses 24 h).
     #[arg(long, env = "SHOAL_FLANNEL_LEASE_TTL", default_value_t = 24 * 3600, hide = true)]
     pub subnet_lease_ttl: u64,
@@ -125,6 +133,8 @@ impl FlannelArgs {
             healthz: (self.healthz_port != 0)
                 .then(|| std::net::SocketAddr::from((self.healthz_ip, self.healthz_port))),
             bridge: Some(self.bridge.clone()).filter(|bridge| !bridge.is_empty()),
+            dataplane: self.dataplane,
+            dataplane_pin_root: self.dataplane_pin_root.clone(),
         }
     }
 }

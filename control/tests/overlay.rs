@@ -9,16 +9,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Container, Etcd, Flannel, PREFIX, route_to, run_once, wait_for};
+use common::{BpfPins, Container, Etcd, Flannel, PREFIX, route_to, run_once, wait_for};
 use shoal_harness::{Cluster, Node};
 
 const HOST_GW: &str = r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#;
 const VXLAN: &str = r#"{"Network": "10.6.0.0/16", "Backend": {"Type": "vxlan"}}"#;
 
 struct Setup {
+    // Drop order: processes (inside the cluster) go with the cluster, then the pins.
     cluster: Cluster,
     etcd: Etcd,
     dir: tempfile::TempDir,
+    pins: BpfPins,
 }
 
 impl Setup {
@@ -35,15 +37,19 @@ impl Setup {
             cluster,
             etcd,
             dir: tempfile::tempdir().expect("temp dir"),
+            pins: BpfPins::new(),
         }
     }
 
     fn flannel(&self, index: usize, extra: &[&str]) -> Flannel {
+        let pins = self.pins.path.to_string_lossy().into_owned();
+        let mut args = vec!["--dataplane-pin-root", pins.as_str()];
+        args.extend_from_slice(extra);
         Flannel::start(
             self.cluster.node(index),
             &self.etcd.endpoint,
             self.dir.path(),
-            extra,
+            &args,
         )
     }
 
@@ -82,9 +88,32 @@ fn subnet_of(flannel: &Flannel) -> String {
 }
 
 fn ping_from_node(node: &Node, target: std::net::Ipv4Addr) -> bool {
-    node.output("ping", &["-c", "1", "-W", "1", &target.to_string()])
+    node.output("ping", &["-c", "3", "-i", "0.2", "-W", "2", &target.to_string()])
         .map(|output| output.status.success())
         .unwrap_or(false)
+}
+
+/// Routes, neighbours and links of a node, for failure messages.
+fn node_state(node: &Node) -> String {
+    let show = |args: &[&str]| node.ns().ip(args).unwrap_or_else(|err| err.to_string());
+    format!(
+        "== {} routes:\n{}neighbours:\n{}links:\n{}",
+        node.name(),
+        show(&["route"]),
+        show(&["neigh"]),
+        show(&["-br", "link"])
+    )
+}
+
+/// The last lines of a flannel log, for failure messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "== {}:\n{}",
+        path.display(),
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    )
 }
 
 /// Containers on every node reach containers on every other node.
@@ -96,11 +125,16 @@ fn assert_full_mesh(setup: &Setup, flannels: &[Flannel]) {
         .collect();
     for (from, flannel) in flannels.iter().enumerate() {
         for (to, target) in targets.iter().enumerate().filter(|(to, _)| *to != from) {
-            assert!(
-                setup.ping_from_container(from, flannel, target.ip),
-                "container on n{from} cannot reach {} on n{to}",
-                target.ip
-            );
+            if !setup.ping_from_container(from, flannel, target.ip) {
+                panic!(
+                    "container on n{from} cannot reach {} on n{to}\n{}\n{}\n{}\n{}",
+                    target.ip,
+                    node_state(setup.cluster.node(from)),
+                    node_state(setup.cluster.node(to)),
+                    log_tail(&setup.dir.path().join(format!("n{from}.log"))),
+                    log_tail(&setup.dir.path().join(format!("n{to}.log"))),
+                );
+            }
         }
     }
 }
@@ -234,21 +268,48 @@ fn restart_keeps_subnet_and_open_tcp_connection() {
     drop(server);
 }
 
-#[test]
-fn vxlan_cluster_reaches_every_node() {
-    let setup = Setup::new(3, VXLAN);
-    let flannels: Vec<Flannel> = (0..3).map(|index| setup.flannel(index, &[])).collect();
+/// Three nodes on an encapsulating backend: lease format, MTU, and a full container mesh.
+fn encapsulated_mesh(config: &str, extra: &[&str], lease_format: &str, mtu: u32) {
+    let setup = Setup::new(3, config);
+    let flannels: Vec<Flannel> = (0..3).map(|index| setup.flannel(index, extra)).collect();
     for flannel in &flannels {
-        let (_, mtu) = flannel.wait_subnet();
-        assert_eq!(mtu, 1450);
+        assert_eq!(flannel.wait_subnet().1, mtu);
     }
-    for (_, value) in setup.etcd.leases() {
-        assert!(
-            value.contains(r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":""#),
-            "{value}"
-        );
+    for (key, value) in setup.etcd.leases() {
+        eprintln!("{key} {value}");
+        assert!(value.contains(lease_format), "{value}");
     }
     assert_full_mesh(&setup, &flannels);
+}
+
+#[test]
+fn vxlan_kernel_device_mesh() {
+    encapsulated_mesh(
+        VXLAN,
+        &["--dataplane", "kernel"],
+        r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":""#,
+        1450,
+    );
+}
+
+#[test]
+fn vxlan_ebpf_dataplane_mesh() {
+    encapsulated_mesh(
+        VXLAN,
+        &["--dataplane", "ebpf"],
+        r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":""#,
+        1450,
+    );
+}
+
+#[test]
+fn udp_ebpf_dataplane_mesh() {
+    encapsulated_mesh(
+        r#"{"Network": "10.7.0.0/16", "Backend": {"Type": "udp"}}"#,
+        &["--dataplane", "ebpf"],
+        r#""BackendType":"udp"}"#,
+        1472,
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Backends program the node for the leases of its peers. Each is small: it says what goes into
 //! its own lease (`BackendData`) and adds or removes one peer at a time.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use ipnetwork::Ipv4Network;
 
@@ -10,9 +10,11 @@ use super::{
     netlink::{Netlink, NetlinkError},
 };
 
+mod ebpf;
 mod host_gw;
 mod vxlan;
 
+pub use ebpf::{EbpfOverlay, EbpfSettings};
 pub use host_gw::HostGw;
 pub use vxlan::KernelVxlan;
 
@@ -25,7 +27,7 @@ pub enum BackendError {
         subnet: Ipv4Network,
         public_ip: Ipv4Addr,
     },
-    #[error("the {0} backend needs the eBPF dataplane, which this build cannot drive yet")]
+    #[error("the {0} backend needs the eBPF dataplane (--dataplane ebpf)")]
     Unsupported(&'static str),
     #[error("{0}")]
     Device(String),
@@ -60,18 +62,55 @@ pub trait Backend: Send + Sync {
     async fn prune(&mut self, keep: &[Ipv4Network]) -> BackendResult<()>;
 }
 
+/// Which implementation carries encapsulated backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    /// shoal's XDP/TC programs (vxlan and udp).
+    #[default]
+    Ebpf,
+    /// The kernel's VXLAN device, exactly as flanneld configures it (vxlan only).
+    Kernel,
+}
+
+/// Local settings that shape the backend (not part of the network config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendOptions {
+    pub dataplane: DataplaneKind,
+    pub pin_root: PathBuf,
+    pub source_from_bridge: bool,
+}
+
 /// The backend for a network config.
 pub fn for_config(
     config: &BackendConfig,
+    options: &BackendOptions,
     netlink: Netlink,
     underlay: Underlay,
 ) -> BackendResult<Box<dyn Backend>> {
-    match config {
-        BackendConfig::HostGw => Ok(Box::new(HostGw::new(netlink))),
-        BackendConfig::Vxlan(vxlan) => {
+    let ebpf = |encapsulation, vni, port| EbpfSettings {
+        encapsulation,
+        vni,
+        port,
+        pin_root: options.pin_root.clone(),
+        source_from_bridge: options.source_from_bridge,
+    };
+    match (config, options.dataplane) {
+        (BackendConfig::HostGw, _) => Ok(Box::new(HostGw::new(netlink))),
+        (BackendConfig::Vxlan(vxlan), DataplaneKind::Kernel) => {
             Ok(Box::new(KernelVxlan::new(netlink, underlay, vxlan.clone())))
         }
-        BackendConfig::Udp { .. } => Err(BackendError::Unsupported("udp")),
+        (BackendConfig::Vxlan(vxlan), DataplaneKind::Ebpf) => Ok(Box::new(EbpfOverlay::new(
+            netlink,
+            underlay,
+            ebpf(shoal_dataplane::Backend::Vxlan, vxlan.vni, vxlan.port),
+        ))),
+        (BackendConfig::Udp { port }, DataplaneKind::Ebpf) => Ok(Box::new(EbpfOverlay::new(
+            netlink,
+            underlay,
+            ebpf(shoal_dataplane::Backend::Udp, 0, *port),
+        ))),
+        (BackendConfig::Udp { .. }, DataplaneKind::Kernel) => Err(BackendError::Unsupported("udp")),
     }
 }
 

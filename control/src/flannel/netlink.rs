@@ -13,7 +13,10 @@ use rtnetlink::{
         AddressFamily,
         address::AddressAttribute,
         link::{LinkAttribute, LinkMessage},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage},
+        neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags,
+            NeighbourMessage, NeighbourState,
+        },
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
     },
 };
@@ -367,6 +370,25 @@ impl Netlink {
             .execute()
             .await
             .map_err(request(format!("setting neighbour {ip} on link {index}")))
+    }
+
+    /// A neighbour the kernel keeps resolved on its own (`ip neigh replace <ip> dev <index>
+    /// managed extern_learn`), so eBPF FIB lookups towards a peer's underlay address always
+    /// find a MAC and the first packets to a new peer are not lost to address resolution.
+    pub async fn ensure_managed_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        let mut add = self
+            .handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .state(NeighbourState::None)
+            .flags(NeighbourFlags::ExtLearned)
+            .replace();
+        add.message_mut()
+            .attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+        add.execute()
+            .await
+            .map_err(request(format!("managing neighbour {ip} on link {index}")))
     }
 
     pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {

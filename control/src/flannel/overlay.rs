@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{
     acquire::{self, LEASE_TTL, OwnLease},
-    backend::{self, Backend, Underlay},
+    backend::{self, Backend, BackendOptions, DataplaneKind, Underlay},
     config::NetworkConfig,
     healthz, iface,
     iface::IfaceSelection,
@@ -20,6 +20,9 @@ use super::{
     subnet_env::{self, SubnetEnv},
     sync::LeaseSync,
 };
+
+/// Default bpffs directory of the eBPF dataplane's pins.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shoal";
 
 /// Default name of the bridge workloads attach to.
 pub const DEFAULT_BRIDGE: &str = "shoal0";
@@ -42,6 +45,10 @@ pub struct OverlayConfig {
     /// Bridge for workloads, holding the subnet's first address; `None` leaves bridging to
     /// others (Docker, CNI).
     pub bridge: Option<String>,
+    /// What carries `vxlan` and `udp`: the eBPF dataplane or the kernel's VXLAN device.
+    pub dataplane: DataplaneKind,
+    /// bpffs directory where the eBPF dataplane pins its maps and links.
+    pub dataplane_pin_root: PathBuf,
 }
 
 impl OverlayConfig {
@@ -65,6 +72,8 @@ impl Default for OverlayConfig {
             subnet_lease_ttl_secs: LEASE_TTL.as_secs(),
             healthz: None,
             bridge: Some(DEFAULT_BRIDGE.to_string()),
+            dataplane: DataplaneKind::default(),
+            dataplane_pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
         }
     }
 }
@@ -108,8 +117,18 @@ impl Overlay {
             .await
             .context("choosing the underlay interface")?;
         tracing::info!(iface = %underlay.name, public_ip = %underlay.public_ip, mtu = underlay.mtu, "underlay chosen");
-        let mut backend = backend::for_config(&network.backend, netlink.clone(), underlay.clone())
-            .with_context(|| format!("setting up the {} backend", network.backend.type_name()))?;
+        let options = BackendOptions {
+            dataplane: config.dataplane,
+            pin_root: config.dataplane_pin_root.clone(),
+            source_from_bridge: config.bridge.is_some(),
+        };
+        let mut backend = backend::for_config(
+            &network.backend,
+            &options,
+            netlink.clone(),
+            underlay.clone(),
+        )
+        .with_context(|| format!("setting up the {} backend", network.backend.type_name()))?;
         let own = take_lease(&mut registry, config, &network, &underlay, backend.as_mut()).await?;
         configure_node(
             config,

@@ -314,3 +314,34 @@ pub fn http_get(address: &str) -> Option<String> {
     stream.read_to_string(&mut text).ok()?;
     Some(text)
 }
+
+/// A bpffs directory of its own for the eBPF dataplane's pins, removed on drop.
+pub struct BpfPins {
+    pub path: PathBuf,
+}
+
+impl BpfPins {
+    pub fn new() -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            path: PathBuf::from(format!("/sys/fs/bpf/shoal-test-{}-{n}", std::process::id())),
+        }
+    }
+}
+
+impl Default for BpfPins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BpfPins {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::remove_dir_all(&self.path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("removing {}: {err}", self.path.display());
+        }
+    }
+}
