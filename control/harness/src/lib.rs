@@ -13,11 +13,13 @@
 //! run that was killed is cleaned up by [`sweep`], which every new cluster calls first.
 //! Traffic only ever goes to addresses inside namespaces the harness created.
 
+pub mod agents;
 mod cluster;
 pub mod flannel_vxlan;
 mod netns;
 mod ns_worker;
 
+pub use agents::{AgentOptions, Agents};
 pub use cluster::{Cluster, ClusterBuilder, Container, Node};
 pub use netns::{Namespace, sweep};
 pub use ns_worker::NsWorker;

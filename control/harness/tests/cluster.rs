@@ -25,10 +25,10 @@ fn namespaces_of(run_id: &str) -> Vec<String> {
 fn process_alive(pid: u32) -> bool {
     // A killed child stays a zombie until reaped; count only live states.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
+        Ok(stat) => stat
             .split_whitespace()
             .nth(2)
-            .is_some_and(|state| state == "Z"),
+            .is_some_and(|state| state != "Z"),
         Err(_) => false,
     }
 }
@@ -109,7 +109,7 @@ fn three_nodes_with_two_containers_each_talk_over_the_underlay() {
     );
     listener = server
         .ns()
-        .spawn(&mut server.ns().command("sleep").arg("300"))
+        .spawn(server.ns().command("sleep").arg("300"))
         .expect("start sleeper");
     let sleeper = listener.id();
 
@@ -122,7 +122,7 @@ fn three_nodes_with_two_containers_each_talk_over_the_underlay() {
 #[test]
 fn a_test_that_panics_midway_leaves_nothing_behind() {
     let mut seen_run_id = String::new();
-    let mut seen_pid = 0;
+    let mut sleeper = None;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let cluster = Cluster::builder()
             .nodes(3)
@@ -131,11 +131,11 @@ fn a_test_that_panics_midway_leaves_nothing_behind() {
             .expect("build cluster");
         seen_run_id = cluster.run_id().to_string();
         let node = cluster.node(1);
-        let child = node
-            .ns()
-            .spawn(&mut node.ns().command("sleep").arg("300"))
-            .expect("start sleeper");
-        seen_pid = child.id();
+        sleeper = Some(
+            node.ns()
+                .spawn(node.ns().command("sleep").arg("300"))
+                .expect("start sleeper"),
+        );
         panic!("the test fails midway");
     }));
     assert!(outcome.is_err(), "the closure panicked");
@@ -143,7 +143,9 @@ fn a_test_that_panics_midway_leaves_nothing_behind() {
         namespaces_of(&seen_run_id).is_empty(),
         "namespaces left behind"
     );
-    assert!(!process_alive(seen_pid), "process left behind");
+    let mut sleeper = sleeper.expect("the sleeper started before the panic");
+    assert!(!process_alive(sleeper.id()), "process left behind");
+    let _ = sleeper.wait();
 }
 
 #[test]

@@ -62,6 +62,9 @@ pub struct AgentConfig {
     pub metadata: BTreeMap<String, String>,
     /// Underlay address of the node; default: the first IPv4 address of `iface`.
     pub public_ip: Option<Ipv4Addr>,
+    /// fleet machine ID; default: /etc/machine-id, else one generated and kept in `data_dir`.
+    /// Give one when several nodes share a root filesystem (network-namespace clusters).
+    pub machine_id: Option<String>,
     /// Underlay interface; default: the interface of the default route.
     pub iface: Option<String>,
     /// Where the store, IPAM and fleet keep their state.

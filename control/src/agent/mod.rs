@@ -78,17 +78,27 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
     }
     if let Some(overlay) = plan.overlay.clone() {
         let stop = shutdown.clone();
-        tasks.spawn(named("overlay", async move {
-            crate::flannel::Overlay::run(overlay, async move { stop.cancelled().await }).await
-        }));
+        tasks.spawn(named(
+            "overlay",
+            restarting("overlay", shutdown.clone(), move || {
+                let (overlay, stop) = (overlay.clone(), stop.clone());
+                async move { crate::flannel::Overlay::run(overlay, stop.cancelled_owned()).await }
+            }),
+        ));
     }
     if let Some(fleet) = plan.fleet.clone() {
-        let stop = watch_of(shutdown.clone());
-        tasks.spawn(named("fleet", async move {
-            shoal_scheduler::fleetd::Fleetd::run(fleet, stop)
-                .await
-                .map_err(anyhow::Error::from)
-        }));
+        let stop = shutdown.clone();
+        tasks.spawn(named(
+            "fleet",
+            restarting("fleet", shutdown.clone(), move || {
+                let (fleet, stop) = (fleet.clone(), watch_of(stop.clone()));
+                async move {
+                    shoal_scheduler::fleetd::Fleetd::run(fleet, stop)
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+            }),
+        ));
     }
     tracing::info!(node = %config.name, endpoints = ?plan.endpoints, "agent running");
 
@@ -223,6 +233,47 @@ fn probes(config: &AgentConfig, plan: &Plan) -> Result<Probes> {
         }),
         fleet,
     })
+}
+
+/// Runs a component again, with a growing pause, whenever it stops before `shutdown`: a
+/// component that lost the store (or its lease) comes back by itself instead of taking the
+/// node down with it. Both the overlay and fleet resume their state on restart.
+async fn restarting<F, Fut>(
+    name: &'static str,
+    shutdown: CancellationToken,
+    mut start: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+    const LONGEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = start().await;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        match outcome {
+            Ok(()) => tracing::warn!(
+                component = name,
+                "stopped by itself; restarting in {pause:?}"
+            ),
+            Err(err) => {
+                tracing::warn!(component = name, "failed: {err:#}; restarting in {pause:?}")
+            }
+        }
+        if started.elapsed() > LONGEST_PAUSE * 3 {
+            pause = FIRST_PAUSE; // it ran fine for a while: this is a new problem
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(LONGEST_PAUSE);
+    }
 }
 
 async fn named(

@@ -111,28 +111,16 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
     }))
 }
 
-/// Client URLs: explicit ones win; a master lists its own member first, then the other
-/// masters of the initial cluster (same host, client port).
+/// Client URLs: explicit ones win; a master's components use its own member only (any member
+/// serves every request, and a master whose member is down is down as a whole; a client that
+/// balances over all masters would also send requests to a member that is down).
 fn endpoints(config: &AgentConfig, member: Option<&MemberPlan>) -> Vec<String> {
     if !config.store.endpoints.is_empty() {
         return config.store.endpoints.clone();
     }
-    let Some(member) = member else {
-        return Vec::new();
-    };
-    let mut urls = member.config.advertise_client_urls.clone();
-    for (name, peers) in &member.config.initial_cluster {
-        if *name == config.name {
-            continue;
-        }
-        if let Some(host) = peers.first().and_then(|url| host_of(url)) {
-            urls.push(format!("http://{host}:{CLIENT_PORT}"));
-        }
-    }
-    if let Some(join) = &member.join {
-        urls.push(join.clone());
-    }
-    urls
+    member.map_or_else(Vec::new, |member| {
+        member.config.advertise_client_urls.clone()
+    })
 }
 
 fn overlay_config(config: &AgentConfig, endpoints: &[String]) -> OverlayConfig {
@@ -167,6 +155,7 @@ fn fleet_config(
         metadata: config.metadata.clone(),
         public_ip: config.public_ip.map(|ip: Ipv4Addr| ip.to_string()),
         agent_ttl: config.fleet.agent_ttl,
+        machine_id: config.machine_id.clone(),
         data_dir: config.data_dir.join("fleet"),
         disable_engine: !config.fleet.engine,
         ..shoal_scheduler::config::FleetConfig::default()
@@ -181,17 +170,6 @@ fn split(urls: Option<&str>) -> Option<Vec<String>> {
         .map(str::to_string)
         .collect();
     (!urls.is_empty()).then_some(urls)
-}
-
-/// `host` of `scheme://host:port/...`.
-fn host_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    Some(
-        authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    )
 }
 
 fn port_of(url: &str) -> Option<u16> {
@@ -223,18 +201,11 @@ mod tests {
     }
 
     #[test]
-    fn a_master_of_three_lists_itself_first_then_the_other_masters() {
+    fn a_master_of_three_uses_its_own_member() {
         let plan = plan(
             "name: node2\npublic_ip: 10.90.0.12\nstore:\n  initial_cluster: node1=http://10.90.0.11:2380,node2=http://10.90.0.12:2380,node3=http://10.90.0.13:2380\n",
         );
-        assert_eq!(
-            plan.endpoints,
-            [
-                "http://10.90.0.12:2379",
-                "http://10.90.0.11:2379",
-                "http://10.90.0.13:2379"
-            ]
-        );
+        assert_eq!(plan.endpoints, ["http://10.90.0.12:2379"]);
         let member = plan.member.expect("member");
         assert_eq!(member.config.listen_client_urls, ["http://0.0.0.0:2379"]);
         assert_eq!(

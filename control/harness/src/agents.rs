@@ -1,0 +1,220 @@
+//! `shoal agent` on every node of a [`Cluster`]: the platform on one machine. Used by
+//! `cargo xtask up` and by the end-to-end tests in `control/tests`, so both run the same
+//! layout: every node a master of the store (up to three; the rest are workers), metadata
+//! `compute=web|db`, `rack=rackN`, the overlay on VXLAN over `eth0`.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{Cluster, Error, Node, Result};
+
+/// Port of every agent's health endpoint (inside its own node namespace).
+pub const HEALTH_PORT: u16 = 9901;
+/// Store client port of every master (inside its own node namespace).
+pub const CLIENT_PORT: u16 = 2379;
+/// flannel network the agents configure.
+pub const OVERLAY_NETWORK: &str = "10.244.0.0/16";
+
+/// How to start the agents.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The `shoal` binary.
+    pub shoal: PathBuf,
+    /// Where configs, data and logs go (one directory per node).
+    pub dir: PathBuf,
+    /// How many nodes (the first ones) are masters of the store.
+    pub masters: usize,
+    /// fleet's agent TTL.
+    pub agent_ttl: Duration,
+    /// `SHOAL_LOG` for the agents.
+    pub log_filter: String,
+}
+
+impl AgentOptions {
+    pub fn new(shoal: impl Into<PathBuf>, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            shoal: shoal.into(),
+            dir: dir.into(),
+            masters: 3,
+            agent_ttl: Duration::from_secs(30),
+            log_filter: "info,openraft=warn,netlink_packet_route=error".into(),
+        }
+    }
+}
+
+/// One running agent per node; stopped (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Agents {
+    options: AgentOptions,
+    children: Vec<Option<Child>>,
+}
+
+impl Agents {
+    /// Writes every node's config and starts its agent.
+    pub fn start(cluster: &Cluster, options: AgentOptions) -> Result<Self> {
+        let mut agents = Self {
+            children: Vec::new(),
+            options,
+        };
+        for node in cluster.nodes() {
+            let child = agents.spawn(cluster, node)?;
+            agents.children.push(Some(child));
+        }
+        Ok(agents)
+    }
+
+    /// The directory of node `index`: `agent.yaml`, `agent.log`, `subnet.env`, `data/`.
+    pub fn node_dir(&self, index: usize) -> PathBuf {
+        self.options.dir.join(format!("node{}", index + 1))
+    }
+
+    /// The YAML config of node `node` in `cluster`.
+    pub fn config_for(&self, cluster: &Cluster, node: &Node) -> String {
+        let dir = self.node_dir(node.index());
+        let masters: Vec<&Node> = cluster.nodes().iter().take(self.options.masters).collect();
+        let is_master = node.index() < self.options.masters;
+        let store = if is_master {
+            let initial: Vec<String> = masters
+                .iter()
+                .map(|m| format!("node{}=http://{}:2380", m.index() + 1, m.underlay_ip()))
+                .collect();
+            format!("store:\n  initial_cluster: {}\n", initial.join(","))
+        } else {
+            let endpoints: Vec<String> = masters
+                .iter()
+                .map(|m| format!("http://{}:{CLIENT_PORT}", m.underlay_ip()))
+                .collect();
+            format!(
+                "role: worker\nstore:\n  endpoints: [{}]\n",
+                endpoints.join(", ")
+            )
+        };
+        let compute = if node.index() % 3 == 2 { "db" } else { "web" };
+        format!(
+            "#shoal-config\n\
+             name: node{number}\n\
+             machine_id: {number:032x}\n\
+             metadata: {{ compute: {compute}, rack: rack{number} }}\n\
+             public_ip: {ip}\n\
+             iface: eth0\n\
+             data_dir: {dir}/data\n\
+             {store}\
+             network:\n  subnet_file: {dir}/subnet.env\n  \
+             config: {{ Network: {OVERLAY_NETWORK}, Backend: {{ Type: vxlan }} }}\n\
+             fleet:\n  agent_ttl: {ttl}s\n\
+             health:\n  listen: 0.0.0.0:{HEALTH_PORT}\n",
+            number = node.index() + 1,
+            ip = node.underlay_ip(),
+            dir = dir.display(),
+            ttl = self.options.agent_ttl.as_secs().max(1),
+        )
+    }
+
+    fn spawn(&self, cluster: &Cluster, node: &Node) -> Result<Child> {
+        let dir = self.node_dir(node.index());
+        std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
+        let config = dir.join("agent.yaml");
+        std::fs::write(&config, self.config_for(cluster, node))
+            .map_err(|source| io_error(&config, source))?;
+        let log_path = dir.join("agent.log");
+        let log = File::create(&log_path).map_err(|source| io_error(&log_path, source))?;
+        node.ns().spawn(
+            node.ns()
+                .command(&self.options.shoal)
+                .args(["agent", "--config"])
+                .arg(&config)
+                .env("SHOAL_LOG", &self.options.log_filter)
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+    }
+
+    /// Whether node `node`'s agent reports ready (store quorum, lease, machine registered).
+    pub fn is_ready(node: &Node) -> bool {
+        node.output(
+            "curl",
+            &[
+                "-sf",
+                "-m",
+                "1",
+                &format!("http://127.0.0.1:{HEALTH_PORT}/readyz"),
+            ],
+        )
+        .is_ok_and(|out| out.status.success())
+    }
+
+    /// Waits until every node is ready, calling `progress` when a node becomes ready.
+    pub fn wait_ready(
+        &self,
+        cluster: &Cluster,
+        timeout: Duration,
+        mut progress: impl FnMut(&Node, Duration),
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let mut pending: Vec<&Node> = cluster.nodes().iter().collect();
+        while !pending.is_empty() {
+            pending.retain(|node| {
+                let ready = Self::is_ready(node);
+                if ready {
+                    progress(node, start.elapsed());
+                }
+                !ready
+            });
+            if start.elapsed() > timeout && !pending.is_empty() {
+                let names: Vec<&str> = pending.iter().map(|node| node.name()).collect();
+                return Err(Error::Layout(format!(
+                    "agents on {names:?} not ready after {timeout:?}; logs in {}",
+                    self.options.dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Kills node `index`'s agent at once (SIGKILL), as a power-off would.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children.get_mut(index).and_then(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The logs of every agent, for failure messages.
+    pub fn logs(&self) -> String {
+        (0..self.children.len())
+            .map(|index| {
+                let path = self.node_dir(index).join("agent.log");
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                format!("==== {} ====\n{text}", path.display())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            // SAFETY: kill(2) on our own child; a graceful stop first.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for child in self.children.iter_mut().flatten() {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Spawn {
+        command: format!("writing {}", path.display()),
+        source,
+    }
+}
