@@ -1,46 +1,108 @@
-//! `cargo xtask up`: the platform on its embedded defaults, on this machine. Until the agent
-//! lands (issue #7) this is a cluster of network namespaces from the harness, kept until Ctrl-C.
-use anyhow::Result;
+//! `cargo xtask up`: the platform on its embedded defaults, on this machine: a cluster of
+//! network namespaces, each node running `shoal agent` (store member, overlay, fleet), kept
+//! until Ctrl-C. `cargo xtask vm-cluster` does the same on qemu VMs.
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context, Result};
 use clap::Args;
+use shoal_harness::{AgentOptions, Agents, Cluster};
+
+use crate::{run_cmd, workspace_root};
 
 #[derive(Args)]
 pub struct UpArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Containers per node.
-    #[arg(long, default_value_t = 1)]
-    containers: usize,
+    /// How many of the nodes are masters of the store (the rest are workers).
+    #[arg(long, default_value_t = 3)]
+    masters: usize,
+    /// Build shoal in release mode.
+    #[arg(long)]
+    release: bool,
+    /// Bring the cluster up, check it converged, and tear it down at once (a smoke test).
+    #[arg(long)]
+    check: bool,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
     crate::setup::run()?;
-    let cluster = shoal_harness::Cluster::builder()
+    let shoal = build_shoal(args.release)?;
+    let dir = workspace_root().join("target/up");
+    let _ = std::fs::remove_dir_all(&dir);
+    let cluster = Cluster::builder()
         .nodes(args.nodes)
-        .containers_per_node(args.containers)
+        .container_supernet(None)
         .build()?;
-    cluster.install_host_gw_routes()?;
-    println!("cluster {} is up:", cluster.run_id());
-    for node in cluster.nodes() {
-        println!(
-            "  node {} underlay {} namespace {}",
-            node.name(),
-            node.underlay_ip(),
-            node.ns().name()
-        );
-        for container in node.containers() {
-            let ip = container.ip().map(|ip| ip.to_string()).unwrap_or_default();
+    let mut options = AgentOptions::new(&shoal, &dir);
+    options.masters = args.masters.clamp(1, args.nodes);
+    println!(
+        "starting {} agents ({} masters) in cluster {}; logs in {}",
+        args.nodes,
+        options.masters,
+        cluster.run_id(),
+        dir.display()
+    );
+    let agents = Agents::start(&cluster, options)?;
+    let converged = agents
+        .wait_ready(&cluster, Duration::from_secs(60), |node, after| {
             println!(
-                "    container {} {ip} namespace {}",
-                container.name(),
-                container.ns().name()
+                "  node{} ({}) ready after {after:.1?}",
+                node.index() + 1,
+                node.underlay_ip()
             );
-        }
+        })
+        .with_context(|| agents.logs())?;
+    println!("cluster converged in {converged:.1?}: store quorum, every lease, every machine\n");
+    print_how_to_reach(&cluster, &shoal);
+    if args.check {
+        return Ok(());
     }
-    println!("enter a node with `ip netns exec <namespace> bash`; Ctrl-C tears it all down");
+    println!("\nCtrl-C stops every agent and removes every namespace and link");
     wait_for_ctrl_c()?;
     println!("tearing down cluster {}", cluster.run_id());
     Ok(())
+}
+
+fn build_shoal(release: bool) -> Result<PathBuf> {
+    let root = workspace_root();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .args(["build", "--quiet", "--package", "shoal-control"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_cmd(&mut cmd)?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join("shoal"))
+}
+
+fn print_how_to_reach(cluster: &Cluster, shoal: &std::path::Path) {
+    let first = cluster.node(0).ns().name();
+    println!("every node is a network namespace; for example, from node1:");
+    println!(
+        "  ip netns exec {first} {} fleetctl list-machines",
+        shoal.display()
+    );
+    println!(
+        "  ip netns exec {first} env ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:2379 member list"
+    );
+    println!(
+        "  ip netns exec {first} {} run -- ip addr show eth0",
+        shoal.display()
+    );
+    println!("  ip netns exec {first} curl -s http://127.0.0.1:9901/metrics");
+    for node in cluster.nodes() {
+        println!(
+            "  node{}: {} underlay {}",
+            node.index() + 1,
+            node.ns().name(),
+            node.underlay_ip()
+        );
+    }
 }
 
 /// Blocks until SIGINT or SIGTERM, so the cluster is dropped (and removed) on Ctrl-C.
