@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Etcd, PREFIX};
+use common::{Etcd, PREFIX, StoreKind};
 use ipnetwork::Ipv4Network;
 use shoal_control::flannel::{
     acquire::{self, AcquireError, LEASE_TTL},
@@ -40,9 +40,8 @@ async fn registry(etcd: &Etcd) -> Registry {
     .expect("connecting to etcd")
 }
 
-#[tokio::test]
-async fn leases_are_written_as_flannel_writes_them() {
-    let etcd = Etcd::on_loopback();
+async fn leases_are_written_as_flannel_writes_them(kind: StoreKind) {
+    let etcd = Etcd::on_loopback(kind);
     let mut registry = registry(&etcd).await;
     let config =
         NetworkConfig::parse(r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#)
@@ -85,9 +84,8 @@ async fn leases_are_written_as_flannel_writes_them() {
     );
 }
 
-#[tokio::test]
-async fn restarts_keep_the_subnet_and_reservations_are_never_taken() {
-    let etcd = Etcd::on_loopback();
+async fn restarts_keep_the_subnet_and_reservations_are_never_taken(kind: StoreKind) {
+    let etcd = Etcd::on_loopback(kind);
     let mut registry = registry(&etcd).await;
     // Four subnets: 10.5.0.4/30 .. 10.5.0.12/30 minus the first; .8 is reserved (no lease).
     let config =
@@ -167,9 +165,8 @@ async fn restarts_keep_the_subnet_and_reservations_are_never_taken() {
     assert_eq!(back.subnet, second.subnet);
 }
 
-#[tokio::test]
-async fn concurrent_nodes_never_share_a_subnet() {
-    let etcd = Etcd::on_loopback();
+async fn concurrent_nodes_never_share_a_subnet(kind: StoreKind) {
+    let etcd = Etcd::on_loopback(kind);
     let config =
         NetworkConfig::parse(r#"{"Network": "10.5.0.0/24", "SubnetLen": 28}"#).expect("valid");
     let mut tasks = Vec::new();
@@ -241,9 +238,8 @@ impl PeerSink for Table {
     }
 }
 
-#[tokio::test]
-async fn the_watch_loses_no_update_between_list_and_watch() {
-    let etcd = Etcd::on_loopback();
+async fn the_watch_loses_no_update_between_list_and_watch(kind: StoreKind) {
+    let etcd = Etcd::on_loopback(kind);
     let config = NetworkConfig::parse(r#"{"Network": "10.5.0.0/16"}"#).expect("valid");
     let mut writer = registry(&etcd).await;
     let own = acquire::acquire(
@@ -295,3 +291,28 @@ async fn the_watch_loses_no_update_between_list_and_watch() {
         .expect("watcher task");
     assert!(end.to_string().contains("was deleted or expired"), "{end}");
 }
+
+/// Every test above, once against etcd 3.4 and once against shoal kv.
+macro_rules! per_store {
+    ($($name:ident),* $(,)?) => {
+        mod etcd {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::StoreKind::Etcd).await
+            })*
+        }
+        mod shoal_kv {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::StoreKind::ShoalKv).await
+            })*
+        }
+    };
+}
+
+per_store!(
+    leases_are_written_as_flannel_writes_them,
+    restarts_keep_the_subnet_and_reservations_are_never_taken,
+    concurrent_nodes_never_share_a_subnet,
+    the_watch_loses_no_update_between_list_and_watch,
+);

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{BpfPins, Container, Etcd, Flannel, PREFIX, route_to, run_once, wait_for};
+use common::{BpfPins, Container, Etcd, Flannel, PREFIX, StoreKind, route_to, run_once, wait_for};
 use shoal_harness::{Cluster, Node};
 
 const HOST_GW: &str = r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#;
@@ -24,14 +24,14 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(nodes: usize, config: &str) -> Self {
+    fn new(kind: StoreKind, nodes: usize, config: &str) -> Self {
         let cluster = Cluster::builder()
             .nodes(nodes)
             .containers_per_node(0)
             .container_supernet(None)
             .build()
             .expect("cluster");
-        let etcd = Etcd::in_namespace(cluster.node(0).ns(), cluster.node(0).underlay_ip());
+        let etcd = Etcd::in_namespace(kind, cluster.node(0).ns(), cluster.node(0).underlay_ip());
         etcd.put(&format!("{PREFIX}/config"), config);
         Self {
             cluster,
@@ -88,9 +88,12 @@ fn subnet_of(flannel: &Flannel) -> String {
 }
 
 fn ping_from_node(node: &Node, target: std::net::Ipv4Addr) -> bool {
-    node.output("ping", &["-c", "3", "-i", "0.2", "-W", "2", &target.to_string()])
-        .map(|output| output.status.success())
-        .unwrap_or(false)
+    node.output(
+        "ping",
+        &["-c", "3", "-i", "0.2", "-W", "2", &target.to_string()],
+    )
+    .map(|output| output.status.success())
+    .unwrap_or(false)
 }
 
 /// Routes, neighbours and links of a node, for failure messages.
@@ -139,9 +142,8 @@ fn assert_full_mesh(setup: &Setup, flannels: &[Flannel]) {
     }
 }
 
-#[test]
-fn host_gw_cluster_lifecycle() {
-    let setup = Setup::new(4, HOST_GW);
+fn host_gw_cluster_lifecycle(kind: StoreKind) {
+    let setup = Setup::new(kind, 4, HOST_GW);
     let flannels: Vec<Flannel> = (0..3).map(|index| setup.flannel(index, &[])).collect();
     let subnets: Vec<String> = flannels.iter().map(subnet_of).collect();
     let leases = setup.etcd.leases();
@@ -195,9 +197,8 @@ fn host_gw_cluster_lifecycle() {
     let _ = subnets;
 }
 
-#[test]
-fn expired_lease_removes_routes_everywhere() {
-    let setup = Setup::new(3, HOST_GW);
+fn expired_lease_removes_routes_everywhere(kind: StoreKind) {
+    let setup = Setup::new(kind, 3, HOST_GW);
     let flannels: Vec<Flannel> = (0..2).map(|index| setup.flannel(index, &[])).collect();
     // Node 2 holds a short lease, renewed every second while it runs.
     let mut short = setup.flannel(2, &["--subnet-lease-ttl", "3"]);
@@ -229,9 +230,8 @@ fn expired_lease_removes_routes_everywhere() {
     drop(flannels);
 }
 
-#[test]
-fn restart_keeps_subnet_and_open_tcp_connection() {
-    let setup = Setup::new(2, HOST_GW);
+fn restart_keeps_subnet_and_open_tcp_connection(kind: StoreKind) {
+    let setup = Setup::new(kind, 2, HOST_GW);
     let mut first = setup.flannel(0, &[]);
     let second = setup.flannel(1, &[]);
     let subnet = subnet_of(&first);
@@ -270,7 +270,8 @@ fn restart_keeps_subnet_and_open_tcp_connection() {
 
 /// Three nodes on an encapsulating backend: lease format, MTU, and a full container mesh.
 fn encapsulated_mesh(config: &str, extra: &[&str], lease_format: &str, mtu: u32) {
-    let setup = Setup::new(3, config);
+    let kind = StoreKind::Etcd;
+    let setup = Setup::new(kind, 3, config);
     let flannels: Vec<Flannel> = (0..3).map(|index| setup.flannel(index, extra)).collect();
     for flannel in &flannels {
         assert_eq!(flannel.wait_subnet().1, mtu);
@@ -312,9 +313,8 @@ fn udp_ebpf_dataplane_mesh() {
     );
 }
 
-#[test]
-fn docker_style_bridge_from_subnet_env() {
-    let setup = Setup::new(2, HOST_GW);
+fn docker_style_bridge_from_subnet_env(kind: StoreKind) {
+    let setup = Setup::new(kind, 2, HOST_GW);
     let flannels: Vec<Flannel> = (0..2)
         .map(|index| setup.flannel(index, &["--bridge", ""]))
         .collect();
@@ -439,3 +439,28 @@ while time.time() < end:
     time.sleep(0.05)
 print(count, "echoes", flush=True)
 "#;
+
+/// The lifecycle tests, once against etcd 3.4 and once against shoal kv.
+macro_rules! per_store {
+    ($($name:ident),* $(,)?) => {
+        mod etcd {
+            $(#[test]
+            fn $name() {
+                super::$name(super::StoreKind::Etcd)
+            })*
+        }
+        mod shoal_kv {
+            $(#[test]
+            fn $name() {
+                super::$name(super::StoreKind::ShoalKv)
+            })*
+        }
+    };
+}
+
+per_store!(
+    host_gw_cluster_lifecycle,
+    expired_lease_removes_routes_everywhere,
+    restart_keeps_subnet_and_open_tcp_connection,
+    docker_style_bridge_from_subnet_env,
+);

@@ -93,7 +93,31 @@ impl Drop for Process {
     }
 }
 
-/// A single-member etcd 3.4 with a temporary data directory.
+/// Which store a test runs against: both speak the etcd v3 API and take etcd's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Debian's etcd 3.4.
+    Etcd,
+    /// `shoal kv`, the embedded store.
+    ShoalKv,
+}
+
+impl StoreKind {
+    fn command(self, ns: Option<&Namespace>) -> Command {
+        let (program, args): (&str, &[&str]) = match self {
+            StoreKind::Etcd => ("/usr/bin/etcd", &[]),
+            StoreKind::ShoalKv => (SHOAL, &["kv"]),
+        };
+        let mut cmd = match ns {
+            Some(ns) => ns.command(program),
+            None => Command::new(program),
+        };
+        cmd.args(args);
+        cmd
+    }
+}
+
+/// A single-member store (etcd 3.4 or shoal kv) with a temporary data directory.
 pub struct Etcd {
     pub endpoint: String,
     /// The namespace etcd runs in, if not the test's own.
@@ -103,26 +127,29 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// etcd on random loopback ports of this namespace.
-    pub fn on_loopback() -> Self {
+    /// A store on random loopback ports of this namespace.
+    pub fn on_loopback(kind: StoreKind) -> Self {
         let client = free_port();
         let peer = free_port();
-        Self::start(None, Ipv4Addr::LOCALHOST, client, peer)
+        Self::start(kind, None, Ipv4Addr::LOCALHOST, client, peer)
     }
 
-    /// etcd inside `ns`, listening on `ip:2379`.
-    pub fn in_namespace(ns: &Namespace, ip: Ipv4Addr) -> Self {
-        Self::start(Some(ns), ip, 2379, 2380)
+    /// A store inside `ns`, listening on `ip:2379`.
+    pub fn in_namespace(kind: StoreKind, ns: &Namespace, ip: Ipv4Addr) -> Self {
+        Self::start(kind, Some(ns), ip, 2379, 2380)
     }
 
-    fn start(ns: Option<&Namespace>, ip: Ipv4Addr, client: u16, peer: u16) -> Self {
+    fn start(
+        kind: StoreKind,
+        ns: Option<&Namespace>,
+        ip: Ipv4Addr,
+        client: u16,
+        peer: u16,
+    ) -> Self {
         let data = tempfile::tempdir().expect("etcd data dir");
         let endpoint = format!("http://{ip}:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut cmd = match ns {
-            Some(ns) => ns.command("/usr/bin/etcd"),
-            None => Command::new("/usr/bin/etcd"),
-        };
+        let mut cmd = kind.command(ns);
         cmd.args(["--name", "test", "--data-dir"])
             .arg(data.path())
             .args([
@@ -143,7 +170,7 @@ impl Etcd {
         let etcd = Self {
             endpoint,
             ns_name: ns.map(|ns| ns.name().to_string()),
-            _process: Process::spawn("etcd", &mut cmd),
+            _process: Process::spawn(&format!("{kind:?}"), &mut cmd),
             _data: data,
         };
         wait_for("etcd to answer", Duration::from_secs(20), || {
