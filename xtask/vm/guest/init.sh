@@ -86,9 +86,13 @@ nc -ll -p 7022 -e /bin/shoal-exec &
 mark "exec server on :7022"
 shoal version 2>&1 | while read -r line; do mark "version: $line"; done
 
+# Like shoal.service (Restart=always, RestartSec=2): an agent that exits is started again.
 run_agent() {
-    shoal agent --config /etc/shoal/agent.yaml 2>&1
-    echo "SHOAL-VM agent exited rc=$?"
+    while :; do
+        shoal agent --config /etc/shoal/agent.yaml 2>&1
+        echo "SHOAL-VM agent exited rc=$? at $(uptime_s)s, restarting in 2s"
+        sleep 2
+    done
 }
 mark "agent starting at $(uptime_s)s"
 run_agent | tee /var/log/shoal-agent.log &

@@ -298,8 +298,9 @@ impl VmCluster {
     }
 
     /// Waits until every running node's agent answers `GET /readyz` with 200 (store quorum,
-    /// leases known, machine registered), reporting each node as it turns ready. Fails early,
-    /// with the agent's last words, if an agent exits.
+    /// leases known, machine registered), reporting each node as it turns ready. Agents that
+    /// exit are restarted by the guest (as shoal.service would be); the timeout error lists
+    /// each pending node's last answer and how often its agent exited.
     pub fn wait_ready(
         &mut self,
         timeout: Duration,
@@ -310,45 +311,42 @@ impl VmCluster {
             .filter(|&i| self.nodes[i].vm.is_some())
             .collect();
         let mut last_answer: BTreeMap<usize, String> = BTreeMap::new();
-        while !pending.is_empty() {
-            let mut still = Vec::new();
-            for index in pending {
-                let node = &self.nodes[index];
-                if let Some(exit) = node.agent_exit() {
-                    return Err(Error::Guest {
-                        node: node.name().to_string(),
-                        message: format!(
-                            "{exit} before becoming ready; console tail:\n{}",
-                            node.vm.as_ref().map(Vm::console_tail).unwrap_or_default()
-                        ),
-                    });
-                }
-                match self.health(index, "/readyz") {
-                    Ok((200, _)) => progress(Progress {
+        loop {
+            pending.retain(|&index| match self.health(index, "/readyz") {
+                Ok((200, _)) => {
+                    progress(Progress {
                         elapsed: self.started.elapsed(),
-                        node: Some(node.name().to_string()),
+                        node: Some(self.nodes[index].name().to_string()),
                         message: "agent ready (GET /readyz: 200)".to_string(),
-                    }),
-                    Ok((status, body)) => {
-                        last_answer.insert(index, format!("{status} {}", body.trim()));
-                        still.push(index);
-                    }
-                    Err(err) => {
-                        last_answer.insert(index, err.to_string());
-                        still.push(index);
-                    }
+                    });
+                    false
                 }
-            }
-            pending = still;
+                Ok((status, body)) => {
+                    last_answer.insert(index, format!("{status} {}", body.trim()));
+                    true
+                }
+                Err(err) => {
+                    last_answer.insert(index, err.to_string());
+                    true
+                }
+            });
             if pending.is_empty() {
-                break;
+                return Ok(self.started.elapsed());
             }
             if Instant::now() >= deadline {
                 let detail = pending
                     .iter()
                     .map(|&i| {
+                        let node = &self.nodes[i];
                         let answer = last_answer.get(&i).map(String::as_str).unwrap_or("-");
-                        format!("\n  {}: {answer}", self.nodes[i].name())
+                        let exits = node.agent_exits();
+                        let last_exit = exits.last().map(String::as_str).unwrap_or("none");
+                        format!(
+                            "\n  {}: {answer} (agent exits: {}, last: {last_exit}; console {})",
+                            node.name(),
+                            exits.len(),
+                            node.console_log().display()
+                        )
                     })
                     .collect::<String>();
                 return Err(Error::Timeout {
@@ -359,7 +357,6 @@ impl VmCluster {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        Ok(self.started.elapsed())
     }
 
     /// `GET path` on node `index`'s agent health port, from the host side.
@@ -472,14 +469,18 @@ impl VmCluster {
 }
 
 impl VmNode {
-    /// "agent exited rc=N" if the guest reported its agent gone.
-    fn agent_exit(&self) -> Option<String> {
+    /// The guest's "agent exited ..." reports, oldest first.
+    fn agent_exits(&self) -> Vec<String> {
         self.vm
-            .as_ref()?
-            .markers()
-            .into_iter()
-            .find(|m| m.text.starts_with("agent exited"))
-            .map(|m| m.text)
+            .as_ref()
+            .map(|vm| {
+                vm.markers()
+                    .into_iter()
+                    .filter(|m| m.text.starts_with("agent exited"))
+                    .map(|m| m.text)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
