@@ -3,6 +3,8 @@
 //! table on stdout and a PNG chart.
 use clap::{Parser, ValueEnum};
 
+mod fleet;
+
 #[derive(Parser)]
 struct Cli {
     suite: Suite,
@@ -22,5 +24,8 @@ enum Suite {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    anyhow::bail!("benchmark suite {:?} is not implemented yet", cli.suite)
+    match cli.suite {
+        Suite::Fleet => fleet::run(),
+        other => anyhow::bail!("benchmark suite {other:?} is not implemented yet"),
+    }
 }

@@ -1,0 +1,783 @@
+//! `cargo xtask bench fleet`: fleet's engine at 1,000 simulated agents and 10,000 units with
+//! mixed constraints, against a 3-member etcd 3.4 and a 3-member shoal kv side by side.
+//!
+//! The engine is shoal's real engine ([`shoal_scheduler::engine::run_engine`]). The agents are
+//! simulated: each has its own store lease (kept alive on its own keep-alive stream) and machine
+//! key with metadata, and reports a unit `active/running` under its lease as soon as the unit is
+//! scheduled to it and launched, as a real agent does after starting it. One watch feeds all
+//! simulated agents; their reports are written in transactions of up to 128 puts.
+//!
+//! Measured: submit -> every unit reported running by its target machine; after 100 agents stop
+//! heart-beating, the time from their machine keys expiring (TTL) to all their units running
+//! elsewhere; and store key writes per second (watch events) during the launch.
+//! Scale can be lowered with FLEET_BENCH_MACHINES, FLEET_BENCH_UNITS, FLEET_BENCH_TTL.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use serde_json::json;
+use shoal_scheduler::{
+    engine::{EngineSettings, run_engine},
+    registry::{Registry, ValidUnit},
+    store::{DEFAULT_PREFIX, MachineRecord, Store, TargetState, UnitStateRecord},
+};
+use tokio::sync::{mpsc, watch};
+
+const LAUNCH_TARGET: Duration = Duration::from_secs(30);
+const RESCHEDULE_TARGET: Duration = Duration::from_secs(10);
+const DEAD_AGENTS: usize = 100;
+
+#[derive(Debug, Clone, Copy)]
+struct Scale {
+    machines: usize,
+    units: usize,
+    ttl: Duration,
+}
+
+impl Scale {
+    fn from_env() -> Self {
+        let number = |key: &str, default: usize| {
+            std::env::var(key)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            machines: number("FLEET_BENCH_MACHINES", 1_000),
+            units: number("FLEET_BENCH_UNITS", 10_000),
+            ttl: Duration::from_secs(number("FLEET_BENCH_TTL", 10) as u64),
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Outcome {
+    store: String,
+    machines: usize,
+    units: usize,
+    submit_s: f64,
+    launch_s: f64,
+    dead_agents: usize,
+    orphaned_units: usize,
+    ttl_s: f64,
+    reschedule_after_expiry_s: f64,
+    reschedule_after_kill_s: f64,
+    key_writes_per_s: f64,
+    write_txns_per_s: f64,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let scale = Scale::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcomes = runtime.block_on(async {
+        let mut outcomes = Vec::new();
+        for backend in [Backend::Etcd, Backend::ShoalKv] {
+            println!(
+                "fleet bench: {} on a 3-member {}",
+                describe(scale),
+                backend.name()
+            );
+            let cluster = StoreCluster::start(backend).await?;
+            let outcome = scenario(backend.name(), &cluster.endpoints, scale).await;
+            cluster.stop().await;
+            match outcome {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(err) => println!("  {} failed: {err:#}", backend.name()),
+            }
+        }
+        anyhow::Ok(outcomes)
+    })?;
+    if outcomes.is_empty() {
+        bail!("no store completed the scenario");
+    }
+    report(&outcomes)
+}
+
+fn describe(scale: Scale) -> String {
+    format!(
+        "{} agents, {} units, TTL {:?}",
+        scale.machines, scale.units, scale.ttl
+    )
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Etcd,
+    ShoalKv,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Etcd => "etcd 3.4",
+            Backend::ShoalKv => "shoal kv",
+        }
+    }
+}
+
+/// Three members on loopback: etcd as processes, shoal kv in-process.
+struct StoreCluster {
+    endpoints: Vec<String>,
+    etcd: Vec<Child>,
+    shoal: Vec<shoal_kv::member::RunningMember>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl StoreCluster {
+    async fn start(backend: Backend) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let names = ["alpha", "bravo", "charlie"];
+        let mut ports = Vec::new();
+        for _ in names {
+            ports.push((free_port()?, free_port()?));
+        }
+        let initial: Vec<String> = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
+            .collect();
+        let initial = initial.join(",");
+        let endpoints: Vec<String> = ports
+            .iter()
+            .map(|(client, _)| format!("http://127.0.0.1:{client}"))
+            .collect();
+        let mut cluster = Self {
+            endpoints: endpoints.clone(),
+            etcd: Vec::new(),
+            shoal: Vec::new(),
+            _dir: dir,
+        };
+        for (name, (client, peer)) in names.iter().zip(&ports) {
+            let data_dir = cluster._dir.path().join(name);
+            let client = format!("http://127.0.0.1:{client}");
+            let peer = format!("http://127.0.0.1:{peer}");
+            match backend {
+                Backend::Etcd => cluster.etcd.push(
+                    Command::new("/usr/bin/etcd")
+                        .args(["--name", name, "--data-dir"])
+                        .arg(&data_dir)
+                        .args([
+                            "--listen-client-urls",
+                            &client,
+                            "--advertise-client-urls",
+                            &client,
+                        ])
+                        .args([
+                            "--listen-peer-urls",
+                            &peer,
+                            "--initial-advertise-peer-urls",
+                            &peer,
+                        ])
+                        .args(["--initial-cluster", &initial])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("starting /usr/bin/etcd")?,
+                ),
+                Backend::ShoalKv => {
+                    let args = shoal_kv::cli::KvArgs {
+                        name: name.to_string(),
+                        data_dir: Some(data_dir),
+                        listen_client_urls: client.clone(),
+                        advertise_client_urls: client,
+                        listen_peer_urls: peer.clone(),
+                        initial_advertise_peer_urls: peer,
+                        initial_cluster: Some(initial.clone()),
+                        initial_cluster_state: "new".into(),
+                        initial_cluster_token: "fleet-bench".into(),
+                        heartbeat_interval: 100,
+                        election_timeout: 1000,
+                        snapshot_count: 10_000,
+                    };
+                    let member = shoal_kv::member::Member::start(args.config()?).await?;
+                    cluster.shoal.push(member);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Store::connect(&endpoints, DEFAULT_PREFIX, Duration::from_secs(2)).await;
+            if ready.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not answer within 30 s", backend.name());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(cluster)
+    }
+
+    async fn stop(mut self) {
+        for child in &mut self.etcd {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for member in self.shoal.drain(..) {
+            member.shutdown().await;
+        }
+    }
+}
+
+impl Drop for StoreCluster {
+    fn drop(&mut self) {
+        for child in &mut self.etcd {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn machine_id(index: usize) -> String {
+    format!("{:08x}{:024x}", 0x1000_0000 + index, index)
+}
+
+fn machine_metadata(index: usize) -> Vec<(String, String)> {
+    let role = match index % 5 {
+        0 => "db",
+        1 => "cache",
+        _ => "web",
+    };
+    let disk = if index % 2 == 0 { "ssd" } else { "hdd" };
+    vec![
+        ("role".into(), role.into()),
+        ("rack".into(), format!("r{}", index % 10)),
+        ("disk".into(), disk.into()),
+    ]
+}
+
+/// The unit mix: 40% free, 30% web by metadata, 10% db on ssd (AND), 5% spread by
+/// Conflicts, 5% MachineOf sidecars, 10% `!=` and OR metadata.
+fn unit_mix(count: usize) -> Vec<(String, String)> {
+    let body = "[Service]\nExecStart=/bin/sleep infinity\n[X-Fleet]\n";
+    (0..count)
+        .map(|i| match i % 20 {
+            0..=7 => (format!("free-{i}.service"), body.to_string()),
+            8..=13 => (
+                format!("web@{i}.service"),
+                format!("{body}MachineMetadata=role=web\n"),
+            ),
+            14 | 15 => (
+                format!("db@{i}.service"),
+                format!("{body}MachineMetadata=role=db\nMachineMetadata=disk=ssd\n"),
+            ),
+            16 => (
+                format!("spread@{i}.service"),
+                format!("{body}Conflicts=spread@*.service\n"),
+            ),
+            17 => (
+                format!("side-{i}.service"),
+                format!("{body}MachineOf=free-{}.service\n", i - 17),
+            ),
+            _ => (
+                format!("edge@{i}.service"),
+                format!("{body}MachineMetadata=role!=db rack=r1 rack=r2 rack=r3\n"),
+            ),
+        })
+        .collect()
+}
+
+/// What the simulator and the measurement know about the cluster, from one watch.
+#[derive(Default)]
+struct View {
+    target: HashMap<String, String>,
+    launched: HashSet<String>,
+    /// (unit, machine) pairs reported running.
+    running: HashSet<(String, String)>,
+    key_writes: u64,
+    revisions: HashSet<i64>,
+}
+
+impl View {
+    fn is_running(&self, unit: &str) -> bool {
+        self.target
+            .get(unit)
+            .is_some_and(|m| self.running.contains(&(unit.to_string(), m.clone())))
+    }
+}
+
+async fn scenario(store_name: &str, endpoints: &[String], scale: Scale) -> anyhow::Result<Outcome> {
+    let store = Store::connect(endpoints, DEFAULT_PREFIX, Duration::from_secs(10)).await?;
+    let (stop, shutdown) = watch::channel(false);
+    let agents = Agents::start(&store, scale.machines, scale.ttl).await?;
+    let engine = tokio::spawn(run_engine(
+        store.clone(),
+        EngineSettings {
+            machine_id: "engine-bench".into(),
+            lease_ttl: Duration::from_secs(10),
+            reconcile_interval: Duration::from_secs(2),
+        },
+        shutdown.clone(),
+    ));
+    let (view_tx, mut view_rx) = watch::channel(0u64);
+    let view = std::sync::Arc::new(tokio::sync::Mutex::new(View::default()));
+    let simulator = tokio::spawn(simulate(
+        store.clone(),
+        agents.leases.clone(),
+        view.clone(),
+        view_tx,
+        shutdown.clone(),
+    ));
+
+    let units = unit_mix(scale.units);
+    let names: Vec<String> = units.iter().map(|(n, _)| n.clone()).collect();
+    let valid: Vec<ValidUnit> = units
+        .iter()
+        .map(|(name, text)| ValidUnit::new(name, name, text))
+        .collect::<Result<_, _>>()?;
+    let registry = Registry::new(store.clone());
+    let (writes_before, revisions_before) = {
+        let v = view.lock().await;
+        (v.key_writes, v.revisions.len())
+    };
+    let started = Instant::now();
+    registry.submit(&valid, false).await?;
+    registry
+        .set_target_state(&names, TargetState::Launched)
+        .await?;
+    let submit_s = started.elapsed().as_secs_f64();
+    wait_all_running(&view, &mut view_rx, &names, Duration::from_secs(180)).await?;
+    let launch = started.elapsed();
+    let (key_writes, txns) = {
+        let v = view.lock().await;
+        (
+            v.key_writes - writes_before,
+            v.revisions.len() - revisions_before,
+        )
+    };
+    println!(
+        "  launched {} units in {:.2} s",
+        names.len(),
+        launch.as_secs_f64()
+    );
+
+    // 100 agents stop heart-beating; their units must move once their TTL expires.
+    let dead: Vec<String> = agents
+        .ids
+        .iter()
+        .take(DEAD_AGENTS.min(scale.machines / 2))
+        .cloned()
+        .collect();
+    let orphans: Vec<String> = {
+        let v = view.lock().await;
+        let dead_set: HashSet<&String> = dead.iter().collect();
+        v.target
+            .iter()
+            .filter(|(_, m)| dead_set.contains(m))
+            .map(|(u, _)| u.clone())
+            .collect()
+    };
+    agents.kill(&dead).await;
+    let killed = Instant::now();
+    let expired = wait_machines_gone(&store, &dead, scale.ttl * 3).await?;
+    let mut orphan_names = orphans.clone();
+    orphan_names.sort();
+    wait_moved(
+        &view,
+        &mut view_rx,
+        &orphan_names,
+        &dead,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let reschedule = expired.elapsed();
+    let since_kill = killed.elapsed();
+    println!(
+        "  {} units of {} dead agents running elsewhere {:.2} s after their TTL expired ({:.2} s after they died)",
+        orphans.len(),
+        dead.len(),
+        reschedule.as_secs_f64(),
+        since_kill.as_secs_f64()
+    );
+    let _ = stop.send(true);
+    let _ = engine.await;
+    simulator.abort();
+    agents.stop().await;
+    Ok(Outcome {
+        store: store_name.to_string(),
+        machines: scale.machines,
+        units: scale.units,
+        submit_s,
+        launch_s: launch.as_secs_f64(),
+        dead_agents: dead.len(),
+        orphaned_units: orphans.len(),
+        ttl_s: scale.ttl.as_secs_f64(),
+        reschedule_after_expiry_s: reschedule.as_secs_f64(),
+        reschedule_after_kill_s: since_kill.as_secs_f64(),
+        key_writes_per_s: key_writes as f64 / launch.as_secs_f64(),
+        write_txns_per_s: txns as f64 / launch.as_secs_f64(),
+    })
+}
+
+/// Simulated agents: leases, machine keys, keep-alives.
+struct Agents {
+    ids: Vec<String>,
+    leases: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    killers: HashMap<String, mpsc::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agents {
+    async fn start(store: &Store, count: usize, ttl: Duration) -> anyhow::Result<Self> {
+        let mut agents = Self {
+            ids: Vec::new(),
+            leases: Default::default(),
+            killers: HashMap::new(),
+            tasks: Vec::new(),
+        };
+        for index in 0..count {
+            let id = machine_id(index);
+            let mut client = store.client();
+            let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
+            let record = MachineRecord {
+                id: id.clone(),
+                public_ip: format!(
+                    "10.{}.{}.{}",
+                    index >> 16 & 255,
+                    index >> 8 & 255,
+                    index & 255
+                ),
+                metadata: machine_metadata(index).into_iter().collect(),
+                version: "bench".into(),
+            };
+            client
+                .put(
+                    store.keys().machine(&id),
+                    serde_json::to_string(&record)?,
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+                .await?;
+            let (keeper, mut responses) = client.lease_keep_alive(lease).await?;
+            let (kill, mut killed) = mpsc::channel::<()>(1);
+            let period = ttl / 3;
+            let task = tokio::spawn(async move {
+                let mut keeper = keeper;
+                let mut tick = tokio::time::interval(period);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if keeper.keep_alive().await.is_err() { return; }
+                            let _ = responses.message().await;
+                        }
+                        _ = killed.recv() => return,
+                    }
+                }
+            });
+            agents
+                .leases
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .insert(id.clone(), lease);
+            agents.killers.insert(id.clone(), kill);
+            agents.tasks.push(task);
+            agents.ids.push(id);
+        }
+        Ok(agents)
+    }
+
+    async fn kill(&self, ids: &[String]) {
+        for id in ids {
+            if let Some(kill) = self.killers.get(id) {
+                let _ = kill.send(()).await;
+            }
+            if let Ok(mut leases) = self.leases.lock() {
+                leases.remove(id);
+            }
+        }
+    }
+
+    async fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The agents' side: report units scheduled to a live agent as running, under its lease.
+async fn simulate(
+    store: Store,
+    leases: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    view: std::sync::Arc<tokio::sync::Mutex<View>>,
+    notify: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let keys = store.keys().clone();
+    let mut client = store.client();
+    let mut events = client
+        .watch(keys.prefix(), Some(WatchOptions::new().with_prefix()))
+        .await?;
+    let mut pending: Vec<(String, String)> = Vec::new();
+    let mut flush = tokio::time::interval(Duration::from_millis(50));
+    let mut generation = 0u64;
+    loop {
+        tokio::select! {
+            message = events.message() => {
+                let Some(response) = message? else { return Ok(()) };
+                let mut v = view.lock().await;
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    v.key_writes += 1;
+                    v.revisions.insert(kv.mod_revision());
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let value = String::from_utf8_lossy(kv.value()).into_owned();
+                    let put = event.event_type() == EventType::Put;
+                    if let Some((unit, field)) = keys.parse_job_key(&key) {
+                        match (field, put) {
+                            ("target", true) => { v.target.insert(unit.to_string(), value.clone()); }
+                            ("target", false) => { v.target.remove(unit); }
+                            ("target-state", true) if value == "launched" => { v.launched.insert(unit.to_string()); }
+                            ("target-state", _) => { v.launched.remove(unit); }
+                            _ => continue,
+                        }
+                        if let Some(machine) = v.target.get(unit).filter(|_| v.launched.contains(unit)) {
+                            pending.push((unit.to_string(), machine.clone()));
+                        }
+                    } else if let Some((unit, machine)) = keys.parse_state_key(&key) {
+                        let pair = (unit.to_string(), machine.to_string());
+                        if put { v.running.insert(pair); } else { v.running.remove(&pair); }
+                    }
+                }
+                generation += 1;
+                let _ = notify.send(generation);
+            }
+            _ = flush.tick() => {
+                if !pending.is_empty() {
+                    let batch = std::mem::take(&mut pending);
+                    report_running(&store, &leases, batch).await?;
+                }
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+async fn report_running(
+    store: &Store,
+    leases: &std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    batch: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    let keys = store.keys();
+    let leases = leases
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let ops: Vec<TxnOp> = batch
+        .into_iter()
+        .filter_map(|(unit, machine)| {
+            let lease = *leases.get(&machine)?;
+            let record = UnitStateRecord {
+                load_state: "loaded".into(),
+                active_state: "active".into(),
+                sub_state: "running".into(),
+                machine_id: machine.clone(),
+                unit_hash: String::new(),
+                main_pid: None,
+                since: None,
+            };
+            let value = serde_json::to_string(&record).ok()?;
+            Some(TxnOp::put(
+                keys.state(&unit, &machine),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ))
+        })
+        .collect();
+    for chunk in ops.chunks(shoal_scheduler::store::MAX_TXN_OPS) {
+        let mut client = store.client();
+        client.txn(Txn::new().and_then(chunk.to_vec())).await?;
+    }
+    Ok(())
+}
+
+async fn wait_all_running(
+    view: &tokio::sync::Mutex<View>,
+    changes: &mut watch::Receiver<u64>,
+    names: &[String],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        {
+            let v = view.lock().await;
+            let missing = names.iter().filter(|n| !v.is_running(n)).count();
+            if missing == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{missing} units not running after {limit:?}");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+    }
+}
+
+async fn wait_machines_gone(
+    store: &Store,
+    dead: &[String],
+    limit: Duration,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let machines = store.machines().await?;
+        let alive: HashSet<String> = machines.into_iter().map(|m| m.id).collect();
+        if dead.iter().all(|id| !alive.contains(id)) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("dead agents' machine keys did not expire within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_moved(
+    view: &tokio::sync::Mutex<View>,
+    changes: &mut watch::Receiver<u64>,
+    units: &[String],
+    dead: &[String],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let dead: HashSet<&String> = dead.iter().collect();
+    loop {
+        {
+            let v = view.lock().await;
+            let missing = units
+                .iter()
+                .filter(|u| {
+                    !(v.is_running(u) && v.target.get(*u).is_some_and(|m| !dead.contains(m)))
+                })
+                .count();
+            if missing == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{missing} orphaned units not running elsewhere after {limit:?}");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
+    }
+}
+
+fn report(outcomes: &[Outcome]) -> anyhow::Result<()> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let reference = &outcomes[0];
+    println!();
+    println!(
+        "{:<10} {:>8} {:>7} {:>9} {:>9} {:>8} {:>11} {:>8} {:>10} {:>9} {:>8}",
+        "store",
+        "machines",
+        "units",
+        "submit s",
+        "launch s",
+        "vs 30 s",
+        "resched s*",
+        "vs 10 s",
+        "since kill",
+        "writes/s",
+        "txns/s"
+    );
+    for o in outcomes {
+        println!(
+            "{:<10} {:>8} {:>7} {:>9.2} {:>9.2} {:>7.2}x {:>11.2} {:>7.2}x {:>10.2} {:>9.0} {:>8.0}",
+            o.store,
+            o.machines,
+            o.units,
+            o.submit_s,
+            o.launch_s,
+            o.launch_s / LAUNCH_TARGET.as_secs_f64(),
+            o.reschedule_after_expiry_s,
+            o.reschedule_after_expiry_s / RESCHEDULE_TARGET.as_secs_f64(),
+            o.reschedule_after_kill_s,
+            o.key_writes_per_s,
+            o.write_txns_per_s
+        );
+    }
+    println!(
+        "* the {} units of {} dead agents running elsewhere, from the moment all their machine keys expired ({} s TTL); \
+         writes/s and txns/s: key changes and store revisions seen by a watch from submit to all running",
+        reference.orphaned_units, reference.dead_agents, reference.ttl_s
+    );
+    for o in &outcomes[1..] {
+        println!(
+            "{} / {}: launch {:.2}x, reschedule {:.2}x, writes/s {:.2}x",
+            o.store,
+            reference.store,
+            o.launch_s / reference.launch_s,
+            o.reschedule_after_expiry_s / reference.reschedule_after_expiry_s,
+            o.key_writes_per_s / reference.key_writes_per_s
+        );
+    }
+    let json_path = dir.join("fleet.json");
+    let document = json!({
+        "suite": "fleet",
+        "targets": {"launch_s": LAUNCH_TARGET.as_secs_f64(), "reschedule_after_expiry_s": RESCHEDULE_TARGET.as_secs_f64()},
+        "fleet_documented_limits": {"machines": 100, "units": 1000},
+        "results": outcomes,
+    });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&document)?)?;
+    println!("wrote {}", json_path.display());
+    chart(&dir, outcomes)
+}
+
+fn chart(dir: &std::path::Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
+    let stores: Vec<&str> = outcomes.iter().map(|o| o.store.as_str()).collect();
+    let launch: Vec<f64> = outcomes.iter().map(|o| o.launch_s).collect();
+    let resched: Vec<f64> = outcomes
+        .iter()
+        .map(|o| o.reschedule_after_expiry_s)
+        .collect();
+    let script = format!(
+        r##"
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+stores = {stores:?}
+launch = {launch:?}
+resched = {resched:?}
+fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+axes[0].bar(stores, launch, color="#4c72b0")
+axes[0].axhline(30, color="red", linestyle="--", label="target 30 s")
+axes[0].set_title("{units} units on {machines} agents: submit -> all running")
+axes[0].set_ylabel("seconds")
+axes[0].legend()
+axes[1].bar(stores, resched, color="#dd8452")
+axes[1].axhline(10, color="red", linestyle="--", label="target 10 s")
+axes[1].set_title("{orphans} units of {dead} dead agents: after TTL expiry")
+axes[1].set_ylabel("seconds")
+axes[1].legend()
+fig.tight_layout()
+fig.savefig("{path}")
+"##,
+        units = outcomes[0].units,
+        machines = outcomes[0].machines,
+        orphans = outcomes[0].orphaned_units,
+        dead = outcomes[0].dead_agents,
+        path = dir.join("fleet.png").display(),
+    );
+    let status = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .context("running /usr/bin/python3 (python3-matplotlib) for the chart")?;
+    if !status.success() {
+        bail!("python3/matplotlib failed to draw the chart");
+    }
+    println!("wrote {}", dir.join("fleet.png").display());
+    Ok(())
+}
