@@ -90,10 +90,13 @@ fn up(args: UpArgs) -> Result<()> {
     let started = Instant::now();
     let mut cluster = VmCluster::up(&spec, &mut print_progress).context("booting the VMs")?;
     print_access(&cluster);
-    let ready = cluster.wait_ready(Duration::from_secs(args.ready_timeout), &mut print_progress);
+    let timeout = Duration::from_secs(args.ready_timeout);
+    let ready = cluster
+        .wait_ready(timeout, &mut print_progress)
+        .and_then(|_| cluster.wait_machines_listed(timeout));
     match &ready {
         Ok(elapsed) => println!(
-            "cluster converged: every agent ready {:.1}s after start",
+            "cluster converged: every agent ready and every machine in list-machines {:.1}s after start",
             elapsed.as_secs_f64()
         ),
         Err(err) => println!("cluster NOT converged: {err:#}"),

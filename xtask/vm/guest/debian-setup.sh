@@ -31,11 +31,11 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro shoal /mnt/shoal; then
     exit 1
 fi
 mark "version: $(/mnt/shoal/shoal version | head -1)"
-mark "agent starting at $(uptime_s)s (shoal install)"
+mark "installing: shoal install --config /mnt/shoal/nodes/$NODE/agent.yaml at $(uptime_s)s"
 if /mnt/shoal/shoal install --config "/mnt/shoal/nodes/$NODE/agent.yaml" \
     > /run/shoal-install.log 2>&1; then
-    mark "shoal.service $(systemctl is-active shoal.service) at $(uptime_s)s"
+    mark "agent starting at $(uptime_s)s (shoal.service $(systemctl is-active shoal.service))"
 else
     rc=$?
-    mark "agent exited rc=$rc (shoal install: $(tail -n 1 /run/shoal-install.log))"
+    mark "error: shoal install exited $rc: $(tail -n 1 /run/shoal-install.log)"
 fi

@@ -359,6 +359,35 @@ impl VmCluster {
         }
     }
 
+    /// Waits until `fleetctl list-machines`, run from the host side, lists every running node
+    /// (the outside view of convergence, besides each agent's own readiness).
+    pub fn wait_machines_listed(&mut self, timeout: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        let wanted: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.vm.is_some())
+            .map(|n| n.address().to_string())
+            .collect();
+        let mut listing = String::new();
+        while Instant::now() < deadline {
+            let mut cmd = self.host_command(self.dir.join("share").join("shoal"));
+            cmd.args(["fleetctl", "--endpoint", &self.store_endpoints()])
+                .args(["list-machines", "--no-legend", "--full"]);
+            listing = crate::run(&mut cmd).unwrap_or_else(|err| err.to_string());
+            let listed = |ip: &String| listing.split_whitespace().any(|word| word == ip);
+            if wanted.iter().all(listed) {
+                return Ok(self.started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(Error::Timeout {
+            what: format!("fleetctl list-machines listing {}", wanted.join(", ")),
+            timeout,
+            detail: format!("; last listing:\n{listing}"),
+        })
+    }
+
     /// `GET path` on node `index`'s agent health port, from the host side.
     pub fn health(&self, index: usize, path: &str) -> Result<(u16, String)> {
         let target = SocketAddr::from((self.nodes[index].address(), config::HEALTH_PORT));

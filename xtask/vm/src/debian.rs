@@ -40,6 +40,7 @@ const SETUP_SCRIPT: &str = include_str!("../guest/debian-setup.sh");
 const SETUP_UNIT: &str = include_str!("../guest/shoal-vm-setup.service");
 const EXEC_UNIT: &str = include_str!("../guest/shoal-exec.service");
 const EXEC_SCRIPT: &str = include_str!("../guest/exec.sh");
+const SHOAL_DROP_IN: &str = include_str!("../guest/shoal-console.conf");
 
 /// Returns the cached Debian image for `kernel`, building it first (about a minute, plus the
 /// package downloads) if it is missing or its recipe changed.
@@ -78,14 +79,36 @@ pub fn prepare_image(cache: &Path, kernel: &GuestKernel) -> Result<PathBuf> {
     )?;
     fs::rename(&partial, &image).context(|| format!("renaming {}", partial.display()))?;
     fs::remove_dir_all(&root).context(|| format!("removing {}", root.display()))?;
+    remove_other_images(&dir, &image);
     Ok(image)
+}
+
+/// Images of older recipes are only disk space (a VM that still uses one keeps it open).
+fn remove_other_images(dir: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
+        if path != keep && path.extension().is_some_and(|ext| ext == "img") {
+            if let Err(err) = fs::remove_file(&path) {
+                tracing::warn!("removing the old image {}: {err}", path.display());
+            }
+        }
+    }
 }
 
 /// Changes to the files put into the image, or another kernel, make a new image.
 fn recipe_hash(kernel: &GuestKernel) -> u64 {
     let mut hasher = DefaultHasher::new();
     (SUITE, PACKAGES, GUEST_MODULES, &kernel.version).hash(&mut hasher);
-    (SETUP_SCRIPT, SETUP_UNIT, EXEC_UNIT, EXEC_SCRIPT).hash(&mut hasher);
+    (
+        SETUP_SCRIPT,
+        SETUP_UNIT,
+        EXEC_UNIT,
+        EXEC_SCRIPT,
+        SHOAL_DROP_IN,
+    )
+        .hash(&mut hasher);
     hasher.finish()
 }
 
@@ -128,6 +151,13 @@ fn configure(root: &Path, kernel: &GuestKernel) -> Result<()> {
                 .context(|| format!("linking {}", link.display()))?;
         }
     }
+    let drop_in = units.join("shoal.service.d");
+    fs::create_dir_all(&drop_in).context(|| format!("creating {}", drop_in.display()))?;
+    write(
+        root,
+        "etc/systemd/system/shoal.service.d/vm-console.conf",
+        SHOAL_DROP_IN,
+    )?;
     // An empty machine-id: every boot of the shared image gets its own (fleet tells machines
     // apart by it); no getty on the console the host follows.
     write(root, "etc/machine-id", "")?;
