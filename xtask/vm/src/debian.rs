@@ -89,10 +89,11 @@ fn remove_other_images(dir: &Path, keep: &Path) {
         return;
     };
     for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
-        if path != keep && path.extension().is_some_and(|ext| ext == "img") {
-            if let Err(err) = fs::remove_file(&path) {
-                tracing::warn!("removing the old image {}: {err}", path.display());
-            }
+        if path != keep
+            && path.extension().is_some_and(|ext| ext == "img")
+            && let Err(err) = fs::remove_file(&path)
+        {
+            tracing::warn!("removing the old image {}: {err}", path.display());
         }
     }
 }
