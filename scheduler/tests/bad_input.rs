@@ -151,9 +151,11 @@ async fn unknown_units_are_clear_errors() {
     assert!(format!("{err:#}").contains("ghost@.service"), "{err:#}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn impossible_constraints_are_reported_as_unschedulable() {
+against_both_stores!(impossible_constraints_are_reported_as_unschedulable);
+
+async fn impossible_constraints_are_reported_as_unschedulable(backend: Backend) {
     let cluster = Cluster::start(
+        backend,
         &[&[("compute", "web")], &[("compute", "web")]],
         Duration::from_secs(5),
     )
@@ -162,7 +164,7 @@ async fn impossible_constraints_are_reported_as_unschedulable() {
     let gpu = dir.path().join("gpu.service");
     std::fs::write(&gpu, sleeper("MachineMetadata=compute=gpu")).expect("write");
     let err = fleetctl(
-        &cluster.etcd.endpoint,
+        cluster.endpoint(),
         FleetctlCommand::Start {
             units: vec![gpu.display().to_string()],
             replace: false,
@@ -187,7 +189,7 @@ async fn impossible_constraints_are_reported_as_unschedulable() {
     let ok = dir.path().join("ok.service");
     std::fs::write(&ok, sleeper("MachineMetadata=compute=web")).expect("write");
     fleetctl(
-        &cluster.etcd.endpoint,
+        cluster.endpoint(),
         FleetctlCommand::Start {
             units: vec![ok.display().to_string()],
             replace: false,

@@ -2,6 +2,16 @@
 
 mod common;
 
+against_both_stores!(
+    global_unit_runs_everywhere_including_later_joiners,
+    metadata_places_web_on_web_racks_and_db_on_db_rack,
+    conflicts_keep_instances_apart_and_extra_one_is_unschedulable,
+    killed_node_units_move_within_ttl,
+    killing_the_engine_node_moves_the_engine,
+    restarted_agent_adopts_running_units,
+    stop_unload_and_destroy_reach_the_agent,
+);
+
 use std::time::Duration;
 
 use common::*;
@@ -9,9 +19,8 @@ use shoal_scheduler::store::TargetState;
 
 const TTL: Duration = Duration::from_secs(3);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn global_unit_runs_everywhere_including_later_joiners() {
-    let mut cluster = Cluster::start(&[&[], &[], &[]], TTL).await;
+async fn global_unit_runs_everywhere_including_later_joiners(backend: Backend) {
+    let mut cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
     let registry = cluster.registry().await;
     start_units(&registry, &[("everywhere.service", sleeper("Global=true"))]).await;
     wait_until(
@@ -26,9 +35,8 @@ async fn global_unit_runs_everywhere_including_later_joiners() {
         "global units are not scheduled by the engine"
     );
 
-    cluster
-        .nodes
-        .push(Node::start(&cluster.etcd.endpoint, 3, &[], TTL));
+    let endpoint = cluster.endpoint().to_string();
+    cluster.nodes.push(Node::start(&endpoint, 3, &[], TTL));
     let newcomer = cluster.nodes[3].id.clone();
     wait_until(
         Duration::from_secs(20),
@@ -42,9 +50,9 @@ async fn global_unit_runs_everywhere_including_later_joiners() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metadata_places_web_on_web_racks_and_db_on_db_rack() {
+async fn metadata_places_web_on_web_racks_and_db_on_db_rack(backend: Backend) {
     let cluster = Cluster::start(
+        backend,
         &[
             &[("rack", "rack1"), ("compute", "web")],
             &[("rack", "rack2"), ("compute", "web")],
@@ -99,9 +107,8 @@ async fn metadata_places_web_on_web_racks_and_db_on_db_rack() {
     assert_eq!(running_on(&registry, "db.service").await, [db_node]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conflicts_keep_instances_apart_and_extra_one_is_unschedulable() {
-    let cluster = Cluster::start(&[&[], &[], &[]], TTL).await;
+async fn conflicts_keep_instances_apart_and_extra_one_is_unschedulable(backend: Backend) {
+    let cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
     let registry = cluster.registry().await;
     let unit = sleeper("Conflicts=app@*.service");
     let names = [
@@ -134,9 +141,8 @@ async fn conflicts_keep_instances_apart_and_extra_one_is_unschedulable() {
     assert!(reason.contains("conflicts with app@"), "reason: {reason}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_node_units_move_within_ttl() {
-    let mut cluster = Cluster::start(&[&[], &[], &[]], TTL).await;
+async fn killed_node_units_move_within_ttl(backend: Backend) {
+    let mut cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
     let registry = cluster.registry().await;
     start_units(&registry, &[("mover.service", sleeper(""))]).await;
     wait_until(Duration::from_secs(20), "unit running", || async {
@@ -167,9 +173,8 @@ async fn killed_node_units_move_within_ttl() {
     assert_ne!(job.target.as_deref(), Some(victim.as_str()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_engine_node_moves_the_engine() {
-    let mut cluster = Cluster::start(&[&[], &[], &[]], TTL).await;
+async fn killing_the_engine_node_moves_the_engine(backend: Backend) {
+    let mut cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
     let registry = cluster.registry().await;
     let leader_key = registry.store().keys().engine_leader();
     let store = registry.store().clone();
@@ -202,9 +207,8 @@ async fn killing_the_engine_node_moves_the_engine() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_agent_adopts_running_units() {
-    let mut cluster = Cluster::start(&[&[]], Duration::from_secs(10)).await;
+async fn restarted_agent_adopts_running_units(backend: Backend) {
+    let mut cluster = Cluster::start(backend, &[&[]], Duration::from_secs(10)).await;
     let registry = cluster.registry().await;
     start_units(&registry, &[("steady.service", sleeper(""))]).await;
     wait_until(Duration::from_secs(20), "unit running", || async {
@@ -240,9 +244,8 @@ async fn main_pid(registry: &shoal_scheduler::registry::Registry, unit: &str) ->
         .expect("main pid")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_unload_and_destroy_reach_the_agent() {
-    let cluster = Cluster::start(&[&[], &[]], TTL).await;
+async fn stop_unload_and_destroy_reach_the_agent(backend: Backend) {
+    let cluster = Cluster::start(backend, &[&[], &[]], TTL).await;
     let registry = cluster.registry().await;
     start_units(&registry, &[("cycle.service", sleeper(""))]).await;
     wait_until(Duration::from_secs(20), "unit running", || async {

@@ -88,6 +88,105 @@ impl Drop for Etcd {
     }
 }
 
+/// Which store the fleet tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Etcd,
+    ShoalKv,
+}
+
+/// A single-member store of either kind, stopped on drop.
+pub enum StoreServer {
+    Etcd(Etcd),
+    ShoalKv(ShoalKv),
+}
+
+impl StoreServer {
+    pub async fn start(backend: Backend) -> Self {
+        match backend {
+            Backend::Etcd => StoreServer::Etcd(Etcd::start().await),
+            Backend::ShoalKv => StoreServer::ShoalKv(ShoalKv::start().await),
+        }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        match self {
+            StoreServer::Etcd(etcd) => &etcd.endpoint,
+            StoreServer::ShoalKv(kv) => &kv.endpoint,
+        }
+    }
+}
+
+/// A single-member shoal kv, in-process on its own thread and runtime.
+pub struct ShoalKv {
+    pub endpoint: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ShoalKv {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let args = shoal_kv::cli::KvArgs {
+            name: "fleet-test".into(),
+            data_dir: Some(dir.path().join("data")),
+            listen_client_urls: client.clone(),
+            advertise_client_urls: client.clone(),
+            listen_peer_urls: peer.clone(),
+            initial_advertise_peer_urls: peer,
+            initial_cluster: None,
+            initial_cluster_state: "new".into(),
+            initial_cluster_token: "fleet-test".into(),
+            heartbeat_interval: 100,
+            election_timeout: 1000,
+            snapshot_count: 10_000,
+        };
+        let config = args.config().expect("shoal kv config");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let member = shoal_kv::member::Member::start(config)
+                    .await
+                    .expect("shoal kv member");
+                let _ = stopped.await;
+                member.shutdown().await;
+            });
+        });
+        let kv = Self {
+            endpoint: client,
+            stop: Some(stop),
+            thread: Some(thread),
+            _dir: dir,
+        };
+        let endpoint = kv.endpoint.clone();
+        wait_until(Duration::from_secs(20), "shoal kv to answer", || {
+            let endpoint = endpoint.clone();
+            async move { connect(&endpoint).await.is_some() }
+        })
+        .await;
+        kv
+    }
+}
+
+impl Drop for ShoalKv {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 async fn connect(endpoint: &str) -> Option<Store> {
     Store::connect(
         &[endpoint.to_string()],
@@ -233,19 +332,19 @@ impl Drop for Node {
 
 /// A cluster of nodes sharing one store, all killed (units included) on drop.
 pub struct Cluster {
-    pub etcd: Etcd,
     pub nodes: Vec<Node>,
+    pub store: StoreServer,
 }
 
 impl Cluster {
-    pub async fn start(metadata: &[&[(&str, &str)]], ttl: Duration) -> Self {
-        let etcd = Etcd::start().await;
+    pub async fn start(backend: Backend, metadata: &[&[(&str, &str)]], ttl: Duration) -> Self {
+        let store = StoreServer::start(backend).await;
         let nodes = metadata
             .iter()
             .enumerate()
-            .map(|(index, meta)| Node::start(&etcd.endpoint, index, meta, ttl))
+            .map(|(index, meta)| Node::start(store.endpoint(), index, meta, ttl))
             .collect();
-        let cluster = Self { etcd, nodes };
+        let cluster = Self { nodes, store };
         let registry = cluster.registry().await;
         let expected = metadata.len();
         wait_until(Duration::from_secs(15), "machines to register", || async {
@@ -255,8 +354,12 @@ impl Cluster {
         cluster
     }
 
+    pub fn endpoint(&self) -> &str {
+        self.store.endpoint()
+    }
+
     pub async fn registry(&self) -> Registry {
-        registry(&self.etcd.endpoint).await
+        registry(self.endpoint()).await
     }
 }
 
@@ -305,4 +408,27 @@ pub async fn job(registry: &Registry, unit: &str) -> Job {
         .await
         .expect("store")
         .expect("job exists")
+}
+
+/// Runs each listed `async fn name(backend: Backend)` against etcd 3.4 and against shoal kv.
+#[macro_export]
+macro_rules! against_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Etcd).await
+                }
+            )*
+        }
+        mod shoal_kv {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::ShoalKv).await
+                }
+            )*
+        }
+    };
 }
