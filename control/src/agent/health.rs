@@ -60,6 +60,37 @@ impl Readiness {
     }
 }
 
+/// Gauges set by whoever measures them (the readiness probes, the dataplane reader) and
+/// rendered on every scrape.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    values: Mutex<BTreeMap<&'static str, (&'static str, f64)>>,
+}
+
+impl Gauges {
+    pub fn set(&self, name: &'static str, help: &'static str, value: f64) {
+        let mut values = self
+            .values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        values.insert(name, (help, value));
+    }
+}
+
+impl MetricsSource for Gauges {
+    fn render(&self, out: &mut String) {
+        let values = self
+            .values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (name, (help, value)) in values.iter() {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            ));
+        }
+    }
+}
+
 /// Something that adds samples to `/metrics` (the dataplane's counters, the store's stats...).
 pub trait MetricsSource: Send + Sync {
     /// Appends samples in Prometheus text format.
@@ -69,14 +100,14 @@ pub trait MetricsSource: Send + Sync {
 #[derive(Clone)]
 struct Shared {
     readiness: Arc<Readiness>,
-    sources: Arc<Vec<Box<dyn MetricsSource>>>,
+    sources: Arc<Vec<Arc<dyn MetricsSource>>>,
 }
 
 /// Serves the endpoint on `listen` until `shutdown` is cancelled.
 pub async fn serve(
     listen: SocketAddr,
     readiness: Arc<Readiness>,
-    sources: Vec<Box<dyn MetricsSource>>,
+    sources: Vec<Arc<dyn MetricsSource>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let shared = Shared {
@@ -123,6 +154,22 @@ async fn metrics(State(shared): State<Shared>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauges_render_in_prometheus_text_format() {
+        let gauges = Gauges::default();
+        gauges.set(
+            "shoal_store_up",
+            "Whether a linearizable read succeeds.",
+            1.0,
+        );
+        let mut out = String::new();
+        gauges.render(&mut out);
+        assert_eq!(
+            out,
+            "# HELP shoal_store_up Whether a linearizable read succeeds.\n# TYPE shoal_store_up gauge\nshoal_store_up 1\n"
+        );
+    }
 
     #[test]
     fn ready_only_when_every_declared_check_is() {

@@ -18,7 +18,12 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::{config::AgentConfig, health::Readiness, plan::Plan, readiness::Probes};
+use self::{
+    config::AgentConfig,
+    health::{Gauges, Readiness},
+    plan::Plan,
+    readiness::{FleetProbe, OverlayProbe, Probes},
+};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -51,6 +56,7 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
         None => None,
     };
     let readiness = Arc::new(Readiness::default());
+    let gauges = Arc::new(Gauges::default());
     let probes = probes(&config, &plan)?;
     probes.declare(&readiness);
 
@@ -60,13 +66,13 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
         health::serve(
             config.health.listen,
             readiness.clone(),
-            Vec::new(),
+            vec![gauges.clone() as Arc<dyn health::MetricsSource>],
             shutdown.clone(),
         ),
     ));
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        probes.run(readiness, stop).await;
+        probes.run(readiness, gauges, stop).await;
         ("readiness", Ok(()))
     });
     if let Some((key, json)) = plan.network_config.clone() {
@@ -212,24 +218,22 @@ async fn try_write_network_config(endpoints: &[String], key: &str, json: &str) -
 
 fn probes(config: &AgentConfig, plan: &Plan) -> Result<Probes> {
     let fleet = match &plan.fleet {
-        Some(fleet) => {
-            let id = shoal_scheduler::agent::identity::machine_id(
+        Some(fleet) => Some(FleetProbe {
+            prefix: fleet.etcd_key_prefix.clone(),
+            machine_id: shoal_scheduler::agent::identity::machine_id(
                 fleet.machine_id.as_deref(),
                 &fleet.data_dir,
             )
-            .context("finding this machine's ID")?;
-            Some((fleet.etcd_key_prefix.clone(), id))
-        }
+            .context("finding this machine's ID")?,
+        }),
         None => None,
     };
     Ok(Probes {
         endpoints: plan.endpoints.clone(),
-        overlay: plan.overlay.as_ref().map(|overlay| {
-            (
-                overlay.store.prefix.clone(),
-                config.public_ip,
-                overlay.subnet_file.clone(),
-            )
+        overlay: plan.overlay.as_ref().map(|overlay| OverlayProbe {
+            prefix: overlay.store.prefix.clone(),
+            public_ip: config.public_ip,
+            subnet_file: overlay.subnet_file.clone(),
         }),
         fleet,
     })

@@ -1,23 +1,36 @@
-//! What "ready" means for a node, checked through the store every second:
+//! What "ready" means for a node, checked every second, and the numbers `/metrics` reports
+//! from the same look:
 //! - `store`: a linearizable read succeeds (the store has quorum);
-//! - `overlay`: this node holds a lease, and every lease in the store is programmed (the
-//!   overlay has written subnet.env, and the lease count is what every node sees);
+//! - `overlay`: this node holds a lease, subnet.env is written, and every other node's lease
+//!   has its overlay route in this node's kernel;
 //! - `fleet`: this machine is registered.
-use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
 use etcd_client::{Client, GetOptions};
+use ipnetwork::Ipv4Network;
 use tokio_util::sync::CancellationToken;
 
-use super::health::Readiness;
+use super::health::{Gauges, Readiness};
 
 /// Where to look for each component's proof of readiness.
 #[derive(Debug, Clone)]
 pub struct Probes {
     pub endpoints: Vec<String>,
-    /// flannel's prefix and this node's public IP, if the overlay runs.
-    pub overlay: Option<(String, Option<Ipv4Addr>, std::path::PathBuf)>,
-    /// fleet's prefix and this machine's ID, if fleet runs.
-    pub fleet: Option<(String, String)>,
+    pub overlay: Option<OverlayProbe>,
+    pub fleet: Option<FleetProbe>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OverlayProbe {
+    pub prefix: String,
+    pub public_ip: Option<Ipv4Addr>,
+    pub subnet_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetProbe {
+    pub prefix: String,
+    pub machine_id: String,
 }
 
 impl Probes {
@@ -32,14 +45,19 @@ impl Probes {
     }
 
     /// Checks every second until `shutdown`.
-    pub async fn run(self, readiness: Arc<Readiness>, shutdown: CancellationToken) {
+    pub async fn run(
+        self,
+        readiness: Arc<Readiness>,
+        gauges: Arc<Gauges>,
+        shutdown: CancellationToken,
+    ) {
         let mut client: Option<Client> = None;
         loop {
             if client.is_none() {
                 client = Client::connect(&self.endpoints, None).await.ok();
             }
             if let Some(connected) = client.as_mut() {
-                self.check(connected, &readiness).await;
+                self.check(connected, &readiness, &gauges).await;
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -48,60 +66,205 @@ impl Probes {
         }
     }
 
-    async fn check(&self, client: &mut Client, readiness: &Readiness) {
-        match client.get("/shoal/readiness-probe", None).await {
-            Ok(reply) => {
-                let revision = reply.header().map_or(0, |header| header.revision());
-                readiness.set("store", true, format!("quorum, revision {revision}"));
-            }
-            Err(err) => readiness.set("store", false, format!("no quorum: {err}")),
-        }
-        if let Some((prefix, public_ip, subnet_file)) = &self.overlay {
-            let (ready, detail) = overlay_state(client, prefix, *public_ip, subnet_file).await;
+    async fn check(&self, client: &mut Client, readiness: &Readiness, gauges: &Gauges) {
+        let (ready, detail) = store_state(client, gauges).await;
+        readiness.set("store", ready, detail);
+        if let Some(overlay) = &self.overlay {
+            let (ready, detail) = overlay_state(client, overlay, gauges).await;
             readiness.set("overlay", ready, detail);
         }
-        if let Some((prefix, machine_id)) = &self.fleet {
-            let (ready, detail) = fleet_state(client, prefix, machine_id).await;
+        if let Some(fleet) = &self.fleet {
+            let (ready, detail) = fleet_state(client, fleet, gauges).await;
             readiness.set("fleet", ready, detail);
         }
     }
 }
 
+async fn store_state(client: &mut Client, gauges: &Gauges) -> (bool, String) {
+    let read = client.get("/shoal/readiness-probe", None).await;
+    let status = client.status().await;
+    if let Ok(status) = &status {
+        gauges.set(
+            "shoal_store_db_size_bytes",
+            "Size of the store's database.",
+            status.db_size() as f64,
+        );
+        gauges.set(
+            "shoal_store_raft_index",
+            "Raft index of this node's store endpoint.",
+            status.raft_index() as f64,
+        );
+        gauges.set(
+            "shoal_store_raft_term",
+            "Raft term of this node's store endpoint.",
+            status.raft_term() as f64,
+        );
+        let leader = status
+            .header()
+            .is_some_and(|header| header.member_id() == status.leader());
+        gauges.set(
+            "shoal_store_is_leader",
+            "Whether this node's store endpoint is the Raft leader.",
+            f64::from(u8::from(leader)),
+        );
+    }
+    gauges.set(
+        "shoal_store_up",
+        "Whether a linearizable read succeeds.",
+        f64::from(u8::from(read.is_ok())),
+    );
+    match read {
+        Ok(reply) => {
+            let revision = reply.header().map_or(0, |header| header.revision());
+            gauges.set(
+                "shoal_store_revision",
+                "Current revision of the store.",
+                revision as f64,
+            );
+            (true, format!("quorum, revision {revision}"))
+        }
+        Err(err) => (false, format!("no quorum: {err}")),
+    }
+}
+
 async fn overlay_state(
     client: &mut Client,
-    prefix: &str,
-    public_ip: Option<Ipv4Addr>,
-    subnet_file: &std::path::Path,
+    probe: &OverlayProbe,
+    gauges: &Gauges,
 ) -> (bool, String) {
-    let key = format!("{}/subnets/", prefix.trim_end_matches('/'));
-    let leases = match client.get(key, Some(GetOptions::new().with_prefix())).await {
+    let key = format!("{}/subnets/", probe.prefix.trim_end_matches('/'));
+    let leases = match client
+        .get(key.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+    {
         Ok(reply) => reply,
         Err(err) => return (false, format!("listing leases: {err}")),
     };
-    let count = leases.kvs().len();
-    let own = public_ip.map(|ip| format!("\"PublicIP\":\"{ip}\""));
-    let holds_lease = leases.kvs().iter().any(|kv| {
+    gauges.set(
+        "shoal_overlay_leases",
+        "Subnet leases in the network.",
+        leases.kvs().len() as f64,
+    );
+    let own_marker = probe.public_ip.map(|ip| format!("\"PublicIP\":\"{ip}\""));
+    let mut own = None;
+    let mut remote = Vec::new();
+    for kv in leases.kvs() {
+        let Some(subnet) = kv
+            .key_str()
+            .ok()
+            .and_then(|k| k.strip_prefix(key.as_str()))
+            .and_then(parse_lease_subnet)
+        else {
+            continue;
+        };
         let value = kv.value_str().unwrap_or_default().replace(' ', "");
-        own.as_ref()
-            .is_none_or(|needle| value.contains(needle.as_str()))
-    });
-    if !holds_lease {
-        return (false, format!("no lease of this node among {count}"));
+        match &own_marker {
+            Some(marker) if value.contains(marker.as_str()) => own = Some(subnet),
+            _ => remote.push(subnet),
+        }
     }
-    if !subnet_file.exists() {
-        return (false, format!("{} not written yet", subnet_file.display()));
+    let Some(own) = own else {
+        return (
+            false,
+            format!("no lease of this node among {}", leases.kvs().len()),
+        );
+    };
+    if !probe.subnet_file.exists() {
+        return (
+            false,
+            format!("{} not written yet", probe.subnet_file.display()),
+        );
     }
-    (true, format!("{count} lease(s) in the network"))
+    let routed = match kernel_route_destinations() {
+        Ok(routed) => routed,
+        Err(err) => return (false, format!("reading /proc/net/route: {err}")),
+    };
+    let missing: Vec<String> = remote
+        .iter()
+        .filter(|s| !routed.contains(s))
+        .map(ToString::to_string)
+        .collect();
+    gauges.set(
+        "shoal_overlay_routes_missing",
+        "Leases of other nodes without an overlay route here.",
+        missing.len() as f64,
+    );
+    if !missing.is_empty() {
+        return (
+            false,
+            format!("lease {own}; no route yet to {}", missing.join(", ")),
+        );
+    }
+    (
+        true,
+        format!("lease {own}; routes to all {} other lease(s)", remote.len()),
+    )
 }
 
-async fn fleet_state(client: &mut Client, prefix: &str, machine_id: &str) -> (bool, String) {
-    let key = format!("{}machines/{machine_id}/object", with_slash(prefix));
+/// Destinations of this network namespace's IPv4 routes, whichever backend installed them.
+fn kernel_route_destinations() -> std::io::Result<Vec<Ipv4Network>> {
+    let table = std::fs::read_to_string("/proc/net/route")?;
+    Ok(parse_route_table(&table))
+}
+
+/// `/proc/net/route`: destination and mask are hex in host (little-endian) byte order.
+fn parse_route_table(table: &str) -> Vec<Ipv4Network> {
+    let hex = |field: &str| {
+        u32::from_str_radix(field, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.swap_bytes()))
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let destination = hex(fields.get(1)?)?;
+            let mask = hex(fields.get(7)?)?;
+            Ipv4Network::with_netmask(destination, mask).ok()
+        })
+        .collect()
+}
+
+/// `10.244.41.0-24` (flannel's lease key) as a network.
+fn parse_lease_subnet(name: &str) -> Option<Ipv4Network> {
+    let (ip, len) = name.split_once('-')?;
+    Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()
+}
+
+async fn fleet_state(client: &mut Client, probe: &FleetProbe, gauges: &Gauges) -> (bool, String) {
+    let prefix = with_slash(&probe.prefix);
+    let keys_only = || Some(GetOptions::new().with_prefix().with_keys_only());
+    if let Ok(jobs) = client.get(format!("{prefix}job/"), keys_only()).await {
+        let units = jobs
+            .kvs()
+            .iter()
+            .filter(|kv| kv.key().ends_with(b"/object"))
+            .count();
+        gauges.set(
+            "shoal_fleet_units",
+            "Units submitted to the cluster.",
+            units as f64,
+        );
+    }
+    if let Ok(machines) = client.get(format!("{prefix}machines/"), keys_only()).await {
+        gauges.set(
+            "shoal_fleet_machines",
+            "Machines registered with fleet.",
+            machines.kvs().len() as f64,
+        );
+    }
+    let key = format!("{prefix}machines/{}/object", probe.machine_id);
     match client.get(key, None).await {
-        Ok(reply) if reply.kvs().is_empty() => {
-            (false, format!("machine {machine_id} not registered"))
-        }
-        Ok(_) => (true, format!("machine {machine_id} registered")),
-        Err(err) => (false, format!("reading machine {machine_id}: {err}")),
+        Ok(reply) if reply.kvs().is_empty() => (
+            false,
+            format!("machine {} not registered", probe.machine_id),
+        ),
+        Ok(_) => (true, format!("machine {} registered", probe.machine_id)),
+        Err(err) => (
+            false,
+            format!("reading machine {}: {err}", probe.machine_id),
+        ),
     }
 }
 
@@ -110,5 +273,34 @@ fn with_slash(prefix: &str) -> String {
         prefix.to_string()
     } else {
         format!("{prefix}/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_route_table_parses() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t00F4000A\t00F4000A\t0007\t0\t0\t0\t00FFFFFF\t1450\t0\t0\n\
+                     eth0\t0000630A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            parse_route_table(table),
+            [
+                "10.244.0.0/24".parse().expect("net"),
+                "10.99.0.0/24".parse().expect("net")
+            ]
+        );
+    }
+
+    #[test]
+    fn lease_keys_name_their_subnet() {
+        assert_eq!(
+            parse_lease_subnet("10.244.41.0-24"),
+            "10.244.41.0/24".parse().ok()
+        );
+        assert_eq!(parse_lease_subnet("10.244.41.0"), None);
+        assert_eq!(parse_lease_subnet("x-24"), None);
     }
 }
