@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn the_kernel_route_table_parses() {
         let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                     eth0\t00F4000A\t00F4000A\t0007\t0\t0\t0\t00FFFFFF\t1450\t0\t0\n\
+                     eth0\t0000F40A\t0000F40A\t0007\t0\t0\t0\t00FFFFFF\t1450\t0\t0\n\
                      eth0\t0000630A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         assert_eq!(
             parse_route_table(table),
