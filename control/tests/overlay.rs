@@ -32,7 +32,9 @@ impl Setup {
             .build()
             .expect("cluster");
         let etcd = Etcd::in_namespace(kind, cluster.node(0).ns(), cluster.node(0).underlay_ip());
-        etcd.put(&format!("{PREFIX}/config"), config);
+        if !config.is_empty() {
+            etcd.put(&format!("{PREFIX}/config"), config);
+        }
         Self {
             cluster,
             etcd,
@@ -247,7 +249,11 @@ fn restart_keeps_subnet_and_open_tcp_connection(kind: StoreKind) {
         .args(["--", "python3", "-c", ECHO_CLIENT, &server.ip.to_string()])
         .stdout(std::fs::File::create(&client_log).expect("client log"));
     let mut client = common::Process::spawn("tcp client", &mut client_cmd);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for("the TCP connection", Duration::from_secs(20), || {
+        let log = std::fs::read_to_string(&client_log).ok()?;
+        log.contains("connected").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
     first.process.stop();
     let restarted = setup.flannel(0, &[]);
     assert_eq!(
@@ -427,7 +433,15 @@ while True:
 
 const ECHO_CLIENT: &str = r#"
 import socket, sys, time
-sock = socket.create_connection((sys.argv[1], 7777), timeout=5)
+for attempt in range(100):
+    try:
+        sock = socket.create_connection((sys.argv[1], 7777), timeout=2)
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("could not connect")
+print("connected", flush=True)
 sock.settimeout(2)
 count = 0
 end = time.time() + 8
@@ -464,3 +478,139 @@ per_store!(
     restart_keeps_subnet_and_open_tcp_connection,
     docker_style_bridge_from_subnet_env,
 );
+
+#[test]
+fn ip_masq_and_healthz() {
+    let setup = Setup::new(StoreKind::Etcd, 3, HOST_GW);
+    let masq = setup.flannel(0, &["--ip-masq", "--healthz-port", "8471"]);
+    // Node 1 runs no overlay: it has no route back to overlay addresses.
+    let plain = setup.flannel(2, &[]);
+    masq.wait_subnet();
+    plain.wait_subnet();
+    let env = std::fs::read_to_string(&masq.subnet_file).expect("subnet.env");
+    assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    let rules = setup
+        .cluster
+        .node(0)
+        .exec("nft", &["list", "table", "ip", "shoal-flannel"])
+        .expect("nft list");
+    assert!(rules.contains("masquerade"), "{rules}");
+    let health = setup
+        .cluster
+        .node(0)
+        .exec("python3", &["-c", HEALTH_CHECK])
+        .expect("health check");
+    assert_eq!(health.trim(), "200 ok");
+    // Overlay -> outside is masqueraded: node 1 answers although it cannot route to overlay.
+    assert!(
+        setup.ping_from_container(0, &masq, setup.cluster.node(1).underlay_ip()),
+        "overlay traffic to the outside was not masqueraded"
+    );
+    // Overlay -> overlay keeps the container's own source address.
+    let server = setup.container(2, &plain, &["python3", "-c", PEER_ADDRESS_SERVER]);
+    assert!(
+        run_once(
+            setup.cluster.node(0),
+            &masq.subnet_file,
+            &setup.ipam(),
+            &["python3", "-c", PEER_ADDRESS_CLIENT, &server.ip.to_string()],
+        ),
+        "overlay-internal traffic was masqueraded"
+    );
+}
+
+const HEALTH_CHECK: &str = r#"
+import urllib.request
+with urllib.request.urlopen("http://127.0.0.1:8471/healthz", timeout=5) as response:
+    print(response.status, response.read().decode().strip())
+"#;
+
+const PEER_ADDRESS_SERVER: &str = r#"
+import socket
+server = socket.socket()
+server.bind(("0.0.0.0", 7778))
+server.listen(1)
+conn, (peer, _) = server.accept()
+conn.sendall(peer.encode())
+conn.close()
+"#;
+
+const PEER_ADDRESS_CLIENT: &str = r#"
+import os, socket, sys, time
+for attempt in range(50):
+    try:
+        sock = socket.create_connection((sys.argv[1], 7778), timeout=2)
+        break
+    except OSError:
+        time.sleep(0.1)
+seen = sock.recv(64).decode()
+mine = os.environ["SHOAL_IP"]
+sys.exit(0 if seen == mine else "server saw %s, container is %s" % (seen, mine))
+"#;
+
+#[test]
+fn missing_config_is_awaited_and_invalid_config_explained() {
+    let setup = Setup::new(StoreKind::Etcd, 1, "");
+    let mut waiting = setup.flannel(0, &[]);
+    let log = setup.dir.path().join("n0.log");
+    wait_for("the wait to be logged", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("waiting for the network config")
+            .then_some(())
+    });
+    assert!(
+        matches!(waiting.process.child.try_wait(), Ok(None)),
+        "flannel exited while waiting for its config"
+    );
+    setup.etcd.put(&format!("{PREFIX}/config"), HOST_GW);
+    waiting.wait_subnet();
+    waiting.process.stop();
+
+    setup.etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network": "10.5.0.0/16", "SubnetLen": 31}"#,
+    );
+    let mut invalid = setup.flannel(0, &[]);
+    let status = wait_for(
+        "flannel to reject the config",
+        Duration::from_secs(10),
+        || invalid.process.child.try_wait().ok().flatten(),
+    );
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("SubnetLen /31 is too long: it must be at most /30"),
+        "{text}"
+    );
+}
+
+#[test]
+fn vxlan_direct_routing_routes_same_segment_peers_directly() {
+    for dataplane in ["ebpf", "kernel"] {
+        let setup = Setup::new(
+            StoreKind::Etcd,
+            2,
+            r#"{"Network": "10.8.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}"#,
+        );
+        let flannels: Vec<Flannel> = (0..2)
+            .map(|index| setup.flannel(index, &["--dataplane", dataplane]))
+            .collect();
+        let peer_subnet = subnet_of(&flannels[1]);
+        subnet_of(&flannels[0]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let route = loop {
+            let route = route_to(setup.cluster.node(0), &peer_subnet);
+            if route.contains("via 10.99.0.2") {
+                break route;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{dataplane}: no direct route to {peer_subnet}: {route:?}\n{}",
+                log_tail(&setup.dir.path().join("n0.log"))
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!route.contains("onlink"), "{dataplane}: {route}");
+        assert_full_mesh(&setup, &flannels);
+    }
+}

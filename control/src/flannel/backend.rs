@@ -88,10 +88,11 @@ pub fn for_config(
     netlink: Netlink,
     underlay: Underlay,
 ) -> BackendResult<Box<dyn Backend>> {
-    let ebpf = |encapsulation, vni, port| EbpfSettings {
+    let ebpf = |encapsulation, vni, port, direct_routing| EbpfSettings {
         encapsulation,
         vni,
         port,
+        direct_routing,
         pin_root: options.pin_root.clone(),
         source_from_bridge: options.source_from_bridge,
     };
@@ -103,12 +104,17 @@ pub fn for_config(
         (BackendConfig::Vxlan(vxlan), DataplaneKind::Ebpf) => Ok(Box::new(EbpfOverlay::new(
             netlink,
             underlay,
-            ebpf(shoal_dataplane::Backend::Vxlan, vxlan.vni, vxlan.port),
+            ebpf(
+                shoal_dataplane::Backend::Vxlan,
+                vxlan.vni,
+                vxlan.port,
+                vxlan.direct_routing,
+            ),
         ))),
         (BackendConfig::Udp { port }, DataplaneKind::Ebpf) => Ok(Box::new(EbpfOverlay::new(
             netlink,
             underlay,
-            ebpf(shoal_dataplane::Backend::Udp, 0, *port),
+            ebpf(shoal_dataplane::Backend::Udp, 0, *port, false),
         ))),
         (BackendConfig::Udp { .. }, DataplaneKind::Kernel) => Err(BackendError::Unsupported("udp")),
     }

@@ -32,7 +32,7 @@ pub const DEFAULT_BRIDGE: &str = "shoal0";
 #[serde(default, deny_unknown_fields)]
 pub struct OverlayConfig {
     pub store: StoreOptions,
-    #[serde(flatten)]
+    /// Underlay interface selection (`iface`, `iface_regex`, `public_ip`).
     pub interface: IfaceSelection,
     pub subnet_file: PathBuf,
     pub ip_masq: bool,
@@ -250,4 +250,29 @@ async fn configure_node(
 fn enable_forwarding() -> Result<()> {
     let path = "/proc/sys/net/ipv4/ip_forward";
     std::fs::write(path, "1").with_context(|| format!("enabling forwarding ({path})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_deserializes_with_defaults() {
+        let config: OverlayConfig = serde_json::from_str(
+            r#"{"store": {"endpoints": ["http://10.0.0.1:2379"]},
+                "interface": {"iface": ["eth1"]}, "ip_masq": true, "bridge": null,
+                "dataplane": "kernel"}"#,
+        )
+        .expect("valid config");
+        assert_eq!(config.store.endpoints, ["http://10.0.0.1:2379"]);
+        assert_eq!(config.store.prefix, "/coreos.com/network");
+        assert_eq!(config.interface.iface, ["eth1"]);
+        assert!(config.ip_masq);
+        assert_eq!(config.bridge, None);
+        assert_eq!(config.dataplane, DataplaneKind::Kernel);
+        assert_eq!(config.renew_margin(), Duration::from_secs(3600));
+        assert_eq!(config.lease_ttl(), LEASE_TTL);
+        let unknown = serde_json::from_str::<OverlayConfig>(r#"{"ipmasq": true}"#);
+        assert!(unknown.is_err());
+    }
 }

@@ -7,10 +7,10 @@ use std::{collections::HashSet, path::PathBuf};
 use ipnetwork::Ipv4Network;
 use shoal_dataplane::{Backend as Encapsulation, Config, Dataplane, MacAddr, RouteTarget};
 
-use super::{Backend, BackendError, BackendResult, Underlay};
+use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
 use crate::flannel::{
     lease::{Lease, VxlanBackendData, format_mac},
-    netlink::Netlink,
+    netlink::{Netlink, OverlayRoute},
     subnet_env::gateway_of,
 };
 
@@ -24,6 +24,8 @@ pub struct EbpfSettings {
     pub pin_root: PathBuf,
     /// Use the workload bridge's address as the source of locally originated overlay traffic.
     pub source_from_bridge: bool,
+    /// vxlan's DirectRouting: plain routes to peers on the same L2 segment.
+    pub direct_routing: bool,
 }
 
 pub struct EbpfOverlay {
@@ -70,6 +72,23 @@ impl EbpfOverlay {
             .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta))
             .unwrap_or(0);
         format!("{}-ns{namespace}", self.underlay.name)
+    }
+
+    /// Removes a subnet's dataplane route if it has one (the dataplane treats removing an
+    /// absent map entry as an error).
+    fn remove_dataplane_route(&mut self, subnet: Ipv4Network) -> BackendResult<()> {
+        let dataplane = self.dataplane()?;
+        tokio::task::block_in_place(|| {
+            let present = dataplane
+                .routes()?
+                .iter()
+                .any(|(routed, _)| *routed == subnet);
+            if present {
+                dataplane.remove_route(subnet)?;
+            }
+            Ok(())
+        })
+        .map_err(dataplane_error)
     }
 
     fn target(&self, lease: &Lease) -> BackendResult<RouteTarget> {
@@ -152,14 +171,27 @@ impl Backend for EbpfOverlay {
     }
 
     async fn add_peer(&mut self, lease: &Lease) -> BackendResult<()> {
-        let target = self.target(lease)?;
         let subnet = lease.subnet;
+        let public_ip = lease.attrs.public_ip;
+        let on_link = self.netlink.is_on_link(public_ip).await?;
+        if self.settings.direct_routing && on_link {
+            // DirectRouting: a peer on this L2 segment is routed without encapsulation.
+            self.remove_dataplane_route(subnet)?;
+            let route = OverlayRoute {
+                destination: subnet,
+                gateway: public_ip,
+                device: None,
+            };
+            self.netlink.replace_route(&route).await?;
+            self.peers.insert(subnet);
+            return Ok(());
+        }
+        let target = self.target(lease)?;
         let dataplane = self.dataplane()?;
         tokio::task::block_in_place(|| dataplane.set_route(subnet, target))
             .map_err(dataplane_error)?;
         self.peers.insert(subnet);
-        let public_ip = lease.attrs.public_ip;
-        if self.netlink.is_on_link(public_ip).await? {
+        if on_link {
             self.netlink
                 .ensure_managed_neighbour(self.underlay.index, public_ip)
                 .await?;
@@ -169,8 +201,9 @@ impl Backend for EbpfOverlay {
 
     async fn remove_peer(&mut self, lease: &Lease) -> BackendResult<()> {
         let subnet = lease.subnet;
-        let dataplane = self.dataplane()?;
-        tokio::task::block_in_place(|| dataplane.remove_route(subnet)).map_err(dataplane_error)?;
+        self.remove_dataplane_route(subnet)?;
+        // A DirectRouting route, if this peer had one.
+        self.netlink.delete_route(subnet).await?;
         self.peers.remove(&subnet);
         Ok(())
     }
@@ -188,6 +221,6 @@ impl Backend for EbpfOverlay {
             tokio::task::block_in_place(|| dataplane.remove_route(subnet))
                 .map_err(dataplane_error)?;
         }
-        Ok(())
+        prune_routes(&self.netlink, keep).await
     }
 }
