@@ -797,3 +797,65 @@ pub fn find_node(name: &str) -> Result<Option<(String, Ipv4Addr)>> {
             Some((state.namespace.clone(), *address))
         }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_come_first_and_nodes_get_default_racks() {
+        let spec = ClusterSpec {
+            nodes: 4,
+            masters: 3,
+            metadata: vec![config::parse_metadata("compute=web").expect("valid")],
+            ..ClusterSpec::default()
+        };
+        let nodes = layouts(&spec, 2).expect("layouts");
+        let roles: Vec<Role> = nodes.iter().map(|n| n.role).collect();
+        assert_eq!(
+            roles,
+            [Role::Master, Role::Master, Role::Master, Role::Worker]
+        );
+        assert_eq!(nodes[0].metadata["compute"], "web");
+        assert_eq!(nodes[3].metadata["rack"], "rack4");
+        assert_eq!(nodes[3].address, Ipv4Addr::new(10, 97, 2, 14));
+        assert_eq!(nodes[1].name, "n2");
+    }
+
+    #[test]
+    fn impossible_layouts_are_refused() {
+        let no_masters = ClusterSpec {
+            masters: 0,
+            ..ClusterSpec::default()
+        };
+        assert!(validate(&no_masters).is_err());
+        let too_many_masters = ClusterSpec {
+            nodes: 2,
+            masters: 3,
+            ..ClusterSpec::default()
+        };
+        assert!(validate(&too_many_masters).is_err());
+    }
+
+    #[test]
+    fn macs_are_local_and_distinct_per_cluster_and_node() {
+        assert_eq!(mac_address(1, 2), "52:54:00:97:01:02");
+        assert_ne!(mac_address(1, 2), mac_address(2, 1));
+    }
+
+    #[test]
+    fn store_endpoints_name_only_masters() {
+        let spec = ClusterSpec {
+            nodes: 3,
+            masters: 1,
+            ..ClusterSpec::default()
+        };
+        let nodes = layouts(&spec, 0).expect("layouts");
+        let masters: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.role == Role::Master)
+            .map(NodeLayout::client_url)
+            .collect();
+        assert_eq!(masters, ["http://10.97.0.11:2379"]);
+    }
+}
