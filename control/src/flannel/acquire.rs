@@ -9,6 +9,7 @@ use super::{
     config::NetworkConfig,
     lease::{LeaseAttrs, pick_free_subnet},
     registry::{Registry, RegistryError},
+    sync::Snapshot,
 };
 
 /// flannel's lease lifetime.
@@ -36,6 +37,8 @@ pub struct OwnLease {
     /// 0 for a reservation (no expiry, nothing to renew).
     pub etcd_lease: i64,
     pub ttl: Duration,
+    /// The leases listed to take this one: the lease sync can start from them.
+    pub snapshot: Snapshot,
 }
 
 /// Acquires a lease for `attrs.public_ip`.
@@ -61,7 +64,7 @@ async fn try_acquire(
     previous: Option<Ipv4Network>,
     ttl: Duration,
 ) -> Result<Option<OwnLease>, AcquireError> {
-    let (leases, _) = registry.list().await?;
+    let (leases, revision) = registry.list().await?;
     if let Some(mine) = leases
         .iter()
         .find(|lease| lease.attrs.public_ip == attrs.public_ip)
@@ -75,6 +78,10 @@ async fn try_acquire(
                 attrs: attrs.clone(),
                 etcd_lease,
                 ttl,
+                snapshot: Snapshot {
+                    leases: leases.clone(),
+                    revision,
+                },
             }));
         }
         tracing::info!(subnet = %mine.subnet, "this node's lease does not fit the network config; deleting it");
@@ -101,6 +108,7 @@ async fn try_acquire(
                 attrs: attrs.clone(),
                 etcd_lease,
                 ttl,
+                snapshot: Snapshot { leases, revision },
             }))
         }
         None => {

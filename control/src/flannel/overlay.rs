@@ -143,10 +143,11 @@ impl Overlay {
             tokio::spawn(healthz::serve(listener));
         }
         let renewal = acquire::keep_renewed(registry.clone(), own.clone(), config.renew_margin());
+        let snapshot = own.snapshot.clone();
         let mut sync = LeaseSync::new(registry, own.subnet);
         let ended = tokio::select! {
             lost = renewal => anyhow::Error::new(lost),
-            end = sync.run(&mut backend) => anyhow::Error::new(end),
+            end = sync.run_from(Some(snapshot), &mut backend) => anyhow::Error::new(end),
         };
         Err(ended.context("overlay stopped"))
     }

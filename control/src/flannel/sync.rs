@@ -35,6 +35,13 @@ impl PeerSink for Box<dyn Backend> {
     }
 }
 
+/// Every lease at one store revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub leases: Vec<Lease>,
+    pub revision: i64,
+}
+
 /// Why the watch loop stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -68,9 +75,23 @@ impl LeaseSync {
 
     /// Runs until this node's own lease disappears (or forever; cancel by dropping).
     pub async fn run(&mut self, sink: &mut dyn PeerSink) -> SyncError {
+        self.run_from(None, sink).await
+    }
+
+    /// Like [`LeaseSync::run`], starting from a list already taken (the one the lease was
+    /// acquired from) instead of listing again.
+    pub async fn run_from(
+        &mut self,
+        mut snapshot: Option<Snapshot>,
+        sink: &mut dyn PeerSink,
+    ) -> SyncError {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.resync(sink).await {
+            let listed = match snapshot.take() {
+                Some(snapshot) => Ok(self.apply_snapshot(snapshot, sink).await),
+                None => self.resync(sink).await,
+            };
+            match listed {
                 Ok(revision) => {
                     backoff = Duration::from_millis(100);
                     match self.follow(revision + 1, sink).await {
@@ -90,6 +111,13 @@ impl LeaseSync {
     /// ones that vanished. Returns the revision of the list.
     pub async fn resync(&mut self, sink: &mut dyn PeerSink) -> Result<i64, RegistryError> {
         let (leases, revision) = self.registry.list().await?;
+        Ok(self
+            .apply_snapshot(Snapshot { leases, revision }, sink)
+            .await)
+    }
+
+    async fn apply_snapshot(&mut self, snapshot: Snapshot, sink: &mut dyn PeerSink) -> i64 {
+        let Snapshot { leases, revision } = snapshot;
         let current: HashMap<Ipv4Network, Lease> = leases
             .into_iter()
             .filter(|lease| lease.subnet != self.own)
@@ -112,7 +140,7 @@ impl LeaseSync {
             tracing::warn!("pruning state of vanished leases: {err}");
         }
         tracing::debug!(revision, peers = keep.len(), "leases resynced");
-        Ok(revision)
+        revision
     }
 
     /// Applies watch events from `start_revision` on. `Ok(None)` when the watch ends or is
