@@ -4,6 +4,7 @@
 use clap::{Parser, ValueEnum};
 
 mod fleet;
+mod leases;
 
 #[derive(Parser)]
 struct Cli {
@@ -26,6 +27,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.suite {
         Suite::Fleet => fleet::run(),
+        Suite::Leases => leases::run(),
         other => anyhow::bail!("benchmark suite {other:?} is not implemented yet"),
     }
 }
