@@ -7,7 +7,7 @@ use futures::Stream;
 use openraft::ChangeMembers;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::EtcdError;
@@ -56,7 +56,7 @@ pub async fn serve_clients(member: Arc<Member>, listener: TcpListener) {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
         )
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(crate::member::incoming(listener))
         .await;
     if let Err(e) = served {
         tracing::error!("client server stopped: {e}");

@@ -195,7 +195,7 @@ impl Member {
             id,
             Arc::new(raft_config(&config)?),
             Network { pool: pool.clone() },
-            LogStore::new(db),
+            LogStore::new(db)?,
             state_machine,
         )
         .await
@@ -640,6 +640,21 @@ fn raft_config(config: &Config) -> Result<openraft::Config, StoreError> {
     .map_err(|e| StoreError::Config(format!("raft settings: {e}")))
 }
 
+/// Accepted connections with Nagle's algorithm off (tonic only sets TCP_NODELAY on listeners
+/// it binds itself); small gRPC frames would otherwise wait for delayed ACKs.
+pub fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("setting TCP_NODELAY: {e}");
+            }
+        })
+    })
+}
+
 async fn serve_peers(member: Arc<Member>, listener: TcpListener) {
     let service = PeerServer::from_arc(Arc::new(PeerService { handler: member }))
         .max_decoding_message_size(crate::peer::MAX_PEER_MESSAGE)
@@ -647,7 +662,7 @@ async fn serve_peers(member: Arc<Member>, listener: TcpListener) {
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(service)
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(crate::member::incoming(listener))
         .await;
     if let Err(e) = served {
         tracing::error!("peer server stopped: {e}");

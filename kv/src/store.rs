@@ -16,7 +16,7 @@ use openraft::{
     EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
     Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -184,8 +184,19 @@ fn read_meta<T: for<'de> Deserialize<'de>>(
 }
 
 fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), StoreError> {
+    write_meta_with(db, key, value, Durability::Immediate)
+}
+
+fn write_meta_with<T: Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+    durability: Durability,
+) -> Result<(), StoreError> {
     let bytes = encode(value)?;
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)
+        .map_err(|e| StoreError::Engine(e.to_string()))?;
     txn.open_table(META)?.insert(key, bytes.as_slice())?;
     txn.commit()?;
     Ok(())
@@ -195,71 +206,112 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// One change to the on-disk log, queued for the log writer thread.
+enum LogWrite {
+    Append(Vec<Entry>, LogFlushed<TypeConfig>),
+    /// Remove entries from this index on.
+    Truncate(u64),
+    /// Remove entries up to and including this log id.
+    Purge(LogId),
+}
+
 /// The Raft log, vote and commit index.
-#[derive(Debug, Clone)]
+///
+/// Appends return at once: a writer thread group-commits whatever is queued in one redb
+/// transaction (one fsync) and then tells openraft the entries are durable. Readers are served
+/// from an in-memory copy of the unpurged log, which already holds entries still being written.
+#[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    entries: Arc<RwLock<BTreeMap<u64, Entry>>>,
+    last_purged: Arc<RwLock<Option<LogId>>>,
+    writer: std::sync::mpsc::Sender<LogWrite>,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
-    }
-
-    fn read_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(LOG)?;
-        let mut entries = Vec::new();
-        for row in table.range(range)? {
-            let (index, bytes) = row?;
-            entries.push(decode(
-                bytes.value(),
-                &format!("raft log entry {}", index.value()),
-            )?);
-        }
-        Ok(entries)
-    }
-
-    fn write_entries(db: &Database, entries: Vec<Entry>) -> Result<(), StoreError> {
-        let txn = db.begin_write()?;
+    pub fn new(db: Arc<Database>) -> Result<Self, StoreError> {
+        let mut entries = BTreeMap::new();
         {
-            let mut table = txn.open_table(LOG)?;
-            for entry in &entries {
-                table.insert(entry.log_id.index, encode(entry)?.as_slice())?;
+            let txn = db.begin_read()?;
+            let table = txn.open_table(LOG)?;
+            for row in table.iter()? {
+                let (index, bytes) = row?;
+                let entry: Entry =
+                    decode(bytes.value(), &format!("raft log entry {}", index.value()))?;
+                entries.insert(index.value(), entry);
             }
         }
-        txn.commit()?;
-        Ok(())
+        let last_purged: Option<LogId> = read_meta(&db, LAST_PURGED)?;
+        let (writer, queue) = std::sync::mpsc::channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("kv-log-writer".to_string())
+            .spawn(move || run_log_writer(&writer_db, &queue))?;
+        Ok(LogStore {
+            db,
+            entries: Arc::new(RwLock::new(entries)),
+            last_purged: Arc::new(RwLock::new(last_purged)),
+            writer,
+        })
     }
 
-    fn remove_from(&self, first: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(LOG)?.retain(|index, _| index < first)?;
-        txn.commit()?;
-        Ok(())
+    fn cached(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Entry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn purge_upto(&self, log_id: LogId) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(META)?
-            .insert(LAST_PURGED, encode(&log_id)?.as_slice())?;
-        txn.open_table(LOG)?
-            .retain(|index, _| index > log_id.index)?;
-        txn.commit()?;
-        Ok(())
+    fn queue(&self, write: LogWrite) -> Result<(), StorageError> {
+        self.writer.send(write).map_err(|_| {
+            StorageIOError::write_logs(&io::Error::other("the log writer thread stopped")).into()
+        })
     }
+}
 
-    fn last_entry(&self) -> Result<Option<Entry>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(LOG)?;
-        let Some((index, bytes)) = table.last()? else {
-            return Ok(None);
-        };
-        Ok(Some(decode(
-            bytes.value(),
-            &format!("raft log entry {}", index.value()),
-        )?))
+/// Group commit: every queued change in one transaction, then the append callbacks.
+fn run_log_writer(db: &Database, queue: &std::sync::mpsc::Receiver<LogWrite>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match queue.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let result = write_log_batch(db, &batch);
+        if let Err(e) = &result {
+            tracing::error!("writing the raft log: {e}");
+        }
+        for write in batch {
+            if let LogWrite::Append(_, callback) = write {
+                callback.log_io_completed(result.as_ref().map(|_| ()).map_err(io_err));
+            }
+        }
     }
+}
+
+fn write_log_batch(db: &Database, batch: &[LogWrite]) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(META)?;
+        for write in batch {
+            match write {
+                LogWrite::Append(entries, _) => {
+                    for entry in entries {
+                        log.insert(entry.log_id.index, encode(entry)?.as_slice())?;
+                    }
+                }
+                LogWrite::Truncate(first) => {
+                    log.retain(|index, _| index < *first)?;
+                }
+                LogWrite::Purge(log_id) => {
+                    meta.insert(LAST_PURGED, encode(log_id)?.as_slice())?;
+                    log.retain(|index, _| index > log_id.index)?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -267,8 +319,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.read_range(range)
-            .map_err(|e| StorageIOError::read_logs(&io_err(e)).into())
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        Ok(entries.range(range).map(|(_, e)| e.clone()).collect())
     }
 }
 
@@ -276,15 +328,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let read = || -> Result<_, StoreError> {
-            let last_purged: Option<LogId> = read_meta(&self.db, LAST_PURGED)?;
-            let last = self.last_entry()?.map(|e| e.log_id).or(last_purged);
-            Ok(LogState {
-                last_purged_log_id: last_purged,
-                last_log_id: last,
-            })
-        };
-        read().map_err(|e| StorageIOError::read_logs(&io_err(e)).into())
+        let last_purged = *self.last_purged.read().unwrap_or_else(|p| p.into_inner());
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let last = entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -300,7 +354,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        write_meta(&self.db, COMMITTED, &committed)
+        // Only an optimization for restarts (the log is the truth), so no fsync of its own: the
+        // next log append makes it durable.
+        write_meta_with(&self.db, COMMITTED, &committed, Durability::None)
             .map_err(|e| StorageIOError::write(&io_err(e)).into())
     }
 
@@ -320,30 +376,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let db = self.db.clone();
-        let result = tokio::task::spawn_blocking(move || LogStore::write_entries(&db, entries))
-            .await
-            .map_err(io_err)
-            .and_then(|r| r.map_err(io_err));
-        let failed = result
-            .as_ref()
-            .err()
-            .map(|e| io::Error::other(e.to_string()));
-        callback.log_io_completed(result);
-        match failed {
-            Some(e) => Err(StorageIOError::write_logs(&e).into()),
-            None => Ok(()),
+        {
+            let mut cached = self.cached();
+            for entry in &entries {
+                cached.insert(entry.log_id.index, entry.clone());
+            }
         }
+        self.queue(LogWrite::Append(entries, callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_from(log_id.index)
-            .map_err(|e| StorageIOError::write_logs(&io_err(e)).into())
+        self.cached().split_off(&log_id.index);
+        self.queue(LogWrite::Truncate(log_id.index))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.purge_upto(log_id)
-            .map_err(|e| StorageIOError::write_logs(&io_err(e)).into())
+        {
+            let mut cached = self.cached();
+            let kept = cached.split_off(&(log_id.index + 1));
+            *cached = kept;
+        }
+        *self.last_purged.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
+        self.queue(LogWrite::Purge(log_id))
     }
 }
 

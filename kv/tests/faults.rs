@@ -242,6 +242,14 @@ async fn damaged_data_file_is_a_clear_error() {
     let canary = "CANARY-VALUE-0123456789-CANARY";
     let mut client = cluster.client(0).await;
     client.put("canary", canary, None).await.expect("put");
+    // Later commits too, so the damaged record is not only in the newest commit (redb treats
+    // damage confined to the newest commit as a torn write and falls back to the previous one).
+    for n in 0..3 {
+        client
+            .put(format!("after/{n}"), "v", None)
+            .await
+            .expect("put");
+    }
     cluster.kill(0);
     let path = common::data_file(&cluster.specs[0].data_dir);
     let mut bytes = std::fs::read(&path).expect("data file");
@@ -443,4 +451,80 @@ async fn cluster_member_id(client: &mut Client, name: &str) -> u64 {
         .find(|m| m.name() == name)
         .map(|m| m.id())
         .expect("member by name")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_deletes_keys_and_notifies_watchers() {
+    let cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let mut client = cluster.client(1).await;
+    let lease = client.lease_grant(2, None).await.expect("grant").id();
+    client
+        .put(
+            "expiring",
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("put");
+    let mut watch = client.watch("expiring", None).await.expect("watch");
+    watch.message().await.expect("created").expect("stream");
+    let granted = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("expiry within 10 s")
+        .expect("watch")
+        .expect("stream");
+    let event = &response.events()[0];
+    assert_eq!(event.event_type(), etcd_client::EventType::Delete);
+    assert!(
+        granted.elapsed() >= Duration::from_millis(1500),
+        "expired early: {:?}",
+        granted.elapsed()
+    );
+    let ttl = client
+        .lease_time_to_live(lease, None)
+        .await
+        .expect("time to live");
+    assert_eq!(ttl.ttl(), -1, "an expired lease is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_does_not_expire_leases_early() {
+    let mut cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let leader = cluster.leader().await;
+    let survivor = (leader + 1) % 3;
+    let mut client = cluster.client(survivor).await;
+    let lease = client.lease_grant(6, None).await.expect("grant").id();
+    client
+        .put(
+            "held",
+            "v",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("put");
+    let granted = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.kill(leader);
+    // The old deadline passes at 6 s; the new leader restarted the clock when it took over.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = client.get("held", None).await.expect("get");
+    assert_eq!(
+        held.kvs().len(),
+        1,
+        "expired early, {:?} after the grant",
+        granted.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = client.get("held", None).await.expect("get");
+        if held.kvs().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new leader never expired the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
