@@ -259,10 +259,17 @@ impl LogStore {
         self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn queue(&self, write: LogWrite) -> Result<(), StorageError> {
-        self.writer.send(write).map_err(|_| {
-            StorageIOError::write_logs(&io::Error::other("the log writer thread stopped")).into()
-        })
+    fn queue(&self, write: LogWrite) -> Result<(), WriterStopped> {
+        self.writer.send(write).map_err(|_| WriterStopped)
+    }
+}
+
+/// The log writer thread is gone (it only stops when the store is dropped).
+struct WriterStopped;
+
+impl From<WriterStopped> for StorageError {
+    fn from(_: WriterStopped) -> Self {
+        StorageIOError::write_logs(&io::Error::other("the log writer thread stopped")).into()
     }
 }
 
@@ -382,12 +389,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 cached.insert(entry.log_id.index, entry.clone());
             }
         }
-        self.queue(LogWrite::Append(entries, callback))
+        Ok(self.queue(LogWrite::Append(entries, callback))?)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.cached().split_off(&log_id.index);
-        self.queue(LogWrite::Truncate(log_id.index))
+        Ok(self.queue(LogWrite::Truncate(log_id.index))?)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -397,7 +404,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             *cached = kept;
         }
         *self.last_purged.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
-        self.queue(LogWrite::Purge(log_id))
+        Ok(self.queue(LogWrite::Purge(log_id))?)
     }
 }
 
