@@ -453,12 +453,17 @@ impl Dataplane {
     }
 
     /// The kernel route steering `subnet` to the underlay device. Its permanent neighbour
-    /// carries the peer's VTEP MAC, as flannel's does (the program writes the inner MACs itself).
+    /// carries the peer's VTEP MAC, as flannel's does (the program writes the inner MACs itself);
+    /// the udp backend has no VTEP MAC, so this node's stands in.
     fn kernel_route(&self, subnet: Ipv4Network, target: RouteTarget) -> KernelRoute<'_> {
+        let neighbour_mac = match target.backend {
+            Backend::Vxlan if target.vtep_mac.0 != [0; 6] => target.vtep_mac,
+            _ => self.vtep_mac,
+        };
         KernelRoute {
             interface: &self.config.interface,
             subnet,
-            neighbour_mac: target.vtep_mac,
+            neighbour_mac,
             mtu: self.overlay_mtu(target.backend),
             source: self.config.route_source,
         }
