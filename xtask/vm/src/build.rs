@@ -59,11 +59,42 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// Whether an ELF file asks for a program interpreter (i.e. is dynamically linked).
+/// Whether an ELF file asks for a program interpreter (`PT_INTERP`: dynamically linked).
 pub fn is_dynamic(binary: &Path) -> Result<bool> {
     use crate::IoContext;
     let elf = std::fs::read(binary).context(|| format!("reading {}", binary.display()))?;
-    Ok(elf
-        .windows(b"/lib64/ld-linux".len())
-        .any(|w| w == b"/lib64/ld-linux"))
+    has_interpreter(&elf)
+        .ok_or_else(|| Error::Invalid(format!("{} is not a 64-bit ELF file", binary.display())))
+}
+
+fn has_interpreter(elf: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    if elf.get(..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
+    let phoff = usize::try_from(u64::from_le_bytes(elf.get(0x20..0x28)?.try_into().ok()?)).ok()?;
+    let entry_size = usize::from(u16_at(0x36)?);
+    let entries = usize::from(u16_at(0x38)?);
+    (0..entries)
+        .map(|index| {
+            let at = phoff + index * entry_size;
+            Some(u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?))
+        })
+        .try_fold(false, |found, kind| Some(found || kind? == PT_INTERP))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_binaries_are_dynamic_and_busybox_static_is_not() {
+        let dynamic = std::fs::read("/bin/sh").expect("/bin/sh");
+        assert_eq!(has_interpreter(&dynamic), Some(true));
+        if let Ok(busybox) = std::fs::read("/bin/busybox") {
+            assert_eq!(has_interpreter(&busybox), Some(false));
+        }
+        assert_eq!(has_interpreter(b"#!/bin/sh"), None);
+    }
 }

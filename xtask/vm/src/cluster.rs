@@ -143,6 +143,12 @@ impl VmCluster {
             Some(binary) => binary.clone(),
             None => build::static_shoal()?,
         };
+        if build::is_dynamic(&binary)? {
+            return Err(Error::Invalid(format!(
+                "{} is dynamically linked; the guests need a static build (+crt-static)",
+                binary.display()
+            )));
+        }
         report(None, format!("shoal binary {}", binary.display()));
         report(None, "preparing the guest kernel and initramfs".to_string());
         let kernel = GuestKernel::prepare(&cache)?;

@@ -14,9 +14,10 @@
 //! (`guest/init.sh`); [`accel::choose`] decides KVM versus TCG by a bounded test boot;
 //! [`cluster::VmCluster::up`] builds the namespace, writes one agent YAML per node
 //! ([`config::agent_yaml`]), starts every qemu inside the namespace and follows their serial
-//! consoles; each guest runs a command server on port 7022 ([`guest::exec`]). Dropping the cluster (or `vm-cluster down` from another process, through the state
-//! file under `target/vm/clusters/`) kills every qemu and deletes the namespace, which takes
-//! the bridge and taps with it.
+//! consoles; each guest runs a command server on port 7022 ([`guest::exec`]). Dropping the
+//! cluster (or `vm-cluster down` from another process, through the state file under
+//! `target/vm/clusters/`) kills every qemu and deletes the namespace, which takes the bridge
+//! and taps with it. [`debian`] builds the full Debian image for `--image debian`.
 //!
 //! Invariants: every qemu runs inside the cluster's namespace, dies with the thread that
 //! started it (`PR_SET_PDEATHSIG`), and every wait on a guest is bounded by a timeout. The
