@@ -4,6 +4,7 @@
 use clap::{Parser, ValueEnum};
 
 mod fleet;
+mod kv;
 mod leases;
 
 #[derive(Parser)]
@@ -27,6 +28,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.suite {
         Suite::Fleet => fleet::run(),
+        Suite::Kv => kv::run(),
         Suite::Leases => leases::run(),
         other => anyhow::bail!("benchmark suite {other:?} is not implemented yet"),
     }

@@ -1,0 +1,430 @@
+//! `kv` suite: a 3-member `shoal kv` against a 3-member etcd 3.4, both fsync'ing, both on
+//! this machine, driven by one load generator (the `etcd-client` crate) in one run.
+//!
+//! Metrics: put throughput and p50/p99 latency at 1 client and at 128 concurrent clients,
+//! linearizable and serializable range throughput, and watch fan-out (events per second
+//! delivered to 1,000 watchers). Results go to `target/bench/kv.json`, a table on stdout and
+//! `target/bench/kv.png`.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
+use serde::Serialize;
+use shoal_kv::member::{Config, Member, RunningMember};
+
+const VALUE_BYTES: usize = 256;
+const SINGLE_CLIENT_PUTS: usize = 500;
+const MANY_CLIENTS: usize = 128;
+const CONNECTIONS: usize = 16;
+const MANY_CLIENT_PUTS: usize = 10_000;
+const READERS: usize = 64;
+const READS: usize = 20_000;
+const WATCHERS: usize = 1_000;
+const WATCHED_PUTS: usize = 100;
+
+#[derive(Debug, Clone, Serialize, Default)]
+struct Latency {
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+struct StoreResults {
+    put_1_client: Latency,
+    put_128_clients: Latency,
+    range_linearizable: Latency,
+    range_serializable: Latency,
+    watch_events_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    shoal: StoreResults,
+    etcd: StoreResults,
+    /// shoal / etcd for throughput; etcd / shoal for latency (above 1 means shoal is better).
+    ratios: Vec<(String, f64)>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Ports {
+    client: u16,
+    peer: u16,
+}
+
+fn ports(n: usize) -> anyhow::Result<Vec<Ports>> {
+    (0..n)
+        .map(|_| {
+            Ok(Ports {
+                client: free_port()?,
+                peer: free_port()?,
+            })
+        })
+        .collect()
+}
+
+fn initial_cluster(ports: &[Ports]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}=http://127.0.0.1:{}", p.peer))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Three etcd 3.4 processes, killed when dropped.
+struct EtcdCluster {
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_etcd(dir: &Path) -> anyhow::Result<EtcdCluster> {
+    let ports = ports(3)?;
+    let cluster = initial_cluster(&ports);
+    let mut children = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let client = format!("http://127.0.0.1:{}", p.client);
+        let peer = format!("http://127.0.0.1:{}", p.peer);
+        let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log")))?;
+        let child = Command::new("/usr/bin/etcd")
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(dir.join(format!("etcd-m{i}")))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting /usr/bin/etcd (cargo xtask setup installs it)")?;
+        children.push(child);
+    }
+    let endpoints = ports.iter().map(|p| format!("127.0.0.1:{}", p.client)).collect();
+    Ok(EtcdCluster { children, endpoints })
+}
+
+/// Three shoal kv members, each on its own 2-thread runtime (as each etcd has its own
+/// process), stopped when dropped.
+struct ShoalCluster {
+    members: Vec<(tokio::runtime::Runtime, Option<RunningMember>)>,
+    endpoints: Vec<String>,
+}
+
+impl Drop for ShoalCluster {
+    fn drop(&mut self) {
+        for (runtime, member) in self.members.drain(..) {
+            if let Some(member) = member {
+                runtime.block_on(member.shutdown());
+            }
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn start_shoal(dir: &Path) -> anyhow::Result<ShoalCluster> {
+    let ports = ports(3)?;
+    let initial: Vec<(String, Vec<String>)> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("m{i}"), vec![format!("http://127.0.0.1:{}", p.peer)]))
+        .collect();
+    let mut members = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let mut config = Config::local(&format!("m{i}"), dir.join(format!("shoal-m{i}")), p.client, p.peer);
+        config.initial_cluster = initial.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let running = runtime.block_on(Member::start(config))?;
+        members.push((runtime, Some(running)));
+    }
+    let endpoints = ports.iter().map(|p| format!("127.0.0.1:{}", p.client)).collect();
+    Ok(ShoalCluster { members, endpoints })
+}
+
+async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(10));
+    Ok(Client::connect(endpoints, Some(options)).await?)
+}
+
+async fn wait_ready(endpoints: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for endpoint in endpoints {
+        loop {
+            let ready = match connect(std::slice::from_ref(endpoint)).await {
+                Ok(mut client) => client.put("bench/ready", "1", None).await.is_ok(),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{endpoint} did not become ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Latency {
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let idx = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(idx).map(|d| d.as_secs_f64() * 1000.0).unwrap_or_default()
+    };
+    Latency {
+        ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    }
+}
+
+/// Runs `total` operations from `workers` concurrent tasks over `clients`, timing each one.
+async fn run_concurrent<F, Fut>(clients: &[Client], workers: usize, total: usize, op: F) -> anyhow::Result<Latency>
+where
+    F: Fn(Client, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let per_worker = total / workers;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..workers {
+        let client = clients[worker % clients.len()].clone();
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_worker);
+            for n in 0..per_worker {
+                let t = Instant::now();
+                op(client.clone(), worker * per_worker + n).await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(summarize(all, started.elapsed()))
+}
+
+async fn measure(name: &str, endpoints: &[String]) -> anyhow::Result<StoreResults> {
+    wait_ready(endpoints).await?;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(connect(endpoints).await?);
+    }
+    let value = vec![b'v'; VALUE_BYTES];
+    let put = {
+        let value = value.clone();
+        move |mut c: Client, n: usize| {
+            let value = value.clone();
+            async move {
+                c.put(format!("bench/key/{n}"), value, None).await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    let put_1_client = run_concurrent(&clients[..1], 1, SINGLE_CLIENT_PUTS, put.clone()).await?;
+    eprintln!("{name}: put 1 client {put_1_client:?}");
+    let put_128_clients = run_concurrent(&clients, MANY_CLIENTS, MANY_CLIENT_PUTS, put).await?;
+    eprintln!("{name}: put {MANY_CLIENTS} clients {put_128_clients:?}");
+    let get = |serializable: bool| {
+        move |mut c: Client, n: usize| async move {
+            let mut options = GetOptions::new();
+            if serializable {
+                options = options.with_serializable();
+            }
+            c.get(format!("bench/key/{}", n % 1000), Some(options)).await?;
+            anyhow::Ok(())
+        }
+    };
+    let range_linearizable = run_concurrent(&clients, READERS, READS, get(false)).await?;
+    eprintln!("{name}: range linearizable {range_linearizable:?}");
+    let range_serializable = run_concurrent(&clients, READERS, READS, get(true)).await?;
+    eprintln!("{name}: range serializable {range_serializable:?}");
+    let watch_events_per_sec = watch_fan_out(&clients).await?;
+    eprintln!("{name}: watch fan-out {watch_events_per_sec:.0} events/s");
+    Ok(StoreResults {
+        put_1_client,
+        put_128_clients,
+        range_linearizable,
+        range_serializable,
+        watch_events_per_sec,
+    })
+}
+
+/// Events per second delivered to [`WATCHERS`] watchers of one key while it is written
+/// [`WATCHED_PUTS`] times.
+async fn watch_fan_out(clients: &[Client]) -> anyhow::Result<f64> {
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(WATCHERS);
+    let mut watchers = Vec::new();
+    for w in 0..WATCHERS {
+        let mut client = clients[w % clients.len()].clone();
+        let ready = ready_tx.clone();
+        watchers.push(tokio::spawn(async move {
+            let mut stream = client.watch("bench/watched", Some(WatchOptions::new())).await?;
+            stream.message().await?;
+            ready.send(()).await?;
+            let mut seen = 0;
+            while seen < WATCHED_PUTS {
+                let Some(response) = stream.message().await? else {
+                    bail!("watch stream ended after {seen} events");
+                };
+                seen += response.events().len();
+            }
+            anyhow::Ok(Instant::now())
+        }));
+    }
+    for _ in 0..WATCHERS {
+        ready_rx.recv().await.context("a watcher failed to start")?;
+    }
+    let mut writer = clients[0].clone();
+    let started = Instant::now();
+    for n in 0..WATCHED_PUTS {
+        writer.put("bench/watched", n.to_string(), None).await?;
+    }
+    let mut last = started;
+    for watcher in watchers {
+        last = last.max(watcher.await??);
+    }
+    Ok((WATCHERS * WATCHED_PUTS) as f64 / (last - started).as_secs_f64())
+}
+
+fn ratios(shoal: &StoreResults, etcd: &StoreResults) -> Vec<(String, f64)> {
+    let r = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    vec![
+        ("put 1 client ops/s".into(), r(shoal.put_1_client.ops_per_sec, etcd.put_1_client.ops_per_sec)),
+        ("put 1 client p99 (etcd/shoal)".into(), r(etcd.put_1_client.p99_ms, shoal.put_1_client.p99_ms)),
+        ("put 128 clients ops/s".into(), r(shoal.put_128_clients.ops_per_sec, etcd.put_128_clients.ops_per_sec)),
+        ("put 128 clients p99 (etcd/shoal)".into(), r(etcd.put_128_clients.p99_ms, shoal.put_128_clients.p99_ms)),
+        ("range linearizable ops/s".into(), r(shoal.range_linearizable.ops_per_sec, etcd.range_linearizable.ops_per_sec)),
+        ("range serializable ops/s".into(), r(shoal.range_serializable.ops_per_sec, etcd.range_serializable.ops_per_sec)),
+        ("watch events/s".into(), r(shoal.watch_events_per_sec, etcd.watch_events_per_sec)),
+    ]
+}
+
+fn print_table(report: &Report) {
+    let rows = |s: &StoreResults| {
+        vec![
+            format!("{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms", s.put_1_client.ops_per_sec, s.put_1_client.p50_ms, s.put_1_client.p99_ms),
+            format!("{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms", s.put_128_clients.ops_per_sec, s.put_128_clients.p50_ms, s.put_128_clients.p99_ms),
+            format!("{:.0} ops/s, p99 {:.2} ms", s.range_linearizable.ops_per_sec, s.range_linearizable.p99_ms),
+            format!("{:.0} ops/s, p99 {:.2} ms", s.range_serializable.ops_per_sec, s.range_serializable.p99_ms),
+            format!("{:.0} events/s", s.watch_events_per_sec),
+        ]
+    };
+    let names = [
+        "put, 1 client",
+        "put, 128 clients",
+        "range, linearizable",
+        "range, serializable",
+        "watch fan-out, 1,000 watchers",
+    ];
+    let ratio_for = [0, 2, 4, 5, 6];
+    println!("| metric | shoal kv (3 members) | etcd 3.4 (3 members) | shoal / etcd |");
+    println!("| --- | --- | --- | --- |");
+    let (shoal, etcd) = (rows(&report.shoal), rows(&report.etcd));
+    for (i, name) in names.iter().enumerate() {
+        println!("| {name} | {} | {} | {:.2}x |", shoal[i], etcd[i], report.ratios[ratio_for[i]].1);
+    }
+    println!(
+        "p99 ratio (etcd / shoal, above 1 is better): 1 client {:.2}x, 128 clients {:.2}x",
+        report.ratios[1].1, report.ratios[3].1
+    );
+}
+
+const CHART: &str = r#"
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+report = json.load(open(sys.argv[1]))
+names = ["put_1_client", "put_128_clients", "range_linearizable", "range_serializable"]
+labels = ["put 1 client", "put 128 clients", "range lin.", "range ser.", "watch events/s"]
+shoal = [report["shoal"][n]["ops_per_sec"] for n in names] + [report["shoal"]["watch_events_per_sec"]]
+etcd = [report["etcd"][n]["ops_per_sec"] for n in names] + [report["etcd"]["watch_events_per_sec"]]
+fig, ax = plt.subplots(figsize=(10, 5))
+x = range(len(labels))
+ax.bar([i - 0.2 for i in x], shoal, 0.4, label="shoal kv (3 members)")
+ax.bar([i + 0.2 for i in x], etcd, 0.4, label="etcd 3.4 (3 members)")
+ax.set_xticks(list(x))
+ax.set_xticklabels(labels)
+ax.set_yscale("log")
+ax.set_ylabel("operations (events) per second, log scale")
+ax.set_title("kv: shoal kv vs etcd 3.4, fsync on, " + report["machine"])
+ax.legend()
+fig.tight_layout()
+fig.savefig(sys.argv[2])
+"#;
+
+fn write_outputs(report: &Report) -> anyhow::Result<()> {
+    let dir = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let json = dir.join("kv.json");
+    std::fs::write(&json, serde_json::to_string_pretty(report)?)?;
+    let png = dir.join("kv.png");
+    let status = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(CHART)
+        .arg(&json)
+        .arg(&png)
+        .status()
+        .context("running python3 for the chart")?;
+    if !status.success() {
+        bail!("drawing {} failed", png.display());
+    }
+    println!("wrote {} and {}", json.display(), png.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cores} cores")
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let etcd = {
+        let cluster = start_etcd(dir.path())?;
+        load.block_on(measure("etcd", &cluster.endpoints))?
+    };
+    let shoal = {
+        let cluster = start_shoal(dir.path())?;
+        load.block_on(measure("shoal", &cluster.endpoints))?
+    };
+    let report = Report {
+        machine: machine(),
+        ratios: ratios(&shoal, &etcd),
+        shoal,
+        etcd,
+    };
+    print_table(&report);
+    write_outputs(&report)
+}
