@@ -50,14 +50,20 @@ impl AgentOptions {
 pub struct Agents {
     options: AgentOptions,
     children: Vec<Option<Child>>,
+    /// A bpffs of our own for the dataplane's pins: `ip netns exec` gives each agent a mount
+    /// namespace with a fresh /sys, whose bpffs would vanish (and detach the dataplane) when
+    /// the agent exits. This one lives in our mount namespace until the agents are dropped.
+    bpffs: Option<Bpffs>,
 }
 
 impl Agents {
     /// Writes every node's config and starts its agent.
     pub fn start(cluster: &Cluster, options: AgentOptions) -> Result<Self> {
+        let bpffs = Bpffs::mount(&options.dir.join("bpffs"))?;
         let mut agents = Self {
             children: Vec::new(),
             options,
+            bpffs: Some(bpffs),
         };
         for node in cluster.nodes() {
             let child = agents.spawn(cluster, node)?;
@@ -102,13 +108,19 @@ impl Agents {
              iface: eth0\n\
              data_dir: {dir}/data\n\
              {store}\
-             network:\n  subnet_file: {dir}/subnet.env\n  \
+             network:\n  subnet_file: {dir}/subnet.env\n  bpf_pin_root: {pins}\n  \
              config: {{ Network: {OVERLAY_NETWORK}, Backend: {{ Type: vxlan }} }}\n\
              fleet:\n  agent_ttl: {ttl}s\n\
              health:\n  listen: 0.0.0.0:{HEALTH_PORT}\n",
             number = node.index() + 1,
             ip = node.underlay_ip(),
             dir = dir.display(),
+            pins = self
+                .options
+                .dir
+                .join("bpffs")
+                .join(format!("node{}", node.index() + 1))
+                .display(),
             ttl = self.options.agent_ttl.as_secs().max(1),
         )
     }
@@ -120,7 +132,11 @@ impl Agents {
         std::fs::write(&config, self.config_for(cluster, node))
             .map_err(|source| io_error(&config, source))?;
         let log_path = dir.join("agent.log");
-        let log = File::create(&log_path).map_err(|source| io_error(&log_path, source))?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| io_error(&log_path, source))?;
         node.ns().spawn(
             node.ns()
                 .command(&self.options.shoal)
@@ -175,6 +191,36 @@ impl Agents {
         Ok(start.elapsed())
     }
 
+    /// Starts node `index`'s agent again (after [`Agents::stop`] or [`Agents::kill`]), with the
+    /// same config and data.
+    pub fn restart(&mut self, cluster: &Cluster, index: usize) -> Result<()> {
+        self.kill(index);
+        let child = self.spawn(cluster, cluster.node(index))?;
+        if let Some(slot) = self.children.get_mut(index) {
+            *slot = Some(child);
+        }
+        Ok(())
+    }
+
+    /// Stops node `index`'s agent gracefully (SIGTERM) and waits up to 10 s for it to exit.
+    pub fn stop(&mut self, index: usize) -> bool {
+        let Some(mut child) = self.children.get_mut(index).and_then(Option::take) else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// Kills node `index`'s agent at once (SIGKILL), as a power-off would.
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.children.get_mut(index).and_then(Option::take) {
@@ -209,7 +255,52 @@ impl Drop for Agents {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.bpffs.take();
     }
+}
+
+/// A bpffs mounted on a directory, unmounted (lazily) on drop.
+#[derive(Debug)]
+struct Bpffs {
+    path: PathBuf,
+}
+
+impl Bpffs {
+    fn mount(path: &Path) -> Result<Self> {
+        std::fs::create_dir_all(path).map_err(|source| io_error(path, source))?;
+        let target = c_path(path)?;
+        let fstype = c"bpf";
+        // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(io_error(path, std::io::Error::last_os_error()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        if let Ok(target) = c_path(&self.path) {
+            // SAFETY: umount2(2) with a valid NUL-terminated path.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+fn c_path(path: &Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Layout(format!("{} has a NUL byte", path.display())))
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> Error {

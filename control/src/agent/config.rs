@@ -128,6 +128,10 @@ pub struct NetworkConfig {
     pub ip_masq: bool,
     #[serde(default = "default_subnet_file")]
     pub subnet_file: PathBuf,
+    /// bpffs directory where the eBPF dataplane pins its maps and links (default
+    /// /sys/fs/bpf/shoal). The pins keep the dataplane working while the agent restarts, so
+    /// it must be a bpffs that outlives the agent's mount namespace.
+    pub bpf_pin_root: Option<PathBuf>,
 }
 
 /// fleet's agent and engine candidate.
@@ -184,6 +188,7 @@ impl Default for NetworkConfig {
             config: None,
             ip_masq: false,
             subnet_file: default_subnet_file(),
+            bpf_pin_root: None,
         }
     }
 }

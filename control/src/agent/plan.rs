@@ -136,6 +136,9 @@ fn overlay_config(config: &AgentConfig, endpoints: &[String]) -> OverlayConfig {
     };
     overlay.interface.iface = config.iface.iter().cloned().collect();
     overlay.interface.public_ip = config.public_ip;
+    if let Some(pin_root) = &config.network.bpf_pin_root {
+        overlay.dataplane_pin_root = pin_root.clone();
+    }
     overlay
 }
 
