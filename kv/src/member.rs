@@ -26,6 +26,10 @@ use crate::proto::peer::peer_server::PeerServer;
 use crate::store::{self, LogStore, Shared, State, StateMachine};
 use crate::types::{Command, MemberAttrs, MemberNode, Members, Outcome, Raft};
 
+/// Log entries the write batcher keeps in flight at once.
+const WRITES_IN_FLIGHT: usize = 4;
+/// Roughly how many bytes of commands one batched log entry carries.
+const MAX_BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// etcd's `--max-request-bytes` default.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// How long a request may wait for Raft (etcd's request timeout is about 5 s plus election time).
@@ -128,7 +132,13 @@ pub struct Member {
     pub pool: PeerPool,
     leases: LeaseClock,
     read_requests: mpsc::Sender<ReadWaiter>,
+    write_requests: mpsc::Sender<WriteWaiter>,
 }
+
+type WriteWaiter = (
+    Command,
+    oneshot::Sender<Result<(Outcome, u64), Option<u64>>>,
+);
 
 type ReadWaiter = oneshot::Sender<Result<u64, EtcdError>>;
 
@@ -201,6 +211,7 @@ impl Member {
         .await
         .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (read_requests, read_waiters) = mpsc::channel(4096);
+        let (write_requests, write_waiters) = mpsc::channel(4096);
         let member = Arc::new(Member {
             id,
             cluster_id,
@@ -210,8 +221,12 @@ impl Member {
             pool,
             leases: LeaseClock::default(),
             read_requests,
+            write_requests,
         });
-        let mut tasks = vec![tokio::spawn(member.clone().run_read_batcher(read_waiters))];
+        let mut tasks = vec![
+            tokio::spawn(member.clone().run_read_batcher(read_waiters)),
+            tokio::spawn(member.clone().run_write_batcher(write_waiters)),
+        ];
         for listener in peer_listeners {
             tasks.push(tokio::spawn(serve_peers(member.clone(), listener)));
         }
@@ -357,8 +372,51 @@ impl Member {
     }
 
     /// `Err(Some(leader))`/`Err(None)`: not the leader (any more).
+    /// Proposes on this member (which should lead) through the write batcher.
     async fn propose_here(&self, command: Command) -> Result<(Outcome, u64), Option<u64>> {
-        match self.raft.client_write(command).await {
+        let (tx, rx) = oneshot::channel();
+        self.write_requests
+            .send((command, tx))
+            .await
+            .map_err(|_| None)?;
+        rx.await.map_err(|_| None)?
+    }
+
+    /// Writes queued while earlier ones are in flight go into Raft as one log entry (applied as
+    /// consecutive revisions), at most [`WRITES_IN_FLIGHT`] entries at a time.
+    async fn run_write_batcher(self: Arc<Self>, mut requests: mpsc::Receiver<WriteWaiter>) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
+        while let Some(first) = requests.recv().await {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            let mut bytes = 0u64;
+            while bytes < MAX_BATCH_BYTES {
+                match requests.try_recv() {
+                    Ok(more) => {
+                        bytes += bincode::serialized_size(&more.0).unwrap_or(MAX_BATCH_BYTES);
+                        batch.push(more);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let member = self.clone();
+            tokio::spawn(async move {
+                member.write_batch(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn write_batch(&self, mut batch: Vec<WriteWaiter>) {
+        let (command, single) = if batch.len() == 1 {
+            (batch[0].0.clone(), true)
+        } else {
+            let commands = batch.iter().map(|(c, _)| c.clone()).collect();
+            (Command::Batch(commands), false)
+        };
+        let result = match self.raft.client_write(command).await {
             Ok(response) => Ok((response.data, response.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
                 leader_id,
@@ -367,6 +425,28 @@ impl Member {
             Err(e) => {
                 tracing::warn!("proposing: {e}");
                 Err(None)
+            }
+        };
+        match result {
+            Ok((outcome, index)) if single => {
+                let (_, waiter) = batch.remove(0);
+                let _ = waiter.send(Ok((outcome, index)));
+            }
+            Ok((Outcome::Batch(outcomes), index)) => {
+                for ((_, waiter), outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = waiter.send(Ok((outcome, index)));
+                }
+            }
+            Ok((other, _)) => {
+                let error = EtcdError::Internal(format!("unexpected batch outcome {other:?}"));
+                for (_, waiter) in batch {
+                    let _ = waiter.send(Ok((Outcome::Error(error.clone()), 0)));
+                }
+            }
+            Err(leader) => {
+                for (_, waiter) in batch {
+                    let _ = waiter.send(Err(leader));
+                }
             }
         }
     }

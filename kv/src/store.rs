@@ -16,7 +16,7 @@ use openraft::{
     EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
     Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -31,7 +31,6 @@ use crate::types::{
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 const SNAPSHOT: &str = "snapshot";
 
@@ -66,6 +65,16 @@ impl State {
             Command::LeaseRevoke { id } => mvcc
                 .lease_revoke(id)
                 .map(|a| (Outcome::LeaseRevoke(Proto(a.response)), a.events)),
+            Command::Batch(commands) => {
+                let mut outcomes = Vec::with_capacity(commands.len());
+                let mut events = Vec::new();
+                for command in commands {
+                    let (outcome, produced) = self.apply(command);
+                    outcomes.push(outcome);
+                    events.extend(produced);
+                }
+                Ok((Outcome::Batch(outcomes), events))
+            }
             Command::PublishMember { id, attrs } => {
                 self.member_attrs.insert(id, attrs);
                 Ok((Outcome::None, Vec::new()))
@@ -184,19 +193,8 @@ fn read_meta<T: for<'de> Deserialize<'de>>(
 }
 
 fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), StoreError> {
-    write_meta_with(db, key, value, Durability::Immediate)
-}
-
-fn write_meta_with<T: Serialize>(
-    db: &Database,
-    key: &str,
-    value: &T,
-    durability: Durability,
-) -> Result<(), StoreError> {
     let bytes = encode(value)?;
-    let mut txn = db.begin_write()?;
-    txn.set_durability(durability)
-        .map_err(|e| StoreError::Engine(e.to_string()))?;
+    let txn = db.begin_write()?;
     txn.open_table(META)?.insert(key, bytes.as_slice())?;
     txn.commit()?;
     Ok(())
@@ -331,6 +329,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+// The commit index is not stored (openraft's `save_committed` stays a no-op): writing it from
+// Raft's core task would wait for the log writer's fsync on every commit. After a restart the
+// entries are re-applied once a leader commits again.
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
@@ -358,19 +359,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
         read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&io_err(e)).into())
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Only an optimization for restarts (the log is the truth), so no fsync of its own: the
-        // next log append makes it durable.
-        write_meta_with(&self.db, COMMITTED, &committed, Durability::None)
-            .map_err(|e| StorageIOError::write(&io_err(e)).into())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<Option<LogId>> =
-            read_meta(&self.db, COMMITTED).map_err(|e| StorageIOError::read(&io_err(e)))?;
-        Ok(committed.flatten())
     }
 
     async fn append<I>(

@@ -42,6 +42,8 @@ pub enum Command {
     LeaseRevoke {
         id: i64,
     },
+    /// Writes that queued up together, applied in order as consecutive revisions.
+    Batch(Vec<Command>),
     /// A member announces its name and client URLs once it runs.
     PublishMember {
         id: u64,
@@ -61,6 +63,7 @@ pub enum Outcome {
     Compact(Proto<pb::CompactionResponse>),
     LeaseGrant(Proto<pb::LeaseGrantResponse>),
     LeaseRevoke(Proto<pb::LeaseRevokeResponse>),
+    Batch(Vec<Outcome>),
     Error(EtcdError),
 }
 
