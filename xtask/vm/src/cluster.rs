@@ -681,8 +681,9 @@ fn preserve_logs_and_remove(dir: &Path, id: u32) {
 
 /// Host programs the guests get (with their shared libraries and loader) under the share's
 /// `sysroot/`, which the guest init links into place: etcdctl, for units and tests that talk
-/// to the store from inside a node.
-const GUEST_HOST_TOOLS: &[&str] = &["etcdctl"];
+/// to the store from inside a node; iproute2's `ip` and `tc` and `nft`, which shoal runs
+/// (busybox's `ip` lacks `neigh replace` and the rest).
+const GUEST_HOST_TOOLS: &[&str] = &["etcdctl", "ip", "tc", "nft"];
 
 /// Copies host program `name` and every file `ldd` lists for it under `share/sysroot`, at
 /// their host paths.

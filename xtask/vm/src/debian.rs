@@ -117,7 +117,7 @@ fn recipe_hash(kernel: &GuestKernel) -> u64 {
 fn configure(root: &Path, kernel: &GuestKernel) -> Result<()> {
     let modules = root.join("usr/lib/modules").join(&kernel.version);
     for module in kernel.module_closure(GUEST_MODULES)? {
-        image::copy(&kernel.modules_dir().join(&module), &modules.join(&module))?;
+        image::copy_module(&kernel.modules_dir().join(&module), &modules.join(&module))?;
     }
     for index in [
         "modules.order",

@@ -9,6 +9,10 @@ use crate::{Error, IoContext, Result, run};
 
 /// The Debian meta-package whose dependency names the kernel package to fetch.
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
+/// Environment variable naming another Debian suite to take the kernel from, e.g.
+/// `bookworm-backports` (6.12, with TCX); default: the host's apt sources (bookworm: 6.1).
+pub const KERNEL_SUITE_ENV: &str = "SHOAL_VM_KERNEL_SUITE";
+const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 /// Busybox from Debian's busybox-static: the whole userland of the small guest.
 const BUSYBOX: &str = "/bin/busybox";
 /// Modules the guest loads (with their dependency closure): virtio devices, 9p, the overlay's
@@ -48,24 +52,29 @@ pub struct GuestKernel {
 
 impl GuestKernel {
     /// Returns the cached kernel, fetching and unpacking it first if needed (one `apt-get
-    /// download`, about 70 MB).
+    /// download`, 70 to 110 MB), from the host's apt sources or the suite named by
+    /// [`KERNEL_SUITE_ENV`].
     pub fn prepare(cache: &Path) -> Result<Self> {
         let dir = cache.join("kernel");
-        let current = dir.join("current");
+        let apt = match std::env::var(KERNEL_SUITE_ENV) {
+            Ok(suite) if !suite.trim().is_empty() => Apt::suite(cache, suite.trim())?,
+            _ => Apt::host(),
+        };
+        let current = dir.join(format!("current{}", apt.tag()));
         if let Ok(version) = fs::read_to_string(&current) {
             let kernel = Self::at(&dir, version.trim());
             if kernel.vmlinux.is_file() {
                 return Ok(kernel);
             }
         }
-        let package = kernel_package_name()?;
+        let package = apt.kernel_package_name()?;
         let version = package
             .strip_prefix("linux-image-")
             .ok_or_else(|| Error::Invalid(format!("unexpected kernel package name {package}")))?
             .to_string();
         let kernel = Self::at(&dir, &version);
         fs::create_dir_all(&kernel.root).context(|| format!("creating {}", dir.display()))?;
-        let deb = download_package(&package, &dir)?;
+        let deb = apt.download(&package, &dir)?;
         run(Command::new("dpkg-deb")
             .arg("-x")
             .arg(&deb)
@@ -128,55 +137,121 @@ impl GuestKernel {
     }
 }
 
-fn kernel_package_name() -> Result<String> {
-    let listing = run(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))?;
-    listing
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("Depends: "))
-        .find(|name| name.starts_with("linux-image-"))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "`apt-cache depends {KERNEL_META_PACKAGE}` names no linux-image package"
-            ))
-        })
+/// apt, either as the host has it configured or with a private sources list and state
+/// directory naming one other Debian suite (the host's apt configuration is left alone).
+struct Apt {
+    options: Vec<String>,
+    suite: Option<String>,
 }
 
-/// `apt-get download` into `dir`; returns the .deb it fetched.
-fn download_package(package: &str, dir: &Path) -> Result<PathBuf> {
-    run(Command::new("apt-get")
-        .args(["download", "-q", "-o", "APT::Sandbox::User=root", package])
-        .current_dir(dir))?;
-    let prefix = format!("{package}_");
-    fs::read_dir(dir)
-        .context(|| format!("listing {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .find(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".deb"))
-        })
-        .ok_or_else(|| Error::Invalid(format!("apt-get download left no {package} .deb")))
+impl Apt {
+    fn host() -> Self {
+        Self {
+            options: vec!["-o".into(), "APT::Sandbox::User=root".into()],
+            suite: None,
+        }
+    }
+
+    /// A private apt for `suite`, its package lists fetched once under `cache/apt-<suite>`.
+    fn suite(cache: &Path, suite: &str) -> Result<Self> {
+        let dir = cache.join(format!("apt-{suite}"));
+        let lists = dir.join("lists");
+        let sources = dir.join("sources.list");
+        for needed in [lists.join("partial"), dir.join("cache/archives/partial")] {
+            fs::create_dir_all(&needed).context(|| format!("creating {}", needed.display()))?;
+        }
+        fs::write(&sources, format!("deb {DEBIAN_MIRROR} {suite} main\n"))
+            .context(|| format!("writing {}", sources.display()))?;
+        let option =
+            |key: &str, value: &Path| vec!["-o".to_string(), format!("{key}={}", value.display())];
+        let mut options = Self::host().options;
+        options.extend(option("Dir::Etc::SourceList", &sources));
+        options.extend(option("Dir::Etc::SourceParts", Path::new("/dev/null")));
+        options.extend(option("Dir::State::Lists", &lists));
+        options.extend(option("Dir::Cache", &dir.join("cache")));
+        let apt = Self {
+            options,
+            suite: Some(suite.to_string()),
+        };
+        let fetched = fs::read_dir(&lists)
+            .map(|entries| entries.count() > 1)
+            .unwrap_or(false);
+        if !fetched {
+            run(Command::new("apt-get")
+                .args(&apt.options)
+                .args(["update", "-q"]))?;
+        }
+        Ok(apt)
+    }
+
+    /// Suffix of the cache's `current` file for this source.
+    fn tag(&self) -> String {
+        self.suite
+            .as_ref()
+            .map(|s| format!("-{s}"))
+            .unwrap_or_default()
+    }
+
+    fn kernel_package_name(&self) -> Result<String> {
+        let listing = run(Command::new("apt-cache")
+            .args(&self.options)
+            .args(["depends", KERNEL_META_PACKAGE]))?;
+        listing
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("Depends: "))
+            .find(|name| name.starts_with("linux-image-"))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "`apt-cache depends {KERNEL_META_PACKAGE}` names no linux-image package"
+                ))
+            })
+    }
+
+    /// `apt-get download` into `dir`; returns the .deb it fetched.
+    fn download(&self, package: &str, dir: &Path) -> Result<PathBuf> {
+        run(Command::new("apt-get")
+            .args(&self.options)
+            .args(["download", "-q", package])
+            .current_dir(dir))?;
+        let prefix = format!("{package}_");
+        fs::read_dir(dir)
+            .context(|| format!("listing {}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .find(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".deb"))
+            })
+            .ok_or_else(|| Error::Invalid(format!("apt-get download left no {package} .deb")))
+    }
 }
 
 /// Unpacks the vmlinux ELF from a bzImage: the boot header locates the compressed payload
-/// (`payload_offset`/`payload_length`), which Debian compresses with xz.
+/// (`payload_offset`/`payload_length`); Debian compresses it with xz (6.1) or zstd (6.12).
+/// The kernel appends the uncompressed size (4 bytes) after the compressed stream.
 fn extract_vmlinux(bzimage: &Path, vmlinux: &Path) -> Result<()> {
     let image = fs::read(bzimage).context(|| format!("reading {}", bzimage.display()))?;
     let payload = bzimage_payload(&image)
         .ok_or_else(|| Error::Invalid(format!("{} is not a bzImage", bzimage.display())))?;
-    if !payload.starts_with(b"\xfd7zXZ\0") {
+    let (stream, decompress): (&[u8], &[&str]) = if payload.starts_with(b"\xfd7zXZ\0") {
+        (payload, &["xz", "-dc", "--single-stream"])
+    } else if payload.starts_with(b"\x28\xb5\x2f\xfd") {
+        (
+            &payload[..payload.len().saturating_sub(4)],
+            &["zstd", "-dcq"],
+        )
+    } else {
         return Err(Error::Invalid(format!(
-            "{}: payload is not xz (kernel built with another compressor)",
+            "{}: payload is neither xz nor zstd",
             bzimage.display()
         )));
-    }
-    let compressed = vmlinux.with_extension("xz");
-    fs::write(&compressed, payload).context(|| format!("writing {}", compressed.display()))?;
+    };
+    let compressed = vmlinux.with_extension("compressed");
+    fs::write(&compressed, stream).context(|| format!("writing {}", compressed.display()))?;
     let output = fs::File::create(vmlinux).context(|| format!("creating {}", vmlinux.display()))?;
-    // The kernel appends its size after the xz stream: --single-stream ignores it.
-    run(Command::new("xz")
-        .args(["-dc", "--single-stream"])
+    run(Command::new(decompress[0])
+        .args(&decompress[1..])
         .arg(&compressed)
         .stdout(output))?;
     fs::remove_file(&compressed).context(|| format!("removing {}", compressed.display()))
@@ -278,6 +353,26 @@ fn pack_cpio(dir: &Path, out: &Path) -> Result<()> {
         return Err(Error::Invalid(format!("find in {} failed", dir.display())));
     }
     Ok(())
+}
+
+/// Copies a kernel module, decompressing `.ko.xz`/`.ko.zst` (busybox's modprobe loads only
+/// plain `.ko`; `depmod` then indexes the `.ko` name).
+pub(crate) fn copy_module(from: &Path, to: &Path) -> Result<()> {
+    let decompressor = match from.extension().and_then(|ext| ext.to_str()) {
+        Some("xz") => "xz",
+        Some("zst") => "zstd",
+        _ => return copy(from, to),
+    };
+    let plain = to.with_extension("");
+    if let Some(parent) = plain.parent() {
+        fs::create_dir_all(parent).context(|| format!("creating {}", parent.display()))?;
+    }
+    let output = fs::File::create(&plain).context(|| format!("creating {}", plain.display()))?;
+    run(Command::new(decompressor)
+        .arg("-dcq")
+        .arg(from)
+        .stdout(output))
+    .map(drop)
 }
 
 pub(crate) fn copy(from: &Path, to: &Path) -> Result<()> {

@@ -22,11 +22,11 @@ pub const MARKER: &str = "SHOAL-VM ";
 pub const KERNEL_ARGS_ENV: &str = "SHOAL_VM_KERNEL_ARGS";
 
 /// The guest kernel's command line, before the `shoal.*` arguments: serial console, no reboot
-/// on panic, quiet console (every character is slow under TCG), and no probing or self-tests
-/// that cost seconds under emulation.
+/// on panic, a quiet console (every character is slow under TCG), and `no_timer_check`: under
+/// TCG on a busy host the IO-APIC timer check can miss its ticks and panic the kernel.
 pub fn kernel_args() -> String {
     let extra = std::env::var(KERNEL_ARGS_ENV).unwrap_or_default();
-    format!("console=ttyS0 panic=-1 loglevel=4 {extra}")
+    format!("console=ttyS0 panic=-1 loglevel=4 no_timer_check {extra}")
         .trim_end()
         .to_string()
 }
