@@ -9,9 +9,12 @@ use crate::{Error, IoContext, Result, run};
 
 /// The Debian meta-package whose dependency names the kernel package to fetch.
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
-/// Environment variable naming another Debian suite to take the kernel from, e.g.
-/// `bookworm-backports` (6.12, with TCX); default: the host's apt sources (bookworm: 6.1).
+/// Environment variable naming the Debian suite the kernel comes from; `host` means the host's
+/// own apt sources (bookworm: 6.1).
 pub const KERNEL_SUITE_ENV: &str = "SHOAL_VM_KERNEL_SUITE";
+/// The default: bookworm-backports' kernel (6.12). The dataplane attaches its TC programs
+/// through TCX, which 6.1 does not have (`bpf_mprog_attach` fails there).
+pub const DEFAULT_KERNEL_SUITE: &str = "bookworm-backports";
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 /// Busybox from Debian's busybox-static: the whole userland of the small guest.
 const BUSYBOX: &str = "/bin/busybox";
@@ -52,13 +55,17 @@ pub struct GuestKernel {
 
 impl GuestKernel {
     /// Returns the cached kernel, fetching and unpacking it first if needed (one `apt-get
-    /// download`, 70 to 110 MB), from the host's apt sources or the suite named by
+    /// download`, 70 to 110 MB), from [`DEFAULT_KERNEL_SUITE`] or the suite named by
     /// [`KERNEL_SUITE_ENV`].
     pub fn prepare(cache: &Path) -> Result<Self> {
         let dir = cache.join("kernel");
-        let apt = match std::env::var(KERNEL_SUITE_ENV) {
-            Ok(suite) if !suite.trim().is_empty() => Apt::suite(cache, suite.trim())?,
-            _ => Apt::host(),
+        let suite = std::env::var(KERNEL_SUITE_ENV)
+            .ok()
+            .filter(|suite| !suite.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_KERNEL_SUITE.to_string());
+        let apt = match suite.trim() {
+            "host" => Apt::host(),
+            suite => Apt::suite(cache, suite)?,
         };
         let current = dir.join(format!("current{}", apt.tag()));
         if let Ok(version) = fs::read_to_string(&current) {
