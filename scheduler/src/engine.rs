@@ -247,7 +247,13 @@ impl Engine {
     async fn apply_put(&mut self, key: &str, value: &str) -> StoreResult<bool> {
         let keys = self.store.keys().clone();
         if let Some(id) = keys.parse_machine_key(key) {
-            let record: MachineRecord = parse_json(key, value)?;
+            let record: MachineRecord = match parse_json(key, value) {
+                Ok(record) => record,
+                Err(err) => {
+                    tracing::warn!("engine: ignoring {err}");
+                    return Ok(false);
+                }
+            };
             self.placement.add_machine(Machine {
                 id: id.to_string(),
                 metadata: record.metadata,
@@ -264,7 +270,13 @@ impl Engine {
         let name = name.to_string();
         match field {
             "object" => {
-                let record: JobRecord = parse_json(key, value)?;
+                let record: JobRecord = match parse_json(key, value) {
+                    Ok(record) => record,
+                    Err(err) => {
+                        tracing::warn!("engine: ignoring {err}");
+                        return Ok(false);
+                    }
+                };
                 let rules = self.rules_for(&name, &record.unit_hash).await?;
                 self.placement
                     .set_requirements(&name, rules.clone().unwrap_or_default());

@@ -10,6 +10,7 @@ against_both_stores!(
     killing_the_engine_node_moves_the_engine,
     restarted_agent_adopts_running_units,
     stop_unload_and_destroy_reach_the_agent,
+    replaced_unit_restarts_with_new_contents,
 );
 
 use std::time::Duration;
@@ -297,4 +298,38 @@ async fn stop_unload_and_destroy_reach_the_agent(backend: Backend) {
         .await
         .expect("store");
     assert!(left.is_empty(), "journal cleaned up: {left:?}");
+}
+
+async fn replaced_unit_restarts_with_new_contents(backend: Backend) {
+    let cluster = Cluster::start(backend, &[&[]], TTL).await;
+    let registry = cluster.registry().await;
+    start_units(&registry, &[("versioned.service", sleeper(""))]).await;
+    wait_until(Duration::from_secs(20), "first version running", || async {
+        running_on(&registry, "versioned.service").await.len() == 1
+    })
+    .await;
+    let first_pid = main_pid(&registry, "versioned.service").await;
+    let second = "[Service]\nExecStart=/bin/sh -c 'echo version two; exec sleep 600'\n";
+    let unit =
+        shoal_scheduler::registry::ValidUnit::new("versioned.service", "versioned.service", second)
+            .expect("valid");
+    let refused = registry.submit(std::slice::from_ref(&unit), false).await;
+    assert!(refused.is_err(), "different contents need --replace");
+    registry.submit(&[unit], true).await.expect("replace");
+    wait_until(
+        Duration::from_secs(20),
+        "second version running",
+        || async {
+            let states = registry.states().await.unwrap_or_default();
+            states.get("versioned.service").is_some_and(|m| {
+                m.values().any(|s| {
+                    s.active_state == "active" && s.main_pid.is_some_and(|p| p != first_pid)
+                })
+            })
+        },
+    )
+    .await;
+    let output =
+        std::fs::read_to_string(cluster.nodes[0].output_file("versioned.service")).expect("output");
+    assert!(output.contains("version two"), "{output}");
 }

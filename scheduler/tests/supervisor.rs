@@ -313,3 +313,33 @@ async fn invalid_service_settings_are_refused_at_load() {
         );
     }
 }
+
+#[tokio::test]
+async fn user_setting_drops_privileges() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::new(dir.path()).expect("supervisor");
+    // The output file is opened by the supervisor (root) before the switch, so it stays writable.
+    load(&supervisor, "who.service", "[Service]\nType=oneshot\nUser=nobody\nExecStart=/bin/sh -c 'echo user=$(id -un) home=$HOME'\n").await;
+    supervisor.start("who.service").await.expect("start");
+    wait_until(Duration::from_secs(10), "the oneshot to finish", || async {
+        output(&supervisor, "who.service")
+            .await
+            .contains("finished")
+    })
+    .await;
+    let out = output(&supervisor, "who.service").await;
+    assert!(out.contains("user=nobody"), "{out}");
+    load(
+        &supervisor,
+        "ghost.service",
+        "[Service]\nUser=no-such-user-here\nExecStart=/bin/true\n",
+    )
+    .await;
+    supervisor.start("ghost.service").await.expect("start");
+    wait_state(&supervisor, "ghost.service", "failed", "failed").await;
+    assert!(
+        output(&supervisor, "ghost.service")
+            .await
+            .contains("no such user no-such-user-here")
+    );
+}
