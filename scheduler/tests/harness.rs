@@ -165,6 +165,36 @@ impl Fleet {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Runs `fleetctl journal -f` for `duration` and returns what it printed.
+    fn follow_journal(&self, unit: &str, duration: Duration) -> String {
+        let mut child = self
+            .cluster
+            .node(0)
+            .ns()
+            .command(BIN)
+            .args([
+                "fleetctl",
+                "--endpoint",
+                &self.endpoint,
+                "journal",
+                "-f",
+                "--lines",
+                "1",
+                unit,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fleetctl journal -f");
+        std::thread::sleep(duration);
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("journal -f output");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        println!("$ fleetctl journal -f --lines 1 {unit}   # for {duration:?}");
+        print!("{text}");
+        text
+    }
+
     fn wait_for(
         &self,
         what: &str,
@@ -248,6 +278,11 @@ fn fleetctl_session_on_three_harness_nodes() {
         |out| out.contains("Hello from"),
     );
     fleet.fleetctl_ok(&["journal", "--lines", "3", "hello.service"]);
+    let followed = fleet.follow_journal("hello.service", Duration::from_millis(3500));
+    assert!(
+        followed.matches("Hello from").count() >= 3,
+        "journal -f printed:\n{followed}"
+    );
     fleet.fleetctl_ok(&["status", "hello.service"]);
 
     // Kill the node running hello.service: it moves to the other web node.
@@ -273,7 +308,27 @@ fn fleetctl_session_on_three_harness_nodes() {
     );
     fleet.fleetctl_ok(&["list-machines"]);
     fleet.fleetctl_ok(&["list-units"]);
-    fleet.fleetctl_ok(&["destroy", "hello.service"]);
+    // An instance started from a local template file, its specifiers expanded.
+    let template = units.path().join("echo@.service");
+    std::fs::write(
+        &template,
+        "[Service]\nExecStart=/bin/sh -c 'echo instance %i of %p; exec sleep 600'\n[X-Fleet]\nMachineMetadata=compute=db\n",
+    )
+    .expect("template file");
+    let instance = units.path().join("echo@7.service").display().to_string();
+    let started = fleet.fleetctl_ok(&["start", "--block-attempts", "60", &instance]);
+    assert!(
+        started.contains("Unit echo@7.service launched on 12020202.../10.99.0.3"),
+        "{started}"
+    );
+    fleet.wait_for(
+        "instance output",
+        Duration::from_secs(15),
+        &["journal", "echo@7.service"],
+        |out| out.contains("instance 7 of echo"),
+    );
+    fleet.fleetctl_ok(&["list-unit-files", "--fields", "unit,dstate,state,target"]);
+    fleet.fleetctl_ok(&["destroy", "hello.service", "echo@7.service"]);
     fleet.wait_for(
         "no units",
         Duration::from_secs(15),
