@@ -76,29 +76,18 @@ impl Fleet {
         let store_ip = cluster.node(0).underlay_ip();
         let client = format!("http://{store_ip}:2379");
         let peer = format!("http://{store_ip}:2380");
-        let etcd = cluster
-            .node(0)
-            .ns()
-            .command(common::ETCD)
-            .args(["--name", "store", "--data-dir"])
-            .arg(dirs.path().join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("store={peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd in node 0");
+        let etcd_command = cluster.node(0).ns().command(common::ETCD);
+        let etcd = common::etcd_member(
+            etcd_command,
+            "store",
+            &dirs.path().join("etcd"),
+            &client,
+            &peer,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd in node 0");
         let mut fleet = Self {
             daemons: Vec::new(),
             etcd: Some(etcd),

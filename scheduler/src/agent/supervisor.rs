@@ -505,17 +505,7 @@ impl Actor {
         if let Some(pid) = pid {
             env.push(("MAINPID".into(), pid.to_string()));
         }
-        for command in &self.config.exec_stop {
-            let _ = run_control(
-                &self.name,
-                command,
-                &env,
-                &self.config,
-                &self.dir,
-                Some(self.config.timeout_stop),
-            )
-            .await;
-        }
+        self.run_stop_commands(&self.config.exec_stop, &env).await;
         if let Some(pid) = pid {
             kill_group(pid, libc::SIGTERM);
             if tokio::time::timeout(self.config.timeout_stop, main.wait())
@@ -534,32 +524,26 @@ impl Actor {
     async fn stop_exited(&mut self) {
         let env = self.environment();
         if !self.stopping {
-            for command in &self.config.exec_stop {
-                let _ = run_control(
-                    &self.name,
-                    command,
-                    &env,
-                    &self.config,
-                    &self.dir,
-                    Some(self.config.timeout_stop),
-                )
-                .await;
-            }
+            self.run_stop_commands(&self.config.exec_stop, &env).await;
         }
-        for command in &self.config.exec_stop_post {
-            let _ = run_control(
-                &self.name,
-                command,
-                &env,
-                &self.config,
-                &self.dir,
-                Some(self.config.timeout_stop),
-            )
+        self.run_stop_commands(&self.config.exec_stop_post, &env)
             .await;
-        }
         let _ = std::fs::remove_file(self.dir.join(RUN_FILE));
         self.note("stopped");
         self.set_state("inactive", "dead", None);
+    }
+
+    /// Runs stop-side commands one after the other, each bounded by TimeoutStopSec; their
+    /// failures are logged by `run_control` and do not stop the sequence.
+    async fn run_stop_commands(&self, commands: &[ExecCommand], env: &[(String, String)]) {
+        for command in commands {
+            let limit = Some(self.config.timeout_stop);
+            if let Err(err) =
+                run_control(&self.name, command, env, &self.config, &self.dir, limit).await
+            {
+                self.note(&format!("{}: {err}", command.argv[0]));
+            }
+        }
     }
 
     fn environment(&self) -> Vec<(String, String)> {

@@ -29,6 +29,33 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Adds the flags of a single-member etcd named `name` to `command` (which runs etcd).
+pub fn etcd_member(
+    mut command: Command,
+    name: &str,
+    data_dir: &Path,
+    client: &str,
+    peer: &str,
+) -> Command {
+    command
+        .args(["--name", name, "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args(["--initial-cluster", &format!("{name}={peer}")]);
+    command
+}
+
 /// A single-member etcd 3.4 in a temporary directory, killed on drop.
 pub struct Etcd {
     child: Child,
@@ -46,26 +73,17 @@ impl Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = Command::new(ETCD)
-            .args(["--name", "fleet-test", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("fleet-test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd 3.4 at /usr/bin/etcd");
+        let child = etcd_member(
+            Command::new(ETCD),
+            "fleet-test",
+            &dir.path().join("data"),
+            &client,
+            &peer,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd 3.4 at /usr/bin/etcd");
         let etcd = Self {
             child,
             endpoint: client,
