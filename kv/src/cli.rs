@@ -45,7 +45,7 @@ pub struct KvArgs {
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
     /// Number of committed entries that trigger a snapshot (and log compaction).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub snapshot_count: u64,
 }
 

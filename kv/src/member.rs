@@ -77,7 +77,7 @@ impl Config {
             initial_cluster_token: "etcd-cluster".to_string(),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
-            snapshot_count: 10_000,
+            snapshot_count: 100_000,
         }
     }
 }
