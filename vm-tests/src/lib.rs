@@ -63,6 +63,8 @@ pub struct Scenario {
     pub cluster: VmCluster,
     pub units: tempfile::TempDir,
     shoal: PathBuf,
+    /// Store endpoints of the masters still powered on (what fleetctl is given).
+    endpoints: String,
 }
 
 impl Scenario {
@@ -70,18 +72,37 @@ impl Scenario {
     pub fn boot(spec: &ClusterSpec) -> Result<Self> {
         let cluster = VmCluster::up(spec, &mut print_progress).context("booting the cluster")?;
         let shoal = cluster.dir().join("share").join("shoal");
+        let endpoints = cluster.store_endpoints();
         Ok(Self {
             cluster,
             units: tempfile::tempdir().context("creating a unit directory")?,
             shoal,
+            endpoints,
         })
     }
 
-    /// `shoal fleetctl --endpoint <masters> args...` from the host side; its stdout.
+    /// Store endpoints of the masters still powered on.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// Powers node `index` off (its qemu killed) and stops giving its endpoint to clients.
+    pub fn power_off(&mut self, index: usize) {
+        let gone = format!("http://{}:", self.cluster.nodes()[index].address());
+        self.cluster.power_off(index);
+        self.endpoints = self
+            .endpoints
+            .split(',')
+            .filter(|endpoint| !endpoint.starts_with(&gone))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+
+    /// `shoal fleetctl --endpoint <live masters> args...` from the host side; its stdout.
     pub fn fleetctl(&self, args: &[&str]) -> Result<String> {
-        let endpoints = self.cluster.store_endpoints();
         let mut cmd = self.cluster.host_command(&self.shoal);
-        cmd.args(["fleetctl", "--endpoint", &endpoints]).args(args);
+        cmd.args(["fleetctl", "--endpoint", &self.endpoints])
+            .args(args);
         output_of(cmd)
     }
 
