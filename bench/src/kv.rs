@@ -107,17 +107,38 @@ fn start_etcd(dir: &Path) -> anyhow::Result<EtcdCluster> {
             .args(["--name", &format!("m{i}")])
             .arg("--data-dir")
             .arg(dir.join(format!("etcd-m{i}")))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &cluster,
+                "--initial-cluster-state",
+                "new",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting /usr/bin/etcd (cargo xtask setup installs it)")?;
         children.push(child);
     }
-    let endpoints = ports.iter().map(|p| format!("127.0.0.1:{}", p.client)).collect();
-    Ok(EtcdCluster { children, endpoints })
+    let endpoints = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{}", p.client))
+        .collect();
+    Ok(EtcdCluster {
+        children,
+        endpoints,
+    })
 }
 
 /// Three shoal kv members, each on its own 2-thread runtime (as each etcd has its own
@@ -143,11 +164,21 @@ fn start_shoal(dir: &Path) -> anyhow::Result<ShoalCluster> {
     let initial: Vec<(String, Vec<String>)> = ports
         .iter()
         .enumerate()
-        .map(|(i, p)| (format!("m{i}"), vec![format!("http://127.0.0.1:{}", p.peer)]))
+        .map(|(i, p)| {
+            (
+                format!("m{i}"),
+                vec![format!("http://127.0.0.1:{}", p.peer)],
+            )
+        })
         .collect();
     let mut members = Vec::new();
     for (i, p) in ports.iter().enumerate() {
-        let mut config = Config::local(&format!("m{i}"), dir.join(format!("shoal-m{i}")), p.client, p.peer);
+        let mut config = Config::local(
+            &format!("m{i}"),
+            dir.join(format!("shoal-m{i}")),
+            p.client,
+            p.peer,
+        );
         config.initial_cluster = initial.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -156,7 +187,10 @@ fn start_shoal(dir: &Path) -> anyhow::Result<ShoalCluster> {
         let running = runtime.block_on(Member::start(config))?;
         members.push((runtime, Some(running)));
     }
-    let endpoints = ports.iter().map(|p| format!("127.0.0.1:{}", p.client)).collect();
+    let endpoints = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{}", p.client))
+        .collect();
     Ok(ShoalCluster { members, endpoints })
 }
 
@@ -191,7 +225,10 @@ fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Latency {
     latencies.sort_unstable();
     let at = |q: f64| {
         let idx = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
-        latencies.get(idx).map(|d| d.as_secs_f64() * 1000.0).unwrap_or_default()
+        latencies
+            .get(idx)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or_default()
     };
     Latency {
         ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
@@ -201,7 +238,12 @@ fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Latency {
 }
 
 /// Runs `total` operations from `workers` concurrent tasks over `clients`, timing each one.
-async fn run_concurrent<F, Fut>(clients: &[Client], workers: usize, total: usize, op: F) -> anyhow::Result<Latency>
+async fn run_concurrent<F, Fut>(
+    clients: &[Client],
+    workers: usize,
+    total: usize,
+    op: F,
+) -> anyhow::Result<Latency>
 where
     F: Fn(Client, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
@@ -257,7 +299,8 @@ async fn measure(name: &str, endpoints: &[String]) -> anyhow::Result<StoreResult
             if serializable {
                 options = options.with_serializable();
             }
-            c.get(format!("bench/key/{}", n % 1000), Some(options)).await?;
+            c.get(format!("bench/key/{}", n % 1000), Some(options))
+                .await?;
             anyhow::Ok(())
         }
     };
@@ -285,7 +328,9 @@ async fn watch_fan_out(clients: &[Client]) -> anyhow::Result<f64> {
         let mut client = clients[w % clients.len()].clone();
         let ready = ready_tx.clone();
         watchers.push(tokio::spawn(async move {
-            let mut stream = client.watch("bench/watched", Some(WatchOptions::new())).await?;
+            let mut stream = client
+                .watch("bench/watched", Some(WatchOptions::new()))
+                .await?;
             stream.message().await?;
             ready.send(()).await?;
             let mut seen = 0;
@@ -316,23 +361,68 @@ async fn watch_fan_out(clients: &[Client]) -> anyhow::Result<f64> {
 fn ratios(shoal: &StoreResults, etcd: &StoreResults) -> Vec<(String, f64)> {
     let r = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     vec![
-        ("put 1 client ops/s".into(), r(shoal.put_1_client.ops_per_sec, etcd.put_1_client.ops_per_sec)),
-        ("put 1 client p99 (etcd/shoal)".into(), r(etcd.put_1_client.p99_ms, shoal.put_1_client.p99_ms)),
-        ("put 128 clients ops/s".into(), r(shoal.put_128_clients.ops_per_sec, etcd.put_128_clients.ops_per_sec)),
-        ("put 128 clients p99 (etcd/shoal)".into(), r(etcd.put_128_clients.p99_ms, shoal.put_128_clients.p99_ms)),
-        ("range linearizable ops/s".into(), r(shoal.range_linearizable.ops_per_sec, etcd.range_linearizable.ops_per_sec)),
-        ("range serializable ops/s".into(), r(shoal.range_serializable.ops_per_sec, etcd.range_serializable.ops_per_sec)),
-        ("watch events/s".into(), r(shoal.watch_events_per_sec, etcd.watch_events_per_sec)),
+        (
+            "put 1 client ops/s".into(),
+            r(
+                shoal.put_1_client.ops_per_sec,
+                etcd.put_1_client.ops_per_sec,
+            ),
+        ),
+        (
+            "put 1 client p99 (etcd/shoal)".into(),
+            r(etcd.put_1_client.p99_ms, shoal.put_1_client.p99_ms),
+        ),
+        (
+            "put 128 clients ops/s".into(),
+            r(
+                shoal.put_128_clients.ops_per_sec,
+                etcd.put_128_clients.ops_per_sec,
+            ),
+        ),
+        (
+            "put 128 clients p99 (etcd/shoal)".into(),
+            r(etcd.put_128_clients.p99_ms, shoal.put_128_clients.p99_ms),
+        ),
+        (
+            "range linearizable ops/s".into(),
+            r(
+                shoal.range_linearizable.ops_per_sec,
+                etcd.range_linearizable.ops_per_sec,
+            ),
+        ),
+        (
+            "range serializable ops/s".into(),
+            r(
+                shoal.range_serializable.ops_per_sec,
+                etcd.range_serializable.ops_per_sec,
+            ),
+        ),
+        (
+            "watch events/s".into(),
+            r(shoal.watch_events_per_sec, etcd.watch_events_per_sec),
+        ),
     ]
 }
 
 fn print_table(report: &Report) {
     let rows = |s: &StoreResults| {
         vec![
-            format!("{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms", s.put_1_client.ops_per_sec, s.put_1_client.p50_ms, s.put_1_client.p99_ms),
-            format!("{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms", s.put_128_clients.ops_per_sec, s.put_128_clients.p50_ms, s.put_128_clients.p99_ms),
-            format!("{:.0} ops/s, p99 {:.2} ms", s.range_linearizable.ops_per_sec, s.range_linearizable.p99_ms),
-            format!("{:.0} ops/s, p99 {:.2} ms", s.range_serializable.ops_per_sec, s.range_serializable.p99_ms),
+            format!(
+                "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms",
+                s.put_1_client.ops_per_sec, s.put_1_client.p50_ms, s.put_1_client.p99_ms
+            ),
+            format!(
+                "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms",
+                s.put_128_clients.ops_per_sec, s.put_128_clients.p50_ms, s.put_128_clients.p99_ms
+            ),
+            format!(
+                "{:.0} ops/s, p99 {:.2} ms",
+                s.range_linearizable.ops_per_sec, s.range_linearizable.p99_ms
+            ),
+            format!(
+                "{:.0} ops/s, p99 {:.2} ms",
+                s.range_serializable.ops_per_sec, s.range_serializable.p99_ms
+            ),
             format!("{:.0} events/s", s.watch_events_per_sec),
         ]
     };
@@ -348,7 +438,10 @@ fn print_table(report: &Report) {
     println!("| --- | --- | --- | --- |");
     let (shoal, etcd) = (rows(&report.shoal), rows(&report.etcd));
     for (i, name) in names.iter().enumerate() {
-        println!("| {name} | {} | {} | {:.2}x |", shoal[i], etcd[i], report.ratios[ratio_for[i]].1);
+        println!(
+            "| {name} | {} | {} | {:.2}x |",
+            shoal[i], etcd[i], report.ratios[ratio_for[i]].1
+        );
     }
     println!(
         "p99 ratio (etcd / shoal, above 1 is better): 1 client {:.2}x, 128 clients {:.2}x",
@@ -401,7 +494,9 @@ fn write_outputs(report: &Report) -> anyhow::Result<()> {
 }
 
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     format!("{cores} cores")
 }
 
