@@ -121,8 +121,23 @@ fn log_tail(path: &Path) -> String {
     )
 }
 
+/// Waits until every node routes to every other node's subnet.
+fn wait_for_routes(setup: &Setup, flannels: &[Flannel]) {
+    let subnets: Vec<String> = flannels.iter().map(subnet_of).collect();
+    for from in 0..flannels.len() {
+        for (to, subnet) in subnets.iter().enumerate().filter(|(to, _)| *to != from) {
+            wait_for(
+                &format!("n{from} to route to n{to}'s {subnet}"),
+                Duration::from_secs(10),
+                || Some(()).filter(|()| !route_to(setup.cluster.node(from), subnet).is_empty()),
+            );
+        }
+    }
+}
+
 /// Containers on every node reach containers on every other node.
 fn assert_full_mesh(setup: &Setup, flannels: &[Flannel]) {
+    wait_for_routes(setup, flannels);
     let targets: Vec<Container> = flannels
         .iter()
         .enumerate()
@@ -329,10 +344,11 @@ fn docker_style_bridge_from_subnet_env(kind: StoreKind) {
         .enumerate()
         .map(|(index, flannel)| DockerStyle::new(&setup, index, &flannel.subnet_file))
         .collect();
+    wait_for_routes(&setup, &flannels);
     let target = workloads[1].ip.clone();
     let output = workloads[0]
         .ns
-        .output("ping", ["-c", "1", "-W", "2", &target])
+        .output("ping", ["-c", "3", "-i", "0.2", "-W", "2", &target])
         .expect("ping");
     assert!(
         output.status.success(),
@@ -613,4 +629,53 @@ fn vxlan_direct_routing_routes_same_segment_peers_directly() {
         assert!(!route.contains("onlink"), "{dataplane}: {route}");
         assert_full_mesh(&setup, &flannels);
     }
+}
+
+#[test]
+fn shoal_run_names_namespaces_and_never_shares_addresses() {
+    let setup = Setup::new(StoreKind::Etcd, 1, HOST_GW);
+    let flannel = setup.flannel(0, &[]);
+    flannel.wait_subnet();
+    // Started together, held together: every address is different.
+    let containers: Vec<Container> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| setup.container(0, &flannel, &["sleep", "30"])))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("container thread"))
+            .collect()
+    });
+    let addresses: std::collections::HashSet<_> = containers.iter().map(|c| c.ip).collect();
+    assert_eq!(addresses.len(), containers.len(), "{addresses:?}");
+    // A named container's namespace is reachable by name while it runs; inside it, eth0 holds
+    // the printed address with the overlay MTU.
+    let output = setup
+        .cluster
+        .node(0)
+        .ns()
+        .command(common::SHOAL)
+        .env("SHOAL_LOG", common::QUIET_LOG)
+        .args(["run", "--name", "named-ct", "--subnet-file"])
+        .arg(&flannel.subnet_file)
+        .arg("--ipam-dir")
+        .arg(setup.ipam())
+        .args([
+            "--", "ip", "netns", "exec", "named-ct", "ip", "-br", "-4", "addr", "show", "eth0",
+        ])
+        .output()
+        .expect("shoal run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = stdout.lines().next().unwrap_or_default();
+    assert!(stdout.contains(&format!("{printed}/24")), "{stdout}");
+    // Released on exit: the next container reuses the lowest free address.
+    drop(containers);
+    let again = setup.container(0, &flannel, &["true"]);
+    let lowest = std::net::Ipv4Addr::from(u32::from(again.ip) & 0xffff_ff00 | 2);
+    assert_eq!(again.ip, lowest);
 }

@@ -140,11 +140,17 @@ impl Registry {
 
     /// Every lease and reservation, and the store revision they were read at. Keys that are
     /// not flannel leases are skipped with a warning.
+    ///
+    /// The read is serializable (any member answers from its own state, without a round to the
+    /// leader): the list is consistent at the revision it reports, the create-if-absent
+    /// transaction arbitrates races, and the watch resumes from that revision, so a member that
+    /// lags only delays, never loses, an update.
     pub async fn list(&mut self) -> Result<(Vec<Lease>, i64)> {
         let prefix = self.subnets_prefix();
+        let options = GetOptions::new().with_prefix().with_serializable();
         let response = self
             .client
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .get(prefix.clone(), Some(options))
             .await
             .map_err(etcd(format!("listing {prefix}")))?;
         let revision = response.header().map_or(0, |header| header.revision());
