@@ -11,6 +11,7 @@ against_both_stores!(
     restarted_agent_adopts_running_units,
     stop_unload_and_destroy_reach_the_agent,
     replaced_unit_restarts_with_new_contents,
+    global_unit_skips_machines_with_conflicting_units,
 );
 
 use std::time::Duration;
@@ -332,4 +333,36 @@ async fn replaced_unit_restarts_with_new_contents(backend: Backend) {
     let output =
         std::fs::read_to_string(cluster.nodes[0].output_file("versioned.service")).expect("output");
     assert!(output.contains("version two"), "{output}");
+}
+
+async fn global_unit_skips_machines_with_conflicting_units(backend: Backend) {
+    let cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
+    let registry = cluster.registry().await;
+    let pinned = format!("MachineID={}", &cluster.nodes[1].id[..8]);
+    start_units(&registry, &[("busy.service", sleeper(&pinned))]).await;
+    wait_until(Duration::from_secs(20), "busy.service running", || async {
+        running_on(&registry, "busy.service").await.len() == 1
+    })
+    .await;
+    start_units(
+        &registry,
+        &[(
+            "agent.service",
+            sleeper("Global=true\nConflicts=busy.service"),
+        )],
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "global unit on the 2 other machines",
+        || async { running_on(&registry, "agent.service").await.len() == 2 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let on = running_on(&registry, "agent.service").await;
+    assert_eq!(on.len(), 2, "{on:?}");
+    assert!(
+        !on.contains(&cluster.nodes[1].id),
+        "ran next to the unit it conflicts with"
+    );
 }

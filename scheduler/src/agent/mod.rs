@@ -26,7 +26,7 @@ use crate::{
         JobRecord, MachineRecord, Store, StoreError, StoreResult, TargetState, UnitStateRecord,
         parse_json, to_json,
     },
-    unit::{UnitFile, UnitName},
+    unit::{Requirements, UnitFile, UnitName},
 };
 
 /// Lines of output published per unit for `fleetctl journal`.
@@ -55,6 +55,7 @@ pub struct Agent {
     runtime: Arc<dyn UnitRuntime>,
     jobs: BTreeMap<String, AgentJob>,
     unit_texts: HashMap<String, String>,
+    rules_cache: HashMap<(String, String), Option<Requirements>>,
     reported: HashMap<String, UnitStateRecord>,
     published_output: HashMap<String, String>,
     load_errors: HashMap<String, (String, String)>,
@@ -69,6 +70,7 @@ impl Agent {
             runtime,
             jobs: BTreeMap::new(),
             unit_texts: HashMap::new(),
+            rules_cache: HashMap::new(),
             reported: HashMap::new(),
             published_output: HashMap::new(),
             load_errors: HashMap::new(),
@@ -213,38 +215,60 @@ impl Agent {
         }
     }
 
-    /// The units this machine should hold: name, unit hash and target state.
+    /// The units this machine should hold: name, unit hash and target state. Units the engine
+    /// scheduled here come first; Global units follow where the metadata matches and they
+    /// conflict (either way) with nothing already here.
     async fn desired(&mut self) -> BTreeMap<String, (String, TargetState)> {
         let mut desired = BTreeMap::new();
-        let candidates: Vec<(String, String, TargetState, Option<String>)> = self
-            .jobs
-            .iter()
-            .filter_map(|(name, job)| {
-                let state = job.target_state.filter(|s| *s != TargetState::Inactive)?;
-                Some((name.clone(), job.hash.clone()?, state, job.target.clone()))
-            })
-            .collect();
-        for (name, hash, state, target) in candidates {
-            let mine = match target {
-                Some(target) => target == self.machine_id(),
-                None => self.global_unit_fits(&name, &hash).await,
+        let mut globals = Vec::new();
+        for (name, job) in &self.jobs {
+            let Some(state) = job.target_state.filter(|s| *s != TargetState::Inactive) else {
+                continue;
             };
-            if mine {
+            let Some(hash) = job.hash.clone() else {
+                continue;
+            };
+            match job.target.as_deref() {
+                Some(target) if target == self.machine_id() => {
+                    desired.insert(name.clone(), (hash, state));
+                }
+                Some(_) => {}
+                None => globals.push((name.clone(), hash, state)),
+            }
+        }
+        for (name, hash, state) in globals {
+            let Some(rules) = self.rules(&name, &hash).await else {
+                continue;
+            };
+            if !rules.global || !rules.metadata_matches(&self.settings.machine.metadata) {
+                continue;
+            }
+            let mut conflicting = false;
+            let here: Vec<(String, String)> = desired
+                .iter()
+                .map(|(other, (other_hash, _))| (other.clone(), other_hash.clone()))
+                .collect();
+            for (other, other_hash) in here {
+                let other_rules = self.rules(&other, &other_hash).await.unwrap_or_default();
+                conflicting |= rules.conflicts_with(&other) || other_rules.conflicts_with(&name);
+            }
+            if !conflicting {
                 desired.insert(name, (hash, state));
             }
         }
         desired
     }
 
-    /// Is `name` a Global unit whose metadata this machine matches?
-    async fn global_unit_fits(&mut self, name: &str, hash: &str) -> bool {
-        let Some(text) = self.unit_text(hash).await else {
-            return false;
-        };
-        match parse_rules(name, &text) {
-            Ok(rules) => rules.global && rules.metadata_matches(&self.settings.machine.metadata),
-            Err(_) => false,
+    /// The `[X-Fleet]` rules of a job, parsed once per unit version.
+    async fn rules(&mut self, name: &str, hash: &str) -> Option<Requirements> {
+        let key = (name.to_string(), hash.to_string());
+        if let Some(cached) = self.rules_cache.get(&key) {
+            return cached.clone();
         }
+        let text = self.unit_text(hash).await?;
+        let rules = parse_rules(name, &text).ok();
+        self.rules_cache.insert(key, rules.clone());
+        rules
     }
 
     async fn unit_text(&mut self, hash: &str) -> Option<String> {
