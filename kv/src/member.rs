@@ -237,7 +237,7 @@ impl Member {
             )));
         }
         if member.config.initial_cluster_state == ClusterState::New {
-            member.initialize(initial).await?;
+            tasks.push(member.clone().bootstrap(initial)?);
         }
         tasks.push(tokio::spawn(member.clone().publish_attrs()));
         tasks.push(tokio::spawn(member.clone().run_lease_clock()));
@@ -246,6 +246,35 @@ impl Member {
             tasks,
             client_addrs,
         })
+    }
+
+    /// Forms a new cluster without two members initializing it at once: the member with the
+    /// lowest ID initializes at once, the one ranked `r` only after `r` times two election
+    /// timeouts and only if no other member contacted it meanwhile. Concurrent `initialize`
+    /// calls make several members candidates of term 1 at the same moment.
+    fn bootstrap(self: Arc<Self>, members: Members) -> Result<JoinHandle<()>, StoreError> {
+        let rank = members
+            .keys()
+            .position(|id| *id == self.id)
+            .ok_or_else(|| {
+                StoreError::Config(format!(
+                    "--initial-cluster does not name this member ({})",
+                    self.config.name
+                ))
+            })?;
+        let delay = self.config.election_timeout * 2 * rank as u32;
+        Ok(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            match self.raft.is_initialized().await {
+                Ok(true) => tracing::debug!("contacted by another member; not initializing"),
+                Ok(false) => {
+                    if let Err(e) = self.initialize(members).await {
+                        tracing::error!("{e}");
+                    }
+                }
+                Err(e) => tracing::error!("asking Raft whether it is initialized: {e}"),
+            }
+        }))
     }
 
     async fn initialize(&self, members: Members) -> Result<(), StoreError> {

@@ -268,22 +268,41 @@ pub struct PeerService<H> {
     pub handler: Arc<H>,
 }
 
+impl<H: PeerHandler> PeerService<H> {
+    /// Refuses a Raft message this member sent itself (a peer URL of another member that
+    /// reaches this one): openraft would take its own vote as granted by a second voter, and a
+    /// leader receiving its own AppendEntries trips openraft's `self.leader.is_none()`.
+    fn refuse_own(&self, vote: &openraft::Vote<u64>) -> Result<(), Status> {
+        let own = self.handler.raft().metrics().borrow().id;
+        if vote.leader_id().voted_for() == Some(own) {
+            tracing::error!("refusing a Raft message from this member itself: a peer URL is wrong");
+            return Err(Status::failed_precondition(
+                "Raft message from the receiving member itself",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl<H: PeerHandler> Peer for PeerService<H> {
     async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = unblob(request.get_ref())?;
+        self.refuse_own(&rpc.vote)?;
         let answer = self.handler.raft().append_entries(rpc).await;
         Ok(Response::new(blob(&answer)?))
     }
 
     async fn vote(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: VoteRequest<u64> = unblob(request.get_ref())?;
+        self.refuse_own(&rpc.vote)?;
         let answer = self.handler.raft().vote(rpc).await;
         Ok(Response::new(blob(&answer)?))
     }
 
     async fn full_snapshot(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = unblob(request.get_ref())?;
+        self.refuse_own(&rpc.vote)?;
         let answer = self.handler.raft().install_snapshot(rpc).await;
         Ok(Response::new(blob(&answer)?))
     }
