@@ -127,7 +127,7 @@ fn print_access(cluster: &VmCluster) {
     let endpoints = cluster.store_endpoints();
     let shoal = cluster.dir().join("share/shoal");
     println!("cluster {} is booted; from this host:", cluster.id());
-    println!("  ip netns exec {ns} etcdctl --endpoints {endpoints} endpoint status -w table");
+    println!("  ip netns exec {ns} etcdctl --endpoints {endpoints} endpoint health");
     println!(
         "  ip netns exec {ns} {} fleetctl --endpoint {endpoints} list-machines",
         shoal.display()
@@ -140,7 +140,7 @@ fn print_access(cluster: &VmCluster) {
             node.name()
         );
     }
-    println!("  cargo xtask vm-cluster exec n1 -- ip addr   # a command inside a node");
+    println!("  cargo xtask vm-cluster exec n1 -- /usr/sbin/ip -br addr   # a command inside a node");
     println!("  consoles: {}/<node>.console.log", cluster.dir().display());
 }
 
