@@ -140,7 +140,9 @@ fn print_access(cluster: &VmCluster) {
             node.name()
         );
     }
-    println!("  cargo xtask vm-cluster exec n1 -- /usr/sbin/ip -br addr   # a command inside a node");
+    println!(
+        "  cargo xtask vm-cluster exec n1 -- /usr/sbin/ip -br addr   # a command inside a node"
+    );
     println!("  consoles: {}/<node>.console.log", cluster.dir().display());
 }
 
