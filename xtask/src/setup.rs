@@ -37,6 +37,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "debootstrap",
     "e2fsprogs",
     "xz-utils",
+    "zstd",
     "protobuf-compiler",
     "libprotobuf-dev",
     "python3-matplotlib",
