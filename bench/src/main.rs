@@ -6,6 +6,7 @@ use clap::{Parser, ValueEnum};
 mod fleet;
 mod kv;
 mod leases;
+mod net;
 
 #[derive(Parser)]
 struct Cli {
@@ -30,6 +31,6 @@ fn main() -> anyhow::Result<()> {
         Suite::Fleet => fleet::run(),
         Suite::Kv => kv::run(),
         Suite::Leases => leases::run(),
-        other => anyhow::bail!("benchmark suite {other:?} is not implemented yet"),
+        Suite::Net => net::run(net::rounds_from_env()),
     }
 }

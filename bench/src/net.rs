@@ -1,0 +1,622 @@
+//! `net` suite: the packet path between containers on two harness nodes, side by side:
+//!
+//! - `host-gw`: plain routing, no encapsulation (the upper bound);
+//! - `kernel-vxlan`: the kernel VXLAN device configured as flanneld's vxlan backend does (the
+//!   reference);
+//! - `shoal-vxlan` (XDP decapsulation), `shoal-vxlan-tc` (TC decapsulation) and `shoal-udp`:
+//!   shoal's eBPF dataplane.
+//!
+//! Each configuration gets a fresh two-node cluster with one container per node and the workload
+//! MTU its encapsulation allows; rounds interleave the configurations so background load hits
+//! them alike. Metrics: single-stream TCP (iperf3), 64-byte UDP packets per second delivered
+//! (iperf3, unlimited rate), UDP request/response latency p50/p99 (sockperf ping-pong, one-way
+//! = RTT/2) and CPU time per delivered 64-byte packet (the iperf3 processes' user+system time
+//! plus the machine's softirq time during the run). Results: `target/bench/net.json`, a table on
+//! stdout and `target/bench/net.png`.
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use shoal_dataplane::{Backend, Config, Dataplane, DecapHook, MacAddr, RouteTarget};
+use shoal_harness::{Cluster, Namespace, Node, NsWorker, flannel_vxlan};
+
+const SECONDS: u32 = 5;
+const PIN_ROOT: &str = "/sys/fs/bpf/shoal-bench";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    HostGw,
+    KernelVxlan,
+    Shoal(Backend, DecapHook),
+}
+
+impl Layout {
+    const ALL: [Layout; 5] = [
+        Layout::HostGw,
+        Layout::KernelVxlan,
+        Layout::Shoal(Backend::Vxlan, DecapHook::Xdp),
+        Layout::Shoal(Backend::Vxlan, DecapHook::Tc),
+        Layout::Shoal(Backend::Udp, DecapHook::Xdp),
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Layout::HostGw => "host-gw",
+            Layout::KernelVxlan => "kernel-vxlan",
+            Layout::Shoal(Backend::Vxlan, DecapHook::Xdp) => "shoal-vxlan",
+            Layout::Shoal(Backend::Vxlan, DecapHook::Tc) => "shoal-vxlan-tc",
+            Layout::Shoal(Backend::Udp, DecapHook::Xdp) => "shoal-udp",
+            Layout::Shoal(Backend::Udp, DecapHook::Tc) => "shoal-udp-tc",
+        }
+    }
+
+    fn workload_mtu(self) -> u32 {
+        match self {
+            Layout::HostGw => 1500,
+            Layout::KernelVxlan => 1450,
+            Layout::Shoal(backend, _) => 1500 - backend.overhead(),
+        }
+    }
+}
+
+/// One configuration's measurements in one round.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Sample {
+    tcp_gbps: f64,
+    udp64_pps: f64,
+    latency_p50_us: f64,
+    latency_p99_us: f64,
+    cpu_ns_per_packet: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ConfigResult {
+    name: String,
+    /// Median over rounds of each metric.
+    median: Sample,
+    rounds: Vec<Sample>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    seconds_per_test: u32,
+    configs: Vec<ConfigResult>,
+    ratios: Vec<Ratio>,
+}
+
+#[derive(Debug, Serialize)]
+struct Ratio {
+    what: String,
+    value: f64,
+    target: Option<String>,
+    met: Option<bool>,
+}
+
+/// A dataplane living in a node, driven from a thread inside it; detached on drop.
+struct NodeDataplane {
+    worker: NsWorker,
+    dataplane: Option<Dataplane>,
+}
+
+impl NodeDataplane {
+    fn attach(cluster: &Cluster, node: &Node, hook: DecapHook) -> anyhow::Result<Self> {
+        let worker = NsWorker::spawn(node.ns())?;
+        let subnet = node.container_subnet().context("node without subnet")?;
+        let mut config = Config::new("eth0", node.underlay_ip(), subnet);
+        config.pin_root = PIN_ROOT.into();
+        config.instance = format!("{}-{}", cluster.run_id(), node.name());
+        config.decap_hook = hook;
+        config.route_source = Some(Ipv4Addr::from(u32::from(subnet.network()) + 1));
+        let dataplane = worker.run(move || Dataplane::load_or_attach(config))?;
+        Ok(Self {
+            worker,
+            dataplane: Some(dataplane),
+        })
+    }
+
+    fn vtep_mac(&self) -> MacAddr {
+        self.dataplane
+            .as_ref()
+            .map(Dataplane::vtep_mac)
+            .unwrap_or(MacAddr([0; 6]))
+    }
+
+    fn set_route(&mut self, peer: &Node, target: RouteTarget) -> anyhow::Result<()> {
+        let mut dataplane = self.dataplane.take().context("detached")?;
+        let subnet = peer.container_subnet().context("peer without subnet")?;
+        let (dataplane, result) = self.worker.run(move || {
+            let result = dataplane.set_route(subnet, target);
+            (dataplane, result)
+        });
+        self.dataplane = Some(dataplane);
+        Ok(result?)
+    }
+}
+
+impl Drop for NodeDataplane {
+    fn drop(&mut self) {
+        if let Some(dataplane) = self.dataplane.take()
+            && let Err(err) = self.worker.run(move || dataplane.detach())
+        {
+            eprintln!("detaching the benchmark dataplane: {err}");
+        }
+    }
+}
+
+/// A two-node cluster wired as `layout`; everything is removed on drop.
+struct Testbed {
+    // Dataplanes detach before the cluster's namespaces go.
+    _dataplanes: Vec<NodeDataplane>,
+    cluster: Cluster,
+}
+
+impl Testbed {
+    fn build(layout: Layout) -> anyhow::Result<Self> {
+        let cluster = Cluster::builder().nodes(2).containers_per_node(1).build()?;
+        // Plain L2 switching and bridging everywhere, as on a physical network.
+        cluster
+            .switch()
+            .sysctl("net.bridge.bridge-nf-call-iptables", "0")?;
+        for node in cluster.nodes() {
+            node.ns()
+                .sysctl("net.bridge.bridge-nf-call-iptables", "0")?;
+        }
+        let dataplanes = match layout {
+            Layout::HostGw => {
+                cluster.install_host_gw_routes()?;
+                Vec::new()
+            }
+            Layout::KernelVxlan => {
+                wire_kernel_vxlan(&cluster)?;
+                Vec::new()
+            }
+            Layout::Shoal(backend, hook) => wire_shoal(&cluster, backend, hook)?,
+        };
+        for node in cluster.nodes() {
+            flannel_vxlan::set_workload_mtu(node, layout.workload_mtu())?;
+        }
+        Ok(Self {
+            _dataplanes: dataplanes,
+            cluster,
+        })
+    }
+
+    fn client(&self) -> &Namespace {
+        self.cluster.node(0).container(0).ns()
+    }
+
+    fn server(&self) -> &Namespace {
+        self.cluster.node(1).container(0).ns()
+    }
+
+    fn server_ip(&self) -> anyhow::Result<Ipv4Addr> {
+        self.cluster
+            .node(1)
+            .container(0)
+            .ip()
+            .context("server container has no address")
+    }
+}
+
+fn wire_kernel_vxlan(cluster: &Cluster) -> anyhow::Result<()> {
+    let leases = cluster
+        .nodes()
+        .iter()
+        .map(flannel_vxlan::create_device)
+        .collect::<Result<Vec<_>, _>>()?;
+    for node in cluster.nodes() {
+        for (index, lease) in leases.iter().enumerate() {
+            if index != node.index() {
+                flannel_vxlan::add_peer(node, lease)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wire_shoal(
+    cluster: &Cluster,
+    backend: Backend,
+    hook: DecapHook,
+) -> anyhow::Result<Vec<NodeDataplane>> {
+    let mut dataplanes = cluster
+        .nodes()
+        .iter()
+        .map(|node| NodeDataplane::attach(cluster, node, hook))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let macs: Vec<MacAddr> = dataplanes.iter().map(NodeDataplane::vtep_mac).collect();
+    for (index, dataplane) in dataplanes.iter_mut().enumerate() {
+        for peer in cluster.nodes().iter().filter(|peer| peer.index() != index) {
+            dataplane.set_route(
+                peer,
+                RouteTarget {
+                    underlay_ip: peer.underlay_ip(),
+                    vtep_mac: macs[peer.index()],
+                    backend,
+                },
+            )?;
+        }
+    }
+    Ok(dataplanes)
+}
+
+/// A server process in a namespace, killed on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(ns: &Namespace, program: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = ns.command(program);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        let child = ns.spawn(&mut cmd)?;
+        std::thread::sleep(Duration::from_millis(400));
+        Ok(Self(child))
+    }
+
+    fn wait(mut self) {
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf3_json(ns: &Namespace, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let output = ns.output("iperf3", args)?;
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("iperf3 {args:?} printed no JSON"))?;
+    if let Some(error) = json.get("error") {
+        bail!("iperf3 {args:?}: {error}");
+    }
+    Ok(json)
+}
+
+const PORT: &str = "5201";
+
+fn measure_tcp(bed: &Testbed) -> anyhow::Result<f64> {
+    let _server = Server::start(bed.server(), "iperf3", &["-s", "-1", "-p", PORT])?;
+    let ip = bed.server_ip()?.to_string();
+    let json = iperf3_json(
+        bed.client(),
+        &["-c", &ip, "-p", PORT, "-t", &SECONDS.to_string(), "-J"],
+    )?;
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no received rate")?;
+    Ok(bps / 1e9)
+}
+
+/// CPU seconds of waited-for children (user + system).
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills a plain C struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to our struct.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Machine-wide softirq time in seconds (from /proc/stat).
+fn softirq_seconds() -> anyhow::Result<f64> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let softirq: f64 = line
+        .split_whitespace()
+        .nth(7)
+        .context("no softirq column in /proc/stat")?
+        .parse()
+        .context("softirq column")?;
+    // SAFETY: sysconf has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(softirq / ticks)
+}
+
+/// 64-byte UDP at full speed: delivered packets per second, and CPU nanoseconds per packet.
+fn measure_udp64(bed: &Testbed) -> anyhow::Result<(f64, f64)> {
+    let server = Server::start(bed.server(), "iperf3", &["-s", "-1", "-p", PORT])?;
+    let ip = bed.server_ip()?.to_string();
+    let (cpu_before, softirq_before) = (children_cpu_seconds(), softirq_seconds()?);
+    let json = iperf3_json(
+        bed.client(),
+        &[
+            "-c",
+            &ip,
+            "-p",
+            PORT,
+            "-u",
+            "-l",
+            "64",
+            "-b",
+            "0",
+            "-t",
+            &SECONDS.to_string(),
+            "-J",
+        ],
+    )?;
+    server.wait();
+    let cpu = children_cpu_seconds() - cpu_before + softirq_seconds()? - softirq_before;
+    let sum = &json["end"]["sum"];
+    let sent = sum["packets"]
+        .as_f64()
+        .context("iperf3 reported no packets")?;
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let seconds = sum["seconds"].as_f64().unwrap_or(f64::from(SECONDS));
+    let delivered = (sent - lost).max(1.0);
+    Ok((delivered / seconds, cpu * 1e9 / delivered))
+}
+
+/// sockperf UDP ping-pong with 64-byte messages: one-way latency p50 and p99 in microseconds.
+fn measure_latency(bed: &Testbed) -> anyhow::Result<(f64, f64)> {
+    let ip = bed.server_ip()?.to_string();
+    let _server = Server::start(bed.server(), "sockperf", &["sr", "-i", &ip, "-p", "11111"])?;
+    let output = bed.client().output(
+        "sockperf",
+        [
+            "pp",
+            "-i",
+            &ip,
+            "-p",
+            "11111",
+            "-m",
+            "64",
+            "-t",
+            &SECONDS.to_string(),
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let percentile = |which: &str| -> anyhow::Result<f64> {
+        text.lines()
+            .find(|line| line.contains(&format!("percentile {which}")))
+            .and_then(|line| line.rsplit('=').next())
+            .and_then(|value| value.trim().parse().ok())
+            .with_context(|| format!("sockperf printed no {which} percentile: {text}"))
+    };
+    Ok((percentile("50.000")?, percentile("99.000")?))
+}
+
+fn measure(layout: Layout) -> anyhow::Result<Sample> {
+    let bed = Testbed::build(layout).with_context(|| format!("building {}", layout.name()))?;
+    // Warm-up: resolves neighbours and fills caches.
+    let _ = bed.client().output(
+        "ping",
+        ["-c", "2", "-i", "0.2", &bed.server_ip()?.to_string()],
+    );
+    let tcp_gbps = measure_tcp(&bed).with_context(|| format!("TCP on {}", layout.name()))?;
+    let (udp64_pps, cpu_ns_per_packet) =
+        measure_udp64(&bed).with_context(|| format!("UDP on {}", layout.name()))?;
+    let (latency_p50_us, latency_p99_us) =
+        measure_latency(&bed).with_context(|| format!("latency on {}", layout.name()))?;
+    Ok(Sample {
+        tcp_gbps,
+        udp64_pps,
+        latency_p50_us,
+        latency_p99_us,
+        cpu_ns_per_packet,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn median_sample(rounds: &[Sample]) -> Sample {
+    let of = |metric: fn(&Sample) -> f64| median(rounds.iter().map(metric).collect());
+    Sample {
+        tcp_gbps: of(|s| s.tcp_gbps),
+        udp64_pps: of(|s| s.udp64_pps),
+        latency_p50_us: of(|s| s.latency_p50_us),
+        latency_p99_us: of(|s| s.latency_p99_us),
+        cpu_ns_per_packet: of(|s| s.cpu_ns_per_packet),
+    }
+}
+
+fn ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
+    let find = |name: &str| configs.iter().find(|config| config.name == name);
+    let (Some(shoal), Some(kernel), Some(host_gw)) =
+        (find("shoal-vxlan"), find("kernel-vxlan"), find("host-gw"))
+    else {
+        return Vec::new();
+    };
+    let (s, k, h) = (&shoal.median, &kernel.median, &host_gw.median);
+    let ratio = |what: &str, value: f64, target: Option<(&str, bool)>| Ratio {
+        what: what.to_string(),
+        value,
+        target: target.map(|(text, _)| text.to_string()),
+        met: target.map(|(_, met)| met),
+    };
+    let tcp_vs_kernel = s.tcp_gbps / k.tcp_gbps;
+    let pps_vs_kernel = s.udp64_pps / k.udp64_pps;
+    let p50_vs_kernel = s.latency_p50_us / k.latency_p50_us;
+    let tcp_vs_host_gw = s.tcp_gbps / h.tcp_gbps;
+    let mut list = vec![
+        ratio(
+            "shoal-vxlan / kernel-vxlan TCP throughput",
+            tcp_vs_kernel,
+            Some((">= 1.0", tcp_vs_kernel >= 1.0)),
+        ),
+        ratio(
+            "shoal-vxlan / kernel-vxlan 64-byte UDP pps",
+            pps_vs_kernel,
+            Some((">= 1.5", pps_vs_kernel >= 1.5)),
+        ),
+        ratio(
+            "shoal-vxlan / kernel-vxlan latency p50",
+            p50_vs_kernel,
+            Some(("<= 1.0", p50_vs_kernel <= 1.0)),
+        ),
+        ratio(
+            "shoal-vxlan / host-gw TCP throughput",
+            tcp_vs_host_gw,
+            Some((">= 0.9", tcp_vs_host_gw >= 0.9)),
+        ),
+        ratio(
+            "shoal-vxlan / kernel-vxlan CPU per packet",
+            s.cpu_ns_per_packet / k.cpu_ns_per_packet,
+            None,
+        ),
+    ];
+    if let Some(tc) = find("shoal-vxlan-tc") {
+        list.push(ratio(
+            "shoal-vxlan (XDP decap) / shoal-vxlan-tc (TC decap) TCP throughput",
+            s.tcp_gbps / tc.median.tcp_gbps,
+            None,
+        ));
+        list.push(ratio(
+            "shoal-vxlan (XDP decap) / shoal-vxlan-tc (TC decap) 64-byte UDP pps",
+            s.udp64_pps / tc.median.udp64_pps,
+            None,
+        ));
+    }
+    if let Some(udp) = find("shoal-udp") {
+        list.push(ratio(
+            "shoal-udp / kernel-vxlan TCP throughput",
+            udp.median.tcp_gbps / k.tcp_gbps,
+            None,
+        ));
+    }
+    list
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "\n{:<16} {:>10} {:>14} {:>10} {:>10} {:>12}",
+        "config", "TCP Gbit/s", "UDP64 pkt/s", "p50 us", "p99 us", "CPU ns/pkt"
+    );
+    for config in &report.configs {
+        let m = &config.median;
+        println!(
+            "{:<16} {:>10.2} {:>14.0} {:>10.1} {:>10.1} {:>12.0}",
+            config.name,
+            m.tcp_gbps,
+            m.udp64_pps,
+            m.latency_p50_us,
+            m.latency_p99_us,
+            m.cpu_ns_per_packet
+        );
+    }
+    println!();
+    for ratio in &report.ratios {
+        let verdict = match (ratio.met, &ratio.target) {
+            (Some(true), Some(target)) => format!("target {target}: met"),
+            (Some(false), Some(target)) => format!("target {target}: NOT met"),
+            _ => String::new(),
+        };
+        println!("{:<70} {:>6.2}  {verdict}", ratio.what, ratio.value);
+    }
+}
+
+const CHART: &str = r##"
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+report = json.load(open(sys.argv[1]))
+names = [c["name"] for c in report["configs"]]
+metrics = [
+    ("tcp_gbps", "TCP single stream (Gbit/s)"),
+    ("udp64_pps", "64-byte UDP delivered (pkt/s)"),
+    ("latency_p50_us", "UDP ping-pong p50 (us, one way)"),
+    ("latency_p99_us", "UDP ping-pong p99 (us, one way)"),
+    ("cpu_ns_per_packet", "CPU per 64-byte packet (ns)"),
+]
+fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4))
+colors = ["#888888", "#d62728", "#1f77b4", "#6baed6", "#2ca02c"]
+for ax, (key, title) in zip(axes, metrics):
+    values = [c["median"][key] for c in report["configs"]]
+    ax.bar(names, values, color=colors[: len(names)])
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+fig.suptitle("shoal net benchmark (median of rounds; " + report["machine"] + ")", fontsize=9)
+fig.tight_layout()
+fig.savefig(sys.argv[2], dpi=110)
+"##;
+
+fn write_outputs(report: &Report) -> anyhow::Result<()> {
+    let dir = PathBuf::from("target/bench");
+    fs::create_dir_all(&dir).context("creating target/bench")?;
+    let json_path = dir.join("net.json");
+    fs::write(&json_path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let png_path = dir.join("net.png");
+    // Debian's python3 has python3-matplotlib; a python3 earlier in PATH (pyenv) may not.
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let status = Command::new(python)
+        .args(["-c", CHART])
+        .arg(&json_path)
+        .arg(&png_path)
+        .status()
+        .context("running python3 for the chart")?;
+    if !status.success() {
+        bail!("python3 failed to draw {}", png_path.display());
+    }
+    println!("wrote {} and {}", json_path.display(), png_path.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "{cpus} CPUs, kernel {}, load {}",
+        kernel.trim(),
+        load.split_whitespace().next().unwrap_or("?")
+    )
+}
+
+/// Runs the suite; `rounds` interleaved rounds over every configuration (default 3).
+pub fn run(rounds: usize) -> anyhow::Result<()> {
+    let rounds = rounds.max(1);
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Layout::ALL.len()];
+    for round in 0..rounds {
+        for (index, layout) in Layout::ALL.iter().enumerate() {
+            let sample = measure(*layout)?;
+            eprintln!("round {round} {:<16} {sample:?}", layout.name());
+            samples[index].push(sample);
+        }
+    }
+    let configs: Vec<ConfigResult> = Layout::ALL
+        .iter()
+        .zip(samples)
+        .map(|(layout, rounds)| ConfigResult {
+            name: layout.name().to_string(),
+            median: median_sample(&rounds),
+            rounds,
+        })
+        .collect();
+    let report = Report {
+        machine: machine(),
+        seconds_per_test: SECONDS,
+        ratios: ratios(&configs),
+        configs,
+    };
+    print_table(&report);
+    write_outputs(&report)
+}
+
+/// Rounds from `SHOAL_NET_BENCH_ROUNDS` (default 3).
+pub fn rounds_from_env() -> usize {
+    std::env::var("SHOAL_NET_BENCH_ROUNDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3)
+}
