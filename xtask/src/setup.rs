@@ -52,7 +52,21 @@ pub fn run() -> Result<()> {
     install_debian_packages()?;
     install_bpf_linker()?;
     link_bpf_toolchain()?;
+    install_nextest()?;
     Ok(())
+}
+
+fn install_nextest() -> Result<()> {
+    let present = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if present {
+        println!("setup: cargo-nextest present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-nextest");
+    run_cmd(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
 }
 
 fn install_debian_packages() -> Result<()> {

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: what CI runs. Setup, then the quality gates, then every test.
+//! `cargo xtask test`: what CI runs. Setup, then the quality gates, then every test (with
+//! cargo-nextest, which the machine image ships and `cargo xtask setup` installs if missing).
 use std::process::Command;
 
 use anyhow::Result;
@@ -11,9 +12,9 @@ pub struct TestArgs {
     /// Skip `cargo fmt --check` and clippy (for a quick local loop).
     #[arg(long)]
     no_lints: bool,
-    /// Extra arguments for `cargo test` (e.g. a test name filter).
+    /// Extra arguments for `cargo nextest run` (e.g. a test name filter).
     #[arg(last = true)]
-    cargo_test_args: Vec<String>,
+    nextest_args: Vec<String>,
 }
 
 pub fn run(args: TestArgs) -> Result<()> {
@@ -35,10 +36,13 @@ pub fn run(args: TestArgs) -> Result<()> {
             "warnings",
         ]))?;
     }
+    // Every test in its own process, retried and time-limited as .config/nextest.toml says.
     // The harness sweeps namespaces left by killed runs before every cluster it builds.
     run_cmd(
         cargo()
-            .args(["test", "--workspace"])
-            .args(&args.cargo_test_args),
-    )
+            .args(["nextest", "run", "--workspace"])
+            .args(&args.nextest_args),
+    )?;
+    // nextest does not run doctests.
+    run_cmd(cargo().args(["test", "--workspace", "--doc"]))
 }
