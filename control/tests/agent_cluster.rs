@@ -125,6 +125,21 @@ fn three_masters_converge_and_survive_one_down() {
     );
     assert_eq!(reply.trim(), "hello-from-web");
 
+    // /metrics reports the store, fleet and the dataplane's pinned counters.
+    let metrics = cluster
+        .node(0)
+        .exec("curl", &["-sf", "http://127.0.0.1:9901/metrics"])
+        .expect("metrics");
+    assert!(metrics.contains("shoal_store_up 1"), "{metrics}");
+    assert!(metrics.contains("shoal_fleet_machines 3"), "{metrics}");
+    let encapsulated = metrics
+        .lines()
+        .find(|line| line.contains("counter=\"encap_vxlan_packets\""))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no dataplane counters in /metrics:\n{metrics}"));
+    assert!(encapsulated > 0, "{metrics}");
+
     // A graceful stop of node3's agent leaves its overlay in place for running containers.
     assert!(
         agents.stop(2),

@@ -57,6 +57,29 @@ use system::{InterfaceInfo, KernelRoute};
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shoal-dataplane"));
 
+/// Counter totals of the dataplane pinned in `pin_dir` (`<pin_root>/<instance>`), read without
+/// loading or attaching anything: for a metrics exporter in another process, such as the agent.
+pub fn read_pinned_stats(pin_dir: &Path) -> Result<Stats> {
+    let map_error = |source| Error::Map {
+        map: COUNTERS_MAP,
+        interface: pin_dir.display().to_string(),
+        source: Box::new(source),
+    };
+    let data = MapData::from_pin(pin_dir.join(COUNTERS_MAP)).map_err(map_error)?;
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(map_error)?;
+    sum_counters(&counters).map_err(map_error)
+}
+
+fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Stats, aya::maps::MapError> {
+    let mut values = Vec::with_capacity(Counter::ALL.len());
+    for counter in Counter::ALL {
+        let per_cpu = counters.get(&(counter as u32), 0)?;
+        values.push(per_cpu.iter().sum());
+    }
+    Ok(Stats { values })
+}
+
 /// Size of the embedded eBPF object (used by `shoal version`).
 pub fn object_size() -> usize {
     EBPF_OBJECT.len()
@@ -427,15 +450,7 @@ impl Dataplane {
 
     /// Counter totals over all CPUs.
     pub fn stats(&self) -> Result<Stats> {
-        let mut values = Vec::with_capacity(Counter::ALL.len());
-        for counter in Counter::ALL {
-            let per_cpu = self
-                .counters
-                .get(&(counter as u32), 0)
-                .map_err(|source| self.map_error(COUNTERS_MAP, source))?;
-            values.push(per_cpu.iter().sum());
-        }
-        Ok(Stats { values })
+        sum_counters(&self.counters).map_err(|source| self.map_error(COUNTERS_MAP, source))
     }
 
     /// Detaches the programs, removes the kernel routes this dataplane installed and every pin.

@@ -6,6 +6,7 @@
 //! Shutdown (SIGINT, SIGTERM) stops the components; the overlay leaves its routes, lease and
 //! pinned dataplane in place so running containers keep their network.
 pub mod config;
+pub mod dataplane_metrics;
 pub mod health;
 pub mod plan;
 pub mod readiness;
@@ -66,7 +67,7 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
         health::serve(
             config.health.listen,
             readiness.clone(),
-            vec![gauges.clone() as Arc<dyn health::MetricsSource>],
+            metrics_sources(&plan, gauges.clone()),
             shutdown.clone(),
         ),
     ));
@@ -214,6 +215,17 @@ async fn try_write_network_config(endpoints: &[String], key: &str, json: &str) -
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key, json, None)]);
     Ok(client.txn(txn).await?.succeeded())
+}
+
+/// What `/metrics` reports: the probes' gauges, and the dataplane's pinned counters.
+fn metrics_sources(plan: &Plan, gauges: Arc<Gauges>) -> Vec<Arc<dyn health::MetricsSource>> {
+    let mut sources: Vec<Arc<dyn health::MetricsSource>> = vec![gauges];
+    if let Some(overlay) = &plan.overlay {
+        sources.push(Arc::new(dataplane_metrics::DataplaneCounters {
+            pin_root: overlay.dataplane_pin_root.clone(),
+        }));
+    }
+    sources
 }
 
 fn probes(config: &AgentConfig, plan: &Plan) -> Result<Probes> {
