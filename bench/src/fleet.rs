@@ -252,7 +252,11 @@ fn machine_metadata(index: usize) -> Vec<(String, String)> {
         1 => "cache",
         _ => "web",
     };
-    let disk = if index.is_multiple_of(2) { "ssd" } else { "hdd" };
+    let disk = if index.is_multiple_of(2) {
+        "ssd"
+    } else {
+        "hdd"
+    };
     vec![
         ("role".into(), role.into()),
         ("rack".into(), format!("r{}", index % 10)),
