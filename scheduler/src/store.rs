@@ -230,25 +230,45 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to `endpoints`; fails within `timeout` when none answers.
+    /// Connects to the first of `endpoints` that answers a cheap request within
+    /// `timeout`, trying them in order. etcd-client balances over all of its
+    /// endpoints and would send requests to a dead one, so the store keeps one.
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
     ) -> StoreResult<Self> {
-        let joined = endpoints.join(",");
+        let mut last_error = None;
+        for endpoint in endpoints {
+            match Self::connect_one(endpoint, prefix, timeout).await {
+                Ok(store) => return Ok(store),
+                Err(err) => {
+                    tracing::debug!("store endpoint {endpoint} unusable: {err}");
+                    last_error = Some(err);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| StoreError::Timeout {
+            endpoints: String::new(),
+            operation: "connect (no endpoints given)".into(),
+            timeout,
+        }))
+    }
+
+    /// Connects to one endpoint and proves it answers within `timeout`.
+    async fn connect_one(endpoint: &str, prefix: &str, timeout: Duration) -> StoreResult<Self> {
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_keep_alive(Duration::from_secs(5), timeout);
-        let connecting = Client::connect(endpoints, Some(options));
+        let connecting = Client::connect([endpoint], Some(options));
         let client = match tokio::time::timeout(timeout, connecting).await {
             Ok(result) => result.map_err(|source| StoreError::Etcd {
-                endpoints: joined.clone(),
+                endpoints: endpoint.to_string(),
                 source,
             })?,
             Err(_) => {
                 return Err(StoreError::Timeout {
-                    endpoints: joined,
+                    endpoints: endpoint.to_string(),
                     operation: "connect".into(),
                     timeout,
                 });
@@ -257,7 +277,7 @@ impl Store {
         let store = Self {
             client,
             keys: Keys::new(prefix),
-            endpoints: joined,
+            endpoints: endpoint.to_string(),
             timeout,
         };
         // A lazy channel connects on first use: prove the store answers now.

@@ -244,3 +244,35 @@ fn table() -> shoal_scheduler::cli::TableArgs {
         fields: None,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_fails_over_past_an_unreachable_endpoint() {
+    let etcd = Etcd::start().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let endpoints = [dead.clone(), etcd.endpoint.clone()];
+    let timeout = Duration::from_secs(2);
+    let store = shoal_scheduler::store::Store::connect(&endpoints, DEFAULT_PREFIX, timeout)
+        .await
+        .expect("the live endpoint is used");
+    for round in 0..10 {
+        let value = format!("ok{round}");
+        store
+            .client()
+            .put("/failover-probe", value.clone(), None)
+            .await
+            .expect("every write goes to the live endpoint");
+        assert_eq!(
+            store.get("/failover-probe").await.expect("read back"),
+            Some(value)
+        );
+    }
+    let list = FleetctlCommand::ListMachines {
+        table: table(),
+        long: false,
+    };
+    fleetctl::run(&endpoints, DEFAULT_PREFIX, timeout, list)
+        .await
+        .expect("fleetctl uses the live endpoint");
+    let only_dead = fleetctl(&dead, FleetctlCommand::ListUnitFiles { table: table() }).await;
+    assert!(only_dead.is_err(), "a dead endpoint alone is an error");
+}
