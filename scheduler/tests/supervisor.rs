@@ -343,3 +343,86 @@ async fn user_setting_drops_privileges() {
             .contains("no such user no-such-user-here")
     );
 }
+
+/// A service whose main process runs until `crash` exists, then exits with a failure.
+fn crashable(crash: &Path, unit_section: &str) -> String {
+    format!(
+        "[Unit]\n{unit_section}\n[Service]\nExecStart=/bin/sh -c 'while [ ! -e {} ]; do sleep 0.1; done; exit 3'\n",
+        crash.display()
+    )
+}
+
+async fn wait_down(supervisor: &Supervisor, name: &str) {
+    wait_until(Duration::from_secs(10), &format!("{name} down"), || async {
+        state(supervisor, name).await.0 != "active"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn binds_to_waits_for_its_unit_and_stops_with_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::new(dir.path()).expect("supervisor");
+    let crash = dir.path().join("crash");
+    load(&supervisor, "web.service", &crashable(&crash, "")).await;
+    let sidekick = "[Unit]\nBindsTo=web.service\n[Service]\nExecStart=/bin/sleep 60\n";
+    load(&supervisor, "web-announce.service", sidekick).await;
+
+    supervisor
+        .start("web-announce.service")
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        state(&supervisor, "web-announce.service").await.0,
+        "inactive",
+        "not started while web.service is inactive"
+    );
+    supervisor.start("web.service").await.expect("start");
+    wait_state(&supervisor, "web.service", "active", "running").await;
+    wait_state(&supervisor, "web-announce.service", "active", "running").await;
+
+    supervisor.stop("web.service").await.expect("stop");
+    wait_state(&supervisor, "web-announce.service", "inactive", "dead").await;
+
+    supervisor.start("web.service").await.expect("start");
+    supervisor
+        .start("web-announce.service")
+        .await
+        .expect("start");
+    wait_state(&supervisor, "web-announce.service", "active", "running").await;
+    std::fs::write(&crash, "").expect("crash web.service");
+    wait_down(&supervisor, "web.service").await;
+    wait_state(&supervisor, "web-announce.service", "inactive", "dead").await;
+    supervisor.stop_all().await;
+}
+
+#[tokio::test]
+async fn part_of_stops_with_a_stop_but_not_with_a_failure() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::new(dir.path()).expect("supervisor");
+    let crash = dir.path().join("crash");
+    load(&supervisor, "app.service", &crashable(&crash, "")).await;
+    let part = "[Unit]\nPartOf=app.service\n[Service]\nExecStart=/bin/sleep 60\n";
+    load(&supervisor, "app-log.service", part).await;
+    for unit in ["app.service", "app-log.service"] {
+        supervisor.start(unit).await.expect("start");
+        wait_state(&supervisor, unit, "active", "running").await;
+    }
+    supervisor.stop("app.service").await.expect("stop");
+    wait_state(&supervisor, "app-log.service", "inactive", "dead").await;
+
+    for unit in ["app.service", "app-log.service"] {
+        supervisor.start(unit).await.expect("start");
+        wait_state(&supervisor, unit, "active", "running").await;
+    }
+    std::fs::write(&crash, "").expect("crash app.service");
+    wait_down(&supervisor, "app.service").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        state(&supervisor, "app-log.service").await,
+        ("active".into(), "running".into()),
+        "PartOf= does not follow a failure"
+    );
+    supervisor.stop_all().await;
+}

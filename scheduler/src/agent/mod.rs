@@ -2,6 +2,7 @@
 //! scheduled to it (and the Global ones its metadata matches) through a [`UnitRuntime`], and
 //! reports their state and recent output to the store.
 
+mod dependencies;
 pub mod identity;
 pub mod runtime;
 pub mod service;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
+    dependencies::{Dependencies, Link, unit_list},
     runtime::{RuntimeError, UnitRuntime, UnitStatus, now_epoch, tail_lines},
     service::{ExecCommand, RestartPolicy, ServiceConfig, ServiceType, parse_environment_file},
 };
@@ -47,7 +48,7 @@ pub struct RunRecord {
     pub since: u64,
 }
 
-enum Command {
+pub(super) enum Command {
     Start,
     Stop(oneshot::Sender<()>),
 }
@@ -63,6 +64,7 @@ struct Slot {
 pub struct Supervisor {
     dir: PathBuf,
     slots: tokio::sync::Mutex<HashMap<String, Slot>>,
+    dependencies: Arc<Dependencies>,
     adoptable: Mutex<HashMap<String, RunRecord>>,
 }
 
@@ -82,6 +84,7 @@ impl Supervisor {
         Ok(Self {
             dir,
             slots: tokio::sync::Mutex::new(HashMap::new()),
+            dependencies: Arc::default(),
             adoptable: Mutex::new(adoptable),
         })
     }
@@ -128,7 +131,17 @@ impl UnitRuntime for Supervisor {
             status: status.clone(),
             commands: receiver,
             stopping: false,
+            dependencies: self.dependencies.clone(),
         };
+        self.dependencies.register(
+            name.as_str(),
+            Link {
+                binds_to: unit_list(unit, "BindsTo"),
+                part_of: unit_list(unit, "PartOf"),
+                status: status.clone(),
+                commands: commands.clone(),
+            },
+        );
         let task = tokio::spawn(actor.run(adopted));
         if let Some(old) = slots.insert(
             name.to_string(),
@@ -152,6 +165,10 @@ impl UnitRuntime for Supervisor {
         if let Ok(mut status) = slot.status.lock() {
             status.started = true;
         }
+        if !self.dependencies.may_start(name) {
+            tracing::info!(unit = %name, "supervisor: waiting for its BindsTo= units to be active");
+            return Ok(());
+        }
         slot.commands
             .send(Command::Start)
             .map_err(|_| RuntimeError::unit(name, "supervisor task is gone"))
@@ -167,6 +184,8 @@ impl UnitRuntime for Supervisor {
             if let Ok(mut status) = slot.status.lock() {
                 status.started = false;
             }
+            self.dependencies.cancel_start(name);
+            self.dependencies.stopping(name);
             if slot.commands.send(Command::Stop(done)).is_err() {
                 return Ok(());
             }
@@ -177,6 +196,8 @@ impl UnitRuntime for Supervisor {
 
     async fn unload(&self, name: &str) -> Result<(), RuntimeError> {
         let slot = self.slots.lock().await.remove(name);
+        self.dependencies.stopping(name);
+        self.dependencies.remove(name);
         if let Some(slot) = slot {
             stop_slot(slot).await;
         }
@@ -324,6 +345,7 @@ struct Actor {
     status: Arc<Mutex<UnitStatus>>,
     commands: mpsc::UnboundedReceiver<Command>,
     stopping: bool,
+    dependencies: Arc<Dependencies>,
 }
 
 impl Actor {
@@ -551,14 +573,21 @@ impl Actor {
     }
 
     fn set_state(&self, active: &str, sub: &str, pid: Option<u32>) {
-        if let Ok(mut status) = self.status.lock() {
-            if active == "active" && status.active_state != "active" {
-                status.since = Some(now_epoch());
+        let previous = match self.status.lock() {
+            Ok(mut status) => {
+                if active == "active" && status.active_state != "active" {
+                    status.since = Some(now_epoch());
+                }
+                let previous = std::mem::replace(&mut status.active_state, active.to_string());
+                status.sub_state = sub.to_string();
+                status.main_pid = pid;
+                previous
             }
-            status.active_state = active.to_string();
-            status.sub_state = sub.to_string();
-            status.main_pid = pid;
-        }
+            Err(_) => return,
+        };
+        // The status lock is released: the dependencies lock other units' statuses.
+        self.dependencies
+            .state_changed(&self.name, &previous, active);
     }
 
     fn note(&self, message: &str) {
