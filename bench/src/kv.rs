@@ -36,10 +36,51 @@ struct Latency {
 #[derive(Debug, Clone, Serialize, Default)]
 struct StoreResults {
     put_1_client: Latency,
+    /// One client talking to one member only: the leader, then each follower (how much the
+    /// forwarding hop costs).
+    put_1_client_per_member: Vec<MemberPuts>,
     put_128_clients: Latency,
     range_linearizable: Latency,
     range_serializable: Latency,
     watch_events_per_sec: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+struct MemberPuts {
+    endpoint: String,
+    leader: bool,
+    puts: Latency,
+}
+
+/// Puts from one client connected to each member alone, leader first.
+async fn puts_per_member(
+    name: &str,
+    endpoints: &[String],
+    value: &[u8],
+) -> anyhow::Result<Vec<MemberPuts>> {
+    let mut results = Vec::new();
+    for endpoint in endpoints {
+        let mut client = connect(std::slice::from_ref(endpoint)).await?;
+        let status = client.status().await?;
+        let leader = status.header().map(|h| h.member_id()) == Some(status.leader());
+        let value = value.to_vec();
+        let put = move |mut c: Client, n: usize| {
+            let value = value.clone();
+            async move {
+                c.put(format!("bench/member/{n}"), value, None).await?;
+                anyhow::Ok(())
+            }
+        };
+        let puts = run_concurrent(&[client], 1, SINGLE_CLIENT_PUTS / 2, put).await?;
+        eprintln!("{name}: put 1 client to {endpoint} (leader: {leader}) {puts:?}");
+        results.push(MemberPuts {
+            endpoint: endpoint.clone(),
+            leader,
+            puts,
+        });
+    }
+    results.sort_by_key(|m| !m.leader);
+    Ok(results)
 }
 
 #[derive(Debug, Serialize)]
@@ -291,6 +332,7 @@ async fn measure(name: &str, endpoints: &[String]) -> anyhow::Result<StoreResult
     };
     let put_1_client = run_concurrent(&clients[..1], 1, SINGLE_CLIENT_PUTS, put.clone()).await?;
     eprintln!("{name}: put 1 client {put_1_client:?}");
+    let put_1_client_per_member = puts_per_member(name, endpoints, &value).await?;
     let put_128_clients = run_concurrent(&clients, MANY_CLIENTS, MANY_CLIENT_PUTS, put).await?;
     eprintln!("{name}: put {MANY_CLIENTS} clients {put_128_clients:?}");
     let get = |serializable: bool| {
@@ -312,6 +354,7 @@ async fn measure(name: &str, endpoints: &[String]) -> anyhow::Result<StoreResult
     eprintln!("{name}: watch fan-out {watch_events_per_sec:.0} events/s");
     Ok(StoreResults {
         put_1_client,
+        put_1_client_per_member,
         put_128_clients,
         range_linearizable,
         range_serializable,
@@ -447,6 +490,17 @@ fn print_table(report: &Report) {
         "p99 ratio (etcd / shoal, above 1 is better): 1 client {:.2}x, 128 clients {:.2}x",
         report.ratios[1].1, report.ratios[3].1
     );
+    for (store, results) in [("shoal", &report.shoal), ("etcd", &report.etcd)] {
+        let per_member: Vec<String> = results
+            .put_1_client_per_member
+            .iter()
+            .map(|m| {
+                let role = if m.leader { "leader" } else { "follower" };
+                format!("{role} p50 {:.2} ms", m.puts.p50_ms)
+            })
+            .collect();
+        println!("{store}: put 1 client by member: {}", per_member.join(", "));
+    }
 }
 
 const CHART: &str = r#"
