@@ -158,7 +158,9 @@ fn three_masters_converge_and_survive_one_down() {
         )
     });
     assert_eq!(reply.trim(), "hello-from-web");
-    let _ = web.kill();
+    // SIGTERM: `shoal run` forwards it to the command and removes the container.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(web.id() as i32, libc::SIGTERM) };
     let _ = web.wait();
 
     // The agent comes back on the same subnet.
