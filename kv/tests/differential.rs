@@ -487,14 +487,16 @@ async fn lease_script(c: &mut Client, t: &mut Transcript) {
         .lease_time_to_live(1000, Some(LeaseTimeToLiveOptions::new().with_keys()))
         .await
     {
-        Ok(r) => format!(
-            "granted {} keys {:?}",
-            r.granted_ttl(),
-            r.keys()
+        Ok(r) => {
+            // etcd lists a lease's keys from a Go map: in no particular order.
+            let mut keys: Vec<String> = r
+                .keys()
                 .iter()
                 .map(|k| String::from_utf8_lossy(k).into_owned())
-                .collect::<Vec<_>>()
-        ),
+                .collect();
+            keys.sort();
+            format!("granted {} keys {:?}", r.granted_ttl(), keys)
+        }
         Err(e) => error(e),
     };
     t.push("time to live", line);
