@@ -207,18 +207,9 @@ impl Agents {
         let Some(mut child) = self.children.get_mut(index).and_then(Option::take) else {
             return false;
         };
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        terminate(&child);
+        reap_by(&mut child, Instant::now() + Duration::from_secs(10))
+            .is_some_and(|status| status.success())
     }
 
     /// Kills node `index`'s agent at once (SIGKILL), as a power-off would.
@@ -243,20 +234,33 @@ impl Agents {
 
 impl Drop for Agents {
     fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            // SAFETY: kill(2) on our own child; a graceful stop first.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        }
+        self.children.iter().flatten().for_each(terminate);
         let deadline = Instant::now() + Duration::from_secs(5);
         for child in self.children.iter_mut().flatten() {
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            reap_by(child, deadline);
         }
         self.bpffs.take();
     }
+}
+
+/// Asks an agent to stop gracefully (SIGTERM).
+fn terminate(child: &Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// Waits for `child` to exit until `deadline`, then kills it. Its exit status if it exited by
+/// itself in time.
+fn reap_by(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 /// A bpffs mounted on a directory, unmounted (lazily) on drop.
