@@ -3,22 +3,28 @@
 //! - `host-gw`: plain routing, no encapsulation (the upper bound);
 //! - `kernel-vxlan`: the kernel VXLAN device configured as flanneld's vxlan backend does (the
 //!   reference);
-//! - `shoal-vxlan` (XDP decapsulation), `shoal-vxlan-tc` (TC decapsulation) and `shoal-udp`:
-//!   shoal's eBPF dataplane.
+//! - `shoal-vxlan` (the default hook: TC decapsulation with direct delivery on a veth underlay),
+//!   `shoal-vxlan-xdp` (XDP decapsulation, GRO behind it) and `shoal-udp`: shoal's dataplane.
+//! - `nic:*`: the same on a "physical NIC" emulation: the underlay veths segment in software
+//!   before sending (TSO/GSO off: frames on the wire are at most MTU-size, as a NIC's TSO makes
+//!   them) and merge on receive (GRO on, as a NIC driver's NAPI does), so each frame crosses
+//!   the receive path once, as it would from a real wire.
 //!
 //! Each configuration gets a fresh two-node cluster with one container per node and the workload
 //! MTU its encapsulation allows; rounds interleave the configurations so background load hits
-//! them alike. Metrics: single-stream TCP (iperf3), 64-byte UDP packets per second delivered
-//! (iperf3, unlimited rate), UDP request/response latency p50/p99 (sockperf ping-pong, one-way
-//! = RTT/2) and CPU time per delivered 64-byte packet (the iperf3 processes' user+system time
-//! plus the machine's softirq time during the run). Results: `target/bench/net.json`, a table on
-//! stdout and `target/bench/net.png`.
+//! them alike. Metrics: single-stream TCP (iperf3); 64-byte UDP packets per second delivered to
+//! the receiving container's UDP layer by two saturating `sendmmsg` senders (one per CPU); UDP
+//! request/response latency p50/p99 (sockperf ping-pong, one-way = RTT/2); CPU time per
+//! delivered 64-byte packet (the senders' user+system time plus the machine's softirq time
+//! during the flood). Results: `target/bench/net.json`, a table on stdout and
+//! `target/bench/net.png`.
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -26,41 +32,66 @@ use serde::Serialize;
 use shoal_dataplane::{Backend, Config, Dataplane, DecapHook, MacAddr, RouteTarget};
 use shoal_harness::{Cluster, Namespace, Node, NsWorker, flannel_vxlan};
 
-const SECONDS: u32 = 5;
+const SECONDS: u32 = 4;
 const PIN_ROOT: &str = "/sys/fs/bpf/shoal-bench";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Layout {
+enum Wiring {
     HostGw,
     KernelVxlan,
     Shoal(Backend, DecapHook),
 }
 
-impl Layout {
-    const ALL: [Layout; 5] = [
-        Layout::HostGw,
-        Layout::KernelVxlan,
-        Layout::Shoal(Backend::Vxlan, DecapHook::Xdp),
-        Layout::Shoal(Backend::Vxlan, DecapHook::Tc),
-        Layout::Shoal(Backend::Udp, DecapHook::Xdp),
-    ];
+/// One configuration: how the nodes are wired, and whether the underlay emulates a NIC.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    name: &'static str,
+    wiring: Wiring,
+    nic: bool,
+}
 
-    fn name(self) -> &'static str {
-        match self {
-            Layout::HostGw => "host-gw",
-            Layout::KernelVxlan => "kernel-vxlan",
-            Layout::Shoal(Backend::Vxlan, DecapHook::Xdp) => "shoal-vxlan",
-            Layout::Shoal(Backend::Vxlan, DecapHook::Tc) => "shoal-vxlan-tc",
-            Layout::Shoal(Backend::Udp, DecapHook::Xdp) => "shoal-udp",
-            Layout::Shoal(Backend::Udp, DecapHook::Tc) => "shoal-udp-tc",
-        }
+impl Layout {
+    const fn new(name: &'static str, wiring: Wiring, nic: bool) -> Self {
+        Self { name, wiring, nic }
     }
 
+    const ALL: [Layout; 9] = [
+        Layout::new("host-gw", Wiring::HostGw, false),
+        Layout::new("kernel-vxlan", Wiring::KernelVxlan, false),
+        Layout::new(
+            "shoal-vxlan",
+            Wiring::Shoal(Backend::Vxlan, DecapHook::Auto),
+            false,
+        ),
+        Layout::new(
+            "shoal-vxlan-xdp",
+            Wiring::Shoal(Backend::Vxlan, DecapHook::Xdp),
+            false,
+        ),
+        Layout::new(
+            "shoal-udp",
+            Wiring::Shoal(Backend::Udp, DecapHook::Auto),
+            false,
+        ),
+        Layout::new("nic:host-gw", Wiring::HostGw, true),
+        Layout::new("nic:kernel-vxlan", Wiring::KernelVxlan, true),
+        Layout::new(
+            "nic:shoal-vxlan-xdp",
+            Wiring::Shoal(Backend::Vxlan, DecapHook::Xdp),
+            true,
+        ),
+        Layout::new(
+            "nic:shoal-vxlan-tc",
+            Wiring::Shoal(Backend::Vxlan, DecapHook::Tc),
+            true,
+        ),
+    ];
+
     fn workload_mtu(self) -> u32 {
-        match self {
-            Layout::HostGw => 1500,
-            Layout::KernelVxlan => 1450,
-            Layout::Shoal(backend, _) => 1500 - backend.overhead(),
+        match self.wiring {
+            Wiring::HostGw => 1500,
+            Wiring::KernelVxlan => 1450,
+            Wiring::Shoal(backend, _) => 1500 - backend.overhead(),
         }
     }
 }
@@ -138,6 +169,17 @@ impl NodeDataplane {
         self.dataplane = Some(dataplane);
         Ok(result?)
     }
+
+    /// Registers the node's containers for direct delivery (as an agent does periodically).
+    fn sync_endpoints(&mut self) -> anyhow::Result<usize> {
+        let mut dataplane = self.dataplane.take().context("detached")?;
+        let (dataplane, result) = self.worker.run(move || {
+            let result = dataplane.sync_endpoints();
+            (dataplane, result)
+        });
+        self.dataplane = Some(dataplane);
+        Ok(result?)
+    }
 }
 
 impl Drop for NodeDataplane {
@@ -153,7 +195,7 @@ impl Drop for NodeDataplane {
 /// A two-node cluster wired as `layout`; everything is removed on drop.
 struct Testbed {
     // Dataplanes detach before the cluster's namespaces go.
-    _dataplanes: Vec<NodeDataplane>,
+    dataplanes: Vec<NodeDataplane>,
     cluster: Cluster,
 }
 
@@ -168,24 +210,40 @@ impl Testbed {
             node.ns()
                 .sysctl("net.bridge.bridge-nf-call-iptables", "0")?;
         }
-        let dataplanes = match layout {
-            Layout::HostGw => {
+        let dataplanes = match layout.wiring {
+            Wiring::HostGw => {
                 cluster.install_host_gw_routes()?;
                 Vec::new()
             }
-            Layout::KernelVxlan => {
+            Wiring::KernelVxlan => {
                 wire_kernel_vxlan(&cluster)?;
                 Vec::new()
             }
-            Layout::Shoal(backend, hook) => wire_shoal(&cluster, backend, hook)?,
+            Wiring::Shoal(backend, hook) => wire_shoal(&cluster, backend, hook)?,
         };
         for node in cluster.nodes() {
             flannel_vxlan::set_workload_mtu(node, layout.workload_mtu())?;
+            if layout.nic {
+                flannel_vxlan::emulate_physical_nic(node)?;
+            }
         }
         Ok(Self {
-            _dataplanes: dataplanes,
+            dataplanes,
             cluster,
         })
+    }
+
+    /// First packets both ways (neighbours resolved, caches filled), then the workloads
+    /// registered for direct delivery where shoal runs.
+    fn warm_up(&mut self) -> anyhow::Result<()> {
+        let server = self.server_ip()?.to_string();
+        let _ = self
+            .client()
+            .output("ping", ["-c", "2", "-i", "0.2", &server]);
+        for dataplane in &mut self.dataplanes {
+            dataplane.sync_endpoints()?;
+        }
+        Ok(())
     }
 
     fn client(&self) -> &Namespace {
@@ -258,10 +316,6 @@ impl Server {
         std::thread::sleep(Duration::from_millis(400));
         Ok(Self(child))
     }
-
-    fn wait(mut self) {
-        let _ = self.0.wait();
-    }
 }
 
 impl Drop for Server {
@@ -296,16 +350,6 @@ fn measure_tcp(bed: &Testbed) -> anyhow::Result<f64> {
     Ok(bps / 1e9)
 }
 
-/// CPU seconds of waited-for children (user + system).
-fn children_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills a plain C struct we own.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer to our struct.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
-}
-
 /// Machine-wide softirq time in seconds (from /proc/stat).
 fn softirq_seconds() -> anyhow::Result<f64> {
     let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
@@ -321,38 +365,121 @@ fn softirq_seconds() -> anyhow::Result<f64> {
     Ok(softirq / ticks)
 }
 
-/// 64-byte UDP at full speed: delivered packets per second, and CPU nanoseconds per packet.
+/// User + system CPU seconds of the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills a plain C struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to our struct.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+const FLOOD_PORT: u16 = 9000;
+const FLOOD_BATCH: usize = 64;
+const FLOOD_PAYLOAD: usize = 64;
+
+/// Sends 64-byte datagrams to `target` in `sendmmsg` batches until `deadline`, from the calling
+/// thread's namespace. Returns the datagrams sent and the thread's CPU seconds.
+fn flood(target: SocketAddrV4, deadline: Instant) -> anyhow::Result<(u64, f64)> {
+    let cpu_before = thread_cpu_seconds();
+    let socket = UdpSocket::bind("0.0.0.0:0").context("binding the flood socket")?;
+    socket
+        .connect(target)
+        .context("connecting the flood socket")?;
+    let payload = [0x5au8; FLOOD_PAYLOAD];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: mmsghdr is a plain C struct; all-zero is valid (no name, no control data).
+    let mut messages: [libc::mmsghdr; FLOOD_BATCH] = unsafe { std::mem::zeroed() };
+    for message in &mut messages {
+        message.msg_hdr.msg_iov = &mut iov;
+        message.msg_hdr.msg_iovlen = 1;
+    }
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        // SAFETY: every message points at `iov`, which points at `payload`; all outlive the call.
+        let rc = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                messages.as_mut_ptr(),
+                FLOOD_BATCH as u32,
+                0,
+            )
+        };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::ENOBUFS | libc::EAGAIN | libc::ECONNREFUSED) => continue,
+                _ => return Err(err).context("sendmmsg"),
+            }
+        }
+        sent += rc as u64;
+    }
+    Ok((sent, thread_cpu_seconds() - cpu_before))
+}
+
+/// Datagrams that reached the UDP layer of the calling thread's namespace: delivered to a socket
+/// or dropped there for a full receive buffer (`/proc/net/snmp`).
+fn udp_datagrams_arrived() -> anyhow::Result<u64> {
+    let snmp = fs::read_to_string("/proc/thread-self/net/snmp").context("reading snmp")?;
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        bail!("no Udp lines in /proc/net/snmp");
+    };
+    let field = |wanted: &str| -> anyhow::Result<u64> {
+        let index = names
+            .split_whitespace()
+            .position(|name| name == wanted)
+            .with_context(|| format!("no Udp {wanted}"))?;
+        values
+            .split_whitespace()
+            .nth(index)
+            .and_then(|value| value.parse().ok())
+            .with_context(|| format!("Udp {wanted} value"))
+    };
+    Ok(field("InDatagrams")? + field("RcvbufErrors")?)
+}
+
+/// 64-byte UDP from two saturating senders (one per CPU) into a bound, unread socket in the
+/// server container: datagrams per second that reached the container's UDP layer, and CPU
+/// nanoseconds (senders' user+system, machine softirq) per such datagram.
 fn measure_udp64(bed: &Testbed) -> anyhow::Result<(f64, f64)> {
-    let server = Server::start(bed.server(), "iperf3", &["-s", "-1", "-p", PORT])?;
-    let ip = bed.server_ip()?.to_string();
-    let (cpu_before, softirq_before) = (children_cpu_seconds(), softirq_seconds()?);
-    let json = iperf3_json(
-        bed.client(),
-        &[
-            "-c",
-            &ip,
-            "-p",
-            PORT,
-            "-u",
-            "-l",
-            "64",
-            "-b",
-            "0",
-            "-t",
-            &SECONDS.to_string(),
-            "-J",
-        ],
-    )?;
-    server.wait();
-    let cpu = children_cpu_seconds() - cpu_before + softirq_seconds()? - softirq_before;
-    let sum = &json["end"]["sum"];
-    let sent = sum["packets"]
-        .as_f64()
-        .context("iperf3 reported no packets")?;
-    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-    let seconds = sum["seconds"].as_f64().unwrap_or(f64::from(SECONDS));
-    let delivered = (sent - lost).max(1.0);
-    Ok((delivered / seconds, cpu * 1e9 / delivered))
+    let receiver = NsWorker::spawn(bed.server())?;
+    let _socket = receiver
+        .run(|| UdpSocket::bind(("0.0.0.0", FLOOD_PORT)))
+        .context("binding the flood receiver")?;
+    let senders = [
+        NsWorker::spawn(bed.client())?,
+        NsWorker::spawn(bed.client())?,
+    ];
+    let target = SocketAddrV4::new(bed.server_ip()?, FLOOD_PORT);
+    let arrived_before = receiver.run(udp_datagrams_arrived)?;
+    let softirq_before = softirq_seconds()?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(u64::from(SECONDS));
+    let results: Vec<anyhow::Result<(u64, f64)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = senders
+            .iter()
+            .map(|sender| scope.spawn(move || sender.run(move || flood(target, deadline))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or_else(|_| bail!("a sender panicked")))
+            .collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    // Let queued packets land before counting.
+    std::thread::sleep(Duration::from_millis(100));
+    let arrived = receiver.run(udp_datagrams_arrived)? - arrived_before;
+    let mut cpu = softirq_seconds()? - softirq_before;
+    for result in results {
+        cpu += result?.1;
+    }
+    let arrived = arrived.max(1) as f64;
+    Ok((arrived / elapsed, cpu * 1e9 / arrived))
 }
 
 /// sockperf UDP ping-pong with 64-byte messages: one-way latency p50 and p99 in microseconds.
@@ -385,17 +512,15 @@ fn measure_latency(bed: &Testbed) -> anyhow::Result<(f64, f64)> {
 }
 
 fn measure(layout: Layout) -> anyhow::Result<Sample> {
-    let bed = Testbed::build(layout).with_context(|| format!("building {}", layout.name()))?;
-    // Warm-up: resolves neighbours and fills caches.
-    let _ = bed.client().output(
-        "ping",
-        ["-c", "2", "-i", "0.2", &bed.server_ip()?.to_string()],
-    );
-    let tcp_gbps = measure_tcp(&bed).with_context(|| format!("TCP on {}", layout.name()))?;
+    let name = layout.name;
+    let mut bed = Testbed::build(layout).with_context(|| format!("building {name}"))?;
+    bed.warm_up()
+        .with_context(|| format!("warming up {name}"))?;
+    let tcp_gbps = measure_tcp(&bed).with_context(|| format!("TCP on {name}"))?;
     let (udp64_pps, cpu_ns_per_packet) =
-        measure_udp64(&bed).with_context(|| format!("UDP on {}", layout.name()))?;
+        measure_udp64(&bed).with_context(|| format!("UDP on {name}"))?;
     let (latency_p50_us, latency_p99_us) =
-        measure_latency(&bed).with_context(|| format!("latency on {}", layout.name()))?;
+        measure_latency(&bed).with_context(|| format!("latency on {name}"))?;
     Ok(Sample {
         tcp_gbps,
         udp64_pps,
@@ -425,82 +550,105 @@ fn median_sample(rounds: &[Sample]) -> Sample {
     }
 }
 
-fn ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
-    let find = |name: &str| configs.iter().find(|config| config.name == name);
-    let (Some(shoal), Some(kernel), Some(host_gw)) =
-        (find("shoal-vxlan"), find("kernel-vxlan"), find("host-gw"))
-    else {
-        return Vec::new();
-    };
-    let (s, k, h) = (&shoal.median, &kernel.median, &host_gw.median);
-    let ratio = |what: &str, value: f64, target: Option<(&str, bool)>| Ratio {
+fn ratio(what: &str, value: f64, target: Option<(&str, bool)>) -> Ratio {
+    Ratio {
         what: what.to_string(),
         value,
         target: target.map(|(text, _)| text.to_string()),
         met: target.map(|(_, met)| met),
-    };
-    let tcp_vs_kernel = s.tcp_gbps / k.tcp_gbps;
-    let pps_vs_kernel = s.udp64_pps / k.udp64_pps;
-    let p50_vs_kernel = s.latency_p50_us / k.latency_p50_us;
-    let tcp_vs_host_gw = s.tcp_gbps / h.tcp_gbps;
-    let mut list = vec![
-        ratio(
-            "shoal-vxlan / kernel-vxlan TCP throughput",
-            tcp_vs_kernel,
-            Some((">= 1.0", tcp_vs_kernel >= 1.0)),
-        ),
-        ratio(
-            "shoal-vxlan / kernel-vxlan 64-byte UDP pps",
-            pps_vs_kernel,
-            Some((">= 1.5", pps_vs_kernel >= 1.5)),
-        ),
-        ratio(
-            "shoal-vxlan / kernel-vxlan latency p50",
-            p50_vs_kernel,
-            Some(("<= 1.0", p50_vs_kernel <= 1.0)),
-        ),
-        ratio(
-            "shoal-vxlan / host-gw TCP throughput",
-            tcp_vs_host_gw,
-            Some((">= 0.9", tcp_vs_host_gw >= 0.9)),
-        ),
-        ratio(
-            "shoal-vxlan / kernel-vxlan CPU per packet",
-            s.cpu_ns_per_packet / k.cpu_ns_per_packet,
-            None,
-        ),
-    ];
-    if let Some(tc) = find("shoal-vxlan-tc") {
-        list.push(ratio(
-            "shoal-vxlan (XDP decap) / shoal-vxlan-tc (TC decap) TCP throughput",
-            s.tcp_gbps / tc.median.tcp_gbps,
-            None,
-        ));
-        list.push(ratio(
-            "shoal-vxlan (XDP decap) / shoal-vxlan-tc (TC decap) 64-byte UDP pps",
-            s.udp64_pps / tc.median.udp64_pps,
-            None,
-        ));
     }
-    if let Some(udp) = find("shoal-udp") {
-        list.push(ratio(
-            "shoal-udp / kernel-vxlan TCP throughput",
-            udp.median.tcp_gbps / k.tcp_gbps,
-            None,
-        ));
+}
+
+/// The issue's targets (shoal-vxlan against kernel-vxlan and host-gw on the veth underlay),
+/// then the comparisons that explain them: the same on the NIC emulation, XDP against TC.
+fn ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
+    let find = |name: &str| {
+        configs
+            .iter()
+            .find(|config| config.name == name)
+            .map(|config| &config.median)
+    };
+    let mut list = Vec::new();
+    if let (Some(s), Some(k), Some(h)) =
+        (find("shoal-vxlan"), find("kernel-vxlan"), find("host-gw"))
+    {
+        list.extend(target_ratios("", s, k, h));
+    }
+    if let (Some(s), Some(k), Some(h)) = (
+        find("nic:shoal-vxlan-xdp"),
+        find("nic:kernel-vxlan"),
+        find("nic:host-gw"),
+    ) {
+        list.extend(target_ratios("nic: ", s, k, h));
+    }
+    let pairs = [
+        ("shoal-vxlan-xdp", "kernel-vxlan"),
+        ("shoal-vxlan-xdp", "shoal-vxlan"),
+        ("shoal-udp", "kernel-vxlan"),
+        ("nic:shoal-vxlan-tc", "nic:kernel-vxlan"),
+        ("nic:shoal-vxlan-xdp", "nic:shoal-vxlan-tc"),
+    ];
+    for (a, b) in pairs {
+        if let (Some(x), Some(y)) = (find(a), find(b)) {
+            list.push(ratio(
+                &format!("{a} / {b} TCP throughput"),
+                x.tcp_gbps / y.tcp_gbps,
+                None,
+            ));
+            list.push(ratio(
+                &format!("{a} / {b} 64-byte UDP pps"),
+                x.udp64_pps / y.udp64_pps,
+                None,
+            ));
+        }
     }
     list
 }
 
+/// The four targets of issue #3 for one underlay (`prefix` names it), plus CPU per packet.
+fn target_ratios(prefix: &str, s: &Sample, k: &Sample, h: &Sample) -> Vec<Ratio> {
+    let tcp_vs_kernel = s.tcp_gbps / k.tcp_gbps;
+    let pps_vs_kernel = s.udp64_pps / k.udp64_pps;
+    let p50_vs_kernel = s.latency_p50_us / k.latency_p50_us;
+    let tcp_vs_host_gw = s.tcp_gbps / h.tcp_gbps;
+    vec![
+        ratio(
+            &format!("{prefix}shoal-vxlan / kernel-vxlan TCP throughput"),
+            tcp_vs_kernel,
+            Some((">= 1.0", tcp_vs_kernel >= 1.0)),
+        ),
+        ratio(
+            &format!("{prefix}shoal-vxlan / kernel-vxlan 64-byte UDP pps"),
+            pps_vs_kernel,
+            Some((">= 1.5", pps_vs_kernel >= 1.5)),
+        ),
+        ratio(
+            &format!("{prefix}shoal-vxlan / kernel-vxlan latency p50"),
+            p50_vs_kernel,
+            Some(("<= 1.0", p50_vs_kernel <= 1.0)),
+        ),
+        ratio(
+            &format!("{prefix}shoal-vxlan / host-gw TCP throughput"),
+            tcp_vs_host_gw,
+            Some((">= 0.9", tcp_vs_host_gw >= 0.9)),
+        ),
+        ratio(
+            &format!("{prefix}shoal-vxlan / kernel-vxlan CPU per packet"),
+            s.cpu_ns_per_packet / k.cpu_ns_per_packet,
+            None,
+        ),
+    ]
+}
+
 fn print_table(report: &Report) {
     println!(
-        "\n{:<16} {:>10} {:>14} {:>10} {:>10} {:>12}",
+        "\n{:<20} {:>10} {:>14} {:>10} {:>10} {:>12}",
         "config", "TCP Gbit/s", "UDP64 pkt/s", "p50 us", "p99 us", "CPU ns/pkt"
     );
     for config in &report.configs {
         let m = &config.median;
         println!(
-            "{:<16} {:>10.2} {:>14.0} {:>10.1} {:>10.1} {:>12.0}",
+            "{:<20} {:>10.2} {:>14.0} {:>10.1} {:>10.1} {:>12.0}",
             config.name,
             m.tcp_gbps,
             m.udp64_pps,
@@ -534,8 +682,9 @@ metrics = [
     ("latency_p99_us", "UDP ping-pong p99 (us, one way)"),
     ("cpu_ns_per_packet", "CPU per 64-byte packet (ns)"),
 ]
-fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4))
-colors = ["#888888", "#d62728", "#1f77b4", "#6baed6", "#2ca02c"]
+fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 5))
+colors = ["#888888", "#d62728", "#1f77b4", "#6baed6", "#2ca02c",
+          "#bbbbbb", "#ff9896", "#9ecae1", "#c6dbef"]
 for ax, (key, title) in zip(axes, metrics):
     values = [c["median"][key] for c in report["configs"]]
     ax.bar(names, values, color=colors[: len(names)])
@@ -590,7 +739,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     for round in 0..rounds {
         for (index, layout) in Layout::ALL.iter().enumerate() {
             let sample = measure(*layout)?;
-            eprintln!("round {round} {:<16} {sample:?}", layout.name());
+            eprintln!("round {round} {:<20} {sample:?}", layout.name);
             samples[index].push(sample);
         }
     }
@@ -598,7 +747,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
         .iter()
         .zip(samples)
         .map(|(layout, rounds)| ConfigResult {
-            name: layout.name().to_string(),
+            name: layout.name.to_string(),
             median: median_sample(&rounds),
             rounds,
         })

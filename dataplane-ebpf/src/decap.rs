@@ -3,20 +3,20 @@
 //! packet to the kernel, which routes it to the workload (so any kind of workload wiring works).
 use aya_ebpf::{
     bindings::{
-        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, xdp_action,
     },
-    helpers::bpf_xdp_adjust_head,
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
 use shoal_dataplane_common::{Backend, Counter, DataplaneConfig, UDP_OVERHEAD, VXLAN_OVERHEAD};
 
 use crate::{
     headers::{
-        ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV4_NO_OPTIONS, Ipv4Hdr, UDP_LEN,
-        UdpHdr, VXLAN_LEN, VxlanHdr, in_subnet,
+        AF_INET, ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV4_NO_OPTIONS, Ipv4Hdr,
+        UDP_LEN, UdpHdr, VXLAN_LEN, VxlanHdr, in_subnet,
     },
-    maps::{config, count, route_for},
+    maps::{config, count, endpoint_for, route_for},
 };
 
 /// Offsets with an option-less outer IPv4 header.
@@ -217,8 +217,9 @@ fn xdp_strip(ctx: &XdpContext, backend: Backend, cfg: &DataplaneConfig) -> Resul
     Ok(end - start)
 }
 
-/// TC variant of the ingress path (for measurement against XDP, and for devices without
-/// native XDP): the kernel shrinks the skb, keeping GRO/GSO state.
+/// TC variant of the ingress path: the kernel shrinks the skb, keeping its GSO state, so a
+/// 64 KB GSO packet of a veth underlay is decapsulated once. The inner packet then goes straight
+/// to a registered local workload ([`deliver_direct`]) or to the kernel, which forwards it.
 #[inline(always)]
 pub fn tc_ingress(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
@@ -260,7 +261,75 @@ pub fn tc_ingress(ctx: &TcContext) -> i32 {
             let (packets, bytes) = decap_counters(backend);
             count(packets, 1);
             count(bytes, u64::from(ctx.len()));
-            TC_ACT_OK
+            deliver_direct(ctx, cfg).unwrap_or(TC_ACT_OK)
         }
     }
+}
+
+/// Hands a decapsulated packet (Ethernet + inner IPv4 from offset 0) straight to the local
+/// workload's device, doing what the kernel's forwarding would (TTL, MACs) without its forwarding
+/// path or the bridge. Only for workloads userspace registered, and only while the kernel's FIB
+/// lookup of the address still ends at the registered device and neighbour MAC; anything else
+/// (`None`) is left to the kernel, which also answers expiring TTLs and too-big packets.
+///
+/// On kernels before `BPF_F_ADJ_ROOM_DECAP_L4_UDP` the decapsulated GSO packet keeps
+/// `skb->encapsulation`, and a bridge (whose `hw_enc_features` lack TSO and checksumming) would
+/// then segment it in software; a veth keeps it whole.
+#[inline(always)]
+fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
+    let inner = ctx.load::<Ipv4Hdr>(ETH_LEN).ok()?;
+    if inner.ttl <= 1 {
+        return None;
+    }
+    let endpoint = endpoint_for(inner.dst)?;
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = inner.proto;
+    params.ifindex = cfg.underlay_ifindex;
+    params.__bindgen_anon_2.tos = inner.tos;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(inner.src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(inner.dst);
+    // SAFETY: params lives on this stack frame for the duration of the call. tot_len 0: the
+    // kernel checks the skb itself against the egress MTU (GSO-aware).
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+        || params.ifindex != endpoint.via_ifindex
+        || params.dmac != endpoint.mac
+    {
+        return None;
+    }
+    decrement_ttl(ctx, &inner)?;
+    let macs = [params.dmac, params.smac];
+    ctx.store(0, &macs, 0).ok()?;
+    count(Counter::DeliverDirectPackets, 1);
+    // SAFETY: plain helper calls with scalar arguments.
+    let action = unsafe {
+        if endpoint.peer != 0 {
+            bpf_redirect_peer(endpoint.port_ifindex, 0)
+        } else {
+            bpf_redirect(endpoint.port_ifindex, 0)
+        }
+    };
+    Some(action as i32)
+}
+
+/// TTL - 1 with an incremental header checksum update, as `ip_forward` does.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext, inner: &Ipv4Hdr) -> Option<()> {
+    const TTL_OFFSET: usize = ETH_LEN + 8;
+    const CSUM_OFFSET: usize = ETH_LEN + 10;
+    let ttl = inner.ttl - 1;
+    let old = u16::from_ne_bytes([inner.ttl, inner.proto]);
+    let new = u16::from_ne_bytes([ttl, inner.proto]);
+    ctx.l3_csum_replace(CSUM_OFFSET, u64::from(old), u64::from(new), 2)
+        .ok()?;
+    ctx.store(TTL_OFFSET, &ttl, 0).ok()
 }

@@ -23,12 +23,11 @@ use shoal_dataplane_common::{
 
 use crate::{
     headers::{
-        ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, VxlanHdr, source_port,
+        AF_INET, ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, VxlanHdr,
+        source_port,
     },
     maps::{config, count, route_for},
 };
-
-const AF_INET: u8 = 2;
 
 /// Everything in front of the inner IPv4 packet of a VXLAN packet.
 #[repr(C)]

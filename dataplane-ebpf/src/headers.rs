@@ -6,6 +6,7 @@ pub const UDP_LEN: usize = 8;
 pub const VXLAN_LEN: usize = 8;
 pub const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 pub const IPPROTO_UDP: u8 = 17;
+pub const AF_INET: u8 = 2;
 /// Version 4, header length 5 words: an IPv4 header without options.
 pub const IPV4_NO_OPTIONS: u8 = 0x45;
 /// Flags byte of a VXLAN header with the I (valid VNI) flag.

@@ -1,9 +1,11 @@
 //! The pinned maps shared with userspace (names and value types in `shoal_dataplane_common`).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
-use shoal_dataplane_common::{COUNTER_COUNT, Counter, DataplaneConfig, MAX_ROUTES, RouteTarget};
+use shoal_dataplane_common::{
+    COUNTER_COUNT, Counter, DataplaneConfig, LocalEndpoint, MAX_ENDPOINTS, MAX_ROUTES, RouteTarget,
+};
 
 /// Remote subnet -> the node leasing it. Key data: the IPv4 address, network order.
 #[map]
@@ -17,6 +19,10 @@ static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 
+/// Local workload address (network order) -> how to deliver to it directly.
+#[map]
+static ENDPOINTS: HashMap<[u8; 4], LocalEndpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
 #[inline(always)]
 pub fn config() -> Option<&'static DataplaneConfig> {
     CONFIG.get(0)
@@ -26,6 +32,13 @@ pub fn config() -> Option<&'static DataplaneConfig> {
 #[inline(always)]
 pub fn route_for(addr: [u8; 4]) -> Option<&'static RouteTarget> {
     ROUTES.get(Key::new(32, addr))
+}
+
+/// The direct-delivery entry of a local workload address, if userspace registered one.
+#[inline(always)]
+pub fn endpoint_for(addr: [u8; 4]) -> Option<LocalEndpoint> {
+    // SAFETY: the value is copied out at once; a concurrent update replaces the entry whole.
+    unsafe { ENDPOINTS.get(&addr).copied() }
 }
 
 #[inline(always)]

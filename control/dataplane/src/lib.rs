@@ -33,7 +33,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -44,9 +44,9 @@ use aya::{
 use ipnetwork::Ipv4Network;
 pub use shoal_dataplane_common::{Backend, Counter};
 use shoal_dataplane_common::{
-    CONFIG_MAP, COUNTERS_MAP, DataplaneConfig, FLANNEL_UDP_DEFAULT_PORT, PIN_ROOT, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_XDP_INGRESS, ROUTES_MAP, RouteTarget as RawTarget, VXLAN_DEFAULT_PORT,
-    VXLAN_DEFAULT_VNI,
+    CONFIG_MAP, COUNTERS_MAP, DataplaneConfig, ENDPOINTS_MAP, FLANNEL_UDP_DEFAULT_PORT,
+    LocalEndpoint, PIN_ROOT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS, ROUTES_MAP,
+    RouteTarget as RawTarget, VXLAN_DEFAULT_PORT, VXLAN_DEFAULT_VNI,
 };
 
 mod system;
@@ -159,10 +159,26 @@ impl FromStr for MacAddr {
 /// Where decapsulation runs on the underlay device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecapHook {
-    /// XDP (native, or generic as a fallback): the fastest path for small packets.
+    /// TC on a veth underlay, XDP on anything else (see [`DecapHook::for_device_kind`]).
+    Auto,
+    /// XDP (native, or generic as a fallback), with GRO turned on behind it: the fast path of a
+    /// physical NIC, whose frames arrive at MTU size and are merged after decapsulation.
     Xdp,
-    /// TC ingress (TCX): keeps the sender's GSO batches intact on veth.
+    /// TC ingress (TCX): a veth underlay delivers the sender's 64 KB GSO packets whole, which TC
+    /// decapsulates once (XDP would make the peer segment them first).
     Tc,
+}
+
+impl DecapHook {
+    /// The hook `Auto` stands for on a device of `kind` (`ip -d link`'s kind; `None` for a
+    /// physical device).
+    pub fn for_device_kind(self, kind: Option<&str>) -> DecapHook {
+        match (self, kind) {
+            (DecapHook::Auto, Some("veth")) => DecapHook::Tc,
+            (DecapHook::Auto, _) => DecapHook::Xdp,
+            (hook, _) => hook,
+        }
+    }
 }
 
 /// How the XDP program was attached.
@@ -204,8 +220,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// flannel's defaults (VNI 1, port 8472, udp port 8285), XDP decapsulation, kernel routes
-    /// managed, pins under `/sys/fs/bpf/shoal/<interface>`.
+    /// flannel's defaults (VNI 1, port 8472, udp port 8285), decapsulation hook chosen by device
+    /// kind, kernel routes managed, pins under `/sys/fs/bpf/shoal/<interface>`.
     pub fn new(interface: &str, underlay_ip: Ipv4Addr, local_subnet: Ipv4Network) -> Self {
         Self {
             interface: interface.to_string(),
@@ -217,7 +233,7 @@ impl Config {
             vxlan_port: VXLAN_DEFAULT_PORT,
             udp_port: FLANNEL_UDP_DEFAULT_PORT,
             vtep_mac: None,
-            decap_hook: DecapHook::Xdp,
+            decap_hook: DecapHook::Auto,
             manage_kernel_routes: true,
             route_source: None,
         }
@@ -254,6 +270,55 @@ impl RouteTarget {
             vtep_mac: MacAddr(raw.vtep_mac),
             backend: Backend::from_u8(raw.backend)?,
         })
+    }
+}
+
+/// A local workload the TC decapsulation delivers to directly, past the kernel's forwarding path
+/// and bridge (used only while the kernel's FIB still resolves `address` to `via_ifindex` and
+/// `mac`; anything else goes the kernel's way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub mac: MacAddr,
+    /// The device the kernel routes `address` to (a bridge, or a routed veth).
+    pub via_ifindex: u32,
+    /// The device frames for it leave on (the bridge port, or `via_ifindex`).
+    pub port_ifindex: u32,
+    /// `port_ifindex` is a veth: the packet enters the workload's namespace directly.
+    pub port_is_veth: bool,
+}
+
+impl Endpoint {
+    fn to_raw(self) -> LocalEndpoint {
+        LocalEndpoint {
+            port_ifindex: self.port_ifindex,
+            via_ifindex: self.via_ifindex,
+            mac: self.mac.0,
+            peer: u8::from(self.port_is_veth),
+            _pad: 0,
+        }
+    }
+
+    fn from_raw(address: [u8; 4], raw: LocalEndpoint) -> Self {
+        Self {
+            address: Ipv4Addr::from(address),
+            mac: MacAddr(raw.mac),
+            via_ifindex: raw.via_ifindex,
+            port_ifindex: raw.port_ifindex,
+            port_is_veth: raw.peer != 0,
+        }
+    }
+}
+
+impl From<system::FoundEndpoint> for Endpoint {
+    fn from(found: system::FoundEndpoint) -> Self {
+        Self {
+            address: found.address,
+            mac: found.mac,
+            via_ifindex: found.via_ifindex,
+            port_ifindex: found.port_ifindex,
+            port_is_veth: found.port_is_veth,
+        }
     }
 }
 
@@ -307,6 +372,7 @@ pub struct Dataplane {
     vtep_mac: MacAddr,
     attach_mode: AttachMode,
     routes: LpmTrie<MapData, [u8; 4], RawTarget>,
+    endpoints: BpfHashMap<MapData, [u8; 4], LocalEndpoint>,
     counters: PerCpuArray<MapData, u64>,
     // Keeps the programs loaded while this handle lives (the links keep them attached after).
     _ebpf: Ebpf,
@@ -360,10 +426,24 @@ impl Dataplane {
             .map_err(map_error(ROUTES_MAP))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP, &name)?)
             .map_err(map_error(COUNTERS_MAP))?;
+        let endpoints = BpfHashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP, &name)?)
+            .map_err(map_error(ENDPOINTS_MAP))?;
         attach_egress(&mut ebpf, &config, &pin_dir)?;
-        let attach_mode = match config.decap_hook {
-            DecapHook::Xdp => attach_xdp_ingress(&mut ebpf, &config, &pin_dir)?,
+        let hook = match config.decap_hook {
+            DecapHook::Auto => {
+                DecapHook::Auto.for_device_kind(system::link_kind(&config.interface)?.as_deref())
+            }
+            hook => hook,
+        };
+        let attach_mode = match hook {
             DecapHook::Tc => attach_tc_ingress(&mut ebpf, &config, &pin_dir)?,
+            DecapHook::Xdp | DecapHook::Auto => {
+                let mode = attach_xdp_ingress(&mut ebpf, &config, &pin_dir)?;
+                if system::enable_gro(&config.interface)? {
+                    tracing::info!(interface = %config.interface, "turned GRO on behind XDP");
+                }
+                mode
+            }
         };
         tracing::info!(
             interface = %config.interface,
@@ -378,6 +458,7 @@ impl Dataplane {
             vtep_mac,
             attach_mode,
             routes,
+            endpoints,
             counters,
             _ebpf: ebpf,
         })
@@ -446,6 +527,56 @@ impl Dataplane {
             }
         }
         Ok(routes)
+    }
+
+    /// Registers (or replaces) a local workload for direct delivery after TC decapsulation.
+    pub fn set_endpoint(&mut self, endpoint: Endpoint) -> Result<()> {
+        self.endpoints
+            .insert(endpoint.address.octets(), endpoint.to_raw(), 0)
+            .map_err(|source| self.map_error(ENDPOINTS_MAP, source))
+    }
+
+    /// Forgets a local workload (a missing one is not an error).
+    pub fn remove_endpoint(&mut self, address: Ipv4Addr) -> Result<()> {
+        match self.endpoints.remove(&address.octets()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(self.map_error(ENDPOINTS_MAP, source)),
+        }
+    }
+
+    /// Every registered local workload.
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        let mut endpoints = Vec::new();
+        for entry in self.endpoints.iter() {
+            let (address, raw) = entry.map_err(|source| self.map_error(ENDPOINTS_MAP, source))?;
+            endpoints.push(Endpoint::from_raw(address, raw));
+        }
+        Ok(endpoints)
+    }
+
+    /// Makes the registered workloads those of the local subnet the kernel knows now (resolved
+    /// neighbour entries, with their bridge port from the bridge's forwarding database),
+    /// whatever created them (a Docker or CNI bridge, a routed veth, `shoal run`). Returns how
+    /// many are registered. Call it when workloads come and go, or periodically: a workload not
+    /// (or no longer) registered still works, through the kernel's forwarding path.
+    pub fn sync_endpoints(&mut self) -> Result<usize> {
+        let found: Vec<Endpoint> = system::discover_endpoints(self.config.local_subnet)?
+            .into_iter()
+            .map(Endpoint::from)
+            .collect();
+        for stale in self.endpoints()? {
+            if !found
+                .iter()
+                .any(|endpoint| endpoint.address == stale.address)
+            {
+                self.remove_endpoint(stale.address)?;
+            }
+        }
+        for endpoint in &found {
+            self.set_endpoint(*endpoint)?;
+        }
+        tracing::debug!(interface = %self.config.interface, count = found.len(), "endpoints synced");
+        Ok(found.len())
     }
 
     /// Counter totals over all CPUs.

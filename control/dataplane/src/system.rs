@@ -1,7 +1,7 @@
 //! What the dataplane needs from the rest of the system: bpffs, interface facts, and the kernel
 //! routes/neighbours that steer overlay traffic to the underlay device. Everything acts in the
 //! calling thread's network namespace.
-use std::{ffi::CString, io, net::Ipv4Addr, path::Path, process::Command};
+use std::{collections::HashMap, ffi::CString, io, net::Ipv4Addr, path::Path, process::Command};
 
 use ipnetwork::Ipv4Network;
 
@@ -195,20 +195,38 @@ impl KernelRoute<'_> {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let output = Command::new("ip")
+    run("ip", args).map(drop)
+}
+
+/// Runs `program args...`; its stdout, or an error with its stderr.
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let command = || format!("{program} {}", args.join(" "));
+    let output = Command::new(program)
         .args(args)
         .output()
         .map_err(|source| Error::Io {
-            context: format!("running ip {}", args.join(" ")),
+            context: format!("running {}", command()),
             source,
         })?;
     if !output.status.success() {
         return Err(Error::Command {
-            command: format!("ip {}", args.join(" ")),
+            command: command(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs an iproute2 command with `-j` and parses its JSON array.
+fn run_json(program: &str, args: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let text = run(program, args)?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(&text).map_err(|err| Error::Command {
+        command: format!("{program} {}", args.join(" ")),
+        stderr: format!("unparsable JSON output: {err}"),
+    })
 }
 
 fn ip_ignoring_missing(args: &[&str]) -> Result<()> {
@@ -222,4 +240,162 @@ fn ip_ignoring_missing(args: &[&str]) -> Result<()> {
         }
         other => other,
     }
+}
+
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+/// `struct ethtool_value` of the legacy ethtool ioctls.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+fn ethtool_value(socket: &Socket, name: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    let mut value = EthtoolValue { cmd, data };
+    let mut req = ifreq_for(name);
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    socket.ioctl(libc::SIOCETHTOOL, &mut req)?;
+    Ok(value.data)
+}
+
+/// Turns generic receive offload on for `name`; returns whether it was off. XDP on a veth needs
+/// it so that decapsulated frames are merged again before forwarding (kernels since 6.9 no longer
+/// turn it on when XDP is attached); physical NICs have it on by default.
+pub(crate) fn enable_gro(name: &str) -> Result<bool> {
+    let fail = |what: &str, source: io::Error| Error::Interface {
+        interface: name.to_string(),
+        message: format!("{what}: {source}"),
+    };
+    let socket = Socket::udp().map_err(|err| fail("opening an ioctl socket", err))?;
+    let on = ethtool_value(&socket, name, ETHTOOL_GGRO, 0)
+        .map_err(|err| fail("reading the GRO setting", err))?;
+    if on != 0 {
+        return Ok(false);
+    }
+    ethtool_value(&socket, name, ETHTOOL_SGRO, 1).map_err(|err| fail("turning GRO on", err))?;
+    Ok(true)
+}
+
+/// One network device as `ip -d link` describes it.
+#[derive(Clone, Debug)]
+struct Link {
+    index: u32,
+    name: String,
+    /// `veth`, `bridge`, ... (`None` for physical devices).
+    kind: Option<String>,
+}
+
+fn links() -> Result<Vec<Link>> {
+    let links = run_json("ip", &["-j", "-d", "link", "show"])?;
+    Ok(links
+        .iter()
+        .filter_map(|link| {
+            Some(Link {
+                index: u32::try_from(link["ifindex"].as_u64()?).ok()?,
+                name: link["ifname"].as_str()?.to_string(),
+                kind: link["linkinfo"]["info_kind"].as_str().map(str::to_string),
+            })
+        })
+        .collect())
+}
+
+/// The kind of device `name` is (`veth`, `bridge`, ...; `None` for a physical device).
+pub(crate) fn link_kind(name: &str) -> Result<Option<String>> {
+    let links = run_json("ip", &["-j", "-d", "link", "show", "dev", name])?;
+    Ok(links
+        .first()
+        .and_then(|link| link["linkinfo"]["info_kind"].as_str())
+        .map(str::to_string))
+}
+
+/// A local workload found in the kernel's tables (see [`discover_endpoints`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FoundEndpoint {
+    pub address: Ipv4Addr,
+    pub mac: MacAddr,
+    /// The device the kernel routes the address to (its neighbour entry's device).
+    pub via_ifindex: u32,
+    /// The device frames for it leave on: the bridge port holding its MAC, or `via` itself.
+    pub port_ifindex: u32,
+    pub port_is_veth: bool,
+}
+
+/// Workloads in `subnet` as the kernel knows them, however they were wired: each resolved
+/// neighbour entry in the subnet, on a bridge (the port from the bridge's forwarding database)
+/// or directly on a device (a routed veth, as CNI's ptp plugin makes).
+pub(crate) fn discover_endpoints(subnet: Ipv4Network) -> Result<Vec<FoundEndpoint>> {
+    let links = links()?;
+    let by_name: HashMap<&str, &Link> = links
+        .iter()
+        .map(|link| (link.name.as_str(), link))
+        .collect();
+    let mut bridge_ports: HashMap<String, HashMap<MacAddr, String>> = HashMap::new();
+    let mut found = Vec::new();
+    for neighbour in run_json("ip", &["-j", "-4", "neigh", "show"])? {
+        let Some((address, mac, device)) = usable_neighbour(&neighbour, subnet) else {
+            continue;
+        };
+        let Some(via) = by_name.get(device) else {
+            continue;
+        };
+        let port_name = if via.kind.as_deref() == Some("bridge") {
+            if !bridge_ports.contains_key(device) {
+                bridge_ports.insert(device.to_string(), bridge_fdb(device)?);
+            }
+            match bridge_ports.get(device).and_then(|ports| ports.get(&mac)) {
+                Some(port) => port.clone(),
+                None => continue,
+            }
+        } else {
+            device.to_string()
+        };
+        let Some(port) = by_name.get(port_name.as_str()) else {
+            continue;
+        };
+        found.push(FoundEndpoint {
+            address,
+            mac,
+            via_ifindex: via.index,
+            port_ifindex: port.index,
+            port_is_veth: port.kind.as_deref() == Some("veth"),
+        });
+    }
+    Ok(found)
+}
+
+/// Address, MAC and device of a neighbour entry in `subnet` that resolves to a MAC.
+fn usable_neighbour(
+    neighbour: &serde_json::Value,
+    subnet: Ipv4Network,
+) -> Option<(Ipv4Addr, MacAddr, &str)> {
+    let address: Ipv4Addr = neighbour["dst"].as_str()?.parse().ok()?;
+    if !subnet.contains(address) || address == subnet.network() || address == subnet.broadcast() {
+        return None;
+    }
+    let unusable = neighbour["state"].as_array().is_some_and(|states| {
+        states
+            .iter()
+            .any(|state| matches!(state.as_str(), Some("FAILED" | "INCOMPLETE" | "NOARP")))
+    });
+    if unusable {
+        return None;
+    }
+    let mac = neighbour["lladdr"].as_str()?.parse().ok()?;
+    Some((address, mac, neighbour["dev"].as_str()?))
+}
+
+/// MAC -> port name of the addresses `bridge` learned or was given on its ports (entries of the
+/// bridge device itself and a port's own `self` entries left out).
+fn bridge_fdb(bridge: &str) -> Result<HashMap<MacAddr, String>> {
+    let entries = run_json("bridge", &["-j", "fdb", "show", "br", bridge])?;
+    Ok(entries
+        .iter()
+        .filter(|entry| entry["master"].as_str() == Some(bridge))
+        .filter_map(|entry| {
+            let mac = entry["mac"].as_str()?.parse().ok()?;
+            Some((mac, entry["ifname"].as_str()?.to_string()))
+        })
+        .collect())
 }

@@ -31,6 +31,11 @@ pub const ROUTES_MAP: &str = "ROUTES";
 pub const CONFIG_MAP: &str = "CONFIG";
 /// Name of the per-CPU array of [`Counter`]s.
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the hash map from a local workload's IPv4 address (network order) to the
+/// [`LocalEndpoint`] that delivers to it directly.
+pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
+/// Capacity of the endpoints map (workloads on one node).
+pub const MAX_ENDPOINTS: u32 = 4096;
 /// Capacity of the routes map (remote subnets).
 pub const MAX_ROUTES: u32 = 16384;
 /// Directory under bpffs where the dataplane pins its maps and links (one subdirectory per
@@ -80,6 +85,25 @@ pub struct RouteTarget {
     pub vtep_mac: [u8; 6],
     /// A [`Backend`] as `u8`.
     pub backend: u8,
+    pub _pad: u8,
+}
+
+/// Value of the endpoints map: how a decapsulated packet reaches a local workload without the
+/// kernel's forwarding path. Used only while the kernel's own FIB lookup of the workload address
+/// still ends at `via_ifindex` with `mac` as the neighbour (so a moved or deleted workload falls
+/// back to the kernel path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    /// The host-side device the workload hangs off (a veth end, or a bridge port).
+    pub port_ifindex: u32,
+    /// The device the kernel routes the workload's address to (a bridge, or the veth itself).
+    pub via_ifindex: u32,
+    /// The workload's MAC address.
+    pub mac: [u8; 6],
+    /// Non-zero: `port_ifindex` is a veth whose peer is the workload's interface, so the packet
+    /// can enter the workload's namespace directly (`bpf_redirect_peer`).
+    pub peer: u8,
     pub _pad: u8,
 }
 
@@ -150,10 +174,12 @@ pub enum Counter {
     PassIpOptions,
     /// The program ran without a config entry (not yet configured): everything passed.
     PassUnconfigured,
+    /// Decapsulated packets handed straight to a local workload's device (see [`LocalEndpoint`]).
+    DeliverDirectPackets,
 }
 
 /// Number of entries in the counters map.
-pub const COUNTER_COUNT: u32 = Counter::PassUnconfigured as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::DeliverDirectPackets as u32 + 1;
 
 impl Counter {
     /// Every counter, in index order.
@@ -179,6 +205,7 @@ impl Counter {
         Self::PassFragment,
         Self::PassIpOptions,
         Self::PassUnconfigured,
+        Self::DeliverDirectPackets,
     ];
 
     /// Stable snake-case name (for JSON, logs and metrics).
@@ -205,14 +232,16 @@ impl Counter {
             Self::PassFragment => "pass_fragment",
             Self::PassIpOptions => "pass_ip_options",
             Self::PassUnconfigured => "pass_unconfigured",
+            Self::DeliverDirectPackets => "deliver_direct_packets",
         }
     }
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (both): repr(C) structs of byte arrays and u32s laid out without implicit padding
-    // (RouteTarget has an explicit `_pad`), every bit pattern valid.
+    // SAFETY (all): repr(C) structs of byte arrays and u32s laid out without implicit padding
+    // (RouteTarget and LocalEndpoint have an explicit `_pad`), every bit pattern valid.
     unsafe impl aya::Pod for super::RouteTarget {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
+    unsafe impl aya::Pod for super::LocalEndpoint {}
 }

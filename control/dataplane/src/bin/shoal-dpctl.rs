@@ -44,8 +44,12 @@ struct Args {
     /// Pin subdirectory; the interface name when absent.
     #[arg(long)]
     instance: Option<String>,
-    #[arg(long, value_enum, default_value = "xdp")]
+    #[arg(long, value_enum, default_value = "auto")]
     decap: Hook,
+    /// With `attach`: register the local workloads for direct delivery every this many seconds
+    /// (0: never).
+    #[arg(long, default_value_t = 0)]
+    sync_endpoints_secs: u64,
     /// Source address for locally originated overlay traffic.
     #[arg(long)]
     source: Option<Ipv4Addr>,
@@ -56,6 +60,7 @@ struct Args {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Hook {
+    Auto,
     Xdp,
     Tc,
 }
@@ -68,6 +73,7 @@ impl Args {
             config.instance = instance.clone();
         }
         config.decap_hook = match self.decap {
+            Hook::Auto => DecapHook::Auto,
             Hook::Xdp => DecapHook::Xdp,
             Hook::Tc => DecapHook::Tc,
         };
@@ -100,6 +106,20 @@ fn parse_route(text: &str) -> anyhow::Result<(Ipv4Network, RouteTarget)> {
     ))
 }
 
+/// Keeps the process alive (until killed), syncing the local endpoints every `every_secs`.
+fn hold(mut dataplane: Dataplane, every_secs: u64) -> anyhow::Result<()> {
+    loop {
+        if every_secs == 0 {
+            std::thread::park();
+            continue;
+        }
+        if let Err(err) = dataplane.sync_endpoints() {
+            tracing::warn!("syncing endpoints: {err}");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(every_secs));
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -122,9 +142,7 @@ fn main() -> anyhow::Result<()> {
                 dataplane.vtep_mac()
             );
             std::io::stdout().flush()?;
-            loop {
-                std::thread::park();
-            }
+            hold(dataplane, args.sync_endpoints_secs)
         }
         Command::Stats(args) => {
             let dataplane = Dataplane::load_or_attach(args.config())?;
