@@ -330,11 +330,14 @@ async fn measure(name: &str, endpoints: &[String]) -> anyhow::Result<StoreResult
             }
         }
     };
+    let _ = shoal_kv::profile::take_report();
     let put_1_client = run_concurrent(&clients[..1], 1, SINGLE_CLIENT_PUTS, put.clone()).await?;
     eprintln!("{name}: put 1 client {put_1_client:?}");
+    eprint!("{}", shoal_kv::profile::take_report());
     let put_1_client_per_member = puts_per_member(name, endpoints, &value).await?;
     let put_128_clients = run_concurrent(&clients, MANY_CLIENTS, MANY_CLIENT_PUTS, put).await?;
     eprintln!("{name}: put {MANY_CLIENTS} clients {put_128_clients:?}");
+    eprint!("{}", shoal_kv::profile::take_report());
     let get = |serializable: bool| {
         move |mut c: Client, n: usize| async move {
             let mut options = GetOptions::new();
@@ -560,14 +563,25 @@ pub fn run() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let etcd = {
+    // `SHOAL_BENCH_ONLY=shoal` (or `etcd`) measures one store, for profiling runs; the
+    // report files are only written by a full side-by-side run.
+    let only = std::env::var("SHOAL_BENCH_ONLY").ok();
+    let wanted = |store: &str| only.as_deref().is_none_or(|o| o == store);
+    let etcd = if wanted("etcd") {
         let cluster = start_etcd(dir.path())?;
         load.block_on(measure("etcd", &cluster.endpoints))?
+    } else {
+        StoreResults::default()
     };
-    let shoal = {
+    let shoal = if wanted("shoal") {
         let cluster = start_shoal(dir.path())?;
         load.block_on(measure("shoal", &cluster.endpoints))?
+    } else {
+        StoreResults::default()
     };
+    if only.is_some() {
+        return Ok(());
+    }
     let report = Report {
         machine: machine(),
         ratios: ratios(&shoal, &etcd),

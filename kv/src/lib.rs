@@ -4,9 +4,11 @@
 pub mod api;
 pub mod cli;
 pub mod error;
+pub mod log;
 pub mod member;
 pub mod mvcc;
 pub mod peer;
+pub mod profile;
 pub mod proto;
 pub mod store;
 pub mod types;

@@ -222,7 +222,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
-        self.send(&rpc, &option, RaftRpc::Append).await
+        let t = Instant::now();
+        let n = rpc.entries.len();
+        let r = self.send(&rpc, &option, RaftRpc::Append).await;
+        crate::profile::record(
+            if n == 0 {
+                "net.heartbeat_rtt"
+            } else {
+                "net.append_rtt"
+            },
+            t,
+        );
+        r
     }
 
     async fn install_snapshot(
@@ -289,7 +300,12 @@ impl<H: PeerHandler> Peer for PeerService<H> {
     async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = unblob(request.get_ref())?;
         self.refuse_own(&rpc.vote)?;
+        let t = Instant::now();
+        let n = rpc.entries.len();
         let answer = self.handler.raft().append_entries(rpc).await;
+        if n > 0 {
+            crate::profile::record("follower.append_entries", t);
+        }
         Ok(Response::new(blob(&answer)?))
     }
 

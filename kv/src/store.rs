@@ -1,6 +1,7 @@
-//! Durable storage for openraft: the Raft log, vote and snapshots in one redb file (every write
-//! transaction is fsync'd before openraft hears it is done), and the state machine, which lives
-//! in memory and is rebuilt on start from the last snapshot plus the log.
+//! Durable storage for openraft: the Raft log in segment files of our own ([`crate::log`]), the
+//! vote, purge point and snapshots in one redb file (every write fsync'd before openraft hears it
+//! is done), and the state machine, which lives in memory and is rebuilt on start from the last
+//! snapshot plus the log.
 //!
 //! Every stored record carries a CRC-32 of its bytes, so a damaged file is reported as damaged
 //! instead of being read as wrong data.
@@ -9,7 +10,7 @@ use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::error::{EtcdError, StoreError};
+use crate::log::LogFile;
 use crate::mvcc::Mvcc;
 use crate::proto::mvccpb;
 use crate::types::{
@@ -28,7 +30,10 @@ use crate::types::{
     TypeConfig,
 };
 
+/// Where earlier versions kept the Raft log; read once to move it to [`LogFile`].
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// The Raft log's directory inside the data dir.
+const LOG_DIR: &str = "raft-log";
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
 const LAST_PURGED: &str = "last_purged";
@@ -98,6 +103,8 @@ pub enum Feed {
 pub struct Shared {
     pub state: RwLock<State>,
     pub feed: broadcast::Sender<Feed>,
+    /// The last log index applied to `state`.
+    pub applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -204,52 +211,40 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// One change to the on-disk log, queued for the log writer thread.
-enum LogWrite {
-    Append(Vec<Entry>, LogFlushed<TypeConfig>),
-    /// Remove entries from this index on.
-    Truncate(u64),
-    /// Remove entries up to and including this log id.
-    Purge(LogId),
-}
-
-/// The Raft log, vote and commit index.
-///
-/// Appends return at once: a writer thread group-commits whatever is queued in one redb
-/// transaction (one fsync) and then tells openraft the entries are durable. Readers are served
-/// from an in-memory copy of the unpurged log, which already holds entries still being written.
+/// The Raft log ([`LogFile`], appended and fdatasync'd in the caller, which is openraft's core
+/// task: it waits for every append to be durable anyway), plus the vote and purge point in
+/// redb. Readers are served from an in-memory copy of the unpurged log.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     entries: Arc<RwLock<BTreeMap<u64, Entry>>>,
     last_purged: Arc<RwLock<Option<LogId>>>,
-    writer: std::sync::mpsc::Sender<LogWrite>,
+    file: Arc<Mutex<LogFile>>,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> Result<Self, StoreError> {
-        let mut entries = BTreeMap::new();
-        {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(LOG)?;
-            for row in table.iter()? {
-                let (index, bytes) = row?;
-                let entry: Entry =
-                    decode(bytes.value(), &format!("raft log entry {}", index.value()))?;
-                entries.insert(index.value(), entry);
-            }
-        }
+    /// Opens the log under `dir`; entries an older version kept in redb move to the log file.
+    pub fn new(db: Arc<Database>, dir: &Path) -> Result<Self, StoreError> {
         let last_purged: Option<LogId> = read_meta(&db, LAST_PURGED)?;
-        let (writer, queue) = std::sync::mpsc::channel();
-        let writer_db = db.clone();
-        std::thread::Builder::new()
-            .name("kv-log-writer".to_string())
-            .spawn(move || run_log_writer(&writer_db, &queue))?;
+        let (mut file, loaded) = LogFile::open(&dir.join(LOG_DIR), last_purged.map(|l| l.index))?;
+        let legacy = take_legacy_entries(&db, last_purged)?;
+        let mut entries: BTreeMap<u64, Entry> =
+            loaded.into_iter().map(|e| (e.log_id.index, e)).collect();
+        if !legacy.is_empty() {
+            if !entries.is_empty() {
+                return Err(StoreError::Damaged(
+                    "raft log entries both in the log file and in the redb file".to_string(),
+                ));
+            }
+            file.append(&legacy)?;
+            entries = legacy.into_iter().map(|e| (e.log_id.index, e)).collect();
+            clear_legacy_entries(&db)?;
+        }
         Ok(LogStore {
             db,
             entries: Arc::new(RwLock::new(entries)),
             last_purged: Arc::new(RwLock::new(last_purged)),
-            writer,
+            file: Arc::new(Mutex::new(file)),
         })
     }
 
@@ -257,66 +252,38 @@ impl LogStore {
         self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn queue(&self, write: LogWrite) -> Result<(), WriterStopped> {
-        self.writer.send(write).map_err(|_| WriterStopped)
+    fn file(&self) -> std::sync::MutexGuard<'_, LogFile> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// The log writer thread is gone (it only stops when the store is dropped).
-struct WriterStopped;
-
-impl From<WriterStopped> for StorageError {
-    fn from(_: WriterStopped) -> Self {
-        StorageIOError::write_logs(&io::Error::other("the log writer thread stopped")).into()
-    }
-}
-
-/// Group commit: every queued change in one transaction, then the append callbacks.
-fn run_log_writer(db: &Database, queue: &std::sync::mpsc::Receiver<LogWrite>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match queue.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        let result = write_log_batch(db, &batch);
-        if let Err(e) = &result {
-            tracing::error!("writing the raft log: {e}");
-        }
-        for write in batch {
-            if let LogWrite::Append(_, callback) = write {
-                callback.log_io_completed(result.as_ref().map(|_| ()).map_err(io_err));
-            }
+/// The log entries an earlier version stored in redb, after the purge point.
+fn take_legacy_entries(
+    db: &Database,
+    last_purged: Option<LogId>,
+) -> Result<Vec<Entry>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(LOG)?;
+    let mut entries = Vec::new();
+    for row in table.iter()? {
+        let (index, bytes) = row?;
+        let entry: Entry = decode(bytes.value(), &format!("raft log entry {}", index.value()))?;
+        if last_purged.is_none_or(|p| entry.log_id.index > p.index) {
+            entries.push(entry);
         }
     }
+    Ok(entries)
 }
 
-fn write_log_batch(db: &Database, batch: &[LogWrite]) -> Result<(), StoreError> {
+fn clear_legacy_entries(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
-        for write in batch {
-            match write {
-                LogWrite::Append(entries, _) => {
-                    for entry in entries {
-                        log.insert(entry.log_id.index, encode(entry)?.as_slice())?;
-                    }
-                }
-                LogWrite::Truncate(first) => {
-                    log.retain(|index, _| index < *first)?;
-                }
-                LogWrite::Purge(log_id) => {
-                    meta.insert(LAST_PURGED, encode(log_id)?.as_slice())?;
-                    log.retain(|index, _| index > log_id.index)?;
-                }
-            }
-        }
-    }
+    txn.open_table(LOG)?.retain(|_, _| false)?;
     txn.commit()?;
     Ok(())
+}
+
+fn write_error(e: StoreError) -> StorageError {
+    StorageIOError::write_logs(&io_err(e)).into()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -371,28 +338,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        {
+        let t = std::time::Instant::now();
+        let written = self.file().append(&entries);
+        crate::profile::record("log.append", t);
+        if written.is_ok() {
             let mut cached = self.cached();
-            for entry in &entries {
-                cached.insert(entry.log_id.index, entry.clone());
+            for entry in entries {
+                cached.insert(entry.log_id.index, entry);
             }
         }
-        Ok(self.queue(LogWrite::Append(entries, callback))?)
+        let flushed = written.as_ref().map(|_| ()).map_err(io_err);
+        callback.log_io_completed(flushed);
+        written.map_err(write_error)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.cached().split_off(&log_id.index);
-        Ok(self.queue(LogWrite::Truncate(log_id.index))?)
+        self.file().truncate(log_id.index).map_err(write_error)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The purge point is durable before entries go, so a restart never reads a gap.
+        write_meta(&self.db, LAST_PURGED, &log_id).map_err(write_error)?;
         {
             let mut cached = self.cached();
             let kept = cached.split_off(&(log_id.index + 1));
             *cached = kept;
         }
         *self.last_purged.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
-        Ok(self.queue(LogWrite::Purge(log_id))?)
+        self.file().purge(log_id.index).map_err(write_error)
     }
 }
 
@@ -426,9 +400,16 @@ impl StateMachine {
             let state: State = bincode::deserialize(&stored.data)?;
             *machine.shared.write() = state;
             machine.last_applied = stored.meta.last_log_id;
+            machine.publish_applied();
             machine.last_membership = stored.meta.last_membership;
         }
         Ok(machine)
+    }
+
+    /// Tells requests waiting for their write to be applied how far the state has got.
+    fn publish_applied(&self) {
+        let index = self.last_applied.map(|l| l.index).unwrap_or_default();
+        self.shared.applied.send_replace(index);
     }
 
     fn stored_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
@@ -486,6 +467,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let t = std::time::Instant::now();
         let mut outcomes = Vec::new();
         let mut events = Vec::new();
         {
@@ -512,6 +494,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // No receiver just means no watcher.
             let _ = self.shared.feed.send(Feed::Events(Arc::new(events)));
         }
+        self.publish_applied();
+        crate::profile::record("sm.apply", t);
         Ok(outcomes)
     }
 
@@ -548,6 +532,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         *self.shared.write() = state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
+        self.publish_applied();
         let _ = self.shared.feed.send(Feed::Resync);
         Ok(())
     }

@@ -269,6 +269,20 @@ pub fn etcdctl(endpoints: &[String], args: &[&str], stdin: Option<&str>) -> (boo
     )
 }
 
-pub fn data_file(dir: &Path) -> PathBuf {
-    dir.join("shoal-kv.redb")
+/// Every file under a member's data dir (the redb file and the Raft log's segments), sorted.
+pub fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for item in std::fs::read_dir(&dir).expect("reading the data dir") {
+            let path = item.expect("data dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
 }

@@ -1,0 +1,547 @@
+//! The Raft log on disk: append-only, preallocated segment files of checksummed records, one
+//! `write` plus one `fdatasync` per append.
+//!
+//! Layout: `<data-dir>/raft-log/<first index, 20 digits>.seg`, each preallocated to
+//! [`SEGMENT_BYTES`] with zeros (so an append only changes data blocks, and `fdatasync` has no
+//! file size to journal). A record is `[payload length u32 LE][CRC-32 of payload u32 LE]
+//! [payload: bincode of the entry]`, zero-padded to 8 bytes; a zero header ends the data.
+//!
+//! Recovery reads every segment. Entries must follow each other (index + 1), except right after
+//! the purge point, where a snapshot may have skipped ahead. In the newest segment, a record that
+//! fails its checksum is a torn write (the crash hit the last, unacknowledged append) when it
+//! holds a zeroed 512-byte sector and nothing but zeros follows it: it is cut off. Any other bad
+//! record, and any bad record in an older segment, is damage: opening fails with its position.
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::StoreError;
+use crate::types::Entry;
+
+/// Bytes preallocated per segment; a new segment starts when an append would not fit.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+const HEADER_BYTES: usize = 8;
+const ALIGN: usize = 8;
+/// The unit a disk writes atomically; a torn write leaves whole sectors zeroed.
+const SECTOR: usize = 512;
+/// No payload is larger (a Raft entry holds at most a few MiB of commands).
+const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+
+/// Where an entry's record starts.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    segment: u64,
+    offset: u64,
+}
+
+/// One segment file, named by the index of its first record.
+struct Segment {
+    first: u64,
+    file: File,
+}
+
+/// The open log: where every entry lives and the segment being appended to.
+pub struct LogFile {
+    dir: PathBuf,
+    segments: BTreeMap<u64, Segment>,
+    positions: BTreeMap<u64, Position>,
+    /// The next append's offset in the newest segment.
+    end: u64,
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+fn damaged(path: &Path, offset: usize, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Damaged(format!(
+        "raft log {} at offset {offset}: {what}",
+        path.display()
+    ))
+}
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Extends `file` with zeroed, allocated blocks up to [`SEGMENT_BYTES`].
+fn preallocate(file: &File, from: u64) -> Result<(), StoreError> {
+    if from < SEGMENT_BYTES {
+        use std::os::fd::AsRawFd;
+        nix::fcntl::posix_fallocate(file.as_raw_fd(), from as i64, (SEGMENT_BYTES - from) as i64)
+            .map_err(|e| StoreError::Io(std::io::Error::from(e)))?;
+    }
+    Ok(())
+}
+
+/// Entries encoded as consecutive records.
+struct Encoded {
+    bytes: Vec<u8>,
+    /// Each entry's index and record offset in `bytes`.
+    offsets: Vec<(u64, usize)>,
+}
+
+fn encode_records(entries: &[Entry]) -> Result<Encoded, StoreError> {
+    let mut buf = Vec::new();
+    let mut offsets = Vec::with_capacity(entries.len());
+    for entry in entries {
+        offsets.push((entry.log_id.index, buf.len()));
+        let payload = bincode::serialize(entry)?;
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        buf.extend_from_slice(&payload);
+        buf.resize(align(buf.len()), 0);
+    }
+    Ok(Encoded {
+        bytes: buf,
+        offsets,
+    })
+}
+
+/// What reading one segment found.
+struct Scanned {
+    entries: Vec<(Entry, usize)>,
+    /// Where the data ends (the next append goes here).
+    end: usize,
+    /// A torn record was found at `end` and must be cut off.
+    torn: bool,
+}
+
+/// Whether `bytes[from..to]` holds a zeroed sector: a whole one, or the record's last partial one
+/// if it is long enough not to be a run of zeros in the data.
+fn has_zeroed_sector(bytes: &[u8], from: usize, to: usize) -> bool {
+    const MIN_ZEROED_TAIL: usize = 32;
+    let mut start = from.div_ceil(SECTOR) * SECTOR;
+    while start < to {
+        let stop = (start + SECTOR).min(to);
+        let long_enough = stop - start == SECTOR || stop - start >= MIN_ZEROED_TAIL;
+        if long_enough && all_zero(&bytes[start..stop]) {
+            return true;
+        }
+        start += SECTOR;
+    }
+    false
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
+}
+
+/// Reads a segment's records; `newest` allows a torn last record.
+fn scan(path: &Path, bytes: &[u8], newest: bool) -> Result<Scanned, StoreError> {
+    let mut entries = Vec::new();
+    let mut offset = 0;
+    while offset + HEADER_BYTES <= bytes.len() {
+        let header = &bytes[offset..offset + HEADER_BYTES];
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len == 0 && crc == 0 {
+            if all_zero(&bytes[offset..]) {
+                return Ok(Scanned {
+                    entries,
+                    end: offset,
+                    torn: false,
+                });
+            }
+            return Err(damaged(path, offset, "zeroed record followed by data"));
+        }
+        let stop = offset + HEADER_BYTES + len;
+        if len > MAX_RECORD_BYTES || stop > bytes.len() {
+            return Err(damaged(
+                path,
+                offset,
+                format!("record length {len} is impossible"),
+            ));
+        }
+        let payload = &bytes[offset + HEADER_BYTES..stop];
+        if crc32fast::hash(payload) != crc {
+            let torn = newest
+                && has_zeroed_sector(bytes, offset + HEADER_BYTES, stop)
+                && all_zero(&bytes[stop..]);
+            if torn {
+                return Ok(Scanned {
+                    entries,
+                    end: offset,
+                    torn: true,
+                });
+            }
+            return Err(damaged(path, offset, "record fails its checksum"));
+        }
+        let entry: Entry = bincode::deserialize(payload)
+            .map_err(|e| damaged(path, offset, format!("undecodable record: {e}")))?;
+        entries.push((entry, offset));
+        offset = align(stop);
+    }
+    if all_zero(&bytes[offset.min(bytes.len())..]) {
+        return Ok(Scanned {
+            entries,
+            end: offset.min(bytes.len()),
+            torn: false,
+        });
+    }
+    Err(damaged(path, offset, "truncated record header"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut firsts = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let name = item?.file_name();
+        let name = name.to_string_lossy();
+        let Some(stem) = name.strip_suffix(".seg") else {
+            continue;
+        };
+        let first = stem.parse().map_err(|_| {
+            StoreError::Damaged(format!(
+                "raft log: unexpected file {name} in {}",
+                dir.display()
+            ))
+        })?;
+        firsts.push(first);
+    }
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
+fn open_segment(path: &Path) -> Result<File, StoreError> {
+    Ok(OpenOptions::new().read(true).write(true).open(path)?)
+}
+
+impl LogFile {
+    /// Opens the log in `dir` (created if missing) and returns it with every entry after
+    /// `last_purged`, in order.
+    pub fn open(dir: &Path, last_purged: Option<u64>) -> Result<(LogFile, Vec<Entry>), StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let firsts = list_segments(dir)?;
+        let mut log = LogFile {
+            dir: dir.to_path_buf(),
+            segments: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            end: 0,
+        };
+        let mut entries: Vec<Entry> = Vec::new();
+        for (n, first) in firsts.iter().enumerate() {
+            let path = segment_path(dir, *first);
+            let bytes = std::fs::read(&path)?;
+            let newest = n + 1 == firsts.len();
+            let scanned = scan(&path, &bytes, newest)?;
+            let file = open_segment(&path)?;
+            if scanned.torn {
+                tracing::warn!(
+                    "raft log {}: cutting off a torn write at offset {}",
+                    path.display(),
+                    scanned.end
+                );
+                file.set_len(scanned.end as u64)?;
+                preallocate(&file, scanned.end as u64)?;
+                file.sync_all()?;
+            }
+            for (entry, offset) in scanned.entries {
+                log.accept(&path, &mut entries, entry, *first, offset, last_purged)?;
+            }
+            log.end = scanned.end as u64;
+            log.segments.insert(
+                *first,
+                Segment {
+                    first: *first,
+                    file,
+                },
+            );
+        }
+        Ok((log, entries))
+    }
+
+    /// Checks that `entry` follows the previous one and records where it lives.
+    fn accept(
+        &mut self,
+        path: &Path,
+        entries: &mut Vec<Entry>,
+        entry: Entry,
+        segment: u64,
+        offset: usize,
+        last_purged: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let index = entry.log_id.index;
+        let purged = last_purged.is_some_and(|p| index <= p);
+        let follows = match entries.last() {
+            Some(previous) => previous.log_id.index + 1 == index,
+            None => true,
+        };
+        let after_purge = last_purged.is_some_and(|p| index == p + 1);
+        if !purged && !follows && !after_purge {
+            let previous = entries.last().map(|e| e.log_id.index).unwrap_or_default();
+            return Err(damaged(
+                path,
+                offset,
+                format!("entry {index} follows entry {previous}"),
+            ));
+        }
+        if purged {
+            entries.clear();
+            return Ok(());
+        }
+        if after_purge {
+            entries.clear();
+        }
+        self.positions.insert(
+            index,
+            Position {
+                segment,
+                offset: offset as u64,
+            },
+        );
+        entries.push(entry);
+        Ok(())
+    }
+
+    /// Writes `entries` (which follow the last one) and waits until they are on disk.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        let Some(first) = entries.first().map(|e| e.log_id.index) else {
+            return Ok(());
+        };
+        let Encoded {
+            bytes: buf,
+            offsets,
+        } = encode_records(entries)?;
+        let full = self.end > 0 && self.end + buf.len() as u64 > SEGMENT_BYTES;
+        if full || self.segments.is_empty() {
+            self.start_segment(first)?;
+        }
+        let (segment, file) = self.active()?;
+        file.write_all_at(&buf, self.end)?;
+        file.sync_data()?;
+        for (index, offset) in offsets {
+            let offset = self.end + offset as u64;
+            self.positions.insert(index, Position { segment, offset });
+        }
+        self.end += buf.len() as u64;
+        Ok(())
+    }
+
+    fn active(&self) -> Result<(u64, &File), StoreError> {
+        let (first, segment) = self
+            .segments
+            .last_key_value()
+            .ok_or_else(|| StoreError::Damaged("raft log has no segment".to_string()))?;
+        Ok((*first, &segment.file))
+    }
+
+    /// Seals the newest segment and starts an empty one for entries from `first` on.
+    fn start_segment(&mut self, first: u64) -> Result<(), StoreError> {
+        if let Ok((_, file)) = self.active() {
+            file.sync_all()?;
+        }
+        let path = segment_path(&self.dir, first);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        preallocate(&file, 0)?;
+        file.sync_all()?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(first, Segment { first, file });
+        self.end = 0;
+        Ok(())
+    }
+
+    /// Removes every entry from `index` on (entries a new leader overwrites).
+    pub fn truncate(&mut self, index: u64) -> Result<(), StoreError> {
+        let Some(position) = self.positions.get(&index).copied() else {
+            return Ok(());
+        };
+        let later: Vec<u64> = self
+            .segments
+            .range(position.segment + 1..)
+            .map(|(first, _)| *first)
+            .collect();
+        for first in later {
+            self.segments.remove(&first);
+            std::fs::remove_file(segment_path(&self.dir, first))?;
+        }
+        let segment = self.segments.get(&position.segment).ok_or_else(|| {
+            StoreError::Damaged(format!("raft log segment {} is gone", position.segment))
+        })?;
+        segment.file.set_len(position.offset)?;
+        preallocate(&segment.file, position.offset)?;
+        segment.file.sync_all()?;
+        sync_dir(&self.dir)?;
+        self.positions.split_off(&index);
+        self.end = position.offset;
+        Ok(())
+    }
+
+    /// Forgets entries up to `index` (in a snapshot now) and deletes segments holding only those.
+    /// The caller records the purge point durably first.
+    pub fn purge(&mut self, index: u64) -> Result<(), StoreError> {
+        let kept = self.positions.split_off(&(index + 1));
+        self.positions = kept;
+        let newest = self.segments.last_key_value().map(|(first, _)| *first);
+        let mut obsolete = Vec::new();
+        for (first, segment) in &self.segments {
+            if Some(*first) == newest {
+                break;
+            }
+            let still_used = self
+                .positions
+                .first_key_value()
+                .is_some_and(|(_, p)| p.segment <= segment.first);
+            if !still_used {
+                obsolete.push(*first);
+            }
+        }
+        for first in &obsolete {
+            self.segments.remove(first);
+            std::fs::remove_file(segment_path(&self.dir, *first))?;
+        }
+        if !obsolete.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Command, LogId};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Command::Compact(index as i64)),
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    fn only_segment(dir: &Path) -> PathBuf {
+        let firsts = list_segments(dir).expect("segments");
+        assert_eq!(firsts.len(), 1);
+        segment_path(dir, firsts[0])
+    }
+
+    #[test]
+    fn appends_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, loaded) = LogFile::open(dir.path(), None).expect("open");
+        assert!(loaded.is_empty());
+        log.append(&[entry(1, 1), entry(2, 1)]).expect("append");
+        log.append(&[entry(3, 1)]).expect("append");
+        drop(log);
+        let (mut log, loaded) = LogFile::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![1, 2, 3]);
+        log.append(&[entry(4, 2)]).expect("append after reopening");
+        let (_, loaded) = LogFile::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![1, 2, 3, 4]);
+        assert_eq!(loaded[3].log_id.leader_id.term, 2);
+    }
+
+    #[test]
+    fn truncate_then_append_overwrites_the_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .expect("append");
+        log.truncate(2).expect("truncate");
+        log.append(&[entry(2, 2)]).expect("append");
+        let (_, loaded) = LogFile::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![1, 2]);
+        assert_eq!(loaded[1].log_id.leader_id.term, 2);
+    }
+
+    #[test]
+    fn purge_skips_ahead_and_drops_old_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1), entry(2, 1)]).expect("append");
+        // A snapshot installed from the leader moves the purge point past the local log.
+        log.purge(10).expect("purge");
+        log.append(&[entry(11, 2)]).expect("append");
+        let (_, loaded) = LogFile::open(dir.path(), Some(10)).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![11]);
+    }
+
+    #[test]
+    fn big_appends_start_new_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1)]).expect("append");
+        log.end = SEGMENT_BYTES - 8; // as if the segment were full
+        log.append(&[entry(2, 1)]).expect("append");
+        assert_eq!(list_segments(dir.path()).expect("list"), vec![1, 2]);
+        log.purge(1).expect("purge");
+        assert_eq!(list_segments(dir.path()).expect("list"), vec![2]);
+        let (_, loaded) = LogFile::open(dir.path(), Some(1)).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![2]);
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1)]).expect("append");
+        let big = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 2),
+            payload: EntryPayload::Normal(Command::Batch(vec![Command::Compact(7); 600])),
+        };
+        let start = log.end as usize;
+        log.append(&[big]).expect("append");
+        let stop = log.end as usize;
+        drop(log);
+        // The crash kept the record's first sector and lost the rest.
+        let path = only_segment(dir.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        let kept_to = start.div_ceil(SECTOR) * SECTOR + SECTOR;
+        assert!(kept_to < stop, "the record must span sectors");
+        bytes[kept_to..stop].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let (mut log, loaded) = LogFile::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![1]);
+        log.append(&[entry(2, 2)]).expect("append after the cut");
+        let (_, loaded) = LogFile::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .expect("append");
+        let second = log.positions[&2].offset as usize;
+        drop(log);
+        let path = only_segment(dir.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[second + HEADER_BYTES + 2] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("write");
+        let error = LogFile::open(dir.path(), None).err().expect("must fail");
+        let message = error.to_string();
+        assert!(message.contains("damaged"), "{message}");
+        assert!(message.contains("checksum"), "{message}");
+        assert!(message.contains(&format!("offset {second}")), "{message}");
+    }
+
+    #[test]
+    fn a_damaged_last_record_without_zeroed_sectors_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1), entry(2, 1)]).expect("append");
+        let last = log.positions[&2].offset as usize;
+        drop(log);
+        let path = only_segment(dir.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[last + HEADER_BYTES] ^= 0x40;
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(LogFile::open(dir.path(), None).is_err());
+    }
+}
