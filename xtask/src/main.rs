@@ -21,13 +21,14 @@ enum Chore {
     Setup,
     /// Run every quality gate and test, as CI does.
     Test(test::TestArgs),
-    /// Bring the platform up on its embedded defaults: a local cluster of network namespaces.
+    /// The platform on this machine's network namespaces, no VMs (fast, for development).
     Up(up::UpArgs),
     /// Run a benchmark suite side by side with its reference; results in target/bench/.
     Bench(bench::BenchArgs),
     /// Remove network namespaces and processes left behind by killed test runs.
     Sweep,
-    /// A shoal cluster on qemu VMs (`down` stops it; see xtask/vm).
+    /// Bring the platform up on its embedded defaults: a shoal cluster on qemu VMs (`down`
+    /// stops it; see xtask/vm).
     VmCluster(vm::VmClusterArgs),
 }
 
@@ -37,7 +38,10 @@ fn main() -> Result<()> {
         Chore::Test(args) => test::run(args),
         Chore::Up(args) => up::run(args),
         Chore::Bench(args) => bench::run(args),
-        Chore::VmCluster(args) => vm::run(args),
+        Chore::VmCluster(args) => {
+            setup::run()?;
+            vm::run(args)
+        }
         Chore::Sweep => {
             let removed = shoal_harness::sweep()?;
             println!("removed {removed} leftover namespace(s)");
