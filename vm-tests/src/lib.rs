@@ -2,9 +2,11 @@
 //! `cargo xtask vm-cluster`), driven from the host side of the cluster's network with
 //! `shoal fleetctl`, `etcdctl` and HTTP, and inside the guests through their command server.
 //!
-//! The tests run only when `SHOAL_VM_TESTS` is set (they boot VMs: minutes of CPU on a small
-//! machine) and qemu, root and the guest images are available; otherwise each prints why and
-//! passes. Steps that need a component that is not there yet fail loudly when enabled.
+//! The tests run whenever qemu, root, a tun device and the guest kernel are available (the
+//! test command runs them, one at a time and alone: see `.config/nextest.toml`); otherwise, or
+//! with `SHOAL_VM_TESTS=0`, each prints why and passes. The guests run the release build of
+//! `shoal` (built on demand; the debug build burns five times the CPU under TCG and its store
+//! misses fleetctl's 3 s deadlines).
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
@@ -14,31 +16,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use shoal_vm::{ClusterSpec, Progress, VmCluster, image::GuestKernel, qemu};
+use shoal_vm::{ClusterSpec, Progress, VmCluster};
 
-/// Set to run the VM tests.
-pub const ENABLE_ENV: &str = "SHOAL_VM_TESTS";
+/// Set to `0` to skip the VM tests (see [`shoal_vm::host::VM_TESTS_ENV`]).
+pub const ENABLE_ENV: &str = shoal_vm::host::VM_TESTS_ENV;
 
-/// Why the VM tests cannot run here, if they cannot.
+/// Why the VM tests cannot or should not run here, if so.
 pub fn skip_reason() -> Option<String> {
-    if std::env::var_os(ENABLE_ENV).is_none() {
-        return Some(format!("{ENABLE_ENV} is not set"));
-    }
-    if !qemu::available() {
-        return Some(format!(
-            "{} or {} is not installed",
-            qemu::QEMU,
-            qemu::QBOOT
-        ));
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (the cluster needs a network namespace and taps)".to_string());
-    }
-    if let Err(err) = GuestKernel::prepare(&shoal_vm::cache_dir()) {
-        return Some(format!("the guest kernel is unavailable: {err}"));
-    }
-    None
+    shoal_vm::host::vm_tests_skip_reason()
 }
 
 /// Prints why a test is skipped and returns true if it must be.
@@ -106,11 +91,13 @@ impl Scenario {
         output_of(cmd)
     }
 
-    /// `etcdctl --endpoints <endpoints> args...` (v3 API) from the host side; its stdout.
+    /// `etcdctl --endpoints <endpoints> args...` (v3 API) from the host side; its stdout. The
+    /// endpoints are given as `host:port` (see [`VmCluster::etcdctl_endpoints`]).
     pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Result<String> {
         let mut cmd = self.cluster.host_command("etcdctl");
+        let endpoints = shoal_vm::cluster::without_scheme(endpoints);
         cmd.env("ETCDCTL_API", "3")
-            .args(["--endpoints", endpoints, "--command-timeout", "5s"])
+            .args(["--endpoints", &endpoints, "--command-timeout", "5s"])
             .args(args);
         output_of(cmd)
     }

@@ -138,6 +138,12 @@ fn coreos_book_scenario() -> Result<()> {
     let endpoints = scenario.cluster.store_endpoints();
     let health = scenario.etcdctl(&endpoints, &["endpoint", "health"])?;
     println!("{health}");
+    let status = scenario.etcdctl(&endpoints, &["endpoint", "status", "-w", "table"])?;
+    println!("{status}");
+    ensure!(
+        status.matches(" true |").count() == 1,
+        "not exactly one member reports itself leader:\n{status}"
+    );
 
     install_scripts(&scenario, &endpoints)?;
 

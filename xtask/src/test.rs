@@ -36,6 +36,21 @@ pub fn run(args: TestArgs) -> Result<()> {
             "warnings",
         ]))?;
     }
+    // The VM tests (vm-tests/) run the release build of shoal in their guests: built here,
+    // outside the tests' time limits, when they will run (with a filter, the first VM test
+    // selected builds it).
+    match shoal_vm::host::vm_tests_skip_reason() {
+        None if args.nextest_args.is_empty() => run_cmd(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "shoal-control",
+            "--bin",
+            "shoal",
+        ]))?,
+        None => {}
+        Some(reason) => println!("the VM tests will skip: {reason}"),
+    }
     // Every test in its own process, retried and time-limited as .config/nextest.toml says.
     // The harness sweeps namespaces left by killed runs before every cluster it builds.
     run_cmd(

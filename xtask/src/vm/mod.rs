@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use shoal_vm::{ClusterSpec, GuestImage, Progress, VmCluster, cluster, config, guest, signals};
+use shoal_vm::{
+    ClusterSpec, GuestImage, Progress, VmCluster, build, cluster, config, guest, signals,
+};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -54,6 +56,10 @@ struct UpArgs {
     /// Boot, wait for convergence, print the timings and tear down (exit status: converged).
     #[arg(long)]
     check: bool,
+    /// Run the debug build of shoal in the guests (no release build needed, but about five
+    /// times the CPU under TCG: slower to converge).
+    #[arg(long)]
+    debug: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -85,6 +91,11 @@ fn up(args: UpArgs) -> Result<()> {
             .map(|text| config::parse_metadata(text))
             .collect::<Result<_, _>>()?,
         memory_mib: args.memory,
+        profile: if args.debug {
+            build::Profile::Debug
+        } else {
+            build::Profile::Release
+        },
         ..ClusterSpec::default()
     };
     let started = Instant::now();
@@ -127,7 +138,11 @@ fn print_access(cluster: &VmCluster) {
     let endpoints = cluster.store_endpoints();
     let shoal = cluster.dir().join("share/shoal");
     println!("cluster {} is booted; from this host:", cluster.id());
-    println!("  ip netns exec {ns} etcdctl --endpoints {endpoints} endpoint health");
+    // host:port, not URLs: etcdctl 3.4 sends a URL as the HTTP/2 authority, which h2 refuses.
+    println!(
+        "  ip netns exec {ns} etcdctl --endpoints {} endpoint status -w table",
+        cluster.etcdctl_endpoints()
+    );
     println!(
         "  ip netns exec {ns} {} fleetctl --endpoint {endpoints} list-machines",
         shoal.display()

@@ -42,7 +42,9 @@ pub struct ClusterSpec {
     pub memory_mib: u32,
     /// How long booting every node may take (to the agent's start).
     pub boot_timeout: Duration,
-    /// The static shoal binary to share in; built when `None`.
+    /// Which build of shoal the guests run (see [`build::shoal_binary`]).
+    pub profile: build::Profile,
+    /// A ready shoal binary to share in instead (static or dynamic).
     pub binary: Option<PathBuf>,
 }
 
@@ -55,6 +57,7 @@ impl Default for ClusterSpec {
             metadata: Vec::new(),
             memory_mib: 512,
             boot_timeout: Duration::from_secs(90),
+            profile: build::Profile::Release,
             binary: None,
         }
     }
@@ -141,14 +144,8 @@ impl VmCluster {
         sweep()?;
         let binary = match &spec.binary {
             Some(binary) => binary.clone(),
-            None => build::static_shoal()?,
+            None => build::shoal_binary(spec.profile)?,
         };
-        if build::is_dynamic(&binary)? {
-            return Err(Error::Invalid(format!(
-                "{} is dynamically linked; the guests need a static build (+crt-static)",
-                binary.display()
-            )));
-        }
         report(None, format!("shoal binary {}", binary.display()));
         report(None, "preparing the guest kernel and initramfs".to_string());
         let kernel = GuestKernel::prepare(&cache)?;
@@ -464,6 +461,14 @@ impl VmCluster {
             .join(",")
     }
 
+    /// The masters' client addresses as `host:port`, comma-separated: what etcdctl 3.4 should be
+    /// given. With `http://` URLs, its per-endpoint commands (`endpoint status`, `endpoint
+    /// hashkv`) send the whole URL as the HTTP/2 `:authority` (etcd issue #13192), which Go's
+    /// server ignores but h2 (under tonic) refuses with RST_STREAM PROTOCOL_ERROR.
+    pub fn etcdctl_endpoints(&self) -> String {
+        without_scheme(&self.store_endpoints())
+    }
+
     /// Milestones of every node's boot (marker text and time after its qemu started).
     pub fn boot_timings(&self) -> Vec<(String, Vec<qemu::Marker>)> {
         self.nodes
@@ -591,6 +596,15 @@ fn layouts(spec: &ClusterSpec, id: u32) -> Result<Vec<NodeLayout>> {
         .collect()
 }
 
+/// `http://a:1,http://b:2` as `a:1,b:2`.
+pub fn without_scheme(endpoints: &str) -> String {
+    endpoints
+        .split(',')
+        .map(|endpoint| endpoint.trim().trim_start_matches("http://"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn role_name(role: Role) -> &'static str {
     match role {
         Role::Master => "master",
@@ -630,13 +644,17 @@ fn claim_cluster_dir(cache: &Path) -> Result<(u32, PathBuf)> {
     )))
 }
 
-/// The 9p share: the binary and one directory per node holding its `agent.yaml`.
+/// The 9p share: the binary (with its shared libraries under `sysroot/` if it is dynamically
+/// linked) and one directory per node holding its `agent.yaml`.
 fn prepare_share(dir: &Path, binary: &Path, layouts: &[NodeLayout]) -> Result<PathBuf> {
     let share = dir.join("share");
     let shared_binary = share.join("shoal");
     fs::create_dir_all(&share).context(|| format!("creating {}", share.display()))?;
     if fs::hard_link(binary, &shared_binary).is_err() {
         image::copy(binary, &shared_binary)?;
+    }
+    if build::is_dynamic(binary)? {
+        share_libraries(&share, binary)?;
     }
     for tool in GUEST_HOST_TOOLS {
         if crate::have_program(tool) {
@@ -685,28 +703,45 @@ fn preserve_logs_and_remove(dir: &Path, id: u32) {
 /// (busybox's `ip` lacks `neigh replace` and the rest).
 const GUEST_HOST_TOOLS: &[&str] = &["etcdctl", "ip", "tc", "nft"];
 
-/// Copies host program `name` and every file `ldd` lists for it under `share/sysroot`, at
-/// their host paths.
+/// Copies host program `name` and its shared libraries under `share/sysroot`, at their host
+/// paths.
 fn share_host_tool(share: &Path, name: &str) -> Result<()> {
     let program = crate::run(std::process::Command::new("which").arg(name))?;
     let program = PathBuf::from(program.trim());
-    let libraries = crate::run(std::process::Command::new("ldd").arg(&program))?;
-    let sysroot = share.join("sysroot");
-    let files = libraries
+    share_libraries(share, &program)?;
+    share_at_host_path(share, &program)
+}
+
+/// Copies every file `ldd` lists for `program` (its libraries and the loader) under
+/// `share/sysroot`, at their host paths; the guest init links them into place. The guests run
+/// the host's own libraries: the busybox guest has none, the Debian guest is the same release.
+fn share_libraries(share: &Path, program: &Path) -> Result<()> {
+    let listing = crate::run(std::process::Command::new("ldd").arg(program))?;
+    for library in ldd_paths(&listing) {
+        share_at_host_path(share, &library)?;
+    }
+    Ok(())
+}
+
+fn share_at_host_path(share: &Path, file: &Path) -> Result<()> {
+    let relative = file.strip_prefix("/").unwrap_or(file);
+    let target = share.join("sysroot").join(relative);
+    if target.exists() {
+        return Ok(());
+    }
+    image::copy(file, &target)
+}
+
+/// The absolute paths in `ldd` output (`libc.so.6 => /lib/.../libc.so.6 (0x...)`, and the
+/// loader's own line).
+fn ldd_paths(listing: &str) -> Vec<PathBuf> {
+    listing
         .lines()
         .filter_map(|line| {
             let path = line.split("=>").last()?.split_whitespace().next()?;
             path.starts_with('/').then(|| PathBuf::from(path))
         })
-        .chain(std::iter::once(program));
-    for file in files {
-        let relative = file.strip_prefix("/").unwrap_or(&file);
-        let target = sysroot.join(relative);
-        if !target.exists() {
-            image::copy(&file, &target)?;
-        }
-    }
-    Ok(())
+        .collect()
 }
 
 /// Every cluster recorded under the cache, with its state if it has one.
@@ -842,6 +877,27 @@ mod tests {
             ..ClusterSpec::default()
         };
         assert!(validate(&too_many_masters).is_err());
+    }
+
+    #[test]
+    fn ldd_listings_give_libraries_and_the_loader() {
+        let listing = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
+        assert_eq!(
+            ldd_paths(listing),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn etcdctl_endpoints_carry_no_scheme() {
+        assert_eq!(
+            without_scheme("http://10.97.0.11:2379, http://10.97.0.12:2379"),
+            "10.97.0.11:2379,10.97.0.12:2379"
+        );
     }
 
     #[test]

@@ -311,8 +311,10 @@ pub fn build_initramfs(kernel: &GuestKernel, out: &Path) -> Result<()> {
     write_executable(&staging.join("init"), INIT_SCRIPT)?;
     write_executable(&staging.join("bin/shoal-exec"), EXEC_SCRIPT)?;
     let modules_dir = staging.join("lib/modules").join(&kernel.version);
+    // Decompressed here: busybox's modprobe first hands a compressed module to the kernel
+    // ("Invalid ELF header magic"), then unpacks it itself, which costs seconds under TCG.
     for module in kernel.module_closure(GUEST_MODULES)? {
-        copy(
+        copy_module(
             &kernel.modules_dir().join(&module),
             &modules_dir.join(&module),
         )?;

@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod config;
 pub mod debian;
 pub mod guest;
+pub mod host;
 pub mod image;
 pub mod netns;
 pub mod qemu;
