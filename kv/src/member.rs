@@ -24,11 +24,6 @@ use crate::proto::peer::peer_server::PeerServer;
 use crate::store::{self, LogStore, Shared, State, StateMachine};
 use crate::types::{Command, MemberAttrs, MemberNode, Members, Outcome, Raft};
 
-/// Batches the write batcher keeps in flight at once. One is fastest on a busy machine: writes
-/// that arrive meanwhile make the next batch bigger (one log entry, one fsync per member, one
-/// forwarded request), while more batches in flight each cost a serial fsync on the leader
-/// (measured at 128 clients: 1 in flight 9-12k puts/s, 2: 8-10k, 4: 7.5-9k, 8: 2-5k).
-const WRITES_IN_FLIGHT: usize = 1;
 /// Roughly how many bytes of commands one batched log entry carries.
 const MAX_BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// etcd's `--max-request-bytes` default.
@@ -435,15 +430,14 @@ impl Member {
         rx.await.unwrap_or(Written::Retry)
     }
 
-    /// Writes queued while earlier ones are in flight travel together: as one log entry on the
-    /// leader (applied as consecutive revisions), as one forwarded request on a follower; at most
-    /// [`WRITES_IN_FLIGHT`] of them at a time.
+    /// Writes queued while a batch is in flight travel together in the next one: as one log
+    /// entry on the leader (applied as consecutive revisions), as one forwarded request on a
+    /// follower. One batch at a time is fastest on a busy machine: the writes that arrive
+    /// meanwhile make the next batch bigger (one log entry, one fsync per member, one forwarded
+    /// request), while each extra batch in flight costs a serial fsync in the leader's Raft core
+    /// (measured at 128 clients: 1 in flight 9-12k puts/s, 2: 8-10k, 4: 7.5-9k, 8: 2-5k).
     async fn run_write_batcher(self: Arc<Self>, mut requests: mpsc::Receiver<WriteWaiter>) {
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT));
         while let Some(first) = requests.recv().await {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
-            };
             let mut batch = vec![first];
             let mut bytes = 0u64;
             while bytes < MAX_BATCH_BYTES {
@@ -455,11 +449,7 @@ impl Member {
                     Err(_) => break,
                 }
             }
-            let member = self.clone();
-            tokio::spawn(async move {
-                member.write_batch(batch).await;
-                drop(permit);
-            });
+            self.write_batch(batch).await;
         }
     }
 
