@@ -853,6 +853,33 @@ mod tests {
     }
 
     #[test]
+    fn auto_decapsulates_on_tc_on_veth_and_on_xdp_elsewhere() {
+        assert_eq!(DecapHook::Auto.for_device_kind(Some("veth")), DecapHook::Tc);
+        assert_eq!(DecapHook::Auto.for_device_kind(None), DecapHook::Xdp);
+        assert_eq!(
+            DecapHook::Auto.for_device_kind(Some("bond")),
+            DecapHook::Xdp
+        );
+        assert_eq!(DecapHook::Xdp.for_device_kind(Some("veth")), DecapHook::Xdp);
+        assert_eq!(DecapHook::Tc.for_device_kind(None), DecapHook::Tc);
+    }
+
+    #[test]
+    fn endpoints_survive_the_map_encoding() {
+        let endpoint = Endpoint {
+            address: Ipv4Addr::new(10, 244, 1, 2),
+            mac: MacAddr([2, 0, 0, 0, 0, 7]),
+            via_ifindex: 3,
+            port_ifindex: 9,
+            port_is_veth: true,
+        };
+        assert_eq!(
+            Endpoint::from_raw(endpoint.address.octets(), endpoint.to_raw()),
+            endpoint
+        );
+    }
+
+    #[test]
     fn route_targets_survive_the_map_encoding() {
         let target = RouteTarget {
             underlay_ip: Ipv4Addr::new(10, 99, 0, 2),

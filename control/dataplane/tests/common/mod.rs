@@ -8,7 +8,7 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use shoal_dataplane::{
-    Backend, Config, Counter, Dataplane, DecapHook, MacAddr, RouteTarget, Stats,
+    Backend, Config, Counter, Dataplane, DecapHook, Endpoint, MacAddr, RouteTarget, Stats,
 };
 use shoal_harness::{Cluster, Node, NsWorker};
 
@@ -82,6 +82,21 @@ impl NodeDataplane {
         });
         self.dataplane = Some(dataplane);
         result.unwrap_or_else(|err| panic!("removing route {subnet}: {err}"));
+    }
+
+    /// Registers the node's workloads for direct delivery; returns how many.
+    pub fn sync_endpoints(&mut self) -> usize {
+        let mut dataplane = self.dataplane.take().expect("attached");
+        let (dataplane, result) = self.worker.run(move || {
+            let result = dataplane.sync_endpoints();
+            (dataplane, result)
+        });
+        self.dataplane = Some(dataplane);
+        result.unwrap_or_else(|err| panic!("syncing endpoints: {err}"))
+    }
+
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.dp().endpoints().expect("reading endpoints")
     }
 
     pub fn stats(&self) -> Stats {
