@@ -223,6 +223,7 @@ fn start_shoal(dir: &Path) -> anyhow::Result<ShoalCluster> {
         config.initial_cluster = initial.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name(format!("kv-m{i}"))
             .enable_all()
             .build()?;
         let running = runtime.block_on(Member::start(config))?;
@@ -561,6 +562,7 @@ pub fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let load = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("kv-load")
         .enable_all()
         .build()?;
     // `SHOAL_BENCH_ONLY=shoal` (or `etcd`) measures one store, for profiling runs; the
