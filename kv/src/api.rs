@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use openraft::ChangeMembers;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -56,7 +56,10 @@ pub async fn serve_clients(member: Arc<Member>, listener: TcpListener) {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
         )
-        .serve_with_incoming(crate::member::incoming(listener))
+        .serve_with_incoming(
+            crate::member::incoming(listener)
+                .map(|accepted| accepted.map(crate::authority::AuthorityFixingStream::new)),
+        )
         .await;
     if let Err(e) = served {
         tracing::error!("client server stopped: {e}");

@@ -2,6 +2,7 @@
 //! API, so `etcdctl` and the `etcd-client` crate work against it.
 
 pub mod api;
+pub mod authority;
 pub mod cli;
 pub mod error;
 pub mod log;
