@@ -15,6 +15,7 @@
 
 pub mod agents;
 mod cluster;
+pub mod command;
 pub mod flannel_vxlan;
 mod netns;
 mod ns_worker;

@@ -6,7 +6,10 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use crate::{Error, Result};
+use crate::{
+    Result,
+    command::{self, run},
+};
 
 /// Prefix of every namespace the harness creates; [`sweep`] looks for it.
 pub(crate) const NAME_PREFIX: &str = "shoal-";
@@ -75,20 +78,14 @@ impl Namespace {
     {
         let mut cmd = self.command(program);
         cmd.args(args);
-        cmd.output().map_err(|source| Error::Spawn {
-            command: describe(&cmd),
-            source,
-        })
+        command::output(&mut cmd)
     }
 
     /// Starts a long-running process inside the namespace. It is killed when the namespace is
     /// dropped, if it has not exited by then.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Child> {
         cmd.stdin(Stdio::null());
-        cmd.spawn().map_err(|source| Error::Spawn {
-            command: describe(cmd),
-            source,
-        })
+        command::spawn(cmd)
     }
 
     /// Writes a sysctl inside the namespace (e.g. `net.ipv4.ip_forward`, `1`).
@@ -160,31 +157,6 @@ fn owner_pid(name: &str) -> Option<i32> {
 
 fn process_alive(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Runs a command to completion; its stdout on success, an error naming it otherwise.
-pub(crate) fn run(cmd: &mut Command) -> Result<String> {
-    let output = cmd.output().map_err(|source| Error::Spawn {
-        command: describe(cmd),
-        source,
-    })?;
-    if !output.status.success() {
-        return Err(Error::Failed {
-            command: describe(cmd),
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut text = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        text.push(' ');
-        text.push_str(&arg.to_string_lossy());
-    }
-    text
 }
 
 #[cfg(test)]

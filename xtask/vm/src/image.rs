@@ -343,10 +343,7 @@ fn pack_cpio(dir: &Path, out: &Path) -> Result<()> {
     find.args([".", "-print0"])
         .current_dir(dir)
         .stdout(Stdio::piped());
-    let mut finder = find.spawn().map_err(|source| Error::Spawn {
-        command: crate::describe(&find),
-        source,
-    })?;
+    let mut finder = shoal_harness::command::spawn(&mut find)?;
     let names = finder
         .stdout
         .take()
@@ -380,8 +377,8 @@ pub(crate) fn copy_module(from: &Path, to: &Path) -> Result<()> {
     run(Command::new(decompressor)
         .arg("-dcq")
         .arg(from)
-        .stdout(output))
-    .map(drop)
+        .stdout(output))?;
+    Ok(())
 }
 
 pub(crate) fn copy(from: &Path, to: &Path) -> Result<()> {

@@ -37,7 +37,6 @@ pub mod signals;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -46,17 +45,9 @@ pub use cluster::{ClusterSpec, GuestImage, Progress, VmCluster};
 /// Errors of the VM tooling; each names the command, file or guest involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("running {command}: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
-    #[error("{command} failed ({status}): {stderr}")]
-    Failed {
-        command: String,
-        status: std::process::ExitStatus,
-        stderr: String,
-    },
+    /// A host command that could not start or failed (names the command line).
+    #[error(transparent)]
+    Command(#[from] shoal_harness::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -106,46 +97,8 @@ pub fn cache_dir() -> PathBuf {
     workspace_root().join("target").join("vm")
 }
 
-/// Runs a command to completion; its stdout on success, an error naming it otherwise.
-pub(crate) fn run(cmd: &mut Command) -> Result<String> {
-    let output = cmd.output().map_err(|source| Error::Spawn {
-        command: describe(cmd),
-        source,
-    })?;
-    if !output.status.success() {
-        return Err(Error::Failed {
-            command: describe(cmd),
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Runs a command with its output going to ours (long builds the user should see).
-pub(crate) fn run_visible(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().map_err(|source| Error::Spawn {
-        command: describe(cmd),
-        source,
-    })?;
-    if !status.success() {
-        return Err(Error::Failed {
-            command: describe(cmd),
-            status,
-            stderr: "see its output above".to_string(),
-        });
-    }
-    Ok(())
-}
-
-pub(crate) fn describe(cmd: &Command) -> String {
-    let mut text = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        text.push(' ');
-        text.push_str(&arg.to_string_lossy());
-    }
-    text
-}
+/// Host commands, with errors that name them.
+pub(crate) use shoal_harness::command::{run, run_visible};
 
 /// Whether a program is on PATH.
 pub fn have_program(name: &str) -> bool {

@@ -47,25 +47,17 @@ pub fn tap_name(index: usize) -> String {
 
 /// Creates the namespace, its bridge with the host address, and `taps` tap devices on it.
 pub fn create(id: u32, taps: usize) -> Result<Namespace> {
-    let ns = Namespace::create(namespace_name(id)).map_err(harness)?;
+    let ns = Namespace::create(namespace_name(id))?;
     let host = format!("{}/{SUBNET_PREFIX_LEN}", host_address(id));
-    ns.ip(["link", "add", BRIDGE, "type", "bridge"])
-        .map_err(harness)?;
-    ns.ip(["addr", "add", &host, "dev", BRIDGE])
-        .map_err(harness)?;
-    ns.ip(["link", "set", BRIDGE, "up"]).map_err(harness)?;
+    ns.ip(["link", "add", BRIDGE, "type", "bridge"])?;
+    ns.ip(["addr", "add", &host, "dev", BRIDGE])?;
+    ns.ip(["link", "set", BRIDGE, "up"])?;
     for index in 1..=taps {
         let tap = tap_name(index);
-        ns.ip(["tuntap", "add", "dev", &tap, "mode", "tap"])
-            .map_err(harness)?;
-        ns.ip(["link", "set", &tap, "master", BRIDGE, "up"])
-            .map_err(harness)?;
+        ns.ip(["tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        ns.ip(["link", "set", &tap, "master", BRIDGE, "up"])?;
     }
     Ok(ns)
-}
-
-fn harness(err: shoal_harness::Error) -> Error {
-    Error::Invalid(format!("network namespace: {err}"))
 }
 
 /// Whether a namespace of that name exists.
@@ -90,7 +82,8 @@ pub fn remove(name: &str) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    run(Command::new("ip").args(["netns", "del", name])).map(drop)
+    run(Command::new("ip").args(["netns", "del", name]))?;
+    Ok(())
 }
 
 /// Runs `work` on a fresh thread that has entered namespace `name` (sockets created there stay

@@ -184,10 +184,7 @@ impl Vm {
         let log = fs::File::create(&config.console_log)
             .context(|| format!("creating {}", config.console_log.display()))?;
         let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            command: crate::describe(&cmd),
-            source,
-        })?;
+        let mut child = shoal_harness::command::spawn(&mut cmd)?;
         let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
