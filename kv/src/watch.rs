@@ -17,6 +17,8 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::{self, event::EventType};
 use crate::store::Feed;
 
+/// Most events one delivery gathers from the feed (etcd's `watchBatchMaxRevs` is 1,000).
+const MAX_COALESCED_EVENTS: usize = 1000;
 /// etcd's default interval for `progress_notify` watchers.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -57,9 +59,8 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn select(&self, events: &[mvccpb::Event]) -> Vec<mvccpb::Event> {
+    fn select<'a>(&self, events: impl Iterator<Item = &'a mvccpb::Event>) -> Vec<mvccpb::Event> {
         events
-            .iter()
             .filter(|e| {
                 let kv = e.kv.as_ref();
                 let key = kv.map(|kv| kv.key.as_slice()).unwrap_or_default();
@@ -103,7 +104,7 @@ impl Session {
                     Ok(None) | Err(_) => Err(Closed),
                 },
                 feed = self.feed.recv() => match feed {
-                    Ok(Feed::Events(events)) => self.deliver(&events).await,
+                    Ok(Feed::Events(events)) => self.deliver_queued(events).await,
                     Ok(Feed::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
                     Err(broadcast::error::RecvError::Closed) => Err(Closed),
                 },
@@ -215,7 +216,7 @@ impl Session {
         if watcher.next_rev <= 0 {
             watcher.next_rev = current + 1;
         }
-        let events = watcher.select(&history);
+        let events = watcher.select(history.iter());
         watcher.next_rev = watcher.next_rev.max(current + 1);
         if !events.is_empty() {
             self.send_events(id, events, current).await?;
@@ -250,9 +251,39 @@ impl Session {
         .await
     }
 
-    async fn deliver(&mut self, events: &[mvccpb::Event]) -> Result<(), Closed> {
-        let Some(last) = events
-            .last()
+    /// Delivers `first` and whatever else the feed already holds (up to [`MAX_COALESCED_EVENTS`]
+    /// events), each watcher's share in one response, as etcd batches a watcher's events: a
+    /// session that fell behind catches up with few messages instead of one per write.
+    async fn deliver_queued(&mut self, first: Arc<Vec<mvccpb::Event>>) -> Result<(), Closed> {
+        let mut count = first.len();
+        let mut queued = vec![first];
+        let mut resync = false;
+        while count < MAX_COALESCED_EVENTS {
+            match self.feed.try_recv() {
+                Ok(Feed::Events(more)) => {
+                    count += more.len();
+                    queued.push(more);
+                }
+                Ok(Feed::Resync) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    resync = true;
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Closed) => return Err(Closed),
+            }
+        }
+        self.deliver(&queued).await?;
+        if resync {
+            self.resync().await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver(&mut self, queued: &[Arc<Vec<mvccpb::Event>>]) -> Result<(), Closed> {
+        let Some(last) = queued
+            .iter()
+            .rev()
+            .find_map(|events| events.last())
             .and_then(|e| e.kv.as_ref())
             .map(|kv| kv.mod_revision)
         else {
@@ -260,7 +291,7 @@ impl Session {
         };
         let mut outgoing = Vec::new();
         for (id, watcher) in &mut self.watchers {
-            let selected = watcher.select(events);
+            let selected = watcher.select(queued.iter().flat_map(|events| events.iter()));
             watcher.next_rev = watcher.next_rev.max(last + 1);
             if !selected.is_empty() {
                 watcher.sent_since_tick = true;
@@ -291,7 +322,7 @@ impl Session {
                     state
                         .mvcc
                         .events_since(&watcher.key, &watcher.range_end, watcher.next_rev);
-                let selected = watcher.select(&history);
+                let selected = watcher.select(history.iter());
                 watcher.next_rev = watcher.next_rev.max(current + 1);
                 if !selected.is_empty() {
                     outgoing.push((*id, selected));
