@@ -542,3 +542,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::read_snapshot(None, &io_err(e)).into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Compact(index as i64)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_kept_in_redb_by_an_older_version_moves_to_the_log_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_database(dir.path()).expect("open");
+        {
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut log = txn.open_table(LOG).expect("table");
+                for index in 1..=3 {
+                    let bytes = encode(&entry(index)).expect("encode");
+                    log.insert(index, bytes.as_slice()).expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let mut store = LogStore::new(db.clone(), dir.path()).expect("log store");
+        let moved = store.try_get_log_entries(..).await.expect("entries");
+        assert_eq!(
+            moved.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(take_legacy_entries(&db, None).expect("legacy").is_empty());
+        drop(store);
+        let mut reopened = LogStore::new(db, dir.path()).expect("reopen");
+        let state = reopened.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
+    }
+}
