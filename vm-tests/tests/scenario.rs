@@ -51,7 +51,8 @@ MachineMetadata=compute=db
 ";
 
 /// The sidekick: announces the web container's address under /services/web/<node> with a
-/// 10 s lease kept alive while it runs; removes it when stopped.
+/// 10 s lease kept alive while it runs; removes it when stopped. A store error (a request timed
+/// out on a busy TCG guest) ends it with an error, and fleet restarts it, as a real sidekick.
 const SIDEKICK: &str = "[Unit]
 Description=announce web
 BindsTo=web.service
@@ -60,6 +61,8 @@ After=web.service
 [Service]
 ExecStart=/bin/sh /run/scenario/announce.sh
 ExecStop=/bin/sh /run/scenario/unannounce.sh
+Restart=on-failure
+RestartSec=2
 
 [X-Fleet]
 MachineOf=web.service
@@ -67,9 +70,12 @@ MachineOf=web.service
 
 fn announce_sh(endpoints: &str) -> String {
     format!(
-        r#"export ETCDCTL_API=3
+        r#"set -e
+export ETCDCTL_API=3
 while [ ! -s /run/web.ip ]; do sleep 1; done
-lease=$(etcdctl --endpoints {endpoints} lease grant 10 | cut -d" " -f2)
+granted=$(etcdctl --endpoints {endpoints} lease grant 10)
+lease=$(echo "$granted" | cut -d" " -f2)
+[ -n "$lease" ]
 etcdctl --endpoints {endpoints} put --lease="$lease" "/services/web/$(hostname)" "$(cat /run/web.ip)"
 exec etcdctl --endpoints {endpoints} lease keep-alive "$lease"
 "#
@@ -256,13 +262,14 @@ fn every_machine_listed(scenario: &Scenario) -> Result<()> {
 }
 
 /// Waits for the sidekick's key of node `index` and returns the address it holds; checks the
-/// key is attached to a lease.
+/// key is attached to a lease. On a timeout the error carries the units' output on that node.
 fn announced_address(scenario: &Scenario, endpoints: &str, index: usize) -> Result<String> {
     let key = format!("/services/web/{}", scenario.node_name(index));
     let address = wait_until("the web announcement", Duration::from_secs(60), || {
         let value = scenario.etcdctl(endpoints, &["get", &key, "--print-value-only"])?;
         Ok((!value.trim().is_empty()).then(|| value.trim().to_string()))
-    })?;
+    })
+    .with_context(|| unit_output(scenario, index, &["web.service", "web-announce.service"]))?;
     let listing = scenario.etcdctl(endpoints, &["get", &key, "-w", "json"])?;
     if !listing.contains("\"lease\"") {
         bail!("{key} is not under a lease: {listing}");
@@ -272,6 +279,21 @@ fn announced_address(scenario: &Scenario, endpoints: &str, index: usize) -> Resu
         "announced {address:?} is not an overlay address"
     );
     Ok(address)
+}
+
+/// The last lines fleet's supervisor kept of each unit's output on node `index`.
+fn unit_output(scenario: &Scenario, index: usize, units: &[&str]) -> String {
+    units
+        .iter()
+        .map(|unit| {
+            let script = format!("tail -n 20 /var/lib/shoal/fleet/units/{unit}/output.log");
+            let output = scenario
+                .in_node(index, &script)
+                .unwrap_or_else(|err| format!("{err:#}"));
+            format!("{unit} on {}:\n{output}", scenario.node_name(index))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// An HTTP GET of `http://address/` from a fresh container on node `client`; the body.

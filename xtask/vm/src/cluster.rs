@@ -671,7 +671,8 @@ fn prepare_share(dir: &Path, binary: &Path, layouts: &[NodeLayout]) -> Result<Pa
     Ok(share)
 }
 
-/// Where the consoles of cluster `id` are kept once it is gone.
+/// Where the consoles of cluster `id` are kept once it is gone (those of the run before in
+/// `<dir>.previous`).
 pub fn logs_dir(id: u32) -> PathBuf {
     crate::cache_dir()
         .join("logs")
@@ -682,7 +683,10 @@ pub fn logs_dir(id: u32) -> PathBuf {
 /// (share, initramfs, state), which frees its id.
 fn preserve_logs_and_remove(dir: &Path, id: u32) {
     let logs = logs_dir(id);
-    let _ = fs::remove_dir_all(&logs);
+    // The run before stays as `<logs>.previous` (a retried test's failed attempt).
+    let previous = logs.with_extension("previous");
+    let _ = fs::remove_dir_all(&previous);
+    let _ = fs::rename(&logs, &previous);
     if let Err(err) = fs::create_dir_all(&logs) {
         tracing::warn!("creating {}: {err}", logs.display());
     }
