@@ -224,7 +224,7 @@ impl Testbed {
         for node in cluster.nodes() {
             flannel_vxlan::set_workload_mtu(node, layout.workload_mtu())?;
             if layout.nic {
-                flannel_vxlan::emulate_physical_nic(node)?;
+                flannel_vxlan::emulate_physical_nic(&cluster, node)?;
             }
         }
         Ok(Self {

@@ -71,6 +71,62 @@ pub fn read_pinned_stats(pin_dir: &Path) -> Result<Stats> {
     sum_counters(&counters).map_err(map_error)
 }
 
+/// Makes the endpoints map of the dataplane pinned in `pin_dir` hold the local workloads of
+/// `subnet` the kernel knows now (see [`Dataplane::sync_endpoints`]), without loading or
+/// attaching anything: for a periodic task beside the handle's owner, such as the agent's.
+/// Returns how many are registered.
+pub fn sync_pinned_endpoints(pin_dir: &Path, subnet: Ipv4Network) -> Result<usize> {
+    let map_error = |source| Error::Map {
+        map: ENDPOINTS_MAP,
+        interface: pin_dir.display().to_string(),
+        source: Box::new(source),
+    };
+    let data = MapData::from_pin(pin_dir.join(ENDPOINTS_MAP)).map_err(map_error)?;
+    let mut endpoints: BpfHashMap<MapData, [u8; 4], LocalEndpoint> =
+        BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_error)?;
+    reconcile_endpoints(&mut endpoints, subnet).map_err(|err| match err {
+        EndpointsError::Map(source) => map_error(source),
+        EndpointsError::Discovery(err) => err,
+    })
+}
+
+enum EndpointsError {
+    Map(aya::maps::MapError),
+    Discovery(Error),
+}
+
+/// Replaces the content of `map` with the workloads of `subnet` found in the kernel's tables.
+fn reconcile_endpoints(
+    map: &mut BpfHashMap<MapData, [u8; 4], LocalEndpoint>,
+    subnet: Ipv4Network,
+) -> Result<usize, EndpointsError> {
+    let found: Vec<Endpoint> = system::discover_endpoints(subnet)
+        .map_err(EndpointsError::Discovery)?
+        .into_iter()
+        .map(Endpoint::from)
+        .collect();
+    let registered: Vec<[u8; 4]> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(EndpointsError::Map)?;
+    for address in registered {
+        if !found
+            .iter()
+            .any(|endpoint| endpoint.address.octets() == address)
+        {
+            match map.remove(&address) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(EndpointsError::Map(source)),
+            }
+        }
+    }
+    for endpoint in &found {
+        map.insert(endpoint.address.octets(), endpoint.to_raw(), 0)
+            .map_err(EndpointsError::Map)?;
+    }
+    Ok(found.len())
+}
+
 fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Stats, aya::maps::MapError> {
     let mut values = Vec::with_capacity(Counter::ALL.len());
     for counter in Counter::ALL {
@@ -560,23 +616,15 @@ impl Dataplane {
     /// many are registered. Call it when workloads come and go, or periodically: a workload not
     /// (or no longer) registered still works, through the kernel's forwarding path.
     pub fn sync_endpoints(&mut self) -> Result<usize> {
-        let found: Vec<Endpoint> = system::discover_endpoints(self.config.local_subnet)?
-            .into_iter()
-            .map(Endpoint::from)
-            .collect();
-        for stale in self.endpoints()? {
-            if !found
-                .iter()
-                .any(|endpoint| endpoint.address == stale.address)
-            {
-                self.remove_endpoint(stale.address)?;
-            }
-        }
-        for endpoint in &found {
-            self.set_endpoint(*endpoint)?;
-        }
-        tracing::debug!(interface = %self.config.interface, count = found.len(), "endpoints synced");
-        Ok(found.len())
+        let count =
+            reconcile_endpoints(&mut self.endpoints, self.config.local_subnet).map_err(|err| {
+                match err {
+                    EndpointsError::Map(source) => self.map_error(ENDPOINTS_MAP, source),
+                    EndpointsError::Discovery(err) => err,
+                }
+            })?;
+        tracing::debug!(interface = %self.config.interface, count, "endpoints synced");
+        Ok(count)
     }
 
     /// Counter totals over all CPUs.

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::{Error, Node, Result, cluster::UNDERLAY_IF};
+use crate::{Cluster, Error, Node, Result, cluster::UNDERLAY_IF};
 
 /// Name of flannel's VXLAN device.
 pub const FLANNEL_DEVICE: &str = "flannel.1";
@@ -131,25 +131,47 @@ pub fn set_workload_mtu(node: &Node, mtu: u32) -> Result<()> {
 
 /// Makes `node`'s underlay veth behave like a physical NIC for benchmarks: no segmentation
 /// offload on transmit (the stack segments before the device, so frames on the wire are at most
-/// MTU-size, as a NIC's TSO makes them) and GRO on receive (a NAPI poll that merges frames, as
-/// a NIC driver has). Without this a veth carries 64 KB GSO packets end to end.
-pub fn emulate_physical_nic(node: &Node) -> Result<()> {
-    node.exec(
-        "ethtool",
-        &[
-            "-K",
-            UNDERLAY_IF,
-            "tso",
-            "off",
-            "gso",
-            "off",
-            "tx-udp_tnl-segmentation",
-            "off",
-            "tx-udp_tnl-csum-segmentation",
-            "off",
-            "gro",
-            "on",
-        ],
-    )
-    .map(drop)
+/// MTU-size, as a NIC's TSO makes them) and a NAPI poll with GRO on receive, as a NIC driver has.
+/// A veth only hands frames to its peer's NAPI (and so to GRO) when the sending end has no TSO,
+/// so the switch port facing the node loses TSO too. Without this a veth carries 64 KB GSO
+/// packets end to end and merges nothing on receive.
+pub fn emulate_physical_nic(cluster: &Cluster, node: &Node) -> Result<()> {
+    let no_offload = [
+        "tso",
+        "off",
+        "gso",
+        "off",
+        "tx-udp_tnl-segmentation",
+        "off",
+        "tx-udp_tnl-csum-segmentation",
+        "off",
+    ];
+    let mut args = vec!["-K", UNDERLAY_IF];
+    args.extend(no_offload);
+    args.extend(["gro", "on"]);
+    node.exec("ethtool", &args)?;
+    let port = switch_port_of(cluster, node)?;
+    let mut args = vec!["-K", port.as_str()];
+    args.extend(no_offload);
+    cluster.switch().exec("ethtool", &args).map(drop)
+}
+
+/// The name of the switch's end of `node`'s underlay veth (found by the pair's ifindex).
+fn switch_port_of(cluster: &Cluster, node: &Node) -> Result<String> {
+    let underlay = node.ns().ip(["-o", "link", "show", "dev", UNDERLAY_IF])?;
+    // `2: eth0@if5: <...>`: the peer's ifindex follows "@if".
+    let peer_index = underlay
+        .split_whitespace()
+        .nth(1)
+        .and_then(|name| name.trim_end_matches(':').split("@if").nth(1))
+        .ok_or_else(|| Error::Layout(format!("{UNDERLAY_IF} is not a veth pair: {underlay}")))?
+        .to_string();
+    let ports = cluster.switch().ip(["-o", "link", "show"])?;
+    ports
+        .lines()
+        .find(|line| line.split(':').next().map(str::trim) == Some(peer_index.as_str()))
+        .and_then(|line| line.split(':').nth(1))
+        .and_then(|name| name.trim().split('@').next())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Layout(format!("no switch port with index {peer_index}")))
 }

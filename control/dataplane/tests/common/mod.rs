@@ -95,6 +95,14 @@ impl NodeDataplane {
         result.unwrap_or_else(|err| panic!("syncing endpoints: {err}"))
     }
 
+    /// The same through the pinned map only, as a task beside the handle's owner does.
+    pub fn sync_pinned_endpoints(&self) -> usize {
+        let (pin_dir, subnet) = (self.config.pin_dir(), self.config.local_subnet);
+        self.worker
+            .run(move || shoal_dataplane::sync_pinned_endpoints(&pin_dir, subnet))
+            .unwrap_or_else(|err| panic!("syncing pinned endpoints: {err}"))
+    }
+
     pub fn endpoints(&self) -> Vec<Endpoint> {
         self.dp().endpoints().expect("reading endpoints")
     }

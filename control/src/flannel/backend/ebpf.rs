@@ -35,6 +35,39 @@ pub struct EbpfOverlay {
     vtep_mac: Option<[u8; 6]>,
     dataplane: Option<Dataplane>,
     peers: HashSet<Ipv4Network>,
+    /// The periodic registration of local workloads for direct delivery.
+    endpoint_sync: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for EbpfOverlay {
+    fn drop(&mut self) {
+        if let Some(task) = self.endpoint_sync.take() {
+            task.abort();
+        }
+    }
+}
+
+/// How often local workloads are registered for the dataplane's direct delivery (until then, or
+/// when unregistered, they are served through the kernel's forwarding path).
+const ENDPOINT_SYNC: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Registers the local workloads of `subnet` in the dataplane pinned in `pin_dir`, every
+/// [`ENDPOINT_SYNC`].
+async fn sync_endpoints_forever(pin_dir: PathBuf, subnet: Ipv4Network) {
+    let mut tick = tokio::time::interval(ENDPOINT_SYNC);
+    loop {
+        tick.tick().await;
+        let dir = pin_dir.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            shoal_dataplane::sync_pinned_endpoints(&dir, subnet)
+        })
+        .await;
+        match synced {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!("registering local workloads: {err}"),
+            Err(err) => tracing::warn!("registering local workloads: {err}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for EbpfOverlay {
@@ -56,6 +89,7 @@ impl EbpfOverlay {
             vtep_mac: None,
             dataplane: None,
             peers: HashSet::new(),
+            endpoint_sync: None,
         }
     }
 
@@ -166,6 +200,10 @@ impl Backend for EbpfOverlay {
         let dataplane = tokio::task::block_in_place(|| Dataplane::load_or_attach(config))
             .map_err(dataplane_error)?;
         tracing::info!(attach_mode = ?dataplane.attach_mode(), vtep_mac = %dataplane.vtep_mac(), "eBPF dataplane attached");
+        let sync = tokio::spawn(sync_endpoints_forever(dataplane.config().pin_dir(), own));
+        if let Some(previous) = self.endpoint_sync.replace(sync.abort_handle()) {
+            previous.abort();
+        }
         self.dataplane = Some(dataplane);
         Ok(())
     }
