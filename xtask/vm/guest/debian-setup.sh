@@ -26,7 +26,7 @@ sysctl -qw net.ipv4.ip_forward=1
 mark "network $IP at $(uptime_s)s"
 
 mkdir -p /mnt/shoal
-if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro shoal /mnt/shoal; then
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro shoal /mnt/shoal; then
     mark "error: cannot mount the 9p share"
     exit 1
 fi
