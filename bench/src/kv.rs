@@ -3,8 +3,9 @@
 //!
 //! Metrics: put throughput and p50/p99 latency at 1 client and at 128 concurrent clients,
 //! linearizable and serializable range throughput, and watch fan-out (events per second
-//! delivered to 1,000 watchers). Results go to `target/bench/kv.json`, a table on stdout and
-//! `target/bench/kv.png`.
+//! delivered to 1,000 watchers). Both clusters stay up while rounds alternate between them;
+//! each metric reports its median round. Results (medians and every round) go to
+//! `target/bench/kv.json`, a table on stdout and `target/bench/kv.png`.
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,10 +87,13 @@ async fn puts_per_member(
 #[derive(Debug, Serialize)]
 struct Report {
     machine: String,
+    /// Each metric's median round.
     shoal: StoreResults,
     etcd: StoreResults,
     /// shoal / etcd for throughput; etcd / shoal for latency (above 1 means shoal is better).
     ratios: Vec<(String, f64)>,
+    shoal_rounds: Vec<StoreResults>,
+    etcd_rounds: Vec<StoreResults>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -481,6 +485,10 @@ fn print_table(report: &Report) {
         "watch fan-out, 1,000 watchers",
     ];
     let ratio_for = [0, 2, 4, 5, 6];
+    println!(
+        "median of {} alternating rounds per store",
+        report.shoal_rounds.len()
+    );
     println!("| metric | shoal kv (3 members) | etcd 3.4 (3 members) | shoal / etcd |");
     println!("| --- | --- | --- | --- |");
     let (shoal, etcd) = (rows(&report.shoal), rows(&report.etcd));
@@ -558,6 +566,52 @@ fn machine() -> String {
     format!("{cores} cores")
 }
 
+/// Rounds per store (`SHOAL_BENCH_KV_ROUNDS` overrides it). Rounds alternate between etcd and
+/// shoal with both clusters up, so a change in the machine's load (other work on the shared
+/// cores) hits both; every metric reports its median round.
+const DEFAULT_ROUNDS: usize = 3;
+
+fn rounds() -> usize {
+    std::env::var("SHOAL_BENCH_KV_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(DEFAULT_ROUNDS)
+}
+
+/// The round with the median value of `key`.
+fn median_round<'a>(
+    rounds: &'a [StoreResults],
+    key: impl Fn(&StoreResults) -> f64,
+) -> &'a StoreResults {
+    let mut sorted: Vec<&StoreResults> = rounds.iter().collect();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted[sorted.len() / 2]
+}
+
+/// Each metric's median over the rounds (the per-member puts come with the median 1-client
+/// round).
+fn median_results(rounds: &[StoreResults]) -> StoreResults {
+    if rounds.is_empty() {
+        return StoreResults::default();
+    }
+    let one = median_round(rounds, |r| r.put_1_client.ops_per_sec);
+    StoreResults {
+        put_1_client: one.put_1_client.clone(),
+        put_1_client_per_member: one.put_1_client_per_member.clone(),
+        put_128_clients: median_round(rounds, |r| r.put_128_clients.ops_per_sec)
+            .put_128_clients
+            .clone(),
+        range_linearizable: median_round(rounds, |r| r.range_linearizable.ops_per_sec)
+            .range_linearizable
+            .clone(),
+        range_serializable: median_round(rounds, |r| r.range_serializable.ops_per_sec)
+            .range_serializable
+            .clone(),
+        watch_events_per_sec: median_round(rounds, |r| r.watch_events_per_sec).watch_events_per_sec,
+    }
+}
+
 pub fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let load = tokio::runtime::Builder::new_multi_thread()
@@ -569,26 +623,33 @@ pub fn run() -> anyhow::Result<()> {
     // report files are only written by a full side-by-side run.
     let only = std::env::var("SHOAL_BENCH_ONLY").ok();
     let wanted = |store: &str| only.as_deref().is_none_or(|o| o == store);
-    let etcd = if wanted("etcd") {
-        let cluster = start_etcd(dir.path())?;
-        load.block_on(measure("etcd", &cluster.endpoints))?
-    } else {
-        StoreResults::default()
-    };
-    let shoal = if wanted("shoal") {
-        let cluster = start_shoal(dir.path())?;
-        load.block_on(measure("shoal", &cluster.endpoints))?
-    } else {
-        StoreResults::default()
-    };
+    let etcd_cluster = wanted("etcd").then(|| start_etcd(dir.path())).transpose()?;
+    let shoal_cluster = wanted("shoal")
+        .then(|| start_shoal(dir.path()))
+        .transpose()?;
+    let (mut etcd_rounds, mut shoal_rounds) = (Vec::new(), Vec::new());
+    for round in 1..=rounds() {
+        if let Some(cluster) = &etcd_cluster {
+            let name = format!("etcd round {round}");
+            etcd_rounds.push(load.block_on(measure(&name, &cluster.endpoints))?);
+        }
+        if let Some(cluster) = &shoal_cluster {
+            let name = format!("shoal round {round}");
+            shoal_rounds.push(load.block_on(measure(&name, &cluster.endpoints))?);
+        }
+    }
+    drop((etcd_cluster, shoal_cluster));
     if only.is_some() {
         return Ok(());
     }
+    let (shoal, etcd) = (median_results(&shoal_rounds), median_results(&etcd_rounds));
     let report = Report {
         machine: machine(),
         ratios: ratios(&shoal, &etcd),
         shoal,
         etcd,
+        shoal_rounds,
+        etcd_rounds,
     };
     print_table(&report);
     write_outputs(&report)
