@@ -580,10 +580,7 @@ fn rounds() -> usize {
 }
 
 /// The round with the median value of `key`.
-fn median_round<'a>(
-    rounds: &'a [StoreResults],
-    key: impl Fn(&StoreResults) -> f64,
-) -> &'a StoreResults {
+fn median_round(rounds: &[StoreResults], key: impl Fn(&StoreResults) -> f64) -> &StoreResults {
     let mut sorted: Vec<&StoreResults> = rounds.iter().collect();
     sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
     sorted[sorted.len() / 2]
