@@ -60,7 +60,7 @@ impl JobView {
 
 /// Runs the engine candidate until `shutdown` turns true: campaign, lead, step down, repeat.
 pub async fn run_engine(
-    store: Store,
+    mut store: Store,
     settings: EngineSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -75,6 +75,11 @@ pub async fn run_engine(
         if let Err(err) = outcome {
             tracing::warn!("engine: {err}; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
+            // The endpoint may be gone for good: pick again among all of them.
+            match store.reconnected().await {
+                Ok(fresh) => store = fresh,
+                Err(err) => tracing::warn!("engine: {err}"),
+            }
         }
     }
 }

@@ -18,7 +18,7 @@
 //! so a failed submit leaves nothing behind. Global units never get a `target`: every agent
 //! whose metadata matches runs them.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
@@ -227,6 +227,8 @@ pub struct Store {
     keys: Keys,
     endpoints: String,
     timeout: Duration,
+    /// Every endpoint it was given and the key prefix, for [`Store::reconnected`].
+    candidates: Arc<(Vec<String>, String)>,
 }
 
 impl Store {
@@ -239,9 +241,13 @@ impl Store {
         timeout: Duration,
     ) -> StoreResult<Self> {
         let mut last_error = None;
+        let candidates = Arc::new((endpoints.to_vec(), prefix.to_string()));
         for endpoint in endpoints {
             match Self::connect_one(endpoint, prefix, timeout).await {
-                Ok(store) => return Ok(store),
+                Ok(mut store) => {
+                    store.candidates = Arc::clone(&candidates);
+                    return Ok(store);
+                }
                 Err(err) => {
                     tracing::debug!("store endpoint {endpoint} unusable: {err}");
                     last_error = Some(err);
@@ -279,10 +285,19 @@ impl Store {
             keys: Keys::new(prefix),
             endpoints: endpoint.to_string(),
             timeout,
+            candidates: Arc::new((vec![endpoint.to_string()], prefix.to_string())),
         };
         // A lazy channel connects on first use: prove the store answers now.
         store.get_prefix_count(&store.keys.machines()).await?;
         Ok(store)
+    }
+
+    /// A fresh connection to the first of the original endpoints that answers: what a session
+    /// that failed should use next, since the endpoint it used may be gone (a powered-off
+    /// master) while others still serve.
+    pub async fn reconnected(&self) -> StoreResult<Self> {
+        let (endpoints, prefix) = &*self.candidates;
+        Self::connect(endpoints, prefix, self.timeout).await
     }
 
     pub fn keys(&self) -> &Keys {

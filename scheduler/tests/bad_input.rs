@@ -276,3 +276,33 @@ async fn store_fails_over_past_an_unreachable_endpoint() {
     let only_dead = fleetctl(&dead, FleetctlCommand::ListUnitFiles { table: table() }).await;
     assert!(only_dead.is_err(), "a dead endpoint alone is an error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_endpoint_died_reconnects_to_another() {
+    let first = Etcd::start().await;
+    let second = Etcd::start().await;
+    let endpoints = [first.endpoint.clone(), second.endpoint.clone()];
+    let timeout = Duration::from_secs(2);
+    let store = shoal_scheduler::store::Store::connect(&endpoints, DEFAULT_PREFIX, timeout)
+        .await
+        .expect("the first endpoint answers");
+    store
+        .client()
+        .put("/which", "first", None)
+        .await
+        .expect("a write to the first endpoint");
+    drop(first);
+    assert!(
+        store.get("/which").await.is_err(),
+        "the first endpoint is gone"
+    );
+    let store = store
+        .reconnected()
+        .await
+        .expect("the second endpoint answers");
+    assert_eq!(
+        store.get("/which").await.expect("a read from the second"),
+        None,
+        "the second endpoint is another store"
+    );
+}

@@ -99,6 +99,11 @@ impl Agent {
                 self.reported.clear();
                 self.published_output.clear();
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                // The endpoint may be gone for good: pick again among all of them.
+                match self.store.reconnected().await {
+                    Ok(store) => self.store = store,
+                    Err(err) => tracing::warn!(machine = %self.machine_id(), "agent: {err}"),
+                }
             }
         }
     }
