@@ -39,6 +39,7 @@ impl Watch for WatchService {
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
+            ticker: None,
         };
         tokio::spawn(session.run(request.into_inner()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -88,6 +89,19 @@ struct Session {
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+    /// Runs once a watcher asks for progress notifications (a ticking timer would cost every
+    /// session a timer registration per event otherwise).
+    ticker: Option<tokio::time::Interval>,
+}
+
+/// The next progress tick, or never while nobody asked for progress notifications.
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Why a session ends: the client went away.
@@ -95,8 +109,6 @@ struct Closed;
 
 impl Session {
     async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
-        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
-        ticker.tick().await;
         loop {
             let step = tokio::select! {
                 message = inbound.message() => match message {
@@ -108,7 +120,7 @@ impl Session {
                     Ok(Feed::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
                     Err(broadcast::error::RecvError::Closed) => Err(Closed),
                 },
-                _ = ticker.tick() => self.progress_tick().await,
+                _ = next_tick(&mut self.ticker) => self.progress_tick().await,
             };
             if step.is_err() {
                 return;
@@ -220,6 +232,10 @@ impl Session {
         watcher.next_rev = watcher.next_rev.max(current + 1);
         if !events.is_empty() {
             self.send_events(id, events, current).await?;
+        }
+        if watcher.progress_notify && self.ticker.is_none() {
+            let first = tokio::time::Instant::now() + PROGRESS_INTERVAL;
+            self.ticker = Some(tokio::time::interval_at(first, PROGRESS_INTERVAL));
         }
         self.watchers.insert(id, watcher);
         Ok(())
