@@ -10,6 +10,8 @@
 //! iface: eth0
 //! store:
 //!   initial_cluster: node1=http://10.90.0.11:2380,node2=http://10.90.0.12:2380,node3=http://10.90.0.13:2380
+//!   heartbeat_interval: 100ms      # etcd's --heartbeat-interval / --election-timeout
+//!   election_timeout: 1s
 //! network:
 //!   config: { Network: 10.244.0.0/16, Backend: { Type: vxlan } }
 //! fleet:
@@ -82,7 +84,7 @@ pub struct AgentConfig {
 
 /// The store: a member of the embedded store (masters) or a client of one (workers, or an
 /// external etcd cluster when `external` is set).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// Masters: the static initial cluster, `name=peer-url,...` (etcd's `--initial-cluster`).
@@ -103,6 +105,13 @@ pub struct StoreConfig {
     /// Use an external etcd cluster at `endpoints` instead of running a member.
     #[serde(default)]
     pub external: bool,
+    /// Masters: the Raft heartbeat interval (etcd's `--heartbeat-interval`).
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Masters: the Raft election timeout (etcd's `--election-timeout`), at least five
+    /// heartbeats. Raise both on slow or emulated machines.
+    #[serde(default = "default_election_timeout", with = "humantime_serde")]
+    pub election_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -176,8 +185,30 @@ fn default_fleet_prefix() -> String {
 fn default_agent_ttl() -> Duration {
     Duration::from_secs(30)
 }
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_election_timeout() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_health_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            initial_cluster: None,
+            initial_cluster_state: ClusterState::default(),
+            join: None,
+            listen_client_urls: None,
+            listen_peer_urls: None,
+            endpoints: Vec::new(),
+            external: false,
+            heartbeat_interval: default_heartbeat_interval(),
+            election_timeout: default_election_timeout(),
+        }
+    }
 }
 
 impl Default for NetworkConfig {
@@ -290,6 +321,18 @@ impl AgentConfig {
 
     fn validate_store(&self) -> Result<(), (&'static str, String)> {
         let store = &self.store;
+        if store.heartbeat_interval.is_zero() {
+            return Err(("store.heartbeat_interval", "must be more than 0".into()));
+        }
+        if store.election_timeout < store.heartbeat_interval * 5 {
+            return Err((
+                "store.election_timeout",
+                format!(
+                    "must be at least 5 times store.heartbeat_interval ({:?}), as etcd requires",
+                    store.heartbeat_interval
+                ),
+            ));
+        }
         if store.external || self.role == Role::Worker {
             if store.endpoints.is_empty() {
                 return Err((
@@ -395,6 +438,24 @@ mod tests {
         assert!(message.contains("`n1`"), "{message}");
         let (field, _) = error_of("name: n1\nstore:\n  initial_cluster: n1\n");
         assert_eq!(field, "store.initial_cluster");
+    }
+
+    #[test]
+    fn raft_timing_is_settable_and_checked_as_etcd_checks_it() {
+        let config = AgentConfig::parse("name: n1\n").expect("valid");
+        assert_eq!(config.store.heartbeat_interval, Duration::from_millis(100));
+        assert_eq!(config.store.election_timeout, Duration::from_secs(1));
+        let config = AgentConfig::parse(
+            "name: n1\nstore:\n  heartbeat_interval: 250ms\n  election_timeout: 2500ms\n",
+        )
+        .expect("valid");
+        assert_eq!(config.store.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(config.store.election_timeout, Duration::from_millis(2500));
+        let (field, message) = error_of("name: n1\nstore:\n  election_timeout: 300ms\n");
+        assert_eq!(field, "store.election_timeout");
+        assert!(message.contains("5 times"), "{message}");
+        let (field, _) = error_of("name: n1\nstore:\n  heartbeat_interval: 0s\n");
+        assert_eq!(field, "store.heartbeat_interval");
     }
 
     #[test]

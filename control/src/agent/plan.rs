@@ -1,6 +1,6 @@
 //! From one node's [`AgentConfig`] to the configuration of each component it runs. Pure
 //! functions: everything the agent decides about addresses and ports is here, and tested here.
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -101,8 +101,8 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
             _ => shoal_kv::member::ClusterState::Existing,
         },
         initial_cluster_token: "shoal-cluster".to_string(),
-        heartbeat_interval: Duration::from_millis(100),
-        election_timeout: Duration::from_millis(1000),
+        heartbeat_interval: store.heartbeat_interval,
+        election_timeout: store.election_timeout,
         snapshot_count: 10_000,
     };
     Ok(Some(MemberPlan {
