@@ -36,8 +36,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
+        links::{FdLink, Link, PinnedLink},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
     },
 };
@@ -237,6 +237,18 @@ impl DecapHook {
     }
 }
 
+/// How the TC programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcAttach {
+    /// TCX links (Linux 6.6+); a clsact qdisc where the kernel refuses TCX.
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// cls_bpf filters on a clsact qdisc (kernels before 6.6). They are not bpf links: they stay
+    /// attached without a pin, a restart replaces them in place, `detach` deletes them.
+    Clsact,
+}
+
 /// How the XDP program was attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
@@ -268,6 +280,7 @@ pub struct Config {
     /// This node's VTEP MAC; the underlay device's MAC when `None`.
     pub vtep_mac: Option<MacAddr>,
     pub decap_hook: DecapHook,
+    pub tc_attach: TcAttach,
     /// Install the kernel route and neighbour of each overlay route (see [`Dataplane::set_route`]).
     pub manage_kernel_routes: bool,
     /// Preferred source of locally originated overlay traffic (for example the bridge address in
@@ -290,6 +303,7 @@ impl Config {
             udp_port: FLANNEL_UDP_DEFAULT_PORT,
             vtep_mac: None,
             decap_hook: DecapHook::Auto,
+            tc_attach: TcAttach::Auto,
             manage_kernel_routes: true,
             route_source: None,
         }
@@ -642,6 +656,9 @@ impl Dataplane {
         let pin_dir = self.config.pin_dir();
         // Unpinning drops the kernel's last reference to the links: the programs detach.
         remove_pins(&pin_dir)?;
+        for attach_type in [TcAttachType::Egress, TcAttachType::Ingress] {
+            detach_clsact(&self.config, attach_type)?;
+        }
         tracing::info!(interface = %self.config.interface, "dataplane detached");
         Ok(())
     }
@@ -750,7 +767,8 @@ fn load_classifier<'a>(
     Ok(program)
 }
 
-/// Attaches (or atomically replaces, in the pinned link) a TCX program.
+/// Attaches (or atomically replaces, in the pinned link or the clsact filter) a TC program.
+/// Returns whether an earlier attachment was taken over.
 fn attach_tc(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -767,6 +785,29 @@ fn attach_tc(
             .map_err(program_error(name, config))?;
         return Ok(true);
     }
+    match config.tc_attach {
+        TcAttach::Tcx => attach_tcx(program, name, attach_type, config, link_path),
+        TcAttach::Clsact => attach_clsact(program, name, attach_type, config),
+        TcAttach::Auto => match attach_tcx(program, name, attach_type, config, link_path) {
+            Ok(taken_over) => Ok(taken_over),
+            Err(tcx_error) => {
+                tracing::warn!(
+                    interface = %config.interface,
+                    "TCX refused ({tcx_error}); attaching {name} to a clsact qdisc"
+                );
+                attach_clsact(program, name, attach_type, config)
+            }
+        },
+    }
+}
+
+fn attach_tcx(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    attach_type: TcAttachType,
+    config: &Config,
+    link_path: &Path,
+) -> Result<bool> {
     let id = program
         .attach_with_options(
             &config.interface,
@@ -777,7 +818,99 @@ fn attach_tc(
     let link = program.take_link(id).map_err(program_error(name, config))?;
     let link = FdLink::try_from(link).map_err(|err| link_error(config, link_path, err))?;
     pin_link(config, link, link_path)?;
+    // TCX won: a clsact filter of an earlier attachment would run as well.
+    detach_clsact(config, attach_type)?;
     Ok(false)
+}
+
+/// Priority and handle of shoal's clsact filters (one per direction).
+const CLSACT_PRIORITY: u16 = 1;
+const CLSACT_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// Attaches a cls_bpf filter to the clsact qdisc (added if missing), or replaces the filter an
+/// earlier process left there in place.
+fn attach_clsact(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    attach_type: TcAttachType,
+    config: &Config,
+) -> Result<bool> {
+    match aya::programs::tc::qdisc_add_clsact(&config.interface) {
+        Ok(()) => {}
+        Err(aya::programs::tc::TcError::NetlinkError(err))
+            if err.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(err) => {
+            return Err(Error::Interface {
+                interface: config.interface.clone(),
+                message: format!("adding a clsact qdisc: {err}"),
+            });
+        }
+    }
+    let existing = clsact_filter_of(config, attach_type, name)?;
+    let id = if existing {
+        let link = clsact_link(config, attach_type)?;
+        program
+            .attach_to_link(link)
+            .map_err(program_error(name, config))?
+    } else {
+        let options = NlOptions {
+            priority: CLSACT_PRIORITY,
+            handle: CLSACT_HANDLE,
+            classid: None,
+        };
+        program
+            .attach_with_options(
+                &config.interface,
+                attach_type,
+                TcAttachOptions::Netlink(options),
+            )
+            .map_err(program_error(name, config))?
+    };
+    let link = program.take_link(id).map_err(program_error(name, config))?;
+    // Dropping the link would delete the filter; it must outlive this process.
+    std::mem::forget(link);
+    Ok(existing)
+}
+
+fn clsact_link(config: &Config, attach_type: TcAttachType) -> Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(
+        &config.interface,
+        attach_type,
+        CLSACT_PRIORITY,
+        CLSACT_HANDLE,
+        None,
+    )
+    .map_err(|source| Error::Io {
+        context: format!("finding the clsact filter on {}", config.interface),
+        source,
+    })
+}
+
+/// Whether shoal's clsact filter is on the interface in that direction (named `name`).
+fn clsact_filter_of(config: &Config, attach_type: TcAttachType, name: &str) -> Result<bool> {
+    let direction = match attach_type {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    };
+    // Without a clsact qdisc `tc` finds nothing to show, which is an answer too.
+    Ok(system::tc_filters(&config.interface, direction)
+        .map(|filters| filters.contains(name))
+        .unwrap_or(false))
+}
+
+/// Deletes shoal's clsact filter in that direction, if there is one.
+fn detach_clsact(config: &Config, attach_type: TcAttachType) -> Result<()> {
+    let names = [PROG_TC_EGRESS, PROG_TC_INGRESS];
+    let mut ours = false;
+    for name in names {
+        ours |= clsact_filter_of(config, attach_type, name)?;
+    }
+    if !ours {
+        return Ok(());
+    }
+    clsact_link(config, attach_type)?
+        .detach()
+        .map_err(program_error(PROG_TC_EGRESS, config))
 }
 
 fn attach_egress(ebpf: &mut Ebpf, config: &Config, pin_dir: &Path) -> Result<()> {
@@ -847,6 +980,7 @@ fn attach_xdp_ingress(ebpf: &mut Ebpf, config: &Config, pin_dir: &Path) -> Resul
     let link = FdLink::try_from(link).map_err(|err| link_error(config, &link_path, err))?;
     pin_link(config, link, &link_path)?;
     remove_file_if_exists(&pin_dir.join(LINK_INGRESS_TC))?;
+    detach_clsact(config, TcAttachType::Ingress)?;
     Ok(mode)
 }
 

@@ -198,6 +198,11 @@ fn ip(args: &[&str]) -> Result<()> {
     run("ip", args).map(drop)
 }
 
+/// `tc filter show dev <interface> <direction>` (cls_bpf filters name their program).
+pub(crate) fn tc_filters(interface: &str, direction: &str) -> Result<String> {
+    run("tc", &["filter", "show", "dev", interface, direction])
+}
+
 /// Runs `program args...`; its stdout, or an error with its stderr.
 fn run(program: &str, args: &[&str]) -> Result<String> {
     let command = || format!("{program} {}", args.join(" "));

@@ -101,10 +101,18 @@ fn detach_removes_programs_kernel_routes_and_pins() {
     assert!(link.contains("xdp"), "{link}");
     drop(dataplanes.remove(0));
     assert!(!pin_dir.exists(), "pins left in {}", pin_dir.display());
-    let link = cluster
-        .node(0)
-        .exec("ip", &["link", "show", "eth0"])
-        .expect("ip link");
+    // The kernel frees an unpinned link from a work queue: the XDP program goes shortly after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let link = loop {
+        let link = cluster
+            .node(0)
+            .exec("ip", &["link", "show", "eth0"])
+            .expect("ip link");
+        if !link.contains("xdp") || std::time::Instant::now() > deadline {
+            break link;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(!link.contains("xdp"), "{link}");
     let routes = cluster.node(0).exec("ip", &["route"]).expect("ip route");
     assert!(!routes.contains("10.244.2.0"), "{routes}");
