@@ -98,6 +98,11 @@ pub struct FlannelArgs {
     /// bpffs directory for the eBPF dataplane's pinned maps and links.
     #[arg(long, env = "SHOAL_FLANNEL_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
     pub dataplane_pin_root: PathBuf,
+    /// Hand decapsulated packets to the kernel's forwarding path only, never straight to a
+    /// local workload (keeps the node's netfilter FORWARD rules and bridge filtering in the
+    /// path, at some cost in throughput).
+    #[arg(long, env = "SHOAL_FLANNEL_NO_DIRECT_DELIVERY")]
+    pub no_direct_delivery: bool,
     /// Lifetime of the subnet lease in seconds (flannel uses 24 h).
     #[arg(long, env = "SHOAL_FLANNEL_LEASE_TTL", default_value_t = 24 * 3600, hide = true)]
     pub subnet_lease_ttl: u64,
@@ -135,6 +140,7 @@ impl FlannelArgs {
             bridge: Some(self.bridge.clone()).filter(|bridge| !bridge.is_empty()),
             dataplane: self.dataplane,
             dataplane_pin_root: self.dataplane_pin_root.clone(),
+            direct_delivery: !self.no_direct_delivery,
         }
     }
 }

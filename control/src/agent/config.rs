@@ -141,6 +141,10 @@ pub struct NetworkConfig {
     /// /sys/fs/bpf/shoal). The pins keep the dataplane working while the agent restarts, so
     /// it must be a bpffs that outlives the agent's mount namespace.
     pub bpf_pin_root: Option<PathBuf>,
+    /// eBPF dataplane: deliver decapsulated packets straight to local workloads, past the
+    /// node's netfilter FORWARD chain (`false` keeps every packet on the kernel's path).
+    #[serde(default = "enabled")]
+    pub direct_delivery: bool,
 }
 
 /// fleet's agent and engine candidate.
@@ -220,6 +224,7 @@ impl Default for NetworkConfig {
             ip_masq: false,
             subnet_file: default_subnet_file(),
             bpf_pin_root: None,
+            direct_delivery: true,
         }
     }
 }

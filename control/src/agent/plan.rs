@@ -132,6 +132,7 @@ fn overlay_config(config: &AgentConfig, endpoints: &[String]) -> OverlayConfig {
         },
         subnet_file: config.network.subnet_file.clone(),
         ip_masq: config.network.ip_masq,
+        direct_delivery: config.network.direct_delivery,
         ..OverlayConfig::default()
     };
     overlay.interface.iface = config.iface.iter().cloned().collect();
@@ -201,6 +202,22 @@ mod tests {
         assert_eq!(member.config.listen_client_urls, ["http://127.0.0.1:2379"]);
         assert_eq!(plan.endpoints, ["http://127.0.0.1:2379"]);
         assert!(plan.overlay.is_some() && plan.fleet.is_some());
+    }
+
+    #[test]
+    fn raft_timing_and_direct_delivery_follow_the_yaml() {
+        let defaults = plan("name: solo\n");
+        let member = defaults.member.expect("member");
+        assert_eq!(member.config.heartbeat_interval.as_millis(), 100);
+        assert_eq!(member.config.election_timeout.as_millis(), 1000);
+        assert!(defaults.overlay.expect("overlay").direct_delivery);
+        let tuned = plan(
+            "name: solo\nstore:\n  heartbeat_interval: 250ms\n  election_timeout: 2500ms\nnetwork:\n  direct_delivery: false\n",
+        );
+        let member = tuned.member.expect("member");
+        assert_eq!(member.config.heartbeat_interval.as_millis(), 250);
+        assert_eq!(member.config.election_timeout.as_millis(), 2500);
+        assert!(!tuned.overlay.expect("overlay").direct_delivery);
     }
 
     #[test]

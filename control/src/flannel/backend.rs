@@ -79,6 +79,9 @@ pub struct BackendOptions {
     pub dataplane: DataplaneKind,
     pub pin_root: PathBuf,
     pub source_from_bridge: bool,
+    /// Let the eBPF dataplane hand decapsulated packets straight to registered local workloads
+    /// (past the node's netfilter FORWARD chain and bridge filtering).
+    pub direct_delivery: bool,
 }
 
 /// The backend for a network config.
@@ -95,6 +98,7 @@ pub fn for_config(
         direct_routing,
         pin_root: options.pin_root.clone(),
         source_from_bridge: options.source_from_bridge,
+        direct_delivery: options.direct_delivery,
     };
     match (config, options.dataplane) {
         (BackendConfig::HostGw, _) => Ok(Box::new(HostGw::new(netlink))),

@@ -49,6 +49,9 @@ pub struct OverlayConfig {
     pub dataplane: DataplaneKind,
     /// bpffs directory where the eBPF dataplane pins its maps and links.
     pub dataplane_pin_root: PathBuf,
+    /// eBPF dataplane: deliver decapsulated packets straight to local workloads, past the
+    /// node's netfilter FORWARD chain (off: every packet takes the kernel's forwarding path).
+    pub direct_delivery: bool,
 }
 
 impl OverlayConfig {
@@ -74,6 +77,7 @@ impl Default for OverlayConfig {
             bridge: Some(DEFAULT_BRIDGE.to_string()),
             dataplane: DataplaneKind::default(),
             dataplane_pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
+            direct_delivery: true,
         }
     }
 }
@@ -121,6 +125,7 @@ impl Overlay {
             dataplane: config.dataplane,
             pin_root: config.dataplane_pin_root.clone(),
             source_from_bridge: config.bridge.is_some(),
+            direct_delivery: config.direct_delivery,
         };
         let mut backend = backend::for_config(
             &network.backend,

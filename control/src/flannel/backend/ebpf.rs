@@ -26,6 +26,8 @@ pub struct EbpfSettings {
     pub source_from_bridge: bool,
     /// vxlan's DirectRouting: plain routes to peers on the same L2 segment.
     pub direct_routing: bool,
+    /// Register local workloads so decapsulated packets go straight to them.
+    pub direct_delivery: bool,
 }
 
 pub struct EbpfOverlay {
@@ -200,9 +202,12 @@ impl Backend for EbpfOverlay {
         let dataplane = tokio::task::block_in_place(|| Dataplane::load_or_attach(config))
             .map_err(dataplane_error)?;
         tracing::info!(attach_mode = ?dataplane.attach_mode(), vtep_mac = %dataplane.vtep_mac(), "eBPF dataplane attached");
-        let sync = tokio::spawn(sync_endpoints_forever(dataplane.config().pin_dir(), own));
-        if let Some(previous) = self.endpoint_sync.replace(sync.abort_handle()) {
+        if let Some(previous) = self.endpoint_sync.take() {
             previous.abort();
+        }
+        if self.settings.direct_delivery {
+            let sync = tokio::spawn(sync_endpoints_forever(dataplane.config().pin_dir(), own));
+            self.endpoint_sync = Some(sync.abort_handle());
         }
         self.dataplane = Some(dataplane);
         Ok(())
