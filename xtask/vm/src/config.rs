@@ -58,6 +58,9 @@ struct AgentConfig<'a> {
     health: HealthSection,
 }
 
+const GUEST_HEARTBEAT_INTERVAL: &str = "250ms";
+const GUEST_ELECTION_TIMEOUT: &str = "2500ms";
+
 #[derive(Serialize)]
 struct StoreSection {
     /// Masters: the static bootstrap cluster, `name=peer-url,...` of every master.
@@ -69,6 +72,12 @@ struct StoreSection {
     listen_peer_urls: Option<String>,
     /// Client URLs of the masters (what workers, fleet and flannel use).
     endpoints: Vec<String>,
+    /// Masters: Raft timing for emulated (TCG) guests, where etcd's 100 ms heartbeats time out
+    /// (`timeout after 100ms when AppendEntries` in the guests' logs) and cost elections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_interval: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    election_timeout: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -130,6 +139,8 @@ pub fn agent_yaml(node: &NodeLayout, nodes: &[NodeLayout]) -> Result<String> {
             listen_client_urls: is_master.then(|| node.client_url()),
             listen_peer_urls: is_master.then(|| node.peer_url()),
             endpoints: masters.iter().map(|m| m.client_url()).collect(),
+            heartbeat_interval: is_master.then_some(GUEST_HEARTBEAT_INTERVAL),
+            election_timeout: is_master.then_some(GUEST_ELECTION_TIMEOUT),
         },
         network: NetworkSection {
             config: FlannelNetwork {
