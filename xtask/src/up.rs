@@ -54,7 +54,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         })
         .with_context(|| agents.logs())?;
     println!("cluster converged in {converged:.1?}: store quorum, every lease, every machine\n");
-    print_how_to_reach(&cluster, &shoal);
+    print_how_to_reach(&cluster, &shoal, &agents.node_dir(0).join("subnet.env"));
     if args.check {
         return Ok(());
     }
@@ -80,7 +80,7 @@ fn build_shoal(release: bool) -> Result<PathBuf> {
         .join("shoal"))
 }
 
-fn print_how_to_reach(cluster: &Cluster, shoal: &std::path::Path) {
+fn print_how_to_reach(cluster: &Cluster, shoal: &std::path::Path, subnet_file: &std::path::Path) {
     let first = cluster.node(0).ns().name();
     println!("every node is a network namespace; for example, from node1:");
     println!(
@@ -91,8 +91,9 @@ fn print_how_to_reach(cluster: &Cluster, shoal: &std::path::Path) {
         "  ip netns exec {first} env ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:2379 member list"
     );
     println!(
-        "  ip netns exec {first} {} run -- ip addr show eth0",
-        shoal.display()
+        "  ip netns exec {first} {} run --subnet-file {} -- ip addr show eth0",
+        shoal.display(),
+        subnet_file.display()
     );
     println!("  ip netns exec {first} curl -s http://127.0.0.1:9901/metrics");
     for node in cluster.nodes() {
