@@ -14,7 +14,7 @@ use shoal_dataplane_common::{Backend, Counter, DataplaneConfig, UDP_OVERHEAD, VX
 use crate::{
     headers::{
         AF_INET, ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV4_NO_OPTIONS, Ipv4Hdr,
-        UDP_LEN, UdpHdr, VXLAN_LEN, VxlanHdr, in_subnet,
+        UDP_LEN, UdpHdr, VXLAN_LEN, VxlanHdr, decrement_ttl, in_subnet,
     },
     maps::{config, count, endpoint_for, route_for},
 };
@@ -319,17 +319,4 @@ fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
         }
     };
     Some(action as i32)
-}
-
-/// TTL - 1 with an incremental header checksum update, as `ip_forward` does.
-#[inline(always)]
-fn decrement_ttl(ctx: &TcContext, inner: &Ipv4Hdr) -> Option<()> {
-    const TTL_OFFSET: usize = ETH_LEN + 8;
-    const CSUM_OFFSET: usize = ETH_LEN + 10;
-    let ttl = inner.ttl - 1;
-    let old = u16::from_ne_bytes([inner.ttl, inner.proto]);
-    let new = u16::from_ne_bytes([ttl, inner.proto]);
-    ctx.l3_csum_replace(CSUM_OFFSET, u64::from(old), u64::from(new), 2)
-        .ok()?;
-    ctx.store(TTL_OFFSET, &ttl, 0).ok()
 }

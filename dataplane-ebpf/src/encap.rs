@@ -23,8 +23,8 @@ use shoal_dataplane_common::{
 
 use crate::{
     headers::{
-        AF_INET, ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, VxlanHdr,
-        source_port,
+        AF_INET, ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_NO_OPTIONS, Ipv4Hdr, UdpHdr,
+        VxlanHdr, decrement_ttl, source_port,
     },
     maps::{config, count, route_for},
 };
@@ -67,8 +67,70 @@ pub fn tc_egress(ctx: &TcContext) -> i32 {
     let Some(backend) = Backend::from_u8(route.backend) else {
         return TC_ACT_OK;
     };
-    match encapsulate(ctx, cfg, route, backend, &inner) {
+    // SAFETY: reading a field of the kernel-provided __sk_buff context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match encapsulate(ctx, cfg, route, backend, &inner, ifindex) {
         Ok(action) => action,
+        Err(reason) => {
+            count(reason, 1);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Encapsulation one hop earlier, on the ingress of a device local workloads hang off (their
+/// bridge, or a routed veth): a packet for a remote subnet is forwarded as the kernel would
+/// (TTL - 1), encapsulated and sent straight out of the underlay device, without this node's
+/// IP forwarding, neighbour output and qdisc in between. What the kernel must answer or judge
+/// (TTL expiring, too big for the tunnel, IP options, anything not for a remote subnet) passes
+/// to it unchanged and takes the kernel path to [`tc_egress`].
+pub fn tc_workload_ingress(ctx: &TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return TC_ACT_OK;
+    };
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+        return TC_ACT_OK;
+    };
+    if eth.proto != ETHERTYPE_IPV4 {
+        return TC_ACT_OK;
+    }
+    let Ok(inner) = ctx.load::<Ipv4Hdr>(ETH_LEN) else {
+        return TC_ACT_OK;
+    };
+    if inner.version_ihl != IPV4_NO_OPTIONS || inner.ttl <= 1 {
+        return TC_ACT_OK;
+    }
+    let Some(route) = route_for(inner.dst) else {
+        return TC_ACT_OK;
+    };
+    let Some(backend) = Backend::from_u8(route.backend) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: reading a field of the kernel-provided __sk_buff context.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let inner_len = ctx.len() - ETH_LEN as u32;
+    if gso_size == 0 && inner_len + backend.overhead() > cfg.underlay_mtu {
+        // The kernel's route MTU answers it with frag-needed (or fragments it).
+        return TC_ACT_OK;
+    }
+    if decrement_ttl(ctx, &inner).is_none() {
+        return TC_ACT_OK;
+    }
+    let inner = Ipv4Hdr {
+        ttl: inner.ttl - 1,
+        ..inner
+    };
+    // Not on the underlay yet: the FIB lookup starts there, and the packet is redirected.
+    match encapsulate(ctx, cfg, route, backend, &inner, cfg.underlay_ifindex) {
+        Ok(action) => {
+            count(Counter::EncapFromWorkloadPackets, 1);
+            if action == TC_ACT_OK {
+                // SAFETY: plain helper call with scalar arguments.
+                unsafe { bpf_redirect(cfg.underlay_ifindex, 0) as i32 }
+            } else {
+                action
+            }
+        }
         Err(reason) => {
             count(reason, 1);
             TC_ACT_SHOT
@@ -83,11 +145,11 @@ fn encapsulate(
     route: &RouteTarget,
     backend: Backend,
     inner: &Ipv4Hdr,
+    ifindex: u32,
 ) -> Result<i32, Counter> {
     let skb = ctx.skb.skb;
     // SAFETY: reading fields of the kernel-provided __sk_buff context.
-    let (gso_size, gso_segs, ifindex) =
-        unsafe { ((*skb).gso_size, (*skb).gso_segs, (*skb).ifindex) };
+    let (gso_size, gso_segs) = unsafe { ((*skb).gso_size, (*skb).gso_segs) };
     let inner_len = ctx.len() - ETH_LEN as u32;
     let overhead = backend.overhead();
     if gso_size == 0 && inner_len + overhead > cfg.underlay_mtu {
@@ -178,9 +240,9 @@ fn push_udp(
         .map_err(|_| Counter::DropAdjustFailed)
 }
 
-/// Fills the outer MACs from the kernel's FIB and neighbour tables. A resolved neighbour on this
-/// device keeps the packet on its way (TC_ACT_OK); otherwise the kernel resolves it
-/// (`bpf_redirect_neigh`) or another device is used (`bpf_redirect`).
+/// Fills the outer MACs from the kernel's FIB and neighbour tables, looked up from `ifindex`. A
+/// resolved neighbour on that device keeps the packet on its way (TC_ACT_OK); otherwise the kernel
+/// resolves it (`bpf_redirect_neigh`) or another device is used (`bpf_redirect`).
 #[inline(always)]
 fn set_outer_macs(
     ctx: &TcContext,

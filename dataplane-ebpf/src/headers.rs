@@ -165,3 +165,16 @@ pub fn source_port(hash: u32) -> u16 {
 pub fn in_subnet(addr: [u8; 4], network: [u8; 4], mask: [u8; 4]) -> bool {
     u32::from_ne_bytes(addr) & u32::from_ne_bytes(mask) == u32::from_ne_bytes(network)
 }
+
+/// TTL - 1 with an incremental header checksum update, as `ip_forward` does.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &aya_ebpf::programs::TcContext, inner: &Ipv4Hdr) -> Option<()> {
+    const TTL_OFFSET: usize = ETH_LEN + 8;
+    const CSUM_OFFSET: usize = ETH_LEN + 10;
+    let ttl = inner.ttl - 1;
+    let old = u16::from_ne_bytes([inner.ttl, inner.proto]);
+    let new = u16::from_ne_bytes([ttl, inner.proto]);
+    ctx.l3_csum_replace(CSUM_OFFSET, u64::from(old), u64::from(new), 2)
+        .ok()?;
+    ctx.store(TTL_OFFSET, &ttl, 0).ok()
+}

@@ -3,6 +3,8 @@
 //!
 //! - `shoal_tc_egress` (TC egress on the underlay device): VXLAN or flannel-`udp` encapsulation
 //!   of packets whose destination is a remote subnet in the routes map.
+//! - `shoal_tc_workload` (TC ingress on the devices local workloads hang off): the same
+//!   encapsulation one hop earlier, straight to the underlay device.
 //! - `shoal_xdp_ingress` (XDP on the underlay device) or `shoal_tc_ingress` (TC ingress): checks
 //!   and decapsulation of overlay packets addressed to this node; the inner packet goes to the
 //!   kernel stack, which routes it to the workload.
@@ -43,6 +45,13 @@ mod programs {
     #[classifier]
     pub fn shoal_tc_egress(ctx: TcContext) -> i32 {
         crate::encap::tc_egress(&ctx)
+    }
+
+    /// Ingress of the devices local workloads hang off: encapsulation without the node's
+    /// forwarding path.
+    #[classifier]
+    pub fn shoal_tc_workload(ctx: TcContext) -> i32 {
+        crate::encap::tc_workload_ingress(&ctx)
     }
 
     #[panic_handler]

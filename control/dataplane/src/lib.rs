@@ -45,7 +45,8 @@ use ipnetwork::Ipv4Network;
 pub use shoal_dataplane_common::{Backend, Counter};
 use shoal_dataplane_common::{
     CONFIG_MAP, COUNTERS_MAP, DataplaneConfig, ENDPOINTS_MAP, FLANNEL_UDP_DEFAULT_PORT,
-    LocalEndpoint, PIN_ROOT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS, ROUTES_MAP,
+    LocalEndpoint, PIN_ROOT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_WORKLOAD, PROG_XDP_INGRESS,
+    ROUTES_MAP,
     RouteTarget as RawTarget, VXLAN_DEFAULT_PORT, VXLAN_DEFAULT_VNI,
 };
 
@@ -84,7 +85,7 @@ pub fn sync_pinned_endpoints(pin_dir: &Path, subnet: Ipv4Network) -> Result<usiz
     let data = MapData::from_pin(pin_dir.join(ENDPOINTS_MAP)).map_err(map_error)?;
     let mut endpoints: BpfHashMap<MapData, [u8; 4], LocalEndpoint> =
         BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_error)?;
-    reconcile_endpoints(&mut endpoints, subnet).map_err(|err| match err {
+    reconcile_endpoints(&mut endpoints, subnet, pin_dir).map_err(|err| match err {
         EndpointsError::Map(source) => map_error(source),
         EndpointsError::Discovery(err) => err,
     })
@@ -95,10 +96,12 @@ enum EndpointsError {
     Discovery(Error),
 }
 
-/// Replaces the content of `map` with the workloads of `subnet` found in the kernel's tables.
+/// Replaces the content of `map` with the workloads of `subnet` found in the kernel's tables, and
+/// hooks the devices they hang off (see [`hook_workload_devices`]).
 fn reconcile_endpoints(
     map: &mut BpfHashMap<MapData, [u8; 4], LocalEndpoint>,
     subnet: Ipv4Network,
+    pin_dir: &Path,
 ) -> Result<usize, EndpointsError> {
     let found: Vec<Endpoint> = system::discover_endpoints(subnet)
         .map_err(EndpointsError::Discovery)?
@@ -124,7 +127,103 @@ fn reconcile_endpoints(
         map.insert(endpoint.address.octets(), endpoint.to_raw(), 0)
             .map_err(EndpointsError::Map)?;
     }
+    let mut devices: Vec<u32> = found.iter().map(|endpoint| endpoint.via_ifindex).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    hook_workload_devices(pin_dir, &devices);
     Ok(found.len())
+}
+
+/// Pin of the loaded workload-ingress program, which [`hook_workload_devices`] attaches.
+const PROG_PIN_WORKLOAD: &str = "prog_tc_workload";
+
+/// Pin of the TCX link of the workload-ingress program on device `ifindex`.
+fn workload_link_pin(pin_dir: &Path, ifindex: u32) -> PathBuf {
+    pin_dir.join(format!("link_workload_{ifindex}"))
+}
+
+/// Attaches the pinned workload-ingress program (`shoal_tc_workload`) to the TC ingress of every
+/// device in `devices` (the bridges or routed veths local workloads hang off) not hooked yet, so
+/// their packets to remote subnets are encapsulated there instead of after the node's IP
+/// forwarding. Best effort: a device that cannot be hooked (a kernel without TCX, a device gone)
+/// keeps the kernel path, which works the same, and is logged.
+fn hook_workload_devices(pin_dir: &Path, devices: &[u32]) {
+    for &ifindex in devices {
+        let link_path = workload_link_pin(pin_dir, ifindex);
+        if link_path.exists() {
+            continue;
+        }
+        match hook_workload_device(pin_dir, ifindex, &link_path) {
+            Ok(device) => tracing::info!(%device, "workload device hooked"),
+            Err(err) => tracing::warn!(ifindex, "workload device keeps the kernel path: {err}"),
+        }
+    }
+}
+
+fn hook_workload_device(pin_dir: &Path, ifindex: u32, link_path: &Path) -> Result<String> {
+    let device = system::interface_name(ifindex)?;
+    let failed = |what: &str, err: &dyn fmt::Display| Error::Interface {
+        interface: device.clone(),
+        message: format!("{what}: {err}"),
+    };
+    let program_pin = pin_dir.join(PROG_PIN_WORKLOAD);
+    let mut program = SchedClassifier::from_pin(&program_pin)
+        .map_err(|err| failed(&format!("opening {}", program_pin.display()), &err))?;
+    let id = program
+        .attach_with_options(
+            &device,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|err| failed("attaching shoal_tc_workload (TCX)", &err))?;
+    let link = program
+        .take_link(id)
+        .map_err(|err| failed("taking the link", &err))?;
+    let link = FdLink::try_from(link).map_err(|err| failed("taking the link", &err))?;
+    link.pin(link_path)
+        .map_err(|err| failed(&format!("pinning {}", link_path.display()), &err))?;
+    Ok(device)
+}
+
+/// Loads the workload-ingress program and pins it for [`hook_workload_devices`]; workload links
+/// an earlier process pinned get this program, atomically.
+fn pin_workload_program(ebpf: &mut Ebpf, config: &Config, pin_dir: &Path) -> Result<()> {
+    let program = load_classifier(ebpf, PROG_TC_WORKLOAD, config)?;
+    let program_pin = pin_dir.join(PROG_PIN_WORKLOAD);
+    remove_file_if_exists(&program_pin)?;
+    program
+        .pin(&program_pin)
+        .map_err(|err| link_error(config, &program_pin, err))?;
+    let entries = std::fs::read_dir(pin_dir).map_err(|source| Error::Io {
+        context: format!("listing {}", pin_dir.display()),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let is_workload_link = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with("link_workload_"));
+        if !is_workload_link {
+            continue;
+        }
+        let path = entry.path();
+        let Some(link) = pinned_link(config, &path)? else {
+            continue;
+        };
+        let replaced = SchedClassifierLink::try_from(link)
+            .map_err(|err| link_error(config, &path, err))
+            .and_then(|link| {
+                program
+                    .attach_to_link(link)
+                    .map_err(program_error(PROG_TC_WORKLOAD, config))
+            });
+        if let Err(err) = replaced {
+            // The device is gone (its link defunct): the next sync hooks it again if it returns.
+            tracing::debug!(pin = %path.display(), "dropping a workload link: {err}");
+            remove_file_if_exists(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn sum_counters(counters: &PerCpuArray<MapData, u64>) -> Result<Stats, aya::maps::MapError> {
@@ -499,6 +598,7 @@ impl Dataplane {
         let endpoints = BpfHashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP, &name)?)
             .map_err(map_error(ENDPOINTS_MAP))?;
         attach_egress(&mut ebpf, &config, &pin_dir)?;
+        pin_workload_program(&mut ebpf, &config, &pin_dir)?;
         let hook = match config.decap_hook {
             DecapHook::Auto => {
                 DecapHook::Auto.for_device_kind(system::link_kind(&config.interface)?.as_deref())
@@ -630,8 +730,9 @@ impl Dataplane {
     /// many are registered. Call it when workloads come and go, or periodically: a workload not
     /// (or no longer) registered still works, through the kernel's forwarding path.
     pub fn sync_endpoints(&mut self) -> Result<usize> {
+        let pin_dir = self.config.pin_dir();
         let count =
-            reconcile_endpoints(&mut self.endpoints, self.config.local_subnet).map_err(|err| {
+            reconcile_endpoints(&mut self.endpoints, self.config.local_subnet, &pin_dir).map_err(|err| {
                 match err {
                     EndpointsError::Map(source) => self.map_error(ENDPOINTS_MAP, source),
                     EndpointsError::Discovery(err) => err,

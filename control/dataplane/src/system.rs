@@ -307,6 +307,22 @@ fn links() -> Result<Vec<Link>> {
 }
 
 /// The kind of device `name` is (`veth`, `bridge`, ...; `None` for a physical device).
+/// The name of the device with index `ifindex` in this network namespace.
+pub(crate) fn interface_name(ifindex: u32) -> Result<String> {
+    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buffer.as_mut_ptr()) };
+    if name.is_null() {
+        return Err(Error::Interface {
+            interface: format!("ifindex {ifindex}"),
+            message: format!("no such device: {}", io::Error::last_os_error()),
+        });
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buffer.as_ptr()) };
+    Ok(name.to_string_lossy().into_owned())
+}
+
 pub(crate) fn link_kind(name: &str) -> Result<Option<String>> {
     let links = run_json("ip", &["-j", "-d", "link", "show", "dev", name])?;
     Ok(links

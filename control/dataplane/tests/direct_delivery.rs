@@ -1,6 +1,7 @@
 //! Direct delivery after TC decapsulation: workloads found in the kernel's neighbour and bridge
 //! tables are registered, decapsulated packets for them skip the kernel's forwarding path and
-//! bridge (with TTL and checksums still right), and a workload the kernel no longer resolves the
+//! bridge, and the devices they hang off get the encapsulation hook, so their packets to remote
+//! subnets skip the sending node's forwarding too (with TTL and checksums still right), and a workload the kernel no longer resolves the
 //! registered way falls back to the kernel path instead of being misdelivered.
 mod common;
 
@@ -77,10 +78,15 @@ fn workloads_behind_a_bridge_are_found_and_served_directly() {
     for dataplane in &dataplanes {
         let stats = dataplane.stats();
         assert!(stats.get(Counter::DeliverDirectPackets) > 100, "{stats:?}");
+        // The sending side: encapsulated on cbr0's ingress, past the node's forwarding.
+        assert!(
+            stats.get(Counter::EncapFromWorkloadPackets) > 100,
+            "{stats:?}"
+        );
         assert_eq!(stats.drops(), 0, "{stats:?}");
     }
-    // Two routers on the way (node 0 forwards, node 1's dataplane forwards): TTL 64 - 2, as on
-    // the kernel path; the rewritten IPv4 header's checksum verified by tshark.
+    // Two routers on the way (node 0's workload hook and node 1's direct delivery each forward):
+    // TTL 64 - 2, as on the kernel path; the rewritten IPv4 header's checksum verified by tshark.
     let echo_requests = format!("icmp.type == 8 && ip.dst == {b_ip}");
     assert_eq!(
         capture.count(&format!("{echo_requests} && ip.ttl == 62")),

@@ -46,6 +46,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/shoal";
 pub const PROG_TC_EGRESS: &str = "shoal_tc_egress";
 pub const PROG_XDP_INGRESS: &str = "shoal_xdp_ingress";
 pub const PROG_TC_INGRESS: &str = "shoal_tc_ingress";
+pub const PROG_TC_WORKLOAD: &str = "shoal_tc_workload";
 
 /// How packets for a route leave this node.
 #[repr(u8)]
@@ -176,10 +177,13 @@ pub enum Counter {
     PassUnconfigured,
     /// Decapsulated packets handed straight to a local workload's device (see [`LocalEndpoint`]).
     DeliverDirectPackets,
+    /// Packets encapsulated on the ingress of a local workload's device, skipping this node's
+    /// forwarding path (also counted in `Encap*`).
+    EncapFromWorkloadPackets,
 }
 
 /// Number of entries in the counters map.
-pub const COUNTER_COUNT: u32 = Counter::DeliverDirectPackets as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::EncapFromWorkloadPackets as u32 + 1;
 
 impl Counter {
     /// Every counter, in index order.
@@ -206,6 +210,7 @@ impl Counter {
         Self::PassIpOptions,
         Self::PassUnconfigured,
         Self::DeliverDirectPackets,
+        Self::EncapFromWorkloadPackets,
     ];
 
     /// Stable snake-case name (for JSON, logs and metrics).
@@ -233,6 +238,7 @@ impl Counter {
             Self::PassIpOptions => "pass_ip_options",
             Self::PassUnconfigured => "pass_unconfigured",
             Self::DeliverDirectPackets => "deliver_direct_packets",
+            Self::EncapFromWorkloadPackets => "encap_from_workload_packets",
         }
     }
 }
