@@ -46,8 +46,7 @@ pub use shoal_dataplane_common::{Backend, Counter};
 use shoal_dataplane_common::{
     CONFIG_MAP, COUNTERS_MAP, DataplaneConfig, ENDPOINTS_MAP, FLANNEL_UDP_DEFAULT_PORT,
     LocalEndpoint, PIN_ROOT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_WORKLOAD, PROG_XDP_INGRESS,
-    ROUTES_MAP,
-    RouteTarget as RawTarget, VXLAN_DEFAULT_PORT, VXLAN_DEFAULT_VNI,
+    ROUTES_MAP, RouteTarget as RawTarget, VXLAN_DEFAULT_PORT, VXLAN_DEFAULT_VNI,
 };
 
 mod system;
@@ -731,12 +730,10 @@ impl Dataplane {
     /// (or no longer) registered still works, through the kernel's forwarding path.
     pub fn sync_endpoints(&mut self) -> Result<usize> {
         let pin_dir = self.config.pin_dir();
-        let count =
-            reconcile_endpoints(&mut self.endpoints, self.config.local_subnet, &pin_dir).map_err(|err| {
-                match err {
-                    EndpointsError::Map(source) => self.map_error(ENDPOINTS_MAP, source),
-                    EndpointsError::Discovery(err) => err,
-                }
+        let count = reconcile_endpoints(&mut self.endpoints, self.config.local_subnet, &pin_dir)
+            .map_err(|err| match err {
+                EndpointsError::Map(source) => self.map_error(ENDPOINTS_MAP, source),
+                EndpointsError::Discovery(err) => err,
             })?;
         tracing::debug!(interface = %self.config.interface, count, "endpoints synced");
         Ok(count)
