@@ -96,24 +96,28 @@ struct Report {
     etcd_rounds: Vec<StoreResults>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 struct Ports {
     client: u16,
     peer: u16,
 }
 
+/// Client and peer ports for `n` members, all distinct: every port stays bound until all are
+/// chosen, so two members (of either cluster) never get the same one.
 fn ports(n: usize) -> anyhow::Result<Vec<Ports>> {
-    (0..n)
-        .map(|_| {
-            Ok(Ports {
-                client: free_port()?,
-                peer: free_port()?,
-            })
+    let listeners = (0..n * 2)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let numbers = listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect::<anyhow::Result<Vec<u16>>>()?;
+    Ok(numbers
+        .chunks(2)
+        .map(|pair| Ports {
+            client: pair[0],
+            peer: pair[1],
         })
-        .collect()
+        .collect())
 }
 
 fn initial_cluster(ports: &[Ports]) -> String {
@@ -140,9 +144,8 @@ impl Drop for EtcdCluster {
     }
 }
 
-fn start_etcd(dir: &Path) -> anyhow::Result<EtcdCluster> {
-    let ports = ports(3)?;
-    let cluster = initial_cluster(&ports);
+fn start_etcd(dir: &Path, ports: &[Ports]) -> anyhow::Result<EtcdCluster> {
+    let cluster = initial_cluster(ports);
     let mut children = Vec::new();
     for (i, p) in ports.iter().enumerate() {
         let client = format!("http://127.0.0.1:{}", p.client);
@@ -204,8 +207,7 @@ impl Drop for ShoalCluster {
     }
 }
 
-fn start_shoal(dir: &Path) -> anyhow::Result<ShoalCluster> {
-    let ports = ports(3)?;
+fn start_shoal(dir: &Path, ports: &[Ports]) -> anyhow::Result<ShoalCluster> {
     let initial: Vec<(String, Vec<String>)> = ports
         .iter()
         .enumerate()
@@ -620,9 +622,14 @@ pub fn run() -> anyhow::Result<()> {
     // report files are only written by a full side-by-side run.
     let only = std::env::var("SHOAL_BENCH_ONLY").ok();
     let wanted = |store: &str| only.as_deref().is_none_or(|o| o == store);
-    let etcd_cluster = wanted("etcd").then(|| start_etcd(dir.path())).transpose()?;
+    // Both clusters' ports chosen at once: etcd binds its own only some time after it starts.
+    let mut all_ports = ports(6)?;
+    let shoal_ports = all_ports.split_off(3);
+    let etcd_cluster = wanted("etcd")
+        .then(|| start_etcd(dir.path(), &all_ports))
+        .transpose()?;
     let shoal_cluster = wanted("shoal")
-        .then(|| start_shoal(dir.path()))
+        .then(|| start_shoal(dir.path(), &shoal_ports))
         .transpose()?;
     let (mut etcd_rounds, mut shoal_rounds) = (Vec::new(), Vec::new());
     for round in 1..=rounds() {

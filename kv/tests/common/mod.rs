@@ -39,6 +39,31 @@ impl MemberSpec {
     }
 }
 
+/// Specs of `size` members on free ports, with data under `dir` (a directory per attempt).
+fn member_specs(dir: &std::path::Path, size: usize, attempt: usize) -> Vec<MemberSpec> {
+    let names = ["alpha", "bravo", "charlie", "delta", "echo"];
+    let ports = free_ports(size * 2);
+    (0..size)
+        .map(|i| MemberSpec {
+            name: names[i].to_string(),
+            client_port: ports[i * 2],
+            peer_port: ports[i * 2 + 1],
+            data_dir: dir.join(format!("{}-{attempt}", names[i])),
+        })
+        .collect()
+}
+
+/// `n` distinct free loopback ports (all bound at once while they are chosen).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
+}
+
 /// A child process killed with SIGKILL when dropped.
 pub struct Proc(pub Child);
 
@@ -71,30 +96,73 @@ impl TestCluster {
         Self::start_with(flavor, size, &[]).await
     }
 
+    /// Starts `size` members on free ports. A port found free can be taken by another process
+    /// before the member binds it (parallel tests open connections all the time): a member that
+    /// exits with "address already in use" makes the cluster start again on other ports.
     pub async fn start_with(flavor: Flavor, size: usize, extra_args: &[&str]) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let names = ["alpha", "bravo", "charlie", "delta", "echo"];
-        let specs: Vec<MemberSpec> = (0..size)
-            .map(|i| MemberSpec {
-                name: names[i].to_string(),
-                client_port: free_port(),
-                peer_port: free_port(),
-                data_dir: dir.path().join(names[i]),
-            })
-            .collect();
         let mut cluster = TestCluster {
             flavor,
-            procs: (0..size).map(|_| None).collect(),
-            specs,
-            dir,
+            specs: Vec::new(),
+            procs: Vec::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
             state: "new",
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
-        for i in 0..size {
-            cluster.spawn(i);
+        for attempt in 1..=3 {
+            cluster.specs = member_specs(cluster.dir.path(), size, attempt);
+            cluster.procs = (0..size).map(|_| None).collect();
+            for i in 0..size {
+                cluster.spawn(i);
+            }
+            match cluster.wait_started().await {
+                Ok(()) => return cluster,
+                Err(log) => eprintln!("attempt {attempt}: a port was taken, starting again\n{log}"),
+            }
         }
-        cluster.wait_ready().await;
-        cluster
+        panic!("a member found its port taken in three attempts");
+    }
+
+    /// Waits until every member answers a linearizable read; `Err` with the member's log when
+    /// one exited because its port was taken. Any other exit, or no readiness within 30 s,
+    /// panics with every member's log.
+    async fn wait_started(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for i in 0..self.procs.len() {
+                let exited = match self.procs[i].as_mut() {
+                    Some(proc) => proc.0.try_wait().expect("waiting for a member"),
+                    None => None,
+                };
+                if let Some(status) = exited {
+                    let log = self.log(i);
+                    if log.to_lowercase().contains("address already in use") {
+                        self.procs.iter_mut().for_each(|proc| *proc = None);
+                        return Err(log);
+                    }
+                    panic!("{} exited with {status}:\n{log}", self.specs[i].name);
+                }
+            }
+            let mut ready = true;
+            for spec in &self.specs {
+                ready &= member_ready(&spec.endpoint()).await;
+            }
+            if ready {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster was not ready within 30 s:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every member's log, headed by its name.
+    pub fn logs(&self) -> String {
+        (0..self.specs.len())
+            .map(|i| format!("--- {}\n{}", self.specs[i].name, self.log(i)))
+            .collect()
     }
 
     pub fn initial_cluster(&self) -> String {
@@ -219,18 +287,21 @@ pub async fn connect(endpoints: &[String]) -> Client {
         .expect("connecting to the store")
 }
 
+/// Whether a member answers a linearizable read now.
+pub async fn member_ready(endpoint: &str) -> bool {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_timeout(Duration::from_secs(2));
+    match Client::connect([endpoint], Some(options)).await {
+        Ok(mut client) => client.get("ready-probe", None).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// Waits until a member answers a linearizable read.
 pub async fn wait_member_ready(endpoint: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_timeout(Duration::from_secs(2));
-        if let Ok(mut client) = Client::connect([endpoint], Some(options)).await
-            && client.get("ready-probe", None).await.is_ok()
-        {
-            return;
-        }
+    while !member_ready(endpoint).await {
         assert!(
             Instant::now() < deadline,
             "{endpoint} not ready within 30 s"
