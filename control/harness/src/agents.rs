@@ -102,7 +102,7 @@ impl Agents {
         format!(
             "#shoal-config\n\
              name: node{number}\n\
-             machine_id: {number:032x}\n\
+             machine_id: {machine_id}\n\
              metadata: {{ compute: {compute}, rack: rack{number} }}\n\
              public_ip: {ip}\n\
              iface: eth0\n\
@@ -113,6 +113,7 @@ impl Agents {
              fleet:\n  agent_ttl: {ttl}s\n\
              health:\n  listen: 0.0.0.0:{HEALTH_PORT}\n",
             number = node.index() + 1,
+            machine_id = machine_id(node.ns().name()),
             ip = node.underlay_ip(),
             dir = dir.display(),
             pins = self
@@ -312,4 +313,17 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
         command: format!("writing {}", path.display()),
         source,
     }
+}
+
+/// A machine ID for the node in namespace `namespace`: 32 hex digits, as /etc/machine-id holds,
+/// that differ from the first digit on (`fleetctl list-machines` shows the first 8), stable
+/// for the namespace name.
+fn machine_id(namespace: &str) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let half = |salt: u8| {
+        let mut hasher = DefaultHasher::new();
+        (namespace, salt).hash(&mut hasher);
+        hasher.finish()
+    };
+    format!("{:016x}{:016x}", half(0), half(1))
 }
