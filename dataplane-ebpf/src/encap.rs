@@ -52,19 +52,7 @@ pub fn tc_egress(ctx: &TcContext) -> i32 {
         count(Counter::PassUnconfigured, 1);
         return TC_ACT_OK;
     };
-    let Ok(eth) = ctx.load::<EthHdr>(0) else {
-        return TC_ACT_OK;
-    };
-    if eth.proto != ETHERTYPE_IPV4 {
-        return TC_ACT_OK;
-    }
-    let Ok(inner) = ctx.load::<Ipv4Hdr>(ETH_LEN) else {
-        return TC_ACT_OK;
-    };
-    let Some(route) = route_for(inner.dst) else {
-        return TC_ACT_OK;
-    };
-    let Some(backend) = Backend::from_u8(route.backend) else {
+    let Some((inner, route, backend)) = bound_for_remote_subnet(ctx) else {
         return TC_ACT_OK;
     };
     // SAFETY: reading a field of the kernel-provided __sk_buff context.
@@ -88,24 +76,12 @@ pub fn tc_workload_ingress(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_ACT_OK;
     };
-    let Ok(eth) = ctx.load::<EthHdr>(0) else {
-        return TC_ACT_OK;
-    };
-    if eth.proto != ETHERTYPE_IPV4 {
-        return TC_ACT_OK;
-    }
-    let Ok(inner) = ctx.load::<Ipv4Hdr>(ETH_LEN) else {
+    let Some((inner, route, backend)) = bound_for_remote_subnet(ctx) else {
         return TC_ACT_OK;
     };
     if inner.version_ihl != IPV4_NO_OPTIONS || inner.ttl <= 1 {
         return TC_ACT_OK;
     }
-    let Some(route) = route_for(inner.dst) else {
-        return TC_ACT_OK;
-    };
-    let Some(backend) = Backend::from_u8(route.backend) else {
-        return TC_ACT_OK;
-    };
     // SAFETY: reading a field of the kernel-provided __sk_buff context.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     let inner_len = ctx.len() - ETH_LEN as u32;
@@ -136,6 +112,20 @@ pub fn tc_workload_ingress(ctx: &TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// The IPv4 header of a frame addressed to a remote subnet in the routes map, with its route
+/// and backend; `None` for anything else (which the kernel gets untouched).
+#[inline(always)]
+fn bound_for_remote_subnet(ctx: &TcContext) -> Option<(Ipv4Hdr, &'static RouteTarget, Backend)> {
+    let eth = ctx.load::<EthHdr>(0).ok()?;
+    if eth.proto != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let inner = ctx.load::<Ipv4Hdr>(ETH_LEN).ok()?;
+    let route = route_for(inner.dst)?;
+    let backend = Backend::from_u8(route.backend)?;
+    Some((inner, route, backend))
 }
 
 #[inline(always)]
