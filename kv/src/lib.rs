@@ -4,6 +4,7 @@
 pub mod api;
 pub mod authority;
 pub mod cli;
+pub mod durable;
 pub mod error;
 pub mod log;
 pub mod member;

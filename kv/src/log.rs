@@ -1,5 +1,6 @@
 //! The Raft log on disk: append-only, preallocated segment files of checksummed records, one
-//! `write` plus one `fdatasync` per append.
+//! `write` plus one `fdatasync` per append (the leader's own appends are synced by
+//! [`crate::store`]'s flusher instead, in parallel with replication).
 //!
 //! Layout: `<data-dir>/raft-log/<first index, 20 digits>.seg`, each preallocated to
 //! [`SEGMENT_BYTES`] with zeros (so an append only changes data blocks, and `fdatasync` has no
@@ -301,6 +302,30 @@ impl LogFile {
 
     /// Writes `entries` (which follow the last one) and waits until they are on disk.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        self.write(entries)?;
+        self.sync()
+    }
+
+    /// Waits until everything written is on disk.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if let Ok((_, file)) = self.active() {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// A handle that syncs what is written so far without holding the log: only the newest
+    /// segment can hold unsynced data (starting a segment syncs the one before).
+    pub fn sync_handle(&self) -> Result<Option<File>, StoreError> {
+        match self.active() {
+            Ok((_, file)) => Ok(Some(file.try_clone()?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Writes `entries` (which follow the last one) without waiting for the disk: they are in
+    /// the page cache, safe from a crash of this process but not of the machine until a sync.
+    pub fn write(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
         let Some(first) = entries.first().map(|e| e.log_id.index) else {
             return Ok(());
         };
@@ -314,7 +339,6 @@ impl LogFile {
         }
         let (segment, file) = self.active()?;
         file.write_all_at(&buf, self.end)?;
-        file.sync_data()?;
         for (index, offset) in offsets {
             let offset = self.end + offset as u64;
             self.positions.insert(index, Position { segment, offset });

@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::durable::Durability;
 use crate::error::{EtcdError, StoreError};
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerHandler, PeerPool, PeerService};
 use crate::proto::etcdserverpb::ResponseHeader;
@@ -188,7 +189,6 @@ impl Member {
             feed,
             applied: tokio::sync::watch::channel(0).0,
         });
-        let state_machine = StateMachine::open(db.clone(), shared.clone())?;
         let initial = initial_members(&config);
         let id = member_id(
             &config.initial_advertise_peer_urls,
@@ -205,11 +205,18 @@ impl Member {
             ClusterState::New => (id, cluster_id(&initial, &config.initial_cluster_token)),
             ClusterState::Existing => join_existing(&pool, &config, &initial, id).await?,
         };
+        let log_store = LogStore::new(db.clone(), &config.data_dir, id)?;
+        let durability = log_store.durability();
+        let state_machine = StateMachine::open(db, shared.clone(), durability.clone())?;
+        let network = Network {
+            pool: pool.clone(),
+            commit_clamp: log_store.commit_clamp(),
+        };
         let raft = Raft::new(
             id,
             Arc::new(raft_config(&config)?),
-            Network { pool: pool.clone() },
-            LogStore::new(db, &config.data_dir)?,
+            network,
+            log_store,
             state_machine,
         )
         .await
@@ -230,6 +237,7 @@ impl Member {
         let mut tasks = vec![
             tokio::spawn(member.clone().run_read_batcher(read_waiters)),
             tokio::spawn(member.clone().run_write_batcher(write_waiters)),
+            tokio::spawn(member.clone().tell_followers_what_is_durable(durability)),
         ];
         for listener in peer_listeners {
             tasks.push(tokio::spawn(serve_peers(member.clone(), listener)));
@@ -428,6 +436,18 @@ impl Member {
             return Written::Failed(EtcdError::Internal("the write batcher stopped".to_string()));
         }
         rx.await.unwrap_or(Written::Retry)
+    }
+
+    /// After each sync of the leader's log, sends the commit index the followers were not told
+    /// while it was not on disk yet ([`crate::durable`]) in a heartbeat, instead of leaving it
+    /// for the next write or the next regular heartbeat.
+    async fn tell_followers_what_is_durable(self: Arc<Self>, durability: Durability) {
+        let mut durable = durability.subscribe();
+        while durable.changed().await.is_ok() {
+            if durability.take_clamped() && self.raft.trigger().heartbeat().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Writes queued while a batch is in flight travel together in the next one: as one log

@@ -21,6 +21,7 @@ use crate::error::EtcdError;
 use crate::proto::peer::Blob;
 use crate::proto::peer::peer_client::PeerClient;
 use crate::proto::peer::peer_server::Peer;
+use crate::store::CommitClamp;
 use crate::types::{Command, MemberNode, Outcome, TypeConfig};
 
 /// Largest message between members (snapshots are sent in chunks below this).
@@ -147,9 +148,11 @@ pub struct ClusterView {
 }
 
 /// openraft's network: one [`PeerConnection`] per target.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     pub pool: PeerPool,
+    /// Keeps the commit index sent to followers behind what this member's log has on disk.
+    pub commit_clamp: CommitClamp,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -160,6 +163,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             pool: self.pool.clone(),
+            commit_clamp: self.commit_clamp.clone(),
         }
     }
 }
@@ -168,6 +172,7 @@ pub struct PeerConnection {
     target: u64,
     node: MemberNode,
     pool: PeerPool,
+    commit_clamp: CommitClamp,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -219,9 +224,10 @@ enum RaftRpc {
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
+        rpc.leader_commit = self.commit_clamp.clamp(rpc.leader_commit);
         let t = Instant::now();
         let n = rpc.entries.len();
         let r = self.send(&rpc, &option, RaftRpc::Append).await;

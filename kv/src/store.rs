@@ -21,6 +21,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::durable::{Durability, Durable, Flusher, SharedLog};
 use crate::error::{EtcdError, StoreError};
 use crate::log::LogFile;
 use crate::mvcc::Mvcc;
@@ -211,20 +212,28 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// The Raft log ([`LogFile`], appended and fdatasync'd in the caller, which is openraft's core
-/// task: it waits for every append to be durable anyway), plus the vote and purge point in
-/// redb. Readers are served from an in-memory copy of the unpurged log.
+/// The Raft log ([`LogFile`]), plus the vote and purge point in redb. Readers are served from
+/// an in-memory copy of the unpurged log. A follower's appends are fdatasync'd in the caller
+/// (openraft's core task) before it hears they are done; the leader's own appends are synced by
+/// the [`Flusher`] in parallel with replication ([`crate::durable`] says why that is safe).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     entries: Arc<RwLock<BTreeMap<u64, Entry>>>,
     last_purged: Arc<RwLock<Option<LogId>>>,
-    file: Arc<Mutex<LogFile>>,
+    log: Arc<Mutex<SharedLog>>,
+    /// This member's Raft node ID.
+    id: u64,
+    /// The last vote saved or read: tells the leader's own appends from replicated ones.
+    vote: Arc<Mutex<Option<Vote<u64>>>>,
+    durability: Durability,
+    flusher: Flusher,
 }
 
 impl LogStore {
-    /// Opens the log under `dir`; entries an older version kept in redb move to the log file.
-    pub fn new(db: Arc<Database>, dir: &Path) -> Result<Self, StoreError> {
+    /// Opens the log under `dir` for member `id`; entries an older version kept in redb move to
+    /// the log file.
+    pub fn new(db: Arc<Database>, dir: &Path, id: u64) -> Result<Self, StoreError> {
         let last_purged: Option<LogId> = read_meta(&db, LAST_PURGED)?;
         let (mut file, loaded) = LogFile::open(&dir.join(LOG_DIR), last_purged.map(|l| l.index))?;
         let legacy = take_legacy_entries(&db, last_purged)?;
@@ -240,20 +249,96 @@ impl LogStore {
             entries = legacy.into_iter().map(|e| (e.log_id.index, e)).collect();
             clear_legacy_entries(&db)?;
         }
+        let last = entries
+            .keys()
+            .next_back()
+            .copied()
+            .or(last_purged.map(|p| p.index))
+            .unwrap_or_default();
+        let durability = Durability::new(last);
+        let log = Arc::new(Mutex::new(SharedLog {
+            file,
+            last,
+            generation: 0,
+        }));
+        let flusher = Flusher::start(&log, durability.clone())?;
         Ok(LogStore {
             db,
             entries: Arc::new(RwLock::new(entries)),
             last_purged: Arc::new(RwLock::new(last_purged)),
-            file: Arc::new(Mutex::new(file)),
+            log,
+            id,
+            vote: Arc::new(Mutex::new(None)),
+            durability,
+            flusher,
         })
+    }
+
+    /// How far this log is on disk.
+    pub fn durability(&self) -> Durability {
+        self.durability.clone()
+    }
+
+    /// What the network uses to keep followers' commit index behind this log's disk.
+    pub fn commit_clamp(&self) -> CommitClamp {
+        CommitClamp {
+            durability: self.durability.clone(),
+            entries: self.entries.clone(),
+            last_purged: self.last_purged.clone(),
+        }
     }
 
     fn cached(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Entry>> {
         self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn file(&self) -> std::sync::MutexGuard<'_, LogFile> {
-        self.file.lock().unwrap_or_else(|p| p.into_inner())
+    fn log(&self) -> std::sync::MutexGuard<'_, SharedLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember_vote(&self, vote: Option<Vote<u64>>) {
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = vote;
+    }
+
+    /// Whether `entries` are this member's own, appended while it leads (and not entries of an
+    /// earlier term of its own that a later leader sends back).
+    fn appended_as_leader(&self, entries: &[Entry]) -> bool {
+        let vote = *self.vote.lock().unwrap_or_else(|p| p.into_inner());
+        vote.is_some_and(|vote| {
+            vote.committed
+                && vote.leader_id.node_id == self.id
+                && entries.iter().all(|e| e.log_id.leader_id == vote.leader_id)
+        })
+    }
+}
+
+/// Keeps the commit index the leader sends followers at or below what its own log has on disk
+/// (see [`crate::durable`]).
+#[derive(Clone, Debug)]
+pub struct CommitClamp {
+    durability: Durability,
+    entries: Arc<RwLock<BTreeMap<u64, Entry>>>,
+    last_purged: Arc<RwLock<Option<LogId>>>,
+}
+
+impl CommitClamp {
+    /// `committed`, or the newest log ID before it that is on disk here.
+    pub fn clamp(&self, committed: Option<LogId>) -> Option<LogId> {
+        let committed = committed?;
+        let upto = match self.durability.current() {
+            Durable::Upto(upto) => upto,
+            Durable::Failed(_) => 0,
+        };
+        if committed.index <= upto {
+            return Some(committed);
+        }
+        self.durability.note_clamped();
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = entries.get(&upto) {
+            return Some(entry.log_id);
+        }
+        let purged = *self.last_purged.read().unwrap_or_else(|p| p.into_inner());
+        purged.filter(|p| p.index <= upto)
     }
 }
 
@@ -321,11 +406,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        write_meta(&self.db, VOTE, vote).map_err(|e| StorageIOError::write_vote(&io_err(e)).into())
+        write_meta(&self.db, VOTE, vote)
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(&io_err(e))))?;
+        self.remember_vote(Some(*vote));
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
-        read_meta(&self.db, VOTE).map_err(|e| StorageIOError::read_vote(&io_err(e)).into())
+        let vote = read_meta(&self.db, VOTE)
+            .map_err(|e| StorageError::from(StorageIOError::read_vote(&io_err(e))))?;
+        self.remember_vote(vote);
+        Ok(vote)
     }
 
     async fn append<I>(
@@ -338,14 +429,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id.index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let own = self.appended_as_leader(&entries);
         let t = std::time::Instant::now();
-        let written = self.file().append(&entries);
-        crate::profile::record("log.append", t);
+        let written = {
+            let mut log = self.log();
+            let written = if own {
+                log.file.write(&entries)
+            } else {
+                log.file.append(&entries)
+            };
+            if written.is_ok() {
+                log.last = last;
+                if !own {
+                    self.durability.set(last);
+                }
+            }
+            written
+        };
+        crate::profile::record(if own { "log.write" } else { "log.append" }, t);
         if written.is_ok() {
             let mut cached = self.cached();
             for entry in entries {
                 cached.insert(entry.log_id.index, entry);
             }
+        }
+        if own {
+            self.flusher.request();
         }
         let flushed = written.as_ref().map(|_| ()).map_err(io_err);
         callback.log_io_completed(flushed);
@@ -354,7 +467,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.cached().split_off(&log_id.index);
-        self.file().truncate(log_id.index).map_err(write_error)
+        let mut log = self.log();
+        if log.last < log_id.index {
+            return Ok(());
+        }
+        // The cut syncs what stays, so everything left is on disk.
+        log.file.truncate(log_id.index).map_err(write_error)?;
+        log.generation += 1;
+        log.last = log_id.index - 1;
+        self.durability.set(log.last);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -366,7 +488,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             *cached = kept;
         }
         *self.last_purged.write().unwrap_or_else(|p| p.into_inner()) = Some(log_id);
-        self.file().purge(log_id.index).map_err(write_error)
+        self.log().file.purge(log_id.index).map_err(write_error)
     }
 }
 
@@ -381,17 +503,24 @@ struct StoredSnapshot {
 pub struct StateMachine {
     shared: Arc<Shared>,
     db: Arc<Database>,
+    /// Entries are applied only once they are on this member's disk.
+    durability: Durability,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     snapshots_built: u64,
 }
 
 impl StateMachine {
-    /// Starts from the last stored snapshot, if any.
-    pub fn open(db: Arc<Database>, shared: Arc<Shared>) -> Result<Self, StoreError> {
+    /// Starts from the last stored snapshot, if any; applies what `durability` says is on disk.
+    pub fn open(
+        db: Arc<Database>,
+        shared: Arc<Shared>,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
         let mut machine = StateMachine {
             shared,
             db,
+            durability,
             last_applied: None,
             last_membership: StoredMembership::default(),
             snapshots_built: 0,
@@ -467,6 +596,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(last) = entries.last().map(|e| e.log_id) {
+            let t = std::time::Instant::now();
+            self.durability
+                .wait_for(last.index)
+                .await
+                .map_err(|why| StorageIOError::apply(last, &io_err(why)))?;
+            crate::profile::record("sm.wait_durable", t);
+        }
         let t = std::time::Instant::now();
         let mut outcomes = Vec::new();
         let mut events = Vec::new();
@@ -570,7 +708,7 @@ mod tests {
             }
             txn.commit().expect("commit");
         }
-        let mut store = LogStore::new(db.clone(), dir.path()).expect("log store");
+        let mut store = LogStore::new(db.clone(), dir.path(), 1).expect("log store");
         let moved = store.try_get_log_entries(..).await.expect("entries");
         assert_eq!(
             moved.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
@@ -578,7 +716,7 @@ mod tests {
         );
         assert!(take_legacy_entries(&db, None).expect("legacy").is_empty());
         drop(store);
-        let mut reopened = LogStore::new(db, dir.path()).expect("reopen");
+        let mut reopened = LogStore::new(db, dir.path(), 1).expect("reopen");
         let state = reopened.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
     }
