@@ -227,10 +227,8 @@ fn start_shoal(dir: &Path, ports: &[Ports]) -> anyhow::Result<ShoalCluster> {
             p.peer,
         );
         config.initial_cluster = initial.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        let runtime = shoal_kv::runtime::multi_thread(Some(2))
             .thread_name(format!("kv-m{i}"))
-            .enable_all()
             .build()?;
         let running = runtime.block_on(Member::start(config))?;
         members.push((runtime, Some(running)));

@@ -36,9 +36,7 @@ fn invoked_as(args: &[OsString], name: &str) -> bool {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(shoal_kv::runtime::multi_thread(None).build()?)
 }
 
 /// Logs go to stderr, filtered by `SHOAL_LOG` (default: info for shoal, warnings for the

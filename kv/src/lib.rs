@@ -12,6 +12,7 @@ pub mod mvcc;
 pub mod peer;
 pub mod profile;
 pub mod proto;
+pub mod runtime;
 pub mod store;
 pub mod types;
 pub mod watch;

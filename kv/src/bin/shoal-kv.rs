@@ -8,8 +8,10 @@ struct Cli {
     args: shoal_kv::cli::KvArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     shoal_kv::init_tracing();
-    shoal_kv::cli::run(Cli::parse().args).await
+    let cli = Cli::parse();
+    shoal_kv::runtime::multi_thread(None)
+        .build()?
+        .block_on(shoal_kv::cli::run(cli.args))
 }
