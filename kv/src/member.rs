@@ -454,8 +454,9 @@ impl Member {
     /// entry on the leader (applied as consecutive revisions), as one forwarded request on a
     /// follower. One batch at a time is fastest on a busy machine: the writes that arrive
     /// meanwhile make the next batch bigger (one log entry, one fsync per member, one forwarded
-    /// request), while each extra batch in flight costs a serial fsync in the leader's Raft core
-    /// (measured at 128 clients: 1 in flight 9-12k puts/s, 2: 8-10k, 4: 7.5-9k, 8: 2-5k).
+    /// request), and the CPU is what runs out (measured at 128 clients: with the leader's
+    /// serial fsync, 1 in flight 9-12k puts/s, 2: 8-10k, 4: 7.5-9k, 8: 2-5k; with its parallel
+    /// flush, 1: 16.4k, 2 and 4: 15.9-16.0k).
     async fn run_write_batcher(self: Arc<Self>, mut requests: mpsc::Receiver<WriteWaiter>) {
         while let Some(first) = requests.recv().await {
             let mut batch = vec![first];
