@@ -225,14 +225,10 @@ impl PendingFlush {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Command, Entry, LogId};
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use crate::types::{Entry, test_entry};
 
     fn entry(index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::Compact(index as i64)),
-        }
+        test_entry(index, 1)
     }
 
     fn shared_log(dir: &std::path::Path) -> Arc<Mutex<SharedLog>> {

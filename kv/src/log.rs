@@ -434,15 +434,9 @@ impl LogFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::test_entry as entry;
     use crate::types::{Command, LogId};
     use openraft::{CommittedLeaderId, EntryPayload};
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(Command::Compact(index as i64)),
-        }
-    }
 
     fn indexes(entries: &[Entry]) -> Vec<u64> {
         entries.iter().map(|e| e.log_id.index).collect()

@@ -684,13 +684,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::CommittedLeaderId;
+    use crate::types::test_entry;
 
     fn entry(index: u64) -> Entry {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::Compact(index as i64)),
-        }
+        test_entry(index, 1)
     }
 
     #[tokio::test]

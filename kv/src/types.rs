@@ -105,3 +105,12 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type StorageError = openraft::StorageError<u64>;
 pub type StoredMembership = openraft::StoredMembership<u64, MemberNode>;
 pub type Members = BTreeMap<u64, MemberNode>;
+
+/// A log entry of `term` (leader 1) at `index`, for tests of the log and its stores.
+#[cfg(test)]
+pub(crate) fn test_entry(index: u64, term: u64) -> Entry {
+    Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+        payload: openraft::EntryPayload::Normal(Command::Compact(index as i64)),
+    }
+}
