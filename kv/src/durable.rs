@@ -119,8 +119,6 @@ impl Durability {
 /// are cut off, so a flush that started before does not vouch for what replaced them.
 pub struct SharedLog {
     pub file: LogFile,
-    /// The last index written.
-    pub last: u64,
     pub generation: u64,
 }
 
@@ -191,7 +189,7 @@ fn flush(log: &Mutex<SharedLog>, durability: &Durability) -> Result<(), String> 
 /// What one flush covers: the log as it was when the flush began.
 struct PendingFlush {
     handle: Option<std::fs::File>,
-    last: u64,
+    last: Option<u64>,
     generation: u64,
 }
 
@@ -200,7 +198,7 @@ impl PendingFlush {
         let shared = log.lock().unwrap_or_else(|p| p.into_inner());
         Ok(PendingFlush {
             handle: shared.file.sync_handle().map_err(|e| e.to_string())?,
-            last: shared.last,
+            last: shared.file.last_index(),
             generation: shared.generation,
         })
     }
@@ -216,8 +214,10 @@ impl PendingFlush {
 
     fn publish(self, log: &Mutex<SharedLog>, durability: &Durability) {
         let shared = log.lock().unwrap_or_else(|p| p.into_inner());
-        if shared.generation == self.generation {
-            durability.advance(self.last);
+        if let Some(last) = self.last
+            && shared.generation == self.generation
+        {
+            durability.advance(last);
         }
     }
 }
@@ -235,7 +235,6 @@ mod tests {
         let (file, _) = LogFile::open(dir, None).expect("open log");
         Arc::new(Mutex::new(SharedLog {
             file,
-            last: 0,
             generation: 0,
         }))
     }
@@ -249,7 +248,6 @@ mod tests {
         {
             let mut shared = log.lock().expect("lock");
             shared.file.write(&[entry(1), entry(2)]).expect("write");
-            shared.last = 2;
         }
         assert_eq!(durability.current(), Durable::Upto(0));
         flusher.request();
@@ -271,14 +269,12 @@ mod tests {
                 .file
                 .write(&[entry(1), entry(2), entry(3)])
                 .expect("write");
-            shared.last = 3;
         }
         let raced = PendingFlush::take(&log).expect("begin flush");
         {
             let mut shared = log.lock().expect("lock");
             shared.file.truncate(2).expect("truncate");
             shared.file.write(&[entry(2)]).expect("write replacement");
-            shared.last = 2;
             shared.generation += 1;
         }
         raced.sync().expect("sync");

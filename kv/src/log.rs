@@ -1,6 +1,6 @@
 //! The Raft log on disk: append-only, preallocated segment files of checksummed records, one
 //! `write` plus one `fdatasync` per append (the leader's own appends are synced by
-//! [`crate::store`]'s flusher instead, in parallel with replication).
+//! [`crate::durable`]'s flusher instead, in parallel with replication).
 //!
 //! Layout: `<data-dir>/raft-log/<first index, 20 digits>.seg`, each preallocated to
 //! [`SEGMENT_BYTES`] with zeros (so an append only changes data blocks, and `fdatasync` has no
@@ -307,7 +307,7 @@ impl LogFile {
     }
 
     /// Waits until everything written is on disk.
-    pub fn sync(&self) -> Result<(), StoreError> {
+    fn sync(&self) -> Result<(), StoreError> {
         if let Ok((_, file)) = self.active() {
             file.sync_data()?;
         }
@@ -375,10 +375,16 @@ impl LogFile {
         Ok(())
     }
 
-    /// Removes every entry from `index` on (entries a new leader overwrites).
-    pub fn truncate(&mut self, index: u64) -> Result<(), StoreError> {
+    /// The index of the newest entry the log holds, if it holds any.
+    pub fn last_index(&self) -> Option<u64> {
+        self.positions.last_key_value().map(|(index, _)| *index)
+    }
+
+    /// Removes every entry from `index` on (entries a new leader overwrites) and syncs what
+    /// stays; whether there was anything to remove.
+    pub fn truncate(&mut self, index: u64) -> Result<bool, StoreError> {
         let Some(position) = self.positions.get(&index).copied() else {
-            return Ok(());
+            return Ok(false);
         };
         let later: Vec<u64> = self
             .segments
@@ -398,7 +404,7 @@ impl LogFile {
         sync_dir(&self.dir)?;
         self.positions.split_off(&index);
         self.end = position.offset;
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets entries up to `index` (in a snapshot now) and deletes segments holding only those.

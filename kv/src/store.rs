@@ -249,16 +249,13 @@ impl LogStore {
             entries = legacy.into_iter().map(|e| (e.log_id.index, e)).collect();
             clear_legacy_entries(&db)?;
         }
-        let last = entries
-            .keys()
-            .next_back()
-            .copied()
+        let on_disk = file
+            .last_index()
             .or(last_purged.map(|p| p.index))
             .unwrap_or_default();
-        let durability = Durability::new(last);
+        let durability = Durability::new(on_disk);
         let log = Arc::new(Mutex::new(SharedLog {
             file,
-            last,
             generation: 0,
         }));
         let flusher = Flusher::start(&log, durability.clone())?;
@@ -442,11 +439,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             } else {
                 log.file.append(&entries)
             };
-            if written.is_ok() {
-                log.last = last;
-                if !own {
-                    self.durability.set(last);
-                }
+            if written.is_ok() && !own {
+                self.durability.set(last);
             }
             written
         };
@@ -468,14 +462,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.cached().split_off(&log_id.index);
         let mut log = self.log();
-        if log.last < log_id.index {
-            return Ok(());
+        // The cut syncs what stays, so everything left is on disk. (Cutting from index 0 leaves
+        // an empty log, which `Durability` counts as 0, as it does when it opens one.)
+        if log.file.truncate(log_id.index).map_err(write_error)? {
+            log.generation += 1;
+            self.durability.set(log_id.index.saturating_sub(1));
         }
-        // The cut syncs what stays, so everything left is on disk.
-        log.file.truncate(log_id.index).map_err(write_error)?;
-        log.generation += 1;
-        log.last = log_id.index - 1;
-        self.durability.set(log.last);
         Ok(())
     }
 
