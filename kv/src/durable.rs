@@ -14,8 +14,8 @@
 //! - the state machine applies an entry only once it is on this member's disk
 //!   ([`Durability::wait_for`]), so no client is answered and no read sees the entry before;
 //! - followers hear that an entry is committed only once it is on the leader's disk
-//!   ([`CommitClamp`]), so no follower applies an entry a machine crash of the leader could
-//!   take back.
+//!   ([`crate::store::CommitClamp`]), so no follower applies an entry a machine crash of the
+//!   leader could take back.
 //!
 //! So before anything observes a committed entry it is on the disks of a majority, as Raft
 //! requires; an entry lost with the leader's page cache was never observed by anyone. Followers'
