@@ -3,8 +3,12 @@
 //! [`crate::durable`]'s flusher instead, in parallel with replication).
 //!
 //! Layout: `<data-dir>/raft-log/<first index, 20 digits>.seg`, each preallocated to
-//! [`SEGMENT_BYTES`] with zeros (so an append only changes data blocks, and `fdatasync` has no
-//! file size to journal). A record is `[payload length u32 LE][CRC-32 of payload u32 LE]
+//! [`SEGMENT_BYTES`] (so `fdatasync` has no file size to journal) and zeroed by real writes a
+//! little ahead of the appends ([`ZERO_AHEAD_BYTES`]): ext4 and XFS keep fallocated blocks
+//! "unwritten" until written, and the first `fdatasync` after writing into one commits the
+//! conversion to the journal, which doubled its cost (measured on ext4: 244-311 us per 4 KiB
+//! write + fdatasync into fallocated blocks, 127-197 us into zeroed ones). With the zeroing an
+//! append only changes data blocks. A record is `[payload length u32 LE][CRC-32 of payload u32 LE]
 //! [payload: bincode of the entry]`, zero-padded to 8 bytes; a zero header ends the data.
 //!
 //! Recovery reads every segment. Entries must follow each other (index + 1), except right after
@@ -24,6 +28,9 @@ use crate::types::Entry;
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const HEADER_BYTES: usize = 8;
 const ALIGN: usize = 8;
+/// How far ahead of the appends the newest segment's blocks are written with zeros: one
+/// journal commit per this many bytes of log instead of one per append.
+const ZERO_AHEAD_BYTES: u64 = 1024 * 1024;
 /// The unit a disk writes atomically; a torn write leaves whole sectors zeroed.
 const SECTOR: usize = 512;
 /// No payload is larger (a Raft entry holds at most a few MiB of commands).
@@ -49,6 +56,8 @@ pub struct LogFile {
     positions: BTreeMap<u64, Position>,
     /// The next append's offset in the newest segment.
     end: u64,
+    /// Up to where the newest segment's blocks have been written (with data or zeros).
+    zeroed: u64,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -224,6 +233,7 @@ impl LogFile {
             segments: BTreeMap::new(),
             positions: BTreeMap::new(),
             end: 0,
+            zeroed: 0,
         };
         let mut entries: Vec<Entry> = Vec::new();
         for (n, first) in firsts.iter().enumerate() {
@@ -246,6 +256,7 @@ impl LogFile {
                 log.accept(&path, &mut entries, entry, *first, offset, last_purged)?;
             }
             log.end = scanned.end as u64;
+            log.zeroed = log.end;
             log.segments.insert(
                 *first,
                 Segment {
@@ -337,6 +348,7 @@ impl LogFile {
         if full || self.segments.is_empty() {
             self.start_segment(first)?;
         }
+        self.zero_ahead(self.end + buf.len() as u64)?;
         let (segment, file) = self.active()?;
         file.write_all_at(&buf, self.end)?;
         for (index, offset) in offsets {
@@ -344,6 +356,27 @@ impl LogFile {
             self.positions.insert(index, Position { segment, offset });
         }
         self.end += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Before an append that ends at `to` passes the zeroed blocks, writes zeros into the
+    /// newest segment from `to` on, [`ZERO_AHEAD_BYTES`] far (the append itself covers the blocks
+    /// before `to`). The bytes read as zeros already (preallocated): this only turns them into
+    /// written blocks, which the next sync makes durable together with the data.
+    fn zero_ahead(&mut self, to: u64) -> Result<(), StoreError> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        if to <= self.zeroed {
+            return Ok(());
+        }
+        let stop = (to + ZERO_AHEAD_BYTES).min(SEGMENT_BYTES).max(to);
+        let (_, file) = self.active()?;
+        let mut offset = to;
+        while offset < stop {
+            let len = (stop - offset).min(ZEROS.len() as u64) as usize;
+            file.write_all_at(&ZEROS[..len], offset)?;
+            offset += len as u64;
+        }
+        self.zeroed = stop;
         Ok(())
     }
 
@@ -372,6 +405,7 @@ impl LogFile {
         sync_dir(&self.dir)?;
         self.segments.insert(first, Segment { first, file });
         self.end = 0;
+        self.zeroed = 0;
         Ok(())
     }
 
@@ -404,6 +438,7 @@ impl LogFile {
         sync_dir(&self.dir)?;
         self.positions.split_off(&index);
         self.end = position.offset;
+        self.zeroed = position.offset;
         Ok(true)
     }
 
@@ -507,6 +542,84 @@ mod tests {
         assert_eq!(list_segments(dir.path()).expect("list"), vec![2]);
         let (_, loaded) = LogFile::open(dir.path(), Some(1)).expect("reopen");
         assert_eq!(indexes(&loaded), vec![2]);
+    }
+
+    /// Byte ranges of `file` the filesystem reports as allocated but unwritten (FIEMAP), or
+    /// `None` where it cannot say (tmpfs, or a filesystem without unwritten extents).
+    fn unwritten_ranges(file: &File) -> Option<Vec<(u64, u64)>> {
+        use std::os::fd::AsRawFd;
+        const FS_IOC_FIEMAP: nix::libc::c_ulong = 0xC020_660B;
+        const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+        const EXTENTS: usize = 64;
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Extent {
+            logical: u64,
+            physical: u64,
+            length: u64,
+            reserved64: [u64; 2],
+            flags: u32,
+            reserved: [u32; 3],
+        }
+        #[repr(C)]
+        struct Fiemap {
+            start: u64,
+            length: u64,
+            flags: u32,
+            mapped_extents: u32,
+            extent_count: u32,
+            reserved: u32,
+            extents: [Extent; EXTENTS],
+        }
+        let mut map = Fiemap {
+            start: 0,
+            length: u64::MAX,
+            flags: 1, // FIEMAP_FLAG_SYNC
+            mapped_extents: 0,
+            extent_count: EXTENTS as u32,
+            reserved: 0,
+            extents: [Extent::default(); EXTENTS],
+        };
+        // SAFETY: `map` is a valid, writable fiemap with room for `extent_count` extents.
+        let rc = unsafe { nix::libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map) };
+        if rc != 0 {
+            return None;
+        }
+        let extents = &map.extents[..map.mapped_extents as usize];
+        Some(
+            extents
+                .iter()
+                .filter(|e| e.flags & FIEMAP_EXTENT_UNWRITTEN != 0)
+                .map(|e| (e.logical, e.logical + e.length))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn appends_write_into_blocks_already_written_so_a_sync_journals_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let probe = File::create(dir.path().join("probe")).expect("probe");
+        preallocate(&probe, 0).expect("preallocate");
+        if unwritten_ranges(&probe).is_none_or(|ranges| ranges.is_empty()) {
+            return; // this filesystem has no unwritten blocks to avoid
+        }
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1)]).expect("append");
+        let file = File::open(only_segment(dir.path())).expect("segment");
+        let written_ahead = log.end + ZERO_AHEAD_BYTES;
+        let unwritten = unwritten_ranges(&file).expect("fiemap");
+        assert!(!unwritten.is_empty(), "the whole segment was written");
+        assert!(
+            unwritten.iter().all(|(start, _)| *start >= written_ahead),
+            "unwritten blocks {unwritten:?} within {written_ahead} bytes of the start"
+        );
+        for index in 2..=3 {
+            log.append(&[entry(index, 1)]).expect("append");
+        }
+        assert_eq!(unwritten_ranges(&file).expect("fiemap"), unwritten);
+        drop(log);
+        let (_, loaded) = LogFile::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![1, 2, 3]);
     }
 
     #[test]
