@@ -735,15 +735,16 @@ fn machine() -> String {
 /// Runs the suite; `rounds` interleaved rounds over every configuration (default 3).
 pub fn run(rounds: usize) -> anyhow::Result<()> {
     let rounds = rounds.max(1);
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Layout::ALL.len()];
+    let layouts = layouts_from_env();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); layouts.len()];
     for round in 0..rounds {
-        for (index, layout) in Layout::ALL.iter().enumerate() {
+        for (index, layout) in layouts.iter().enumerate() {
             let sample = measure(*layout)?;
             eprintln!("round {round} {:<20} {sample:?}", layout.name);
             samples[index].push(sample);
         }
     }
-    let configs: Vec<ConfigResult> = Layout::ALL
+    let configs: Vec<ConfigResult> = layouts
         .iter()
         .zip(samples)
         .map(|(layout, rounds)| ConfigResult {
@@ -760,6 +761,19 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     };
     print_table(&report);
     write_outputs(&report)
+}
+
+/// The configurations named in `SHOAL_NET_BENCH_ONLY` (comma-separated, for profiling and quick
+/// comparisons), or all of them.
+fn layouts_from_env() -> Vec<Layout> {
+    let Ok(only) = std::env::var("SHOAL_NET_BENCH_ONLY") else {
+        return Layout::ALL.to_vec();
+    };
+    let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+    Layout::ALL
+        .into_iter()
+        .filter(|layout| wanted.contains(&layout.name))
+        .collect()
 }
 
 /// Rounds from `SHOAL_NET_BENCH_ROUNDS` (default 3).

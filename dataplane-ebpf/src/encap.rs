@@ -26,7 +26,7 @@ use crate::{
         AF_INET, ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_NO_OPTIONS, Ipv4Hdr, UdpHdr,
         VxlanHdr, decrement_ttl, source_port,
     },
-    maps::{config, count, route_for},
+    maps::{config, count, route_for, workload_port},
 };
 
 /// Everything in front of the inner IPv4 packet of a VXLAN packet.
@@ -66,8 +66,8 @@ pub fn tc_egress(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Encapsulation one hop earlier, on the ingress of a device local workloads hang off (their
-/// bridge, or a routed veth): a packet for a remote subnet is forwarded as the kernel would
+/// Encapsulation one hop earlier, on the ingress of a device local workloads hang off (a bridge
+/// port, their bridge, or a routed veth): a packet for a remote subnet is forwarded as the kernel would
 /// (TTL - 1), encapsulated and sent straight out of the underlay device, without this node's
 /// IP forwarding, neighbour output and qdisc in between. What the kernel must answer or judge
 /// (TTL expiring, too big for the tunnel, IP options, anything not for a remote subnet) passes
@@ -76,6 +76,9 @@ pub fn tc_workload_ingress(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_ACT_OK;
     };
+    if !addressed_to_host(ctx) {
+        return TC_ACT_OK;
+    }
     let Some((inner, route, backend)) = bound_for_remote_subnet(ctx) else {
         return TC_ACT_OK;
     };
@@ -112,6 +115,20 @@ pub fn tc_workload_ingress(ctx: &TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
+}
+
+/// Whether a frame entering a workload device is the host's to route: on a bridge port (in the
+/// workload ports map) only a frame to the bridge's own MAC is, the rest the bridge switches;
+/// whatever reaches a bridge's or a routed veth's own ingress is the host's.
+#[inline(always)]
+fn addressed_to_host(ctx: &TcContext) -> bool {
+    // SAFETY: reading a field of the kernel-provided __sk_buff context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(port) = workload_port(ifindex) else {
+        return true;
+    };
+    ctx.load::<[u8; 6]>(0)
+        .is_ok_and(|destination| destination == port.gateway_mac)
 }
 
 /// The IPv4 header of a frame addressed to a remote subnet in the routes map, with its route

@@ -5,6 +5,7 @@ use aya_ebpf::{
 };
 use shoal_dataplane_common::{
     COUNTER_COUNT, Counter, DataplaneConfig, LocalEndpoint, MAX_ENDPOINTS, MAX_ROUTES, RouteTarget,
+    WorkloadPort,
 };
 
 /// Remote subnet -> the node leasing it. Key data: the IPv4 address, network order.
@@ -23,6 +24,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 #[map]
 static ENDPOINTS: HashMap<[u8; 4], LocalEndpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
+/// Bridge port ifindex -> what frames on it the host routes.
+#[map]
+static WORKLOAD_PORTS: HashMap<u32, WorkloadPort> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
 #[inline(always)]
 pub fn config() -> Option<&'static DataplaneConfig> {
     CONFIG.get(0)
@@ -39,6 +44,13 @@ pub fn route_for(addr: [u8; 4]) -> Option<&'static RouteTarget> {
 pub fn endpoint_for(addr: [u8; 4]) -> Option<LocalEndpoint> {
     // SAFETY: the value is copied out at once; a concurrent update replaces the entry whole.
     unsafe { ENDPOINTS.get(&addr).copied() }
+}
+
+/// The bridge port `ifindex` is, if userspace hooked it as one.
+#[inline(always)]
+pub fn workload_port(ifindex: u32) -> Option<WorkloadPort> {
+    // SAFETY: the value is copied out at once; a concurrent update replaces the entry whole.
+    unsafe { WORKLOAD_PORTS.get(&ifindex).copied() }
 }
 
 #[inline(always)]

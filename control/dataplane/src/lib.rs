@@ -47,6 +47,7 @@ use shoal_dataplane_common::{
     CONFIG_MAP, COUNTERS_MAP, DataplaneConfig, ENDPOINTS_MAP, FLANNEL_UDP_DEFAULT_PORT,
     LocalEndpoint, PIN_ROOT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_WORKLOAD, PROG_XDP_INGRESS,
     ROUTES_MAP, RouteTarget as RawTarget, VXLAN_DEFAULT_PORT, VXLAN_DEFAULT_VNI,
+    WORKLOAD_PORTS_MAP, WorkloadPort,
 };
 
 mod system;
@@ -60,11 +61,8 @@ pub static EBPF_OBJECT: &[u8] =
 /// Counter totals of the dataplane pinned in `pin_dir` (`<pin_root>/<instance>`), read without
 /// loading or attaching anything: for a metrics exporter in another process, such as the agent.
 pub fn read_pinned_stats(pin_dir: &Path) -> Result<Stats> {
-    let map_error = |source| Error::Map {
-        map: COUNTERS_MAP,
-        interface: pin_dir.display().to_string(),
-        source: Box::new(source),
-    };
+    let place = pin_dir.display().to_string();
+    let map_error = |source| map_error(COUNTERS_MAP, &place, source);
     let data = MapData::from_pin(pin_dir.join(COUNTERS_MAP)).map_err(map_error)?;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(map_error)?;
@@ -76,77 +74,187 @@ pub fn read_pinned_stats(pin_dir: &Path) -> Result<Stats> {
 /// attaching anything: for a periodic task beside the handle's owner, such as the agent's.
 /// Returns how many are registered.
 pub fn sync_pinned_endpoints(pin_dir: &Path, subnet: Ipv4Network) -> Result<usize> {
-    let map_error = |source| Error::Map {
-        map: ENDPOINTS_MAP,
-        interface: pin_dir.display().to_string(),
-        source: Box::new(source),
-    };
-    let data = MapData::from_pin(pin_dir.join(ENDPOINTS_MAP)).map_err(map_error)?;
-    let mut endpoints: BpfHashMap<MapData, [u8; 4], LocalEndpoint> =
-        BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_error)?;
-    reconcile_endpoints(&mut endpoints, subnet, pin_dir).map_err(|err| match err {
-        EndpointsError::Map(source) => map_error(source),
-        EndpointsError::Discovery(err) => err,
-    })
+    let mut maps = WorkloadMaps::from_pins(pin_dir)?;
+    maps.reconcile(subnet, pin_dir)
 }
 
-enum EndpointsError {
-    Map(aya::maps::MapError),
-    Discovery(Error),
+/// The maps that describe local workloads: where to deliver to them, and which of the devices
+/// they hang off are bridge ports.
+struct WorkloadMaps {
+    endpoints: BpfHashMap<MapData, [u8; 4], LocalEndpoint>,
+    ports: BpfHashMap<MapData, u32, WorkloadPort>,
+    /// Where the maps live, for errors.
+    place: String,
 }
 
-/// Replaces the content of `map` with the workloads of `subnet` found in the kernel's tables, and
-/// hooks the devices they hang off (see [`hook_workload_devices`]).
-fn reconcile_endpoints(
-    map: &mut BpfHashMap<MapData, [u8; 4], LocalEndpoint>,
-    subnet: Ipv4Network,
-    pin_dir: &Path,
-) -> Result<usize, EndpointsError> {
-    let found: Vec<Endpoint> = system::discover_endpoints(subnet)
-        .map_err(EndpointsError::Discovery)?
-        .into_iter()
-        .map(Endpoint::from)
-        .collect();
-    let registered: Vec<[u8; 4]> = map
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(EndpointsError::Map)?;
-    for address in registered {
-        if !found
+impl WorkloadMaps {
+    fn from_pins(pin_dir: &Path) -> Result<Self> {
+        let place = pin_dir.display().to_string();
+        let open = |name: &'static str| {
+            MapData::from_pin(pin_dir.join(name))
+                .map(aya::maps::Map::HashMap)
+                .map_err(|source| map_error(name, &place, source))
+        };
+        let endpoints = BpfHashMap::try_from(open(ENDPOINTS_MAP)?)
+            .map_err(|source| map_error(ENDPOINTS_MAP, &place, source))?;
+        let ports = BpfHashMap::try_from(open(WORKLOAD_PORTS_MAP)?)
+            .map_err(|source| map_error(WORKLOAD_PORTS_MAP, &place, source))?;
+        Ok(Self {
+            endpoints,
+            ports,
+            place,
+        })
+    }
+
+    fn from_object(ebpf: &mut Ebpf, interface: &str) -> Result<Self> {
+        let endpoints = BpfHashMap::try_from(take_map(ebpf, ENDPOINTS_MAP, interface)?)
+            .map_err(|source| map_error(ENDPOINTS_MAP, interface, source))?;
+        let ports = BpfHashMap::try_from(take_map(ebpf, WORKLOAD_PORTS_MAP, interface)?)
+            .map_err(|source| map_error(WORKLOAD_PORTS_MAP, interface, source))?;
+        Ok(Self {
+            endpoints,
+            ports,
+            place: interface.to_string(),
+        })
+    }
+
+    /// Replaces the registered endpoints with the workloads of `subnet` found in the kernel's
+    /// tables, and hooks the devices they hang off (see [`hook_workload_devices`]): the bridge
+    /// ports, registered with their bridge's MAC before they are hooked and forgotten only once
+    /// unhooked, and the bridges and routed veths themselves.
+    fn reconcile(&mut self, subnet: Ipv4Network, pin_dir: &Path) -> Result<usize> {
+        let found = system::discover_endpoints(subnet)?;
+        let endpoints: Vec<Endpoint> = found.iter().copied().map(Endpoint::from).collect();
+        self.set_endpoints(&endpoints)?;
+        let mut ports: Vec<(u32, WorkloadPort)> = found
             .iter()
-            .any(|endpoint| endpoint.address.octets() == address)
-        {
-            match map.remove(&address) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(EndpointsError::Map(source)),
+            .filter_map(|endpoint| {
+                let gateway_mac = endpoint.gateway_mac?.0;
+                let port = WorkloadPort {
+                    gateway_mac,
+                    _pad: [0; 2],
+                };
+                Some((endpoint.port_ifindex, port))
+            })
+            .collect();
+        ports.sort_unstable_by_key(|(ifindex, _)| *ifindex);
+        ports.dedup_by_key(|(ifindex, _)| *ifindex);
+        for (ifindex, port) in &ports {
+            self.ports
+                .insert(ifindex, port, 0)
+                .map_err(|source| self.error(WORKLOAD_PORTS_MAP, source))?;
+        }
+        let mut devices: Vec<u32> = endpoints
+            .iter()
+            .map(|endpoint| endpoint.via_ifindex)
+            .chain(ports.iter().map(|(ifindex, _)| *ifindex))
+            .collect();
+        devices.sort_unstable();
+        devices.dedup();
+        hook_workload_devices(pin_dir, &devices)?;
+        let registered: Vec<u32> = self
+            .ports
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| self.error(WORKLOAD_PORTS_MAP, source))?;
+        for ifindex in registered {
+            if !ports.iter().any(|(port, _)| *port == ifindex) {
+                remove_key(&mut self.ports, &ifindex)
+                    .map_err(|source| self.error(WORKLOAD_PORTS_MAP, source))?;
             }
         }
+        Ok(endpoints.len())
     }
-    for endpoint in &found {
-        map.insert(endpoint.address.octets(), endpoint.to_raw(), 0)
-            .map_err(EndpointsError::Map)?;
+
+    fn set_endpoints(&mut self, endpoints: &[Endpoint]) -> Result<()> {
+        let registered: Vec<[u8; 4]> = self
+            .endpoints
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| self.error(ENDPOINTS_MAP, source))?;
+        for address in registered {
+            if !endpoints
+                .iter()
+                .any(|endpoint| endpoint.address.octets() == address)
+            {
+                remove_key(&mut self.endpoints, &address)
+                    .map_err(|source| self.error(ENDPOINTS_MAP, source))?;
+            }
+        }
+        for endpoint in endpoints {
+            self.endpoints
+                .insert(endpoint.address.octets(), endpoint.to_raw(), 0)
+                .map_err(|source| self.error(ENDPOINTS_MAP, source))?;
+        }
+        Ok(())
     }
-    let mut devices: Vec<u32> = found.iter().map(|endpoint| endpoint.via_ifindex).collect();
-    devices.sort_unstable();
-    devices.dedup();
-    hook_workload_devices(pin_dir, &devices);
-    Ok(found.len())
+
+    fn error(&self, map: &'static str, source: aya::maps::MapError) -> Error {
+        map_error(map, &self.place, source)
+    }
+}
+
+/// An error of map `map` of the dataplane at `place` (its interface, or its pin directory).
+fn map_error(map: &'static str, place: &str, source: aya::maps::MapError) -> Error {
+    Error::Map {
+        map,
+        interface: place.to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// Removes `key` from `map`; a key already gone is not an error.
+fn remove_key<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    key: &K,
+) -> Result<(), aya::maps::MapError> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(source),
+    }
 }
 
 /// Pin of the loaded workload-ingress program, which [`hook_workload_devices`] attaches.
 const PROG_PIN_WORKLOAD: &str = "prog_tc_workload";
 
+/// Prefix of the pins of the workload-ingress program's TCX links, one per hooked device.
+const WORKLOAD_LINK_PIN_PREFIX: &str = "link_workload_";
+
 /// Pin of the TCX link of the workload-ingress program on device `ifindex`.
 fn workload_link_pin(pin_dir: &Path, ifindex: u32) -> PathBuf {
-    pin_dir.join(format!("link_workload_{ifindex}"))
+    pin_dir.join(format!("{WORKLOAD_LINK_PIN_PREFIX}{ifindex}"))
+}
+
+/// The devices with a pinned workload link in `pin_dir`, and their pins.
+fn workload_link_pins(pin_dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+    let entries = std::fs::read_dir(pin_dir).map_err(|source| Error::Io {
+        context: format!("listing {}", pin_dir.display()),
+        source,
+    })?;
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let ifindex = name.to_str()?.strip_prefix(WORKLOAD_LINK_PIN_PREFIX)?;
+            Some((ifindex.parse().ok()?, entry.path()))
+        })
+        .collect())
 }
 
 /// Attaches the pinned workload-ingress program (`shoal_tc_workload`) to the TC ingress of every
-/// device in `devices` (the bridges or routed veths local workloads hang off) not hooked yet, so
-/// their packets to remote subnets are encapsulated there instead of after the node's IP
-/// forwarding. Best effort: a device that cannot be hooked (a kernel without TCX, a device gone)
-/// keeps the kernel path, which works the same, and is logged.
-fn hook_workload_devices(pin_dir: &Path, devices: &[u32]) {
+/// device in `devices` (the bridge ports, bridges or routed veths local workloads hang off) not
+/// hooked yet, so their packets to remote subnets are encapsulated there instead of after the
+/// node's bridge and IP forwarding, and unhooks the devices no workload hangs off any more.
+/// Best effort: a device that cannot be hooked (a kernel without TCX, a device gone) keeps the
+/// kernel path, which works the same, and is logged.
+fn hook_workload_devices(pin_dir: &Path, devices: &[u32]) -> Result<()> {
+    for (ifindex, pin) in workload_link_pins(pin_dir)? {
+        if !devices.contains(&ifindex) {
+            // Unpinning drops the last reference to the link: the program detaches.
+            remove_file_if_exists(&pin)?;
+            tracing::debug!(ifindex, "workload device unhooked");
+        }
+    }
     for &ifindex in devices {
         let link_path = workload_link_pin(pin_dir, ifindex);
         if link_path.exists() {
@@ -157,6 +265,7 @@ fn hook_workload_devices(pin_dir: &Path, devices: &[u32]) {
             Err(err) => tracing::warn!(ifindex, "workload device keeps the kernel path: {err}"),
         }
     }
+    Ok(())
 }
 
 fn hook_workload_device(pin_dir: &Path, ifindex: u32, link_path: &Path) -> Result<String> {
@@ -193,19 +302,7 @@ fn pin_workload_program(ebpf: &mut Ebpf, config: &Config, pin_dir: &Path) -> Res
     program
         .pin(&program_pin)
         .map_err(|err| link_error(config, &program_pin, err))?;
-    let entries = std::fs::read_dir(pin_dir).map_err(|source| Error::Io {
-        context: format!("listing {}", pin_dir.display()),
-        source,
-    })?;
-    for entry in entries.flatten() {
-        let is_workload_link = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.starts_with("link_workload_"));
-        if !is_workload_link {
-            continue;
-        }
-        let path = entry.path();
+    for (_, path) in workload_link_pins(pin_dir)? {
         let Some(link) = pinned_link(config, &path)? else {
             continue;
         };
@@ -540,7 +637,7 @@ pub struct Dataplane {
     vtep_mac: MacAddr,
     attach_mode: AttachMode,
     routes: LpmTrie<MapData, [u8; 4], RawTarget>,
-    endpoints: BpfHashMap<MapData, [u8; 4], LocalEndpoint>,
+    workloads: WorkloadMaps,
     counters: PerCpuArray<MapData, u64>,
     // Keeps the programs loaded while this handle lives (the links keep them attached after).
     _ebpf: Ebpf,
@@ -577,12 +674,8 @@ impl Dataplane {
             })?;
         let name = config.interface.clone();
         let map_error = |map: &'static str| {
-            let interface = name.clone();
-            move |source| Error::Map {
-                map,
-                interface,
-                source: Box::new(source),
-            }
+            let name = &name;
+            move |source| map_error(map, name, source)
         };
         let mut config_map: Array<MapData, DataplaneConfig> =
             Array::try_from(take_map(&mut ebpf, CONFIG_MAP, &name)?)
@@ -594,8 +687,7 @@ impl Dataplane {
             .map_err(map_error(ROUTES_MAP))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP, &name)?)
             .map_err(map_error(COUNTERS_MAP))?;
-        let endpoints = BpfHashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP, &name)?)
-            .map_err(map_error(ENDPOINTS_MAP))?;
+        let workloads = WorkloadMaps::from_object(&mut ebpf, &name)?;
         attach_egress(&mut ebpf, &config, &pin_dir)?;
         pin_workload_program(&mut ebpf, &config, &pin_dir)?;
         let hook = match config.decap_hook {
@@ -627,7 +719,7 @@ impl Dataplane {
             vtep_mac,
             attach_mode,
             routes,
-            endpoints,
+            workloads,
             counters,
             _ebpf: ebpf,
         })
@@ -700,23 +792,22 @@ impl Dataplane {
 
     /// Registers (or replaces) a local workload for direct delivery after TC decapsulation.
     pub fn set_endpoint(&mut self, endpoint: Endpoint) -> Result<()> {
-        self.endpoints
+        self.workloads
+            .endpoints
             .insert(endpoint.address.octets(), endpoint.to_raw(), 0)
             .map_err(|source| self.map_error(ENDPOINTS_MAP, source))
     }
 
     /// Forgets a local workload (a missing one is not an error).
     pub fn remove_endpoint(&mut self, address: Ipv4Addr) -> Result<()> {
-        match self.endpoints.remove(&address.octets()) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(self.map_error(ENDPOINTS_MAP, source)),
-        }
+        remove_key(&mut self.workloads.endpoints, &address.octets())
+            .map_err(|source| self.map_error(ENDPOINTS_MAP, source))
     }
 
     /// Every registered local workload.
     pub fn endpoints(&self) -> Result<Vec<Endpoint>> {
         let mut endpoints = Vec::new();
-        for entry in self.endpoints.iter() {
+        for entry in self.workloads.endpoints.iter() {
             let (address, raw) = entry.map_err(|source| self.map_error(ENDPOINTS_MAP, source))?;
             endpoints.push(Endpoint::from_raw(address, raw));
         }
@@ -730,11 +821,9 @@ impl Dataplane {
     /// (or no longer) registered still works, through the kernel's forwarding path.
     pub fn sync_endpoints(&mut self) -> Result<usize> {
         let pin_dir = self.config.pin_dir();
-        let count = reconcile_endpoints(&mut self.endpoints, self.config.local_subnet, &pin_dir)
-            .map_err(|err| match err {
-                EndpointsError::Map(source) => self.map_error(ENDPOINTS_MAP, source),
-                EndpointsError::Discovery(err) => err,
-            })?;
+        let count = self
+            .workloads
+            .reconcile(self.config.local_subnet, &pin_dir)?;
         tracing::debug!(interface = %self.config.interface, count, "endpoints synced");
         Ok(count)
     }
@@ -779,11 +868,7 @@ impl Dataplane {
     }
 
     fn map_error(&self, map: &'static str, source: aya::maps::MapError) -> Error {
-        Error::Map {
-            map,
-            interface: self.config.interface.clone(),
-            source: Box::new(source),
-        }
+        map_error(map, &self.config.interface, source)
     }
 }
 

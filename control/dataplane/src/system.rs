@@ -290,6 +290,7 @@ struct Link {
     name: String,
     /// `veth`, `bridge`, ... (`None` for physical devices).
     kind: Option<String>,
+    mac: Option<MacAddr>,
 }
 
 fn links() -> Result<Vec<Link>> {
@@ -301,12 +302,12 @@ fn links() -> Result<Vec<Link>> {
                 index: u32::try_from(link["ifindex"].as_u64()?).ok()?,
                 name: link["ifname"].as_str()?.to_string(),
                 kind: link["linkinfo"]["info_kind"].as_str().map(str::to_string),
+                mac: link["address"].as_str().and_then(|mac| mac.parse().ok()),
             })
         })
         .collect())
 }
 
-/// The kind of device `name` is (`veth`, `bridge`, ...; `None` for a physical device).
 /// The name of the device with index `ifindex` in this network namespace.
 pub(crate) fn interface_name(ifindex: u32) -> Result<String> {
     let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
@@ -323,6 +324,7 @@ pub(crate) fn interface_name(ifindex: u32) -> Result<String> {
     Ok(name.to_string_lossy().into_owned())
 }
 
+/// The kind of device `name` is (`veth`, `bridge`, ...; `None` for a physical device).
 pub(crate) fn link_kind(name: &str) -> Result<Option<String>> {
     let links = run_json("ip", &["-j", "-d", "link", "show", "dev", name])?;
     Ok(links
@@ -341,6 +343,9 @@ pub(crate) struct FoundEndpoint {
     /// The device frames for it leave on: the bridge port holding its MAC, or `via` itself.
     pub port_ifindex: u32,
     pub port_is_veth: bool,
+    /// The bridge's own MAC, which the workload's default route resolves to, when `via` is a
+    /// bridge (`port_ifindex` then is one of its ports).
+    pub gateway_mac: Option<MacAddr>,
 }
 
 /// Workloads in `subnet` as the kernel knows them, however they were wired: each resolved
@@ -361,7 +366,8 @@ pub(crate) fn discover_endpoints(subnet: Ipv4Network) -> Result<Vec<FoundEndpoin
         let Some(via) = by_name.get(device) else {
             continue;
         };
-        let port_name = if via.kind.as_deref() == Some("bridge") {
+        let on_bridge = via.kind.as_deref() == Some("bridge");
+        let port_name = if on_bridge {
             if !bridge_ports.contains_key(device) {
                 bridge_ports.insert(device.to_string(), bridge_fdb(device)?);
             }
@@ -381,6 +387,7 @@ pub(crate) fn discover_endpoints(subnet: Ipv4Network) -> Result<Vec<FoundEndpoin
             via_ifindex: via.index,
             port_ifindex: port.index,
             port_is_veth: port.kind.as_deref() == Some("veth"),
+            gateway_mac: if on_bridge { via.mac } else { None },
         });
     }
     Ok(found)

@@ -1,8 +1,10 @@
 //! Direct delivery after TC decapsulation: workloads found in the kernel's neighbour and bridge
 //! tables are registered, decapsulated packets for them skip the kernel's forwarding path and
-//! bridge, and the devices they hang off get the encapsulation hook, so their packets to remote
-//! subnets skip the sending node's forwarding too (with TTL and checksums still right), and a workload the kernel no longer resolves the
-//! registered way falls back to the kernel path instead of being misdelivered.
+//! bridge, and the devices they hang off (bridge ports first) get the encapsulation hook, so
+//! their packets to remote subnets skip the sending node's bridge and forwarding too (with TTL
+//! and checksums still right, and frames a workload addresses to another left to the bridge),
+//! and a workload the kernel no longer resolves the registered way falls back to the kernel path
+//! instead of being misdelivered.
 mod common;
 
 use common::*;
@@ -78,7 +80,7 @@ fn workloads_behind_a_bridge_are_found_and_served_directly() {
     for dataplane in &dataplanes {
         let stats = dataplane.stats();
         assert!(stats.get(Counter::DeliverDirectPackets) > 100, "{stats:?}");
-        // The sending side: encapsulated on cbr0's ingress, past the node's forwarding.
+        // The sending side: encapsulated on the ingress of the container's bridge port.
         assert!(
             stats.get(Counter::EncapFromWorkloadPackets) > 100,
             "{stats:?}"
@@ -104,6 +106,71 @@ fn workloads_behind_a_bridge_are_found_and_served_directly() {
         "ip.dst == {b_ip} && ip.checksum.status == \"Good\" && tcp.checksum.status == \"Good\""
     ));
     assert!(verified > 100, "only {verified} verified TCP frames");
+}
+
+#[test]
+fn bridge_ports_encapsulate_what_the_host_routes_and_leave_the_rest_to_the_bridge() {
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .containers_per_node(2)
+        .build()
+        .expect("building the cluster");
+    let mut dataplanes = vec![
+        NodeDataplane::attach(&cluster, cluster.node(0), DecapHook::Tc),
+        NodeDataplane::attach(&cluster, cluster.node(1), DecapHook::Tc),
+    ];
+    mesh(&cluster, &mut dataplanes, Backend::Vxlan);
+    let (a, c) = (cluster.node(0).container(0), cluster.node(0).container(1));
+    let b = cluster.node(1).container(0);
+    let (b_ip, c_ip) = (b.ip().expect("ip"), c.ip().expect("ip"));
+    assert!(ping(a.ns(), b_ip, 56, 1), "ICMP before registration");
+    assert!(ping(a.ns(), c_ip, 56, 1), "ICMP on the bridge");
+    assert!(ping(c.ns(), b_ip, 56, 1), "ICMP before registration");
+    assert_eq!(dataplanes[0].sync_endpoints(), 2);
+
+    // Routed traffic leaves from the port: the bridge never passes it up to the host.
+    let encapsulated = dataplanes[0].count(Counter::EncapFromWorkloadPackets);
+    let mut bridge = Capture::start(cluster.node(0).ns(), "cbr0");
+    assert!(
+        ping(a.ns(), b_ip, 56, 5),
+        "ICMP 0 -> 1 through the port hook"
+    );
+    bridge.stop();
+    assert!(dataplanes[0].count(Counter::EncapFromWorkloadPackets) >= encapsulated + 5);
+    let echo_requests = format!("icmp.type == 8 && ip.dst == {b_ip}");
+    assert_eq!(
+        bridge.count(&echo_requests),
+        0,
+        "cbr0 passed echo requests up"
+    );
+
+    // A frame for a remote subnet addressed to another workload's MAC (that workload is the
+    // route's next hop) is the bridge's to switch, not the host's to encapsulate.
+    a.exec(
+        "ip",
+        &[
+            "route",
+            "add",
+            &format!("{b_ip}/32"),
+            "via",
+            &c_ip.to_string(),
+        ],
+    )
+    .expect("route via the neighbour");
+    let encapsulated = dataplanes[0].count(Counter::EncapFromWorkloadPackets);
+    let mut capture = Capture::start(c.ns(), "eth0");
+    ping(a.ns(), b_ip, 56, 3); // c does not forward: no answer
+    capture.stop();
+    assert_eq!(
+        capture.count(&echo_requests),
+        3,
+        "the echo requests reach the next hop the workload chose"
+    );
+    assert_eq!(
+        dataplanes[0].count(Counter::EncapFromWorkloadPackets),
+        encapsulated,
+        "a switched frame was encapsulated"
+    );
 }
 
 #[test]

@@ -34,7 +34,10 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the hash map from a local workload's IPv4 address (network order) to the
 /// [`LocalEndpoint`] that delivers to it directly.
 pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
-/// Capacity of the endpoints map (workloads on one node).
+/// Name of the hash map from a bridge port's ifindex to the [`WorkloadPort`] its workloads
+/// route through.
+pub const WORKLOAD_PORTS_MAP: &str = "WORKLOAD_PORTS";
+/// Capacity of the endpoints map (workloads on one node), and of the workload ports map.
 pub const MAX_ENDPOINTS: u32 = 4096;
 /// Capacity of the routes map (remote subnets).
 pub const MAX_ROUTES: u32 = 16384;
@@ -106,6 +109,16 @@ pub struct LocalEndpoint {
     /// can enter the workload's namespace directly (`bpf_redirect_peer`).
     pub peer: u8,
     pub _pad: u8,
+}
+
+/// Value of the workload ports map: a bridge port the workload-ingress program is attached to.
+/// Only frames to `gateway_mac` (the bridge's own address, which the workloads' default route
+/// resolves to) are the host's to route; anything else on the port is the bridge's to switch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkloadPort {
+    pub gateway_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// The one entry of the config map: what this node is.
@@ -246,8 +259,9 @@ impl Counter {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY (all): repr(C) structs of byte arrays and u32s laid out without implicit padding
-    // (RouteTarget and LocalEndpoint have an explicit `_pad`), every bit pattern valid.
+    // (RouteTarget, LocalEndpoint and WorkloadPort have an explicit `_pad`), every bit pattern valid.
     unsafe impl aya::Pod for super::RouteTarget {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::LocalEndpoint {}
+    unsafe impl aya::Pod for super::WorkloadPort {}
 }
