@@ -12,12 +12,15 @@
 //!
 //! Each configuration gets a fresh two-node cluster with one container per node and the workload
 //! MTU its encapsulation allows; rounds interleave the configurations so background load hits
-//! them alike. Metrics: single-stream TCP (iperf3); 64-byte UDP packets per second delivered to
+//! them alike. Metrics: single-stream TCP (iperf3, client on CPU 0 and server on CPU 1: left to
+//! the scheduler the same configuration ranged 10-16 Gbit/s between rounds, pinned it stays
+//! within ~5%); 64-byte UDP packets per second delivered to
 //! the receiving container's UDP layer by two saturating `sendmmsg` senders (one per CPU); UDP
 //! request/response latency p50/p99 (sockperf ping-pong, one-way = RTT/2); CPU time per
 //! delivered 64-byte packet (the senders' user+system time plus the machine's softirq time
 //! during the flood). Results: `target/bench/net.json`, a table on stdout and
-//! `target/bench/net.png`.
+//! `target/bench/net.png`. `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named
+//! configurations, `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
@@ -342,7 +345,17 @@ fn measure_tcp(bed: &Testbed) -> anyhow::Result<f64> {
     let ip = bed.server_ip()?.to_string();
     let json = iperf3_json(
         bed.client(),
-        &["-c", &ip, "-p", PORT, "-t", &SECONDS.to_string(), "-J"],
+        &[
+            "-c",
+            &ip,
+            "-p",
+            PORT,
+            "-t",
+            &SECONDS.to_string(),
+            "-J",
+            "-A",
+            "0,1",
+        ],
     )?;
     let bps = json["end"]["sum_received"]["bits_per_second"]
         .as_f64()

@@ -13,8 +13,8 @@ use shoal_dataplane_common::{Backend, Counter, DataplaneConfig, UDP_OVERHEAD, VX
 
 use crate::{
     headers::{
-        AF_INET, ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV4_NO_OPTIONS, Ipv4Hdr,
-        UDP_LEN, UdpHdr, VXLAN_LEN, VxlanHdr, decrement_ttl, in_subnet,
+        ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV4_NO_OPTIONS, Ipv4Hdr, UDP_LEN,
+        UdpHdr, VXLAN_LEN, VxlanHdr, decrement_ttl, fib_params, in_subnet,
     },
     maps::{config, count, endpoint_for, route_for},
 };
@@ -282,20 +282,21 @@ fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
         return None;
     }
     let endpoint = endpoint_for(inner.dst)?;
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value of this plain C struct.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = inner.proto;
-    params.ifindex = cfg.underlay_ifindex;
-    params.__bindgen_anon_2.tos = inner.tos;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(inner.src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(inner.dst);
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let params = fib_params(
+        &mut slot,
+        cfg.underlay_ifindex,
+        inner.proto,
+        inner.tos,
+        inner.src,
+        inner.dst,
+    );
     // SAFETY: params lives on this stack frame for the duration of the call. tot_len 0: the
     // kernel checks the skb itself against the egress MTU (GSO-aware).
     let rc = unsafe {
         fib_lookup(
             ctx.skb.skb as *mut _,
-            &mut params,
+            params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )

@@ -178,3 +178,35 @@ pub fn decrement_ttl(ctx: &aya_ebpf::programs::TcContext, inner: &Ipv4Hdr) -> Op
         .ok()?;
     ctx.store(TTL_OFFSET, &ttl, 0).ok()
 }
+
+/// Fills `slot` with the parameters of an IPv4 `bpf_fib_lookup` from `src` to `dst`, starting
+/// at device `ifindex`, every other field zero. In place and word by word: `mem::zeroed()` of
+/// this 64-byte struct (or moving it) compiles to calls to compiler_builtins' byte-at-a-time
+/// `memset` (a 64-iteration loop per packet, 1.5% of the machine's CPU in the 64-byte
+/// benchmark).
+#[inline(always)]
+pub fn fib_params(
+    slot: &mut core::mem::MaybeUninit<aya_ebpf::bindings::bpf_fib_lookup>,
+    ifindex: u32,
+    l4_protocol: u8,
+    tos: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> &mut aya_ebpf::bindings::bpf_fib_lookup {
+    const WORDS: usize = core::mem::size_of::<aya_ebpf::bindings::bpf_fib_lookup>() / 4;
+    let words = slot.as_mut_ptr().cast::<u32>();
+    for word in 0..WORDS {
+        // SAFETY: the struct is 4-byte aligned and WORDS * 4 bytes long; volatile keeps LLVM
+        // from folding the stores back into a memset call.
+        unsafe { words.add(word).write_volatile(0) };
+    }
+    // SAFETY: every byte is initialised, and all-zero is a valid value of this plain C struct.
+    let params = unsafe { slot.assume_init_mut() };
+    params.family = AF_INET;
+    params.l4_protocol = l4_protocol;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_2.tos = tos;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    params
+}
