@@ -131,29 +131,20 @@ struct StoreCluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl StoreCluster {
     async fn start(backend: Backend) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let names = ["alpha", "bravo", "charlie"];
-        let mut ports = Vec::new();
-        for _ in names {
-            ports.push((free_port()?, free_port()?));
-        }
+        let ports = crate::ports::member_ports(names.len())?;
         let initial: Vec<String> = names
             .iter()
             .zip(&ports)
-            .map(|(name, (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
+            .map(|(name, ports)| format!("{name}=http://127.0.0.1:{}", ports.peer))
             .collect();
         let initial = initial.join(",");
         let endpoints: Vec<String> = ports
             .iter()
-            .map(|(client, _)| format!("http://127.0.0.1:{client}"))
+            .map(|ports| format!("http://127.0.0.1:{}", ports.client))
             .collect();
         let mut cluster = Self {
             endpoints: endpoints.clone(),
@@ -161,10 +152,10 @@ impl StoreCluster {
             shoal: Vec::new(),
             _dir: dir,
         };
-        for (name, (client, peer)) in names.iter().zip(&ports) {
+        for (name, ports) in names.iter().zip(&ports) {
             let data_dir = cluster._dir.path().join(name);
-            let client = format!("http://127.0.0.1:{client}");
-            let peer = format!("http://127.0.0.1:{peer}");
+            let client = format!("http://127.0.0.1:{}", ports.client);
+            let peer = format!("http://127.0.0.1:{}", ports.peer);
             match backend {
                 Backend::Etcd => cluster.etcd.push(
                     Command::new("/usr/bin/etcd")

@@ -6,7 +6,6 @@
 //! delivered to 1,000 watchers). Both clusters stay up while rounds alternate between them;
 //! each metric reports its median round. Results (medians and every round) go to
 //! `target/bench/kv.json`, a table on stdout and `target/bench/kv.png`.
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -16,6 +15,8 @@ use anyhow::{Context, bail};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use serde::Serialize;
 use shoal_kv::member::{Config, Member, RunningMember};
+
+use crate::ports::{MemberPorts, member_ports};
 
 const VALUE_BYTES: usize = 256;
 const SINGLE_CLIENT_PUTS: usize = 500;
@@ -96,31 +97,7 @@ struct Report {
     etcd_rounds: Vec<StoreResults>,
 }
 
-struct Ports {
-    client: u16,
-    peer: u16,
-}
-
-/// Client and peer ports for `n` members, all distinct: every port stays bound until all are
-/// chosen, so two members (of either cluster) never get the same one.
-fn ports(n: usize) -> anyhow::Result<Vec<Ports>> {
-    let listeners = (0..n * 2)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let numbers = listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect::<anyhow::Result<Vec<u16>>>()?;
-    Ok(numbers
-        .chunks(2)
-        .map(|pair| Ports {
-            client: pair[0],
-            peer: pair[1],
-        })
-        .collect())
-}
-
-fn initial_cluster(ports: &[Ports]) -> String {
+fn initial_cluster(ports: &[MemberPorts]) -> String {
     ports
         .iter()
         .enumerate()
@@ -144,7 +121,7 @@ impl Drop for EtcdCluster {
     }
 }
 
-fn start_etcd(dir: &Path, ports: &[Ports]) -> anyhow::Result<EtcdCluster> {
+fn start_etcd(dir: &Path, ports: &[MemberPorts]) -> anyhow::Result<EtcdCluster> {
     let cluster = initial_cluster(ports);
     let mut children = Vec::new();
     for (i, p) in ports.iter().enumerate() {
@@ -207,7 +184,7 @@ impl Drop for ShoalCluster {
     }
 }
 
-fn start_shoal(dir: &Path, ports: &[Ports]) -> anyhow::Result<ShoalCluster> {
+fn start_shoal(dir: &Path, ports: &[MemberPorts]) -> anyhow::Result<ShoalCluster> {
     let initial: Vec<(String, Vec<String>)> = ports
         .iter()
         .enumerate()
@@ -621,7 +598,7 @@ pub fn run() -> anyhow::Result<()> {
     let only = std::env::var("SHOAL_BENCH_ONLY").ok();
     let wanted = |store: &str| only.as_deref().is_none_or(|o| o == store);
     // Both clusters' ports chosen at once: etcd binds its own only some time after it starts.
-    let mut all_ports = ports(6)?;
+    let mut all_ports = member_ports(6)?;
     let shoal_ports = all_ports.split_off(3);
     let etcd_cluster = wanted("etcd")
         .then(|| start_etcd(dir.path(), &all_ports))

@@ -5,7 +5,7 @@
 //! the store's load (CPU seconds and peak memory of its members).
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, TcpListener},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -140,10 +140,6 @@ fn raise_fd_limit() {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Three members on loopback, killed and removed on drop.
 struct StoreCluster {
     endpoints: Vec<String>,
@@ -154,22 +150,20 @@ struct StoreCluster {
 impl StoreCluster {
     fn start(kind: StoreKind, shoal: &Path) -> Result<Self> {
         let data = tempfile::tempdir()?;
-        let ports: Vec<(u16, u16)> = (0..3)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<Result<_>>()?;
+        let ports = crate::ports::member_ports(3)?;
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, ports)| format!("m{i}=http://127.0.0.1:{}", ports.peer))
             .collect();
         let mut cluster = Self {
             endpoints: Vec::new(),
             members: Vec::new(),
             _data: data,
         };
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
+        for (i, ports) in ports.iter().enumerate() {
+            let client_url = format!("http://127.0.0.1:{}", ports.client);
+            let peer_url = format!("http://127.0.0.1:{}", ports.peer);
             let mut cmd = match kind {
                 StoreKind::Etcd => Command::new("/usr/bin/etcd"),
                 StoreKind::ShoalKv => {

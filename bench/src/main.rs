@@ -7,6 +7,7 @@ mod fleet;
 mod kv;
 mod leases;
 mod net;
+mod ports;
 
 #[derive(Parser)]
 struct Cli {

@@ -14,12 +14,12 @@
 //! MTU its encapsulation allows; rounds interleave the configurations so background load hits
 //! them alike. Metrics: single-stream TCP (iperf3, client on CPU 0 and server on CPU 1: left to
 //! the scheduler the same configuration ranged 10-16 Gbit/s between rounds, pinned it stays
-//! within ~5%); 64-byte UDP packets per second delivered to
-//! the receiving container's UDP layer by two saturating `sendmmsg` senders (one per CPU); UDP
-//! request/response latency p50/p99 (sockperf ping-pong, one-way = RTT/2); CPU time per
-//! delivered 64-byte packet (the senders' user+system time plus the machine's softirq time
-//! during the flood). Results: `target/bench/net.json`, a table on stdout and
-//! `target/bench/net.png`. `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named
+//! within ~5%); 64-byte UDP packets per second delivered to the receiving container's UDP layer
+//! by two saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99
+//! (sockperf ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte
+//! packet (the senders' user+system time plus the machine's softirq time during the flood).
+//! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
+//! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named
 //! configurations, `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
 use std::{
     fs,
@@ -498,10 +498,18 @@ fn measure_udp64(bed: &Testbed) -> anyhow::Result<(f64, f64)> {
 /// sockperf UDP ping-pong with 64-byte messages: one-way latency p50 and p99 in microseconds.
 fn measure_latency(bed: &Testbed) -> anyhow::Result<(f64, f64)> {
     let ip = bed.server_ip()?.to_string();
-    let _server = Server::start(bed.server(), "sockperf", &["sr", "-i", &ip, "-p", "11111"])?;
+    // Pinned as iperf3 is (client CPU 0, server CPU 1).
+    let _server = Server::start(
+        bed.server(),
+        "taskset",
+        &["-c", "1", "sockperf", "sr", "-i", &ip, "-p", "11111"],
+    )?;
     let output = bed.client().output(
-        "sockperf",
+        "taskset",
         [
+            "-c",
+            "0",
+            "sockperf",
             "pp",
             "-i",
             &ip,

@@ -35,7 +35,7 @@ struct Live {
 }
 
 /// A lease as the replicated state knows it: its TTL and the keys attached to it. When it
-/// expires is the leader's business ([`crate::lease`]).
+/// expires is the leader's business (the lease clock in [`crate::member`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LeaseRecord {
     pub ttl: i64,
