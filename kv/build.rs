@@ -1,5 +1,5 @@
 //! Generates the etcd v3 gRPC server and message types from etcd's own .proto files (copied
-//! unchanged from etcd into `proto/`), plus shoal's peer protocol (`proto/shoal/peer.proto`).
+//! unchanged from etcd into `proto/`).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
@@ -9,7 +9,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/etcd/api/etcdserverpb/rpc.proto",
                 "proto/etcd/api/mvccpb/kv.proto",
-                "proto/shoal/peer.proto",
             ],
             &["proto"],
         )?;

@@ -10,6 +10,7 @@ pub mod log;
 pub mod member;
 pub mod mvcc;
 pub mod peer;
+pub mod peer_wire;
 pub mod profile;
 pub mod proto;
 pub mod runtime;

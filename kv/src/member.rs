@@ -21,7 +21,6 @@ use crate::durable::Durability;
 use crate::error::{EtcdError, StoreError};
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerHandler, PeerPool, PeerService};
 use crate::proto::etcdserverpb::ResponseHeader;
-use crate::proto::peer::peer_server::PeerServer;
 use crate::store::{self, LogStore, Shared, State, StateMachine};
 use crate::types::{Command, MemberAttrs, MemberNode, Members, Outcome, Raft};
 
@@ -835,15 +834,14 @@ pub fn incoming(
 }
 
 async fn serve_peers(member: Arc<Member>, listener: TcpListener) {
-    let service = PeerServer::from_arc(Arc::new(PeerService { handler: member }))
-        .max_decoding_message_size(crate::peer::MAX_PEER_MESSAGE)
-        .max_encoding_message_size(crate::peer::MAX_PEER_MESSAGE);
-    let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(service)
-        .serve_with_incoming(crate::member::incoming(listener))
-        .await;
-    if let Err(e) = served {
-        tracing::error!("peer server stopped: {e}");
-    }
+    let service = Arc::new(PeerService { handler: member });
+    crate::peer_wire::serve(
+        listener,
+        crate::peer::MAX_PEER_MESSAGE,
+        move |method, payload| {
+            let service = service.clone();
+            async move { service.handle(method, payload).await }
+        },
+    )
+    .await;
 }

@@ -1,9 +1,11 @@
-//! Member-to-member traffic over gRPC (`proto/shoal/peer.proto`): openraft replication, writes
-//! and ReadIndex requests forwarded to the leader, and the leader's lease clock.
+//! Member-to-member traffic ([`crate::peer_wire`] frames carrying bincode): openraft
+//! replication, writes and ReadIndex requests forwarded to the leader, and the leader's lease
+//! clock.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -14,42 +16,76 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
 
 use crate::error::EtcdError;
-use crate::proto::peer::Blob;
-use crate::proto::peer::peer_client::PeerClient;
-use crate::proto::peer::peer_server::Peer;
+use crate::peer_wire::{CallError, Links};
 use crate::store::CommitClamp;
 use crate::types::{Command, MemberNode, Outcome, TypeConfig};
 
 /// Largest message between members (snapshots are sent in chunks below this).
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
-fn blob<T: Serialize>(value: &T) -> Result<Blob, Status> {
-    bincode::serialize(value)
-        .map(|data| Blob { data })
-        .map_err(|e| Status::internal(format!("encoding a peer message: {e}")))
+/// The methods of the peer protocol, as their frames name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Method {
+    AppendEntries = 1,
+    Vote = 2,
+    FullSnapshot = 3,
+    Propose = 4,
+    ReadIndex = 5,
+    LeaseKeepAlive = 6,
+    LeaseTimeToLive = 7,
+    Members = 8,
 }
 
-fn unblob<T: DeserializeOwned>(blob: &Blob) -> Result<T, Status> {
-    bincode::deserialize(&blob.data)
-        .map_err(|e| Status::invalid_argument(format!("decoding a peer message: {e}")))
+impl Method {
+    const ALL: [Method; 8] = [
+        Method::AppendEntries,
+        Method::Vote,
+        Method::FullSnapshot,
+        Method::Propose,
+        Method::ReadIndex,
+        Method::LeaseKeepAlive,
+        Method::LeaseTimeToLive,
+        Method::Members,
+    ];
+
+    fn from_u8(value: u8) -> Option<Method> {
+        Self::ALL.into_iter().find(|method| *method as u8 == value)
+    }
 }
 
-/// The peer URL a member is reached at (the first of its advertised ones).
-fn peer_url(node: &MemberNode) -> Result<&str, Status> {
-    node.peer_urls
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    bincode::serialize(value).map_err(|e| format!("encoding a peer message: {e}"))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::deserialize(bytes).map_err(|e| format!("decoding a peer message: {e}"))
+}
+
+/// The `host:port` a member is reached at (from the first of its advertised peer URLs).
+fn peer_address(node: &MemberNode) -> Result<String, String> {
+    let url = node
+        .peer_urls
         .first()
-        .map(String::as_str)
-        .ok_or_else(|| Status::failed_precondition(format!("member {} has no peer URL", node.name)))
+        .ok_or_else(|| format!("member {} has no peer URL", node.name))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("member {}'s peer URL {url}: {e}", node.name))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("member {}'s peer URL {url} has no host", node.name))?;
+    Ok(match authority.port_u16() {
+        Some(_) => authority.to_string(),
+        None => format!("{}:2380", authority.host()),
+    })
 }
 
-/// Lazily connected gRPC channels to the other members, by peer URL.
+/// Connections to the other members, and when each last answered.
 #[derive(Debug, Clone, Default)]
 pub struct PeerPool {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    links: Arc<Links>,
     /// When each member last answered a Raft RPC, and whether a later one failed.
     last_contact: Arc<Mutex<HashMap<u64, (Instant, bool)>>>,
 }
@@ -74,25 +110,21 @@ impl PeerPool {
         }
     }
 
-    pub fn client(&self, node: &MemberNode) -> Result<PeerClient<Channel>, Status> {
-        let url = peer_url(node)?;
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(url) {
-            return Ok(Self::wrap(channel.clone()));
-        }
-        let channel = Endpoint::from_shared(url.to_string())
-            .map_err(|e| Status::invalid_argument(format!("peer URL {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(url.to_string(), channel.clone());
-        Ok(Self::wrap(channel))
-    }
-
-    fn wrap(channel: Channel) -> PeerClient<Channel> {
-        PeerClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE)
+    /// Calls `method` on `node` with `request` and decodes its answer.
+    async fn request<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        node: &MemberNode,
+        method: Method,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<A, CallError> {
+        let address = peer_address(node).map_err(CallError::Unreachable)?;
+        let payload = encode(request).map_err(CallError::Failed)?;
+        let answer = self
+            .links
+            .call(&address, method as u8, &payload, timeout, MAX_PEER_MESSAGE)
+            .await?;
+        decode(&answer).map_err(CallError::Failed)
     }
 
     /// Calls one of the forwarding RPCs on `node` and decodes its answer.
@@ -103,29 +135,17 @@ impl PeerPool {
         request: &Q,
         timeout: Duration,
     ) -> Result<A, EtcdError> {
-        let unavailable = |e: Status| {
-            EtcdError::Internal(format!("forwarding to {}: {}", node.name, e.message()))
-        };
         tracing::debug!("forwarding {rpc:?} to {}", node.name);
-        let mut client = self.client(&node).map_err(unavailable)?;
-        let mut req = Request::new(blob(request).map_err(unavailable)?);
-        req.set_timeout(timeout);
-        let reply = match rpc {
-            ForwardRpc::Propose => client.propose(req).await,
-            ForwardRpc::ReadIndex => client.read_index(req).await,
-            ForwardRpc::LeaseKeepAlive => client.lease_keep_alive(req).await,
-            ForwardRpc::LeaseTimeToLive => client.lease_time_to_live(req).await,
-            ForwardRpc::Members => client.members(req).await,
-        };
-        let reply = reply.map_err(|status| {
-            tracing::debug!("forwarding {rpc:?} to {}: {status}", node.name);
-            status
-        });
-        let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::DeadlineExceeded => EtcdError::Timeout,
-            _ => unavailable(status),
-        })?;
-        let answer: Result<A, EtcdError> = unblob(reply.get_ref()).map_err(unavailable)?;
+        let answer: Result<A, EtcdError> = self
+            .request(&node, rpc.method(), request, timeout)
+            .await
+            .map_err(|e| {
+                tracing::debug!("forwarding {rpc:?} to {}: {e}", node.name);
+                match e {
+                    CallError::Timeout(_) => EtcdError::Timeout,
+                    e => EtcdError::Internal(format!("forwarding to {}: {e}", node.name)),
+                }
+            })?;
         answer
     }
 }
@@ -138,6 +158,18 @@ pub enum ForwardRpc {
     LeaseKeepAlive,
     LeaseTimeToLive,
     Members,
+}
+
+impl ForwardRpc {
+    fn method(self) -> Method {
+        match self {
+            ForwardRpc::Propose => Method::Propose,
+            ForwardRpc::ReadIndex => Method::ReadIndex,
+            ForwardRpc::LeaseKeepAlive => Method::LeaseKeepAlive,
+            ForwardRpc::LeaseTimeToLive => Method::LeaseTimeToLive,
+            ForwardRpc::Members => Method::Members,
+        }
+    }
 }
 
 /// What a member tells another that joins or asks who is in the cluster.
@@ -179,31 +211,28 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<u64, MemberNode, RaftError<u64, E>>>;
 
 impl PeerConnection {
-    async fn send<Q, A, E>(&self, request: &Q, option: &RPCOption, kind: RaftRpc) -> RpcResult<A, E>
+    async fn send<Q, A, E>(
+        &self,
+        request: &Q,
+        option: &RPCOption,
+        method: Method,
+    ) -> RpcResult<A, E>
     where
         Q: Serialize,
         A: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let mut client = self
+        let answer: Result<Result<A, RaftError<u64, E>>, CallError> = self
             .pool
-            .client(&self.node)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut req =
-            Request::new(blob(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?);
-        req.set_timeout(option.hard_ttl());
-        let reply = match kind {
-            RaftRpc::Append => client.append_entries(req).await,
-            RaftRpc::Vote => client.vote(req).await,
-            RaftRpc::Snapshot => client.full_snapshot(req).await,
-        }
-        .map_err(|e| {
-            self.pool.record_contact(self.target, false);
-            RPCError::Unreachable(Unreachable::new(&e))
+            .request(&self.node, method, request, option.hard_ttl())
+            .await;
+        self.pool.record_contact(self.target, answer.is_ok());
+        let answer = answer.map_err(|e| match e {
+            CallError::Failed(reason) => {
+                RPCError::Network(NetworkError::new(&CallError::Failed(reason)))
+            }
+            e => RPCError::Unreachable(Unreachable::new(&e)),
         })?;
-        self.pool.record_contact(self.target, true);
-        let answer: Result<A, RaftError<u64, E>> =
-            unblob(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         answer.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
@@ -212,13 +241,6 @@ impl PeerConnection {
             ))
         })
     }
-}
-
-#[derive(Clone, Copy)]
-enum RaftRpc {
-    Append,
-    Vote,
-    Snapshot,
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
@@ -230,7 +252,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc.leader_commit = self.commit_clamp.clamp(rpc.leader_commit);
         let t = Instant::now();
         let n = rpc.entries.len();
-        let r = self.send(&rpc, &option, RaftRpc::Append).await;
+        let r = self.send(&rpc, &option, Method::AppendEntries).await;
         crate::profile::record(
             if n == 0 {
                 "net.heartbeat_rtt"
@@ -247,7 +269,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.send(&rpc, &option, RaftRpc::Snapshot).await
+        self.send(&rpc, &option, Method::FullSnapshot).await
     }
 
     async fn vote(
@@ -255,7 +277,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>> {
-        self.send(&rpc, &option, RaftRpc::Vote).await
+        self.send(&rpc, &option, Method::Vote).await
     }
 }
 
@@ -280,7 +302,7 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn cluster_view(&self) -> ClusterView;
 }
 
-/// The gRPC service other members call.
+/// What a member answers other members.
 pub struct PeerService<H> {
     pub handler: Arc<H>,
 }
@@ -289,71 +311,57 @@ impl<H: PeerHandler> PeerService<H> {
     /// Refuses a Raft message this member sent itself (a peer URL of another member that
     /// reaches this one): openraft would take its own vote as granted by a second voter, and a
     /// leader receiving its own AppendEntries trips openraft's `self.leader.is_none()`.
-    fn refuse_own(&self, vote: &openraft::Vote<u64>) -> Result<(), Status> {
+    fn refuse_own(&self, vote: &openraft::Vote<u64>) -> Result<(), String> {
         let own = self.handler.raft().metrics().borrow().id;
         if vote.leader_id().voted_for() == Some(own) {
             tracing::error!("refusing a Raft message from this member itself: a peer URL is wrong");
-            return Err(Status::failed_precondition(
-                "Raft message from the receiving member itself",
-            ));
+            return Err("Raft message from the receiving member itself".to_string());
         }
         Ok(())
     }
-}
 
-#[tonic::async_trait]
-impl<H: PeerHandler> Peer for PeerService<H> {
-    async fn append_entries(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = unblob(request.get_ref())?;
-        self.refuse_own(&rpc.vote)?;
-        let t = Instant::now();
-        let n = rpc.entries.len();
-        let answer = self.handler.raft().append_entries(rpc).await;
-        if n > 0 {
-            crate::profile::record("follower.append_entries", t);
+    /// Answers one request: the bincode of the method's answer, or why there is none.
+    pub async fn handle(&self, method: u8, payload: Bytes) -> Result<Vec<u8>, String> {
+        let method = Method::from_u8(method).ok_or_else(|| format!("no peer method {method}"))?;
+        match method {
+            Method::AppendEntries => {
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&payload)?;
+                self.refuse_own(&rpc.vote)?;
+                let t = Instant::now();
+                let n = rpc.entries.len();
+                let answer = self.handler.raft().append_entries(rpc).await;
+                if n > 0 {
+                    crate::profile::record("follower.append_entries", t);
+                }
+                encode(&answer)
+            }
+            Method::Vote => {
+                let rpc: VoteRequest<u64> = decode(&payload)?;
+                self.refuse_own(&rpc.vote)?;
+                encode(&self.handler.raft().vote(rpc).await)
+            }
+            Method::FullSnapshot => {
+                let rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload)?;
+                self.refuse_own(&rpc.vote)?;
+                encode(&self.handler.raft().install_snapshot(rpc).await)
+            }
+            Method::Propose => {
+                let command: Command = decode(&payload)?;
+                encode(&self.handler.propose_local(command).await)
+            }
+            Method::ReadIndex => encode(&self.handler.read_index_local().await),
+            Method::LeaseKeepAlive => {
+                let id: i64 = decode(&payload)?;
+                encode(&self.handler.keep_alive_local(id).await)
+            }
+            Method::LeaseTimeToLive => {
+                let id: i64 = decode(&payload)?;
+                encode(&self.handler.time_to_live_local(id).await)
+            }
+            Method::Members => {
+                let view: Result<ClusterView, EtcdError> = Ok(self.handler.cluster_view());
+                encode(&view)
+            }
         }
-        Ok(Response::new(blob(&answer)?))
-    }
-
-    async fn vote(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc: VoteRequest<u64> = unblob(request.get_ref())?;
-        self.refuse_own(&rpc.vote)?;
-        let answer = self.handler.raft().vote(rpc).await;
-        Ok(Response::new(blob(&answer)?))
-    }
-
-    async fn full_snapshot(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = unblob(request.get_ref())?;
-        self.refuse_own(&rpc.vote)?;
-        let answer = self.handler.raft().install_snapshot(rpc).await;
-        Ok(Response::new(blob(&answer)?))
-    }
-
-    async fn propose(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let command: Command = unblob(request.get_ref())?;
-        let answer = self.handler.propose_local(command).await;
-        Ok(Response::new(blob(&answer)?))
-    }
-
-    async fn read_index(&self, _request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let answer = self.handler.read_index_local().await;
-        Ok(Response::new(blob(&answer)?))
-    }
-
-    async fn lease_keep_alive(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let id: i64 = unblob(request.get_ref())?;
-        let answer = self.handler.keep_alive_local(id).await;
-        Ok(Response::new(blob(&answer)?))
-    }
-
-    async fn lease_time_to_live(&self, request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let id: i64 = unblob(request.get_ref())?;
-        let answer = self.handler.time_to_live_local(id).await;
-        Ok(Response::new(blob(&answer)?))
-    }
-
-    async fn members(&self, _request: Request<Blob>) -> Result<Response<Blob>, Status> {
-        let view: Result<ClusterView, EtcdError> = Ok(self.handler.cluster_view());
-        Ok(Response::new(blob(&view)?))
     }
 }

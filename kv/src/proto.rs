@@ -1,4 +1,4 @@
-//! Types and services generated from etcd's .proto files and shoal's peer protocol.
+//! Types and services generated from etcd's .proto files.
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
 pub mod mvccpb {
@@ -9,7 +9,4 @@ pub mod authpb {
 }
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
-}
-pub mod peer {
-    tonic::include_proto!("shoal.peer");
 }
