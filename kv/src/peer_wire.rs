@@ -109,27 +109,42 @@ impl Link {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Sends one request and waits for its answer, all within `timeout`. A send cut short (by
+    /// the timeout or an error) may leave half a frame on the wire: the link is then closed, and
+    /// the next call connects anew.
     async fn call(
         &self,
         method: u8,
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Bytes, CallError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock_pending().insert(id, tx);
-        let sent = self
-            .writer
-            .lock()
-            .await
-            .send(frame(method, id, payload))
-            .await;
-        if let Err(e) = sent {
+        if self.is_closed() {
+            // The reader ended after this link was handed out: nobody would answer.
+            self.lock_pending().remove(&id);
+            return Err(CallError::Unreachable("the connection closed".to_string()));
+        }
+        let send = async {
+            self.writer
+                .lock()
+                .await
+                .send(frame(method, id, payload))
+                .await
+        };
+        let failure = match tokio::time::timeout_at(deadline, send).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(CallError::Unreachable(format!("sending: {e}"))),
+            Err(_) => Some(CallError::Timeout(timeout)),
+        };
+        if let Some(failure) = failure {
             self.closed.store(true, Ordering::Release);
             self.lock_pending().remove(&id);
-            return Err(CallError::Unreachable(format!("sending: {e}")));
+            return Err(failure);
         }
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(CallError::Unreachable("the connection closed".to_string())),
             Err(_) => {
@@ -139,9 +154,7 @@ impl Link {
         }
     }
 
-    fn lock_pending(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Bytes, CallError>>>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Waiters> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
