@@ -118,7 +118,7 @@ impl PeerPool {
         request: &Q,
         timeout: Duration,
     ) -> Result<A, CallError> {
-        let address = peer_address(node).map_err(CallError::Unreachable)?;
+        let address = peer_address(node).map_err(CallError::NotSent)?;
         let payload = encode(request).map_err(CallError::Failed)?;
         let answer = self
             .links
@@ -143,6 +143,9 @@ impl PeerPool {
                 tracing::debug!("forwarding {rpc:?} to {}: {e}", node.name);
                 match e {
                     CallError::Timeout(_) => EtcdError::Timeout,
+                    // The member taken for the leader is gone (an election is due): the caller
+                    // may try again, nothing was sent.
+                    CallError::NotSent(_) => EtcdError::NoLeader,
                     e => EtcdError::Internal(format!("forwarding to {}: {e}", node.name)),
                 }
             })?;

@@ -33,6 +33,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Why a call got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
+    /// No connection to the peer: the request never left, so trying again cannot repeat it.
+    #[error("{0}")]
+    NotSent(String),
+    /// The connection broke with the request sent, or maybe sent.
     #[error("{0}")]
     Unreachable(String),
     #[error("no answer within {0:?}")]
@@ -82,8 +86,7 @@ struct Link {
 
 impl Link {
     async fn connect(address: &str, max_frame: usize) -> Result<Arc<Link>, CallError> {
-        let unreachable =
-            |e: &dyn std::fmt::Display| CallError::Unreachable(format!("{address}: {e}"));
+        let unreachable = |e: &dyn std::fmt::Display| CallError::NotSent(format!("{address}: {e}"));
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
             .await
             .map_err(|_| unreachable(&"connecting timed out"))?
@@ -125,7 +128,7 @@ impl Link {
         if self.is_closed() {
             // The reader ended after this link was handed out: nobody would answer.
             self.lock_pending().remove(&id);
-            return Err(CallError::Unreachable("the connection closed".to_string()));
+            return Err(CallError::NotSent("the connection closed".to_string()));
         }
         let send = async {
             self.writer
@@ -366,7 +369,7 @@ mod tests {
             .call(&gone, 0, b"", Duration::from_secs(2), 1024)
             .await;
         assert!(
-            matches!(unreachable, Err(CallError::Unreachable(_))),
+            matches!(unreachable, Err(CallError::NotSent(_))),
             "{unreachable:?}"
         );
     }
