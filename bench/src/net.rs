@@ -19,8 +19,8 @@
 //! (sockperf ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte
 //! packet (the senders' user+system time plus the machine's softirq time during the flood).
 //! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
-//! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named
-//! configurations, `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
+//! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named configurations,
+//! `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},

@@ -67,11 +67,12 @@ pub fn tc_egress(ctx: &TcContext) -> i32 {
 }
 
 /// Encapsulation one hop earlier, on the ingress of a device local workloads hang off (a bridge
-/// port, their bridge, or a routed veth): a packet for a remote subnet is forwarded as the kernel would
-/// (TTL - 1), encapsulated and sent straight out of the underlay device, without this node's
-/// IP forwarding, neighbour output and qdisc in between. What the kernel must answer or judge
-/// (TTL expiring, too big for the tunnel, IP options, anything not for a remote subnet) passes
-/// to it unchanged and takes the kernel path to [`tc_egress`].
+/// port, their bridge, or a routed veth): a packet for a remote subnet is forwarded as the
+/// kernel would (TTL - 1), encapsulated and sent straight out of the underlay device, without
+/// this node's IP forwarding, neighbour output and qdisc (and, from a bridge port, the bridge)
+/// in between. What the kernel must answer or judge (TTL expiring, too big for the tunnel, IP
+/// options, anything not for a remote subnet) passes to it unchanged and takes the kernel path
+/// to [`tc_egress`].
 pub fn tc_workload_ingress(ctx: &TcContext) -> i32 {
     let Some(cfg) = config() else {
         return TC_ACT_OK;

@@ -152,35 +152,19 @@ impl WorkloadMaps {
         devices.sort_unstable();
         devices.dedup();
         hook_workload_devices(pin_dir, &devices)?;
-        let registered: Vec<u32> = self
-            .ports
-            .keys()
-            .collect::<Result<_, _>>()
+        let kept: Vec<u32> = ports.iter().map(|(ifindex, _)| *ifindex).collect();
+        remove_keys_except(&mut self.ports, &kept)
             .map_err(|source| self.error(WORKLOAD_PORTS_MAP, source))?;
-        for ifindex in registered {
-            if !ports.iter().any(|(port, _)| *port == ifindex) {
-                remove_key(&mut self.ports, &ifindex)
-                    .map_err(|source| self.error(WORKLOAD_PORTS_MAP, source))?;
-            }
-        }
         Ok(endpoints.len())
     }
 
     fn set_endpoints(&mut self, endpoints: &[Endpoint]) -> Result<()> {
-        let registered: Vec<[u8; 4]> = self
-            .endpoints
-            .keys()
-            .collect::<Result<_, _>>()
+        let kept: Vec<[u8; 4]> = endpoints
+            .iter()
+            .map(|endpoint| endpoint.address.octets())
+            .collect();
+        remove_keys_except(&mut self.endpoints, &kept)
             .map_err(|source| self.error(ENDPOINTS_MAP, source))?;
-        for address in registered {
-            if !endpoints
-                .iter()
-                .any(|endpoint| endpoint.address.octets() == address)
-            {
-                remove_key(&mut self.endpoints, &address)
-                    .map_err(|source| self.error(ENDPOINTS_MAP, source))?;
-            }
-        }
         for endpoint in endpoints {
             self.endpoints
                 .insert(endpoint.address.octets(), endpoint.to_raw(), 0)
@@ -201,6 +185,18 @@ fn map_error(map: &'static str, place: &str, source: aya::maps::MapError) -> Err
         interface: place.to_string(),
         source: Box::new(source),
     }
+}
+
+/// Removes every key of `map` not in `kept`.
+fn remove_keys_except<K: aya::Pod + PartialEq, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    kept: &[K],
+) -> Result<(), aya::maps::MapError> {
+    let registered: Vec<K> = map.keys().collect::<Result<_, _>>()?;
+    for key in registered.iter().filter(|key| !kept.contains(key)) {
+        remove_key(map, key)?;
+    }
+    Ok(())
 }
 
 /// Removes `key` from `map`; a key already gone is not an error.
