@@ -83,11 +83,20 @@ fn peer_address(node: &MemberNode) -> Result<String, String> {
 }
 
 /// Connections to the other members, and when each last answered.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PeerPool {
     links: Arc<Links>,
     /// When each member last answered a Raft RPC, and whether a later one failed.
     last_contact: Arc<Mutex<HashMap<u64, (Instant, bool)>>>,
+}
+
+impl Default for PeerPool {
+    fn default() -> Self {
+        Self {
+            links: Arc::new(Links::new(MAX_PEER_MESSAGE)),
+            last_contact: Arc::default(),
+        }
+    }
 }
 
 impl PeerPool {
@@ -122,7 +131,7 @@ impl PeerPool {
         let payload = encode(request).map_err(CallError::Failed)?;
         let answer = self
             .links
-            .call(&address, method as u8, &payload, timeout, MAX_PEER_MESSAGE)
+            .call(&address, method as u8, &payload, timeout)
             .await?;
         decode(&answer).map_err(CallError::Failed)
     }
@@ -231,9 +240,7 @@ impl PeerConnection {
             .await;
         self.pool.record_contact(self.target, answer.is_ok());
         let answer = answer.map_err(|e| match e {
-            CallError::Failed(reason) => {
-                RPCError::Network(NetworkError::new(&CallError::Failed(reason)))
-            }
+            e @ CallError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
             e => RPCError::Unreachable(Unreachable::new(&e)),
         })?;
         answer.map_err(|e| {

@@ -72,15 +72,35 @@ fn parse(mut frame: BytesMut) -> Option<(u8, u64, Bytes)> {
 
 type Writer = tokio::sync::Mutex<FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>>;
 type Waiters = HashMap<u64, oneshot::Sender<Result<Bytes, CallError>>>;
-type Pending = Mutex<Waiters>;
 /// A peer's connection, once made; locked while connecting.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Link>>>>;
+
+/// What a link's callers and its reader task share: the calls waiting for an answer, and
+/// whether the connection has ended.
+#[derive(Default)]
+struct Answers {
+    waiting: Mutex<Waiters>,
+    closed: AtomicBool,
+}
+
+impl Answers {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
 
 /// One connection to a peer.
 struct Link {
     writer: Writer,
-    pending: Arc<Pending>,
-    closed: Arc<AtomicBool>,
+    answers: Arc<Answers>,
     next_id: AtomicU64,
 }
 
@@ -95,21 +115,12 @@ impl Link {
         let (read, write) = stream.into_split();
         let link = Arc::new(Link {
             writer: tokio::sync::Mutex::new(FramedWrite::new(write, codec(max_frame))),
-            pending: Arc::default(),
-            closed: Arc::default(),
+            answers: Arc::default(),
             next_id: AtomicU64::new(0),
         });
         let reader = FramedRead::new(read, codec(max_frame));
-        tokio::spawn(read_answers(
-            reader,
-            link.pending.clone(),
-            link.closed.clone(),
-        ));
+        tokio::spawn(read_answers(reader, link.answers.clone()));
         Ok(link)
-    }
-
-    fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
     }
 
     /// Sends one request and waits for its answer, all within `timeout`. A send cut short (by
@@ -124,10 +135,10 @@ impl Link {
         let deadline = tokio::time::Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.lock_pending().insert(id, tx);
-        if self.is_closed() {
+        self.answers.waiting().insert(id, tx);
+        if self.answers.is_closed() {
             // The reader ended after this link was handed out: nobody would answer.
-            self.lock_pending().remove(&id);
+            self.answers.waiting().remove(&id);
             return Err(CallError::NotSent("the connection closed".to_string()));
         }
         let send = async {
@@ -143,22 +154,18 @@ impl Link {
             Err(_) => Some(CallError::Timeout(timeout)),
         };
         if let Some(failure) = failure {
-            self.closed.store(true, Ordering::Release);
-            self.lock_pending().remove(&id);
+            self.answers.close();
+            self.answers.waiting().remove(&id);
             return Err(failure);
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(CallError::Unreachable("the connection closed".to_string())),
             Err(_) => {
-                self.lock_pending().remove(&id);
+                self.answers.waiting().remove(&id);
                 Err(CallError::Timeout(timeout))
             }
         }
-    }
-
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -166,19 +173,16 @@ impl Link {
 /// waiting.
 async fn read_answers(
     mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
-    pending: Arc<Pending>,
-    closed: Arc<AtomicBool>,
+    answers: Arc<Answers>,
 ) {
     while let Some(Ok(received)) = reader.next().await {
         let Some((status, id, payload)) = parse(received) else {
             tracing::debug!("a peer sent a frame too short for its header");
             break;
         };
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        let Some(waiter) = waiter else { continue };
+        let Some(waiter) = answers.waiting().remove(&id) else {
+            continue;
+        };
         let answer = if status == STATUS_OK {
             Ok(payload)
         } else {
@@ -188,14 +192,15 @@ async fn read_answers(
         };
         let _ = waiter.send(answer);
     }
-    closed.store(true, Ordering::Release);
-    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    answers.close();
+    answers.waiting().clear();
 }
 
 /// Connections to peers by address (`host:port`), made on first use and again after one breaks.
-#[derive(Default)]
 pub struct Links {
     slots: Mutex<HashMap<String, Slot>>,
+    /// The largest payload a frame carries, both ways.
+    max_frame: usize,
 }
 
 impl std::fmt::Debug for Links {
@@ -205,6 +210,13 @@ impl std::fmt::Debug for Links {
 }
 
 impl Links {
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            slots: Mutex::default(),
+            max_frame,
+        }
+    }
+
     /// Calls `method` on the peer at `address` with `payload`, waiting at most `timeout` for
     /// its answer.
     pub async fn call(
@@ -213,23 +225,22 @@ impl Links {
         method: u8,
         payload: &[u8],
         timeout: Duration,
-        max_frame: usize,
     ) -> Result<Bytes, CallError> {
-        let link = self.link(address, max_frame).await?;
+        let link = self.link(address).await?;
         link.call(method, payload, timeout).await
     }
 
-    async fn link(&self, address: &str, max_frame: usize) -> Result<Arc<Link>, CallError> {
+    async fn link(&self, address: &str) -> Result<Arc<Link>, CallError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.entry(address.to_string()).or_default().clone()
         };
         // One connection attempt per peer at a time; other peers are not held up.
         let mut slot = slot.lock().await;
-        if let Some(link) = slot.as_ref().filter(|link| !link.is_closed()) {
+        if let Some(link) = slot.as_ref().filter(|link| !link.answers.is_closed()) {
             return Ok(link.clone());
         }
-        let link = Link::connect(address, max_frame).await?;
+        let link = Link::connect(address, self.max_frame).await?;
         *slot = Some(link.clone());
         Ok(link)
     }
@@ -319,18 +330,14 @@ mod tests {
     #[tokio::test]
     async fn answers_reach_their_callers_while_a_slow_request_is_in_flight() {
         let address = echo_server().await;
-        let links = Arc::new(Links::default());
+        let links = Arc::new(Links::new(1024));
         let slow = {
             let (links, address) = (links.clone(), address.clone());
-            tokio::spawn(async move {
-                links
-                    .call(&address, 1, b"", Duration::from_secs(2), 1024)
-                    .await
-            })
+            tokio::spawn(async move { links.call(&address, 1, b"", Duration::from_secs(2)).await })
         };
         for n in 0..20u8 {
             let answer = links
-                .call(&address, 0, &[n; 3], Duration::from_secs(2), 1024)
+                .call(&address, 0, &[n; 3], Duration::from_secs(2))
                 .await
                 .expect("echo");
             assert_eq!(&answer[..], &[n; 3]);
@@ -341,17 +348,15 @@ mod tests {
     #[tokio::test]
     async fn failures_timeouts_and_unreachable_peers_are_told_apart() {
         let address = echo_server().await;
-        let links = Links::default();
-        let failed = links
-            .call(&address, 9, b"", Duration::from_secs(2), 1024)
-            .await;
+        let links = Links::new(1024);
+        let failed = links.call(&address, 9, b"", Duration::from_secs(2)).await;
         assert_eq!(failed, Err(CallError::Failed("no method 9".to_string())));
         let slow = links
-            .call(&address, 1, b"", Duration::from_millis(20), 1024)
+            .call(&address, 1, b"", Duration::from_millis(20))
             .await;
         assert_eq!(slow, Err(CallError::Timeout(Duration::from_millis(20))));
         let too_big = links
-            .call(&address, 0, &[0; 4096], Duration::from_secs(2), 1024)
+            .call(&address, 0, &[0; 4096], Duration::from_secs(2))
             .await;
         assert!(
             matches!(too_big, Err(CallError::Unreachable(_))),
@@ -359,15 +364,13 @@ mod tests {
         );
         // The broken connection is replaced on the next call.
         let echoed = links
-            .call(&address, 0, b"again", Duration::from_secs(2), 1024)
+            .call(&address, 0, b"again", Duration::from_secs(2))
             .await;
         assert_eq!(echoed.as_deref(), Ok(&b"again"[..]));
         let nobody = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let gone = nobody.local_addr().expect("address").to_string();
         drop(nobody);
-        let unreachable = links
-            .call(&gone, 0, b"", Duration::from_secs(2), 1024)
-            .await;
+        let unreachable = links.call(&gone, 0, b"", Duration::from_secs(2)).await;
         assert!(
             matches!(unreachable, Err(CallError::NotSent(_))),
             "{unreachable:?}"
