@@ -819,7 +819,7 @@ fn raft_config(config: &Config) -> Result<openraft::Config, StoreError> {
 }
 
 /// Accepted connections with Nagle's algorithm off (tonic only sets TCP_NODELAY on listeners
-/// it binds itself); small gRPC frames would otherwise wait for delayed ACKs.
+/// it binds itself); small gRPC and peer frames would otherwise wait for delayed ACKs.
 pub fn incoming(
     listener: TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
@@ -836,7 +836,7 @@ pub fn incoming(
 async fn serve_peers(member: Arc<Member>, listener: TcpListener) {
     let service = Arc::new(PeerService { handler: member });
     crate::peer_wire::serve(
-        listener,
+        incoming(listener),
         crate::peer::MAX_PEER_MESSAGE,
         move |method, payload| {
             let service = service.clone();

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
@@ -246,27 +246,26 @@ impl Links {
     }
 }
 
-/// Answers the requests arriving on `listener`, each with `handle(method, payload)` in a task
-/// of its own (so a slow request does not hold up the ones behind it), until the task running
-/// this is aborted.
-pub async fn serve<H, F>(listener: TcpListener, max_frame: usize, handle: H)
+/// Answers the requests arriving on `connections` (as [`crate::member::incoming`] accepts
+/// them), each with `handle(method, payload)` in a task of its own (so a slow request does not
+/// hold up the ones behind it), until the task running this is aborted.
+pub async fn serve<C, H, F>(connections: C, max_frame: usize, handle: H)
 where
+    C: futures::Stream<Item = std::io::Result<TcpStream>>,
     H: Fn(u8, Bytes) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, String>> + Send + 'static,
 {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+    let mut connections = std::pin::pin!(connections);
+    while let Some(accepted) = connections.next().await {
+        match accepted {
+            Ok(stream) => {
+                tokio::spawn(serve_connection(stream, max_frame, handle.clone()));
+            }
             Err(e) => {
                 tracing::debug!("accepting a peer connection: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("setting TCP_NODELAY: {e}");
         }
-        tokio::spawn(serve_connection(stream, max_frame, handle.clone()));
     }
 }
 
@@ -310,20 +309,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     async fn echo_server() -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
-        tokio::spawn(serve(listener, 1024, |method, payload: Bytes| async move {
-            match method {
-                0 => Ok(payload.to_vec()),
-                1 => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    Ok(b"slow".to_vec())
+        let connections = crate::member::incoming(listener);
+        tokio::spawn(serve(
+            connections,
+            1024,
+            |method, payload: Bytes| async move {
+                match method {
+                    0 => Ok(payload.to_vec()),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok(b"slow".to_vec())
+                    }
+                    _ => Err(format!("no method {method}")),
                 }
-                _ => Err(format!("no method {method}")),
-            }
-        }));
+            },
+        ));
         address
     }
 
