@@ -259,7 +259,8 @@ impl Counter {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY (all): repr(C) structs of byte arrays and u32s laid out without implicit padding
-    // (RouteTarget, LocalEndpoint and WorkloadPort have an explicit `_pad`), every bit pattern valid.
+    // (RouteTarget, LocalEndpoint and WorkloadPort have an explicit `_pad`), every bit pattern
+    // valid.
     unsafe impl aya::Pod for super::RouteTarget {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::LocalEndpoint {}
