@@ -43,11 +43,13 @@ fn shared_ebpf_dir(out_dir: &Path) -> Result<PathBuf> {
 fn build_into(shared_dir: &Path) -> Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dataplane-ebpf");
     // Debian's rustc is a stable compiler; -Z build-std=core needs the bootstrap switch. aya-build
-    // reads its output directory from OUT_DIR.
+    // reads its output directory from OUT_DIR. It passes every line the nested cargo prints on
+    // as a `warning:` of this build; a quiet nested cargo prints only real diagnostics.
     // SAFETY: build scripts are single-threaded at this point.
     unsafe {
         env::set_var("RUSTC_BOOTSTRAP", "1");
         env::set_var("OUT_DIR", shared_dir);
+        env::set_var("CARGO_TERM_QUIET", "true");
     }
     aya_build::build_ebpf(
         [aya_build::Package {

@@ -55,7 +55,7 @@ mod programs {
     }
 
     #[panic_handler]
-    fn panic(_info: &core::panic::PanicInfo) -> ! {
+    fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
         loop {}
     }
 }

@@ -32,10 +32,10 @@ use crate::types::{
 };
 
 /// Where earlier versions kept the Raft log; read once to move it to [`LogFile`].
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
 /// The Raft log's directory inside the data dir.
 const LOG_DIR: &str = "raft-log";
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
 const LAST_PURGED: &str = "last_purged";
 const SNAPSHOT: &str = "snapshot";

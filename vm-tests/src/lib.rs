@@ -91,13 +91,11 @@ impl Scenario {
         output_of(cmd)
     }
 
-    /// `etcdctl --endpoints <endpoints> args...` (v3 API) from the host side; its stdout. The
-    /// endpoints are given as `host:port` (see [`VmCluster::etcdctl_endpoints`]).
+    /// `etcdctl --endpoints <endpoints> args...` (v3 API) from the host side; its stdout.
     pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Result<String> {
         let mut cmd = self.cluster.host_command("etcdctl");
-        let endpoints = shoal_vm::cluster::without_scheme(endpoints);
         cmd.env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoints, "--command-timeout", "5s"])
+            .args(["--endpoints", endpoints, "--command-timeout", "5s"])
             .args(args);
         output_of(cmd)
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask <chore>`: the one place every chore of the project lives.
 mod bench;
 mod setup;
+mod steps;
 mod test;
 mod up;
 mod vm;

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::run_cmd;
+use crate::steps::Steps;
 
 /// Debian packages the build, tests and benchmarks need.
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -49,35 +49,44 @@ const LLVM_MAJOR: &str = "22";
 const BPF_TOOLCHAIN: &str = "bpf";
 
 pub fn run() -> Result<()> {
-    install_debian_packages()?;
-    install_bpf_linker()?;
-    link_bpf_toolchain()?;
-    install_nextest()?;
-    Ok(())
+    let steps = Steps::new("setup")?;
+    install_debian_packages(&steps)?;
+    install_bpf_linker(&steps)?;
+    link_bpf_toolchain(&steps)?;
+    install_nextest(&steps)
 }
 
-fn install_nextest() -> Result<()> {
+fn install_nextest(steps: &Steps) -> Result<()> {
     let present = Command::new("cargo")
         .args(["nextest", "--version"])
         .output()
         .is_ok_and(|out| out.status.success());
     if present {
-        println!("setup: cargo-nextest present");
+        steps.skip("cargo-nextest present");
         return Ok(());
     }
-    println!("setup: installing cargo-nextest");
-    run_cmd(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
+    steps.run(
+        "installing cargo-nextest (cargo install)",
+        Command::new("cargo").args(["install", "cargo-nextest", "--locked"]),
+    )
 }
 
-fn install_debian_packages() -> Result<()> {
+fn install_debian_packages(steps: &Steps) -> Result<()> {
     let missing = missing_debian_packages()?;
     if missing.is_empty() {
-        println!("setup: Debian packages present");
+        steps.skip("Debian packages present");
         return Ok(());
     }
-    println!("setup: installing Debian packages: {}", missing.join(" "));
-    run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
-    run_cmd(
+    steps.run(
+        "updating apt's package lists",
+        Command::new("apt-get").arg("update").arg("-q"),
+    )?;
+    steps.run(
+        &format!(
+            "installing {} Debian packages ({})",
+            missing.len(),
+            missing.join(" ")
+        ),
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
@@ -103,21 +112,21 @@ fn missing_debian_packages() -> Result<Vec<String>> {
         .collect())
 }
 
-fn install_bpf_linker() -> Result<()> {
+fn install_bpf_linker(steps: &Steps) -> Result<()> {
     let present = Command::new("bpf-linker")
         .arg("--version")
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION));
     if present {
-        println!("setup: bpf-linker {BPF_LINKER_VERSION} present");
+        steps.skip(&format!("bpf-linker {BPF_LINKER_VERSION} present"));
         return Ok(());
     }
-    println!("setup: installing bpf-linker {BPF_LINKER_VERSION} for LLVM {LLVM_MAJOR}");
     let path = format!(
         "/usr/lib/llvm-{LLVM_MAJOR}/bin:{}",
         std::env::var("PATH").unwrap_or_default()
     );
-    run_cmd(
+    steps.run(
+        &format!("building bpf-linker {BPF_LINKER_VERSION} for LLVM {LLVM_MAJOR} (cargo install)"),
         Command::new("cargo")
             .args(["install", "bpf-linker", "--locked", "--no-default-features"])
             .args(["--version", BPF_LINKER_VERSION])
@@ -126,7 +135,7 @@ fn install_bpf_linker() -> Result<()> {
     )
 }
 
-fn link_bpf_toolchain() -> Result<()> {
+fn link_bpf_toolchain(steps: &Steps) -> Result<()> {
     let toolchains = Command::new("rustup")
         .args(["toolchain", "list"])
         .output()
@@ -135,9 +144,11 @@ fn link_bpf_toolchain() -> Result<()> {
         .lines()
         .any(|line| line.split_whitespace().next() == Some(BPF_TOOLCHAIN));
     if listed {
-        println!("setup: rustup toolchain `{BPF_TOOLCHAIN}` present");
+        steps.skip(&format!("rustup toolchain `{BPF_TOOLCHAIN}` present"));
         return Ok(());
     }
-    println!("setup: linking rustup toolchain `{BPF_TOOLCHAIN}` to Debian's rustc in /usr");
-    run_cmd(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))
+    steps.run(
+        &format!("linking rustup toolchain `{BPF_TOOLCHAIN}` to Debian's rustc in /usr"),
+        Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]),
+    )
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::Result;
 use clap::Args;
 
-use crate::{run_cmd, workspace_root};
+use crate::{run_cmd, steps::Steps, workspace_root};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -19,6 +19,7 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> Result<()> {
     crate::setup::run()?;
+    let steps = Steps::new("test")?;
     let root = workspace_root();
     let cargo = || {
         let mut cmd = Command::new("cargo");
@@ -26,31 +27,58 @@ pub fn run(args: TestArgs) -> Result<()> {
         cmd
     };
     if !args.no_lints {
-        run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
-        run_cmd(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        steps.run(
+            "cargo fmt --check",
+            cargo().args(["fmt", "--all", "--check"]),
+        )?;
+        steps.run(
+            "cargo clippy, warnings denied",
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+        steps.run(
+            "cargo doc, warnings denied",
+            cargo()
+                .args([
+                    "doc",
+                    "--workspace",
+                    "--no-deps",
+                    "--exclude",
+                    "shoal-dataplane-ebpf",
+                ])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
     }
     // The VM tests (vm-tests/) run the release build of shoal in their guests: built here,
     // outside the tests' time limits, when they will run (with a filter, the first VM test
     // selected builds it).
     match shoal_vm::host::vm_tests_skip_reason() {
-        None if args.nextest_args.is_empty() => run_cmd(cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "shoal-control",
-            "--bin",
-            "shoal",
-        ]))?,
+        None if args.nextest_args.is_empty() => steps.run(
+            "building shoal (release) for the VM tests",
+            cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "shoal-control",
+                "--bin",
+                "shoal",
+            ]),
+        )?,
         None => {}
-        Some(reason) => println!("the VM tests will skip: {reason}"),
+        Some(reason) => steps.skip(&format!("the VM tests will skip: {reason}")),
     }
+    steps.run(
+        "building the tests",
+        cargo()
+            .args(["nextest", "run", "--workspace", "--no-run"])
+            .args(&args.nextest_args),
+    )?;
     // Every test in its own process, retried and time-limited as .config/nextest.toml says.
     // The harness sweeps namespaces left by killed runs before every cluster it builds.
     run_cmd(
@@ -59,5 +87,5 @@ pub fn run(args: TestArgs) -> Result<()> {
             .args(&args.nextest_args),
     )?;
     // nextest does not run doctests.
-    run_cmd(cargo().args(["test", "--workspace", "--doc"]))
+    steps.run("doctests", cargo().args(["test", "--workspace", "--doc"]))
 }

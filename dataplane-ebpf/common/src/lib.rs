@@ -258,11 +258,14 @@ impl Counter {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY (all): repr(C) structs of byte arrays and u32s laid out without implicit padding
-    // (RouteTarget, LocalEndpoint and WorkloadPort have an explicit `_pad`), every bit pattern
-    // valid.
+    // Each is a repr(C) struct of byte arrays and u32s laid out without implicit padding
+    // (RouteTarget, LocalEndpoint and WorkloadPort have an explicit `_pad`).
+    // SAFETY: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::RouteTarget {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::DataplaneConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::LocalEndpoint {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::WorkloadPort {}
 }

@@ -41,7 +41,7 @@ struct UpArgs {
     #[arg(long, default_value_t = 3)]
     masters: usize,
     /// Fleet metadata of the nodes in order, one `--metadata k=v,k=v` per node
-    /// (default: rack=rack<i>).
+    /// (default: `rack=rack<i>`).
     #[arg(long)]
     metadata: Vec<String>,
     /// Memory per VM, MiB.
@@ -138,11 +138,7 @@ fn print_access(cluster: &VmCluster) {
     let endpoints = cluster.store_endpoints();
     let shoal = cluster.dir().join("share/shoal");
     println!("cluster {} is booted; from this host:", cluster.id());
-    // host:port, not URLs: etcdctl 3.4 sends a URL as the HTTP/2 authority, which h2 refuses.
-    println!(
-        "  ip netns exec {ns} etcdctl --endpoints {} endpoint status -w table",
-        cluster.etcdctl_endpoints()
-    );
+    println!("  ip netns exec {ns} etcdctl --endpoints {endpoints} endpoint status -w table");
     println!(
         "  ip netns exec {ns} {} fleetctl --endpoint {endpoints} list-machines",
         shoal.display()

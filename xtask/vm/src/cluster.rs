@@ -461,14 +461,6 @@ impl VmCluster {
             .join(",")
     }
 
-    /// The masters' client addresses as `host:port`, comma-separated: what etcdctl 3.4 should be
-    /// given. With `http://` URLs, its per-endpoint commands (`endpoint status`, `endpoint
-    /// hashkv`) send the whole URL as the HTTP/2 `:authority` (etcd issue #13192), which Go's
-    /// server ignores but h2 (under tonic) refuses with RST_STREAM PROTOCOL_ERROR.
-    pub fn etcdctl_endpoints(&self) -> String {
-        without_scheme(&self.store_endpoints())
-    }
-
     /// Milestones of every node's boot (marker text and time after its qemu started).
     pub fn boot_timings(&self) -> Vec<(String, Vec<qemu::Marker>)> {
         self.nodes
@@ -594,15 +586,6 @@ fn layouts(spec: &ClusterSpec, id: u32) -> Result<Vec<NodeLayout>> {
             })
         })
         .collect()
-}
-
-/// `http://a:1,http://b:2` as `a:1,b:2`.
-pub fn without_scheme(endpoints: &str) -> String {
-    endpoints
-        .split(',')
-        .map(|endpoint| endpoint.trim().trim_start_matches("http://"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -893,14 +876,6 @@ mod tests {
                 PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
                 PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
             ]
-        );
-    }
-
-    #[test]
-    fn etcdctl_endpoints_carry_no_scheme() {
-        assert_eq!(
-            without_scheme("http://10.97.0.11:2379, http://10.97.0.12:2379"),
-            "10.97.0.11:2379,10.97.0.12:2379"
         );
     }
 
