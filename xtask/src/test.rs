@@ -2,7 +2,7 @@
 //! cargo-nextest, which the machine image ships and `cargo xtask setup` installs if missing).
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::{run_cmd, steps::Steps, workspace_root};
@@ -18,6 +18,7 @@ pub struct TestArgs {
 }
 
 pub fn run(args: TestArgs) -> Result<()> {
+    ensure_root()?;
     crate::setup::run()?;
     let steps = Steps::new("test")?;
     let root = workspace_root();
@@ -88,4 +89,19 @@ pub fn run(args: TestArgs) -> Result<()> {
     )?;
     // nextest does not run doctests.
     steps.run("doctests", cargo().args(["test", "--workspace", "--doc"]))
+}
+
+/// The integration tests build network namespaces and load eBPF programs; setup installs
+/// Debian packages. Both need root, and failing here is clearer than in the middle of a run.
+fn ensure_root() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .context("reading /proc/self")?
+        .uid();
+    anyhow::ensure!(
+        uid == 0,
+        "cargo xtask test needs root (namespaces, eBPF, apt); \
+         the unit tests run without it: cargo nextest run --workspace --lib"
+    );
+    Ok(())
 }
