@@ -8,6 +8,7 @@ mod kv;
 mod leases;
 mod net;
 mod ports;
+mod results;
 
 #[derive(Parser)]
 struct Cli {
@@ -32,6 +33,11 @@ fn main() -> anyhow::Result<()> {
         Suite::Fleet => fleet::run(),
         Suite::Kv => kv::run(),
         Suite::Leases => leases::run(),
-        Suite::Net => net::run(net::rounds_from_env()),
+        Suite::Net => {
+            let run = results::Run::start("net");
+            let table = net::run(net::rounds_from_env())?;
+            print!("{table}");
+            run.record(&table)
+        }
     }
 }

@@ -22,6 +22,7 @@
 //! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named configurations,
 //! `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
 use std::{
+    fmt::Write as _,
     fs,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::AsRawFd,
@@ -661,14 +662,18 @@ fn target_ratios(prefix: &str, s: &Sample, k: &Sample, h: &Sample) -> Vec<Ratio>
     ]
 }
 
-fn print_table(report: &Report) {
-    println!(
+/// The results table: each configuration's medians, then the ratios against the targets.
+fn table(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "\n{:<20} {:>10} {:>14} {:>10} {:>10} {:>12}",
         "config", "TCP Gbit/s", "UDP64 pkt/s", "p50 us", "p99 us", "CPU ns/pkt"
     );
     for config in &report.configs {
         let m = &config.median;
-        println!(
+        let _ = writeln!(
+            out,
             "{:<20} {:>10.2} {:>14.0} {:>10.1} {:>10.1} {:>12.0}",
             config.name,
             m.tcp_gbps,
@@ -678,15 +683,16 @@ fn print_table(report: &Report) {
             m.cpu_ns_per_packet
         );
     }
-    println!();
+    out.push('\n');
     for ratio in &report.ratios {
         let verdict = match (ratio.met, &ratio.target) {
             (Some(true), Some(target)) => format!("target {target}: met"),
             (Some(false), Some(target)) => format!("target {target}: NOT met"),
             _ => String::new(),
         };
-        println!("{:<70} {:>6.2}  {verdict}", ratio.what, ratio.value);
+        let _ = writeln!(out, "{:<70} {:>6.2}  {verdict}", ratio.what, ratio.value);
     }
+    out
 }
 
 const CHART: &str = r##"
@@ -754,7 +760,7 @@ fn machine() -> String {
 }
 
 /// Runs the suite; `rounds` interleaved rounds over every configuration (default 3).
-pub fn run(rounds: usize) -> anyhow::Result<()> {
+pub fn run(rounds: usize) -> anyhow::Result<String> {
     let rounds = rounds.max(1);
     let layouts = layouts_from_env();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); layouts.len()];
@@ -780,8 +786,8 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
         ratios: ratios(&configs),
         configs,
     };
-    print_table(&report);
-    write_outputs(&report)
+    write_outputs(&report)?;
+    Ok(table(&report))
 }
 
 /// The configurations named in `SHOAL_NET_BENCH_ONLY` (comma-separated, for profiling and quick

@@ -1,0 +1,114 @@
+//! The results page, `bench/RESULTS.md`: every run of a suite adds its table there, newest
+//! first, saying when it ran, which revision it measured, on which host and under what load
+//! (the machines are shared, so a ratio means something only beside its load).
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::SystemTime,
+};
+
+use anyhow::{Context, Result};
+
+/// The line of RESULTS.md that new runs go right after.
+const MARKER: &str = "<!-- runs: the benches insert each run below this line, newest first -->";
+
+/// What a run records about itself, taken when it starts.
+pub struct Run {
+    suite: &'static str,
+    started: SystemTime,
+    revision: String,
+    host: String,
+    load_before: String,
+}
+
+impl Run {
+    pub fn start(suite: &'static str) -> Self {
+        Self {
+            suite,
+            started: SystemTime::now(),
+            revision: revision(),
+            host: host(),
+            load_before: load(),
+        }
+    }
+
+    /// Adds the run's table (as the suite printed it) to the results page.
+    pub fn record(&self, table: &str) -> Result<()> {
+        let page = page_path();
+        let text = std::fs::read_to_string(&page)
+            .with_context(|| format!("reading {}", page.display()))?;
+        let entry = self.entry(table);
+        let updated = match text.split_once(MARKER) {
+            Some((head, runs)) => format!("{head}{MARKER}\n\n{entry}{runs}"),
+            None => format!("{text}\n{MARKER}\n\n{entry}"),
+        };
+        std::fs::write(&page, updated).with_context(|| format!("writing {}", page.display()))?;
+        println!("added the run to {}", page.display());
+        Ok(())
+    }
+
+    fn entry(&self, table: &str) -> String {
+        let minutes = self.started.elapsed().map_or(0, |d| d.as_secs() / 60);
+        format!(
+            "### {} · {} · {} · {}\n\nLoad (1 min) {} before, {} after; {minutes} min.\n\n```text\n{}\n```\n",
+            self.suite,
+            humantime::format_rfc3339_seconds(self.started),
+            self.revision,
+            self.host,
+            self.load_before,
+            load(),
+            table.trim_matches('\n'),
+        )
+    }
+}
+
+fn page_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md")
+}
+
+/// `rev <short hash>`, with `+changes` when the tree differs from it.
+fn revision() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let Some(hash) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "rev unknown".into();
+    };
+    let changed = git(&["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|status| !status.is_empty());
+    format!("rev {hash}{}", if changed { "+changes" } else { "" })
+}
+
+/// `<hostname> (<n> CPUs, <model>, Linux <release>)`.
+fn host() -> String {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map_or_else(|| "?".to_string(), |(_, model)| model.trim().to_string());
+    format!(
+        "{} ({cpus} CPUs, {model}, Linux {})",
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/osrelease")
+    )
+}
+
+/// The 1-minute load average.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
