@@ -2,7 +2,7 @@
 //! (cls_bpf) are attached to its ingress or egress hook.
 use futures::TryStreamExt;
 use rtnetlink::{
-    packet_core::Nla,
+    packet_core::{DefaultNla, Nla, NlasIterator},
     packet_route::tc::{TcAttribute, TcMessage, TcOption},
 };
 
@@ -88,7 +88,7 @@ fn bpf_filter(message: &TcMessage) -> Option<BpfFilter> {
         })
         .flatten()
         .find_map(|option| match option {
-            TcOption::Other(nla) if nla.kind() == TCA_BPF_NAME => Some(nla_string(nla)),
+            TcOption::Other(nla) => bpf_name(nla),
             _ => None,
         });
     Some(BpfFilter {
@@ -98,13 +98,48 @@ fn bpf_filter(message: &TcMessage) -> Option<BpfFilter> {
     })
 }
 
-/// The NUL-terminated string an attribute holds.
-fn nla_string(nla: &impl Nla) -> String {
-    let mut value = vec![0; nla.value_len()];
-    nla.emit_value(&mut value);
-    let end = value
+/// The program name in cls_bpf options. netlink-packet-route does not parse them: they arrive
+/// as one attribute holding the nested ones (or, should it learn to, as the name itself).
+fn bpf_name(options: &DefaultNla) -> Option<String> {
+    let mut value = vec![0; options.value_len()];
+    options.emit_value(&mut value);
+    if options.kind() == TCA_BPF_NAME {
+        return Some(nul_terminated(&value));
+    }
+    NlasIterator::new(value.as_slice())
+        .filter_map(|nla| nla.ok())
+        .find(|nla| nla.kind() == TCA_BPF_NAME)
+        .map(|nla| nul_terminated(nla.value()))
+}
+
+fn nul_terminated(bytes: &[u8]) -> String {
+    let end = bytes
         .iter()
         .position(|byte| *byte == 0)
-        .unwrap_or(value.len());
-    String::from_utf8_lossy(&value[..end]).into_owned()
+        .unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_program_name_is_found_in_nested_cls_bpf_options() {
+        // TCA_OPTIONS of an aya-attached filter as the kernel dumped it: TCA_BPF_NAME, ID, TAG,
+        // FLAGS, FLAGS_GEN.
+        let nested = [
+            20, 0, 7, 0, b's', b'h', b'o', b'a', b'l', b'_', b't', b'c', b'_', b'e', b'g', b'r',
+            b'e', b's', b's', 0, 8, 0, 11, 0, 34, 1, 0, 0, 12, 0, 10, 0, 144, 140, 34, 235, 4, 109,
+            228, 130, 8, 0, 8, 0, 1, 0, 0, 0, 8, 0, 9, 0, 8, 0, 0, 0,
+        ];
+        let options = DefaultNla::new(2, nested.to_vec());
+        assert_eq!(bpf_name(&options).as_deref(), Some("shoal_tc_egress"));
+        let name = DefaultNla::new(TCA_BPF_NAME, b"shoal_tc_ingress\0".to_vec());
+        assert_eq!(bpf_name(&name).as_deref(), Some("shoal_tc_ingress"));
+        assert_eq!(
+            bpf_name(&DefaultNla::new(2, vec![8, 0, 9, 0, 0, 0, 0, 0])),
+            None
+        );
+    }
 }
