@@ -64,7 +64,8 @@ pub struct Config {
     pub vtep_mac: Option<MacAddr>,
     pub decap_hook: DecapHook,
     pub tc_attach: TcAttach,
-    /// Install the kernel route and neighbour of each overlay route (see [`Dataplane::set_route`](crate::Dataplane::set_route)).
+    /// Install the kernel route and neighbour of each overlay route (see
+    /// [`Dataplane::set_route`](crate::Dataplane::set_route)).
     pub manage_kernel_routes: bool,
     /// Preferred source of locally originated overlay traffic (for example the bridge address in
     /// the local subnet, as flannel's `flannel.1` address is); must be a local address.

@@ -48,7 +48,7 @@ async fn discover(
         let Some(via) = by_index.get(&neighbour.index) else {
             continue;
         };
-        let on_bridge = via.kind.as_deref() == Some("bridge");
+        let on_bridge = via.is_bridge();
         let port_index = if on_bridge {
             let ports = match bridge_ports.entry(via.index) {
                 Entry::Occupied(ports) => ports.into_mut(),
@@ -69,7 +69,7 @@ async fn discover(
             mac,
             via_ifindex: via.index,
             port_ifindex: port.index,
-            port_is_veth: port.kind.as_deref() == Some("veth"),
+            port_is_veth: port.is_veth(),
             gateway_mac: if on_bridge {
                 via.mac.map(MacAddr)
             } else {

@@ -18,9 +18,11 @@ use crate::{
 };
 
 /// Makes the endpoints map of the dataplane pinned in `pin_dir` hold the local workloads of
-/// `subnet` the kernel knows now (see [`Dataplane::sync_endpoints`](crate::Dataplane::sync_endpoints)), without loading or
+/// `subnet` the kernel knows now (see [`Dataplane::sync_endpoints`]), without loading or
 /// attaching anything: for a periodic task beside the handle's owner, such as the agent's.
 /// Returns how many are registered.
+///
+/// [`Dataplane::sync_endpoints`]: crate::Dataplane::sync_endpoints
 pub fn sync_pinned_endpoints(pin_dir: &Path, subnet: Ipv4Network) -> Result<usize> {
     let mut maps = WorkloadMaps::from_pins(pin_dir)?;
     maps.reconcile(subnet, pin_dir)

@@ -33,9 +33,10 @@ pub enum Error {
     /// A kernel networking request (links, routes, neighbours, filters). The message carries
     /// the request's whole chain of causes, which is why the error is not exposed as a source:
     /// users print this error with `{}`.
-    #[error("{interface}: {}", chain(error))]
+    #[error("{context}: {}", chain(error))]
     Netlink {
-        interface: String,
+        /// The interface, or what else the request was about.
+        context: String,
         error: Box<shoal_netlink::NetlinkError>,
     },
     #[error("{context}: {source}")]
@@ -55,13 +56,13 @@ pub(crate) fn map_error(map: &'static str, place: &str, source: aya::maps::MapEr
     }
 }
 
-/// A failed kernel request on `interface`.
+/// A failed kernel request about `context` (an interface, usually).
 pub(crate) fn netlink_error(
-    interface: &str,
+    context: &str,
 ) -> impl FnOnce(shoal_netlink::NetlinkError) -> Error + use<> {
-    let interface = interface.to_string();
+    let context = context.to_string();
     move |error| Error::Netlink {
-        interface,
+        context,
         error: Box::new(error),
     }
 }

@@ -2,7 +2,7 @@
 //! kind through netlink.
 use std::{ffi::CString, io};
 
-use crate::{Error, MacAddr, Result};
+use crate::{Error, MacAddr, Result, error::netlink_error};
 
 /// Index, MAC and MTU of an interface in the current network namespace.
 #[derive(Clone, Copy, Debug)]
@@ -148,7 +148,7 @@ pub(crate) fn link_kind(name: &str) -> Result<Option<String>> {
     let interface = name.to_string();
     let link =
         shoal_netlink::block_on(|netlink| async move { netlink.link_by_name(&interface).await })
-            .map_err(crate::error::netlink_error(name))?;
+            .map_err(netlink_error(name))?;
     let link = link.ok_or_else(|| Error::Interface {
         interface: name.to_string(),
         message: "no such device".into(),

@@ -27,6 +27,16 @@ pub struct LinkInfo {
     pub controller: Option<u32>,
 }
 
+impl LinkInfo {
+    pub fn is_bridge(&self) -> bool {
+        self.kind.as_deref() == Some("bridge")
+    }
+
+    pub fn is_veth(&self) -> bool {
+        self.kind.as_deref() == Some("veth")
+    }
+}
+
 /// Settings of a flannel-style VXLAN device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanDevice {

@@ -46,9 +46,11 @@ fn links_know_their_kind_and_bridge() {
             let link = netlink.link_by_name("nl0").await?.expect("nl0");
             assert_eq!(link.index, near);
             assert_eq!(link.kind.as_deref(), Some("veth"));
+            assert!(link.is_veth() && !link.is_bridge());
             let by_index = netlink.link_by_index(bridge).await?.expect("bridge");
             assert_eq!(by_index.name, "nlbr0");
             assert_eq!(by_index.kind.as_deref(), Some("bridge"));
+            assert!(by_index.is_bridge());
             assert!(by_index.mac.is_some());
             let ports = netlink.bridge_ports(bridge).await?;
             assert_eq!(
