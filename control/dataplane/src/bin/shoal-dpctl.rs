@@ -2,10 +2,12 @@
 //! restart the tests exercise). Acts in the network namespace it runs in; run it with
 //! `nsenter --net=...` rather than `ip netns exec`, whose private mount namespace hides bpffs.
 //!
-//!     shoal-dpctl attach --iface eth0 --underlay-ip 10.99.0.1 --subnet 10.244.1.0/24 \
-//!         --route 10.244.2.0/24,10.99.0.2,02:00:00:00:00:02,vxlan
-//!     shoal-dpctl stats  --iface eth0 --underlay-ip 10.99.0.1 --subnet 10.244.1.0/24
-//!     shoal-dpctl detach --iface eth0 --underlay-ip 10.99.0.1 --subnet 10.244.1.0/24
+//! ```text
+//! shoal-dpctl attach --iface eth0 --underlay-ip 10.99.0.1 --subnet 10.244.1.0/24 \
+//!     --route 10.244.2.0/24,10.99.0.2,02:00:00:00:00:02,vxlan
+//! shoal-dpctl stats  --iface eth0 --underlay-ip 10.99.0.1 --subnet 10.244.1.0/24
+//! shoal-dpctl detach --iface eth0 --underlay-ip 10.99.0.1 --subnet 10.244.1.0/24
+//! ```
 use std::{io::Write, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context, bail};
