@@ -1,6 +1,6 @@
 //! `shoal run`: start a command in a new container network namespace on the overlay: a veth
 //! pair from the node's workload bridge, an address from the node's subnet (see
-//! [`crate::flannel::ipam`]), the overlay MTU and a default route via the bridge. Prints the
+//! [`shoal_flannel::ipam`]), the overlay MTU and a default route via the bridge. Prints the
 //! address, runs the command, then releases everything and exits with the command's status.
 use std::{
     fs::File,
@@ -19,7 +19,7 @@ use clap::Args;
 use ipnetwork::Ipv4Network;
 use nix::sched::{CloneFlags, setns, unshare};
 
-use crate::flannel::{
+use shoal_flannel::{
     DEFAULT_BRIDGE,
     ipam::{DEFAULT_IPAM_DIR, Ipam},
     netlink::Netlink,
@@ -140,7 +140,7 @@ fn configure_inside(
         netlink.set_mtu(link.index, mtu).await?;
         netlink.ensure_address(link.index, address).await?;
         netlink.set_up(link.index).await?;
-        let default = crate::flannel::netlink::OverlayRoute {
+        let default = shoal_flannel::netlink::OverlayRoute {
             destination: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0)?,
             gateway,
             device: None,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use ipnetwork::Ipv4Network;
 
 use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
-use crate::flannel::{
+use crate::{
     config::VxlanConfig,
     lease::{Lease, VxlanBackendData, format_mac},
     netlink::{Netlink, OverlayRoute, VxlanDevice},
@@ -81,7 +81,7 @@ impl Backend for KernelVxlan {
             mtu: self.config.mtu.unwrap_or(
                 self.underlay
                     .mtu
-                    .saturating_sub(crate::flannel::config::VXLAN_OVERHEAD),
+                    .saturating_sub(crate::config::VXLAN_OVERHEAD),
             ),
         };
         let link = self.netlink.ensure_vxlan(&spec).await?;

@@ -8,7 +8,7 @@ use ipnetwork::Ipv4Network;
 use shoal_dataplane::{Backend as Encapsulation, Config, Dataplane, MacAddr, RouteTarget};
 
 use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
-use crate::flannel::{
+use crate::{
     lease::{Lease, VxlanBackendData, format_mac},
     netlink::{Netlink, OverlayRoute},
     subnet_env::gateway_of,
