@@ -78,7 +78,10 @@ pub async fn run_container(args: &RunArgs) -> Result<std::process::ExitStatus> {
     let host_side = attach(&netlink, &env, &args.bridge, &netns, address.ip).await?;
     let result = spawn_and_wait(&args.command, &netns, address.ip, &name);
     if let Err(err) = netlink.delete_link(host_side).await {
-        tracing::debug!("removing the container's veth: {err}");
+        tracing::debug!(
+            "removing the container's veth: {:#}",
+            anyhow::Error::from(err)
+        );
     }
     address.release();
     result

@@ -11,6 +11,7 @@ pub mod acquire;
 pub mod backend;
 pub mod cli;
 pub mod config;
+mod error_chain;
 pub mod healthz;
 pub mod iface;
 pub mod ipam;

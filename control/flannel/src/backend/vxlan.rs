@@ -93,8 +93,7 @@ impl Backend for KernelVxlan {
             vni: self.config.vni,
             vtep_mac: format_mac(mac),
         };
-        let data = serde_json::to_value(data)
-            .map_err(|err| BackendError::Device(format!("encoding vxlan BackendData: {err}")))?;
+        let data = serde_json::to_value(data)?;
         Ok(Some(data))
     }
 

@@ -13,50 +13,17 @@ use std::{
 
 use shoal_harness::{Namespace, Node};
 
-/// The `shoal` binary (or `$SHOAL_BIN`), built on first use. It belongs to the `shoal-control`
-/// package, so cargo builds it only for that package's tests (`CARGO_BIN_EXE_shoal` exists only
-/// there); these tests ask cargo for it, into the profile directory they were built in. A no-op
-/// when it is up to date, and always the binary of the code under test.
+/// The `shoal` binary, brought up to date on first use by the helper the VM tests use (a no-op
+/// after a workspace build). It belongs to the `shoal-control` package, so cargo builds it only
+/// for that package's tests (`CARGO_BIN_EXE_shoal` exists only there).
 pub fn shoal() -> &'static Path {
     static SHOAL: OnceLock<PathBuf> = OnceLock::new();
-    SHOAL.get_or_init(|| match std::env::var_os("SHOAL_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => build_shoal(),
+    SHOAL.get_or_init(|| {
+        shoal_vm::build::shoal_binary(shoal_vm::build::Profile::Debug)
+            .unwrap_or_else(|err| panic!("building the shoal binary: {err}"))
     })
 }
 
-fn build_shoal() -> PathBuf {
-    // This test runs from <target dir>/<profile dir>/deps/<test>-<hash>.
-    let exe = std::env::current_exe().expect("the test's executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from <target>/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") => "dev",
-        Some(name) => name,
-        None => panic!("no profile directory in {}", exe.display()),
-    };
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--package",
-            "shoal-control",
-            "--bin",
-            "shoal",
-        ])
-        .args(["--profile", profile, "--manifest-path"])
-        .arg(&workspace)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "cargo build of the shoal binary failed");
-    profile_dir.join("shoal")
-}
 pub const PREFIX: &str = "/coreos.com/network";
 /// Log filter for spawned shoal processes (netlink-packet-route warns about every newer-kernel
 /// attribute it does not know).
