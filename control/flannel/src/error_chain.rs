@@ -3,6 +3,7 @@
 //! prints anyhow's `{:#}`, the same chain).
 use std::{error::Error, fmt};
 
+/// `format!("{}", ErrorChain(&err))`: the error, then each of its sources after a colon.
 pub struct ErrorChain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for ErrorChain<'_> {
