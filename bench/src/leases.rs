@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
-use shoal_control::flannel::{
+use shoal_flannel::{
     acquire::{self, LEASE_TTL},
     backend::BackendResult,
     config::NetworkConfig,

@@ -1,5 +1,6 @@
 //! The `shoal` command line. Each component owns its own flags (`shoal_kv::cli`,
-//! `shoal_scheduler::cli`, this crate's modules); this file only wires them together.
+//! `shoal_flannel::cli`, `shoal_scheduler::cli`, this crate's modules); this file only wires
+//! them together.
 use clap::{Parser, Subcommand};
 
 /// shoal turns a set of Linux machines into a cluster: an etcd-compatible store, a flannel
@@ -18,7 +19,7 @@ pub enum Command {
     /// Run only the embedded etcd v3-compatible key-value store.
     Kv(shoal_kv::cli::KvArgs),
     /// Run only the overlay network (flanneld-compatible).
-    Flannel(crate::flannel::FlannelArgs),
+    Flannel(shoal_flannel::cli::FlannelArgs),
     /// Run only fleet's daemon (agent and engine candidate).
     Fleetd(shoal_scheduler::cli::FleetdArgs),
     /// Manage units across the cluster (fleetctl-compatible).

@@ -1,8 +1,7 @@
-//! The `shoal` binary's library: the per-node agent, the overlay control plane (flannel) and the
-//! command-line entry points that tie every crate together.
+//! The `shoal` binary's library: the per-node agent, `shoal run`, `shoal install` and the
+//! command-line wiring that ties every crate (the store, flannel, fleet) together.
 
 pub mod agent;
 pub mod cli;
-pub mod flannel;
 pub mod install;
 pub mod run;

@@ -1,6 +1,6 @@
 //! `shoal run`: start a command in a new container network namespace on the overlay: a veth
 //! pair from the node's workload bridge, an address from the node's subnet (see
-//! [`crate::flannel::ipam`]), the overlay MTU and a default route via the bridge. Prints the
+//! [`shoal_flannel::ipam`]), the overlay MTU and a default route via the bridge. Prints the
 //! address, runs the command, then releases everything and exits with the command's status.
 use std::{
     fs::File,
@@ -19,7 +19,7 @@ use clap::Args;
 use ipnetwork::Ipv4Network;
 use nix::sched::{CloneFlags, setns, unshare};
 
-use crate::flannel::{
+use shoal_flannel::{
     DEFAULT_BRIDGE,
     ipam::{DEFAULT_IPAM_DIR, Ipam},
     netlink::Netlink,
@@ -78,7 +78,10 @@ pub async fn run_container(args: &RunArgs) -> Result<std::process::ExitStatus> {
     let host_side = attach(&netlink, &env, &args.bridge, &netns, address.ip).await?;
     let result = spawn_and_wait(&args.command, &netns, address.ip, &name);
     if let Err(err) = netlink.delete_link(host_side).await {
-        tracing::debug!("removing the container's veth: {err}");
+        tracing::debug!(
+            "removing the container's veth: {:#}",
+            anyhow::Error::from(err)
+        );
     }
     address.release();
     result
@@ -140,7 +143,7 @@ fn configure_inside(
         netlink.set_mtu(link.index, mtu).await?;
         netlink.ensure_address(link.index, address).await?;
         netlink.set_up(link.index).await?;
-        let default = crate::flannel::netlink::OverlayRoute {
+        let default = shoal_flannel::netlink::OverlayRoute {
             destination: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0)?,
             gateway,
             device: None,

@@ -29,7 +29,7 @@ use serde::Deserialize;
 /// What a config error says: the field (a dotted path) and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

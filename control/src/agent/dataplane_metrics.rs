@@ -49,7 +49,9 @@ impl MetricsSource for DataplaneCounters {
                         ));
                     }
                 }
-                Err(err) => tracing::debug!(%instance, "reading dataplane counters: {err}"),
+                Err(err) => {
+                    tracing::debug!(%instance, "reading dataplane counters: {:#}", anyhow::Error::from(err))
+                }
             }
         }
     }

@@ -89,7 +89,7 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
             "overlay",
             restarting("overlay", shutdown.clone(), move || {
                 let (overlay, stop) = (overlay.clone(), stop.clone());
-                async move { crate::flannel::Overlay::run(overlay, stop.cancelled_owned()).await }
+                async move { shoal_flannel::Overlay::run(overlay, stop.cancelled_owned()).await }
             }),
         ));
     }

@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use anyhow::{Context, Result};
 
 use super::config::{AgentConfig, ClusterState, Role};
-use crate::flannel::{OverlayConfig, registry::StoreOptions};
+use shoal_flannel::{OverlayConfig, registry::StoreOptions};
 
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;

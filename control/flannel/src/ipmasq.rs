@@ -12,7 +12,7 @@ pub const TABLE: &str = "shoal-flannel";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpMasqError {
-    #[error("running nft (install Debian's nftables package): {0}")]
+    #[error("running nft (install Debian's nftables package)")]
     Spawn(#[source] std::io::Error),
     #[error("nft rejected the masquerade rules: {0}")]
     Rejected(String),

@@ -29,6 +29,10 @@ pub enum BackendError {
     },
     #[error("the {0} backend needs the eBPF dataplane (--dataplane ebpf)")]
     Unsupported(&'static str),
+    #[error("eBPF dataplane")]
+    Dataplane(#[from] shoal_dataplane::Error),
+    #[error("encoding vxlan BackendData")]
+    Encode(#[from] serde_json::Error),
     #[error("{0}")]
     Device(String),
 }

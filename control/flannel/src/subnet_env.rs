@@ -8,20 +8,36 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 
+use crate::error_chain::ErrorChain;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetEnvError {
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {problem}")]
-    Invalid { path: PathBuf, problem: String },
+    #[error("parsing {path}")]
+    Invalid { path: PathBuf, source: ParseError },
+}
+
+/// What is wrong with the text of a subnet.env.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("no {0}")]
+    Missing(&'static str),
+    #[error("{key} is not an IPv4 CIDR")]
+    Cidr {
+        key: &'static str,
+        source: ipnetwork::IpNetworkError,
+    },
+    #[error("FLANNEL_MTU is not a number")]
+    Mtu(#[source] std::num::ParseIntError),
 }
 
 /// The contents of subnet.env.
@@ -73,31 +89,34 @@ impl SubnetEnv {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|problem| SubnetEnvError::Invalid {
+        Self::parse(&text).map_err(|source| SubnetEnvError::Invalid {
             path: path.to_path_buf(),
-            problem,
+            source,
         })
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let value = |name: &str| {
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let value = |name: &'static str| {
             text.lines()
                 .filter_map(|line| line.trim().split_once('='))
                 .find(|(key, _)| *key == name)
                 .map(|(_, value)| value.trim().to_string())
-                .ok_or_else(|| format!("no {name}"))
+                .ok_or(ParseError::Missing(name))
         };
-        let network: Ipv4Network = value("FLANNEL_NETWORK")?
-            .parse()
-            .map_err(|err| format!("FLANNEL_NETWORK: {err}"))?;
-        let subnet: Ipv4Network = value("FLANNEL_SUBNET")?
-            .parse()
-            .map_err(|err| format!("FLANNEL_SUBNET: {err}"))?;
-        let subnet =
-            Ipv4Network::new(subnet.network(), subnet.prefix()).map_err(|err| err.to_string())?;
-        let mtu = value("FLANNEL_MTU")?
-            .parse()
-            .map_err(|err| format!("FLANNEL_MTU: {err}"))?;
+        let cidr = |key: &'static str| -> Result<Ipv4Network, ParseError> {
+            value(key)?
+                .parse()
+                .map_err(|source| ParseError::Cidr { key, source })
+        };
+        let network = cidr("FLANNEL_NETWORK")?;
+        let subnet = cidr("FLANNEL_SUBNET")?;
+        let subnet = Ipv4Network::new(subnet.network(), subnet.prefix()).map_err(|source| {
+            ParseError::Cidr {
+                key: "FLANNEL_SUBNET",
+                source,
+            }
+        })?;
+        let mtu = value("FLANNEL_MTU")?.parse().map_err(ParseError::Mtu)?;
         let ip_masq = value("FLANNEL_IPMASQ")
             .map(|v| v == "true")
             .unwrap_or(false);
@@ -126,7 +145,7 @@ pub fn previous_subnet(path: &Path) -> Option<Ipv4Network> {
             None
         }
         Err(err) => {
-            tracing::warn!("ignoring the previous subnet file: {err}");
+            tracing::warn!("ignoring the previous subnet file: {}", ErrorChain(&err));
             None
         }
     }

@@ -10,6 +10,7 @@ use ipnetwork::Ipv4Network;
 use serde::Deserialize;
 
 use super::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
+use crate::error_chain::ErrorChain;
 
 /// How to reach the store: flanneld's `--etcd-*` flags.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -40,17 +41,17 @@ impl Default for StoreOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Etcd {
         action: String,
         source: etcd_client::Error,
     },
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Tls {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("serializing lease attributes: {0}")]
+    #[error("serializing lease attributes")]
     Encode(#[from] serde_json::Error),
 }
 
@@ -290,7 +291,10 @@ impl Registry {
 
     async fn revoke(&mut self, lease_id: i64) {
         if let Err(err) = self.client.lease_revoke(lease_id).await {
-            tracing::warn!("revoking unused etcd lease {lease_id:x}: {err}");
+            tracing::warn!(
+                "revoking unused etcd lease {lease_id:x}: {}",
+                ErrorChain(&err)
+            );
         }
     }
 }
@@ -309,7 +313,7 @@ fn decode_lease(key: &[u8], value: &[u8], etcd_lease: i64) -> Option<Lease> {
             etcd_lease,
         }),
         Err(err) => {
-            tracing::warn!(%key, "ignoring a lease with a bad value: {err}");
+            tracing::warn!(%key, "ignoring a lease with a bad value: {}", ErrorChain(&err));
             None
         }
     }

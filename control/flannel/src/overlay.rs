@@ -20,6 +20,7 @@ use super::{
     subnet_env::{self, SubnetEnv},
     sync::LeaseSync,
 };
+use crate::error_chain::ErrorChain;
 
 /// Default bpffs directory of the eBPF dataplane's pins.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shoal";
@@ -164,7 +165,10 @@ async fn connect(store: &StoreOptions) -> Registry {
     loop {
         match Registry::connect(store).await {
             Ok(registry) => return registry,
-            Err(err) => tracing::warn!("store not reachable yet: {err}; retrying in {backoff:?}"),
+            Err(err) => tracing::warn!(
+                "store not reachable yet: {}; retrying in {backoff:?}",
+                ErrorChain(&err)
+            ),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -191,7 +195,7 @@ async fn wait_for_config(registry: &mut Registry) -> Result<NetworkConfig> {
                 logged = true;
             }
             Ok(None) => {}
-            Err(err) => tracing::warn!("reading {key}: {err}; retrying"),
+            Err(err) => tracing::warn!("reading {key}: {}; retrying", ErrorChain(&err)),
         }
         tokio::time::sleep(CONFIG_POLL).await;
     }

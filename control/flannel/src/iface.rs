@@ -14,7 +14,7 @@ use super::{
 pub enum IfaceError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    #[error("--iface-regex {pattern:?} is not a valid regular expression: {source}")]
+    #[error("--iface-regex {pattern:?} is not a valid regular expression")]
     Regex {
         pattern: String,
         source: regex::Error,

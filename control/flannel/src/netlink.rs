@@ -26,9 +26,9 @@ pub const ROUTE_PROTOCOL: u8 = 0x5e;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("opening a netlink socket: {0}")]
+    #[error("opening a netlink socket")]
     Socket(#[source] std::io::Error),
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Request {
         action: String,
         source: rtnetlink::Error,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use ipnetwork::Ipv4Network;
 
 use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
-use crate::flannel::{
+use crate::{
     config::VxlanConfig,
     lease::{Lease, VxlanBackendData, format_mac},
     netlink::{Netlink, OverlayRoute, VxlanDevice},
@@ -81,7 +81,7 @@ impl Backend for KernelVxlan {
             mtu: self.config.mtu.unwrap_or(
                 self.underlay
                     .mtu
-                    .saturating_sub(crate::flannel::config::VXLAN_OVERHEAD),
+                    .saturating_sub(crate::config::VXLAN_OVERHEAD),
             ),
         };
         let link = self.netlink.ensure_vxlan(&spec).await?;
@@ -93,8 +93,7 @@ impl Backend for KernelVxlan {
             vni: self.config.vni,
             vtep_mac: format_mac(mac),
         };
-        let data = serde_json::to_value(data)
-            .map_err(|err| BackendError::Device(format!("encoding vxlan BackendData: {err}")))?;
+        let data = serde_json::to_value(data)?;
         Ok(Some(data))
     }
 

@@ -255,7 +255,7 @@ fn restart_keeps_subnet_and_open_tcp_connection(kind: StoreKind) {
     subnet_of(&second);
     let server = setup.container(0, &first, &["python3", "-c", ECHO_SERVER]);
     let client_log = setup.dir.path().join("client.log");
-    let mut client_cmd = setup.cluster.node(1).ns().command(common::SHOAL);
+    let mut client_cmd = setup.cluster.node(1).ns().command(common::shoal());
     client_cmd
         .args(["run", "--subnet-file"])
         .arg(&second.subnet_file)
@@ -654,7 +654,7 @@ fn shoal_run_names_namespaces_and_never_shares_addresses() {
         .cluster
         .node(0)
         .ns()
-        .command(common::SHOAL)
+        .command(common::shoal())
         .env("SHOAL_LOG", common::QUIET_LOG)
         .args(["run", "--name", "named-ct", "--subnet-file"])
         .arg(&flannel.subnet_file)

@@ -12,7 +12,7 @@ use std::{
 
 use common::{Etcd, PREFIX, StoreKind};
 use ipnetwork::Ipv4Network;
-use shoal_control::flannel::{
+use shoal_flannel::{
     acquire::{self, AcquireError, LEASE_TTL},
     backend::BackendResult,
     config::NetworkConfig,

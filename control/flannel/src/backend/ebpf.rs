@@ -8,7 +8,8 @@ use ipnetwork::Ipv4Network;
 use shoal_dataplane::{Backend as Encapsulation, Config, Dataplane, MacAddr, RouteTarget};
 
 use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
-use crate::flannel::{
+use crate::error_chain::ErrorChain;
+use crate::{
     lease::{Lease, VxlanBackendData, format_mac},
     netlink::{Netlink, OverlayRoute},
     subnet_env::gateway_of,
@@ -66,8 +67,8 @@ async fn sync_endpoints_forever(pin_dir: PathBuf, subnet: Ipv4Network) {
         .await;
         match synced {
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::warn!("registering local workloads: {err}"),
-            Err(err) => tracing::warn!("registering local workloads: {err}"),
+            Ok(Err(err)) => tracing::warn!("registering local workloads: {}", ErrorChain(&err)),
+            Err(err) => tracing::warn!("registering local workloads: {}", ErrorChain(&err)),
         }
     }
 }
@@ -114,7 +115,7 @@ impl EbpfOverlay {
     /// absent map entry as an error).
     fn remove_dataplane_route(&mut self, subnet: Ipv4Network) -> BackendResult<()> {
         let dataplane = self.dataplane()?;
-        tokio::task::block_in_place(|| {
+        tokio::task::block_in_place(|| -> Result<(), shoal_dataplane::Error> {
             let present = dataplane
                 .routes()?
                 .iter()
@@ -123,8 +124,8 @@ impl EbpfOverlay {
                 dataplane.remove_route(subnet)?;
             }
             Ok(())
-        })
-        .map_err(dataplane_error)
+        })?;
+        Ok(())
     }
 
     fn target(&self, lease: &Lease) -> BackendResult<RouteTarget> {
@@ -146,10 +147,6 @@ impl EbpfOverlay {
             backend: self.settings.encapsulation,
         })
     }
-}
-
-fn dataplane_error(err: shoal_dataplane::Error) -> BackendError {
-    BackendError::Device(format!("eBPF dataplane: {err}"))
 }
 
 #[async_trait::async_trait]
@@ -177,9 +174,7 @@ impl Backend for EbpfOverlay {
                     vni: self.settings.vni,
                     vtep_mac: format_mac(mac),
                 };
-                let value = serde_json::to_value(data).map_err(|err| {
-                    BackendError::Device(format!("encoding vxlan BackendData: {err}"))
-                })?;
+                let value = serde_json::to_value(data)?;
                 Ok(Some(value))
             }
             Encapsulation::Udp => Ok(None),
@@ -199,8 +194,7 @@ impl Backend for EbpfOverlay {
         if self.settings.source_from_bridge {
             config.route_source = Some(gateway_of(own).ip());
         }
-        let dataplane = tokio::task::block_in_place(|| Dataplane::load_or_attach(config))
-            .map_err(dataplane_error)?;
+        let dataplane = tokio::task::block_in_place(|| Dataplane::load_or_attach(config))?;
         tracing::info!(attach_mode = ?dataplane.attach_mode(), vtep_mac = %dataplane.vtep_mac(), "eBPF dataplane attached");
         if let Some(previous) = self.endpoint_sync.take() {
             previous.abort();
@@ -231,8 +225,7 @@ impl Backend for EbpfOverlay {
         }
         let target = self.target(lease)?;
         let dataplane = self.dataplane()?;
-        tokio::task::block_in_place(|| dataplane.set_route(subnet, target))
-            .map_err(dataplane_error)?;
+        tokio::task::block_in_place(|| dataplane.set_route(subnet, target))?;
         self.peers.insert(subnet);
         if on_link {
             self.netlink
@@ -253,16 +246,14 @@ impl Backend for EbpfOverlay {
 
     async fn prune(&mut self, keep: &[Ipv4Network]) -> BackendResult<()> {
         let dataplane = self.dataplane()?;
-        let stale: Vec<Ipv4Network> = tokio::task::block_in_place(|| dataplane.routes())
-            .map_err(dataplane_error)?
+        let stale: Vec<Ipv4Network> = tokio::task::block_in_place(|| dataplane.routes())?
             .into_iter()
             .map(|(subnet, _)| subnet)
             .filter(|subnet| !keep.contains(subnet))
             .collect();
         for subnet in stale {
             tracing::info!(%subnet, "removing the dataplane route of a subnet that is no longer leased");
-            tokio::task::block_in_place(|| dataplane.remove_route(subnet))
-                .map_err(dataplane_error)?;
+            tokio::task::block_in_place(|| dataplane.remove_route(subnet))?;
         }
         prune_routes(&self.netlink, keep).await
     }

@@ -13,13 +13,14 @@ use std::{
 use ipnetwork::Ipv4Network;
 
 use super::lease::subnet_key;
+use crate::error_chain::ErrorChain;
 
 /// Default directory of the address files.
 pub const DEFAULT_IPAM_DIR: &str = "/run/shoal/ipam";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -61,7 +62,7 @@ impl Allocation {
 impl Drop for Allocation {
     fn drop(&mut self) {
         if let Err(err) = std::fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), "releasing address {}: {err}", self.ip);
+            tracing::warn!(path = %self.path.display(), "releasing address {}: {}", self.ip, ErrorChain(&err));
         }
     }
 }

@@ -1,32 +1,12 @@
-//! `shoal flannel`: the overlay control plane, compatible with flanneld's flags, environment
-//! and store layout. The library entry point is [`Overlay::run`] with an [`OverlayConfig`].
-//!
-//! Code map: [`config`] parses `<prefix>/config`; [`registry`] is the store through the etcd v3
-//! API; [`lease`] is flannel's lease format and subnet choice; [`acquire`] takes and renews
-//! this node's lease; [`sync`] follows every lease (list + watch + resync) into a
-//! [`backend::Backend`] (`host-gw`, `vxlan`) that programs the kernel through [`netlink`];
-//! [`subnet_env`], [`ipmasq`] and [`healthz`] are the node-facing outputs; [`ipam`] hands out
-//! workload addresses for `shoal run`.
+//! `shoal flannel`: flanneld's flags (and their `FLANNELD_*` environment twins), turned into an
+//! [`OverlayConfig`] and run until SIGINT or SIGTERM.
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::Args;
 
-pub mod acquire;
-pub mod backend;
-pub mod config;
-pub mod healthz;
-pub mod iface;
-pub mod ipam;
-pub mod ipmasq;
-pub mod lease;
-pub mod netlink;
-pub mod overlay;
-pub mod registry;
-pub mod subnet_env;
-pub mod sync;
-
-pub use backend::DataplaneKind;
-pub use overlay::{DEFAULT_BRIDGE, DEFAULT_PIN_ROOT, Overlay, OverlayConfig};
+use crate::{
+    DEFAULT_BRIDGE, DEFAULT_PIN_ROOT, DataplaneKind, Overlay, OverlayConfig, iface, registry,
+};
 
 /// flanneld's flags; each also reads its `FLANNELD_*` environment twin.
 #[derive(Debug, Args)]

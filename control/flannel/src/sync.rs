@@ -10,6 +10,7 @@ use super::{
     lease::Lease,
     registry::{LeaseEvent, Registry, RegistryError},
 };
+use crate::error_chain::ErrorChain;
 
 /// Receives the peers' leases as they come and go.
 #[async_trait::async_trait]
@@ -97,10 +98,15 @@ impl LeaseSync {
                     match self.follow(revision + 1, sink).await {
                         Ok(Some(end)) => return end,
                         Ok(None) => tracing::warn!("lease watch ended; resyncing"),
-                        Err(err) => tracing::warn!("lease watch failed: {err}; resyncing"),
+                        Err(err) => {
+                            tracing::warn!("lease watch failed: {}; resyncing", ErrorChain(&err))
+                        }
                     }
                 }
-                Err(err) => tracing::warn!("listing leases failed: {err}; retrying in {backoff:?}"),
+                Err(err) => tracing::warn!(
+                    "listing leases failed: {}; retrying in {backoff:?}",
+                    ErrorChain(&err)
+                ),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -137,7 +143,7 @@ impl LeaseSync {
         }
         let keep: Vec<Ipv4Network> = self.known.keys().copied().collect();
         if let Err(err) = sink.resynced(&keep).await {
-            tracing::warn!("pruning state of vanished leases: {err}");
+            tracing::warn!("pruning state of vanished leases: {}", ErrorChain(&err));
         }
         tracing::debug!(revision, peers = keep.len(), "leases resynced");
         revision
@@ -209,7 +215,9 @@ impl LeaseSync {
                 self.known.insert(lease.subnet, lease);
             }
             // Not remembered, so the next event or resync for this subnet tries again.
-            Err(err) => tracing::error!(subnet = %lease.subnet, "programming peer: {err}"),
+            Err(err) => {
+                tracing::error!(subnet = %lease.subnet, "programming peer: {}", ErrorChain(&err))
+            }
         }
     }
 
@@ -219,7 +227,7 @@ impl LeaseSync {
         };
         tracing::info!(%subnet, public_ip = %lease.attrs.public_ip, "peer lease removed");
         if let Err(err) = sink.remove(&lease).await {
-            tracing::error!(%subnet, "removing peer: {err}");
+            tracing::error!(%subnet, "removing peer: {}", ErrorChain(&err));
         }
     }
 }

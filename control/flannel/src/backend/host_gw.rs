@@ -3,7 +3,7 @@
 use ipnetwork::Ipv4Network;
 
 use super::{Backend, BackendResult, prune_routes};
-use crate::flannel::{
+use crate::{
     lease::Lease,
     netlink::{Netlink, OverlayRoute},
 };
