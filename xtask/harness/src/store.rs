@@ -87,9 +87,17 @@ pub struct StoreClusterBuilder {
     args: Vec<OsString>,
     program: Option<(PathBuf, Vec<OsString>)>,
     namespace: Option<(String, Ipv4Addr)>,
+    client_port: Option<u16>,
 }
 
 impl StoreClusterBuilder {
+    /// Serves clients of the (single) member on `port`, e.g. one a test already handed out.
+    pub fn client_port(mut self, port: u16) -> Self {
+        assert_eq!(self.size, 1, "a fixed client port is for a single member");
+        self.client_port = Some(port);
+        self
+    }
+
     /// Flags passed to every member after the standard ones (e.g. `--heartbeat-interval 50`).
     pub fn args<I, S>(mut self, args: I) -> Self
     where
@@ -133,6 +141,7 @@ impl StoreClusterBuilder {
             leading_args,
             args: self.args,
             namespace: self.namespace,
+            client_port: self.client_port,
         };
         for attempt in 1..=START_ATTEMPTS {
             cluster.specs = cluster.member_specs(self.size, attempt);
@@ -162,6 +171,7 @@ pub struct StoreCluster {
     leading_args: Vec<OsString>,
     args: Vec<OsString>,
     namespace: Option<(String, Ipv4Addr)>,
+    client_port: Option<u16>,
 }
 
 impl StoreCluster {
@@ -187,6 +197,7 @@ impl StoreCluster {
             args: Vec::new(),
             program: None,
             namespace: None,
+            client_port: None,
         }
     }
 
@@ -202,6 +213,11 @@ impl StoreCluster {
     /// Every member's `ip:port`.
     pub fn endpoints(&self) -> Vec<String> {
         self.specs.iter().map(MemberSpec::endpoint).collect()
+    }
+
+    /// Member `i`'s `http://ip:port`.
+    pub fn client_url(&self, i: usize) -> String {
+        self.specs[i].client_url()
     }
 
     /// Every member's `http://ip:port`.
@@ -351,11 +367,14 @@ impl StoreCluster {
 
     /// Specs of `size` members, with data under a directory per attempt.
     fn member_specs(&self, size: usize, attempt: usize) -> Vec<MemberSpec> {
-        let (client_ip, ports) = match self.namespace {
+        let (client_ip, mut ports) = match self.namespace {
             // A namespace of its own: etcd's well-known ports are free.
             Some((_, ip)) => (ip, (0..size * 2).map(|n| 2379 + n as u16).collect()),
             None => (Ipv4Addr::LOCALHOST, ports::free_ports(size * 2)),
         };
+        if let Some(port) = self.client_port {
+            ports[0] = port;
+        }
         MEMBER_NAMES[..size]
             .iter()
             .enumerate()
