@@ -15,13 +15,14 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use serde_json::json;
+use shoal_harness::{StoreCluster, StoreKind};
 use shoal_scheduler::{
     engine::{EngineSettings, run_engine},
     registry::{Registry, ValidUnit},
@@ -79,15 +80,16 @@ pub fn run() -> anyhow::Result<()> {
         .build()?;
     let outcomes = runtime.block_on(async {
         let mut outcomes = Vec::new();
-        for backend in [Backend::Etcd, Backend::ShoalKv] {
+        for backend in [StoreKind::Etcd, StoreKind::ShoalKv] {
             println!(
                 "fleet bench: {} on a 3-member {}",
                 describe(scale),
                 backend.name()
             );
-            let cluster = StoreCluster::start(backend).await?;
-            let outcome = scenario(backend.name(), &cluster.endpoints, scale).await;
-            cluster.stop().await;
+            // Starting polls the members until they answer: off the runtime's workers.
+            let cluster = tokio::task::spawn_blocking(move || start_store(backend)).await?;
+            let outcome = scenario(backend.name(), &cluster.client_urls(), scale).await;
+            drop(cluster);
             match outcome {
                 Ok(outcome) => outcomes.push(outcome),
                 Err(err) => println!("  {} failed: {err:#}", backend.name()),
@@ -108,128 +110,12 @@ fn describe(scale: Scale) -> String {
     )
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Etcd,
-    ShoalKv,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Etcd => "etcd 3.4",
-            Backend::ShoalKv => "shoal kv",
-        }
-    }
-}
-
-/// Three members on loopback: etcd as processes, shoal kv in-process.
-struct StoreCluster {
-    endpoints: Vec<String>,
-    etcd: Vec<Child>,
-    shoal: Vec<shoal_kv::member::RunningMember>,
-    _dir: tempfile::TempDir,
-}
-
-impl StoreCluster {
-    async fn start(backend: Backend) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let names = ["alpha", "bravo", "charlie"];
-        let ports = crate::ports::member_ports(names.len())?;
-        let initial: Vec<String> = names
-            .iter()
-            .zip(&ports)
-            .map(|(name, ports)| format!("{name}=http://127.0.0.1:{}", ports.peer))
-            .collect();
-        let initial = initial.join(",");
-        let endpoints: Vec<String> = ports
-            .iter()
-            .map(|ports| format!("http://127.0.0.1:{}", ports.client))
-            .collect();
-        let mut cluster = Self {
-            endpoints: endpoints.clone(),
-            etcd: Vec::new(),
-            shoal: Vec::new(),
-            _dir: dir,
-        };
-        for (name, ports) in names.iter().zip(&ports) {
-            let data_dir = cluster._dir.path().join(name);
-            let client = format!("http://127.0.0.1:{}", ports.client);
-            let peer = format!("http://127.0.0.1:{}", ports.peer);
-            match backend {
-                Backend::Etcd => cluster.etcd.push(
-                    Command::new("/usr/bin/etcd")
-                        .args(["--name", name, "--data-dir"])
-                        .arg(&data_dir)
-                        .args([
-                            "--listen-client-urls",
-                            &client,
-                            "--advertise-client-urls",
-                            &client,
-                        ])
-                        .args([
-                            "--listen-peer-urls",
-                            &peer,
-                            "--initial-advertise-peer-urls",
-                            &peer,
-                        ])
-                        .args(["--initial-cluster", &initial])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .context("starting /usr/bin/etcd")?,
-                ),
-                Backend::ShoalKv => {
-                    let args = shoal_kv::cli::KvArgs {
-                        name: name.to_string(),
-                        data_dir: Some(data_dir),
-                        listen_client_urls: client.clone(),
-                        advertise_client_urls: client,
-                        listen_peer_urls: peer.clone(),
-                        initial_advertise_peer_urls: peer,
-                        initial_cluster: Some(initial.clone()),
-                        initial_cluster_state: "new".into(),
-                        initial_cluster_token: "fleet-bench".into(),
-                        heartbeat_interval: 100,
-                        election_timeout: 1000,
-                        snapshot_count: 10_000,
-                    };
-                    let member = shoal_kv::member::Member::start(args.config()?).await?;
-                    cluster.shoal.push(member);
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = Store::connect(&endpoints, DEFAULT_PREFIX, Duration::from_secs(2)).await;
-            if ready.is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not answer within 30 s", backend.name());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(cluster)
-    }
-
-    async fn stop(mut self) {
-        for child in &mut self.etcd {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for member in self.shoal.drain(..) {
-            member.shutdown().await;
-        }
-    }
-}
-
-impl Drop for StoreCluster {
-    fn drop(&mut self) {
-        for child in &mut self.etcd {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+/// Three members on loopback; shoal kv snapshots every 10,000 entries, as it always has here.
+fn start_store(kind: StoreKind) -> StoreCluster {
+    let builder = StoreCluster::builder(kind, 3);
+    match kind {
+        StoreKind::Etcd => builder.start(),
+        StoreKind::ShoalKv => builder.args(["--snapshot-count", "10000"]).start(),
     }
 }
 

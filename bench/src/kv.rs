@@ -7,13 +7,14 @@
 //! each metric reports its median round. Results (medians and every round) go to
 //! `target/bench/kv.json`, a table on stdout and `target/bench/kv.png`.
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use serde::Serialize;
+use shoal_harness::{StoreCluster, StoreKind};
 use shoal_kv::member::{Config, Member, RunningMember};
 
 use crate::ports::{MemberPorts, member_ports};
@@ -97,77 +98,9 @@ struct Report {
     etcd_rounds: Vec<StoreResults>,
 }
 
-fn initial_cluster(ports: &[MemberPorts]) -> String {
-    ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("m{i}=http://127.0.0.1:{}", p.peer))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Three etcd 3.4 processes, killed when dropped.
-struct EtcdCluster {
-    children: Vec<Child>,
-    endpoints: Vec<String>,
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start_etcd(dir: &Path, ports: &[MemberPorts]) -> anyhow::Result<EtcdCluster> {
-    let cluster = initial_cluster(ports);
-    let mut children = Vec::new();
-    for (i, p) in ports.iter().enumerate() {
-        let client = format!("http://127.0.0.1:{}", p.client);
-        let peer = format!("http://127.0.0.1:{}", p.peer);
-        let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log")))?;
-        let child = Command::new("/usr/bin/etcd")
-            .args(["--name", &format!("m{i}")])
-            .arg("--data-dir")
-            .arg(dir.join(format!("etcd-m{i}")))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args([
-                "--initial-cluster",
-                &cluster,
-                "--initial-cluster-state",
-                "new",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting /usr/bin/etcd (cargo xtask setup installs it)")?;
-        children.push(child);
-    }
-    let endpoints = ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{}", p.client))
-        .collect();
-    Ok(EtcdCluster {
-        children,
-        endpoints,
-    })
-}
-
 /// Three shoal kv members, each on its own 2-thread runtime (as each etcd has its own
-/// process), stopped when dropped.
+/// process), stopped when dropped. In-process (not the harness's store cluster) so that
+/// `SHOAL_KV_PROFILE`'s stage timings are collected here and printed per round.
 struct ShoalCluster {
     members: Vec<(tokio::runtime::Runtime, Option<RunningMember>)>,
     endpoints: Vec<String>,
@@ -597,12 +530,9 @@ pub fn run() -> anyhow::Result<()> {
     // report files are only written by a full side-by-side run.
     let only = std::env::var("SHOAL_BENCH_ONLY").ok();
     let wanted = |store: &str| only.as_deref().is_none_or(|o| o == store);
-    // Both clusters' ports chosen at once: etcd binds its own only some time after it starts.
-    let mut all_ports = member_ports(6)?;
-    let shoal_ports = all_ports.split_off(3);
-    let etcd_cluster = wanted("etcd")
-        .then(|| start_etcd(dir.path(), &all_ports))
-        .transpose()?;
+    // etcd answers (so holds its ports) before shoal picks its own.
+    let etcd_cluster = wanted("etcd").then(|| StoreCluster::start(StoreKind::Etcd, 3));
+    let shoal_ports = member_ports(3)?;
     let shoal_cluster = wanted("shoal")
         .then(|| start_shoal(dir.path(), &shoal_ports))
         .transpose()?;
@@ -610,7 +540,7 @@ pub fn run() -> anyhow::Result<()> {
     for round in 1..=rounds() {
         if let Some(cluster) = &etcd_cluster {
             let name = format!("etcd round {round}");
-            etcd_rounds.push(load.block_on(measure(&name, &cluster.endpoints))?);
+            etcd_rounds.push(load.block_on(measure(&name, &cluster.endpoints()))?);
         }
         if let Some(cluster) = &shoal_cluster {
             let name = format!("shoal round {round}");

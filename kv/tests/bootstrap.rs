@@ -1,7 +1,6 @@
 //! Three members of a new cluster started at the same moment, many times over, in one process
 //! (debug build, so openraft's debug assertions are on): no Raft task panics and exactly one
 //! leader emerges that every member follows.
-mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use shoal_kv::member::{Config, Member, RunningMember};
 
-use common::free_port;
+use shoal_harness::free_port;
 
 const ROUNDS: usize = 20;
 

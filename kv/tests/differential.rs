@@ -4,12 +4,13 @@
 //! (cluster and member IDs, Raft term) is left out of the comparison.
 mod common;
 
-use common::{Flavor, TestCluster};
+use common::Clients;
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, KeyValue, LeaseGrantOptions,
     LeaseTimeToLiveOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
     WatchOptions,
 };
+use shoal_harness::StoreKind;
 
 fn kv(kv: &KeyValue) -> String {
     format!(
@@ -543,8 +544,8 @@ async fn lease_script(c: &mut Client, t: &mut Transcript) {
     t.get(c, "after too large", "big", None).await;
 }
 
-async fn transcript(flavor: Flavor) -> Vec<String> {
-    let cluster = TestCluster::start(flavor, 1).await;
+async fn transcript(kind: StoreKind) -> Vec<String> {
+    let cluster = common::start(kind, 1).await;
     let mut client = cluster.client(0).await;
     let mut t = Transcript { lines: Vec::new() };
     kv_script(&mut client, &mut t).await;
@@ -556,7 +557,7 @@ async fn transcript(flavor: Flavor) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shoal_answers_like_etcd_3_4() {
-    let (etcd, shoal) = tokio::join!(transcript(Flavor::Etcd), transcript(Flavor::Shoal));
+    let (etcd, shoal) = tokio::join!(transcript(StoreKind::Etcd), transcript(StoreKind::ShoalKv));
     let mut differences = Vec::new();
     for (e, s) in etcd.iter().zip(&shoal) {
         if e != s {

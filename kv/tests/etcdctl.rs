@@ -5,7 +5,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Flavor, TestCluster, etcdctl};
+use shoal_harness::StoreKind;
+use shoal_harness::store::etcdctl;
 
 /// Runs etcdctl, prints the session line and returns stdout; panics if it failed.
 fn ctl(endpoints: &[String], args: &[&str]) -> String {
@@ -21,7 +22,7 @@ fn ctl_with_input(endpoints: &[String], args: &[&str], stdin: Option<&str>) -> S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_session_against_three_members() {
-    let cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let cluster = common::start(StoreKind::ShoalKv, 3).await;
     let all = cluster.endpoints();
     let one = |i: usize| vec![cluster.endpoints()[i].clone()];
 
@@ -127,7 +128,7 @@ async fn etcdctl_session_against_three_members() {
         "{err}"
     );
 
-    let snapshot = cluster.dir.path().join("snapshot.db");
+    let snapshot = cluster.dir().join("snapshot.db");
     let path = snapshot.to_string_lossy().into_owned();
     ctl(&one(0), &["snapshot", "save", &path]);
     assert!(

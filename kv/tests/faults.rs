@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Flavor, TestCluster, connect};
+use common::{Clients, connect};
 use etcd_client::{Client, GetOptions};
+use shoal_harness::{StoreCluster, StoreKind};
 
 /// Writers that put unique keys round-robin across members and remember which were acknowledged.
 struct WriteLoad {
@@ -82,9 +83,9 @@ async fn keys_with_prefix(
 }
 
 /// Every acknowledged key is readable (linearizably) through every live member.
-async fn assert_all_present(cluster: &TestCluster, acked: &BTreeSet<String>) {
-    for (i, proc) in cluster.procs.iter().enumerate() {
-        if proc.is_none() {
+async fn assert_all_present(cluster: &StoreCluster, acked: &BTreeSet<String>) {
+    for i in 0..cluster.specs.len() {
+        if !cluster.is_running(i) {
             continue;
         }
         let mut client = cluster.client(i).await;
@@ -100,7 +101,7 @@ async fn assert_all_present(cluster: &TestCluster, acked: &BTreeSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill9_under_write_load_loses_no_acknowledged_write() {
-    let mut cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let mut cluster = common::start(StoreKind::ShoalKv, 3).await;
     let leader = cluster.leader().await;
     let load = WriteLoad::start(cluster.endpoints(), 8).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -122,13 +123,13 @@ async fn leader_kill9_under_write_load_loses_no_acknowledged_write() {
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader, leader);
     assert_all_present(&cluster, &acked).await;
-    cluster.restart(leader).await;
+    cluster.restart(leader);
     assert_all_present(&cluster, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_every_member_then_restart_keeps_acknowledged_writes() {
-    let mut cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let mut cluster = common::start(StoreKind::ShoalKv, 3).await;
     let load = WriteLoad::start(cluster.endpoints(), 8).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..3 {
@@ -143,13 +144,13 @@ async fn kill9_of_every_member_then_restart_keeps_acknowledged_writes() {
     for i in 0..3 {
         cluster.spawn(i);
     }
-    cluster.wait_ready().await;
+    cluster.wait_ready();
     assert_all_present(&cluster, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_of_three_down_keeps_serving_and_quorum_losing_removal_is_refused() {
-    let mut cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let mut cluster = common::start(StoreKind::ShoalKv, 3).await;
     let leader = cluster.leader().await;
     let down = (leader + 1) % 3;
     let other = (leader + 2) % 3;
@@ -194,7 +195,7 @@ async fn one_of_three_down_keeps_serving_and_quorum_losing_removal_is_refused() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_with_empty_data_dir_catches_up_by_snapshot() {
-    let mut cluster = TestCluster::start_with(Flavor::Shoal, 3, &["--snapshot-count", "50"]).await;
+    let mut cluster = common::start_with(StoreKind::ShoalKv, 3, &["--snapshot-count", "50"]).await;
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let mut client = cluster.client(leader).await;
@@ -213,7 +214,7 @@ async fn member_with_empty_data_dir_catches_up_by_snapshot() {
             .expect("put");
     }
     cluster.state = "existing";
-    cluster.restart(follower).await;
+    cluster.restart(follower);
     let expected: BTreeSet<String> = (0..400).map(|n| format!("load/{n}")).collect();
     let mut rejoined = cluster.client(follower).await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -237,11 +238,11 @@ async fn member_with_empty_data_dir_catches_up_by_snapshot() {
 }
 
 /// Starts `shoal-kv` on member 0's data dir and expects it to stop with an error.
-async fn start_must_fail(cluster: &TestCluster) -> String {
+async fn start_must_fail(cluster: &StoreCluster) -> String {
     let spec = &cluster.specs[0];
     let output = tokio::time::timeout(
         Duration::from_secs(20),
-        tokio::process::Command::new(common::SHOAL_KV)
+        tokio::process::Command::new(shoal_harness::binaries::shoal_kv())
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .arg("--listen-client-urls")
@@ -286,7 +287,7 @@ fn damage_everywhere(data_dir: &std::path::Path, needle: &[u8]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_log_record_is_a_clear_error() {
-    let mut cluster = TestCluster::start(Flavor::Shoal, 1).await;
+    let mut cluster = common::start(StoreKind::ShoalKv, 1).await;
     let canary = "CANARY-VALUE-0123456789-CANARY";
     let mut client = cluster.client(0).await;
     client.put("canary", canary, None).await.expect("put");
@@ -320,7 +321,7 @@ fn end_of_records(bytes: &[u8]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_log_tail_after_a_crash_is_cut_off() {
-    let mut cluster = TestCluster::start(Flavor::Shoal, 1).await;
+    let mut cluster = common::start(StoreKind::ShoalKv, 1).await;
     let mut client = cluster.client(0).await;
     for n in 0..20 {
         client
@@ -341,7 +342,7 @@ async fn torn_log_tail_after_a_crash_is_cut_off() {
     bytes[end + 8..end + 300].fill(0x5a);
     std::fs::write(newest, &bytes).expect("writing the torn segment");
 
-    cluster.restart(0).await;
+    cluster.restart(0);
     let mut client = cluster.client(0).await;
     let present = keys_with_prefix(&mut client, "load/", false).await;
     assert_eq!(present.len(), 20, "every acknowledged write survives");
@@ -362,7 +363,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_the_member_stays_up() {
-    let cluster = TestCluster::start(Flavor::Shoal, 1).await;
+    let cluster = common::start(StoreKind::ShoalKv, 1).await;
     let mut client = cluster.client(0).await;
     let huge_key = vec![b'k'; 3 * 1024 * 1024];
     let refused = client.put(huge_key, "v", None).await;
@@ -403,10 +404,10 @@ async fn bad_input_is_refused_and_the_member_stays_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_added_started_promoted_and_removed() {
-    let cluster = TestCluster::start(Flavor::Shoal, 1).await;
+    let cluster = common::start(StoreKind::ShoalKv, 1).await;
     let mut client = cluster.client(0).await;
     client.put("before-join", "1", None).await.expect("put");
-    let (client_port, peer_port) = (common::free_port(), common::free_port());
+    let (client_port, peer_port) = (shoal_harness::free_port(), shoal_harness::free_port());
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let added = client
         .member_add(
@@ -438,12 +439,13 @@ async fn learner_added_started_promoted_and_removed() {
         cluster.specs[0].name,
         cluster.specs[0].peer_url()
     );
-    let log = std::fs::File::create(cluster.dir.path().join("joiner.log")).expect("log");
-    let _joiner = common::Proc(
-        std::process::Command::new(common::SHOAL_KV)
+    let log = std::fs::File::create(cluster.dir().join("joiner.log")).expect("log");
+    let _joiner = shoal_harness::Process::spawn(
+        "the joiner",
+        std::process::Command::new(shoal_harness::binaries::shoal_kv())
             .args(["--name", "joiner", "--initial-cluster-state", "existing"])
             .arg("--data-dir")
-            .arg(cluster.dir.path().join("joiner"))
+            .arg(cluster.dir().join("joiner"))
             .args([
                 "--listen-client-urls",
                 &client_url,
@@ -465,9 +467,7 @@ async fn learner_added_started_promoted_and_removed() {
                 "50",
             ])
             .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting the joiner"),
+            .stderr(log),
     );
     let mut joiner = common::connect(&[format!("127.0.0.1:{client_port}")]).await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -520,7 +520,7 @@ async fn cluster_member_id(client: &mut Client, name: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_expiry_deletes_keys_and_notifies_watchers() {
-    let cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let cluster = common::start(StoreKind::ShoalKv, 3).await;
     let mut client = cluster.client(1).await;
     let lease = client.lease_grant(2, None).await.expect("grant").id();
     client
@@ -555,7 +555,7 @@ async fn lease_expiry_deletes_keys_and_notifies_watchers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_does_not_expire_leases_early() {
-    let mut cluster = TestCluster::start(Flavor::Shoal, 3).await;
+    let mut cluster = common::start(StoreKind::ShoalKv, 3).await;
     let leader = cluster.leader().await;
     let survivor = (leader + 1) % 3;
     let mut client = cluster.client(survivor).await;

@@ -3,12 +3,13 @@
 //! must we (`shoal_kv::authority`).
 mod common;
 
-use common::{Flavor, TestCluster, etcdctl};
+use shoal_harness::StoreKind;
+use shoal_harness::store::etcdctl;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_endpoint_commands_work_with_url_endpoints_as_on_etcd() {
-    for flavor in [Flavor::Etcd, Flavor::Shoal] {
-        let cluster = TestCluster::start(flavor, 1).await;
+    for flavor in [StoreKind::Etcd, StoreKind::ShoalKv] {
+        let cluster = common::start(flavor, 1).await;
         let url = vec![cluster.specs[0].client_url()];
         assert!(url[0].starts_with("http://"));
         for command in [

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use shoal_harness::{StoreCluster, StoreKind, free_port, wait_until};
 use shoal_scheduler::{
     cli::{BlockArgs, FleetctlCommand},
     fleetctl,
@@ -31,7 +32,7 @@ async fn fleetctl(endpoint: &str, command: FleetctlCommand) -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_unit_in_a_batch_submits_nothing() {
-    let etcd = Etcd::start().await;
+    let etcd = etcd();
     let dir = tempfile::tempdir().expect("temp dir");
     let good = dir.path().join("good.service");
     let bad = dir.path().join("bad.service");
@@ -50,7 +51,7 @@ async fn invalid_unit_in_a_batch_submits_nothing() {
     for (broken, line) in [(&bad, ":4:"), (&impossible, ":2:")] {
         let units = vec![good.display().to_string(), broken.display().to_string()];
         let err = fleetctl(
-            &etcd.endpoint,
+            &etcd.client_url(0),
             FleetctlCommand::Submit {
                 units,
                 replace: false,
@@ -65,7 +66,7 @@ async fn invalid_unit_in_a_batch_submits_nothing() {
         );
         assert!(message.contains(line), "error names the line: {message}");
     }
-    let registry = registry(&etcd.endpoint).await;
+    let registry = registry(&etcd.client_url(0)).await;
     assert!(
         registry.jobs().await.expect("jobs").is_empty(),
         "nothing half-submitted"
@@ -73,7 +74,7 @@ async fn invalid_unit_in_a_batch_submits_nothing() {
     let syntax = dir.path().join("syntax.service");
     std::fs::write(&syntax, "[Service]\nExecStart /bin/true\n").expect("write");
     let err = fleetctl(
-        &etcd.endpoint,
+        &etcd.client_url(0),
         FleetctlCommand::Submit {
             units: vec![syntax.display().to_string()],
             replace: false,
@@ -88,7 +89,7 @@ async fn invalid_unit_in_a_batch_submits_nothing() {
     let badname = dir.path().join("noext");
     std::fs::write(&badname, sleeper("")).expect("write");
     let err = fleetctl(
-        &etcd.endpoint,
+        &etcd.client_url(0),
         FleetctlCommand::Submit {
             units: vec![badname.display().to_string()],
             replace: false,
@@ -104,7 +105,7 @@ async fn invalid_unit_in_a_batch_submits_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_units_are_clear_errors() {
-    let etcd = Etcd::start().await;
+    let etcd = etcd();
     for command in [
         FleetctlCommand::Start {
             units: vec!["nope.service".into()],
@@ -129,7 +130,7 @@ async fn unknown_units_are_clear_errors() {
         },
     ] {
         let label = format!("{command:?}");
-        let err = fleetctl(&etcd.endpoint, command).await.unwrap_err();
+        let err = fleetctl(&etcd.client_url(0), command).await.unwrap_err();
         let message = format!("{err:#}");
         assert!(message.contains("nope.service"), "{label}: {message}");
         assert!(
@@ -139,7 +140,7 @@ async fn unknown_units_are_clear_errors() {
     }
     // A template instance with no template anywhere.
     let err = fleetctl(
-        &etcd.endpoint,
+        &etcd.client_url(0),
         FleetctlCommand::Start {
             units: vec!["ghost@1.service".into()],
             replace: false,
@@ -153,7 +154,7 @@ async fn unknown_units_are_clear_errors() {
 
 against_both_stores!(impossible_constraints_are_reported_as_unschedulable);
 
-async fn impossible_constraints_are_reported_as_unschedulable(backend: Backend) {
+async fn impossible_constraints_are_reported_as_unschedulable(backend: StoreKind) {
     let cluster = Cluster::start(
         backend,
         &[&[("compute", "web")], &[("compute", "web")]],
@@ -226,7 +227,9 @@ async fn unreachable_store_fails_fast_and_fleetd_waits_for_it() {
 
     let node = Node::start(&endpoint, 0, &[], Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _etcd = Etcd::start_on(port).await;
+    let _etcd = StoreCluster::builder(StoreKind::Etcd, 1)
+        .client_port(port)
+        .start();
     let registry = registry(&endpoint).await;
     wait_until(
         Duration::from_secs(20),
@@ -247,9 +250,9 @@ fn table() -> shoal_scheduler::cli::TableArgs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_fails_over_past_an_unreachable_endpoint() {
-    let etcd = Etcd::start().await;
+    let etcd = etcd();
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let endpoints = [dead.clone(), etcd.endpoint.clone()];
+    let endpoints = [dead.clone(), etcd.client_url(0)];
     let timeout = Duration::from_secs(2);
     let store = shoal_scheduler::store::Store::connect(&endpoints, DEFAULT_PREFIX, timeout)
         .await
@@ -279,9 +282,9 @@ async fn store_fails_over_past_an_unreachable_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_whose_endpoint_died_reconnects_to_another() {
-    let first = Etcd::start().await;
-    let second = Etcd::start().await;
-    let endpoints = [first.endpoint.clone(), second.endpoint.clone()];
+    let first = etcd();
+    let second = etcd();
+    let endpoints = [first.client_url(0), second.client_url(0)];
     let timeout = Duration::from_secs(2);
     let store = shoal_scheduler::store::Store::connect(&endpoints, DEFAULT_PREFIX, timeout)
         .await

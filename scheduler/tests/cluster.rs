@@ -17,11 +17,12 @@ against_both_stores!(
 use std::time::Duration;
 
 use common::*;
+use shoal_harness::{StoreKind, wait_until};
 use shoal_scheduler::store::TargetState;
 
 const TTL: Duration = Duration::from_secs(3);
 
-async fn global_unit_runs_everywhere_including_later_joiners(backend: Backend) {
+async fn global_unit_runs_everywhere_including_later_joiners(backend: StoreKind) {
     let mut cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
     let registry = cluster.registry().await;
     start_units(&registry, &[("everywhere.service", sleeper("Global=true"))]).await;
@@ -52,7 +53,7 @@ async fn global_unit_runs_everywhere_including_later_joiners(backend: Backend) {
     .await;
 }
 
-async fn metadata_places_web_on_web_racks_and_db_on_db_rack(backend: Backend) {
+async fn metadata_places_web_on_web_racks_and_db_on_db_rack(backend: StoreKind) {
     let cluster = Cluster::start(
         backend,
         &[
@@ -109,7 +110,7 @@ async fn metadata_places_web_on_web_racks_and_db_on_db_rack(backend: Backend) {
     assert_eq!(running_on(&registry, "db.service").await, [db_node]);
 }
 
-async fn conflicts_keep_instances_apart_and_extra_one_is_unschedulable(backend: Backend) {
+async fn conflicts_keep_instances_apart_and_extra_one_is_unschedulable(backend: StoreKind) {
     let cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
     let registry = cluster.registry().await;
     let unit = sleeper("Conflicts=app@*.service");
@@ -143,7 +144,7 @@ async fn conflicts_keep_instances_apart_and_extra_one_is_unschedulable(backend: 
     assert!(reason.contains("conflicts with app@"), "reason: {reason}");
 }
 
-async fn killed_node_units_move_within_ttl(backend: Backend) {
+async fn killed_node_units_move_within_ttl(backend: StoreKind) {
     let mut cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
     let registry = cluster.registry().await;
     start_units(&registry, &[("mover.service", sleeper(""))]).await;
@@ -175,7 +176,7 @@ async fn killed_node_units_move_within_ttl(backend: Backend) {
     assert_ne!(job.target.as_deref(), Some(victim.as_str()));
 }
 
-async fn killing_the_engine_node_moves_the_engine(backend: Backend) {
+async fn killing_the_engine_node_moves_the_engine(backend: StoreKind) {
     let mut cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
     let registry = cluster.registry().await;
     let leader_key = registry.store().keys().engine_leader();
@@ -209,7 +210,7 @@ async fn killing_the_engine_node_moves_the_engine(backend: Backend) {
     .await;
 }
 
-async fn restarted_agent_adopts_running_units(backend: Backend) {
+async fn restarted_agent_adopts_running_units(backend: StoreKind) {
     let mut cluster = Cluster::start(backend, &[&[]], Duration::from_secs(10)).await;
     let registry = cluster.registry().await;
     start_units(&registry, &[("steady.service", sleeper(""))]).await;
@@ -246,7 +247,7 @@ async fn main_pid(registry: &shoal_scheduler::registry::Registry, unit: &str) ->
         .expect("main pid")
 }
 
-async fn stop_unload_and_destroy_reach_the_agent(backend: Backend) {
+async fn stop_unload_and_destroy_reach_the_agent(backend: StoreKind) {
     let cluster = Cluster::start(backend, &[&[], &[]], TTL).await;
     let registry = cluster.registry().await;
     start_units(&registry, &[("cycle.service", sleeper(""))]).await;
@@ -301,7 +302,7 @@ async fn stop_unload_and_destroy_reach_the_agent(backend: Backend) {
     assert!(left.is_empty(), "journal cleaned up: {left:?}");
 }
 
-async fn replaced_unit_restarts_with_new_contents(backend: Backend) {
+async fn replaced_unit_restarts_with_new_contents(backend: StoreKind) {
     let cluster = Cluster::start(backend, &[&[]], TTL).await;
     let registry = cluster.registry().await;
     start_units(&registry, &[("versioned.service", sleeper(""))]).await;
@@ -335,7 +336,7 @@ async fn replaced_unit_restarts_with_new_contents(backend: Backend) {
     assert!(output.contains("version two"), "{output}");
 }
 
-async fn global_unit_skips_machines_with_conflicting_units(backend: Backend) {
+async fn global_unit_skips_machines_with_conflicting_units(backend: StoreKind) {
     let cluster = Cluster::start(backend, &[&[], &[], &[]], TTL).await;
     let registry = cluster.registry().await;
     let pinned = format!("MachineID={}", &cluster.nodes[1].id[..8]);

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shoal_harness::{Cluster, Node};
+use shoal_harness::{Cluster, Node, StoreCluster, StoreKind};
 use shoal_scheduler::agent::supervisor::kill_recorded_units;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal-fleet");
@@ -38,7 +38,7 @@ impl Drop for Daemon {
 
 struct Fleet {
     daemons: Vec<Daemon>,
-    etcd: Option<Child>,
+    store: Option<StoreCluster>,
     endpoint: String,
     _dirs: tempfile::TempDir,
     cluster: Cluster,
@@ -47,10 +47,7 @@ struct Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.daemons.clear();
-        if let Some(mut etcd) = self.etcd.take() {
-            let _ = etcd.kill();
-            let _ = etcd.wait();
-        }
+        self.store = None;
     }
 }
 
@@ -74,24 +71,11 @@ impl Fleet {
             .expect("harness cluster");
         let dirs = tempfile::tempdir().expect("temp dir");
         let store_ip = cluster.node(0).underlay_ip();
-        let client = format!("http://{store_ip}:2379");
-        let peer = format!("http://{store_ip}:2380");
-        let etcd_command = cluster.node(0).ns().command(common::ETCD);
-        let etcd = common::etcd_member(
-            etcd_command,
-            "store",
-            &dirs.path().join("etcd"),
-            &client,
-            &peer,
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd in node 0");
+        let store = StoreCluster::in_namespace(StoreKind::Etcd, cluster.node(0).ns(), store_ip);
         let mut fleet = Self {
             daemons: Vec::new(),
-            etcd: Some(etcd),
-            endpoint: client,
+            endpoint: store.client_url(0),
+            store: Some(store),
             _dirs: dirs,
             cluster,
         };

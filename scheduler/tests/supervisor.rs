@@ -7,8 +7,7 @@ use shoal_scheduler::{
     unit::{UnitFile, UnitName},
 };
 
-mod common;
-use common::wait_until;
+use shoal_harness::wait_until;
 
 async fn load(supervisor: &Supervisor, name: &str, text: &str) {
     let unit_name = UnitName::parse(name).expect("name");

@@ -1,16 +1,16 @@
-//! Fixtures of the fleet integration tests: a real etcd 3.4 on free loopback ports, and fleetd
-//! nodes running in-process, each on its own thread and runtime so that one can be killed
-//! abruptly (its tasks vanish, its heartbeat stops) while its unit processes keep running.
+//! Fixtures of the fleet integration tests beside the harness's store cluster: fleetd nodes
+//! running in-process, each on its own thread and runtime so that one can be killed abruptly
+//! (its tasks vanish, its heartbeat stops) while its unit processes keep running, and helpers
+//! that read fleet's registry.
 #![allow(dead_code)]
 
 use std::{
     collections::BTreeMap,
-    future::Future,
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use shoal_harness::{StoreCluster, StoreKind, wait_until};
 
 use shoal_scheduler::{
     FleetConfig, Fleetd,
@@ -19,191 +19,6 @@ use shoal_scheduler::{
     registry::{Job, Registry, ValidUnit},
     store::{Store, TargetState, UnitStateRecord},
 };
-
-pub const ETCD: &str = "/usr/bin/etcd";
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
-}
-
-/// Adds the flags of a single-member etcd named `name` to `command` (which runs etcd).
-pub fn etcd_member(
-    mut command: Command,
-    name: &str,
-    data_dir: &Path,
-    client: &str,
-    peer: &str,
-) -> Command {
-    command
-        .args(["--name", name, "--data-dir"])
-        .arg(data_dir)
-        .args([
-            "--listen-client-urls",
-            client,
-            "--advertise-client-urls",
-            client,
-        ])
-        .args([
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
-        ])
-        .args(["--initial-cluster", &format!("{name}={peer}")]);
-    command
-}
-
-/// A single-member etcd 3.4 in a temporary directory, killed on drop.
-pub struct Etcd {
-    child: Child,
-    pub endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    pub async fn start() -> Self {
-        Self::start_on(free_port()).await
-    }
-
-    /// Starts etcd serving clients on `client_port`.
-    pub async fn start_on(client_port: u16) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = etcd_member(
-            Command::new(ETCD),
-            "fleet-test",
-            &dir.path().join("data"),
-            &client,
-            &peer,
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd 3.4 at /usr/bin/etcd");
-        let etcd = Self {
-            child,
-            endpoint: client,
-            _dir: dir,
-        };
-        let endpoint = etcd.endpoint.clone();
-        wait_until(Duration::from_secs(20), "etcd to answer", || {
-            let endpoint = endpoint.clone();
-            async move { connect(&endpoint).await.is_some() }
-        })
-        .await;
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Which store the fleet tests run against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Etcd,
-    ShoalKv,
-}
-
-/// A single-member store of either kind, stopped on drop.
-pub enum StoreServer {
-    Etcd(Etcd),
-    ShoalKv(ShoalKv),
-}
-
-impl StoreServer {
-    pub async fn start(backend: Backend) -> Self {
-        match backend {
-            Backend::Etcd => StoreServer::Etcd(Etcd::start().await),
-            Backend::ShoalKv => StoreServer::ShoalKv(ShoalKv::start().await),
-        }
-    }
-
-    pub fn endpoint(&self) -> &str {
-        match self {
-            StoreServer::Etcd(etcd) => &etcd.endpoint,
-            StoreServer::ShoalKv(kv) => &kv.endpoint,
-        }
-    }
-}
-
-/// A single-member shoal kv, in-process on its own thread and runtime.
-pub struct ShoalKv {
-    pub endpoint: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl ShoalKv {
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let client = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let args = shoal_kv::cli::KvArgs {
-            name: "fleet-test".into(),
-            data_dir: Some(dir.path().join("data")),
-            listen_client_urls: client.clone(),
-            advertise_client_urls: client.clone(),
-            listen_peer_urls: peer.clone(),
-            initial_advertise_peer_urls: peer,
-            initial_cluster: None,
-            initial_cluster_state: "new".into(),
-            initial_cluster_token: "fleet-test".into(),
-            heartbeat_interval: 100,
-            election_timeout: 1000,
-            snapshot_count: 10_000,
-        };
-        let config = args.config().expect("shoal kv config");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let member = shoal_kv::member::Member::start(config)
-                    .await
-                    .expect("shoal kv member");
-                let _ = stopped.await;
-                member.shutdown().await;
-            });
-        });
-        let kv = Self {
-            endpoint: client,
-            stop: Some(stop),
-            thread: Some(thread),
-            _dir: dir,
-        };
-        let endpoint = kv.endpoint.clone();
-        wait_until(Duration::from_secs(20), "shoal kv to answer", || {
-            let endpoint = endpoint.clone();
-            async move { connect(&endpoint).await.is_some() }
-        })
-        .await;
-        kv
-    }
-}
-
-impl Drop for ShoalKv {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 async fn connect(endpoint: &str) -> Option<Store> {
     Store::connect(
@@ -217,25 +32,6 @@ async fn connect(endpoint: &str) -> Option<Store> {
 
 pub async fn registry(endpoint: &str) -> Registry {
     Registry::new(connect(endpoint).await.expect("store reachable"))
-}
-
-/// Polls `condition` every 100 ms until it holds; panics naming `what` after `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut condition: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if condition().await {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Machine ID number `index` (32 hex characters, distinct short IDs).
@@ -348,21 +144,32 @@ impl Drop for Node {
     }
 }
 
+/// A single-member etcd 3.4 on loopback, ready.
+pub fn etcd() -> StoreCluster {
+    StoreCluster::start(StoreKind::Etcd, 1)
+}
+
 /// A cluster of nodes sharing one store, all killed (units included) on drop.
 pub struct Cluster {
     pub nodes: Vec<Node>,
-    pub store: StoreServer,
+    endpoint: String,
+    pub store: StoreCluster,
 }
 
 impl Cluster {
-    pub async fn start(backend: Backend, metadata: &[&[(&str, &str)]], ttl: Duration) -> Self {
-        let store = StoreServer::start(backend).await;
+    pub async fn start(backend: StoreKind, metadata: &[&[(&str, &str)]], ttl: Duration) -> Self {
+        let store = StoreCluster::start(backend, 1);
+        let endpoint = store.client_url(0);
         let nodes = metadata
             .iter()
             .enumerate()
-            .map(|(index, meta)| Node::start(store.endpoint(), index, meta, ttl))
+            .map(|(index, meta)| Node::start(&endpoint, index, meta, ttl))
             .collect();
-        let cluster = Self { nodes, store };
+        let cluster = Self {
+            nodes,
+            endpoint,
+            store,
+        };
         let registry = cluster.registry().await;
         let expected = metadata.len();
         wait_until(Duration::from_secs(15), "machines to register", || async {
@@ -373,7 +180,7 @@ impl Cluster {
     }
 
     pub fn endpoint(&self) -> &str {
-        self.store.endpoint()
+        &self.endpoint
     }
 
     pub async fn registry(&self) -> Registry {
@@ -428,7 +235,7 @@ pub async fn job(registry: &Registry, unit: &str) -> Job {
         .expect("job exists")
 }
 
-/// Runs each listed `async fn name(backend: Backend)` against etcd 3.4 and against shoal kv.
+/// Runs each listed `async fn name(backend: StoreKind)` against etcd 3.4 and against shoal kv.
 #[macro_export]
 macro_rules! against_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -436,7 +243,7 @@ macro_rules! against_both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::common::Backend::Etcd).await
+                    super::$name(shoal_harness::StoreKind::Etcd).await
                 }
             )*
         }
@@ -444,7 +251,7 @@ macro_rules! against_both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::common::Backend::ShoalKv).await
+                    super::$name(shoal_harness::StoreKind::ShoalKv).await
                 }
             )*
         }

@@ -10,7 +10,7 @@ use ipnetwork::Ipv4Network;
 use shoal_dataplane::{
     Backend, Config, Counter, Dataplane, DecapHook, Endpoint, MacAddr, RouteTarget, Stats, TcAttach,
 };
-use shoal_harness::{Cluster, Node, NsWorker};
+use shoal_harness::{Cluster, Node, NsWorker, Process};
 
 /// Where test instances pin: a directory of their own, removed by `detach`.
 pub const TEST_PIN_ROOT: &str = "/sys/fs/bpf/shoal-tests";
@@ -201,9 +201,9 @@ pub fn test_port() -> u16 {
     20000 + (std::process::id() % 1000) as u16 * 10 + PORT.fetch_add(1, Ordering::Relaxed) as u16
 }
 
-/// An `iperf3 -s -1` in a namespace, killed on drop.
+/// An `iperf3 -s -1` in a namespace, stopped on drop.
 pub struct Iperf3Server {
-    child: std::process::Child,
+    _process: Process,
     pub port: u16,
 }
 
@@ -216,14 +216,10 @@ impl Iperf3Server {
             .stderr(std::process::Stdio::null());
         let child = ns.spawn(&mut cmd).expect("starting iperf3 server");
         std::thread::sleep(std::time::Duration::from_millis(300));
-        Self { child, port }
-    }
-}
-
-impl Drop for Iperf3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Self {
+            _process: Process::adopt("iperf3 server", child),
+            port,
+        }
     }
 }
 
@@ -346,7 +342,7 @@ pub fn udp_arrivals(ns: &shoal_harness::Namespace) -> u64 {
 
 /// A packet capture with tcpdump on an interface of a namespace, into a temporary file.
 pub struct Capture {
-    child: std::process::Child,
+    tcpdump: Process,
     dir: tempfile::TempDir,
 }
 
@@ -361,15 +357,17 @@ impl Capture {
             .stderr(std::process::Stdio::null());
         let child = ns.spawn(&mut cmd).expect("starting tcpdump");
         std::thread::sleep(std::time::Duration::from_millis(800));
-        Self { child, dir }
+        Self {
+            tcpdump: Process::adopt("tcpdump", child),
+            dir,
+        }
     }
 
     /// Stops the capture and returns the path of the pcap file (valid while `self` lives).
     pub fn stop(&mut self) -> std::path::PathBuf {
         std::thread::sleep(std::time::Duration::from_millis(300));
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc_kill(self.child.id() as i32) };
-        let _ = self.child.wait();
+        // SIGTERM lets tcpdump flush its buffer.
+        self.tcpdump.stop();
         self.dir.path().join("capture.pcap")
     }
 
@@ -405,22 +403,6 @@ impl Capture {
         assert!(output.status.success(), "tshark: {output:?}");
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-unsafe fn libc_kill(pid: i32) {
-    // SIGTERM lets tcpdump flush its buffer.
-    unsafe { kill(pid, 15) };
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, signal: i32) -> i32;
 }
 
 /// Turns off checksum offload in every container and on every node's underlay, so packets carry

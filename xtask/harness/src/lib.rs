@@ -12,18 +12,32 @@
 //! parallel. Everything is removed when the [`Cluster`] is dropped, also when a test panics; a
 //! run that was killed is cleaned up by [`sweep`], which every new cluster calls first.
 //! Traffic only ever goes to addresses inside namespaces the harness created.
+//!
+//! Beside the namespaces, the one set of test fixtures the workspace's tests and benchmarks
+//! share: a store cluster ([`StoreCluster`], etcd 3.4 or shoal kv), a process guard
+//! ([`Process`]), free ports, `wait_for`/`wait_until`, and where the workspace's binaries are
+//! ([`binaries`]).
 
 pub mod agents;
+pub mod binaries;
 mod cluster;
 pub mod command;
 pub mod flannel_vxlan;
 mod netns;
 mod ns_worker;
+mod ports;
+mod process;
+pub mod store;
+mod wait;
 
 pub use agents::{AgentOptions, Agents};
 pub use cluster::{Cluster, ClusterBuilder, Container, Node};
 pub use netns::{Namespace, sweep};
 pub use ns_worker::NsWorker;
+pub use ports::{free_port, free_ports};
+pub use process::Process;
+pub use store::{MemberSpec, StoreCluster, StoreClusterBuilder, StoreKind};
+pub use wait::{wait_for, wait_until};
 
 /// Errors of the harness; each names the command or namespace involved.
 #[derive(Debug, thiserror::Error)]
