@@ -18,7 +18,7 @@ pub enum ConfigError {
     },
     #[error("option {key}: {message}")]
     Value { key: String, message: String },
-    #[error("reading {file}: {source}")]
+    #[error("reading {file}")]
     Read {
         file: String,
         #[source]

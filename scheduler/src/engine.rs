@@ -8,6 +8,7 @@
 //! [`Placement`]; writes are guarded by the engine's lease still holding the leader key, so a
 //! deposed engine cannot write.
 
+use shoal_store_client::Chain;
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,
@@ -73,12 +74,12 @@ pub async fn run_engine(
             _ = until_stopped(&mut shutdown) => return,
         };
         if let Err(err) = outcome {
-            tracing::warn!("engine: {err}; retrying");
+            tracing::warn!("engine: {}; retrying", Chain(&err));
             tokio::time::sleep(Duration::from_secs(1)).await;
             // The endpoint may be gone for good: pick again among all of them.
             match store.reconnected().await {
                 Ok(fresh) => store = fresh,
-                Err(err) => tracing::warn!("engine: {err}"),
+                Err(err) => tracing::warn!("engine: {}", Chain(&err)),
             }
         }
     }
@@ -126,7 +127,7 @@ async fn wait_for_vacancy(store: &Store, leader_key: &str, lease: &KeptLease) ->
     loop {
         tokio::select! {
             message = events.message() => {
-                let Some(response) = message.map_err(|e| store.etcd_error(e))? else { return Ok(()) };
+                let Some(response) = message.map_err(|e| store.etcd_error("watch engine leader", e))? else { return Ok(()) };
                 if response.events().iter().any(|e| e.event_type() == EventType::Delete) {
                     return Ok(());
                 }
@@ -164,7 +165,7 @@ async fn lead(
         tokio::select! {
             message = events.message() => {
                 let response = message
-                    .map_err(|e| store.etcd_error(e))?
+                    .map_err(|e| store.etcd_error("watch fleet prefix", e))?
                     .ok_or_else(|| StoreError::Conflict("watch closed".into()))?;
                 if response.canceled() {
                     return Err(StoreError::Conflict(format!("watch cancelled: {}", response.cancel_reason())));
@@ -255,7 +256,7 @@ impl Engine {
             let record: MachineRecord = match parse_json(key, value) {
                 Ok(record) => record,
                 Err(err) => {
-                    tracing::warn!("engine: ignoring {err}");
+                    tracing::warn!("engine: ignoring {}", Chain(&err));
                     return Ok(false);
                 }
             };
@@ -278,7 +279,7 @@ impl Engine {
                 let record: JobRecord = match parse_json(key, value) {
                     Ok(record) => record,
                     Err(err) => {
-                        tracing::warn!("engine: ignoring {err}");
+                        tracing::warn!("engine: ignoring {}", Chain(&err));
                         return Ok(false);
                     }
                 };

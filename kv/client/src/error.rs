@@ -1,7 +1,7 @@
 //! What can go wrong reaching the store. Messages name the endpoints and the operation; the
 //! cause is only ever the `#[source]`, so a `{:#}` chain prints it once.
 
-use std::{path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,3 +41,34 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Prints an error and its causes, `: `-separated (what anyhow's `{:#}` does), for logging
+/// errors whose own message leaves the cause to the chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(err) = cause {
+            write!(f, ": {err}")?;
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_prints_each_cause_once() {
+        let err = StoreError::ReadTlsFile {
+            path: "/ca.pem".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(Chain(&err).to_string(), "reading /ca.pem: entity not found");
+    }
+}

@@ -9,6 +9,7 @@ pub mod service;
 pub mod supervisor;
 pub mod systemd;
 
+use shoal_store_client::Chain;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -95,14 +96,16 @@ impl Agent {
                 _ = until_stopped(&mut shutdown) => Ok(()),
             };
             if let Err(err) = outcome {
-                tracing::warn!(machine = %self.machine_id(), "agent: {err}; reconnecting");
+                tracing::warn!(machine = %self.machine_id(), "agent: {}; reconnecting", Chain(&err));
                 self.reported.clear();
                 self.published_output.clear();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 // The endpoint may be gone for good: pick again among all of them.
                 match self.store.reconnected().await {
                     Ok(store) => self.store = store,
-                    Err(err) => tracing::warn!(machine = %self.machine_id(), "agent: {err}"),
+                    Err(err) => {
+                        tracing::warn!(machine = %self.machine_id(), "agent: {}", Chain(&err))
+                    }
                 }
             }
         }
@@ -130,7 +133,7 @@ impl Agent {
             tokio::select! {
                 message = events.message() => {
                     let response = message
-                        .map_err(|e| self.store.etcd_error(e))?
+                        .map_err(|e| self.store.etcd_error("watch jobs", e))?
                         .ok_or_else(|| StoreError::Conflict("job watch closed".into()))?;
                     if response.canceled() {
                         return Err(StoreError::Conflict(format!("job watch cancelled: {}", response.cancel_reason())));
@@ -191,7 +194,7 @@ impl Agent {
         match field {
             "object" => match parse_json::<JobRecord>(key, value) {
                 Ok(record) => job.hash = Some(record.unit_hash),
-                Err(err) => tracing::warn!("agent: {err}"),
+                Err(err) => tracing::warn!("agent: {}", Chain(&err)),
             },
             "target-state" => job.target_state = TargetState::parse(value),
             "target" => job.target = Some(value.to_string()),
@@ -288,7 +291,7 @@ impl Agent {
             }
             Ok(None) => None,
             Err(err) => {
-                tracing::warn!("agent: fetching unit {hash}: {err}");
+                tracing::warn!("agent: fetching unit {hash}: {}", Chain(&err));
                 None
             }
         }
@@ -301,7 +304,7 @@ impl Agent {
         for name in current.keys().filter(|name| !desired.contains_key(*name)) {
             tracing::info!(unit = %name, "agent: unloading");
             if let Err(err) = self.runtime.unload(name).await {
-                tracing::warn!("agent: {err}");
+                tracing::warn!("agent: {}", Chain(&err));
             }
         }
         for (name, (hash, state)) in desired {
