@@ -8,13 +8,13 @@
 //! [`Placement`]; writes are guarded by the engine's lease still holding the leader key, so a
 //! deposed engine cannot write.
 
-use shoal_store_client::Chain;
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,
 };
 
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use shoal_store_client::Chain;
 use tokio::sync::watch;
 
 use crate::{

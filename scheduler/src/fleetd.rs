@@ -1,8 +1,8 @@
 //! `fleetd` as a library: the agent and the engine candidate of one machine, in-process.
 
-use shoal_store_client::Chain;
 use std::{sync::Arc, time::Duration};
 
+use shoal_store_client::Chain;
 use tokio::sync::watch;
 
 use crate::lease::until_stopped;

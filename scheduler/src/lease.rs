@@ -2,9 +2,9 @@
 //! leadership. The lease is reported lost when a keep-alive fails or the store answers that it
 //! expired; whoever holds it then steps down or registers again.
 
-use shoal_store_client::Chain;
 use std::time::Duration;
 
+use shoal_store_client::Chain;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::store::{Store, StoreResult};

@@ -2,14 +2,12 @@
 //! scheduled to it (and the Global ones its metadata matches) through a [`UnitRuntime`], and
 //! reports their state and recent output to the store.
 
-mod dependencies;
 pub mod identity;
 pub mod runtime;
 pub mod service;
 pub mod supervisor;
 pub mod systemd;
 
-use shoal_store_client::Chain;
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
@@ -17,6 +15,7 @@ use std::{
 };
 
 use etcd_client::{EventType, PutOptions, TxnOp, WatchOptions};
+use shoal_store_client::Chain;
 use tokio::sync::watch;
 
 pub use runtime::{RuntimeError, UnitRuntime, UnitStatus};

@@ -12,7 +12,8 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{runtime::UnitStatus, supervisor::Command};
+use super::command::Command;
+use crate::agent::runtime::UnitStatus;
 use crate::unit::UnitFile;
 
 /// The dependency links of one loaded unit.
