@@ -23,7 +23,7 @@ use crate::{
     store::{
         JobRecord, MachineRecord, Store, StoreError, StoreResult, TargetState, absent, parse_json,
     },
-    unit::{Requirements, UnitFile, UnitName},
+    unit::{InvalidUnit, Requirements, parse_rules},
 };
 
 /// Settings of the engine candidate.
@@ -46,7 +46,7 @@ struct JobView {
     stored_target: Option<String>,
     stored_reason: Option<String>,
     /// Parsed rules; `Err` when the unit text is missing or invalid.
-    rules: Option<Result<Requirements, String>>,
+    rules: Option<Result<Requirements, InvalidUnit>>,
 }
 
 impl JobView {
@@ -338,14 +338,16 @@ impl Engine {
         &mut self,
         name: &str,
         hash: &str,
-    ) -> StoreResult<Result<Requirements, String>> {
+    ) -> StoreResult<Result<Requirements, InvalidUnit>> {
         if !self.units.contains_key(hash)
             && let Some(text) = self.store.get(&self.store.keys().unit(hash)).await?
         {
             self.units.insert(hash.to_string(), text);
         }
         let Some(text) = self.units.get(hash) else {
-            return Ok(Err(format!("unit file {hash} is missing from the store")));
+            return Ok(Err(InvalidUnit::Missing {
+                hash: hash.to_string(),
+            }));
         };
         Ok(parse_rules(name, text))
     }
@@ -410,7 +412,7 @@ impl Engine {
                         displaced_all.extend(displaced);
                     }
                     Err(reason) => {
-                        reasons.insert(name.clone(), reason);
+                        reasons.insert(name.clone(), reason.to_string());
                         pending.push(name);
                     }
                 }
@@ -467,11 +469,4 @@ impl Engine {
             job.stored_reason = reasons.get(name).cloned();
         }
     }
-}
-
-/// Parses a job's unit text into its rules, or the reason it is invalid.
-pub fn parse_rules(name: &str, text: &str) -> Result<Requirements, String> {
-    let unit_name = UnitName::parse(name).map_err(|e| e.to_string())?;
-    let unit = UnitFile::parse(name, text).map_err(|e| e.to_string())?;
-    unit.requirements(&unit_name).map_err(|e| e.to_string())
 }

@@ -21,13 +21,12 @@ use tokio::sync::watch;
 pub use runtime::{RuntimeError, UnitRuntime, UnitStatus};
 
 use crate::{
-    engine::parse_rules,
     lease::{KeptLease, stopped, until_stopped},
     store::{
         JobRecord, MachineRecord, Store, StoreError, StoreResult, TargetState, UnitStateRecord,
         parse_json, to_json,
     },
-    unit::{Requirements, UnitFile, UnitName},
+    unit::{Requirements, UnitFile, UnitName, parse_rules},
 };
 
 /// Lines of output published per unit for `fleetctl journal`.

@@ -236,5 +236,25 @@ fn parse_assignment(line: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.trim().to_string()))
 }
 
+/// Why a job's unit cannot be scheduled or run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidUnit {
+    #[error("unit file {hash} is missing from the store")]
+    Missing { hash: String },
+    #[error(transparent)]
+    Name(#[from] UnitNameError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(transparent)]
+    Requirements(#[from] RequirementsError),
+}
+
+/// Parses a job's unit text into its rules, or the reason it is invalid.
+pub fn parse_rules(name: &str, text: &str) -> Result<Requirements, InvalidUnit> {
+    let unit_name = UnitName::parse(name)?;
+    let unit = UnitFile::parse(name, text)?;
+    Ok(unit.requirements(&unit_name)?)
+}
+
 #[cfg(test)]
 mod tests;
