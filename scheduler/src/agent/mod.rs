@@ -26,8 +26,21 @@ use crate::{
         JobRecord, MachineRecord, Store, StoreError, StoreResult, TargetState, UnitStateRecord,
         parse_json, to_json,
     },
-    unit::{Requirements, UnitFile, UnitName, parse_rules},
+    unit::{ParseError, Requirements, UnitFile, UnitName, UnitNameError, parse_rules},
 };
+
+/// Why the agent could not bring a unit to its target state.
+#[derive(Debug, thiserror::Error)]
+enum ConvergeError {
+    #[error("unit file {hash} is not in the store")]
+    MissingUnit { hash: String },
+    #[error(transparent)]
+    Name(#[from] UnitNameError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
 
 /// Lines of output published per unit for `fleetctl journal`.
 pub const JOURNAL_LINES: usize = 200;
@@ -311,7 +324,8 @@ impl Agent {
             if failed_before && status.is_none() {
                 continue;
             }
-            if let Err(message) = self.converge(&name, &hash, state, status).await {
+            if let Err(err) = self.converge(&name, &hash, state, status).await {
+                let message = Chain(&err).to_string();
                 tracing::warn!(unit = %name, "agent: {message}");
                 self.load_errors.insert(name, (hash, message));
             }
@@ -328,23 +342,22 @@ impl Agent {
         hash: &str,
         state: TargetState,
         status: Option<&UnitStatus>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConvergeError> {
         let mut started = status.is_some_and(|s| s.started);
         if status.is_none_or(|s| s.hash != hash) {
             let text = self
                 .unit_text(hash)
                 .await
-                .ok_or_else(|| format!("unit file {hash} is not in the store"))?;
-            let unit_name = UnitName::parse(name).map_err(|e| e.to_string())?;
-            let unit = UnitFile::parse(name, &text).map_err(|e| e.to_string())?;
+                .ok_or_else(|| ConvergeError::MissingUnit {
+                    hash: hash.to_string(),
+                })?;
+            let unit_name = UnitName::parse(name)?;
+            let unit = UnitFile::parse(name, &text)?;
             if status.is_some() {
-                self.runtime.unload(name).await.map_err(|e| e.to_string())?;
+                self.runtime.unload(name).await?;
             }
             tracing::info!(unit = name, "agent: loading");
-            self.runtime
-                .load(&unit_name, &unit, hash)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.runtime.load(&unit_name, &unit, hash).await?;
             self.load_errors.remove(name);
             started = self
                 .runtime
@@ -356,11 +369,11 @@ impl Agent {
         match state {
             TargetState::Launched if !started => {
                 tracing::info!(unit = name, "agent: starting");
-                self.runtime.start(name).await.map_err(|e| e.to_string())
+                Ok(self.runtime.start(name).await?)
             }
             TargetState::Loaded if started => {
                 tracing::info!(unit = name, "agent: stopping");
-                self.runtime.stop(name).await.map_err(|e| e.to_string())
+                Ok(self.runtime.stop(name).await?)
             }
             _ => Ok(()),
         }
