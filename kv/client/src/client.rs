@@ -6,7 +6,7 @@ use etcd_client::{Client, GetOptions};
 
 use crate::{
     config::{Endpoint, StoreConfig},
-    error::{StoreError, StoreResult},
+    error::{EtcdError, StoreError, StoreResult},
 };
 
 /// The key the readiness probe counts (etcd's own health check reads it too).
@@ -70,7 +70,7 @@ impl StoreClient {
             Ok(result) => result.map_err(|source| StoreError::Request {
                 endpoints: endpoint.to_string(),
                 operation: "connect".into(),
-                source,
+                source: EtcdError(source),
             })?,
             Err(_) => {
                 return Err(StoreError::Timeout {
@@ -100,7 +100,7 @@ impl StoreClient {
             .await
         {
             Err(StoreError::Request {
-                source: etcd_client::Error::GRpcStatus(status),
+                source: EtcdError(etcd_client::Error::GRpcStatus(status)),
                 ..
             }) if i32::from(status.code()) == PERMISSION_DENIED => Ok(()),
             other => other.map(drop),
@@ -153,7 +153,7 @@ impl StoreClient {
         StoreError::Request {
             endpoints: self.endpoint.to_string(),
             operation: operation.to_string(),
-            source,
+            source: EtcdError(source),
         }
     }
 }

@@ -23,7 +23,7 @@ pub enum StoreError {
         endpoints: String,
         operation: String,
         #[source]
-        source: etcd_client::Error,
+        source: EtcdError,
     },
     #[error("store at {endpoints}: {operation} timed out after {timeout:?}")]
     Timeout {
@@ -41,6 +41,43 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// etcd-client's error as one link of a chain. etcd-client's own message folds a gRPC status's
+/// cause into its text in Debug form, and tonic's transport errors repeat each other's text
+/// ("tcp connect error: tcp connect error"); this prints the status code, then each distinct
+/// cause once.
+#[derive(Debug)]
+pub struct EtcdError(pub etcd_client::Error);
+
+impl fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let etcd_client::Error::GRpcStatus(status) = &self.0 else {
+            return self.0.fmt(f);
+        };
+        write!(f, "{}", status.code())?;
+        let Some(mut cause) = std::error::Error::source(status) else {
+            if !status.message().is_empty() {
+                write!(f, ": {}", status.message())?;
+            }
+            return Ok(());
+        };
+        let mut previous = String::new();
+        loop {
+            let text = cause.to_string();
+            if text != previous {
+                write!(f, ": {text}")?;
+            }
+            previous = text;
+            match cause.source() {
+                Some(next) => cause = next,
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The causes are part of the message (see above), so none is exposed as a source.
+impl std::error::Error for EtcdError {}
 
 /// Prints an error and its causes, `: `-separated (what anyhow's `{:#}` does), for logging
 /// errors whose own message leaves the cause to the chain.

@@ -14,5 +14,5 @@ mod error;
 
 pub use client::StoreClient;
 pub use config::{Credentials, Endpoint, StoreConfig, TlsFiles};
-pub use error::{Chain, StoreError, StoreResult};
+pub use error::{Chain, EtcdError, StoreError, StoreResult};
 pub use etcd_client;

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shoal_store_client::{StoreClient, StoreConfig, StoreError};
+use shoal_store_client::{Chain, StoreClient, StoreConfig, StoreError};
 
 const ETCD: &str = "/usr/bin/etcd";
 
@@ -108,6 +108,9 @@ async fn a_dead_endpoint_alone_is_an_error_naming_it() {
         message.starts_with(&format!("store at {dead}: ")),
         "{message}"
     );
+    let chain = Chain(&err).to_string();
+    assert_eq!(chain.matches("Connection refused").count(), 1, "{chain}");
+    assert!(!chain.contains("tonic::"), "Debug output in {chain}");
     let both =
         StoreConfig::new([dead.clone(), dead.clone()]).with_timeout(Duration::from_millis(500));
     let err = StoreClient::connect(&both)
