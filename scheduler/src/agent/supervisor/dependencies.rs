@@ -13,8 +13,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::command::Command;
-use crate::agent::runtime::UnitStatus;
-use crate::unit::UnitFile;
+use crate::{agent::runtime::UnitStatus, unit::UnitFile};
 
 /// The dependency links of one loaded unit.
 pub(super) struct Link {
