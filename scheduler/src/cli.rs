@@ -1,9 +1,10 @@
 //! Command lines of `shoal fleetd` and `shoal fleetctl` (also reachable as a `fleetctl` symlink).
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
 
+pub use crate::fleetctl::{BlockArgs, FleetctlCommand, TableArgs};
 use crate::{config::FleetConfig, fleetctl};
 
 /// Run fleet's daemon on this machine: agent and engine candidate.
@@ -112,125 +113,6 @@ pub struct FleetctlArgs {
     pub command: FleetctlCommand,
 }
 
-/// `--no-block` and `--block-attempts`.
-#[derive(Debug, Clone, Args)]
-pub struct BlockArgs {
-    /// Return as soon as the desired state is recorded.
-    #[arg(long)]
-    pub no_block: bool,
-    /// How many times to check (every 500 ms) that units reached the state; 0 waits forever.
-    #[arg(long, default_value_t = 0)]
-    pub block_attempts: u32,
-}
-
-/// `--full`, `--no-legend`, `--fields`.
-#[derive(Debug, Clone, Args)]
-pub struct TableArgs {
-    /// Do not truncate IDs and hashes.
-    #[arg(long)]
-    pub full: bool,
-    /// Do not print the header line.
-    #[arg(long)]
-    pub no_legend: bool,
-    /// Columns to print, comma-separated.
-    #[arg(long)]
-    pub fields: Option<String>,
-}
-
-#[derive(Debug, Clone, Subcommand)]
-pub enum FleetctlCommand {
-    /// Upload unit files to the cluster without loading them.
-    Submit {
-        #[arg(required = true)]
-        units: Vec<String>,
-        /// Replace units that exist with different contents.
-        #[arg(long)]
-        replace: bool,
-    },
-    /// Schedule units on machines without starting them.
-    Load {
-        #[arg(required = true)]
-        units: Vec<String>,
-        #[arg(long)]
-        replace: bool,
-        #[command(flatten)]
-        block: BlockArgs,
-    },
-    /// Start units, submitting and scheduling them first if needed.
-    Start {
-        #[arg(required = true)]
-        units: Vec<String>,
-        #[arg(long)]
-        replace: bool,
-        #[command(flatten)]
-        block: BlockArgs,
-    },
-    /// Stop running units.
-    Stop {
-        #[arg(required = true)]
-        units: Vec<String>,
-        #[command(flatten)]
-        block: BlockArgs,
-    },
-    /// Unschedule units from their machines.
-    Unload {
-        #[arg(required = true)]
-        units: Vec<String>,
-        #[command(flatten)]
-        block: BlockArgs,
-    },
-    /// Remove units from the cluster.
-    Destroy {
-        #[arg(required = true)]
-        units: Vec<String>,
-    },
-    /// Stop then start units.
-    Restart {
-        #[arg(required = true)]
-        units: Vec<String>,
-        #[command(flatten)]
-        block: BlockArgs,
-    },
-    /// Print a unit file.
-    Cat { unit: String },
-    /// Show a unit's status on its machine(s).
-    Status {
-        #[arg(required = true)]
-        units: Vec<String>,
-        /// Output lines to show.
-        #[arg(long, default_value_t = 10)]
-        lines: usize,
-    },
-    /// Print a unit's output.
-    Journal {
-        unit: String,
-        /// Number of recent lines to show.
-        #[arg(long, short = 'n', default_value_t = 10)]
-        lines: usize,
-        /// Keep printing new output.
-        #[arg(long, short = 'f')]
-        follow: bool,
-    },
-    /// List the units in the cluster and their states.
-    ListUnits {
-        #[command(flatten)]
-        table: TableArgs,
-    },
-    /// List the unit files in the cluster.
-    ListUnitFiles {
-        #[command(flatten)]
-        table: TableArgs,
-    },
-    /// List the machines in the cluster.
-    ListMachines {
-        #[command(flatten)]
-        table: TableArgs,
-        /// Show full machine IDs (same as --full).
-        #[arg(short = 'l', hide = true)]
-        long: bool,
-    },
-}
-
 pub async fn run_fleetd(args: FleetdArgs) -> anyhow::Result<()> {
     init_tracing();
     let config = args.to_config()?;
@@ -274,16 +156,4 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// Formats metadata the way fleetctl prints it: `k=v,k=v`, or `-`.
-pub fn format_metadata(metadata: &BTreeMap<String, String>) -> String {
-    if metadata.is_empty() {
-        return "-".into();
-    }
-    metadata
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::store::DEFAULT_PREFIX;
+use crate::{agent::service::TimespanError, store::DEFAULT_PREFIX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -18,7 +18,7 @@ pub enum ConfigError {
     },
     #[error("option {key}: {message}")]
     Value { key: String, message: String },
-    #[error("reading {file}: {source}")]
+    #[error("reading {file}")]
     Read {
         file: String,
         #[source]
@@ -123,19 +123,24 @@ impl FleetConfig {
         match key {
             "etcd_servers" => self.etcd_servers = parse_list(&value),
             "etcd_key_prefix" => self.etcd_key_prefix = value,
-            "metadata" => self.metadata = parse_metadata(&value).map_err(bad)?,
+            "metadata" => self.metadata = parse_metadata(&value).map_err(|e| bad(e.to_string()))?,
             "public_ip" => self.public_ip = Some(value).filter(|v| !v.is_empty()),
-            "agent_ttl" => self.agent_ttl = parse_duration(&value).map_err(bad)?,
+            "agent_ttl" => {
+                self.agent_ttl = parse_duration(&value).map_err(|e| bad(e.to_string()))?
+            }
             "engine_reconcile_interval" => {
-                self.engine_reconcile_interval = parse_duration(&value).map_err(bad)?
+                self.engine_reconcile_interval =
+                    parse_duration(&value).map_err(|e| bad(e.to_string()))?
             }
             "etcd_request_timeout" => {
-                self.etcd_request_timeout = parse_duration(&value).map_err(bad)?
+                self.etcd_request_timeout =
+                    parse_duration(&value).map_err(|e| bad(e.to_string()))?
             }
             "machine_id" => self.machine_id = Some(value).filter(|v| !v.is_empty()),
             "data_dir" => self.data_dir = PathBuf::from(value),
             "disable_engine" => {
-                self.disable_engine = crate::unit::parse_bool(&value).map_err(bad)?
+                self.disable_engine =
+                    crate::unit::parse_bool(&value).map_err(|e| bad(e.to_string()))?
             }
             "unit_runtime" => {
                 self.unit_runtime = match value.as_str() {
@@ -203,15 +208,24 @@ fn parse_list(value: &str) -> Vec<String> {
 }
 
 /// `k=v,k=v` into a map.
-pub fn parse_metadata(value: &str) -> Result<BTreeMap<String, String>, String> {
+/// A `metadata` entry that is not `key=value`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata {0:?} is not key=value")]
+    NotPair(String),
+    #[error("metadata {0:?} needs a key and a value")]
+    MissingPart(String),
+}
+
+pub fn parse_metadata(value: &str) -> Result<BTreeMap<String, String>, MetadataError> {
     let mut metadata = BTreeMap::new();
     for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, val) = pair
             .split_once('=')
-            .ok_or_else(|| format!("metadata {pair:?} is not key=value"))?;
+            .ok_or_else(|| MetadataError::NotPair(pair.to_string()))?;
         let (key, val) = (key.trim(), val.trim());
         if key.is_empty() || val.is_empty() {
-            return Err(format!("metadata {pair:?} needs a key and a value"));
+            return Err(MetadataError::MissingPart(pair.to_string()));
         }
         metadata.insert(key.to_string(), val.to_string());
     }
@@ -219,7 +233,7 @@ pub fn parse_metadata(value: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// `30`, `1.5`, `30s`, `500ms`, `1m`.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
+pub fn parse_duration(value: &str) -> Result<Duration, TimespanError> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<f64>()
         && seconds.is_finite()

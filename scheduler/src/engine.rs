@@ -14,6 +14,7 @@ use std::{
 };
 
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use shoal_store_client::Chain;
 use tokio::sync::watch;
 
 use crate::{
@@ -22,7 +23,7 @@ use crate::{
     store::{
         JobRecord, MachineRecord, Store, StoreError, StoreResult, TargetState, absent, parse_json,
     },
-    unit::{Requirements, UnitFile, UnitName},
+    unit::{InvalidUnit, Requirements, parse_rules},
 };
 
 /// Settings of the engine candidate.
@@ -45,7 +46,7 @@ struct JobView {
     stored_target: Option<String>,
     stored_reason: Option<String>,
     /// Parsed rules; `Err` when the unit text is missing or invalid.
-    rules: Option<Result<Requirements, String>>,
+    rules: Option<Result<Requirements, InvalidUnit>>,
 }
 
 impl JobView {
@@ -73,12 +74,12 @@ pub async fn run_engine(
             _ = until_stopped(&mut shutdown) => return,
         };
         if let Err(err) = outcome {
-            tracing::warn!("engine: {err}; retrying");
+            tracing::warn!("engine: {}; retrying", Chain(&err));
             tokio::time::sleep(Duration::from_secs(1)).await;
             // The endpoint may be gone for good: pick again among all of them.
             match store.reconnected().await {
                 Ok(fresh) => store = fresh,
-                Err(err) => tracing::warn!("engine: {err}"),
+                Err(err) => tracing::warn!("engine: {}", Chain(&err)),
             }
         }
     }
@@ -126,7 +127,7 @@ async fn wait_for_vacancy(store: &Store, leader_key: &str, lease: &KeptLease) ->
     loop {
         tokio::select! {
             message = events.message() => {
-                let Some(response) = message.map_err(|e| store.etcd_error(e))? else { return Ok(()) };
+                let Some(response) = message.map_err(|e| store.etcd_error("watch engine leader", e))? else { return Ok(()) };
                 if response.events().iter().any(|e| e.event_type() == EventType::Delete) {
                     return Ok(());
                 }
@@ -164,7 +165,7 @@ async fn lead(
         tokio::select! {
             message = events.message() => {
                 let response = message
-                    .map_err(|e| store.etcd_error(e))?
+                    .map_err(|e| store.etcd_error("watch fleet prefix", e))?
                     .ok_or_else(|| StoreError::Conflict("watch closed".into()))?;
                 if response.canceled() {
                     return Err(StoreError::Conflict(format!("watch cancelled: {}", response.cancel_reason())));
@@ -255,7 +256,7 @@ impl Engine {
             let record: MachineRecord = match parse_json(key, value) {
                 Ok(record) => record,
                 Err(err) => {
-                    tracing::warn!("engine: ignoring {err}");
+                    tracing::warn!("engine: ignoring {}", Chain(&err));
                     return Ok(false);
                 }
             };
@@ -278,7 +279,7 @@ impl Engine {
                 let record: JobRecord = match parse_json(key, value) {
                     Ok(record) => record,
                     Err(err) => {
-                        tracing::warn!("engine: ignoring {err}");
+                        tracing::warn!("engine: ignoring {}", Chain(&err));
                         return Ok(false);
                     }
                 };
@@ -337,14 +338,16 @@ impl Engine {
         &mut self,
         name: &str,
         hash: &str,
-    ) -> StoreResult<Result<Requirements, String>> {
+    ) -> StoreResult<Result<Requirements, InvalidUnit>> {
         if !self.units.contains_key(hash)
             && let Some(text) = self.store.get(&self.store.keys().unit(hash)).await?
         {
             self.units.insert(hash.to_string(), text);
         }
         let Some(text) = self.units.get(hash) else {
-            return Ok(Err(format!("unit file {hash} is missing from the store")));
+            return Ok(Err(InvalidUnit::Missing {
+                hash: hash.to_string(),
+            }));
         };
         Ok(parse_rules(name, text))
     }
@@ -409,7 +412,7 @@ impl Engine {
                         displaced_all.extend(displaced);
                     }
                     Err(reason) => {
-                        reasons.insert(name.clone(), reason);
+                        reasons.insert(name.clone(), reason.to_string());
                         pending.push(name);
                     }
                 }
@@ -466,11 +469,4 @@ impl Engine {
             job.stored_reason = reasons.get(name).cloned();
         }
     }
-}
-
-/// Parses a job's unit text into its rules, or the reason it is invalid.
-pub fn parse_rules(name: &str, text: &str) -> Result<Requirements, String> {
-    let unit_name = UnitName::parse(name).map_err(|e| e.to_string())?;
-    let unit = UnitFile::parse(name, text).map_err(|e| e.to_string())?;
-    unit.requirements(&unit_name).map_err(|e| e.to_string())
 }

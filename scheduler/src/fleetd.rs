@@ -2,6 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use shoal_store_client::Chain;
 use tokio::sync::watch;
 
 use crate::lease::until_stopped;
@@ -18,13 +19,13 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetdError {
-    #[error("configuration: {0}")]
+    #[error("configuration")]
     Config(#[from] ConfigError),
-    #[error("machine identity: {0}")]
+    #[error("machine identity")]
     Identity(#[from] identity::IdentityError),
-    #[error("unit runtime: {0}")]
+    #[error("unit runtime")]
     Runtime(#[from] crate::agent::RuntimeError),
-    #[error("store: {0}")]
+    #[error("store")]
     Store(#[from] StoreError),
 }
 
@@ -104,7 +105,7 @@ async fn connect_until_ready(
         );
         match attempt.await {
             Ok(store) => return Some(store),
-            Err(err) => tracing::warn!("fleetd: {err}; retrying"),
+            Err(err) => tracing::warn!("fleetd: {}; retrying", Chain(&err)),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use shoal_store_client::Chain;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::store::{Store, StoreResult};
@@ -58,7 +59,7 @@ impl KeptLease {
             .call("revoke lease", client.lease_revoke(self.id))
             .await
         {
-            tracing::debug!(lease = self.id, "revoking lease: {err}");
+            tracing::debug!(lease = self.id, "revoking lease: {}", Chain(&err));
         }
     }
 }
@@ -83,7 +84,7 @@ async fn refresh(store: Store, id: i64, ttl: Duration, lost: watch::Sender<bool>
                 return;
             }
             Err(err) => {
-                tracing::warn!(lease = id, "refreshing lease: {err}");
+                tracing::warn!(lease = id, "refreshing lease: {}", Chain(&err));
                 if last_ok.elapsed() >= deadline {
                     let _ = lost.send(true);
                     return;

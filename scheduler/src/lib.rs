@@ -2,7 +2,7 @@
 //! by a leader-elected engine and run by each node's agent. State lives in an etcd v3 store
 //! (see [`store`] for the key layout).
 //!
-//! Code map: [`unit`] parses unit files and placement rules; [`schedule`] decides placements;
+//! Code map: [`unit`](mod@unit) parses unit files and placement rules; [`schedule`] decides placements;
 //! [`engine`] is the elected scheduler; [`agent`] runs units on a machine; [`fleetd`] combines
 //! both for one machine; [`registry`] is what fleetctl does to the store; [`cli`] the commands.
 

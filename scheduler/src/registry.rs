@@ -13,7 +13,7 @@ use crate::{
         JobRecord, MachineRecord, Store, StoreError, TargetState, UnitStateRecord, absent,
         parse_json, to_json,
     },
-    unit::{ParseError, RequirementsError, UnitFile, UnitName, UnitNameError},
+    unit::{InvalidUnit, UnitFile, UnitName},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +21,7 @@ pub enum RegistryError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Name(#[from] UnitNameError),
-    #[error(transparent)]
-    Parse(#[from] ParseError),
-    #[error(transparent)]
-    Requirements(#[from] RequirementsError),
+    Invalid(#[from] InvalidUnit),
     #[error("unit {0} does not exist in the cluster")]
     UnknownUnit(String),
     #[error("unit {name} already exists with different contents; use --replace to update it")]
@@ -58,11 +54,11 @@ pub struct ValidUnit {
 impl ValidUnit {
     /// Parses and validates unit `name` with contents `text`; `source` names it in errors.
     pub fn new(name: &str, source: &str, text: &str) -> RegistryResult<Self> {
-        let name = UnitName::parse(name)?;
-        let unit = UnitFile::parse(source, text)?;
+        let name = UnitName::parse(name).map_err(InvalidUnit::from)?;
+        let unit = UnitFile::parse(source, text).map_err(InvalidUnit::from)?;
         unit.requirements(&name).map_err(|mut err| {
             err.file = source.to_string();
-            err
+            InvalidUnit::from(err)
         })?;
         Ok(Self { name, unit })
     }

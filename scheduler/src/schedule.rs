@@ -167,7 +167,7 @@ impl Placement {
     }
 
     /// The least-loaded machine able to run `unit`, or why there is none.
-    pub fn decide(&self, unit: &str) -> Result<String, String> {
+    pub fn decide(&self, unit: &str) -> Result<String, Unschedulable> {
         let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
         for (_, id) in &self.by_load {
             let Some(machine) = self.machines.get(id) else {
@@ -178,12 +178,18 @@ impl Placement {
                 Err(refusal) => *refusals.entry(refusal).or_default() += 1,
             }
         }
-        Err(describe_refusals(self.machines.len(), &refusals))
+        if self.machines.is_empty() {
+            return Err(Unschedulable::NoMachines);
+        }
+        Err(Unschedulable::NoEligibleMachine {
+            machines: self.machines.len(),
+            refusals,
+        })
     }
 
     /// Places `unit` on the least-loaded able machine; units it replaces there are unscheduled
     /// and returned so the caller can place them elsewhere.
-    pub fn schedule(&mut self, unit: &str) -> Result<(String, Vec<String>), String> {
+    pub fn schedule(&mut self, unit: &str) -> Result<(String, Vec<String>), Unschedulable> {
         let machine = self.decide(unit)?;
         let rules = self.requirements.get(unit).cloned().unwrap_or_default();
         let displaced: Vec<String> = self
@@ -199,18 +205,28 @@ impl Placement {
     }
 }
 
-fn describe_refusals(machine_count: usize, refusals: &BTreeMap<Refusal, usize>) -> String {
-    if machine_count == 0 {
-        return "no machines in the cluster".to_string();
-    }
+/// Why no machine can take a unit: what the engine writes to its `unschedulable` key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unschedulable {
+    #[error("no machines in the cluster")]
+    NoMachines,
+    /// How many machines refused, for each reason.
+    #[error(
+        "no eligible machine among {machines}: {}",
+        describe_refusals(refusals)
+    )]
+    NoEligibleMachine {
+        machines: usize,
+        refusals: BTreeMap<Refusal, usize>,
+    },
+}
+
+fn describe_refusals(refusals: &BTreeMap<Refusal, usize>) -> String {
     let reasons: Vec<String> = refusals
         .iter()
         .map(|(refusal, count)| format!("{count} {refusal}"))
         .collect();
-    format!(
-        "no eligible machine among {machine_count}: {}",
-        reasons.join("; ")
-    )
+    reasons.join("; ")
 }
 
 #[cfg(test)]

@@ -18,10 +18,11 @@
 //! so a failed submit leaves nothing behind. Global units never get a `target`: every agent
 //! whose metadata matches runs them.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
+use shoal_store_client::{StoreClient, StoreConfig, StoreError as StoreClientError};
 
 /// The default key prefix, fleet's.
 pub const DEFAULT_PREFIX: &str = "/_coreos.com/fleet/";
@@ -30,18 +31,9 @@ pub const MAX_TXN_OPS: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store at {endpoints}: {source}")]
-    Etcd {
-        endpoints: String,
-        #[source]
-        source: etcd_client::Error,
-    },
-    #[error("store at {endpoints}: {operation} timed out after {timeout:?}")]
-    Timeout {
-        endpoints: String,
-        operation: String,
-        timeout: Duration,
-    },
+    /// Reaching the store failed (unreachable, timed out, refused).
+    #[error(transparent)]
+    Client(#[from] StoreClientError),
     #[error("corrupt record at {key}: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("store transaction on {0} lost a race, state changed underneath")]
@@ -223,81 +215,44 @@ impl Keys {
 /// A connected store client with fleet's key names and a per-request timeout.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    client: StoreClient,
     keys: Keys,
-    endpoints: String,
-    timeout: Duration,
-    /// Every endpoint it was given and the key prefix, for [`Store::reconnected`].
-    candidates: Arc<(Vec<String>, String)>,
 }
 
 impl Store {
-    /// Connects to the first of `endpoints` that answers a cheap request within
-    /// `timeout`, trying them in order. etcd-client balances over all of its
-    /// endpoints and would send requests to a dead one, so the store keeps one.
+    /// Connects to the first of `endpoints` that answers within `timeout` (see
+    /// [`StoreClient::connect`]), with fleet's keys under `prefix`.
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
     ) -> StoreResult<Self> {
-        let mut last_error = None;
-        let candidates = Arc::new((endpoints.to_vec(), prefix.to_string()));
-        for endpoint in endpoints {
-            match Self::connect_one(endpoint, prefix, timeout).await {
-                Ok(mut store) => {
-                    store.candidates = Arc::clone(&candidates);
-                    return Ok(store);
-                }
-                Err(err) => {
-                    tracing::debug!("store endpoint {endpoint} unusable: {err}");
-                    last_error = Some(err);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| StoreError::Timeout {
-            endpoints: String::new(),
-            operation: "connect (no endpoints given)".into(),
-            timeout,
-        }))
+        let config = StoreConfig::new(endpoints.iter().cloned()).with_timeout(timeout);
+        Self::connect_with(&config, prefix).await
     }
 
-    /// Connects to one endpoint and proves it answers within `timeout`.
-    async fn connect_one(endpoint: &str, prefix: &str, timeout: Duration) -> StoreResult<Self> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(5), timeout);
-        let connecting = Client::connect([endpoint], Some(options));
-        let client = match tokio::time::timeout(timeout, connecting).await {
-            Ok(result) => result.map_err(|source| StoreError::Etcd {
-                endpoints: endpoint.to_string(),
-                source,
-            })?,
-            Err(_) => {
-                return Err(StoreError::Timeout {
-                    endpoints: endpoint.to_string(),
-                    operation: "connect".into(),
-                    timeout,
-                });
-            }
-        };
-        let store = Self {
+    /// Connects with a full store config (TLS, credentials, keep-alive).
+    pub async fn connect_with(config: &StoreConfig, prefix: &str) -> StoreResult<Self> {
+        let client = StoreClient::connect(config).await?;
+        Ok(Self::new(client, prefix))
+    }
+
+    /// fleet's view of an already connected client.
+    pub fn new(client: StoreClient, prefix: &str) -> Self {
+        Self {
             client,
             keys: Keys::new(prefix),
-            endpoints: endpoint.to_string(),
-            timeout,
-            candidates: Arc::new((vec![endpoint.to_string()], prefix.to_string())),
-        };
-        // A lazy channel connects on first use: prove the store answers now.
-        store.get_prefix_count(&store.keys.machines()).await?;
-        Ok(store)
+        }
     }
 
     /// A fresh connection to the first of the original endpoints that answers: what a session
     /// that failed should use next, since the endpoint it used may be gone (a powered-off
     /// master) while others still serve.
     pub async fn reconnected(&self) -> StoreResult<Self> {
-        let (endpoints, prefix) = &*self.candidates;
-        Self::connect(endpoints, prefix, self.timeout).await
+        Ok(Self {
+            client: self.client.reconnected().await?,
+            keys: self.keys.clone(),
+        })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -306,11 +261,11 @@ impl Store {
 
     /// The raw client, for watches and leases.
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.client.client()
     }
 
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.client.timeout()
     }
 
     /// Runs one store call under the request timeout, naming the operation in errors.
@@ -318,25 +273,16 @@ impl Store {
     where
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.timeout, future).await {
-            Ok(result) => result.map_err(|source| self.etcd_error(source)),
-            Err(_) => Err(StoreError::Timeout {
-                endpoints: self.endpoints.clone(),
-                operation: operation.to_string(),
-                timeout: self.timeout,
-            }),
-        }
+        Ok(self.client.call(operation, future).await?)
     }
 
-    pub fn etcd_error(&self, source: etcd_client::Error) -> StoreError {
-        StoreError::Etcd {
-            endpoints: self.endpoints.clone(),
-            source,
-        }
+    /// An error of a watch or lease stream on this store, naming `operation`.
+    pub fn etcd_error(&self, operation: &str, source: etcd_client::Error) -> StoreError {
+        self.client.error(operation, source).into()
     }
 
     pub async fn get(&self, key: &str) -> StoreResult<Option<String>> {
-        let mut client = self.client.clone();
+        let mut client = self.client.client();
         let response = self
             .call(&format!("get {key}"), client.get(key, None))
             .await?;
@@ -348,7 +294,7 @@ impl Store {
 
     /// Every key/value under `prefix`, and the store revision they were read at.
     pub async fn get_prefix(&self, prefix: &str) -> StoreResult<(Vec<(String, String)>, i64)> {
-        let mut client = self.client.clone();
+        let mut client = self.client.client();
         let options = GetOptions::new().with_prefix();
         let response = self
             .call(&format!("get {prefix}*"), client.get(prefix, Some(options)))
@@ -363,18 +309,9 @@ impl Store {
         Ok((pairs, revision))
     }
 
-    async fn get_prefix_count(&self, prefix: &str) -> StoreResult<i64> {
-        let mut client = self.client.clone();
-        let options = GetOptions::new().with_prefix().with_count_only();
-        let response = self
-            .call("count machines", client.get(prefix, Some(options)))
-            .await?;
-        Ok(response.count())
-    }
-
     /// Runs `txn`; returns whether its compares held.
     pub async fn txn(&self, operation: &str, txn: Txn) -> StoreResult<bool> {
-        let mut client = self.client.clone();
+        let mut client = self.client.client();
         let response = self.call(operation, client.txn(txn)).await?;
         Ok(response.succeeded())
     }

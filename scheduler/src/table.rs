@@ -1,6 +1,8 @@
 //! fleetctl's table output: Go's tabwriter with tab padding (min width 0, tab width 8,
 //! padding 1), so columns line up at tab stops exactly as fleetctl prints them.
 
+use std::collections::BTreeMap;
+
 const TAB_WIDTH: usize = 8;
 
 /// Formats rows (the header first, unless omitted) into tab-aligned lines.
@@ -28,6 +30,18 @@ pub fn render(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Formats metadata the way fleetctl prints it: `k=v,k=v`, or `-`.
+pub fn format_metadata(metadata: &BTreeMap<String, String>) -> String {
+    if metadata.is_empty() {
+        return "-".into();
+    }
+    metadata
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]

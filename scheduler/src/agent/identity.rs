@@ -12,7 +12,7 @@ const GENERATED_MACHINE_ID: &str = "machine-id";
 pub enum IdentityError {
     #[error("machine ID {0:?} must be 32 lowercase hexadecimal characters")]
     InvalidMachineId(String),
-    #[error("persisting generated machine ID in {path}: {source}")]
+    #[error("persisting generated machine ID in {path}")]
     Persist {
         path: String,
         #[source]

@@ -2,7 +2,6 @@
 //! scheduled to it (and the Global ones its metadata matches) through a [`UnitRuntime`], and
 //! reports their state and recent output to the store.
 
-mod dependencies;
 pub mod identity;
 pub mod runtime;
 pub mod service;
@@ -16,19 +15,32 @@ use std::{
 };
 
 use etcd_client::{EventType, PutOptions, TxnOp, WatchOptions};
+use shoal_store_client::Chain;
 use tokio::sync::watch;
 
 pub use runtime::{RuntimeError, UnitRuntime, UnitStatus};
 
 use crate::{
-    engine::parse_rules,
     lease::{KeptLease, stopped, until_stopped},
     store::{
         JobRecord, MachineRecord, Store, StoreError, StoreResult, TargetState, UnitStateRecord,
         parse_json, to_json,
     },
-    unit::{Requirements, UnitFile, UnitName},
+    unit::{ParseError, Requirements, UnitFile, UnitName, UnitNameError, parse_rules},
 };
+
+/// Why the agent could not bring a unit to its target state.
+#[derive(Debug, thiserror::Error)]
+enum ConvergeError {
+    #[error("unit file {hash} is not in the store")]
+    MissingUnit { hash: String },
+    #[error(transparent)]
+    Name(#[from] UnitNameError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
 
 /// Lines of output published per unit for `fleetctl journal`.
 pub const JOURNAL_LINES: usize = 200;
@@ -95,14 +107,16 @@ impl Agent {
                 _ = until_stopped(&mut shutdown) => Ok(()),
             };
             if let Err(err) = outcome {
-                tracing::warn!(machine = %self.machine_id(), "agent: {err}; reconnecting");
+                tracing::warn!(machine = %self.machine_id(), "agent: {}; reconnecting", Chain(&err));
                 self.reported.clear();
                 self.published_output.clear();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 // The endpoint may be gone for good: pick again among all of them.
                 match self.store.reconnected().await {
                     Ok(store) => self.store = store,
-                    Err(err) => tracing::warn!(machine = %self.machine_id(), "agent: {err}"),
+                    Err(err) => {
+                        tracing::warn!(machine = %self.machine_id(), "agent: {}", Chain(&err))
+                    }
                 }
             }
         }
@@ -130,7 +144,7 @@ impl Agent {
             tokio::select! {
                 message = events.message() => {
                     let response = message
-                        .map_err(|e| self.store.etcd_error(e))?
+                        .map_err(|e| self.store.etcd_error("watch jobs", e))?
                         .ok_or_else(|| StoreError::Conflict("job watch closed".into()))?;
                     if response.canceled() {
                         return Err(StoreError::Conflict(format!("job watch cancelled: {}", response.cancel_reason())));
@@ -191,7 +205,7 @@ impl Agent {
         match field {
             "object" => match parse_json::<JobRecord>(key, value) {
                 Ok(record) => job.hash = Some(record.unit_hash),
-                Err(err) => tracing::warn!("agent: {err}"),
+                Err(err) => tracing::warn!("agent: {}", Chain(&err)),
             },
             "target-state" => job.target_state = TargetState::parse(value),
             "target" => job.target = Some(value.to_string()),
@@ -288,7 +302,7 @@ impl Agent {
             }
             Ok(None) => None,
             Err(err) => {
-                tracing::warn!("agent: fetching unit {hash}: {err}");
+                tracing::warn!("agent: fetching unit {hash}: {}", Chain(&err));
                 None
             }
         }
@@ -301,7 +315,7 @@ impl Agent {
         for name in current.keys().filter(|name| !desired.contains_key(*name)) {
             tracing::info!(unit = %name, "agent: unloading");
             if let Err(err) = self.runtime.unload(name).await {
-                tracing::warn!("agent: {err}");
+                tracing::warn!("agent: {}", Chain(&err));
             }
         }
         for (name, (hash, state)) in desired {
@@ -310,7 +324,8 @@ impl Agent {
             if failed_before && status.is_none() {
                 continue;
             }
-            if let Err(message) = self.converge(&name, &hash, state, status).await {
+            if let Err(err) = self.converge(&name, &hash, state, status).await {
+                let message = Chain(&err).to_string();
                 tracing::warn!(unit = %name, "agent: {message}");
                 self.load_errors.insert(name, (hash, message));
             }
@@ -327,23 +342,22 @@ impl Agent {
         hash: &str,
         state: TargetState,
         status: Option<&UnitStatus>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConvergeError> {
         let mut started = status.is_some_and(|s| s.started);
         if status.is_none_or(|s| s.hash != hash) {
             let text = self
                 .unit_text(hash)
                 .await
-                .ok_or_else(|| format!("unit file {hash} is not in the store"))?;
-            let unit_name = UnitName::parse(name).map_err(|e| e.to_string())?;
-            let unit = UnitFile::parse(name, &text).map_err(|e| e.to_string())?;
+                .ok_or_else(|| ConvergeError::MissingUnit {
+                    hash: hash.to_string(),
+                })?;
+            let unit_name = UnitName::parse(name)?;
+            let unit = UnitFile::parse(name, &text)?;
             if status.is_some() {
-                self.runtime.unload(name).await.map_err(|e| e.to_string())?;
+                self.runtime.unload(name).await?;
             }
             tracing::info!(unit = name, "agent: loading");
-            self.runtime
-                .load(&unit_name, &unit, hash)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.runtime.load(&unit_name, &unit, hash).await?;
             self.load_errors.remove(name);
             started = self
                 .runtime
@@ -355,11 +369,11 @@ impl Agent {
         match state {
             TargetState::Launched if !started => {
                 tracing::info!(unit = name, "agent: starting");
-                self.runtime.start(name).await.map_err(|e| e.to_string())
+                Ok(self.runtime.start(name).await?)
             }
             TargetState::Loaded if started => {
                 tracing::info!(unit = name, "agent: stopping");
-                self.runtime.stop(name).await.map_err(|e| e.to_string())
+                Ok(self.runtime.stop(name).await?)
             }
             _ => Ok(()),
         }

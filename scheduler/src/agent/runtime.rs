@@ -8,7 +8,7 @@ use crate::unit::{UnitFile, UnitName};
 pub enum RuntimeError {
     #[error("unit {unit}: {message}")]
     Unit { unit: String, message: String },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::unit::{UnitFile, UnitName, split_words};
+use crate::unit::{UnitFile, UnitName, WordsError, split_words};
 
 const SECTION: &str = "Service";
 /// systemd's default `RestartSec`.
@@ -119,9 +119,8 @@ impl ServiceConfig {
             }
         };
         let remain_after_exit = match unit.value(SECTION, "RemainAfterExit") {
-            Some(text) => {
-                crate::unit::parse_bool(text).map_err(|m| error(line_of("RemainAfterExit"), m))?
-            }
+            Some(text) => crate::unit::parse_bool(text)
+                .map_err(|m| error(line_of("RemainAfterExit"), m.to_string()))?,
             None => false,
         };
         let config = Self {
@@ -131,7 +130,7 @@ impl ServiceConfig {
             exec_start_post: commands("ExecStartPost")?,
             exec_stop: commands("ExecStop")?,
             exec_stop_post: commands("ExecStopPost")?,
-            environment: environment(name, unit).map_err(|(line, m)| error(line, m))?,
+            environment: environment(name, unit)?,
             environment_files: unit
                 .values(SECTION, "EnvironmentFile")
                 .into_iter()
@@ -167,7 +166,16 @@ impl ServiceConfig {
     }
 }
 
-fn parse_exec(name: &UnitName, value: &str) -> Result<ExecCommand, String> {
+/// What is wrong with an `Exec*=` command line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ExecLineError {
+    #[error(transparent)]
+    Words(#[from] WordsError),
+    #[error("empty command line")]
+    Empty,
+}
+
+fn parse_exec(name: &UnitName, value: &str) -> Result<ExecCommand, ExecLineError> {
     let mut rest = value.trim_start();
     let mut ignore_failure = false;
     let mut with_argv0 = false;
@@ -184,15 +192,14 @@ fn parse_exec(name: &UnitName, value: &str) -> Result<ExecCommand, String> {
             break;
         }
     }
-    let mut argv: Vec<String> =
-        split_words(&name.expand_specifiers(rest)).map_err(|e| e.to_string())?;
+    let mut argv: Vec<String> = split_words(&name.expand_specifiers(rest))?;
     let argv0 = if with_argv0 && argv.len() >= 2 {
         Some(argv.remove(1))
     } else {
         None
     };
     if argv.is_empty() {
-        return Err("empty command line".into());
+        return Err(ExecLineError::Empty);
     }
     Ok(ExecCommand {
         argv,
@@ -201,17 +208,19 @@ fn parse_exec(name: &UnitName, value: &str) -> Result<ExecCommand, String> {
     })
 }
 
-fn environment(name: &UnitName, unit: &UnitFile) -> Result<Vec<(String, String)>, (usize, String)> {
+fn environment(name: &UnitName, unit: &UnitFile) -> Result<Vec<(String, String)>, ServiceError> {
     let mut pairs = Vec::new();
     for assignment in unit.values(SECTION, "Environment") {
+        let error = |message: String| ServiceError {
+            unit: name.to_string(),
+            line: assignment.line,
+            message,
+        };
         let words = split_words(&name.expand_specifiers(&assignment.value))
-            .map_err(|e| (assignment.line, e.to_string()))?;
+            .map_err(|e| error(e.to_string()))?;
         for word in words {
             let Some((key, value)) = word.split_once('=') else {
-                return Err((
-                    assignment.line,
-                    format!("Environment: {word:?} is not NAME=value"),
-                ));
+                return Err(error(format!("Environment: {word:?} is not NAME=value")));
             };
             pairs.push((key.to_string(), value.to_string()));
         }
@@ -254,8 +263,19 @@ pub fn parse_environment_file(text: &str) -> Vec<(String, String)> {
     pairs
 }
 
+/// A value that is not a systemd time span.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimespanError {
+    #[error("{0:?} is not a time span")]
+    NotANumber(String),
+    #[error("unknown time unit {unit:?} in {text:?}")]
+    UnknownUnit { unit: String, text: String },
+    #[error("empty time span")]
+    Empty,
+}
+
 /// Parses a systemd time span: `90`, `5s`, `500ms`, `1min 30s`, `2h`, `infinity`.
-pub fn parse_timespan(text: &str) -> Result<Duration, String> {
+pub fn parse_timespan(text: &str) -> Result<Duration, TimespanError> {
     let text = text.trim();
     if text == "infinity" {
         return Ok(Duration::from_secs(u64::from(u32::MAX)));
@@ -268,7 +288,7 @@ pub fn parse_timespan(text: &str) -> Result<Duration, String> {
         let (number, unit) = part.split_at(digits_end);
         let number: f64 = number
             .parse()
-            .map_err(|_| format!("{text:?} is not a time span"))?;
+            .map_err(|_| TimespanError::NotANumber(text.to_string()))?;
         let seconds = match unit {
             "" | "s" | "sec" | "second" | "seconds" => 1.0,
             "ms" | "msec" => 0.001,
@@ -276,12 +296,17 @@ pub fn parse_timespan(text: &str) -> Result<Duration, String> {
             "m" | "min" | "minute" | "minutes" => 60.0,
             "h" | "hr" | "hour" | "hours" => 3600.0,
             "d" | "day" | "days" => 86_400.0,
-            _ => return Err(format!("unknown time unit {unit:?} in {text:?}")),
+            _ => {
+                return Err(TimespanError::UnknownUnit {
+                    unit: unit.to_string(),
+                    text: text.to_string(),
+                });
+            }
         };
         total += Duration::from_secs_f64(number * seconds);
     }
     if text.is_empty() {
-        return Err("empty time span".into());
+        return Err(TimespanError::Empty);
     }
     Ok(total)
 }

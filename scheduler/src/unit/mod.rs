@@ -16,7 +16,7 @@ use sha1::{Digest, Sha1};
 
 pub use name::{UnitName, UnitNameError};
 pub use words::{WordsError, split_words};
-pub use xfleet::{MetadataRule, Requirements, RequirementsError, parse_bool, short_id};
+pub use xfleet::{MetadataRule, NotBoolean, Requirements, RequirementsError, parse_bool, short_id};
 
 /// A syntax error in a unit file, naming the file and the line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,7 +62,7 @@ impl UnitFile {
                 message,
             };
             if let Some(header) = content.strip_prefix('[') {
-                let name = parse_section_header(header).map_err(error)?;
+                let name = parse_section_header(header).map_err(|e| error(e.to_string()))?;
                 current = Some(section_index(&mut sections, name));
                 continue;
             }
@@ -71,7 +71,7 @@ impl UnitFile {
                     "assignment outside of a section: {content:?}"
                 )));
             };
-            let (key, value) = parse_assignment(&content).map_err(error)?;
+            let (key, value) = parse_assignment(&content).map_err(|e| error(e.to_string()))?;
             sections[index]
                 .assignments
                 .push(Assignment { key, value, line });
@@ -199,14 +199,27 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
-fn parse_section_header(after_bracket: &str) -> Result<String, String> {
+/// What is wrong with one line of a unit file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SyntaxError {
+    #[error("section header [{0} lacks a closing ']'")]
+    UnclosedSection(String),
+    #[error("invalid section name [{0}]")]
+    InvalidSection(String),
+    #[error("missing '=' in {0:?}")]
+    MissingEquals(String),
+    #[error("missing key before '=' in {0:?}")]
+    MissingKey(String),
+    #[error("invalid key {0:?}")]
+    InvalidKey(String),
+}
+
+fn parse_section_header(after_bracket: &str) -> Result<String, SyntaxError> {
     let Some(name) = after_bracket.strip_suffix(']') else {
-        return Err(format!(
-            "section header [{after_bracket} lacks a closing ']'"
-        ));
+        return Err(SyntaxError::UnclosedSection(after_bracket.to_string()));
     };
     if name.is_empty() || name.contains(['[', ']']) {
-        return Err(format!("invalid section name [{name}]"));
+        return Err(SyntaxError::InvalidSection(name.to_string()));
     }
     Ok(name.to_string())
 }
@@ -222,18 +235,38 @@ fn section_index(sections: &mut Vec<Section>, name: String) -> usize {
     sections.len() - 1
 }
 
-fn parse_assignment(line: &str) -> Result<(String, String), String> {
+fn parse_assignment(line: &str) -> Result<(String, String), SyntaxError> {
     let Some((key, value)) = line.split_once('=') else {
-        return Err(format!("missing '=' in {line:?}"));
+        return Err(SyntaxError::MissingEquals(line.to_string()));
     };
     let key = key.trim();
     if key.is_empty() {
-        return Err(format!("missing key before '=' in {line:?}"));
+        return Err(SyntaxError::MissingKey(line.to_string()));
     }
     if key.contains(char::is_whitespace) {
-        return Err(format!("invalid key {key:?}"));
+        return Err(SyntaxError::InvalidKey(key.to_string()));
     }
     Ok((key.to_string(), value.trim().to_string()))
+}
+
+/// Why a job's unit cannot be scheduled or run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidUnit {
+    #[error("unit file {hash} is missing from the store")]
+    Missing { hash: String },
+    #[error(transparent)]
+    Name(#[from] UnitNameError),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(transparent)]
+    Requirements(#[from] RequirementsError),
+}
+
+/// Parses a job's unit text into its rules, or the reason it is invalid.
+pub fn parse_rules(name: &str, text: &str) -> Result<Requirements, InvalidUnit> {
+    let unit_name = UnitName::parse(name)?;
+    let unit = UnitFile::parse(name, text)?;
+    Ok(unit.requirements(&unit_name)?)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! fleet's `[X-Fleet]` section: where a unit may run.
 
-use super::{Assignment, UnitFile, UnitName, split_words};
+use super::{Assignment, UnitFile, UnitName, WordsError, split_words};
 use crate::glob::glob_match;
 
 const SECTION: &str = "X-Fleet";
@@ -66,22 +66,27 @@ impl Requirements {
             })?;
             requirements
                 .apply(key, assignment, name)
-                .map_err(|message| error(assignment.line, message))?;
+                .map_err(|rule| error(assignment.line, rule.to_string()))?;
         }
         requirements
             .check_combinations()
-            .map_err(|message| error(first_line, message))?;
+            .map_err(|rule| error(first_line, rule.to_string()))?;
         Ok(requirements)
     }
 
-    fn apply(&mut self, key: &str, assignment: &Assignment, name: &UnitName) -> Result<(), String> {
+    fn apply(
+        &mut self,
+        key: &str,
+        assignment: &Assignment,
+        name: &UnitName,
+    ) -> Result<(), RuleError> {
         let value = name.expand_specifiers(&assignment.value);
-        let words = || split_words(&value).map_err(|e| e.to_string());
+        let words = || split_words(&value);
         match key {
             "MachineID" if value.is_empty() => self.machine_id = None,
             "MachineID" => match words()?.as_slice() {
                 [id] => self.machine_id = Some(id.clone()),
-                _ => return Err(format!("MachineID takes one machine ID, got {value:?}")),
+                _ => return Err(RuleError::MachineIdWords(value.clone())),
             },
             "MachineOf" => reset_or_extend(&mut self.machine_of, words()?),
             "Conflicts" => reset_or_extend(&mut self.conflicts, words()?),
@@ -98,17 +103,16 @@ impl Requirements {
         Ok(())
     }
 
-    fn check_combinations(&self) -> Result<(), String> {
+    fn check_combinations(&self) -> Result<(), RuleError> {
         for peer in &self.machine_of {
-            if let Some(glob) = self.conflicts.iter().find(|g| glob_match(g, peer)) {
-                return Err(format!(
-                    "unresolvable requirements: MachineOf {peer:?} matches Conflicts {glob:?}"
-                ));
-            }
-            if let Some(glob) = self.replaces.iter().find(|g| glob_match(g, peer)) {
-                return Err(format!(
-                    "unresolvable requirements: MachineOf {peer:?} matches Replaces {glob:?}"
-                ));
+            for (option, globs) in [("Conflicts", &self.conflicts), ("Replaces", &self.replaces)] {
+                if let Some(glob) = globs.iter().find(|g| glob_match(g, peer)) {
+                    return Err(RuleError::Unresolvable {
+                        peer: peer.clone(),
+                        option,
+                        glob: glob.clone(),
+                    });
+                }
             }
         }
         let has_target = self.machine_id.is_some();
@@ -139,7 +143,7 @@ impl Requirements {
             ),
         ];
         match refused.iter().find(|(applies, _)| *applies) {
-            Some((_, message)) => Err(message.to_string()),
+            Some((_, message)) => Err(RuleError::Combination(message)),
             None => Ok(()),
         }
     }
@@ -203,20 +207,16 @@ fn reset_or_extend(list: &mut Vec<String>, words: Vec<String>) {
     }
 }
 
-fn parse_metadata_rule(word: &str) -> Result<MetadataRule, String> {
+fn parse_metadata_rule(word: &str) -> Result<MetadataRule, RuleError> {
     let (key, value, negated) = match word.split_once("!=") {
         Some((key, value)) => (key, value, true),
         None => match word.split_once('=') {
             Some((key, value)) => (key, value, false),
-            None => {
-                return Err(format!(
-                    "MachineMetadata {word:?} is not key=value or key!=value"
-                ));
-            }
+            None => return Err(RuleError::MetadataNotPair(word.to_string())),
         },
     };
     if key.is_empty() || value.is_empty() {
-        return Err(format!("MachineMetadata {word:?} needs a key and a value"));
+        return Err(RuleError::MetadataMissingPart(word.to_string()));
     }
     Ok(MetadataRule {
         key: key.to_string(),
@@ -225,11 +225,39 @@ fn parse_metadata_rule(word: &str) -> Result<MetadataRule, String> {
     })
 }
 
+/// A value that is none of systemd's booleans.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a boolean")]
+pub struct NotBoolean(pub String);
+
 /// systemd's booleans.
-pub fn parse_bool(value: &str) -> Result<bool, String> {
+pub fn parse_bool(value: &str) -> Result<bool, NotBoolean> {
     match value.to_ascii_lowercase().as_str() {
         "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
         "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
-        _ => Err(format!("{value:?} is not a boolean")),
+        _ => Err(NotBoolean(value.to_string())),
     }
+}
+
+/// What is wrong with one `[X-Fleet]` option or their combination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RuleError {
+    #[error(transparent)]
+    Words(#[from] WordsError),
+    #[error(transparent)]
+    Bool(#[from] NotBoolean),
+    #[error("MachineID takes one machine ID, got {0:?}")]
+    MachineIdWords(String),
+    #[error("MachineMetadata {0:?} is not key=value or key!=value")]
+    MetadataNotPair(String),
+    #[error("MachineMetadata {0:?} needs a key and a value")]
+    MetadataMissingPart(String),
+    #[error("unresolvable requirements: MachineOf {peer:?} matches {option} {glob:?}")]
+    Unresolvable {
+        peer: String,
+        option: &'static str,
+        glob: String,
+    },
+    #[error("{0}")]
+    Combination(&'static str),
 }

@@ -1,5 +1,9 @@
 //! fleetctl's commands against the store.
 
+mod commands;
+
+pub use commands::{BlockArgs, FleetctlCommand, TableArgs};
+
 use std::{
     collections::BTreeMap,
     io::Write as _,
@@ -11,10 +15,9 @@ use anyhow::{Context as _, anyhow, bail};
 use etcd_client::WatchOptions;
 
 use crate::{
-    cli::{BlockArgs, FleetctlCommand, TableArgs, format_metadata},
     registry::{Job, Registry, Submitted, ValidUnit},
     store::{MachineRecord, Store, TargetState, UnitStateRecord},
-    table,
+    table::{self, format_metadata},
     unit::{UnitFile, UnitName, short_id},
 };
 

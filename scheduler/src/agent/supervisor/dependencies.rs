@@ -12,8 +12,8 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{runtime::UnitStatus, supervisor::Command};
-use crate::unit::UnitFile;
+use super::command::Command;
+use crate::{agent::runtime::UnitStatus, unit::UnitFile};
 
 /// The dependency links of one loaded unit.
 pub(super) struct Link {
