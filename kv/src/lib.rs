@@ -2,21 +2,15 @@
 //! API, so `etcdctl` and the `etcd-client` crate work against it.
 
 pub mod api;
-pub mod authority;
 pub mod cli;
-pub mod durable;
 pub mod error;
-pub mod log;
 pub mod member;
-pub mod mvcc;
 pub mod peer;
-pub mod peer_wire;
 pub mod profile;
 pub mod proto;
 pub mod runtime;
-pub mod store;
+pub mod storage;
 pub mod types;
-pub mod watch;
 
 /// Logs to stderr, filtered by `SHOAL_LOG` (default `info`).
 pub fn init_tracing() {

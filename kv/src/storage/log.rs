@@ -1,6 +1,6 @@
 //! The Raft log on disk: append-only, preallocated segment files of checksummed records, one
 //! `write` plus one `fdatasync` per append (the leader's own appends are synced by
-//! [`crate::durable`]'s flusher instead, in parallel with replication).
+//! [`crate::storage::durable`]'s flusher instead, in parallel with replication).
 //!
 //! Layout: `<data-dir>/raft-log/<first index, 20 digits>.seg`, each preallocated to
 //! [`SEGMENT_BYTES`] (so `fdatasync` has no file size to journal) and zeroed by real writes a

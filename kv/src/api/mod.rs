@@ -1,5 +1,8 @@
-//! The etcd v3 gRPC services (KV, Lease, Cluster, Maintenance; Watch is in [`crate::watch`]) on
+//! The etcd v3 gRPC services (KV, Lease, Cluster, Maintenance; Watch is in [`crate::api::watch`]) on
 //! top of a [`Member`].
+pub mod authority;
+pub mod watch;
+
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -12,7 +15,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::EtcdError;
 use crate::member::{MAX_REQUEST_BYTES, Member, member_id};
-use crate::mvcc::validate;
 use crate::proto::etcdserverpb::{
     self as pb,
     cluster_server::{Cluster, ClusterServer},
@@ -21,6 +23,7 @@ use crate::proto::etcdserverpb::{
     maintenance_server::{Maintenance, MaintenanceServer},
     watch_server::WatchServer,
 };
+use crate::storage::mvcc::validate;
 use crate::types::{Command, MemberNode, Outcome, Proto};
 
 /// The version Status reports: the etcd API level served, marked as shoal's.
@@ -42,7 +45,7 @@ pub async fn serve_clients(member: Arc<Member>, listener: TcpListener) {
         .tcp_nodelay(true)
         .add_service(KvServer::new(KvService(member.clone())).max_decoding_message_size(limit))
         .add_service(
-            WatchServer::new(crate::watch::WatchService(member.clone()))
+            WatchServer::new(crate::api::watch::WatchService(member.clone()))
                 .max_decoding_message_size(limit),
         )
         .add_service(
@@ -58,7 +61,7 @@ pub async fn serve_clients(member: Arc<Member>, listener: TcpListener) {
         )
         .serve_with_incoming(
             crate::member::incoming(listener)
-                .map(|accepted| accepted.map(crate::authority::AuthorityFixingStream::new)),
+                .map(|accepted| accepted.map(crate::api::authority::AuthorityFixingStream::new)),
         )
         .await;
     if let Err(e) = served {

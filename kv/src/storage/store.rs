@@ -1,4 +1,4 @@
-//! Durable storage for openraft: the Raft log in segment files of our own ([`crate::log`]), the
+//! Durable storage for openraft: the Raft log in segment files of our own ([`crate::storage::log`]), the
 //! vote, purge point and snapshots in one redb file (every write fsync'd before openraft hears it
 //! is done), and the state machine, which lives in memory and is rebuilt on start from the last
 //! snapshot plus the log.
@@ -21,11 +21,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::durable::{Durability, Durable, Flusher, SharedLog};
 use crate::error::{EtcdError, StoreError};
-use crate::log::LogFile;
-use crate::mvcc::Mvcc;
 use crate::proto::mvccpb;
+use crate::storage::durable::{Durability, Durable, Flusher, SharedLog};
+use crate::storage::log::LogFile;
+use crate::storage::mvcc::Mvcc;
 use crate::types::{
     Command, Entry, LogId, MemberAttrs, MemberNode, Outcome, Proto, StorageError, StoredMembership,
     TypeConfig,
@@ -215,7 +215,7 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// The Raft log ([`LogFile`]), plus the vote and purge point in redb. Readers are served from
 /// an in-memory copy of the unpurged log. A follower's appends are fdatasync'd in the caller
 /// (openraft's core task) before it hears they are done; the leader's own appends are synced by
-/// the [`Flusher`] in parallel with replication ([`crate::durable`] says why that is safe).
+/// the [`Flusher`] in parallel with replication ([`crate::storage::durable`] says why that is safe).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
@@ -310,7 +310,7 @@ impl LogStore {
 }
 
 /// Keeps the commit index the leader sends followers at or below what its own log has on disk
-/// (see [`crate::durable`]).
+/// (see [`crate::storage::durable`]).
 #[derive(Clone, Debug)]
 pub struct CommitClamp {
     durability: Durability,

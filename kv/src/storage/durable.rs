@@ -14,7 +14,7 @@
 //! - the state machine applies an entry only once it is on this member's disk
 //!   ([`Durability::wait_for`]), so no client is answered and no read sees the entry before;
 //! - followers hear that an entry is committed only once it is on the leader's disk
-//!   ([`crate::store::CommitClamp`]), so no follower applies an entry a machine crash of the
+//!   ([`crate::storage::store::CommitClamp`]), so no follower applies an entry a machine crash of the
 //!   leader could take back.
 //!
 //! So before anything observes a committed entry it is on the disks of a majority, as Raft
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::log::LogFile;
+use crate::storage::log::LogFile;
 
 /// How far the log is on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]

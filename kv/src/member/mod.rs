@@ -17,11 +17,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::durable::Durability;
 use crate::error::{EtcdError, StoreError};
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerHandler, PeerPool, PeerService};
 use crate::proto::etcdserverpb::ResponseHeader;
-use crate::store::{self, LogStore, Shared, State, StateMachine};
+use crate::storage::durable::Durability;
+use crate::storage::store::{self, LogStore, Shared, State, StateMachine};
 use crate::types::{Command, MemberAttrs, MemberNode, Members, Outcome, Raft};
 
 /// Roughly how many bytes of commands one batched log entry carries.
@@ -438,7 +438,7 @@ impl Member {
     }
 
     /// After each sync of the leader's log, sends the commit index the followers were not told
-    /// while it was not on disk yet ([`crate::durable`]) in a heartbeat, instead of leaving it
+    /// while it was not on disk yet ([`crate::storage::durable`]) in a heartbeat, instead of leaving it
     /// for the next write or the next regular heartbeat.
     async fn tell_followers_what_is_durable(self: Arc<Self>, durability: Durability) {
         let mut durable = durability.subscribe();
@@ -835,7 +835,7 @@ pub fn incoming(
 
 async fn serve_peers(member: Arc<Member>, listener: TcpListener) {
     let service = Arc::new(PeerService { handler: member });
-    crate::peer_wire::serve(
+    crate::peer::wire::serve(
         incoming(listener),
         crate::peer::MAX_PEER_MESSAGE,
         move |method, payload| {

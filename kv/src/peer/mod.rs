@@ -1,6 +1,8 @@
-//! Member-to-member traffic ([`crate::peer_wire`] frames carrying bincode): openraft
+//! Member-to-member traffic ([`crate::peer::wire`] frames carrying bincode): openraft
 //! replication, writes and ReadIndex requests forwarded to the leader, and the leader's lease
 //! clock.
+pub mod wire;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,8 +20,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
-use crate::peer_wire::{CallError, Links};
-use crate::store::CommitClamp;
+use crate::peer::wire::{CallError, Links};
+use crate::storage::store::CommitClamp;
 use crate::types::{Command, MemberNode, Outcome, TypeConfig};
 
 /// Largest message between members (snapshots are sent in chunks below this).
