@@ -4,11 +4,13 @@
 pub mod api;
 pub mod cli;
 pub mod error;
+pub mod listen;
 pub mod member;
 pub mod peer;
 pub mod profile;
 pub mod proto;
 pub mod runtime;
+pub mod start;
 pub mod storage;
 pub mod types;
 

@@ -60,7 +60,7 @@ pub async fn serve_clients(member: Arc<Member>, listener: TcpListener) {
                 .max_encoding_message_size(usize::MAX),
         )
         .serve_with_incoming(
-            crate::member::incoming(listener)
+            crate::listen::incoming(listener)
                 .map(|accepted| accepted.map(crate::api::authority::AuthorityFixingStream::new)),
         )
         .await;

@@ -377,3 +377,18 @@ impl<H: PeerHandler> PeerService<H> {
         }
     }
 }
+
+/// Serves the peer protocol on one listener, answering with `handler`, until the task is
+/// aborted.
+pub async fn serve<H: PeerHandler>(handler: Arc<H>, listener: tokio::net::TcpListener) {
+    let service = Arc::new(PeerService { handler });
+    wire::serve(
+        crate::listen::incoming(listener),
+        MAX_PEER_MESSAGE,
+        move |method, payload| {
+            let service = service.clone();
+            async move { service.handle(method, payload).await }
+        },
+    )
+    .await;
+}

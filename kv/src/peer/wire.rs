@@ -246,7 +246,7 @@ impl Links {
     }
 }
 
-/// Answers the requests arriving on `connections` (as [`crate::member::incoming`] accepts
+/// Answers the requests arriving on `connections` (as [`crate::listen::incoming`] accepts
 /// them), each with `handle(method, payload)` in a task of its own (so a slow request does not
 /// hold up the ones behind it), until the task running this is aborted.
 pub async fn serve<C, H, F>(connections: C, max_frame: usize, handle: H)
@@ -314,7 +314,7 @@ mod tests {
     async fn echo_server() -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
-        let connections = crate::member::incoming(listener);
+        let connections = crate::listen::incoming(listener);
         tokio::spawn(serve(
             connections,
             1024,
