@@ -208,8 +208,9 @@ fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), S
     Ok(())
 }
 
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
+/// An error as openraft's storage errors take it: an `io::Error` with the whole chain as text.
+fn io_err(e: impl std::error::Error) -> io::Error {
+    io::Error::other(crate::error::chain(&e))
 }
 
 /// The Raft log ([`LogFile`]), plus the vote and purge point in redb. Readers are served from
