@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InitializeError, RaftError};
-use redb::Database;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
@@ -14,7 +13,7 @@ use super::lease_clock::LeaseClock;
 use super::{ClusterState, Config, Member};
 use crate::error::StoreError;
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerPool};
-use crate::storage::store::{LogStore, Shared, State, StateMachine};
+use crate::storage::store::{DataFile, LogStore, Shared, State, StateMachine};
 use crate::types::{Command, MemberAttrs, Members, Raft};
 
 impl Member {
@@ -22,7 +21,7 @@ impl Member {
     /// member and those tasks. Joining an existing cluster asks its members for this member's ID.
     pub(crate) async fn open(
         config: Config,
-        db: Arc<Database>,
+        db: Arc<DataFile>,
     ) -> Result<(Arc<Member>, Vec<JoinHandle<()>>), StoreError> {
         let (feed, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {

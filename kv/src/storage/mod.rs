@@ -3,4 +3,5 @@
 pub mod durable;
 pub mod log;
 pub mod mvcc;
+pub mod records;
 pub mod store;

@@ -3,13 +3,13 @@
 //! is done), and the state machine, which lives in memory and is rebuilt on start from the last
 //! snapshot plus the log.
 //!
-//! Every stored record carries a CRC-32 of its bytes, so a damaged file is reported as damaged
-//! instead of being read as wrong data.
+//! Every stored record carries a format version and a CRC-32 of its bytes ([`super::records`]),
+//! so a damaged file is reported as damaged instead of being read as wrong data.
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::{self, Cursor};
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -26,6 +26,7 @@ use crate::proto::mvccpb;
 use crate::storage::durable::{Durability, Durable, Flusher, SharedLog};
 use crate::storage::log::LogFile;
 use crate::storage::mvcc::Mvcc;
+use crate::storage::records::{decode, encode, unseal};
 use crate::types::{
     Command, Entry, LogId, MemberAttrs, MemberNode, Outcome, Proto, StorageError, StoredMembership,
     TypeConfig,
@@ -122,34 +123,23 @@ impl Shared {
     }
 }
 
-fn seal(bytes: Vec<u8>) -> Vec<u8> {
-    let mut sealed = crc32fast::hash(&bytes).to_le_bytes().to_vec();
-    sealed.extend_from_slice(&bytes);
-    sealed
+/// The redb data file, and where it is (for errors naming it).
+#[derive(Debug)]
+pub struct DataFile {
+    db: Database,
+    path: PathBuf,
 }
 
-fn unseal<'a>(sealed: &'a [u8], what: &str) -> Result<&'a [u8], StoreError> {
-    if sealed.len() < 4 {
-        return Err(StoreError::Damaged(format!("{what} is truncated")));
+impl std::ops::Deref for DataFile {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.db
     }
-    let (crc, bytes) = sealed.split_at(4);
-    let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32fast::hash(bytes) != expected {
-        return Err(StoreError::Damaged(format!("{what} fails its checksum")));
-    }
-    Ok(bytes)
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(sealed: &[u8], what: &str) -> Result<T, StoreError> {
-    Ok(bincode::deserialize(unseal(sealed, what)?)?)
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    Ok(seal(bincode::serialize(value)?))
 }
 
 /// Opens (or creates) the data file and checks that what it holds is readable.
-pub fn open_database(dir: &Path) -> Result<Arc<Database>, StoreError> {
+pub fn open_database(dir: &Path) -> Result<Arc<DataFile>, StoreError> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("shoal-kv.redb");
     let db = Database::create(&path).map_err(|source| StoreError::Open {
@@ -160,18 +150,22 @@ pub fn open_database(dir: &Path) -> Result<Arc<Database>, StoreError> {
     txn.open_table(LOG)?;
     txn.open_table(META)?;
     txn.commit()?;
-    let db = Arc::new(db);
+    let db = Arc::new(DataFile { db, path });
     verify(&db)?;
     Ok(db)
 }
 
 /// Reads every record once so damage is found at start, not when the data is needed.
-fn verify(db: &Database) -> Result<(), StoreError> {
+fn verify(db: &DataFile) -> Result<(), StoreError> {
     let txn = db.begin_read()?;
     let log = txn.open_table(LOG)?;
     for row in log.iter()? {
         let (index, bytes) = row?;
-        let entry: Entry = decode(bytes.value(), &format!("raft log entry {}", index.value()))?;
+        let entry: Entry = decode(
+            bytes.value(),
+            &db.path,
+            &format!("raft log entry {}", index.value()),
+        )?;
         if entry.log_id.index != index.value() {
             return Err(StoreError::Damaged(format!(
                 "raft log entry {} claims index {}",
@@ -183,13 +177,17 @@ fn verify(db: &Database) -> Result<(), StoreError> {
     let meta = txn.open_table(META)?;
     for row in meta.iter()? {
         let (key, bytes) = row?;
-        unseal(bytes.value(), &format!("record {:?}", key.value()))?;
+        unseal(
+            bytes.value(),
+            &db.path,
+            &format!("record {:?}", key.value()),
+        )?;
     }
     Ok(())
 }
 
 fn read_meta<T: for<'de> Deserialize<'de>>(
-    db: &Database,
+    db: &DataFile,
     key: &str,
 ) -> Result<Option<T>, StoreError> {
     let txn = db.begin_read()?;
@@ -197,10 +195,10 @@ fn read_meta<T: for<'de> Deserialize<'de>>(
     let Some(bytes) = table.get(key)? else {
         return Ok(None);
     };
-    Ok(Some(decode(bytes.value(), key)?))
+    Ok(Some(decode(bytes.value(), &db.path, key)?))
 }
 
-fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), StoreError> {
+fn write_meta<T: Serialize>(db: &DataFile, key: &str, value: &T) -> Result<(), StoreError> {
     let bytes = encode(value)?;
     let txn = db.begin_write()?;
     txn.open_table(META)?.insert(key, bytes.as_slice())?;
@@ -219,7 +217,7 @@ fn io_err(e: impl std::error::Error) -> io::Error {
 /// the [`Flusher`] in parallel with replication ([`crate::storage::durable`] says why that is safe).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<DataFile>,
     entries: Arc<RwLock<BTreeMap<u64, Entry>>>,
     last_purged: Arc<RwLock<Option<LogId>>>,
     log: Arc<Mutex<SharedLog>>,
@@ -234,7 +232,7 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log under `dir` for member `id`; entries an older version kept in redb move to
     /// the log file.
-    pub fn new(db: Arc<Database>, dir: &Path, id: u64) -> Result<Self, StoreError> {
+    pub fn new(db: Arc<DataFile>, dir: &Path, id: u64) -> Result<Self, StoreError> {
         let last_purged: Option<LogId> = read_meta(&db, LAST_PURGED)?;
         let (mut file, loaded) = LogFile::open(&dir.join(LOG_DIR), last_purged.map(|l| l.index))?;
         let legacy = take_legacy_entries(&db, last_purged)?;
@@ -342,7 +340,7 @@ impl CommitClamp {
 
 /// The log entries an earlier version stored in redb, after the purge point.
 fn take_legacy_entries(
-    db: &Database,
+    db: &DataFile,
     last_purged: Option<LogId>,
 ) -> Result<Vec<Entry>, StoreError> {
     let txn = db.begin_read()?;
@@ -350,7 +348,11 @@ fn take_legacy_entries(
     let mut entries = Vec::new();
     for row in table.iter()? {
         let (index, bytes) = row?;
-        let entry: Entry = decode(bytes.value(), &format!("raft log entry {}", index.value()))?;
+        let entry: Entry = decode(
+            bytes.value(),
+            &db.path,
+            &format!("raft log entry {}", index.value()),
+        )?;
         if last_purged.is_none_or(|p| entry.log_id.index > p.index) {
             entries.push(entry);
         }
@@ -358,7 +360,7 @@ fn take_legacy_entries(
     Ok(entries)
 }
 
-fn clear_legacy_entries(db: &Database) -> Result<(), StoreError> {
+fn clear_legacy_entries(db: &DataFile) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     txn.open_table(LOG)?.retain(|_, _| false)?;
     txn.commit()?;
@@ -495,7 +497,7 @@ struct StoredSnapshot {
 /// The state machine: applies committed entries to the shared [`State`].
 pub struct StateMachine {
     shared: Arc<Shared>,
-    db: Arc<Database>,
+    db: Arc<DataFile>,
     /// Entries are applied only once they are on this member's disk.
     durability: Durability,
     last_applied: Option<LogId>,
@@ -506,7 +508,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Starts from the last stored snapshot, if any; applies what `durability` says is on disk.
     pub fn open(
-        db: Arc<Database>,
+        db: Arc<DataFile>,
         shared: Arc<Shared>,
         durability: Durability,
     ) -> Result<Self, StoreError> {
@@ -546,7 +548,7 @@ impl StateMachine {
 /// Builds a snapshot of the state at the moment it is called.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
-    db: Arc<Database>,
+    db: Arc<DataFile>,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     snapshot_id: String,
@@ -677,6 +679,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::records::FORMAT_VERSION;
     use crate::types::test_entry;
 
     fn entry(index: u64) -> Entry {
@@ -709,5 +712,29 @@ mod tests {
         let mut reopened = LogStore::new(db, dir.path(), 1).expect("reopen");
         let state = reopened.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
+    }
+
+    #[test]
+    fn a_record_of_another_format_version_stops_the_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_database(dir.path()).expect("open");
+        let payload = bincode::serialize(&LogId::default()).expect("payload");
+        let bumped = crate::storage::records::seal_as(FORMAT_VERSION + 1, &payload);
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("table")
+            .insert(LAST_PURGED, bumped.as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+        drop(db);
+        let error = open_database(dir.path()).expect_err("must fail");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "data file {} has format version {}, this shoal reads {FORMAT_VERSION}",
+                dir.path().join("shoal-kv.redb").display(),
+                FORMAT_VERSION + 1
+            )
+        );
     }
 }
