@@ -1,5 +1,10 @@
 //! shoal's key-value store: a Raft-replicated (openraft) MVCC store that speaks the etcd v3 gRPC
 //! API, so `etcdctl` and the `etcd-client` crate work against it.
+//!
+//! The modules depend one way: [`start`] assembles a member ([`member`]) with its two servers,
+//! the etcd API ([`api`]) and the peer network ([`peer`]); `api` serves a `member`, which talks
+//! to the other members through `peer` and keeps its data in [`storage`]; [`listen`] binds and
+//! accepts for both servers.
 
 pub mod api;
 pub mod cli;

@@ -1,4 +1,4 @@
-//! Member-to-member traffic ([`crate::peer::wire`] frames carrying bincode): openraft
+//! Member-to-member traffic ([`wire`] frames carrying bincode): openraft
 //! replication, writes and ReadIndex requests forwarded to the leader, and the leader's lease
 //! clock.
 pub mod wire;
