@@ -161,11 +161,7 @@ fn verify(db: &DataFile) -> Result<(), StoreError> {
     let log = txn.open_table(LOG)?;
     for row in log.iter()? {
         let (index, bytes) = row?;
-        let entry: Entry = decode(
-            bytes.value(),
-            &db.path,
-            &format!("raft log entry {}", index.value()),
-        )?;
+        let entry: Entry = decode_legacy_entry(db, index.value(), bytes.value())?;
         if entry.log_id.index != index.value() {
             return Err(StoreError::Damaged(format!(
                 "raft log entry {} claims index {}",
@@ -184,6 +180,11 @@ fn verify(db: &DataFile) -> Result<(), StoreError> {
         )?;
     }
     Ok(())
+}
+
+/// An entry of the redb `raft_log` table earlier versions kept the log in.
+fn decode_legacy_entry(db: &DataFile, index: u64, sealed: &[u8]) -> Result<Entry, StoreError> {
+    decode(sealed, &db.path, &format!("raft log entry {index}"))
 }
 
 fn read_meta<T: for<'de> Deserialize<'de>>(
@@ -348,11 +349,7 @@ fn take_legacy_entries(
     let mut entries = Vec::new();
     for row in table.iter()? {
         let (index, bytes) = row?;
-        let entry: Entry = decode(
-            bytes.value(),
-            &db.path,
-            &format!("raft log entry {}", index.value()),
-        )?;
+        let entry: Entry = decode_legacy_entry(db, index.value(), bytes.value())?;
         if last_purged.is_none_or(|p| entry.log_id.index > p.index) {
             entries.push(entry);
         }
