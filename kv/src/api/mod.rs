@@ -1,5 +1,5 @@
 //! The etcd v3 gRPC services on top of a [`Member`]: one file per service (KV, Lease, Cluster,
-//! Maintenance, Watch), the typed path their writes take through Raft ([`propose`]), the
+//! Maintenance, Watch), the typed path their writes take through Raft (`propose`), the
 //! `:authority` shim under the listener ([`authority`]) and the server that assembles them.
 pub mod authority;
 mod cluster;

@@ -4,7 +4,7 @@
 //!
 //! Layout: `<data-dir>/raft-log/<first index, 20 digits>.seg`, each preallocated to
 //! [`SEGMENT_BYTES`] (so `fdatasync` has no file size to journal) and zeroed by real writes a
-//! little ahead of the appends ([`ZERO_AHEAD_BYTES`]): ext4 and XFS keep fallocated blocks
+//! little ahead of the appends (`ZERO_AHEAD_BYTES`): ext4 and XFS keep fallocated blocks
 //! "unwritten" until written, and the first `fdatasync` after writing into one commits the
 //! conversion to the journal, which doubled its cost (measured on ext4: 244-311 us per 4 KiB
 //! write + fdatasync into fallocated blocks, 127-197 us into zeroed ones). With the zeroing an
