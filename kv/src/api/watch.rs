@@ -15,7 +15,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::{self, event::EventType};
 use crate::storage::mvcc::key_in_range;
-use crate::storage::store::Feed;
+use crate::storage::state_machine::Feed;
 
 /// Most events one delivery gathers from the feed (etcd's `watchBatchMaxRevs` is 1,000).
 const MAX_COALESCED_EVENTS: usize = 1000;

@@ -13,7 +13,8 @@ use super::lease_clock::LeaseClock;
 use super::{ClusterState, Config, Member};
 use crate::error::StoreError;
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerPool};
-use crate::storage::store::{DataFile, LogStore, Shared, State, StateMachine};
+use crate::storage::state_machine::{Shared, State, StateMachine};
+use crate::storage::store::{DataFile, LogStore};
 use crate::types::{Command, MemberAttrs, Members, Raft};
 
 impl Member {

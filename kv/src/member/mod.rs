@@ -27,7 +27,7 @@ use self::write::{WriteWaiter, Written};
 use crate::error::EtcdError;
 use crate::peer::{ClusterView, PeerHandler, PeerPool};
 use crate::proto::etcdserverpb::ResponseHeader;
-use crate::storage::store::Shared;
+use crate::storage::state_machine::Shared;
 use crate::types::{Command, MemberNode, Outcome, Raft};
 
 /// How long a request may wait for Raft (etcd's request timeout is about 5 s plus election time).
