@@ -72,26 +72,48 @@ impl From<EtcdError> for Status {
     }
 }
 
-/// Errors of the store's machinery (disk, Raft, peers), as opposed to client errors.
+/// Errors of the store's machinery (disk, Raft, peers), as opposed to client errors. A variant
+/// with a `source` does not repeat it in its message: printed with its chain ([`chain`], or
+/// anyhow's `{:#}` at the top), each cause appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("opening the data file {path}: {source}")]
+    #[error("opening the data file {path}")]
     Open {
         path: String,
         source: redb::DatabaseError,
     },
     #[error("data file is damaged: {0}")]
     Damaged(String),
+    #[error("data file {path} has format version {found}, this shoal reads {expected}")]
+    UnknownFormat {
+        path: String,
+        found: u32,
+        expected: u32,
+    },
     #[error("storage engine: {0}")]
     Engine(String),
-    #[error("encoding: {0}")]
+    #[error("encoding")]
     Encoding(#[from] bincode::Error),
     #[error("raft: {0}")]
     Raft(String),
     #[error("configuration: {0}")]
     Config(String),
-    #[error("i/o: {0}")]
+    #[error("i/o")]
     Io(#[from] std::io::Error),
+}
+
+/// An error and its causes on one line, `error: cause: root cause` (what anyhow prints with
+/// `{:#}`), for the places that must keep an error as text: openraft's storage errors, the
+/// durability state, log lines.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 macro_rules! engine_errors {

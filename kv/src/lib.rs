@@ -1,22 +1,23 @@
 //! shoal's key-value store: a Raft-replicated (openraft) MVCC store that speaks the etcd v3 gRPC
 //! API, so `etcdctl` and the `etcd-client` crate work against it.
+//!
+//! The modules depend one way: [`start`] assembles a member ([`member`]) with its two servers,
+//! the etcd API ([`api`]) and the peer network ([`peer`]); `api` serves a `member`, which talks
+//! to the other members through `peer` and keeps its data in [`storage`]; [`listen`] binds and
+//! accepts for both servers.
 
 pub mod api;
-pub mod authority;
 pub mod cli;
-pub mod durable;
 pub mod error;
-pub mod log;
+pub mod listen;
 pub mod member;
-pub mod mvcc;
 pub mod peer;
-pub mod peer_wire;
 pub mod profile;
 pub mod proto;
 pub mod runtime;
-pub mod store;
+pub mod start;
+pub mod storage;
 pub mod types;
-pub mod watch;
 
 /// Logs to stderr, filtered by `SHOAL_LOG` (default `info`).
 pub fn init_tracing() {

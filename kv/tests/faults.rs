@@ -307,9 +307,10 @@ async fn damaged_log_record_is_a_clear_error() {
     assert!(stderr.contains("raft-log"), "{stderr}");
 }
 
-/// Where the records of a log segment end (each is `[len u32][crc u32][payload]`, 8-aligned).
+/// Where the records of a log segment end (after the 16-byte segment header, each is
+/// `[len u32][crc u32][payload]`, 8-aligned).
 fn end_of_records(bytes: &[u8]) -> usize {
-    let mut offset = 0;
+    let mut offset = 16;
     loop {
         let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
         if len == 0 {

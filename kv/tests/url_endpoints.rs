@@ -1,6 +1,6 @@
 //! etcdctl users write endpoints as URLs (`--endpoints=http://host:2379`). etcdctl 3.4 dials its
 //! per-endpoint commands with the whole URL as the HTTP/2 `:authority`; etcd accepts that, and so
-//! must we (`shoal_kv::authority`).
+//! must we (`shoal_kv::api::authority`).
 mod common;
 
 use shoal_harness::StoreKind;

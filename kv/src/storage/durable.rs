@@ -14,7 +14,7 @@
 //! - the state machine applies an entry only once it is on this member's disk
 //!   ([`Durability::wait_for`]), so no client is answered and no read sees the entry before;
 //! - followers hear that an entry is committed only once it is on the leader's disk
-//!   ([`crate::store::CommitClamp`]), so no follower applies an entry a machine crash of the
+//!   ([`crate::storage::store::CommitClamp`]), so no follower applies an entry a machine crash of the
 //!   leader could take back.
 //!
 //! So before anything observes a committed entry it is on the disks of a majority, as Raft
@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::log::LogFile;
+use crate::error::StoreError;
+use crate::storage::log::LogFile;
 
 /// How far the log is on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,16 @@ pub enum Durable {
     Upto(u64),
     /// An fsync failed: nothing more may be acknowledged.
     Failed(String),
+}
+
+/// Why the log is not durable up to an index a waiter asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurabilityError {
+    /// An fsync failed (its message, as [`Durable::Failed`] keeps it).
+    #[error("{0}")]
+    SyncFailed(String),
+    #[error("the raft log was closed")]
+    Closed,
 }
 
 /// The durable index, shared by the log store (which moves it), the state machine (which waits
@@ -91,16 +102,16 @@ impl Durability {
     }
 
     /// Waits until the log is on disk up to `index`; the fsync error if one failed.
-    pub async fn wait_for(&self, index: u64) -> Result<(), String> {
+    pub async fn wait_for(&self, index: u64) -> Result<(), DurabilityError> {
         let mut rx = self.tx.subscribe();
         let reached = rx
             .wait_for(|d| {
                 matches!(d, Durable::Failed(_)) || matches!(d, Durable::Upto(u) if *u >= index)
             })
             .await
-            .map_err(|_| "the raft log was closed".to_string())?;
+            .map_err(|_| DurabilityError::Closed)?;
         match &*reached {
-            Durable::Failed(why) => Err(why.clone()),
+            Durable::Failed(why) => Err(DurabilityError::SyncFailed(why.clone())),
             Durable::Upto(_) => Ok(()),
         }
     }
@@ -169,7 +180,8 @@ fn run(log: &Weak<Mutex<SharedLog>>, requested: &(Mutex<bool>, Condvar), durabil
         let Some(log) = log.upgrade() else {
             return;
         };
-        if let Err(why) = flush(&log, durability) {
+        if let Err(error) = flush(&log, durability) {
+            let why = crate::error::chain(&error);
             tracing::error!("syncing the raft log: {why}");
             durability.fail(why);
             return;
@@ -179,7 +191,7 @@ fn run(log: &Weak<Mutex<SharedLog>>, requested: &(Mutex<bool>, Condvar), durabil
 
 /// One fsync of what is written, outside the lock; published unless entries were cut off
 /// meanwhile (the cut itself syncs).
-fn flush(log: &Mutex<SharedLog>, durability: &Durability) -> Result<(), String> {
+fn flush(log: &Mutex<SharedLog>, durability: &Durability) -> Result<(), StoreError> {
     let pending = PendingFlush::take(log)?;
     pending.sync()?;
     pending.publish(log, durability);
@@ -194,19 +206,19 @@ struct PendingFlush {
 }
 
 impl PendingFlush {
-    fn take(log: &Mutex<SharedLog>) -> Result<Self, String> {
+    fn take(log: &Mutex<SharedLog>) -> Result<Self, StoreError> {
         let shared = log.lock().unwrap_or_else(|p| p.into_inner());
         Ok(PendingFlush {
-            handle: shared.file.sync_handle().map_err(|e| e.to_string())?,
+            handle: shared.file.sync_handle()?,
             last: shared.file.last_index(),
             generation: shared.generation,
         })
     }
 
-    fn sync(&self) -> Result<(), String> {
+    fn sync(&self) -> Result<(), StoreError> {
         if let Some(file) = &self.handle {
             let t = std::time::Instant::now();
-            file.sync_data().map_err(|e| e.to_string())?;
+            file.sync_data()?;
             crate::profile::record("log.flush", t);
         }
         Ok(())
@@ -293,7 +305,10 @@ mod tests {
         });
         durability.fail("disk gone".to_string());
         let outcome = waiter.await.expect("join");
-        assert_eq!(outcome, Err("disk gone".to_string()));
+        assert_eq!(
+            outcome.map_err(|e| e.to_string()),
+            Err("disk gone".to_string())
+        );
         durability.set(9);
         assert_eq!(
             durability.current(),

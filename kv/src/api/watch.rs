@@ -10,12 +10,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::member::Member;
-use crate::mvcc::key_in_range;
 use crate::proto::etcdserverpb::{
     self as pb, watch_create_request::FilterType, watch_request::RequestUnion, watch_server::Watch,
 };
 use crate::proto::mvccpb::{self, event::EventType};
-use crate::store::Feed;
+use crate::storage::mvcc::key_in_range;
+use crate::storage::state_machine::Feed;
 
 /// Most events one delivery gathers from the feed (etcd's `watchBatchMaxRevs` is 1,000).
 const MAX_COALESCED_EVENTS: usize = 1000;

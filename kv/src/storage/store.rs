@@ -1,35 +1,27 @@
-//! Durable storage for openraft: the Raft log in segment files of our own ([`crate::log`]), the
-//! vote, purge point and snapshots in one redb file (every write fsync'd before openraft hears it
-//! is done), and the state machine, which lives in memory and is rebuilt on start from the last
-//! snapshot plus the log.
+//! Durable storage for openraft: the Raft log in segment files of our own
+//! ([`crate::storage::log`]), the vote, purge point and snapshots in one redb file (every write
+//! fsync'd before openraft hears it is done). The state machine ([`super::state_machine`]) lives
+//! in memory and is rebuilt on start from the last snapshot plus the log.
 //!
-//! Every stored record carries a CRC-32 of its bytes, so a damaged file is reported as damaged
-//! instead of being read as wrong data.
+//! Every stored record carries a format version and a CRC-32 of its bytes ([`super::records`]),
+//! so a damaged file is reported as damaged instead of being read as wrong data.
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io::{self, Cursor};
+use std::io;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
-use openraft::{
-    EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
-    Vote,
-};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
-use crate::durable::{Durability, Durable, Flusher, SharedLog};
-use crate::error::{EtcdError, StoreError};
-use crate::log::LogFile;
-use crate::mvcc::Mvcc;
-use crate::proto::mvccpb;
-use crate::types::{
-    Command, Entry, LogId, MemberAttrs, MemberNode, Outcome, Proto, StorageError, StoredMembership,
-    TypeConfig,
-};
+use crate::error::StoreError;
+use crate::storage::durable::{Durability, Durable, Flusher, SharedLog};
+use crate::storage::log::LogFile;
+use crate::storage::records::{decode, encode, unseal};
+use crate::types::{Entry, LogId, StorageError, TypeConfig};
 
 /// Where earlier versions kept the Raft log; read once to move it to [`LogFile`].
 const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
@@ -38,118 +30,25 @@ const LOG_DIR: &str = "raft-log";
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
 const VOTE: &str = "vote";
 const LAST_PURGED: &str = "last_purged";
-const SNAPSHOT: &str = "snapshot";
+pub(super) const SNAPSHOT: &str = "snapshot";
 
-/// The replicated state: the key-value store and what members published about themselves.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct State {
-    pub mvcc: Mvcc,
-    pub member_attrs: BTreeMap<u64, MemberAttrs>,
-}
-
-impl State {
-    /// Applies one command; returns its outcome and the watch events it produced.
-    pub fn apply(&mut self, command: Command) -> (Outcome, Vec<mvccpb::Event>) {
-        let mvcc = &mut self.mvcc;
-        let result = match command {
-            Command::Put(req) => mvcc
-                .put(&req.0)
-                .map(|a| (Outcome::Put(Proto(a.response)), a.events)),
-            Command::DeleteRange(req) => {
-                let a = mvcc.delete_range(&req.0);
-                Ok((Outcome::DeleteRange(Proto(a.response)), a.events))
-            }
-            Command::Txn(req) => mvcc
-                .txn(&req.0)
-                .map(|a| (Outcome::Txn(Proto(a.response)), a.events)),
-            Command::Compact(rev) => mvcc
-                .compact(rev)
-                .map(|r| (Outcome::Compact(Proto(r)), Vec::new())),
-            Command::LeaseGrant { id, ttl } => mvcc
-                .lease_grant(id, ttl)
-                .map(|r| (Outcome::LeaseGrant(Proto(r)), Vec::new())),
-            Command::LeaseRevoke { id } => mvcc
-                .lease_revoke(id)
-                .map(|a| (Outcome::LeaseRevoke(Proto(a.response)), a.events)),
-            Command::Batch(commands) => {
-                let mut outcomes = Vec::with_capacity(commands.len());
-                let mut events = Vec::new();
-                for command in commands {
-                    let (outcome, produced) = self.apply(command);
-                    outcomes.push(outcome);
-                    events.extend(produced);
-                }
-                Ok((Outcome::Batch(outcomes), events))
-            }
-            Command::PublishMember { id, attrs } => {
-                self.member_attrs.insert(id, attrs);
-                Ok((Outcome::None, Vec::new()))
-            }
-        };
-        result.unwrap_or_else(|e: EtcdError| (Outcome::Error(e), Vec::new()))
-    }
-}
-
-/// What watchers hear from the state machine.
-#[derive(Debug, Clone)]
-pub enum Feed {
-    /// Events applied, in revision order.
-    Events(Arc<Vec<mvccpb::Event>>),
-    /// The state was replaced by a snapshot: re-read history from the store.
-    Resync,
-}
-
-/// The state machine's state, shared with the servers that read it.
+/// The redb data file, and where it is (for errors naming it).
 #[derive(Debug)]
-pub struct Shared {
-    pub state: RwLock<State>,
-    pub feed: broadcast::Sender<Feed>,
-    /// The last log index applied to `state`.
-    pub applied: tokio::sync::watch::Sender<u64>,
+pub struct DataFile {
+    db: Database,
+    path: PathBuf,
 }
 
-impl Shared {
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+impl std::ops::Deref for DataFile {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.db
     }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-fn seal(bytes: Vec<u8>) -> Vec<u8> {
-    let mut sealed = crc32fast::hash(&bytes).to_le_bytes().to_vec();
-    sealed.extend_from_slice(&bytes);
-    sealed
-}
-
-fn unseal<'a>(sealed: &'a [u8], what: &str) -> Result<&'a [u8], StoreError> {
-    if sealed.len() < 4 {
-        return Err(StoreError::Damaged(format!("{what} is truncated")));
-    }
-    let (crc, bytes) = sealed.split_at(4);
-    let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32fast::hash(bytes) != expected {
-        return Err(StoreError::Damaged(format!("{what} fails its checksum")));
-    }
-    Ok(bytes)
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(sealed: &[u8], what: &str) -> Result<T, StoreError> {
-    Ok(bincode::deserialize(unseal(sealed, what)?)?)
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    Ok(seal(bincode::serialize(value)?))
 }
 
 /// Opens (or creates) the data file and checks that what it holds is readable.
-pub fn open_database(dir: &Path) -> Result<Arc<Database>, StoreError> {
+pub fn open_database(dir: &Path) -> Result<Arc<DataFile>, StoreError> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join("shoal-kv.redb");
     let db = Database::create(&path).map_err(|source| StoreError::Open {
@@ -160,18 +59,18 @@ pub fn open_database(dir: &Path) -> Result<Arc<Database>, StoreError> {
     txn.open_table(LOG)?;
     txn.open_table(META)?;
     txn.commit()?;
-    let db = Arc::new(db);
+    let db = Arc::new(DataFile { db, path });
     verify(&db)?;
     Ok(db)
 }
 
 /// Reads every record once so damage is found at start, not when the data is needed.
-fn verify(db: &Database) -> Result<(), StoreError> {
+fn verify(db: &DataFile) -> Result<(), StoreError> {
     let txn = db.begin_read()?;
     let log = txn.open_table(LOG)?;
     for row in log.iter()? {
         let (index, bytes) = row?;
-        let entry: Entry = decode(bytes.value(), &format!("raft log entry {}", index.value()))?;
+        let entry: Entry = decode_legacy_entry(db, index.value(), bytes.value())?;
         if entry.log_id.index != index.value() {
             return Err(StoreError::Damaged(format!(
                 "raft log entry {} claims index {}",
@@ -183,13 +82,22 @@ fn verify(db: &Database) -> Result<(), StoreError> {
     let meta = txn.open_table(META)?;
     for row in meta.iter()? {
         let (key, bytes) = row?;
-        unseal(bytes.value(), &format!("record {:?}", key.value()))?;
+        unseal(
+            bytes.value(),
+            &db.path,
+            &format!("record {:?}", key.value()),
+        )?;
     }
     Ok(())
 }
 
-fn read_meta<T: for<'de> Deserialize<'de>>(
-    db: &Database,
+/// An entry of the redb `raft_log` table earlier versions kept the log in.
+fn decode_legacy_entry(db: &DataFile, index: u64, sealed: &[u8]) -> Result<Entry, StoreError> {
+    decode(sealed, &db.path, &format!("raft log entry {index}"))
+}
+
+pub(super) fn read_meta<T: for<'de> Deserialize<'de>>(
+    db: &DataFile,
     key: &str,
 ) -> Result<Option<T>, StoreError> {
     let txn = db.begin_read()?;
@@ -197,10 +105,14 @@ fn read_meta<T: for<'de> Deserialize<'de>>(
     let Some(bytes) = table.get(key)? else {
         return Ok(None);
     };
-    Ok(Some(decode(bytes.value(), key)?))
+    Ok(Some(decode(bytes.value(), &db.path, key)?))
 }
 
-fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), StoreError> {
+pub(super) fn write_meta<T: Serialize>(
+    db: &DataFile,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
     let bytes = encode(value)?;
     let txn = db.begin_write()?;
     txn.open_table(META)?.insert(key, bytes.as_slice())?;
@@ -208,17 +120,18 @@ fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), S
     Ok(())
 }
 
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
+/// An error as openraft's storage errors take it: an `io::Error` with the whole chain as text.
+pub(super) fn io_err(e: impl std::error::Error) -> io::Error {
+    io::Error::other(crate::error::chain(&e))
 }
 
 /// The Raft log ([`LogFile`]), plus the vote and purge point in redb. Readers are served from
 /// an in-memory copy of the unpurged log. A follower's appends are fdatasync'd in the caller
 /// (openraft's core task) before it hears they are done; the leader's own appends are synced by
-/// the [`Flusher`] in parallel with replication ([`crate::durable`] says why that is safe).
+/// the [`Flusher`] in parallel with replication ([`crate::storage::durable`] says why that is safe).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<DataFile>,
     entries: Arc<RwLock<BTreeMap<u64, Entry>>>,
     last_purged: Arc<RwLock<Option<LogId>>>,
     log: Arc<Mutex<SharedLog>>,
@@ -233,7 +146,7 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log under `dir` for member `id`; entries an older version kept in redb move to
     /// the log file.
-    pub fn new(db: Arc<Database>, dir: &Path, id: u64) -> Result<Self, StoreError> {
+    pub fn new(db: Arc<DataFile>, dir: &Path, id: u64) -> Result<Self, StoreError> {
         let last_purged: Option<LogId> = read_meta(&db, LAST_PURGED)?;
         let (mut file, loaded) = LogFile::open(&dir.join(LOG_DIR), last_purged.map(|l| l.index))?;
         let legacy = take_legacy_entries(&db, last_purged)?;
@@ -310,7 +223,7 @@ impl LogStore {
 }
 
 /// Keeps the commit index the leader sends followers at or below what its own log has on disk
-/// (see [`crate::durable`]).
+/// (see [`crate::storage::durable`]).
 #[derive(Clone, Debug)]
 pub struct CommitClamp {
     durability: Durability,
@@ -341,7 +254,7 @@ impl CommitClamp {
 
 /// The log entries an earlier version stored in redb, after the purge point.
 fn take_legacy_entries(
-    db: &Database,
+    db: &DataFile,
     last_purged: Option<LogId>,
 ) -> Result<Vec<Entry>, StoreError> {
     let txn = db.begin_read()?;
@@ -349,7 +262,7 @@ fn take_legacy_entries(
     let mut entries = Vec::new();
     for row in table.iter()? {
         let (index, bytes) = row?;
-        let entry: Entry = decode(bytes.value(), &format!("raft log entry {}", index.value()))?;
+        let entry: Entry = decode_legacy_entry(db, index.value(), bytes.value())?;
         if last_purged.is_none_or(|p| entry.log_id.index > p.index) {
             entries.push(entry);
         }
@@ -357,7 +270,7 @@ fn take_legacy_entries(
     Ok(entries)
 }
 
-fn clear_legacy_entries(db: &Database) -> Result<(), StoreError> {
+fn clear_legacy_entries(db: &DataFile) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     txn.open_table(LOG)?.retain(|_, _| false)?;
     txn.commit()?;
@@ -484,198 +397,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// A snapshot as stored: openraft's metadata and the encoded [`State`].
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, MemberNode>,
-    data: Vec<u8>,
-}
-
-/// The state machine: applies committed entries to the shared [`State`].
-pub struct StateMachine {
-    shared: Arc<Shared>,
-    db: Arc<Database>,
-    /// Entries are applied only once they are on this member's disk.
-    durability: Durability,
-    last_applied: Option<LogId>,
-    last_membership: StoredMembership,
-    snapshots_built: u64,
-}
-
-impl StateMachine {
-    /// Starts from the last stored snapshot, if any; applies what `durability` says is on disk.
-    pub fn open(
-        db: Arc<Database>,
-        shared: Arc<Shared>,
-        durability: Durability,
-    ) -> Result<Self, StoreError> {
-        let mut machine = StateMachine {
-            shared,
-            db,
-            durability,
-            last_applied: None,
-            last_membership: StoredMembership::default(),
-            snapshots_built: 0,
-        };
-        if let Some(stored) = read_meta::<StoredSnapshot>(&machine.db, SNAPSHOT)? {
-            let state: State = bincode::deserialize(&stored.data)?;
-            *machine.shared.write() = state;
-            machine.last_applied = stored.meta.last_log_id;
-            machine.publish_applied();
-            machine.last_membership = stored.meta.last_membership;
-        }
-        Ok(machine)
-    }
-
-    /// Tells requests waiting for their write to be applied how far the state has got.
-    fn publish_applied(&self) {
-        let index = self.last_applied.map(|l| l.index).unwrap_or_default();
-        self.shared.applied.send_replace(index);
-    }
-
-    fn stored_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
-        let stored: Option<StoredSnapshot> = read_meta(&self.db, SNAPSHOT)?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
-    }
-}
-
-/// Builds a snapshot of the state at the moment it is called.
-pub struct SnapshotBuilder {
-    shared: Arc<Shared>,
-    db: Arc<Database>,
-    last_applied: Option<LogId>,
-    last_membership: StoredMembership,
-    snapshot_id: String,
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = {
-            let state = self.shared.read();
-            bincode::serialize(&*state)
-                .map_err(|e| StorageIOError::read_state_machine(&io_err(e)))?
-        };
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.last_membership.clone(),
-            snapshot_id: self.snapshot_id.clone(),
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        write_meta(&self.db, SNAPSHOT, &stored)
-            .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok((self.last_applied, self.last_membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        if let Some(last) = entries.last().map(|e| e.log_id) {
-            let t = std::time::Instant::now();
-            self.durability
-                .wait_for(last.index)
-                .await
-                .map_err(|why| StorageIOError::apply(last, &io_err(why)))?;
-            crate::profile::record("sm.wait_durable", t);
-        }
-        let t = std::time::Instant::now();
-        let mut outcomes = Vec::new();
-        let mut events = Vec::new();
-        {
-            let mut state = self.shared.write();
-            for entry in entries {
-                self.last_applied = Some(entry.log_id);
-                let outcome = match entry.payload {
-                    EntryPayload::Blank => Outcome::None,
-                    EntryPayload::Membership(membership) => {
-                        self.last_membership =
-                            StoredMembership::new(Some(entry.log_id), membership);
-                        Outcome::None
-                    }
-                    EntryPayload::Normal(command) => {
-                        let (outcome, produced) = state.apply(command);
-                        events.extend(produced);
-                        outcome
-                    }
-                };
-                outcomes.push(outcome);
-            }
-        }
-        if !events.is_empty() {
-            // No receiver just means no watcher.
-            let _ = self.shared.feed.send(Feed::Events(Arc::new(events)));
-        }
-        self.publish_applied();
-        crate::profile::record("sm.apply", t);
-        Ok(outcomes)
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.snapshots_built += 1;
-        let last = self.last_applied.map(|l| l.index).unwrap_or_default();
-        SnapshotBuilder {
-            shared: self.shared.clone(),
-            db: self.db.clone(),
-            last_applied: self.last_applied,
-            last_membership: self.last_membership.clone(),
-            snapshot_id: format!("{last}-{}", self.snapshots_built),
-        }
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<u64, MemberNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let state: State = bincode::deserialize(&data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        write_meta(&self.db, SNAPSHOT, &stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e)))?;
-        *self.shared.write() = state;
-        self.last_applied = meta.last_log_id;
-        self.last_membership = meta.last_membership.clone();
-        self.publish_applied();
-        let _ = self.shared.feed.send(Feed::Resync);
-        Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        self.stored_snapshot()
-            .map_err(|e| StorageIOError::read_snapshot(None, &io_err(e)).into())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::records::FORMAT_VERSION;
     use crate::types::test_entry;
 
     fn entry(index: u64) -> Entry {
@@ -708,5 +433,29 @@ mod tests {
         let mut reopened = LogStore::new(db, dir.path(), 1).expect("reopen");
         let state = reopened.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
+    }
+
+    #[test]
+    fn a_record_of_another_format_version_stops_the_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_database(dir.path()).expect("open");
+        let payload = bincode::serialize(&LogId::default()).expect("payload");
+        let bumped = crate::storage::records::seal_as(FORMAT_VERSION + 1, &payload);
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("table")
+            .insert(LAST_PURGED, bumped.as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+        drop(db);
+        let error = open_database(dir.path()).expect_err("must fail");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "data file {} has format version {}, this shoal reads {FORMAT_VERSION}",
+                dir.path().join("shoal-kv.redb").display(),
+                FORMAT_VERSION + 1
+            )
+        );
     }
 }

@@ -246,14 +246,15 @@ impl Links {
     }
 }
 
-/// Answers the requests arriving on `connections` (as [`crate::member::incoming`] accepts
+/// Answers the requests arriving on `connections` (as [`crate::listen::incoming`] accepts
 /// them), each with `handle(method, payload)` in a task of its own (so a slow request does not
 /// hold up the ones behind it), until the task running this is aborted.
-pub async fn serve<C, H, F>(connections: C, max_frame: usize, handle: H)
+pub async fn serve<C, H, F, E>(connections: C, max_frame: usize, handle: H)
 where
     C: futures::Stream<Item = std::io::Result<TcpStream>>,
     H: Fn(u8, Bytes) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Vec<u8>, String>> + Send + 'static,
+    F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
 {
     let mut connections = std::pin::pin!(connections);
     while let Some(accepted) = connections.next().await {
@@ -269,10 +270,11 @@ where
     }
 }
 
-async fn serve_connection<H, F>(stream: TcpStream, max_frame: usize, handle: H)
+async fn serve_connection<H, F, E>(stream: TcpStream, max_frame: usize, handle: H)
 where
     H: Fn(u8, Bytes) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<Vec<u8>, String>> + Send + 'static,
+    F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
 {
     let (read, write) = stream.into_split();
     let writer: Arc<Writer> = Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
@@ -297,7 +299,7 @@ where
         tokio::spawn(async move {
             let answer = match answered.await {
                 Ok(answer) => frame(STATUS_OK, id, &answer),
-                Err(reason) => frame(STATUS_FAILED, id, reason.as_bytes()),
+                Err(reason) => frame(STATUS_FAILED, id, reason.to_string().as_bytes()),
             };
             if let Err(e) = writer.lock().await.send(answer).await {
                 tracing::debug!("answering a peer: {e}");
@@ -314,7 +316,7 @@ mod tests {
     async fn echo_server() -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
-        let connections = crate::member::incoming(listener);
+        let connections = crate::listen::incoming(listener);
         tokio::spawn(serve(
             connections,
             1024,

@@ -1,6 +1,8 @@
-//! Member-to-member traffic ([`crate::peer_wire`] frames carrying bincode): openraft
+//! Member-to-member traffic ([`wire`] frames carrying bincode): openraft
 //! replication, writes and ReadIndex requests forwarded to the leader, and the leader's lease
 //! clock.
+pub mod wire;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,8 +20,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
-use crate::peer_wire::{CallError, Links};
-use crate::store::CommitClamp;
+use crate::peer::wire::{CallError, Links};
+use crate::storage::store::CommitClamp;
 use crate::types::{Command, MemberNode, Outcome, TypeConfig};
 
 /// Largest message between members (snapshots are sent in chunks below this).
@@ -56,26 +58,54 @@ impl Method {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    bincode::serialize(value).map_err(|e| format!("encoding a peer message: {e}"))
+/// Why a peer request could not be encoded, decoded, addressed or taken. A server-side one
+/// travels to the calling member as the text of a failure frame, so each message carries its
+/// cause itself (none is exposed as a `source`).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("encoding a peer message: {0}")]
+    Encode(bincode::Error),
+    #[error("decoding a peer message: {0}")]
+    Decode(bincode::Error),
+    #[error("member {0} has no peer URL")]
+    NoPeerUrl(String),
+    #[error("member {name}'s peer URL {url}: {reason}")]
+    BadPeerUrl {
+        name: String,
+        url: String,
+        reason: http::uri::InvalidUri,
+    },
+    #[error("member {name}'s peer URL {url} has no host")]
+    NoHost { name: String, url: String },
+    #[error("no peer method {0}")]
+    NoMethod(u8),
+    #[error("Raft message from the receiving member itself")]
+    OwnMessage,
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    bincode::deserialize(bytes).map_err(|e| format!("decoding a peer message: {e}"))
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PeerError> {
+    bincode::serialize(value).map_err(PeerError::Encode)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PeerError> {
+    bincode::deserialize(bytes).map_err(PeerError::Decode)
 }
 
 /// The `host:port` a member is reached at (from the first of its advertised peer URLs).
-fn peer_address(node: &MemberNode) -> Result<String, String> {
+fn peer_address(node: &MemberNode) -> Result<String, PeerError> {
     let url = node
         .peer_urls
         .first()
-        .ok_or_else(|| format!("member {} has no peer URL", node.name))?;
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("member {}'s peer URL {url}: {e}", node.name))?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("member {}'s peer URL {url} has no host", node.name))?;
+        .ok_or_else(|| PeerError::NoPeerUrl(node.name.clone()))?;
+    let uri: http::Uri = url.parse().map_err(|reason| PeerError::BadPeerUrl {
+        name: node.name.clone(),
+        url: url.clone(),
+        reason,
+    })?;
+    let authority = uri.authority().ok_or_else(|| PeerError::NoHost {
+        name: node.name.clone(),
+        url: url.clone(),
+    })?;
     Ok(match authority.port_u16() {
         Some(_) => authority.to_string(),
         None => format!("{}:2380", authority.host()),
@@ -127,13 +157,13 @@ impl PeerPool {
         request: &Q,
         timeout: Duration,
     ) -> Result<A, CallError> {
-        let address = peer_address(node).map_err(CallError::NotSent)?;
-        let payload = encode(request).map_err(CallError::Failed)?;
+        let address = peer_address(node).map_err(|e| CallError::NotSent(e.to_string()))?;
+        let payload = encode(request).map_err(|e| CallError::Failed(e.to_string()))?;
         let answer = self
             .links
             .call(&address, method as u8, &payload, timeout)
             .await?;
-        decode(&answer).map_err(CallError::Failed)
+        decode(&answer).map_err(|e| CallError::Failed(e.to_string()))
     }
 
     /// Calls one of the forwarding RPCs on `node` and decodes its answer.
@@ -321,18 +351,18 @@ impl<H: PeerHandler> PeerService<H> {
     /// Refuses a Raft message this member sent itself (a peer URL of another member that
     /// reaches this one): openraft would take its own vote as granted by a second voter, and a
     /// leader receiving its own AppendEntries trips openraft's `self.leader.is_none()`.
-    fn refuse_own(&self, vote: &openraft::Vote<u64>) -> Result<(), String> {
+    fn refuse_own(&self, vote: &openraft::Vote<u64>) -> Result<(), PeerError> {
         let own = self.handler.raft().metrics().borrow().id;
         if vote.leader_id().voted_for() == Some(own) {
             tracing::error!("refusing a Raft message from this member itself: a peer URL is wrong");
-            return Err("Raft message from the receiving member itself".to_string());
+            return Err(PeerError::OwnMessage);
         }
         Ok(())
     }
 
     /// Answers one request: the bincode of the method's answer, or why there is none.
-    pub async fn handle(&self, method: u8, payload: Bytes) -> Result<Vec<u8>, String> {
-        let method = Method::from_u8(method).ok_or_else(|| format!("no peer method {method}"))?;
+    pub async fn handle(&self, method: u8, payload: Bytes) -> Result<Vec<u8>, PeerError> {
+        let method = Method::from_u8(method).ok_or(PeerError::NoMethod(method))?;
         match method {
             Method::AppendEntries => {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&payload)?;
@@ -374,4 +404,19 @@ impl<H: PeerHandler> PeerService<H> {
             }
         }
     }
+}
+
+/// Serves the peer protocol on one listener, answering with `handler`, until the task is
+/// aborted.
+pub async fn serve<H: PeerHandler>(handler: Arc<H>, listener: tokio::net::TcpListener) {
+    let service = Arc::new(PeerService { handler });
+    wire::serve(
+        crate::listen::incoming(listener),
+        MAX_PEER_MESSAGE,
+        move |method, payload| {
+            let service = service.clone();
+            async move { service.handle(method, payload).await }
+        },
+    )
+    .await;
 }

@@ -93,7 +93,7 @@ fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBounds<'a>> {
     Some((Bound::Included(key), Bound::Excluded(range_end)))
 }
 
-/// Whether `key` lies in the range `[start, range_end)` (same conventions as [`key_bounds`]).
+/// Whether `key` lies in the range `[start, range_end)` (same conventions as `key_bounds`).
 pub fn key_in_range(key: &[u8], start: &[u8], range_end: &[u8]) -> bool {
     match key_bounds(start, range_end) {
         None => false,

@@ -1,15 +1,19 @@
 //! The Raft log on disk: append-only, preallocated segment files of checksummed records, one
 //! `write` plus one `fdatasync` per append (the leader's own appends are synced by
-//! [`crate::durable`]'s flusher instead, in parallel with replication).
+//! [`crate::storage::durable`]'s flusher instead, in parallel with replication).
 //!
 //! Layout: `<data-dir>/raft-log/<first index, 20 digits>.seg`, each preallocated to
 //! [`SEGMENT_BYTES`] (so `fdatasync` has no file size to journal) and zeroed by real writes a
-//! little ahead of the appends ([`ZERO_AHEAD_BYTES`]): ext4 and XFS keep fallocated blocks
+//! little ahead of the appends (`ZERO_AHEAD_BYTES`): ext4 and XFS keep fallocated blocks
 //! "unwritten" until written, and the first `fdatasync` after writing into one commits the
 //! conversion to the journal, which doubled its cost (measured on ext4: 244-311 us per 4 KiB
 //! write + fdatasync into fallocated blocks, 127-197 us into zeroed ones). With the zeroing an
-//! append only changes data blocks. A record is `[payload length u32 LE][CRC-32 of payload u32 LE]
-//! [payload: bincode of the entry]`, zero-padded to 8 bytes; a zero header ends the data.
+//! append only changes data blocks. A segment starts with a header, `[magic "SHOALLOG"][format
+//! version u32 LE][4 zero bytes]`, checked once when the log opens (one version per file: a
+//! segment is written by one shoal, and the append path pays nothing for it). Records follow it:
+//! `[payload length u32 LE][CRC-32 of payload u32 LE][payload: bincode of the entry]`,
+//! zero-padded to 8 bytes; a zero header ends the data. A segment without the header (written
+//! before there was one) is format version 0 and refused.
 //!
 //! Recovery reads every segment. Entries must follow each other (index + 1), except right after
 //! the purge point, where a snapshot may have skipped ahead. In the newest segment, a record that
@@ -27,6 +31,12 @@ use crate::types::Entry;
 /// Bytes preallocated per segment; a new segment starts when an append would not fit.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const HEADER_BYTES: usize = 8;
+/// What a segment starts with, then its [`FORMAT_VERSION`].
+const MAGIC: &[u8; 8] = b"SHOALLOG";
+/// The segment format this shoal writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The segment header: magic, format version, 4 zero bytes (records stay 8-byte aligned).
+const SEGMENT_HEADER_BYTES: usize = 16;
 const ALIGN: usize = 8;
 /// How far ahead of the appends the newest segment's blocks are written with zeros: one
 /// journal commit per this many bytes of log instead of one per append.
@@ -90,6 +100,32 @@ fn preallocate(file: &File, from: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn segment_header(version: u32) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut header = [0; SEGMENT_HEADER_BYTES];
+    header[..MAGIC.len()].copy_from_slice(MAGIC);
+    header[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&version.to_le_bytes());
+    header
+}
+
+/// Refuses a segment of another format (version 0: no header, written before there was one).
+fn check_segment_header(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let found = match bytes.get(..SEGMENT_HEADER_BYTES) {
+        Some(header) if header.starts_with(MAGIC) => {
+            let version = &header[MAGIC.len()..MAGIC.len() + 4];
+            u32::from_le_bytes([version[0], version[1], version[2], version[3]])
+        }
+        _ => 0,
+    };
+    if found != FORMAT_VERSION {
+        return Err(StoreError::UnknownFormat {
+            path: path.display().to_string(),
+            found,
+            expected: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
 /// Entries encoded as consecutive records.
 struct Encoded {
     bytes: Vec<u8>,
@@ -143,10 +179,10 @@ fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
 }
 
-/// Reads a segment's records; `newest` allows a torn last record.
+/// Reads the records after a segment's header; `newest` allows a torn last record.
 fn scan(path: &Path, bytes: &[u8], newest: bool) -> Result<Scanned, StoreError> {
     let mut entries = Vec::new();
-    let mut offset = 0;
+    let mut offset = SEGMENT_HEADER_BYTES;
     while offset + HEADER_BYTES <= bytes.len() {
         let header = &bytes[offset..offset + HEADER_BYTES];
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -218,6 +254,13 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(firsts)
 }
 
+/// Writes this shoal's header at the start of a segment and syncs it.
+fn write_segment_header(file: &File) -> Result<(), StoreError> {
+    file.write_all_at(&segment_header(FORMAT_VERSION), 0)?;
+    file.sync_all()?;
+    Ok(())
+}
+
 fn open_segment(path: &Path) -> Result<File, StoreError> {
     Ok(OpenOptions::new().read(true).write(true).open(path)?)
 }
@@ -240,8 +283,14 @@ impl LogFile {
             let path = segment_path(dir, *first);
             let bytes = std::fs::read(&path)?;
             let newest = n + 1 == firsts.len();
-            let scanned = scan(&path, &bytes, newest)?;
             let file = open_segment(&path)?;
+            if newest && all_zero(&bytes) {
+                // Created, but the crash came before its header was on disk: it holds nothing.
+                write_segment_header(&file)?;
+            } else {
+                check_segment_header(&path, &bytes)?;
+            }
+            let scanned = scan(&path, &bytes, newest)?;
             if scanned.torn {
                 tracing::warn!(
                     "raft log {}: cutting off a torn write at offset {}",
@@ -344,7 +393,8 @@ impl LogFile {
             bytes: buf,
             offsets,
         } = encode_records(entries)?;
-        let full = self.end > 0 && self.end + buf.len() as u64 > SEGMENT_BYTES;
+        let holds_records = self.end > SEGMENT_HEADER_BYTES as u64;
+        let full = holds_records && self.end + buf.len() as u64 > SEGMENT_BYTES;
         if full || self.segments.is_empty() {
             self.start_segment(first)?;
         }
@@ -401,11 +451,11 @@ impl LogFile {
             .truncate(true)
             .open(&path)?;
         preallocate(&file, 0)?;
-        file.sync_all()?;
+        write_segment_header(&file)?;
         sync_dir(&self.dir)?;
         self.segments.insert(first, Segment { first, file });
-        self.end = 0;
-        self.zeroed = 0;
+        self.end = SEGMENT_HEADER_BYTES as u64;
+        self.zeroed = self.end;
         Ok(())
     }
 
@@ -680,5 +730,62 @@ mod tests {
         bytes[last + HEADER_BYTES] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
         assert!(LogFile::open(dir.path(), None).is_err());
+    }
+
+    #[test]
+    fn a_segment_of_another_format_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1)]).expect("append");
+        drop(log);
+        let path = only_segment(dir.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&segment_header(FORMAT_VERSION + 1));
+        std::fs::write(&path, &bytes).expect("write");
+        let error = LogFile::open(dir.path(), None).err().expect("must fail");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "data file {} has format version {}, this shoal reads {}",
+                path.display(),
+                FORMAT_VERSION + 1,
+                FORMAT_VERSION
+            )
+        );
+    }
+
+    #[test]
+    fn a_segment_without_a_header_is_version_0_and_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1), entry(2, 1)]).expect("append");
+        drop(log);
+        // A segment as shoal wrote it before segments had a header: records from offset 0.
+        let path = only_segment(dir.path());
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.drain(..SEGMENT_HEADER_BYTES);
+        std::fs::write(&path, &bytes).expect("write");
+        let error = LogFile::open(dir.path(), None).err().expect("must fail");
+        let message = error.to_string();
+        assert!(
+            message.contains("has format version 0, this shoal reads 1"),
+            "{message}"
+        );
+        assert!(message.contains(&path.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn a_new_segment_whose_header_never_reached_the_disk_is_taken_as_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1)]).expect("append");
+        drop(log);
+        let path = only_segment(dir.path());
+        std::fs::write(&path, vec![0; 4096]).expect("write");
+        let (mut log, loaded) = LogFile::open(dir.path(), None).expect("reopen");
+        assert!(loaded.is_empty());
+        log.append(&[entry(1, 2)]).expect("append");
+        let (_, loaded) = LogFile::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![1]);
     }
 }

@@ -1,0 +1,168 @@
+//! etcd's Maintenance service: status, hashes, alarms, defragment (nothing to do) and the
+//! snapshot stream.
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::EtcdError;
+use crate::member::Member;
+use crate::proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
+
+/// The version Status reports: the etcd API level served, marked as shoal's.
+pub const VERSION: &str = "3.4.0";
+
+pub struct MaintenanceService(pub Arc<Member>);
+
+impl MaintenanceService {
+    fn db_size(&self) -> i64 {
+        let path = self.0.config.data_dir.join("shoal-kv.redb");
+        std::fs::metadata(path)
+            .map(|m| m.len() as i64)
+            .unwrap_or_default()
+    }
+
+    fn header(&self) -> Option<pb::ResponseHeader> {
+        self.0.header(self.0.shared.read().mvcc.revision())
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        _request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        Ok(Response::new(pb::AlarmResponse {
+            header: self.header(),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let metrics = self.0.raft.metrics().borrow().clone();
+        let is_learner = self
+            .0
+            .members()
+            .iter()
+            .any(|(id, _, learner)| *id == self.0.id && *learner);
+        let db_size = self.db_size();
+        Ok(Response::new(pb::StatusResponse {
+            header: self.header(),
+            version: VERSION.to_string(),
+            db_size,
+            leader: metrics.current_leader.unwrap_or_default(),
+            raft_index: metrics.last_log_index.unwrap_or_default(),
+            raft_term: metrics.current_term,
+            raft_applied_index: metrics.last_applied.map(|l| l.index).unwrap_or_default(),
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner,
+            ..Default::default()
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // redb reuses freed pages itself; there is nothing to defragment.
+        Ok(Response::new(pb::DefragmentResponse {
+            header: self.header(),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let state = self.0.shared.read();
+        Ok(Response::new(pb::HashResponse {
+            header: self.0.header(state.mvcc.revision()),
+            hash: state.mvcc.hash_kv(state.mvcc.revision()),
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let state = self.0.shared.read();
+        let current = state.mvcc.revision();
+        let requested = request.into_inner().revision;
+        let rev = if requested <= 0 { current } else { requested };
+        if rev > current {
+            return Err(EtcdError::FutureRevision.into());
+        }
+        if rev < state.mvcc.compact_revision() {
+            return Err(EtcdError::Compacted.into());
+        }
+        Ok(Response::new(pb::HashKvResponse {
+            header: self.0.header(current),
+            hash: state.mvcc.hash_kv(rev),
+            compact_revision: state.mvcc.compact_revision().max(0),
+            hash_revision: rev,
+        }))
+    }
+
+    type SnapshotStream = ReceiverStream<Result<pb::SnapshotResponse, Status>>;
+
+    /// Streams the replicated state as of now (shoal's own format, restorable only by shoal).
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let (data, revision) = {
+            let state = self.0.shared.read();
+            let mut data =
+                bincode::serialize(&*state).map_err(|e| Status::internal(e.to_string()))?;
+            // Like etcd's, the stream is whole 512-byte pages followed by the SHA-256 of
+            // them (etcdctl checks both); the encoding tolerates the zero padding.
+            data.resize(data.len().div_ceil(512) * 512, 0);
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(&data);
+            data.extend_from_slice(&digest);
+            (data, state.mvcc.revision())
+        };
+        let header = self.0.header(revision);
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let chunks: Vec<&[u8]> = data.chunks(64 * 1024).collect();
+            let mut remaining = data.len() as u64;
+            for chunk in chunks {
+                remaining -= chunk.len() as u64;
+                let response = pb::SnapshotResponse {
+                    header,
+                    remaining_bytes: remaining,
+                    blob: chunk.to_vec(),
+                    version: VERSION.to_string(),
+                };
+                if tx.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn move_leader(
+        &self,
+        _request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: move-leader is not supported by shoal kv",
+        ))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(Status::unimplemented(
+            "downgrade is not part of the etcd 3.4 API",
+        ))
+    }
+}
