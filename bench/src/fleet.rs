@@ -14,6 +14,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    fmt::Write as _,
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
@@ -73,7 +74,7 @@ struct Outcome {
     write_txns_per_s: f64,
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<Option<String>> {
     let scale = Scale::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,7 +101,8 @@ pub fn run() -> anyhow::Result<()> {
     if outcomes.is_empty() {
         bail!("no store completed the scenario");
     }
-    report(&outcomes)
+    write_outputs(&outcomes)?;
+    Ok(Some(table(&outcomes)))
 }
 
 fn describe(scale: Scale) -> String {
@@ -554,12 +556,13 @@ async fn wait_moved(
     }
 }
 
-fn report(outcomes: &[Outcome]) -> anyhow::Result<()> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
+/// The results table, as printed and as recorded in RESULTS.md.
+fn table(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
     let reference = &outcomes[0];
-    println!();
-    println!(
+    out.push('\n');
+    let _ = writeln!(
+        out,
         "{:<10} {:>8} {:>7} {:>9} {:>9} {:>8} {:>11} {:>8} {:>10} {:>9} {:>8}",
         "store",
         "machines",
@@ -574,7 +577,8 @@ fn report(outcomes: &[Outcome]) -> anyhow::Result<()> {
         "txns/s"
     );
     for o in outcomes {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<10} {:>8} {:>7} {:>9.2} {:>9.2} {:>7.2}x {:>11.2} {:>7.2}x {:>10.2} {:>9.0} {:>8.0}",
             o.store,
             o.machines,
@@ -589,13 +593,15 @@ fn report(outcomes: &[Outcome]) -> anyhow::Result<()> {
             o.write_txns_per_s
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "* the {} units of {} dead agents running elsewhere, from the moment all their machine keys expired ({} s TTL); \
          writes/s and txns/s: key changes and store revisions seen by a watch from submit to all running",
         reference.orphaned_units, reference.dead_agents, reference.ttl_s
     );
     for o in &outcomes[1..] {
-        println!(
+        let _ = writeln!(
+            out,
             "{} / {}: launch {:.2}x, reschedule {:.2}x, writes/s {:.2}x",
             o.store,
             reference.store,
@@ -604,6 +610,12 @@ fn report(outcomes: &[Outcome]) -> anyhow::Result<()> {
             o.key_writes_per_s / reference.key_writes_per_s
         );
     }
+    out
+}
+
+fn write_outputs(outcomes: &[Outcome]) -> anyhow::Result<()> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
     let json_path = dir.join("fleet.json");
     let document = json!({
         "suite": "fleet",

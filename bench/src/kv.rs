@@ -6,6 +6,7 @@
 //! delivered to 1,000 watchers). Both clusters stay up while rounds alternate between them;
 //! each metric reports its median round. Results (medians and every round) go to
 //! `target/bench/kv.json`, a table on stdout and `target/bench/kv.png`.
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -365,7 +366,9 @@ fn ratios(shoal: &StoreResults, etcd: &StoreResults) -> Vec<(String, f64)> {
     ]
 }
 
-fn print_table(report: &Report) {
+/// The results table, as printed and as recorded in RESULTS.md.
+fn table(report: &Report) -> String {
+    let mut out = String::new();
     let rows = |s: &StoreResults| {
         vec![
             format!(
@@ -395,20 +398,26 @@ fn print_table(report: &Report) {
         "watch fan-out, 1,000 watchers",
     ];
     let ratio_for = [0, 2, 4, 5, 6];
-    println!(
+    let _ = writeln!(
+        out,
         "median of {} alternating rounds per store",
         report.shoal_rounds.len()
     );
-    println!("| metric | shoal kv (3 members) | etcd 3.4 (3 members) | shoal / etcd |");
-    println!("| --- | --- | --- | --- |");
+    let _ = writeln!(
+        out,
+        "| metric | shoal kv (3 members) | etcd 3.4 (3 members) | shoal / etcd |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- |");
     let (shoal, etcd) = (rows(&report.shoal), rows(&report.etcd));
     for (i, name) in names.iter().enumerate() {
-        println!(
+        let _ = writeln!(
+            out,
             "| {name} | {} | {} | {:.2}x |",
             shoal[i], etcd[i], report.ratios[ratio_for[i]].1
         );
     }
-    println!(
+    let _ = writeln!(
+        out,
         "p99 ratio (etcd / shoal, above 1 is better): 1 client {:.2}x, 128 clients {:.2}x",
         report.ratios[1].1, report.ratios[3].1
     );
@@ -421,8 +430,13 @@ fn print_table(report: &Report) {
                 format!("{role} p50 {:.2} ms", m.puts.p50_ms)
             })
             .collect();
-        println!("{store}: put 1 client by member: {}", per_member.join(", "));
+        let _ = writeln!(
+            out,
+            "{store}: put 1 client by member: {}",
+            per_member.join(", ")
+        );
     }
+    out
 }
 
 const CHART: &str = r#"
@@ -519,7 +533,8 @@ fn median_results(rounds: &[StoreResults]) -> StoreResults {
     }
 }
 
-pub fn run() -> anyhow::Result<()> {
+/// Runs the suite; its table, unless `SHOAL_BENCH_ONLY` measured one store alone.
+pub fn run() -> anyhow::Result<Option<String>> {
     let dir = tempfile::tempdir()?;
     let load = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -549,7 +564,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     drop((etcd_cluster, shoal_cluster));
     if only.is_some() {
-        return Ok(());
+        return Ok(None);
     }
     let (shoal, etcd) = (median_results(&shoal_rounds), median_results(&etcd_rounds));
     let report = Report {
@@ -560,6 +575,6 @@ pub fn run() -> anyhow::Result<()> {
         shoal_rounds,
         etcd_rounds,
     };
-    print_table(&report);
-    write_outputs(&report)
+    write_outputs(&report)?;
+    Ok(Some(table(&report)))
 }

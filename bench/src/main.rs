@@ -28,16 +28,42 @@ enum Suite {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.suite {
-        Suite::Fleet => fleet::run(),
-        Suite::Kv => kv::run(),
-        Suite::Leases => leases::run(),
+    let suite = Cli::parse().suite;
+    let run = results::Run::start(suite.name());
+    let table = match suite {
+        Suite::Fleet => fleet::run()?,
+        Suite::Kv => kv::run()?,
+        Suite::Leases => {
+            leases::run()?;
+            None
+        }
         Suite::Net => {
-            let run = results::Run::start("net");
             let table = net::run(net::rounds_from_env())?;
+            if net::is_subset() {
+                print!("{table}");
+                None
+            } else {
+                Some(table)
+            }
+        }
+    };
+    // A partial run (one store, some configurations) records nothing.
+    match table {
+        Some(table) => {
             print!("{table}");
             run.record(&table)
+        }
+        None => Ok(()),
+    }
+}
+
+impl Suite {
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Net => "net",
+            Suite::Kv => "kv",
+            Suite::Leases => "leases",
+            Suite::Fleet => "fleet",
         }
     }
 }

@@ -790,6 +790,11 @@ pub fn run(rounds: usize) -> anyhow::Result<String> {
     Ok(table(&report))
 }
 
+/// Whether `SHOAL_NET_BENCH_ONLY` picks some configurations rather than all.
+pub fn is_subset() -> bool {
+    layouts_from_env().len() < Layout::ALL.len()
+}
+
 /// The configurations named in `SHOAL_NET_BENCH_ONLY` (comma-separated, for profiling and quick
 /// comparisons), or all of them.
 fn layouts_from_env() -> Vec<Layout> {
