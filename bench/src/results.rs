@@ -34,15 +34,18 @@ impl Run {
 
     /// Adds the run's table (as the suite printed it) to the results page.
     pub fn record(&self, table: &str) -> Result<()> {
-        let page = page_path();
-        let text = std::fs::read_to_string(&page)
-            .with_context(|| format!("reading {}", page.display()))?;
+        self.record_in(&page_path(), table)
+    }
+
+    fn record_in(&self, page: &Path, table: &str) -> Result<()> {
+        let text =
+            std::fs::read_to_string(page).with_context(|| format!("reading {}", page.display()))?;
         let entry = self.entry(table);
         let updated = match text.split_once(MARKER) {
             Some((head, runs)) => format!("{head}{MARKER}\n\n{entry}{runs}"),
             None => format!("{text}\n{MARKER}\n\n{entry}"),
         };
-        std::fs::write(&page, updated).with_context(|| format!("writing {}", page.display()))?;
+        std::fs::write(page, updated).with_context(|| format!("writing {}", page.display()))?;
         println!("added the run to {}", page.display());
         Ok(())
     }
@@ -111,4 +114,38 @@ fn load() -> String {
         .ok()
         .and_then(|text| text.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_go_newest_first_under_the_marker_and_the_rest_stays() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let page = dir.path().join("RESULTS.md");
+        std::fs::write(
+            &page,
+            format!("# Results\n\n{MARKER}\n\n## Recorded by hand\n"),
+        )
+        .expect("write");
+        Run::start("net")
+            .record_in(&page, "first table\n")
+            .expect("record");
+        Run::start("kv")
+            .record_in(&page, "second table\n")
+            .expect("record");
+        let text = std::fs::read_to_string(&page).expect("read");
+        let (head, runs) = text.split_once(MARKER).expect("marker kept");
+        assert_eq!(head, "# Results\n\n");
+        let second = runs.find("### kv").expect("kv run");
+        let first = runs.find("### net").expect("net run");
+        let by_hand = runs
+            .find("## Recorded by hand")
+            .expect("hand-written part kept");
+        assert!(second < first && first < by_hand, "{runs}");
+        assert!(runs.contains("```text\nfirst table\n```"), "{runs}");
+        assert!(runs.contains("Load (1 min) "), "{runs}");
+        assert!(runs.contains(" · rev "), "{runs}");
+    }
 }
