@@ -191,7 +191,10 @@ impl Drop for NodeDataplane {
         if let Some(dataplane) = self.dataplane.take()
             && let Err(err) = self.worker.run(move || dataplane.detach())
         {
-            eprintln!("detaching the benchmark dataplane: {err}");
+            eprintln!(
+                "detaching the benchmark dataplane: {:#}",
+                anyhow::Error::from(err)
+            );
         }
     }
 }

@@ -19,10 +19,11 @@ use clap::Args;
 use ipnetwork::Ipv4Network;
 use nix::sched::{CloneFlags, setns, unshare};
 
+use shoal_netlink::{Netlink, OverlayRoute};
+
 use shoal_flannel::{
     DEFAULT_BRIDGE,
     ipam::{DEFAULT_IPAM_DIR, Ipam},
-    netlink::Netlink,
     subnet_env::SubnetEnv,
 };
 
@@ -143,7 +144,7 @@ fn configure_inside(
         netlink.set_mtu(link.index, mtu).await?;
         netlink.ensure_address(link.index, address).await?;
         netlink.set_up(link.index).await?;
-        let default = shoal_flannel::netlink::OverlayRoute {
+        let default = OverlayRoute {
             destination: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0)?,
             gateway,
             device: None,

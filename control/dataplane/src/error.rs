@@ -1,16 +1,19 @@
 //! The errors of the dataplane API.
-use std::{error::Error as _, io, path::PathBuf};
+use std::{io, path::PathBuf};
 
-/// Errors of the dataplane API; each names the interface or object involved.
+/// Errors of the dataplane API; each names the interface or object involved. A message does not
+/// repeat its source: callers print the whole chain (anyhow's `{:#}`, or a chain printer in log
+/// lines).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("loading the eBPF object for {interface}: {source}")]
+    #[error("loading the eBPF object for {interface}")]
     Load {
         interface: String,
         source: Box<aya::EbpfError>,
     },
-    /// Loading (verifying) or attaching a program; the message includes the verifier log.
-    #[error("program {program} on {interface}: {source}")]
+    /// Loading (verifying) or attaching a program; the source's message includes the verifier
+    /// log.
+    #[error("program {program} on {interface}")]
     Program {
         program: &'static str,
         interface: String,
@@ -22,7 +25,7 @@ pub enum Error {
         path: PathBuf,
         message: String,
     },
-    #[error("map {map} of {interface}: {source}")]
+    #[error("map {map} of {interface}")]
     Map {
         map: &'static str,
         interface: String,
@@ -30,16 +33,14 @@ pub enum Error {
     },
     #[error("interface {interface}: {message}")]
     Interface { interface: String, message: String },
-    /// A kernel networking request (links, routes, neighbours, filters). The message carries
-    /// the request's whole chain of causes, which is why the error is not exposed as a source:
-    /// users print this error with `{}`.
-    #[error("{context}: {}", chain(error))]
+    /// A kernel networking request (links, routes, neighbours, filters).
+    #[error("{context}")]
     Netlink {
         /// The interface, or what else the request was about.
         context: String,
-        error: Box<shoal_netlink::NetlinkError>,
+        source: Box<shoal_netlink::NetlinkError>,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io { context: String, source: io::Error },
     #[error("invalid MAC address {0:?}")]
     InvalidMac(String),
@@ -61,19 +62,8 @@ pub(crate) fn netlink_error(
     context: &str,
 ) -> impl FnOnce(shoal_netlink::NetlinkError) -> Error + use<> {
     let context = context.to_string();
-    move |error| Error::Netlink {
+    move |source| Error::Netlink {
         context,
-        error: Box::new(error),
+        source: Box::new(source),
     }
-}
-
-/// `error` and its causes, `: `-separated.
-fn chain(error: &shoal_netlink::NetlinkError) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        text.push_str(&format!(": {next}"));
-        cause = next.source();
-    }
-    text
 }

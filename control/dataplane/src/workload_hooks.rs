@@ -70,7 +70,12 @@ pub(crate) fn hook_workload_devices(pin_dir: &Path, devices: &[u32]) -> Result<(
         }
         match hook_workload_device(pin_dir, ifindex, &link_path) {
             Ok(device) => tracing::info!(%device, "workload device hooked"),
-            Err(err) => tracing::warn!(ifindex, "workload device keeps the kernel path: {err}"),
+            // As an error field, so the log line carries the error's causes too.
+            Err(err) => tracing::warn!(
+                ifindex,
+                error = &err as &dyn std::error::Error,
+                "workload device keeps the kernel path"
+            ),
         }
     }
     Ok(())
@@ -123,7 +128,11 @@ pub(crate) fn pin_workload_program(ebpf: &mut Ebpf, config: &Config, pin_dir: &P
             });
         if let Err(err) = replaced {
             // The device is gone (its link defunct): the next sync hooks it again if it returns.
-            tracing::debug!(pin = %path.display(), "dropping a workload link: {err}");
+            tracing::debug!(
+                pin = %path.display(),
+                error = &err as &dyn std::error::Error,
+                "dropping a workload link"
+            );
             remove_file_if_exists(&path)?;
         }
     }

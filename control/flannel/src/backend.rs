@@ -4,11 +4,9 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use ipnetwork::Ipv4Network;
 
-use super::{
-    config::BackendConfig,
-    lease::Lease,
-    netlink::{Netlink, NetlinkError},
-};
+use shoal_netlink::{Netlink, NetlinkError};
+
+use super::{config::BackendConfig, lease::Lease};
 
 mod ebpf;
 mod host_gw;

@@ -5,10 +5,9 @@ use std::net::Ipv4Addr;
 
 use regex::Regex;
 
-use super::{
-    backend::Underlay,
-    netlink::{LinkInfo, Netlink, NetlinkError},
-};
+use shoal_netlink::{LinkInfo, Netlink, NetlinkError};
+
+use super::backend::Underlay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {

@@ -4,9 +4,9 @@
 //! Code map: [`config`] parses `<prefix>/config`; [`registry`] is the store through the etcd v3
 //! API; [`lease`] is flannel's lease format and subnet choice; [`acquire`] takes and renews
 //! this node's lease; [`sync`] follows every lease (list + watch + resync) into a
-//! [`backend::Backend`] (`host-gw`, `vxlan`) that programs the kernel through [`netlink`];
-//! [`subnet_env`], [`ipmasq`] and [`healthz`] are the node-facing outputs; [`ipam`] hands out
-//! workload addresses for `shoal run`; [`cli`] is `shoal flannel`'s flags.
+//! [`backend::Backend`] (`host-gw`, `vxlan`) that programs the kernel through
+//! [`shoal_netlink`]; [`subnet_env`], [`ipmasq`] and [`healthz`] are the node-facing outputs;
+//! [`ipam`] hands out workload addresses for `shoal run`; [`cli`] is `shoal flannel`'s flags.
 pub mod acquire;
 pub mod backend;
 pub mod cli;
@@ -17,7 +17,6 @@ pub mod iface;
 pub mod ipam;
 pub mod ipmasq;
 pub mod lease;
-pub mod netlink;
 pub mod overlay;
 pub mod registry;
 pub mod subnet_env;

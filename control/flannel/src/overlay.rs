@@ -15,12 +15,12 @@ use super::{
     iface::IfaceSelection,
     ipmasq,
     lease::LeaseAttrs,
-    netlink::Netlink,
     registry::{Registry, StoreOptions},
     subnet_env::{self, SubnetEnv},
     sync::LeaseSync,
 };
 use crate::error_chain::ErrorChain;
+use shoal_netlink::Netlink;
 
 /// Default bpffs directory of the eBPF dataplane's pins.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shoal";

@@ -1,7 +1,8 @@
 //! The errors of kernel requests, classified by the errno the kernel answered.
 use rtnetlink::Error as RtnetlinkError;
 
-/// A failed kernel request. Messages name the request; the cause is the error's source.
+/// A failed kernel request. Messages name the request only: the kernel's answer (the errno) is
+/// the error's source, printed once with the rest of the chain; the variant classifies it.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("opening a netlink socket")]
@@ -9,14 +10,14 @@ pub enum NetlinkError {
     #[error("starting the runtime for a blocking netlink request")]
     Runtime(#[source] std::io::Error),
     /// The object of the request does not exist (`ENOENT`, `ESRCH`, `ENODEV`).
-    #[error("{action}: not found")]
+    #[error("{action}")]
     NotFound {
         action: String,
         #[source]
         source: RtnetlinkError,
     },
     /// The object the request creates exists already (`EEXIST`).
-    #[error("{action}: already exists")]
+    #[error("{action}")]
     Exists {
         action: String,
         #[source]

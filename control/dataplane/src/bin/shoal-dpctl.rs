@@ -116,7 +116,7 @@ fn hold(mut dataplane: Dataplane, every_secs: u64) -> anyhow::Result<()> {
             continue;
         }
         if let Err(err) = dataplane.sync_endpoints() {
-            tracing::warn!("syncing endpoints: {err}");
+            tracing::warn!("syncing endpoints: {:#}", anyhow::Error::from(err));
         }
         std::thread::sleep(std::time::Duration::from_secs(every_secs));
     }

@@ -6,12 +6,12 @@ use std::{collections::HashSet, path::PathBuf};
 
 use ipnetwork::Ipv4Network;
 use shoal_dataplane::{Backend as Encapsulation, Config, Dataplane, MacAddr, RouteTarget};
+use shoal_netlink::{Netlink, OverlayRoute};
 
 use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
 use crate::error_chain::ErrorChain;
 use crate::{
     lease::{Lease, VxlanBackendData, format_mac},
-    netlink::{Netlink, OverlayRoute},
     subnet_env::gateway_of,
 };
 

@@ -1,12 +1,10 @@
 //! `host-gw`: a plain route per peer subnet via the peer's public IP. Peers must share an L2
 //! segment; no encapsulation.
-use ipnetwork::Ipv4Network;
-
 use super::{Backend, BackendResult, prune_routes};
-use crate::{
-    lease::Lease,
-    netlink::{Netlink, OverlayRoute},
-};
+use ipnetwork::Ipv4Network;
+use shoal_netlink::{Netlink, OverlayRoute};
+
+use crate::lease::Lease;
 
 #[derive(Debug)]
 pub struct HostGw {

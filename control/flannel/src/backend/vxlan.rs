@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 
 use ipnetwork::Ipv4Network;
+use shoal_netlink::{Netlink, OverlayRoute, VxlanDevice};
 
 use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
 use crate::{
     config::VxlanConfig,
     lease::{Lease, VxlanBackendData, format_mac},
-    netlink::{Netlink, OverlayRoute, VxlanDevice},
 };
 
 #[derive(Debug)]
