@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// `SHOAL_LOG` for the shoal processes tests spawn: netlink-packet-route warns about every
+/// newer-kernel attribute it does not know.
+pub const QUIET_LOG: &str = "info,netlink_packet_route=error";
+
 /// `shoal-kv`, the store alone (package `shoal-kv`).
 pub fn shoal_kv() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
