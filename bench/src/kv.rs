@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 use serde::Serialize;
-use shoal_harness::{StoreCluster, StoreKind};
+use shoal_harness::{StoreCluster, StoreKind, free_ports};
 use shoal_kv::member::{Config, Member, RunningMember};
-
-use crate::ports::{MemberPorts, member_ports};
 
 const VALUE_BYTES: usize = 256;
 const SINGLE_CLIENT_PUTS: usize = 500;
@@ -118,24 +116,22 @@ impl Drop for ShoalCluster {
     }
 }
 
-fn start_shoal(dir: &Path, ports: &[MemberPorts]) -> anyhow::Result<ShoalCluster> {
-    let initial: Vec<(String, Vec<String>)> = ports
+/// Member `i` serves clients on `ports[2 * i]` and peers on `ports[2 * i + 1]`.
+fn start_shoal(dir: &Path, ports: &[u16]) -> anyhow::Result<ShoalCluster> {
+    let (clients, peers): (Vec<u16>, Vec<u16>) =
+        ports.chunks(2).map(|pair| (pair[0], pair[1])).unzip();
+    let initial: Vec<(String, Vec<String>)> = peers
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            (
-                format!("m{i}"),
-                vec![format!("http://127.0.0.1:{}", p.peer)],
-            )
-        })
+        .map(|(i, peer)| (format!("m{i}"), vec![format!("http://127.0.0.1:{peer}")]))
         .collect();
     let mut members = Vec::new();
-    for (i, p) in ports.iter().enumerate() {
+    for (i, (&client, &peer)) in clients.iter().zip(&peers).enumerate() {
         let mut config = Config::local(
             &format!("m{i}"),
             dir.join(format!("shoal-m{i}")),
-            p.client,
-            p.peer,
+            client,
+            peer,
         );
         config.initial_cluster = initial.clone();
         let runtime = shoal_kv::runtime::multi_thread(Some(2))
@@ -144,9 +140,9 @@ fn start_shoal(dir: &Path, ports: &[MemberPorts]) -> anyhow::Result<ShoalCluster
         let running = runtime.block_on(Member::start(config))?;
         members.push((runtime, Some(running)));
     }
-    let endpoints = ports
+    let endpoints = clients
         .iter()
-        .map(|p| format!("127.0.0.1:{}", p.client))
+        .map(|client| format!("127.0.0.1:{client}"))
         .collect();
     Ok(ShoalCluster { members, endpoints })
 }
@@ -547,7 +543,7 @@ pub fn run() -> anyhow::Result<Option<String>> {
     let wanted = |store: &str| only.as_deref().is_none_or(|o| o == store);
     // etcd answers (so holds its ports) before shoal picks its own.
     let etcd_cluster = wanted("etcd").then(|| StoreCluster::start(StoreKind::Etcd, 3));
-    let shoal_ports = member_ports(3)?;
+    let shoal_ports = free_ports(6);
     let shoal_cluster = wanted("shoal")
         .then(|| start_shoal(dir.path(), &shoal_ports))
         .transpose()?;

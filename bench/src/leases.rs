@@ -7,7 +7,7 @@ use std::{
     collections::HashSet,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -26,6 +26,7 @@ use shoal_flannel::{
     registry::Registry,
     sync::{LeaseSync, PeerSink},
 };
+use shoal_harness::{StoreCluster, StoreKind, binaries};
 
 /// Simulated nodes; `SHOAL_BENCH_LEASES_NODES` overrides it for quick runs.
 const DEFAULT_NODES: usize = 1000;
@@ -34,27 +35,19 @@ const NETWORK: &str = r#"{"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {
 /// The whole run must converge within this, or the suite fails.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-enum StoreKind {
-    #[serde(rename = "shoal-kv")]
-    ShoalKv,
-    #[serde(rename = "etcd-3.4")]
-    Etcd,
-}
-
-impl StoreKind {
-    fn label(self) -> &'static str {
-        match self {
-            StoreKind::ShoalKv => "shoal-kv",
-            StoreKind::Etcd => "etcd-3.4",
-        }
+/// How reports name a store.
+fn label(kind: StoreKind) -> &'static str {
+    match kind {
+        StoreKind::ShoalKv => "shoal-kv",
+        StoreKind::Etcd => "etcd-3.4",
     }
 }
 
 /// Results of one store.
 #[derive(Debug, Serialize)]
 struct Outcome {
-    store: StoreKind,
+    /// The store's [`label`].
+    store: &'static str,
     nodes: usize,
     /// From the start of all nodes until the last node held its lease.
     all_acquired_s: f64,
@@ -83,18 +76,20 @@ fn node_count() -> usize {
 pub fn run() -> Result<()> {
     raise_fd_limit();
     let nodes = node_count();
-    let shoal = shoal_binary()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let mut outcomes = Vec::new();
     for kind in [StoreKind::ShoalKv, StoreKind::Etcd] {
-        eprintln!("leases: {nodes} nodes against a 3-member {}", kind.label());
-        let cluster = StoreCluster::start(kind, &shoal)?;
+        eprintln!("leases: {nodes} nodes against a 3-member {}", label(kind));
+        let cluster = start_store(kind);
+        cluster
+            .ctl(&["put", &format!("{PREFIX}/config"), NETWORK])
+            .context("writing the network config")?;
         let outcome = runtime.block_on(run_nodes(kind, &cluster, nodes))?;
         eprintln!(
             "leases: {} converged in {:.2} s",
-            kind.label(),
+            label(kind),
             outcome.all_known_s
         );
         outcomes.push(outcome);
@@ -102,27 +97,20 @@ pub fn run() -> Result<()> {
     report(&outcomes)
 }
 
-/// The `shoal` binary next to this one (built on demand).
-fn shoal_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("bench binary has no directory")?;
-    let shoal = dir.join("shoal");
-    if !shoal.exists() {
-        let profile = if dir.ends_with("release") {
-            vec!["--release"]
-        } else {
-            vec![]
-        };
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "shoal-control", "--bin", "shoal"])
-            .args(profile)
-            .status()
-            .context("building shoal")?;
-        if !status.success() || !shoal.exists() {
-            bail!("could not build {}", shoal.display());
-        }
+/// Three members on loopback; shoal kv runs as `shoal kv`, the way nodes run it.
+fn start_store(kind: StoreKind) -> StoreCluster {
+    let builder = StoreCluster::builder(kind, 3);
+    match kind {
+        StoreKind::Etcd => builder.start(),
+        StoreKind::ShoalKv => builder.program(binaries::shoal(), ["kv"]).start(),
     }
-    Ok(shoal)
+}
+
+/// The members' process ids, for their CPU time and memory.
+fn member_pids(cluster: &StoreCluster) -> Vec<u32> {
+    (0..cluster.specs.len())
+        .filter_map(|i| cluster.process(i).map(|member| member.child.id()))
+        .collect()
 }
 
 /// Lets 1,000 clients and their store connections fit in the descriptor limit.
@@ -136,86 +124,6 @@ fn raise_fd_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-/// Three members on loopback, killed and removed on drop.
-struct StoreCluster {
-    endpoints: Vec<String>,
-    members: Vec<Child>,
-    _data: tempfile::TempDir,
-}
-
-impl StoreCluster {
-    fn start(kind: StoreKind, shoal: &Path) -> Result<Self> {
-        let data = tempfile::tempdir()?;
-        let ports = crate::ports::member_ports(3)?;
-        let initial: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, ports)| format!("m{i}=http://127.0.0.1:{}", ports.peer))
-            .collect();
-        let mut cluster = Self {
-            endpoints: Vec::new(),
-            members: Vec::new(),
-            _data: data,
-        };
-        for (i, ports) in ports.iter().enumerate() {
-            let client_url = format!("http://127.0.0.1:{}", ports.client);
-            let peer_url = format!("http://127.0.0.1:{}", ports.peer);
-            let mut cmd = match kind {
-                StoreKind::Etcd => Command::new("/usr/bin/etcd"),
-                StoreKind::ShoalKv => {
-                    let mut cmd = Command::new(shoal);
-                    cmd.arg("kv");
-                    cmd
-                }
-            };
-            let log = std::fs::File::create(cluster._data.path().join(format!("m{i}.log")))?;
-            cmd.args(["--name", &format!("m{i}"), "--data-dir"])
-                .arg(cluster._data.path().join(format!("m{i}")))
-                .args([
-                    "--listen-client-urls",
-                    &client_url,
-                    "--advertise-client-urls",
-                    &client_url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                ])
-                .args([
-                    "--initial-cluster",
-                    &initial.join(","),
-                    "--initial-cluster-state",
-                    "new",
-                ])
-                .env("SHOAL_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log);
-            cluster.members.push(
-                cmd.spawn()
-                    .with_context(|| format!("starting {kind:?} member {i}"))?,
-            );
-            cluster.endpoints.push(client_url);
-        }
-        Ok(cluster)
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        self.members.iter().map(Child::id).collect()
-    }
-}
-
-impl Drop for StoreCluster {
-    fn drop(&mut self) {
-        for member in &mut self.members {
-            let _ = member.kill();
-            let _ = member.wait();
         }
     }
 }
@@ -268,36 +176,15 @@ async fn connect(endpoint: &str) -> Result<Registry> {
     Ok(Registry::from_client(client, PREFIX))
 }
 
-/// Waits until the store accepts a write, then writes the network config.
-async fn prepare_store(cluster: &StoreCluster) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        let attempt = async {
-            let mut client = etcd_client::Client::connect(&cluster.endpoints, None).await?;
-            client
-                .put(format!("{PREFIX}/config"), NETWORK, None)
-                .await?;
-            Ok::<_, etcd_client::Error>(())
-        };
-        match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-            Ok(Ok(())) => return Ok(()),
-            _ if start.elapsed() > Duration::from_secs(30) => {
-                bail!("the store did not come up in 30 s")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Result<Outcome> {
-    prepare_store(cluster).await?;
     let config = NetworkConfig::parse(NETWORK)?;
+    let endpoints = cluster.endpoints();
     // Connect every node first, so the measurement covers leases and watches only.
     let mut registries = Vec::with_capacity(nodes);
     for node in 0..nodes {
-        registries.push(connect(&cluster.endpoints[node % cluster.endpoints.len()]).await?);
+        registries.push(connect(&endpoints[node % endpoints.len()]).await?);
     }
-    let cpu_before = cpu_seconds(&cluster.pids());
+    let cpu_before = cpu_seconds(&member_pids(cluster));
     let converged = Arc::new(Mutex::new(Vec::with_capacity(nodes)));
     let acquired = Arc::new(Mutex::new(Vec::with_capacity(nodes)));
     let done = Arc::new(AtomicUsize::new(0));
@@ -320,7 +207,7 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
         if start.elapsed() > DEADLINE {
             bail!(
                 "{}: only {} of {nodes} nodes knew every lease after {DEADLINE:?}",
-                kind.label(),
+                label(kind),
                 done.load(Ordering::SeqCst)
             );
         }
@@ -335,11 +222,11 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let all_known_s = start.elapsed().as_secs_f64();
-    let store_cpu_s = cpu_seconds(&cluster.pids()) - cpu_before;
+    let store_cpu_s = cpu_seconds(&member_pids(cluster)) - cpu_before;
     for task in &tasks {
         task.abort();
     }
-    let leases_stored = connect(&cluster.endpoints[0]).await?.list().await?.0.len();
+    let leases_stored = connect(&endpoints[0]).await?.list().await?.0.len();
     let mut converged = converged
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -351,7 +238,7 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
         .clone();
     acquired.sort_by(f64::total_cmp);
     Ok(Outcome {
-        store: kind,
+        store: label(kind),
         nodes,
         // Every node starts acquiring right at the start, so its latency is its finish time.
         all_acquired_s: acquired.last().copied().unwrap_or_default(),
@@ -360,7 +247,7 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
         acquire_p50_ms: percentile(&acquired, 0.50) * 1000.0,
         acquire_p99_ms: percentile(&acquired, 0.99) * 1000.0,
         store_cpu_s,
-        store_peak_rss_mb: peak_rss_mb(&cluster.pids()),
+        store_peak_rss_mb: peak_rss_mb(&member_pids(cluster)),
         leases_stored,
     })
 }
@@ -473,7 +360,7 @@ fn report(outcomes: &[Outcome]) -> Result<()> {
     for o in outcomes {
         println!(
             "{:<10} {:>6} {:>14.2} {:>14.2} {:>12.2} {:>12.1} {:>12.1} {:>12.1} {:>12.0} {:>8}",
-            o.store.label(),
+            o.store,
             o.nodes,
             o.all_acquired_s,
             o.all_known_s,

@@ -7,7 +7,6 @@ mod fleet;
 mod kv;
 mod leases;
 mod net;
-mod ports;
 mod results;
 
 #[derive(Parser)]

@@ -2,8 +2,6 @@
 //! per node known on every node, every machine registered with fleet; containers started with
 //! `shoal run` talk across nodes over the eBPF overlay, and keep talking after an agent stops
 //! gracefully; with one master down the store keeps serving.
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     path::Path,
@@ -11,8 +9,11 @@ use std::{
     time::Duration,
 };
 
-use common::{SHOAL, wait_for};
-use shoal_harness::{AgentOptions, Agents, Cluster, Node};
+use shoal_harness::{
+    AgentOptions, Agents, Cluster, Node,
+    binaries::{self, QUIET_LOG},
+    wait_for,
+};
 
 fn etcdctl(node: &Node, args: &[&str]) -> Option<String> {
     let out = node
@@ -36,7 +37,7 @@ fn etcdctl(node: &Node, args: &[&str]) -> Option<String> {
 fn fleetctl(node: &Node, args: &[&str]) -> String {
     let out = node
         .ns()
-        .command(SHOAL)
+        .command(binaries::shoal())
         .arg("fleetctl")
         .args(args)
         .output()
@@ -57,7 +58,7 @@ fn three_masters_converge_and_survive_one_down() {
         .build()
         .expect("cluster");
     let temp = tempfile::tempdir().expect("tempdir");
-    let mut options = AgentOptions::new(SHOAL, temp.path());
+    let mut options = AgentOptions::new(binaries::shoal(), temp.path());
     options.agent_ttl = Duration::from_secs(5);
     let mut agents = Agents::start(&cluster, options).expect("start agents");
 
@@ -187,7 +188,7 @@ fn shoal_run(
     name: Option<&str>,
     command: &[&str],
 ) -> std::process::Command {
-    let mut cmd = node.ns().command(SHOAL);
+    let mut cmd = node.ns().command(binaries::shoal());
     cmd.arg("run")
         .arg("--subnet-file")
         .arg(node_dir.join("subnet.env"))
@@ -196,9 +197,7 @@ fn shoal_run(
     if let Some(name) = name {
         cmd.args(["--name", name]);
     }
-    cmd.arg("--")
-        .args(command)
-        .env("SHOAL_LOG", common::QUIET_LOG);
+    cmd.arg("--").args(command).env("SHOAL_LOG", QUIET_LOG);
     cmd
 }
 

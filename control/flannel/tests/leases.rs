@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Etcd, PREFIX, StoreKind};
+use common::{FlannelKeys, PREFIX};
 use ipnetwork::Ipv4Network;
 use shoal_flannel::{
     acquire::{self, AcquireError, LEASE_TTL},
@@ -20,6 +20,7 @@ use shoal_flannel::{
     registry::{Registry, StoreOptions},
     sync::{LeaseSync, PeerSink},
 };
+use shoal_harness::{StoreCluster, StoreKind};
 
 fn attrs(public_ip: Ipv4Addr) -> LeaseAttrs {
     LeaseAttrs {
@@ -30,9 +31,9 @@ fn attrs(public_ip: Ipv4Addr) -> LeaseAttrs {
     }
 }
 
-async fn registry(etcd: &Etcd) -> Registry {
+async fn registry(etcd: &StoreCluster) -> Registry {
     Registry::connect(&StoreOptions {
-        endpoints: vec![etcd.endpoint.clone()],
+        endpoints: vec![etcd.endpoint()],
         prefix: PREFIX.into(),
         ..StoreOptions::default()
     })
@@ -41,7 +42,7 @@ async fn registry(etcd: &Etcd) -> Registry {
 }
 
 async fn leases_are_written_as_flannel_writes_them(kind: StoreKind) {
-    let etcd = Etcd::on_loopback(kind);
+    let etcd = common::store(kind).start();
     let mut registry = registry(&etcd).await;
     let config =
         NetworkConfig::parse(r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#)
@@ -85,7 +86,7 @@ async fn leases_are_written_as_flannel_writes_them(kind: StoreKind) {
 }
 
 async fn restarts_keep_the_subnet_and_reservations_are_never_taken(kind: StoreKind) {
-    let etcd = Etcd::on_loopback(kind);
+    let etcd = common::store(kind).start();
     let mut registry = registry(&etcd).await;
     // Four subnets: 10.5.0.4/30 .. 10.5.0.12/30 minus the first; .8 is reserved (no lease).
     let config =
@@ -166,7 +167,7 @@ async fn restarts_keep_the_subnet_and_reservations_are_never_taken(kind: StoreKi
 }
 
 async fn concurrent_nodes_never_share_a_subnet(kind: StoreKind) {
-    let etcd = Etcd::on_loopback(kind);
+    let etcd = common::store(kind).start();
     let config =
         NetworkConfig::parse(r#"{"Network": "10.5.0.0/24", "SubnetLen": 28}"#).expect("valid");
     let mut tasks = Vec::new();
@@ -239,7 +240,7 @@ impl PeerSink for Table {
 }
 
 async fn the_watch_loses_no_update_between_list_and_watch(kind: StoreKind) {
-    let etcd = Etcd::on_loopback(kind);
+    let etcd = common::store(kind).start();
     let config = NetworkConfig::parse(r#"{"Network": "10.5.0.0/16"}"#).expect("valid");
     let mut writer = registry(&etcd).await;
     let own = acquire::acquire(

@@ -9,8 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{BpfPins, Container, Etcd, Flannel, PREFIX, StoreKind, route_to, run_once, wait_for};
-use shoal_harness::{Cluster, Node};
+use common::{BpfPins, Container, Flannel, FlannelKeys, PREFIX, route_to, run_once};
+use shoal_harness::{
+    Cluster, Node, Process, StoreCluster, StoreKind,
+    binaries::{self, QUIET_LOG},
+    wait_for,
+};
 
 const HOST_GW: &str = r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#;
 const VXLAN: &str = r#"{"Network": "10.6.0.0/16", "Backend": {"Type": "vxlan"}}"#;
@@ -18,7 +22,7 @@ const VXLAN: &str = r#"{"Network": "10.6.0.0/16", "Backend": {"Type": "vxlan"}}"
 struct Setup {
     // Drop order: processes (inside the cluster) go with the cluster, then the pins.
     cluster: Cluster,
-    etcd: Etcd,
+    etcd: StoreCluster,
     dir: tempfile::TempDir,
     pins: BpfPins,
 }
@@ -31,7 +35,9 @@ impl Setup {
             .container_supernet(None)
             .build()
             .expect("cluster");
-        let etcd = Etcd::in_namespace(kind, cluster.node(0).ns(), cluster.node(0).underlay_ip());
+        let etcd = common::store(kind)
+            .in_namespace(cluster.node(0).ns(), cluster.node(0).underlay_ip())
+            .start();
         if !config.is_empty() {
             etcd.put(&format!("{PREFIX}/config"), config);
         }
@@ -49,7 +55,7 @@ impl Setup {
         args.extend_from_slice(extra);
         Flannel::start(
             self.cluster.node(index),
-            &self.etcd.endpoint,
+            &self.etcd.endpoint(),
             self.dir.path(),
             &args,
         )
@@ -255,7 +261,7 @@ fn restart_keeps_subnet_and_open_tcp_connection(kind: StoreKind) {
     subnet_of(&second);
     let server = setup.container(0, &first, &["python3", "-c", ECHO_SERVER]);
     let client_log = setup.dir.path().join("client.log");
-    let mut client_cmd = setup.cluster.node(1).ns().command(common::shoal());
+    let mut client_cmd = setup.cluster.node(1).ns().command(binaries::shoal());
     client_cmd
         .args(["run", "--subnet-file"])
         .arg(&second.subnet_file)
@@ -263,7 +269,7 @@ fn restart_keeps_subnet_and_open_tcp_connection(kind: StoreKind) {
         .arg(setup.ipam())
         .args(["--", "python3", "-c", ECHO_CLIENT, &server.ip.to_string()])
         .stdout(std::fs::File::create(&client_log).expect("client log"));
-    let mut client = common::Process::spawn("tcp client", &mut client_cmd);
+    let mut client = Process::spawn("tcp client", &mut client_cmd);
     wait_for("the TCP connection", Duration::from_secs(20), || {
         let log = std::fs::read_to_string(&client_log).ok()?;
         log.contains("connected").then_some(())
@@ -654,8 +660,8 @@ fn shoal_run_names_namespaces_and_never_shares_addresses() {
         .cluster
         .node(0)
         .ns()
-        .command(common::shoal())
-        .env("SHOAL_LOG", common::QUIET_LOG)
+        .command(binaries::shoal())
+        .env("SHOAL_LOG", QUIET_LOG)
         .args(["run", "--name", "named-ct", "--subnet-file"])
         .arg(&flannel.subnet_file)
         .arg("--ipam-dir")

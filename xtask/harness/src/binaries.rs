@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// `SHOAL_LOG` for the shoal processes tests spawn: netlink-packet-route warns about every
+/// newer-kernel attribute it does not know.
+pub const QUIET_LOG: &str = "info,netlink_packet_route=error";
+
 /// `shoal-kv`, the store alone (package `shoal-kv`).
 pub fn shoal_kv() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -53,6 +57,14 @@ fn build(cargo: &str, profile_dir: &Path, package: &str, name: &str) {
     cmd.args(["build", "--quiet", "-p", package, "--bin", name])
         .arg("--manifest-path")
         .arg(workspace_manifest());
+    // Cargo gives a running test its package's variables; build scripts that watch one (ring
+    // watches CARGO_MANIFEST_DIR) would rerun, and everything above them be rebuilt, twice:
+    // here, then again by the next plain `cargo build`.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(is_package_variable) {
+            cmd.env_remove(key);
+        }
+    }
     if let (Some(profile), Some(target_dir)) = (profile_dir.file_name(), profile_dir.parent()) {
         let profile = match profile.to_str() {
             Some("debug") => "dev",
@@ -71,6 +83,22 @@ fn build(cargo: &str, profile_dir: &Path, package: &str, name: &str) {
         // No cargo here (e.g. a copied test binary): the binary must already be there.
         Err(err) => eprintln!("not building {name} ({cargo}: {err})"),
     }
+}
+
+/// Whether `key` is one of the variables cargo sets for one package's crate (and so for its
+/// tests), rather than for every build.
+fn is_package_variable(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 /// The workspace's Cargo.toml (this crate lives in `xtask/harness`).
