@@ -15,12 +15,10 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt::Write as _,
-    path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use serde_json::json;
 use shoal_harness::{StoreCluster, StoreKind};
@@ -614,63 +612,36 @@ fn table(outcomes: &[Outcome]) -> String {
 }
 
 fn write_outputs(outcomes: &[Outcome]) -> anyhow::Result<()> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let json_path = dir.join("fleet.json");
     let document = json!({
         "suite": "fleet",
         "targets": {"launch_s": LAUNCH_TARGET.as_secs_f64(), "reschedule_after_expiry_s": RESCHEDULE_TARGET.as_secs_f64()},
         "fleet_documented_limits": {"machines": 100, "units": 1000},
         "results": outcomes,
     });
-    std::fs::write(&json_path, serde_json::to_string_pretty(&document)?)?;
-    println!("wrote {}", json_path.display());
-    chart(&dir, outcomes)
+    crate::results::write_outputs("fleet", &document, CHART)
 }
 
-fn chart(dir: &std::path::Path, outcomes: &[Outcome]) -> anyhow::Result<()> {
-    let stores: Vec<&str> = outcomes.iter().map(|o| o.store.as_str()).collect();
-    let launch: Vec<f64> = outcomes.iter().map(|o| o.launch_s).collect();
-    let resched: Vec<f64> = outcomes
-        .iter()
-        .map(|o| o.reschedule_after_expiry_s)
-        .collect();
-    let script = format!(
-        r##"
+/// Launch and rescheduling time per store, against the targets.
+const CHART: &str = r##"
+import json, sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-stores = {stores:?}
-launch = {launch:?}
-resched = {resched:?}
+data = json.load(open(sys.argv[1]))
+results = data["results"]
+first = results[0]
+stores = [r["store"] for r in results]
 fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-axes[0].bar(stores, launch, color="#4c72b0")
-axes[0].axhline(30, color="red", linestyle="--", label="target 30 s")
-axes[0].set_title("{units} units on {machines} agents: submit -> all running")
+axes[0].bar(stores, [r["launch_s"] for r in results], color="#4c72b0")
+axes[0].axhline(data["targets"]["launch_s"], color="red", linestyle="--", label="target")
+axes[0].set_title("%d units on %d agents: submit -> all running" % (first["units"], first["machines"]))
 axes[0].set_ylabel("seconds")
 axes[0].legend()
-axes[1].bar(stores, resched, color="#dd8452")
-axes[1].axhline(10, color="red", linestyle="--", label="target 10 s")
-axes[1].set_title("{orphans} units of {dead} dead agents: after TTL expiry")
+axes[1].bar(stores, [r["reschedule_after_expiry_s"] for r in results], color="#dd8452")
+axes[1].axhline(data["targets"]["reschedule_after_expiry_s"], color="red", linestyle="--", label="target")
+axes[1].set_title("%d units of %d dead agents: after TTL expiry" % (first["orphaned_units"], first["dead_agents"]))
 axes[1].set_ylabel("seconds")
 axes[1].legend()
 fig.tight_layout()
-fig.savefig("{path}")
-"##,
-        units = outcomes[0].units,
-        machines = outcomes[0].machines,
-        orphans = outcomes[0].orphaned_units,
-        dead = outcomes[0].dead_agents,
-        path = dir.join("fleet.png").display(),
-    );
-    let status = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .status()
-        .context("running /usr/bin/python3 (python3-matplotlib) for the chart")?;
-    if !status.success() {
-        bail!("python3/matplotlib failed to draw the chart");
-    }
-    println!("wrote {}", dir.join("fleet.png").display());
-    Ok(())
-}
+fig.savefig(sys.argv[2])
+"##;

@@ -7,8 +7,7 @@
 //! each metric reports its median round. Results (medians and every round) go to
 //! `target/bench/kv.json`, a table on stdout and `target/bench/kv.png`.
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -460,23 +459,7 @@ fig.savefig(sys.argv[2])
 "#;
 
 fn write_outputs(report: &Report) -> anyhow::Result<()> {
-    let dir = PathBuf::from("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let json = dir.join("kv.json");
-    std::fs::write(&json, serde_json::to_string_pretty(report)?)?;
-    let png = dir.join("kv.png");
-    let status = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(CHART)
-        .arg(&json)
-        .arg(&png)
-        .status()
-        .context("running python3 for the chart")?;
-    if !status.success() {
-        bail!("drawing {} failed", png.display());
-    }
-    println!("wrote {} and {}", json.display(), png.display());
-    Ok(())
+    crate::results::write_outputs("kv", report, CHART)
 }
 
 fn machine() -> String {

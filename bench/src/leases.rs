@@ -5,9 +5,8 @@
 //! the store's load (CPU seconds and peak memory of its members).
 use std::{
     collections::HashSet,
+    fmt::Write as _,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -73,7 +72,7 @@ fn node_count() -> usize {
         .unwrap_or(DEFAULT_NODES)
 }
 
-pub fn run() -> Result<()> {
+pub fn run() -> Result<String> {
     raise_fd_limit();
     let nodes = node_count();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -94,7 +93,8 @@ pub fn run() -> Result<()> {
         );
         outcomes.push(outcome);
     }
-    report(&outcomes)
+    write_outputs(&outcomes)?;
+    Ok(table(&outcomes))
 }
 
 /// Three members on loopback; shoal kv runs as `shoal kv`, the way nodes run it.
@@ -337,14 +337,11 @@ fn peak_rss_mb(pids: &[u32]) -> f64 {
         / 1024.0
 }
 
-fn output_dir() -> PathBuf {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    target.join("bench")
-}
-
-fn report(outcomes: &[Outcome]) -> Result<()> {
-    println!(
+/// The results table, as printed and as recorded in RESULTS.md.
+fn table(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<10} {:>6} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>8}",
         "store",
         "nodes",
@@ -358,7 +355,8 @@ fn report(outcomes: &[Outcome]) -> Result<()> {
         "leases"
     );
     for o in outcomes {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<10} {:>6} {:>14.2} {:>14.2} {:>12.2} {:>12.1} {:>12.1} {:>12.1} {:>12.0} {:>8}",
             o.store,
             o.nodes,
@@ -372,37 +370,35 @@ fn report(outcomes: &[Outcome]) -> Result<()> {
             o.leases_stored
         );
     }
-    let ratio = match outcomes {
-        [shoal, etcd] if shoal.all_known_s > 0.0 => Some(etcd.all_known_s / shoal.all_known_s),
-        _ => None,
-    };
-    if let Some(ratio) = ratio {
-        println!(
+    if let Some(ratio) = speedup(outcomes) {
+        let _ = writeln!(
+            out,
             "shoal kv converges {ratio:.2}x as fast as etcd 3.4 (target: every store under 10 s)"
         );
     }
-    let dir = output_dir();
-    std::fs::create_dir_all(&dir)?;
-    let json_path = dir.join("leases.json");
+    out
+}
+
+/// How many times as fast as etcd shoal kv had every node know every lease.
+fn speedup(outcomes: &[Outcome]) -> Option<f64> {
+    match outcomes {
+        [shoal, etcd] if shoal.all_known_s > 0.0 => Some(etcd.all_known_s / shoal.all_known_s),
+        _ => None,
+    }
+}
+
+fn write_outputs(outcomes: &[Outcome]) -> Result<()> {
     let json = serde_json::json!({
         "suite": "leases",
         "target_s": 10.0,
-        "speedup_vs_etcd": ratio,
+        "speedup_vs_etcd": speedup(outcomes),
         "results": outcomes,
     });
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
-    println!("wrote {}", json_path.display());
-    let png = dir.join("leases.png");
-    match plot(&json_path, &png) {
-        Ok(()) => println!("wrote {}", png.display()),
-        Err(err) => eprintln!("no chart: {err:#}"),
-    }
-    Ok(())
+    crate::results::write_outputs("leases", &json, CHART)
 }
 
-/// A CDF of per-node convergence times, one line per store (python3-matplotlib).
-fn plot(json: &Path, png: &Path) -> Result<()> {
-    let script = r#"
+/// A CDF of per-node convergence times, one line per store.
+const CHART: &str = r#"
 import json, sys
 import matplotlib
 matplotlib.use("Agg")
@@ -421,19 +417,3 @@ ax.legend()
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=120)
 "#;
-    // Debian's interpreter carries python3-matplotlib; a python3 earlier in PATH may not.
-    let python = ["/usr/bin/python3", "python3"]
-        .into_iter()
-        .find(|candidate| !candidate.starts_with('/') || Path::new(candidate).exists())
-        .unwrap_or("python3");
-    let status = Command::new(python)
-        .args(["-c", script])
-        .arg(json)
-        .arg(png)
-        .status()
-        .context("running python3")?;
-    if !status.success() {
-        bail!("matplotlib failed");
-    }
-    Ok(())
-}

@@ -32,10 +32,7 @@ fn main() -> anyhow::Result<()> {
     let table = match suite {
         Suite::Fleet => fleet::run()?,
         Suite::Kv => kv::run()?,
-        Suite::Leases => {
-            leases::run()?;
-            None
-        }
+        Suite::Leases => Some(leases::run()?),
         Suite::Net => {
             let table = net::run(net::rounds_from_env())?;
             if net::is_subset() {

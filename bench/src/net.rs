@@ -26,8 +26,7 @@ use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::AsRawFd,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -726,29 +725,7 @@ fig.savefig(sys.argv[2], dpi=110)
 "##;
 
 fn write_outputs(report: &Report) -> anyhow::Result<()> {
-    let dir = PathBuf::from("target/bench");
-    fs::create_dir_all(&dir).context("creating target/bench")?;
-    let json_path = dir.join("net.json");
-    fs::write(&json_path, serde_json::to_string_pretty(report)?)
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    let png_path = dir.join("net.png");
-    // Debian's python3 has python3-matplotlib; a python3 earlier in PATH (pyenv) may not.
-    let python = if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let status = Command::new(python)
-        .args(["-c", CHART])
-        .arg(&json_path)
-        .arg(&png_path)
-        .status()
-        .context("running python3 for the chart")?;
-    if !status.success() {
-        bail!("python3 failed to draw {}", png_path.display());
-    }
-    println!("wrote {} and {}", json_path.display(), png_path.display());
-    Ok(())
+    crate::results::write_outputs("net", report, CHART)
 }
 
 fn machine() -> String {

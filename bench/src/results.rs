@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 /// The line of RESULTS.md that new runs go right after.
 const MARKER: &str = "<!-- runs: the benches insert each run below this line, newest first -->";
@@ -63,6 +64,37 @@ impl Run {
             table.trim_matches('\n'),
         )
     }
+}
+
+/// Writes `<suite>.json` and draws `<suite>.png` from it with `chart`, a matplotlib script that
+/// takes the JSON and PNG paths as its arguments.
+pub fn write_outputs(suite: &str, report: &impl Serialize, chart: &str) -> Result<()> {
+    let dir = output_dir()?;
+    let json = dir.join(format!("{suite}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let png = dir.join(format!("{suite}.png"));
+    // Debian's python3 carries python3-matplotlib; a python3 earlier in PATH (pyenv) may not.
+    let status = Command::new("/usr/bin/python3")
+        .args(["-c", chart])
+        .arg(&json)
+        .arg(&png)
+        .status()
+        .context("running /usr/bin/python3 (python3-matplotlib) for the chart")?;
+    anyhow::ensure!(status.success(), "python3 failed to draw {}", png.display());
+    println!("wrote {} and {}", json.display(), png.display());
+    Ok(())
+}
+
+/// Where a suite writes its JSON and chart: `<target dir>/bench`, created if missing.
+fn output_dir() -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn page_path() -> PathBuf {

@@ -151,11 +151,19 @@ impl StoreClusterBuilder {
             }
             match cluster.wait_started() {
                 Ok(()) => return cluster,
-                Err(log) => eprintln!("attempt {attempt}: a port was taken, starting again\n{log}"),
+                Err(PortTaken { log }) => {
+                    eprintln!("attempt {attempt}: a port was taken, starting again\n{log}")
+                }
             }
         }
         panic!("a store member found its port taken in {START_ATTEMPTS} attempts");
     }
+}
+
+/// A member exited because its port was taken: the cluster starts again on other ports.
+struct PortTaken {
+    /// The member's log, which says so.
+    log: String,
 }
 
 /// N members of one store kind, killed when dropped.
@@ -391,7 +399,7 @@ impl StoreCluster {
     /// Waits until every member answers. `Err` with the member's log when one exited because
     /// its port was taken (a free port can be taken by another process before the member binds
     /// it); any other exit, or no readiness within 30 s, panics with every member's log.
-    fn wait_started(&mut self) -> std::result::Result<(), String> {
+    fn wait_started(&mut self) -> std::result::Result<(), PortTaken> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             for i in 0..self.members.len() {
@@ -400,7 +408,7 @@ impl StoreCluster {
                     let log = self.log(i);
                     if log.to_lowercase().contains("address already in use") {
                         self.members.iter_mut().for_each(|member| *member = None);
-                        return Err(log);
+                        return Err(PortTaken { log });
                     }
                     panic!(
                         "{} exited with {status}:\n{}",
