@@ -309,7 +309,7 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// User + system CPU seconds of processes, from /proc/<pid>/stat.
+/// User + system CPU seconds of processes, from `/proc/<pid>/stat`.
 fn cpu_seconds(pids: &[u32]) -> f64 {
     // SAFETY: sysconf has no memory effects.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
