@@ -176,14 +176,11 @@ impl FleetctlArgs {
         if self.cert_file.is_some() != self.key_file.is_some() {
             anyhow::bail!("--cert-file and --key-file go together");
         }
-        let tls = TlsFiles {
-            ca: self.ca_file.clone(),
-            cert: self.cert_file.clone(),
-            key: self.key_file.clone(),
-        };
-        if !tls.is_empty() {
-            store = store.with_tls(tls);
-        }
+        store.tls = TlsFiles::given(
+            self.ca_file.clone(),
+            self.cert_file.clone(),
+            self.key_file.clone(),
+        );
         Ok(store)
     }
 }

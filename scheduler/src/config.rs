@@ -212,14 +212,11 @@ impl FleetConfig {
     pub fn store_config(&self) -> StoreConfig {
         let mut config = StoreConfig::new(self.etcd_servers.iter().cloned())
             .with_timeout(self.etcd_request_timeout);
-        let tls = TlsFiles {
-            ca: self.etcd_cafile.clone(),
-            cert: self.etcd_certfile.clone(),
-            key: self.etcd_keyfile.clone(),
-        };
-        if !tls.is_empty() {
-            config = config.with_tls(tls);
-        }
+        config.tls = TlsFiles::given(
+            self.etcd_cafile.clone(),
+            self.etcd_certfile.clone(),
+            self.etcd_keyfile.clone(),
+        );
         if let Some(user) = &self.etcd_username {
             // fleet: a user without a password authenticates with an empty one.
             config = config.with_credentials(Credentials {

@@ -41,14 +41,11 @@ impl StoreOptions {
         let mut config = StoreConfig::new(self.endpoints.iter().cloned())
             .with_timeout(STORE_TIMEOUT)
             .with_keep_alive(Some(KEEP_ALIVE));
-        let tls = TlsFiles {
-            ca: self.cafile.clone(),
-            cert: self.certfile.clone(),
-            key: self.keyfile.clone(),
-        };
-        if !tls.is_empty() {
-            config = config.with_tls(tls);
-        }
+        config.tls = TlsFiles::given(
+            self.cafile.clone(),
+            self.certfile.clone(),
+            self.keyfile.clone(),
+        );
         if let (Some(user), Some(password)) = (&self.username, &self.password) {
             config = config.with_credentials(Credentials {
                 user: user.clone(),
