@@ -113,7 +113,10 @@ impl Probes {
 async fn store_state(store: &StoreClient, gauges: &Gauges) -> (bool, String) {
     let mut client = store.client();
     let read = store
-        .call("readiness read", client.get("/shoal/readiness-probe", None))
+        .call(
+            "linearizable read",
+            client.get("/shoal/readiness-probe", None),
+        )
         .await;
     let status = store.call("status", client.status()).await;
     if let Ok(status) = &status {
@@ -168,9 +171,9 @@ async fn overlay_state(
     let key = format!("{}/subnets/", probe.prefix.trim_end_matches('/'));
     let mut client = store.client();
     let listing = client.get(key.as_str(), Some(GetOptions::new().with_prefix()));
-    let leases = match store.call("get leases", listing).await {
+    let leases = match store.call("listing leases", listing).await {
         Ok(reply) => reply,
-        Err(err) => return (false, format!("listing leases: {}", Chain(&err))),
+        Err(err) => return (false, Chain(&err).to_string()),
     };
     gauges.set(
         "shoal_overlay_leases",
@@ -269,7 +272,7 @@ async fn fleet_state(store: &StoreClient, probe: &FleetProbe, gauges: &Gauges) -
     let keys_only = || Some(GetOptions::new().with_prefix().with_keys_only());
     let mut client = store.client();
     let jobs = client.get(format!("{prefix}job/"), keys_only());
-    if let Ok(jobs) = store.call("get jobs", jobs).await {
+    if let Ok(jobs) = store.call("listing jobs", jobs).await {
         let units = jobs
             .kvs()
             .iter()
@@ -282,7 +285,7 @@ async fn fleet_state(store: &StoreClient, probe: &FleetProbe, gauges: &Gauges) -
         );
     }
     let machines = client.get(format!("{prefix}machines/"), keys_only());
-    if let Ok(machines) = store.call("get machines", machines).await {
+    if let Ok(machines) = store.call("listing machines", machines).await {
         gauges.set(
             "shoal_fleet_machines",
             "Machines registered with fleet.",
@@ -290,16 +293,14 @@ async fn fleet_state(store: &StoreClient, probe: &FleetProbe, gauges: &Gauges) -
         );
     }
     let key = format!("{prefix}machines/{}/object", probe.machine_id);
-    match store.call("get machine", client.get(key, None)).await {
+    let reading = format!("reading machine {}", probe.machine_id);
+    match store.call(&reading, client.get(key, None)).await {
         Ok(reply) if reply.kvs().is_empty() => (
             false,
             format!("machine {} not registered", probe.machine_id),
         ),
         Ok(_) => (true, format!("machine {} registered", probe.machine_id)),
-        Err(err) => (
-            false,
-            format!("reading machine {}: {}", probe.machine_id, Chain(&err)),
-        ),
+        Err(err) => (false, Chain(&err).to_string()),
     }
 }
 
