@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
+use shoal_store_client::{Credentials, StoreConfig, TlsFiles};
 
 use crate::{agent::service::TimespanError, store::DEFAULT_PREFIX};
 
@@ -54,6 +55,14 @@ pub struct FleetConfig {
     pub engine_reconcile_interval: Duration,
     #[serde(deserialize_with = "duration_field")]
     pub etcd_request_timeout: Duration,
+    /// CA that signs the store's certificate (TLS).
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate for a store that checks clients; goes with `etcd_keyfile`.
+    pub etcd_certfile: Option<PathBuf>,
+    pub etcd_keyfile: Option<PathBuf>,
+    /// The store user (etcd auth), with `etcd_password`.
+    pub etcd_username: Option<String>,
+    pub etcd_password: Option<String>,
     pub machine_id: Option<String>,
     pub data_dir: PathBuf,
     /// Run only the agent, never the engine (fleet's `disable_engine`).
@@ -71,6 +80,11 @@ impl Default for FleetConfig {
             agent_ttl: Duration::from_secs(30),
             engine_reconcile_interval: Duration::from_secs(2),
             etcd_request_timeout: Duration::from_secs(3),
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
+            etcd_username: None,
+            etcd_password: None,
             machine_id: None,
             data_dir: PathBuf::from("/var/lib/shoal/fleet"),
             disable_engine: false,
@@ -136,6 +150,11 @@ impl FleetConfig {
                 self.etcd_request_timeout =
                     parse_duration(&value).map_err(|e| bad(e.to_string()))?
             }
+            "etcd_cafile" => self.etcd_cafile = non_empty(value).map(PathBuf::from),
+            "etcd_certfile" => self.etcd_certfile = non_empty(value).map(PathBuf::from),
+            "etcd_keyfile" => self.etcd_keyfile = non_empty(value).map(PathBuf::from),
+            "etcd_username" => self.etcd_username = non_empty(value),
+            "etcd_password" => self.etcd_password = non_empty(value),
             "machine_id" => self.machine_id = Some(value).filter(|v| !v.is_empty()),
             "data_dir" => self.data_dir = PathBuf::from(value),
             "disable_engine" => {
@@ -152,9 +171,6 @@ impl FleetConfig {
             }
             // fleet options that have no meaning here are accepted and ignored.
             "verbosity"
-            | "etcd_cafile"
-            | "etcd_keyfile"
-            | "etcd_certfile"
             | "authorized_keys_file"
             | "verify_units"
             | "token_limit"
@@ -181,8 +197,40 @@ impl FleetConfig {
         if self.engine_reconcile_interval.is_zero() {
             return Err(bad("engine_reconcile_interval", "must be positive"));
         }
+        match (&self.etcd_certfile, &self.etcd_keyfile) {
+            (Some(_), None) => return Err(bad("etcd_certfile", "needs etcd_keyfile")),
+            (None, Some(_)) => return Err(bad("etcd_keyfile", "needs etcd_certfile")),
+            _ => {}
+        }
+        if self.etcd_password.is_some() && self.etcd_username.is_none() {
+            return Err(bad("etcd_password", "needs etcd_username"));
+        }
         Ok(())
     }
+
+    /// How fleetd reaches the store: its endpoints, request timeout, TLS files and user.
+    pub fn store_config(&self) -> StoreConfig {
+        let mut config = StoreConfig::new(self.etcd_servers.iter().cloned())
+            .with_timeout(self.etcd_request_timeout);
+        config.tls = TlsFiles::given(
+            self.etcd_cafile.clone(),
+            self.etcd_certfile.clone(),
+            self.etcd_keyfile.clone(),
+        );
+        if let Some(user) = &self.etcd_username {
+            // fleet: a user without a password authenticates with an empty one.
+            config = config.with_credentials(Credentials {
+                user: user.clone(),
+                password: self.etcd_password.clone().unwrap_or_default(),
+            });
+        }
+        config
+    }
+}
+
+/// fleet's options treat an empty value as unset.
+fn non_empty(value: String) -> Option<String> {
+    Some(value).filter(|value| !value.is_empty())
 }
 
 fn unquote(value: &str) -> String {
@@ -306,6 +354,50 @@ mod tests {
             err.to_string().starts_with("f.conf:1: option metadata:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tls_files_and_user_reach_the_store_config() {
+        let text = "etcd_servers=10.0.0.1:2379\netcd_cafile=/etc/ssl/etcd/ca.pem\n\
+                    etcd_certfile=/etc/ssl/etcd/client.pem\netcd_keyfile=\"/etc/ssl/etcd/client-key.pem\"\n\
+                    etcd_username=fleet\netcd_password=secret\netcd_request_timeout=2s\n";
+        let config = FleetConfig::from_conf_text("fleet.conf", text).expect("parses");
+        config.validate().expect("valid");
+        let store = config.store_config();
+        assert_eq!(
+            store.tls,
+            Some(TlsFiles {
+                ca: Some("/etc/ssl/etcd/ca.pem".into()),
+                cert: Some("/etc/ssl/etcd/client.pem".into()),
+                key: Some("/etc/ssl/etcd/client-key.pem".into()),
+            })
+        );
+        assert_eq!(
+            store.credentials,
+            Some(Credentials {
+                user: "fleet".into(),
+                password: "secret".into()
+            })
+        );
+        assert_eq!(store.timeout, Duration::from_secs(2));
+        let urls: Vec<String> = store
+            .parsed_endpoints()
+            .expect("valid")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(urls, ["https://10.0.0.1:2379"]);
+        let plain = FleetConfig::from_conf_text("fleet.conf", "etcd_cafile=\n").expect("parses");
+        assert_eq!(plain.store_config().tls, None);
+        assert_eq!(plain.store_config().credentials, None);
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused() {
+        let config =
+            FleetConfig::from_conf_text("f.conf", "etcd_certfile=/c.pem\n").expect("parses");
+        let err = config.validate().expect_err("no key");
+        assert_eq!(err.to_string(), "option etcd_certfile: needs etcd_keyfile");
     }
 
     #[test]

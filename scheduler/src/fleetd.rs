@@ -97,13 +97,9 @@ async fn connect_until_ready(
     config: &FleetConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<Store> {
+    let store = config.store_config();
     loop {
-        let attempt = Store::connect(
-            &config.etcd_servers,
-            &config.etcd_key_prefix,
-            config.etcd_request_timeout,
-        );
-        match attempt.await {
+        match Store::connect_with(&store, &config.etcd_key_prefix).await {
             Ok(store) => return Some(store),
             Err(err) => tracing::warn!("fleetd: {}; retrying", Chain(&err)),
         }

@@ -120,8 +120,8 @@ async fn try_acquire(
 }
 
 /// Keeps the lease alive: renews it `renew_margin` before it would expire, retrying failures
-/// every minute (or sooner if the lease would expire first). Returns only when the lease is
-/// gone.
+/// every minute (or sooner if the lease would expire first), through another store member if
+/// the one in use is gone. Returns only when the lease is gone.
 pub async fn keep_renewed(
     mut registry: Registry,
     lease: OwnLease,
@@ -147,6 +147,7 @@ pub async fn keep_renewed(
             }
             Err(err) => {
                 tracing::error!(subnet = %lease.subnet, "renewing the lease: {}; retrying", ErrorChain(&err));
+                registry.fail_over().await;
                 remaining = renew_margin
                     + Duration::from_secs(60).min(renew_margin / 2 + Duration::from_secs(1));
             }

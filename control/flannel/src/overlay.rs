@@ -195,7 +195,10 @@ async fn wait_for_config(registry: &mut Registry) -> Result<NetworkConfig> {
                 logged = true;
             }
             Ok(None) => {}
-            Err(err) => tracing::warn!("reading {key}: {}; retrying", ErrorChain(&err)),
+            Err(err) => {
+                tracing::warn!("reading {key}: {}; retrying", ErrorChain(&err));
+                registry.fail_over().await;
+            }
         }
         tokio::time::sleep(CONFIG_POLL).await;
     }

@@ -1,13 +1,17 @@
 //! The store as flannel uses it, through the etcd v3 API only: the network config, the lease
 //! list with its revision, create-if-absent and update of a lease, keep-alive and the watch.
+//! It reaches the store through `shoal-store-client` (TLS, credentials, failover).
 use std::{path::PathBuf, time::Duration};
 
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
-};
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
+use shoal_store_client::{
+    Credentials, EtcdError, StoreClient, StoreConfig, StoreError, TlsFiles,
+    etcd_client::{
+        self, Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+        WatchStream,
+    },
+};
 
 use super::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
 use crate::error_chain::ErrorChain;
@@ -23,6 +27,33 @@ pub struct StoreOptions {
     pub cafile: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+/// Bounds connecting, and the keep-alive ping's wait for an answer.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle connection is pinged.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+impl StoreOptions {
+    /// The store client's config: TLS when a CA or a certificate and key are given, auth when
+    /// a user and password are.
+    pub fn store_config(&self) -> StoreConfig {
+        let mut config = StoreConfig::new(self.endpoints.iter().cloned())
+            .with_timeout(STORE_TIMEOUT)
+            .with_keep_alive(Some(KEEP_ALIVE));
+        config.tls = TlsFiles::given(
+            self.cafile.clone(),
+            self.certfile.clone(),
+            self.keyfile.clone(),
+        );
+        if let (Some(user), Some(password)) = (&self.username, &self.password) {
+            config = config.with_credentials(Credentials {
+                user: user.clone(),
+                password: password.clone(),
+            });
+        }
+        config
+    }
 }
 
 impl Default for StoreOptions {
@@ -41,15 +72,14 @@ impl Default for StoreOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// Connecting (or failing over) found no member that answers.
+    #[error(transparent)]
+    Connect(#[from] StoreError),
     #[error("{action}")]
     Etcd {
         action: String,
-        source: etcd_client::Error,
-    },
-    #[error("reading {path}")]
-    Tls {
-        path: PathBuf,
-        source: std::io::Error,
+        #[source]
+        source: EtcdError,
     },
     #[error("serializing lease attributes")]
     Encode(#[from] serde_json::Error),
@@ -59,7 +89,10 @@ type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 fn etcd(action: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> RegistryError {
     let action = action.into();
-    move |source| RegistryError::Etcd { action, source }
+    move |source| RegistryError::Etcd {
+        action,
+        source: EtcdError(source),
+    }
 }
 
 /// One change seen by the lease watch.
@@ -73,6 +106,8 @@ pub enum LeaseEvent {
 #[derive(Clone)]
 pub struct Registry {
     client: Client,
+    /// The connection the client came from, to fail over from; `None` for a shared client.
+    store: Option<StoreClient>,
     prefix: String,
 }
 
@@ -85,31 +120,47 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Connects to the store (TLS when a certificate is given, auth when a user is).
+    /// Connects to the first of the endpoints that answers (see [`StoreClient::connect`]).
     pub async fn connect(options: &StoreOptions) -> Result<Self> {
-        let mut connect = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if let (Some(user), Some(password)) = (&options.username, &options.password) {
-            connect = connect.with_user(user.clone(), password.clone());
-        }
-        if let Some(tls) = tls_options(options)? {
-            connect = connect.with_tls(tls);
-        }
-        let client = Client::connect(&options.endpoints, Some(connect))
-            .await
-            .map_err(etcd(format!(
-                "connecting to {}",
-                options.endpoints.join(",")
-            )))?;
-        Ok(Self::from_client(client, &options.prefix))
+        let store = StoreClient::connect(&options.store_config()).await?;
+        Ok(Self::from_store(store, &options.prefix))
     }
 
-    /// A registry on an existing client (shared by simulated nodes in benchmarks).
+    fn from_store(store: StoreClient, prefix: &str) -> Self {
+        let mut registry = Self::from_client(store.client(), prefix);
+        registry.store = Some(store);
+        registry
+    }
+
+    /// A registry on an existing client (shared by simulated nodes in benchmarks); it has no
+    /// other member to fail over to.
     pub fn from_client(client: Client, prefix: &str) -> Self {
         Self {
             client,
+            store: None,
             prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// What a session that broke (a failed watch, list or renewal) should use next: a fresh
+    /// connection to the first endpoint that answers, since the member it used may be gone
+    /// while others still serve. A registry on a shared client stays on it.
+    pub async fn reconnected(&self) -> Result<Self> {
+        match &self.store {
+            Some(store) => Ok(Self::from_store(store.reconnected().await?, &self.prefix)),
+            None => Ok(self.clone()),
+        }
+    }
+
+    /// Replaces this registry with [`Registry::reconnected`]'s, or keeps it (logging why)
+    /// when no member answers: the caller retries anyway.
+    pub async fn fail_over(&mut self) {
+        if self.store.is_none() {
+            return;
+        }
+        match self.reconnected().await {
+            Ok(registry) => *self = registry,
+            Err(err) => tracing::warn!("reconnecting to the store: {}", ErrorChain(&err)),
         }
     }
 
@@ -317,24 +368,4 @@ fn decode_lease(key: &[u8], value: &[u8], etcd_lease: i64) -> Option<Lease> {
             None
         }
     }
-}
-
-fn tls_options(options: &StoreOptions) -> Result<Option<TlsOptions>> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| RegistryError::Tls {
-            path: path.clone(),
-            source,
-        })
-    };
-    let mut tls = TlsOptions::new();
-    let mut used = false;
-    if let Some(ca) = &options.cafile {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-        used = true;
-    }
-    if let (Some(cert), Some(key)) = (&options.certfile, &options.keyfile) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        used = true;
-    }
-    Ok(used.then_some(tls))
 }

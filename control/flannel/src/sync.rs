@@ -1,9 +1,11 @@
 //! Keeps a node in sync with every lease: list, then watch from the list's revision + 1 so no
 //! update falls between the two (flannel issue #1145); on a watch error, a cancelled watch or a
-//! compacted revision, list again and reconcile (a full resync).
+//! compacted revision, list again and reconcile (a full resync). A failed watch or list fails
+//! over to another store member first, in case the one in use is gone.
 use std::{collections::HashMap, time::Duration};
 
 use ipnetwork::Ipv4Network;
+use shoal_store_client::EtcdError;
 
 use super::{
     backend::{Backend, BackendResult},
@@ -99,14 +101,18 @@ impl LeaseSync {
                         Ok(Some(end)) => return end,
                         Ok(None) => tracing::warn!("lease watch ended; resyncing"),
                         Err(err) => {
-                            tracing::warn!("lease watch failed: {}; resyncing", ErrorChain(&err))
+                            tracing::warn!("lease watch failed: {}; resyncing", ErrorChain(&err));
+                            self.registry.fail_over().await;
                         }
                     }
                 }
-                Err(err) => tracing::warn!(
-                    "listing leases failed: {}; retrying in {backoff:?}",
-                    ErrorChain(&err)
-                ),
+                Err(err) => {
+                    tracing::warn!(
+                        "listing leases failed: {}; retrying in {backoff:?}",
+                        ErrorChain(&err)
+                    );
+                    self.registry.fail_over().await;
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -164,7 +170,7 @@ impl LeaseSync {
                 Err(source) => {
                     return Err(RegistryError::Etcd {
                         action: "reading the lease watch".into(),
-                        source,
+                        source: EtcdError(source),
                     });
                 }
             };

@@ -15,7 +15,10 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use shoal_store_client::{
+    StoreClient, StoreConfig,
+    etcd_client::{Compare, CompareOp, Txn, TxnOp},
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -158,21 +161,22 @@ async fn join_cluster(
     join: &str,
     config: &shoal_kv::member::Config,
 ) -> Result<Vec<(String, Vec<String>)>> {
-    let mut client = Client::connect([join], None)
+    let store = StoreClient::connect(&StoreConfig::new([join]))
         .await
-        .with_context(|| format!("reaching {join} to join the store"))?;
-    let listed = client.member_list().await.context("listing members")?;
+        .context("reaching the store to join it")?;
+    let mut client = store.client();
+    let listed = store.call("listing members", client.member_list()).await?;
     let known = listed
         .members()
         .iter()
         .any(|member| member.peer_urls() == config.initial_advertise_peer_urls.as_slice());
     if !known {
-        client
-            .member_add(config.initial_advertise_peer_urls.clone(), None)
-            .await
-            .with_context(|| format!("adding this member through {join}"))?;
+        let peer_urls = config.initial_advertise_peer_urls.clone();
+        store
+            .call("adding this member", client.member_add(peer_urls, None))
+            .await?;
     }
-    let members = client.member_list().await.context("listing members")?;
+    let members = store.call("listing members", client.member_list()).await?;
     Ok(members
         .members()
         .iter()
@@ -210,11 +214,15 @@ async fn write_network_config_once(
 }
 
 async fn try_write_network_config(endpoints: &[String], key: &str, json: &str) -> Result<bool> {
-    let mut client = Client::connect(endpoints, None).await?;
+    let store = StoreClient::connect(&StoreConfig::new(endpoints.iter().cloned())).await?;
     let txn = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key, json, None)]);
-    Ok(client.txn(txn).await?.succeeded())
+    let mut client = store.client();
+    let reply = store
+        .call("writing the network config", client.txn(txn))
+        .await?;
+    Ok(reply.succeeded())
 }
 
 /// What `/metrics` reports: the probes' gauges, and the dataplane's pinned counters.

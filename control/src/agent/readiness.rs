@@ -4,10 +4,13 @@
 //! - `overlay`: this node holds a lease, subnet.env is written, and every other node's lease
 //!   has its overlay route in this node's kernel;
 //! - `fleet`: this machine is registered.
+//!
+//! The checks share one store connection, made again (to the first member that answers) after
+//! a check found no quorum, and every request is bounded by the store client's timeout.
 use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
-use etcd_client::{Client, GetOptions};
 use ipnetwork::Ipv4Network;
+use shoal_store_client::{Chain, StoreClient, StoreConfig, StoreError, etcd_client::GetOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::health::{Gauges, Readiness};
@@ -51,13 +54,20 @@ impl Probes {
         gauges: Arc<Gauges>,
         shutdown: CancellationToken,
     ) {
-        let mut client: Option<Client> = None;
+        let config = StoreConfig::new(self.endpoints.iter().cloned());
+        let mut store: Option<StoreClient> = None;
         loop {
-            if client.is_none() {
-                client = Client::connect(&self.endpoints, None).await.ok();
+            if store.is_none() {
+                match StoreClient::connect(&config).await {
+                    Ok(connected) => store = Some(connected),
+                    Err(err) => self.unreachable(&err, &readiness, &gauges),
+                }
             }
-            if let Some(connected) = client.as_mut() {
-                self.check(connected, &readiness, &gauges).await;
+            if let Some(connected) = &store
+                && !self.check(connected, &readiness, &gauges).await
+            {
+                // The member in use lost quorum or is gone: look for one that answers.
+                store = None;
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -66,23 +76,49 @@ impl Probes {
         }
     }
 
-    async fn check(&self, client: &mut Client, readiness: &Readiness, gauges: &Gauges) {
-        let (ready, detail) = store_state(client, gauges).await;
-        readiness.set("store", ready, detail);
+    /// Runs every check; whether the store had quorum.
+    async fn check(&self, store: &StoreClient, readiness: &Readiness, gauges: &Gauges) -> bool {
+        let (quorum, detail) = store_state(store, gauges).await;
+        readiness.set("store", quorum, detail);
         if let Some(overlay) = &self.overlay {
-            let (ready, detail) = overlay_state(client, overlay, gauges).await;
+            let (ready, detail) = overlay_state(store, overlay, gauges).await;
             readiness.set("overlay", ready, detail);
         }
         if let Some(fleet) = &self.fleet {
-            let (ready, detail) = fleet_state(client, fleet, gauges).await;
+            let (ready, detail) = fleet_state(store, fleet, gauges).await;
             readiness.set("fleet", ready, detail);
+        }
+        quorum
+    }
+
+    /// No member answered: nothing that needs the store is ready.
+    fn unreachable(&self, err: &StoreError, readiness: &Readiness, gauges: &Gauges) {
+        let cause = Chain(err);
+        gauges.set(
+            "shoal_store_up",
+            "Whether a linearizable read succeeds.",
+            0.0,
+        );
+        readiness.set("store", false, format!("no quorum: {cause}"));
+        if self.overlay.is_some() {
+            readiness.set("overlay", false, format!("listing leases: {cause}"));
+        }
+        if let Some(fleet) = &self.fleet {
+            let detail = format!("reading machine {}: {cause}", fleet.machine_id);
+            readiness.set("fleet", false, detail);
         }
     }
 }
 
-async fn store_state(client: &mut Client, gauges: &Gauges) -> (bool, String) {
-    let read = client.get("/shoal/readiness-probe", None).await;
-    let status = client.status().await;
+async fn store_state(store: &StoreClient, gauges: &Gauges) -> (bool, String) {
+    let mut client = store.client();
+    let read = store
+        .call(
+            "linearizable read",
+            client.get("/shoal/readiness-probe", None),
+        )
+        .await;
+    let status = store.call("status", client.status()).await;
     if let Ok(status) = &status {
         gauges.set(
             "shoal_store_db_size_bytes",
@@ -123,22 +159,21 @@ async fn store_state(client: &mut Client, gauges: &Gauges) -> (bool, String) {
             );
             (true, format!("quorum, revision {revision}"))
         }
-        Err(err) => (false, format!("no quorum: {err}")),
+        Err(err) => (false, format!("no quorum: {}", Chain(&err))),
     }
 }
 
 async fn overlay_state(
-    client: &mut Client,
+    store: &StoreClient,
     probe: &OverlayProbe,
     gauges: &Gauges,
 ) -> (bool, String) {
     let key = format!("{}/subnets/", probe.prefix.trim_end_matches('/'));
-    let leases = match client
-        .get(key.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-    {
+    let mut client = store.client();
+    let listing = client.get(key.as_str(), Some(GetOptions::new().with_prefix()));
+    let leases = match store.call("listing leases", listing).await {
         Ok(reply) => reply,
-        Err(err) => return (false, format!("listing leases: {err}")),
+        Err(err) => return (false, Chain(&err).to_string()),
     };
     gauges.set(
         "shoal_overlay_leases",
@@ -232,10 +267,12 @@ fn parse_lease_subnet(name: &str) -> Option<Ipv4Network> {
     Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()
 }
 
-async fn fleet_state(client: &mut Client, probe: &FleetProbe, gauges: &Gauges) -> (bool, String) {
+async fn fleet_state(store: &StoreClient, probe: &FleetProbe, gauges: &Gauges) -> (bool, String) {
     let prefix = with_slash(&probe.prefix);
     let keys_only = || Some(GetOptions::new().with_prefix().with_keys_only());
-    if let Ok(jobs) = client.get(format!("{prefix}job/"), keys_only()).await {
+    let mut client = store.client();
+    let jobs = client.get(format!("{prefix}job/"), keys_only());
+    if let Ok(jobs) = store.call("listing jobs", jobs).await {
         let units = jobs
             .kvs()
             .iter()
@@ -247,7 +284,8 @@ async fn fleet_state(client: &mut Client, probe: &FleetProbe, gauges: &Gauges) -
             units as f64,
         );
     }
-    if let Ok(machines) = client.get(format!("{prefix}machines/"), keys_only()).await {
+    let machines = client.get(format!("{prefix}machines/"), keys_only());
+    if let Ok(machines) = store.call("listing machines", machines).await {
         gauges.set(
             "shoal_fleet_machines",
             "Machines registered with fleet.",
@@ -255,16 +293,14 @@ async fn fleet_state(client: &mut Client, probe: &FleetProbe, gauges: &Gauges) -
         );
     }
     let key = format!("{prefix}machines/{}/object", probe.machine_id);
-    match client.get(key, None).await {
+    let reading = format!("reading machine {}", probe.machine_id);
+    match store.call(&reading, client.get(key, None)).await {
         Ok(reply) if reply.kvs().is_empty() => (
             false,
             format!("machine {} not registered", probe.machine_id),
         ),
         Ok(_) => (true, format!("machine {} registered", probe.machine_id)),
-        Err(err) => (
-            false,
-            format!("reading machine {}: {err}", probe.machine_id),
-        ),
+        Err(err) => (false, Chain(&err).to_string()),
     }
 }
 

@@ -95,6 +95,12 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// The files given, or `None` when they do not turn TLS on (see [`TlsFiles::is_empty`]):
+    /// what a component's `ca`/`cert`/`key` options become.
+    pub fn given(ca: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>) -> Option<Self> {
+        Some(Self { ca, cert, key }).filter(|tls| !tls.is_empty())
+    }
+
     /// True when neither a CA nor a certificate/key pair is given (TLS stays off).
     pub fn is_empty(&self) -> bool {
         self.ca.is_none() && (self.cert.is_none() || self.key.is_none())

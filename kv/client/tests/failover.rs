@@ -3,80 +3,28 @@
 
 use std::{
     net::TcpListener,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use shoal_store_client::{Chain, StoreClient, StoreConfig, StoreError};
+use shoal_harness::{StoreCluster, StoreKind, free_port};
+use shoal_store_client::{Chain, StoreClient, StoreConfig, StoreError, etcd_client};
 
-const ETCD: &str = "/usr/bin/etcd";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
-}
-
-/// A single-member etcd 3.4 in a temporary directory, killed on drop.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let endpoint = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = Command::new(ETCD)
-            .args(["--name", "client-test", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("client-test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd 3.4 at /usr/bin/etcd");
-        let etcd = Self {
-            child,
-            endpoint,
-            _dir: dir,
-        };
-        let config = StoreConfig::new([etcd.endpoint.clone()]).with_timeout(Duration::from_secs(1));
-        let start = Instant::now();
-        while StoreClient::connect(&config).await.is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "etcd never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A single-member etcd 3.4, answering, killed on drop; its `http://` client URL.
+fn etcd() -> (StoreCluster, String) {
+    let cluster = StoreCluster::start(StoreKind::Etcd, 1);
+    let endpoint = cluster.client_url(0);
+    (cluster, endpoint)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_fails_over_past_a_dead_endpoint() {
-    let etcd = Etcd::start().await;
+    let (_etcd, endpoint) = etcd();
     let dead = format!("127.0.0.1:{}", free_port());
-    let config =
-        StoreConfig::new([dead, etcd.endpoint.clone()]).with_timeout(Duration::from_secs(2));
+    let config = StoreConfig::new([dead, endpoint.clone()]).with_timeout(Duration::from_secs(2));
     let store = StoreClient::connect(&config)
         .await
         .expect("the live endpoint is used");
-    assert_eq!(store.endpoint().url(), etcd.endpoint);
+    assert_eq!(store.endpoint().url(), endpoint);
     for round in 0..10 {
         let value = format!("ok{round}");
         let mut client = store.client();
@@ -148,15 +96,15 @@ async fn an_endpoint_that_accepts_but_never_answers_times_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_to_a_member_that_died_times_out_and_reconnects_elsewhere() {
-    let first = Etcd::start().await;
-    let second = Etcd::start().await;
+    let (first, first_endpoint) = etcd();
+    let (_second, second_endpoint) = etcd();
     let timeout = Duration::from_millis(800);
     let config =
-        StoreConfig::new([first.endpoint.clone(), second.endpoint.clone()]).with_timeout(timeout);
+        StoreConfig::new([first_endpoint.clone(), second_endpoint.clone()]).with_timeout(timeout);
     let store = StoreClient::connect(&config)
         .await
         .expect("the first endpoint answers");
-    assert_eq!(store.endpoint().url(), first.endpoint);
+    assert_eq!(store.endpoint().url(), first_endpoint);
     // A request that never completes stands in for a member that stopped answering.
     let err = store
         .call(
@@ -171,10 +119,7 @@ async fn a_request_to_a_member_that_died_times_out_and_reconnects_elsewhere() {
     );
     assert_eq!(
         err.to_string(),
-        format!(
-            "store at {}: stuck read timed out after {timeout:?}",
-            first.endpoint
-        )
+        format!("store at {first_endpoint}: stuck read timed out after {timeout:?}")
     );
     drop(first);
     assert!(store.ready().await.is_err(), "the first endpoint is gone");
@@ -182,5 +127,5 @@ async fn a_request_to_a_member_that_died_times_out_and_reconnects_elsewhere() {
         .reconnected()
         .await
         .expect("the second endpoint answers");
-    assert_eq!(store.endpoint().url(), second.endpoint);
+    assert_eq!(store.endpoint().url(), second_endpoint);
 }

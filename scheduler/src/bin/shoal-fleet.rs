@@ -12,8 +12,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run fleet's daemon on this machine.
-    Fleetd(FleetdArgs),
+    /// Run fleet's daemon on this machine (boxed: its flags outweigh fleetctl's).
+    Fleetd(Box<FleetdArgs>),
     /// Manage units across the cluster.
     Fleetctl(FleetctlArgs),
 }
@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Fleetd(args) => run_fleetd(args).await,
+            Command::Fleetd(args) => run_fleetd(*args).await,
             Command::Fleetctl(args) => run_fleetctl(args).await,
         }
     });

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use etcd_client::WatchOptions;
+use shoal_store_client::StoreConfig;
 
 use crate::{
     registry::{Job, Registry, Submitted, ValidUnit},
@@ -24,13 +25,24 @@ use crate::{
 /// Pause between checks while blocking on a state change.
 const BLOCK_POLL: Duration = Duration::from_millis(500);
 
+/// Runs `command` against the store at `endpoints`, plain connections.
 pub async fn run(
     endpoints: &[String],
     prefix: &str,
     timeout: Duration,
     command: FleetctlCommand,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(endpoints, prefix, timeout)
+    let store = StoreConfig::new(endpoints.iter().cloned()).with_timeout(timeout);
+    run_with(&store, prefix, command).await
+}
+
+/// Runs `command` against the store `store` describes (TLS, credentials).
+pub async fn run_with(
+    store: &StoreConfig,
+    prefix: &str,
+    command: FleetctlCommand,
+) -> anyhow::Result<()> {
+    let store = Store::connect_with(store, prefix)
         .await
         .context("cannot reach the fleet store (check --endpoint)")?;
     let registry = Registry::new(store);
