@@ -11,7 +11,7 @@ use super::{
     registry::{Registry, RegistryError},
     sync::Snapshot,
 };
-use crate::error_chain::ErrorChain;
+use shoal_store_client::Chain;
 
 /// flannel's lease lifetime.
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -146,7 +146,7 @@ pub async fn keep_renewed(
                 tracing::info!(subnet = %lease.subnet, "lease renewed for {remaining:?}");
             }
             Err(err) => {
-                tracing::error!(subnet = %lease.subnet, "renewing the lease: {}; retrying", ErrorChain(&err));
+                tracing::error!(subnet = %lease.subnet, "renewing the lease: {}; retrying", Chain(&err));
                 registry.fail_over().await;
                 remaining = renew_margin
                     + Duration::from_secs(60).min(renew_margin / 2 + Duration::from_secs(1));

@@ -1,7 +1,7 @@
 //! `--healthz-ip/--healthz-port`: answers `GET /healthz` with 200 while the overlay runs.
 use std::net::SocketAddr;
 
-use crate::error_chain::ErrorChain;
+use shoal_store_client::Chain;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -28,7 +28,7 @@ pub async fn serve(listener: TcpListener) {
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             };
             if let Err(err) = stream.write_all(response.as_bytes()).await {
-                tracing::debug!("answering a health check: {}", ErrorChain(&err));
+                tracing::debug!("answering a health check: {}", Chain(&err));
             }
         });
     }

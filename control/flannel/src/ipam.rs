@@ -13,7 +13,7 @@ use std::{
 use ipnetwork::Ipv4Network;
 
 use super::lease::subnet_key;
-use crate::error_chain::ErrorChain;
+use shoal_store_client::Chain;
 
 /// Default directory of the address files.
 pub const DEFAULT_IPAM_DIR: &str = "/run/shoal/ipam";
@@ -62,7 +62,7 @@ impl Allocation {
 impl Drop for Allocation {
     fn drop(&mut self) {
         if let Err(err) = std::fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), "releasing address {}: {}", self.ip, ErrorChain(&err));
+            tracing::warn!(path = %self.path.display(), "releasing address {}: {}", self.ip, Chain(&err));
         }
     }
 }

@@ -11,7 +11,6 @@ pub mod acquire;
 pub mod backend;
 pub mod cli;
 pub mod config;
-mod error_chain;
 pub mod healthz;
 pub mod iface;
 pub mod ipam;

@@ -19,8 +19,8 @@ use super::{
     subnet_env::{self, SubnetEnv},
     sync::LeaseSync,
 };
-use crate::error_chain::ErrorChain;
 use shoal_netlink::Netlink;
+use shoal_store_client::Chain;
 
 /// Default bpffs directory of the eBPF dataplane's pins.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/shoal";
@@ -167,7 +167,7 @@ async fn connect(store: &StoreOptions) -> Registry {
             Ok(registry) => return registry,
             Err(err) => tracing::warn!(
                 "store not reachable yet: {}; retrying in {backoff:?}",
-                ErrorChain(&err)
+                Chain(&err)
             ),
         }
         tokio::time::sleep(backoff).await;
@@ -196,7 +196,7 @@ async fn wait_for_config(registry: &mut Registry) -> Result<NetworkConfig> {
             }
             Ok(None) => {}
             Err(err) => {
-                tracing::warn!("reading {key}: {}; retrying", ErrorChain(&err));
+                tracing::warn!("reading {key}: {}; retrying", Chain(&err));
                 registry.fail_over().await;
             }
         }

@@ -14,7 +14,7 @@ use shoal_store_client::{
 };
 
 use super::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
-use crate::error_chain::ErrorChain;
+use shoal_store_client::Chain;
 
 /// How to reach the store: flanneld's `--etcd-*` flags.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -160,7 +160,7 @@ impl Registry {
         }
         match self.reconnected().await {
             Ok(registry) => *self = registry,
-            Err(err) => tracing::warn!("reconnecting to the store: {}", ErrorChain(&err)),
+            Err(err) => tracing::warn!("reconnecting to the store: {}", Chain(&err)),
         }
     }
 
@@ -342,10 +342,7 @@ impl Registry {
 
     async fn revoke(&mut self, lease_id: i64) {
         if let Err(err) = self.client.lease_revoke(lease_id).await {
-            tracing::warn!(
-                "revoking unused etcd lease {lease_id:x}: {}",
-                ErrorChain(&err)
-            );
+            tracing::warn!("revoking unused etcd lease {lease_id:x}: {}", Chain(&err));
         }
     }
 }
@@ -364,7 +361,7 @@ fn decode_lease(key: &[u8], value: &[u8], etcd_lease: i64) -> Option<Lease> {
             etcd_lease,
         }),
         Err(err) => {
-            tracing::warn!(%key, "ignoring a lease with a bad value: {}", ErrorChain(&err));
+            tracing::warn!(%key, "ignoring a lease with a bad value: {}", Chain(&err));
             None
         }
     }

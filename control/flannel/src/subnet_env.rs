@@ -8,7 +8,7 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 
-use crate::error_chain::ErrorChain;
+use shoal_store_client::Chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetEnvError {
@@ -145,7 +145,7 @@ pub fn previous_subnet(path: &Path) -> Option<Ipv4Network> {
             None
         }
         Err(err) => {
-            tracing::warn!("ignoring the previous subnet file: {}", ErrorChain(&err));
+            tracing::warn!("ignoring the previous subnet file: {}", Chain(&err));
             None
         }
     }

@@ -12,7 +12,7 @@ use super::{
     lease::Lease,
     registry::{LeaseEvent, Registry, RegistryError},
 };
-use crate::error_chain::ErrorChain;
+use shoal_store_client::Chain;
 
 /// Receives the peers' leases as they come and go.
 #[async_trait::async_trait]
@@ -101,7 +101,7 @@ impl LeaseSync {
                         Ok(Some(end)) => return end,
                         Ok(None) => tracing::warn!("lease watch ended; resyncing"),
                         Err(err) => {
-                            tracing::warn!("lease watch failed: {}; resyncing", ErrorChain(&err));
+                            tracing::warn!("lease watch failed: {}; resyncing", Chain(&err));
                             self.registry.fail_over().await;
                         }
                     }
@@ -109,7 +109,7 @@ impl LeaseSync {
                 Err(err) => {
                     tracing::warn!(
                         "listing leases failed: {}; retrying in {backoff:?}",
-                        ErrorChain(&err)
+                        Chain(&err)
                     );
                     self.registry.fail_over().await;
                 }
@@ -149,7 +149,7 @@ impl LeaseSync {
         }
         let keep: Vec<Ipv4Network> = self.known.keys().copied().collect();
         if let Err(err) = sink.resynced(&keep).await {
-            tracing::warn!("pruning state of vanished leases: {}", ErrorChain(&err));
+            tracing::warn!("pruning state of vanished leases: {}", Chain(&err));
         }
         tracing::debug!(revision, peers = keep.len(), "leases resynced");
         revision
@@ -222,7 +222,7 @@ impl LeaseSync {
             }
             // Not remembered, so the next event or resync for this subnet tries again.
             Err(err) => {
-                tracing::error!(subnet = %lease.subnet, "programming peer: {}", ErrorChain(&err))
+                tracing::error!(subnet = %lease.subnet, "programming peer: {}", Chain(&err))
             }
         }
     }
@@ -233,7 +233,7 @@ impl LeaseSync {
         };
         tracing::info!(%subnet, public_ip = %lease.attrs.public_ip, "peer lease removed");
         if let Err(err) = sink.remove(&lease).await {
-            tracing::error!(%subnet, "removing peer: {}", ErrorChain(&err));
+            tracing::error!(%subnet, "removing peer: {}", Chain(&err));
         }
     }
 }

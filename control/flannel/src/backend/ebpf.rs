@@ -9,11 +9,11 @@ use shoal_dataplane::{Backend as Encapsulation, Config, Dataplane, MacAddr, Rout
 use shoal_netlink::{Netlink, OverlayRoute};
 
 use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
-use crate::error_chain::ErrorChain;
 use crate::{
     lease::{Lease, VxlanBackendData, format_mac},
     subnet_env::gateway_of,
 };
+use shoal_store_client::Chain;
 
 /// What the eBPF backend needs besides the underlay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +67,8 @@ async fn sync_endpoints_forever(pin_dir: PathBuf, subnet: Ipv4Network) {
         .await;
         match synced {
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::warn!("registering local workloads: {}", ErrorChain(&err)),
-            Err(err) => tracing::warn!("registering local workloads: {}", ErrorChain(&err)),
+            Ok(Err(err)) => tracing::warn!("registering local workloads: {}", Chain(&err)),
+            Err(err) => tracing::warn!("registering local workloads: {}", Chain(&err)),
         }
     }
 }
