@@ -16,6 +16,7 @@ use shoal_dataplane_common::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS};
 use crate::{
     Config, Error, Result, TcAttach,
     clsact::{attach_clsact, detach_clsact},
+    error::program_error,
     pins::remove_file_if_exists,
 };
 
@@ -35,18 +36,6 @@ pub enum AttachMode {
 pub(crate) const LINK_EGRESS: &str = "link_tc_egress";
 pub(crate) const LINK_INGRESS_XDP: &str = "link_xdp_ingress";
 pub(crate) const LINK_INGRESS_TC: &str = "link_tc_ingress";
-
-pub(crate) fn program_error(
-    program: &'static str,
-    config: &Config,
-) -> impl FnOnce(aya::programs::ProgramError) -> Error + use<> {
-    let interface = config.interface.clone();
-    move |source| Error::Program {
-        program,
-        interface,
-        source: Box::new(source),
-    }
-}
 
 pub(crate) fn link_error(config: &Config, path: &Path, message: impl fmt::Display) -> Error {
     Error::Link {

@@ -8,7 +8,10 @@ use aya::programs::{
 use shoal_dataplane_common::{PROG_TC_EGRESS, PROG_TC_INGRESS};
 use shoal_netlink::TcDirection;
 
-use crate::{Config, Error, Result, attach::program_error, error::netlink_error};
+use crate::{
+    Config, Error, Result,
+    error::{netlink_error, program_error},
+};
 
 /// Priority and handle of shoal's clsact filters (one per direction).
 const CLSACT_PRIORITY: u16 = 1;

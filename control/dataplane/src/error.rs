@@ -1,6 +1,8 @@
 //! The errors of the dataplane API.
 use std::{io, path::PathBuf};
 
+use crate::Config;
+
 /// Errors of the dataplane API; each names the interface or object involved. A message does not
 /// repeat its source: callers print the whole chain (anyhow's `{:#}`, or a chain printer in log
 /// lines).
@@ -47,6 +49,19 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Maps a program error to [`Error::Program`], naming the program and the interface.
+pub(crate) fn program_error(
+    program: &'static str,
+    config: &Config,
+) -> impl FnOnce(aya::programs::ProgramError) -> Error + use<> {
+    let interface = config.interface.clone();
+    move |source| Error::Program {
+        program,
+        interface,
+        source: Box::new(source),
+    }
+}
 
 /// An error of map `map` of the dataplane at `place` (its interface, or its pin directory).
 pub(crate) fn map_error(map: &'static str, place: &str, source: aya::maps::MapError) -> Error {

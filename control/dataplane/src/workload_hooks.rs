@@ -17,7 +17,8 @@ use shoal_dataplane_common::PROG_TC_WORKLOAD;
 
 use crate::{
     Config, Error, Result,
-    attach::{link_error, load_classifier, pinned_link, program_error},
+    attach::{link_error, load_classifier, pinned_link},
+    error::program_error,
     interface::interface_name,
     pins::remove_file_if_exists,
 };
