@@ -5,7 +5,10 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use shoal_harness::{AgentOptions, Agents, Cluster};
+use shoal_harness::{
+    AgentOptions, Agents, Cluster,
+    binaries::{self, Profile},
+};
 
 use crate::{run_cmd, workspace_root};
 
@@ -65,19 +68,12 @@ pub fn run(args: UpArgs) -> Result<()> {
 }
 
 fn build_shoal(release: bool) -> Result<PathBuf> {
-    let root = workspace_root();
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(&root)
-        .args(["build", "--quiet", "--package", "shoal-control"]);
-    if release {
-        cmd.arg("--release");
-    }
-    run_cmd(&mut cmd)?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    Ok(target
-        .join(if release { "release" } else { "debug" })
-        .join("shoal"))
+    let profile = if release {
+        Profile::Release
+    } else {
+        Profile::Debug
+    };
+    Ok(binaries::build("shoal-control", "shoal", profile)?)
 }
 
 fn print_how_to_reach(cluster: &Cluster, shoal: &std::path::Path, subnet_file: &std::path::Path) {

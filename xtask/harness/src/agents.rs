@@ -311,7 +311,7 @@ fn c_path(path: &Path) -> Result<std::ffi::CString> {
 fn io_error(path: &Path, source: std::io::Error) -> Error {
     Error::Spawn {
         command: format!("writing {}", path.display()),
-        source,
+        cause: source,
     }
 }
 

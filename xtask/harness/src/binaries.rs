@@ -1,12 +1,14 @@
-//! Finding the workspace's own binaries for tests and benchmarks that run them as processes.
+//! Finding the workspace's own binaries, for tests, benchmarks and VM clusters that run them.
 //!
-//! The one rule: a binary is taken from the profile directory of the running executable (a test
-//! runs from `target/<profile>/deps/`, a benchmark from `target/<profile>/`), and built there
-//! first with `cargo build -p <package> --bin <name>` (`$CARGO`, else `cargo` if on the PATH),
-//! so it is never stale. Cargo's build lock makes parallel tests wait for one build.
+//! The one rule: a binary is built first with `cargo build -p <package> --bin <name>` (`$CARGO`,
+//! else `cargo`) into the target directory the running program was built into, so it is never
+//! stale; tests take the profile they run in, callers that want another (the release build the
+//! VM guests run) name it. Cargo's build lock makes parallel tests wait for one build.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+use crate::{Error, Result, command::run_visible};
 
 /// `SHOAL_LOG` for the shoal processes tests spawn: netlink-packet-route warns about every
 /// newer-kernel attribute it does not know.
@@ -26,37 +28,55 @@ pub fn shoal() -> PathBuf {
         .clone()
 }
 
-/// Binary `name` of `package`, in the running executable's profile directory (built there when
-/// cargo is at hand); panics saying how to build it when it is missing.
+/// Binary `name` of `package`, in the running executable's profile (built there when cargo is at
+/// hand); panics saying how to build it when it is missing.
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
-    let profile_dir = profile_dir();
-    let path = profile_dir.join(name);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    build(&cargo, &profile_dir, package, name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p {package} --bin {name}`",
-        path.display()
-    );
-    path
-}
-
-/// `target/<profile>` of the running executable.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the path of the running executable");
-    let dir = exe.parent().expect("an executable has a directory");
-    if dir.ends_with("deps") {
-        dir.parent().expect("deps has a parent").to_path_buf()
-    } else {
-        dir.to_path_buf()
+    match build(package, name, running_profile()) {
+        Ok(path) => path,
+        Err(err) => panic!("{err}: run `cargo build -p {package} --bin {name}`"),
     }
 }
 
-fn build(cargo: &str, profile_dir: &Path, package: &str, name: &str) {
-    let mut cmd = Command::new(cargo);
+/// A cargo profile of the workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// `cargo build`: what tests run.
+    #[default]
+    Debug,
+    /// `cargo build --release`: what benchmarks and VM clusters run.
+    Release,
+}
+
+impl Profile {
+    /// Its directory under the target directory.
+    pub fn directory(self) -> &'static str {
+        match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+        }
+    }
+
+    fn cargo_name(self) -> &'static str {
+        match self {
+            Profile::Debug => "dev",
+            Profile::Release => "release",
+        }
+    }
+}
+
+/// Brings binary `name` of `package` in `profile` up to date in the workspace's target directory
+/// (`cargo build --quiet`, a no-op when it is current) and returns its path. Without cargo (a
+/// copied test binary) the binary must already be there.
+pub fn build(package: &str, name: &str, profile: Profile) -> Result<PathBuf> {
+    let target = target_dir();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut cmd = Command::new(&cargo);
     cmd.args(["build", "--quiet", "-p", package, "--bin", name])
+        .args(["--profile", profile.cargo_name()])
         .arg("--manifest-path")
-        .arg(workspace_manifest());
+        .arg(workspace_manifest())
+        .arg("--target-dir")
+        .arg(&target);
     // Cargo gives a running test its package's variables; build scripts that watch one (ring
     // watches CARGO_MANIFEST_DIR) would rerun, and everything above them be rebuilt, twice:
     // here, then again by the next plain `cargo build`.
@@ -65,23 +85,60 @@ fn build(cargo: &str, profile_dir: &Path, package: &str, name: &str) {
             cmd.env_remove(key);
         }
     }
-    if let (Some(profile), Some(target_dir)) = (profile_dir.file_name(), profile_dir.parent()) {
-        let profile = match profile.to_str() {
-            Some("debug") => "dev",
-            Some(other) => other,
-            None => "dev",
-        };
-        cmd.args(["--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir);
+    match run_visible(&mut cmd) {
+        Err(Error::Spawn { cause, .. }) => eprintln!("not building {name} ({cargo}: {cause})"),
+        result => result?,
     }
-    match cmd.status() {
-        Ok(status) => assert!(
-            status.success(),
-            "cargo build -p {package} --bin {name} failed"
-        ),
-        // No cargo here (e.g. a copied test binary): the binary must already be there.
-        Err(err) => eprintln!("not building {name} ({cargo}: {err})"),
+    let path = target.join(profile.directory()).join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Missing(path))
+    }
+}
+
+/// The profile the running executable was built in.
+fn running_profile() -> Profile {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let in_release = exe
+        .ancestors()
+        .take(3)
+        .any(|dir| dir.file_name().is_some_and(|name| name == "release"));
+    if in_release {
+        Profile::Release
+    } else {
+        Profile::Debug
+    }
+}
+
+/// Cargo's target directory: the one the running program was built into (a test binary lives in
+/// `<target>/<profile>/deps`, a tool in `<target>/<profile>`), else `CARGO_TARGET_DIR` or the
+/// workspace's `target/`.
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| target_of_executable(&exe))
+        .unwrap_or_else(configured_target_dir)
+}
+
+fn target_of_executable(exe: &Path) -> Option<PathBuf> {
+    let mut dir = exe.parent()?;
+    if dir.ends_with("deps") {
+        dir = dir.parent()?;
+    }
+    let is_profile_dir = dir.ends_with("debug") || dir.ends_with("release");
+    let target = dir.parent()?;
+    (is_profile_dir && target.join("CACHEDIR.TAG").is_file()).then(|| target.to_path_buf())
+}
+
+fn configured_target_dir() -> PathBuf {
+    let workspace = workspace_manifest()
+        .parent()
+        .map_or_else(PathBuf::new, Path::to_path_buf);
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
     }
 }
 
@@ -104,4 +161,31 @@ fn is_package_variable(key: &str) -> bool {
 /// The workspace's Cargo.toml (this crate lives in `xtask/harness`).
 fn workspace_manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_directory_is_found_from_test_and_tool_executables() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let target = temp.path().join("target");
+        let deps = target.join("debug/deps");
+        std::fs::create_dir_all(&deps).expect("deps");
+        std::fs::write(
+            target.join("CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55",
+        )
+        .expect("tag");
+        assert_eq!(
+            target_of_executable(&deps.join("scenario-0123")),
+            Some(target.clone())
+        );
+        assert_eq!(
+            target_of_executable(&target.join("release/xtask")),
+            Some(target.clone())
+        );
+        assert_eq!(target_of_executable(&temp.path().join("debug/qemu")), None);
+    }
 }

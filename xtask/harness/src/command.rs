@@ -54,7 +54,7 @@ impl Error {
     pub fn spawn(cmd: &Command, source: std::io::Error) -> Self {
         Error::Spawn {
             command: describe(cmd),
-            source,
+            cause: source,
         }
     }
 }

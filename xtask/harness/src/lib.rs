@@ -42,10 +42,12 @@ pub use wait::{wait_for, wait_until};
 /// Errors of the harness; each names the command or namespace involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("running {command}: {source}")]
+    /// The I/O error is part of the message (not a `source`), so it prints once wherever the
+    /// error is printed: in panics and logs of tests as in a chore's error chain.
+    #[error("running {command}: {cause}")]
     Spawn {
         command: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{command} failed ({status}): {stderr}")]
     Failed {
@@ -55,6 +57,8 @@ pub enum Error {
     },
     #[error("invalid cluster layout: {0}")]
     Layout(String),
+    #[error("cargo build left no {}", .0.display())]
+    Missing(std::path::PathBuf),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,7 +21,7 @@ impl NsWorker {
         let path = format!("/var/run/netns/{}", ns.name());
         let handle = File::open(&path).map_err(|source| Error::Spawn {
             command: format!("open {path}"),
-            source,
+            cause: source,
         })?;
         let (entered_tx, entered_rx) = mpsc::channel::<std::io::Result<()>>();
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
@@ -46,7 +46,7 @@ impl NsWorker {
             })
             .map_err(|source| Error::Spawn {
                 command: format!("thread for {}", ns.name()),
-                source,
+                cause: source,
             })?;
         let entered = entered_rx.recv().unwrap_or_else(|_| {
             Err(std::io::Error::other(
@@ -55,7 +55,7 @@ impl NsWorker {
         });
         entered.map_err(|source| Error::Spawn {
             command: format!("setns into {path}"),
-            source,
+            cause: source,
         })?;
         Ok(Self {
             namespace: ns.name().to_string(),

@@ -616,7 +616,7 @@ fn claim_cluster_dir(cache: &Path) -> Result<(u32, PathBuf)> {
             Err(source) => {
                 return Err(Error::Io {
                     context: format!("creating {}", dir.display()),
-                    source,
+                    cause: source,
                 });
             }
         }

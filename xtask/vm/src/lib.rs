@@ -48,10 +48,12 @@ pub enum Error {
     /// A host command that could not start or failed (names the command line).
     #[error(transparent)]
     Command(#[from] shoal_harness::Error),
-    #[error("{context}: {source}")]
+    /// The I/O error is part of the message (not a `source`), so it prints once wherever the
+    /// error is printed (skip reasons, logs, a chore's error chain).
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{what} did not happen within {timeout:?}{detail}")]
     Timeout {
@@ -78,7 +80,7 @@ impl<T> IoContext<T> for std::io::Result<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|source| Error::Io {
             context: context(),
-            source,
+            cause: source,
         })
     }
 }

@@ -100,7 +100,7 @@ pub fn within<T: Send + 'static>(
         if entered != 0 {
             return Err(Error::Io {
                 context: "entering the cluster namespace".to_string(),
-                source: std::io::Error::last_os_error(),
+                cause: std::io::Error::last_os_error(),
             });
         }
         work()
