@@ -1,7 +1,7 @@
 //! `cargo xtask up`: the platform on its embedded defaults, on this machine: a cluster of
 //! network namespaces, each node running `shoal agent` (store member, overlay, fleet), kept
 //! until Ctrl-C. `cargo xtask vm-cluster` does the same on qemu VMs.
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -10,7 +10,7 @@ use shoal_harness::{
     binaries::{self, Profile},
 };
 
-use crate::{run_cmd, workspace_root};
+use crate::workspace_root;
 
 #[derive(Args)]
 pub struct UpArgs {

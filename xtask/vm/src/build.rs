@@ -28,7 +28,11 @@ pub fn shoal_binary(profile: Profile) -> Result<PathBuf> {
             )))
         };
     }
-    Ok(shoal_harness::binaries::build("shoal-control", "shoal", profile)?)
+    Ok(shoal_harness::binaries::build(
+        "shoal-control",
+        "shoal",
+        profile,
+    )?)
 }
 
 /// Whether an ELF file asks for a program interpreter (`PT_INTERP`: dynamically linked).
