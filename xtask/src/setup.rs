@@ -82,11 +82,7 @@ fn install_debian_packages(steps: &Steps) -> Result<()> {
         Command::new("apt-get").arg("update").arg("-q"),
     )?;
     steps.run(
-        &format!(
-            "installing {} Debian packages ({})",
-            missing.len(),
-            missing.join(" ")
-        ),
+        &format!("installing Debian packages: {}", missing.join(" ")),
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
