@@ -144,7 +144,16 @@ impl VmCluster {
         sweep()?;
         let binary = match &spec.binary {
             Some(binary) => binary.clone(),
-            None => build::shoal_binary(spec.profile)?,
+            None => {
+                report(
+                    None,
+                    format!(
+                        "bringing shoal ({}) up to date (cargo build; minutes the first time)",
+                        spec.profile.directory()
+                    ),
+                );
+                build::shoal_binary(spec.profile)?
+            }
         };
         report(None, format!("shoal binary {}", binary.display()));
         report(None, "preparing the guest kernel and initramfs".to_string());
