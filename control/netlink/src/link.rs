@@ -27,13 +27,17 @@ pub struct LinkInfo {
     pub controller: Option<u32>,
 }
 
+/// The kernel's names of the link kinds callers ask about (`IFLA_INFO_KIND`).
+const KIND_BRIDGE: &str = "bridge";
+const KIND_VETH: &str = "veth";
+
 impl LinkInfo {
     pub fn is_bridge(&self) -> bool {
-        self.kind.as_deref() == Some("bridge")
+        self.kind.as_deref() == Some(KIND_BRIDGE)
     }
 
     pub fn is_veth(&self) -> bool {
-        self.kind.as_deref() == Some("veth")
+        self.kind.as_deref() == Some(KIND_VETH)
     }
 }
 
