@@ -87,6 +87,20 @@ impl Member {
         Some((leader, node))
     }
 
+    /// Waits a moment before a request is tried again, or gives up once `deadline` has passed:
+    /// with `NoLeader` while there is none (an election is running), else with `Timeout`.
+    async fn pause_before_retry(&self, deadline: Instant) -> Result<(), EtcdError> {
+        if Instant::now() > deadline {
+            return Err(if self.leader().is_none() {
+                EtcdError::NoLeader
+            } else {
+                EtcdError::Timeout
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    }
+
     /// Runs `local` when this member leads, else `remote` against the leader, retrying while
     /// there is no leader, until the request timeout.
     async fn on_leader<T, L, LF, R, RF>(&self, local: L, remote: R) -> Result<T, EtcdError>
@@ -113,14 +127,7 @@ impl Member {
                 },
                 None => {}
             }
-            if Instant::now() > deadline {
-                return Err(if self.leader().is_none() {
-                    EtcdError::NoLeader
-                } else {
-                    EtcdError::Timeout
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.pause_before_retry(deadline).await?;
         }
     }
 

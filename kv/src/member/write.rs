@@ -61,14 +61,7 @@ impl Member {
                 Written::Failed(error) => return Err(error),
                 Written::Retry => {}
             }
-            if Instant::now() > deadline {
-                return Err(if self.leader().is_none() {
-                    EtcdError::NoLeader
-                } else {
-                    EtcdError::Timeout
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.pause_before_retry(deadline).await?;
         }
     }
 
