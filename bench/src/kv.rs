@@ -462,13 +462,6 @@ fn write_outputs(report: &Report) -> anyhow::Result<()> {
     crate::results::write_outputs("kv", report, CHART)
 }
 
-fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    format!("{cores} cores")
-}
-
 /// Rounds per store (`SHOAL_BENCH_KV_ROUNDS` overrides it). Rounds alternate between etcd and
 /// shoal with both clusters up, so a change in the machine's load (other work on the shared
 /// cores) hits both; every metric reports its median round.
@@ -547,7 +540,7 @@ pub fn run() -> anyhow::Result<Option<String>> {
     }
     let (shoal, etcd) = (median_results(&shoal_rounds), median_results(&etcd_rounds));
     let report = Report {
-        machine: machine(),
+        machine: crate::results::host(),
         ratios: ratios(&shoal, &etcd),
         shoal,
         etcd,

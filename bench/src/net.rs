@@ -728,17 +728,6 @@ fn write_outputs(report: &Report) -> anyhow::Result<()> {
     crate::results::write_outputs("net", report, CHART)
 }
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    format!(
-        "{cpus} CPUs, kernel {}, load {}",
-        kernel.trim(),
-        load.split_whitespace().next().unwrap_or("?")
-    )
-}
-
 /// Runs the suite; `rounds` interleaved rounds over every configuration (default 3).
 pub fn run(rounds: usize) -> anyhow::Result<String> {
     let rounds = rounds.max(1);
@@ -761,7 +750,7 @@ pub fn run(rounds: usize) -> anyhow::Result<String> {
         })
         .collect();
     let report = Report {
-        machine: machine(),
+        machine: crate::results::host(),
         seconds_per_test: SECONDS,
         ratios: ratios(&configs),
         configs,

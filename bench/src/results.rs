@@ -121,8 +121,9 @@ fn revision() -> String {
     format!("rev {hash}{}", if changed { "+changes" } else { "" })
 }
 
-/// `<hostname> (<n> CPUs, <model>, Linux <release>)`.
-fn host() -> String {
+/// `<hostname> (<n> CPUs, <model>, Linux <release>)`: the machine a run measured, also in the
+/// suites' JSON.
+pub fn host() -> String {
     let read = |path: &str| {
         std::fs::read_to_string(path)
             .map(|text| text.trim().to_string())
