@@ -2,6 +2,7 @@
 //! Maintenance, Watch), the typed path their writes take through Raft (`propose`), the
 //! `:authority` shim under the listener ([`authority`]) and the server that assembles them.
 pub mod authority;
+pub mod identity;
 mod cluster;
 mod kv;
 mod lease;
