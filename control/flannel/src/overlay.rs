@@ -17,7 +17,7 @@ use super::{
     lease::LeaseAttrs,
     registry::{Registry, StoreOptions},
     subnet_env::{self, SubnetEnv},
-    sync::LeaseSync,
+    sync::{LeaseScope, LeaseSync},
 };
 use shoal_netlink::Netlink;
 use shoal_store_client::Chain;
@@ -150,7 +150,11 @@ impl Overlay {
         }
         let renewal = acquire::keep_renewed(registry.clone(), own.clone(), config.renew_margin());
         let snapshot = own.snapshot.clone();
-        let mut sync = LeaseSync::new(registry, own.subnet);
+        let scope = LeaseScope {
+            network: network.network,
+            underlay: underlay.connected.clone(),
+        };
+        let mut sync = LeaseSync::new(registry, own.subnet, scope);
         let ended = tokio::select! {
             lost = renewal => anyhow::Error::new(lost),
             end = sync.run_from(Some(snapshot), &mut backend) => anyhow::Error::new(end),
