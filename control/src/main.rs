@@ -61,6 +61,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Fleetd(args) => shoal_scheduler::cli::run_fleetd(args).await,
         Command::Fleetctl(args) => shoal_scheduler::cli::run_fleetctl(args).await,
         Command::Run(args) => shoal_control::run::run(args).await,
+        Command::Pki(args) => shoal_control::pki::run(args),
         Command::Install(args) => shoal_control::install::install(args).await,
         Command::Uninstall(args) => shoal_control::install::uninstall(args).await,
         Command::Version => {
