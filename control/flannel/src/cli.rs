@@ -62,8 +62,9 @@ pub struct FlannelArgs {
     /// Renew the lease this many minutes before it expires.
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
     pub subnet_lease_renew_margin: u64,
-    /// Address of the health endpoint.
-    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    /// Address of the health endpoint (loopback unless set: flanneld's 0.0.0.0 would serve
+    /// every network the node is on).
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "127.0.0.1")]
     pub healthz_ip: Ipv4Addr,
     /// Port of the health endpoint (`GET /healthz`); 0 disables it.
     #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]

@@ -523,6 +523,10 @@ fn ip_masq_and_healthz() {
         .exec("python3", &["-c", HEALTH_CHECK])
         .expect("health check");
     assert_eq!(health.trim(), "200 ok");
+    // Loopback only unless --healthz-ip says otherwise.
+    let underlay = format!("{}:8471", setup.cluster.node(0).underlay_ip());
+    let outside = setup.cluster.node(1).exec("python3", &["-c", CONNECT, &underlay]);
+    assert_eq!(outside.expect("connect attempt").trim(), "refused");
     // Overlay -> outside is masqueraded: node 1 answers although it cannot route to overlay.
     assert!(
         setup.ping_from_container(0, &masq, setup.cluster.node(1).underlay_ip()),
@@ -545,6 +549,16 @@ const HEALTH_CHECK: &str = r#"
 import urllib.request
 with urllib.request.urlopen("http://127.0.0.1:8471/healthz", timeout=5) as response:
     print(response.status, response.read().decode().strip())
+"#;
+
+const CONNECT: &str = r#"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+try:
+    socket.create_connection((host, int(port)), timeout=5)
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
 "#;
 
 const PEER_ADDRESS_SERVER: &str = r#"
