@@ -47,6 +47,12 @@ pub struct KvArgs {
     /// Number of committed entries that trigger a snapshot (and log compaction).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Auth token type: `simple` (etcd's `jwt` is not supported).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Time (in seconds) a simple auth token lives without being used.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
 }
 
 fn split_urls(urls: &str) -> Vec<String> {
@@ -97,6 +103,7 @@ impl KvArgs {
                 self.initial_advertise_peer_urls
             );
         }
+        check_auth_token(&self.auth_token)?;
         let initial_cluster_state = match self.initial_cluster_state.as_str() {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
@@ -118,7 +125,19 @@ impl KvArgs {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
         })
+    }
+}
+
+/// `--auth-token`: etcd's `simple` tokens; `jwt` is refused rather than served as simple.
+fn check_auth_token(spec: &str) -> anyhow::Result<()> {
+    match spec {
+        "simple" => Ok(()),
+        jwt if jwt.split(',').next() == Some("jwt") => {
+            bail!("--auth-token=jwt is not supported by shoal kv; use --auth-token=simple")
+        }
+        other => bail!("--auth-token must be simple, not {other:?}"),
     }
 }
 

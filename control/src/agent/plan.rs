@@ -104,6 +104,7 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
         heartbeat_interval: store.heartbeat_interval,
         election_timeout: store.election_timeout,
         snapshot_count: 10_000,
+        auth_token_ttl: shoal_kv::storage::tokens::DEFAULT_TTL,
     };
     Ok(Some(MemberPlan {
         config: kv,

@@ -31,6 +31,8 @@ pub struct Config {
     pub election_timeout: Duration,
     /// Applied entries between snapshots (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
+    /// How long a simple auth token lives unused (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
 }
 
 impl Config {
@@ -51,6 +53,7 @@ impl Config {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100_000,
+            auth_token_ttl: crate::storage::tokens::DEFAULT_TTL,
         }
     }
 }
