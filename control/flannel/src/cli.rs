@@ -37,8 +37,8 @@ pub struct FlannelArgs {
     /// etcd user name.
     #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
     pub etcd_username: Option<String>,
-    /// etcd password.
-    #[arg(long, env = "FLANNELD_ETCD_PASSWORD")]
+    /// etcd password (of --etcd-username).
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", requires = "etcd_username")]
     pub etcd_password: Option<String>,
     /// Interface (name or IPv4 address) for inter-host traffic; repeatable, first match wins.
     #[arg(long, env = "FLANNELD_IFACE", value_delimiter = ',')]

@@ -15,7 +15,7 @@ use super::{
     iface::IfaceSelection,
     ipmasq,
     lease::LeaseAttrs,
-    registry::{Registry, StoreOptions},
+    registry::{Registry, RegistryError, StoreOptions},
     subnet_env::{self, SubnetEnv},
     sync::{LeaseScope, LeaseSync},
 };
@@ -115,7 +115,7 @@ impl Overlay {
             ),
             None => None,
         };
-        let mut registry = connect(&config.store).await;
+        let mut registry = connect(&config.store).await?;
         let network = wait_for_config(&mut registry).await?;
         let netlink = Netlink::open().context("opening rtnetlink")?;
         let underlay = iface::select(&netlink, &config.interface)
@@ -163,12 +163,19 @@ impl Overlay {
     }
 }
 
-/// Connects to the store, retrying (and logging) until it answers.
-async fn connect(store: &StoreOptions) -> Registry {
+/// Connects to the store, retrying (and logging) until it answers; a store that refuses the
+/// user and password is an error at once (retrying cannot fix them).
+async fn connect(store: &StoreOptions) -> Result<Registry> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match Registry::connect(store).await {
-            Ok(registry) => return registry,
+            Ok(registry) => return Ok(registry),
+            Err(RegistryError::Connect(err)) if err.is_authentication_failure() => {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "the store refused the credentials of user {:?}",
+                    store.username.as_deref().unwrap_or_default()
+                )));
+            }
             Err(err) => tracing::warn!(
                 "store not reachable yet: {}; retrying in {backoff:?}",
                 Chain(&err)

@@ -525,7 +525,10 @@ fn ip_masq_and_healthz() {
     assert_eq!(health.trim(), "200 ok");
     // Loopback only unless --healthz-ip says otherwise.
     let underlay = format!("{}:8471", setup.cluster.node(0).underlay_ip());
-    let outside = setup.cluster.node(1).exec("python3", &["-c", CONNECT, &underlay]);
+    let outside = setup
+        .cluster
+        .node(1)
+        .exec("python3", &["-c", CONNECT, &underlay]);
     assert_eq!(outside.expect("connect attempt").trim(), "refused");
     // Overlay -> outside is masqueraded: node 1 answers although it cannot route to overlay.
     assert!(
