@@ -972,6 +972,6 @@ mod tests {
             .filter(|n| n.role == Role::Master)
             .map(NodeLayout::client_url)
             .collect();
-        assert_eq!(masters, ["http://10.97.0.11:2379"]);
+        assert_eq!(masters, ["https://10.97.0.11:2379"], "secure by default");
     }
 }
