@@ -2,6 +2,8 @@
 //! the node runs ([`plan`]), then runs together: a store member (masters) or nothing (workers
 //! use the masters), the overlay control plane and dataplane, fleet's agent and engine
 //! candidate, and the health endpoint ([`health`], [`readiness`]).
+//! With a `pki` directory the store speaks TLS, each component is its own store user, and the
+//! first master sets up the users and turns on auth ([`store_users`]).
 //!
 //! Shutdown (SIGINT, SIGTERM) stops the components; the overlay leaves its routes, lease and
 //! pinned dataplane in place so running containers keep their network.
