@@ -21,7 +21,12 @@ impl Member {
             .collect();
         let (member, mut tasks) = Member::open(config, db).await?;
         for listener in peer_listeners {
-            tasks.push(tokio::spawn(crate::peer::serve(member.clone(), listener)));
+            let identity = member.identity();
+            tasks.push(tokio::spawn(crate::peer::serve(
+                member.clone(),
+                identity,
+                listener,
+            )));
         }
         for listener in client_listeners {
             tasks.push(tokio::spawn(crate::api::serve_clients(

@@ -42,8 +42,9 @@ pub enum Command {
     LeaseRevoke {
         id: i64,
     },
-    /// Writes that queued up together, applied in order as consecutive revisions.
-    Batch(Vec<Command>),
+    /// Writes that queued up together, applied in order as consecutive revisions: a follower's
+    /// forwarded batch may travel in the leader's, no deeper ([`MAX_BATCH_DEPTH`]).
+    Batch(#[serde(deserialize_with = "nested_at_most")] Vec<Command>),
     /// A member announces its name and client URLs once it runs.
     PublishMember {
         id: u64,
@@ -63,8 +64,40 @@ pub enum Outcome {
     Compact(Proto<pb::CompactionResponse>),
     LeaseGrant(Proto<pb::LeaseGrantResponse>),
     LeaseRevoke(Proto<pb::LeaseRevokeResponse>),
-    Batch(Vec<Outcome>),
+    Batch(#[serde(deserialize_with = "nested_at_most")] Vec<Outcome>),
     Error(EtcdError),
+}
+
+/// How deep batches nest: a follower's batch inside the leader's.
+pub const MAX_BATCH_DEPTH: u8 = 2;
+
+thread_local! {
+    /// The batches the deserializer of this thread is inside.
+    static BATCH_DEPTH: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Deserializes a batch's items unless it is nested deeper than [`MAX_BATCH_DEPTH`], refused
+/// before its items are read: decoding recurses once per level, and a frame of nested batches
+/// would otherwise overflow the stack.
+fn nested_at_most<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    /// Leaves the batch when its items are read, or failed to be.
+    struct Inside(u8);
+    impl Drop for Inside {
+        fn drop(&mut self) {
+            BATCH_DEPTH.set(self.0);
+        }
+    }
+    let depth = BATCH_DEPTH.get();
+    if depth >= MAX_BATCH_DEPTH {
+        return Err(serde::de::Error::custom(format!(
+            "batches nested more than {MAX_BATCH_DEPTH} deep"
+        )));
+    }
+    let _inside = Inside(depth);
+    BATCH_DEPTH.set(depth + 1);
+    Vec::deserialize(deserializer)
 }
 
 /// A member's name and client URLs (its peer URLs live in the Raft membership).
@@ -112,5 +145,37 @@ pub(crate) fn test_entry(index: u64, term: u64) -> Entry {
     Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
         payload: openraft::EntryPayload::Normal(Command::Compact(index as i64)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> Command {
+        (0..depth).fold(Command::Compact(1), |inner, _| Command::Batch(vec![inner]))
+    }
+
+    #[test]
+    fn batches_decode_two_deep_and_no_deeper() {
+        let two = bincode::serialize(&nested(2)).expect("encode");
+        assert!(bincode::deserialize::<Command>(&two).is_ok());
+        let three = bincode::serialize(&nested(3)).expect("encode");
+        let refused = bincode::deserialize::<Command>(&three).expect_err("three deep");
+        assert!(refused.to_string().contains("nested"), "{refused}");
+        // Refusing left nothing behind: the next decode starts at depth 0.
+        assert!(bincode::deserialize::<Command>(&two).is_ok());
+    }
+
+    #[test]
+    fn a_million_nested_batches_are_refused_without_recursing_into_them() {
+        // Each level: the Batch variant index (u32) and a vector length (u64) of 1.
+        let batch_tag = bincode::serialize(&Command::Batch(Vec::new())).expect("encode");
+        let mut bytes = Vec::new();
+        for _ in 0..1_000_000 {
+            bytes.extend(&batch_tag[..4]);
+            bytes.extend(1u64.to_le_bytes());
+        }
+        assert!(bincode::deserialize::<Command>(&bytes).is_err());
     }
 }

@@ -47,27 +47,21 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let req = request.into_inner();
-        validate::put(&req)?;
-        propose(&self.0, req).await
+        propose(&self.0, request.into_inner()).await
     }
 
     async fn delete_range(
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let req = request.into_inner();
-        validate::delete_range(&req)?;
-        propose(&self.0, req).await
+        propose(&self.0, request.into_inner()).await
     }
 
     async fn txn(
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        let req = request.into_inner();
-        validate::txn(&req)?;
-        propose(&self.0, req).await
+        propose(&self.0, request.into_inner()).await
     }
 
     async fn compact(

@@ -11,9 +11,6 @@ use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, lease_server::Lease};
 
-/// etcd's largest lease TTL.
-const MAX_LEASE_TTL: i64 = 9_000_000_000;
-
 pub struct LeaseService(pub Arc<Member>);
 
 impl LeaseService {
@@ -31,9 +28,6 @@ impl Lease for LeaseService {
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let req = request.into_inner();
-        if req.ttl > MAX_LEASE_TTL {
-            return Err(EtcdError::LeaseTtlTooLarge.into());
-        }
         let id = if req.id == 0 {
             rand::random::<i64>() & i64::MAX
         } else {
