@@ -20,8 +20,8 @@ pub enum Command {
     Kv(shoal_kv::cli::KvArgs),
     /// Run only the overlay network (flanneld-compatible).
     Flannel(shoal_flannel::cli::FlannelArgs),
-    /// Run only fleet's daemon (agent and engine candidate).
-    Fleetd(shoal_scheduler::cli::FleetdArgs),
+    /// Run only fleet's daemon (agent and engine candidate; boxed: its flags are many).
+    Fleetd(Box<shoal_scheduler::cli::FleetdArgs>),
     /// Manage units across the cluster (fleetctl-compatible).
     Fleetctl(shoal_scheduler::cli::FleetctlArgs),
     /// Run a command in a new container network namespace on the overlay.

@@ -41,6 +41,9 @@ impl Fleetd {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), FleetdError> {
         config.validate()?;
+        for option in &config.without_effect {
+            tracing::warn!(option, "fleetd: this fleet option has no effect in shoal");
+        }
         let machine_id = identity::machine_id(config.machine_id.as_deref(), &config.data_dir)?;
         let public_ip = config
             .public_ip
@@ -86,7 +89,7 @@ fn make_runtime(config: &FleetConfig) -> Result<Arc<dyn UnitRuntime>, FleetdErro
     };
     if use_systemd {
         tracing::info!("fleetd: running units through systemd");
-        return Ok(Arc::new(Systemd::default()));
+        return Ok(Arc::new(Systemd::new(&config.units_directory)));
     }
     tracing::info!(data_dir = %config.data_dir.display(), "fleetd: running units with the built-in supervisor");
     Ok(Arc::new(Supervisor::new(&config.data_dir)?))

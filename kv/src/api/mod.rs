@@ -2,8 +2,8 @@
 //! Maintenance, Watch), the typed path their writes take through Raft (`propose`), the
 //! `:authority` shim under the listener ([`authority`]) and the server that assembles them.
 pub mod authority;
-pub mod identity;
 mod cluster;
+pub mod identity;
 mod kv;
 mod lease;
 mod maintenance;

@@ -1,10 +1,13 @@
-//! Runtime for machines where systemd is PID 1: units are written to `/run/fleet/units`,
+//! Runtime for machines where systemd is PID 1: units are written to fleet's `units_directory` (`/run/fleet/units`),
 //! linked into systemd at runtime and driven with `systemctl`; output comes from `journalctl`.
 //! systemd keeps running units across agent restarts, so adoption is implicit.
 //!
 //! Not exercised on the development machine (systemd is not PID 1 there); the VM tests run it.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use async_trait::async_trait;
 use tokio::{process::Command, sync::Mutex};
@@ -12,17 +15,16 @@ use tokio::{process::Command, sync::Mutex};
 use super::runtime::{RuntimeError, UnitRuntime, UnitStatus};
 use crate::unit::{UnitFile, UnitName};
 
-const UNIT_DIR: &str = "/run/fleet/units";
-
 pub struct Systemd {
     dir: PathBuf,
     loaded: Mutex<HashMap<String, (String, bool)>>,
 }
 
-impl Default for Systemd {
-    fn default() -> Self {
+impl Systemd {
+    /// A runtime writing its unit files into `dir` (fleet's `units_directory`).
+    pub fn new(dir: &Path) -> Self {
         Self {
-            dir: PathBuf::from(UNIT_DIR),
+            dir: dir.to_path_buf(),
             loaded: Mutex::new(HashMap::new()),
         }
     }
