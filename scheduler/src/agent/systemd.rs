@@ -18,6 +18,9 @@ use crate::unit::{UnitFile, UnitName};
 pub struct Systemd {
     dir: PathBuf,
     loaded: Mutex<HashMap<String, (String, bool)>>,
+    /// Set in systemd's manager environment (inherited by every unit) before the first load.
+    environment: Vec<(String, String)>,
+    environment_published: Mutex<bool>,
 }
 
 impl Systemd {
@@ -26,7 +29,33 @@ impl Systemd {
         Self {
             dir: dir.to_path_buf(),
             loaded: Mutex::new(HashMap::new()),
+            environment: Vec::new(),
+            environment_published: Mutex::new(false),
         }
+    }
+
+    /// Gives every unit these variables (CoreOS's `COREOS_*` addresses) through
+    /// `systemctl set-environment`, as `/etc/environment` gave them on CoreOS.
+    pub fn with_environment(mut self, environment: Vec<(String, String)>) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    async fn publish_environment(&self) -> Result<(), RuntimeError> {
+        let mut published = self.environment_published.lock().await;
+        if *published || self.environment.is_empty() {
+            return Ok(());
+        }
+        let assignments: Vec<String> = self
+            .environment
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        let mut args = vec!["set-environment"];
+        args.extend(assignments.iter().map(String::as_str));
+        systemctl(&args).await?;
+        *published = true;
+        Ok(())
     }
 }
 
@@ -52,6 +81,7 @@ async fn systemctl(args: &[&str]) -> Result<String, RuntimeError> {
 #[async_trait]
 impl UnitRuntime for Systemd {
     async fn load(&self, name: &UnitName, unit: &UnitFile, hash: &str) -> Result<(), RuntimeError> {
+        self.publish_environment().await?;
         tokio::fs::create_dir_all(&self.dir)
             .await
             .map_err(|e| RuntimeError::io(format!("creating {}", self.dir.display()), e))?;
