@@ -24,6 +24,8 @@ pub enum Command {
     Fleetd(Box<shoal_scheduler::cli::FleetdArgs>),
     /// Manage units across the cluster (fleetctl-compatible).
     Fleetctl(shoal_scheduler::cli::FleetctlArgs),
+    /// Write Docker's daemon options from flannel's subnet.env (flannel's mk-docker-opts.sh).
+    MkDockerOpts(shoal_flannel::mk_docker_opts::MkDockerOptsArgs),
     /// Run a command in a new container network namespace on the overlay.
     Run(crate::run::RunArgs),
     /// Install shoal as a systemd service on this host.

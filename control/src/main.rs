@@ -65,6 +65,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Flannel(args) => shoal_flannel::cli::run(args).await,
         Command::Fleetd(args) => shoal_scheduler::cli::run_fleetd(*args).await,
         Command::Fleetctl(args) => shoal_scheduler::cli::run_fleetctl(args).await,
+        Command::MkDockerOpts(args) => shoal_flannel::mk_docker_opts::run(args).await,
         Command::Run(args) => shoal_control::run::run(args).await,
         Command::Install(args) => shoal_control::install::install(args).await,
         Command::Uninstall(args) => shoal_control::install::uninstall(args).await,
