@@ -24,6 +24,9 @@ pub enum Command {
     Fleetd(Box<shoal_scheduler::cli::FleetdArgs>),
     /// Manage units across the cluster (fleetctl-compatible).
     Fleetctl(shoal_scheduler::cli::FleetctlArgs),
+    /// Answer the CNI protocol as flannel's CNI plugin (also reachable as a `flannel` symlink
+    /// in the CNI bin dir).
+    Cni,
     /// Write Docker's daemon options from flannel's subnet.env (flannel's mk-docker-opts.sh).
     MkDockerOpts(shoal_flannel::mk_docker_opts::MkDockerOptsArgs),
     /// Run a command in a new container network namespace on the overlay.

@@ -14,6 +14,8 @@ use crate::agent::config::AgentConfig;
 const BINARY: &str = "usr/local/bin/shoal";
 const FLEETCTL_LINK: &str = "usr/local/bin/fleetctl";
 const FLEETD_LINK: &str = "usr/local/bin/fleetd";
+/// flannel's CNI plugin in the standard CNI bin dir (shoal answers as `flannel`).
+const CNI_LINK: &str = "opt/cni/bin/flannel";
 const UNIT: &str = "etc/systemd/system/shoal.service";
 const DOCKER_DROP_IN: &str = "etc/systemd/system/docker.service.d/40-flannel.conf";
 const CONFIG: &str = "etc/shoal/agent.yaml";
@@ -108,11 +110,12 @@ pub async fn install(args: InstallArgs) -> Result<()> {
     for link in [FLEETCTL_LINK, FLEETD_LINK] {
         link_to_shoal(root, link, Path::new("shoal"))?;
     }
+    link_to_shoal(root, CNI_LINK, &Path::new("/").join(BINARY))?;
     place(root, UNIT, unit_file().as_bytes())?;
     place(root, DOCKER_DROP_IN, docker_drop_in().as_bytes())?;
     println!(
-        "installed /{BINARY}, /{FLEETCTL_LINK}, /{FLEETD_LINK}, /{UNIT}, /{DOCKER_DROP_IN}, \
-         /{CONFIG} below {}",
+        "installed /{BINARY}, /{FLEETCTL_LINK}, /{FLEETD_LINK}, /{CNI_LINK}, /{UNIT}, \
+         /{DOCKER_DROP_IN}, /{CONFIG} below {}",
         root.display()
     );
     if is_host_root(root) {
@@ -133,6 +136,7 @@ pub async fn uninstall(args: UninstallArgs) -> Result<()> {
         DOCKER_DROP_IN,
         FLEETCTL_LINK,
         FLEETD_LINK,
+        CNI_LINK,
         BINARY,
         CONFIG,
     ] {
@@ -226,6 +230,8 @@ mod tests {
             let target = std::fs::read_link(root.path().join(link)).expect("symlink");
             assert_eq!(target, Path::new("shoal"));
         }
+        let cni = std::fs::read_link(root.path().join(CNI_LINK)).expect("CNI symlink");
+        assert_eq!(cni, Path::new("/usr/local/bin/shoal"));
         let drop_in = std::fs::read_to_string(root.path().join(DOCKER_DROP_IN)).expect("drop-in");
         for line in [
             "Requires=shoal.service",

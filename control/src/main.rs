@@ -1,5 +1,6 @@
 //! `shoal`: one binary for every part of the platform. Invoked through a symlink named
-//! `fleetctl` or `fleetd`, it behaves as `shoal fleetctl` or `shoal fleetd`.
+//! `fleetctl`, `fleetd` or `flannel` (the CNI plugin), it behaves as `shoal fleetctl`,
+//! `shoal fleetd` or `shoal cni`.
 use std::{ffi::OsString, path::Path};
 
 use anyhow::Result;
@@ -11,6 +12,8 @@ fn main() -> std::process::ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let command = if invoked_as(&args, "fleetctl") {
         Command::Fleetctl(FleetctlArgs::parse_from(args))
+    } else if invoked_as(&args, "flannel") {
+        Command::Cni
     } else if invoked_as(&args, "fleetd") {
         Command::Fleetd(Box::new(FleetdCommandLine::parse_go_style(args).args))
     } else {
@@ -65,6 +68,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Flannel(args) => shoal_flannel::cli::run(args).await,
         Command::Fleetd(args) => shoal_scheduler::cli::run_fleetd(*args).await,
         Command::Fleetctl(args) => shoal_scheduler::cli::run_fleetctl(args).await,
+        Command::Cni => shoal_cni::run_as_plugin().map_err(Into::into),
         Command::MkDockerOpts(args) => shoal_flannel::mk_docker_opts::run(args).await,
         Command::Run(args) => shoal_control::run::run(args).await,
         Command::Install(args) => shoal_control::install::install(args).await,
