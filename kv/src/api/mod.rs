@@ -1,6 +1,8 @@
 //! The etcd v3 gRPC services on top of a [`Member`]: one file per service (KV, Lease, Cluster,
-//! Maintenance, Watch), the typed path their writes take through Raft (`propose`), the
+//! Maintenance, Watch, Auth), who sent a request (`access`), the typed path their writes take through Raft (`propose`), the
 //! `:authority` shim under the listener ([`authority`]) and the server that assembles them.
+mod access;
+mod auth;
 pub mod authority;
 mod cluster;
 pub mod identity;
@@ -13,23 +15,29 @@ pub mod watch;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use tokio::net::TcpListener;
 
+pub use self::auth::AuthService;
 pub use self::cluster::ClusterService;
 pub use self::kv::KvService;
 pub use self::lease::LeaseService;
 pub use self::maintenance::{MaintenanceService, VERSION};
 use crate::member::{MAX_REQUEST_BYTES, Member};
 use crate::proto::etcdserverpb::{
-    self as pb, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    self as pb, auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 
 /// gRPC framing allowance on top of the request limit (etcd's `grpcOverheadBytes`).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Serves the etcd API on one listener until the task is aborted.
-pub async fn serve_clients(member: Arc<Member>, listener: TcpListener) {
+/// Serves the etcd API on one listener's connections ([`crate::listen::connections`]) until the
+/// task is aborted.
+pub async fn serve_clients(
+    member: Arc<Member>,
+    connections: impl futures::Stream<Item = std::io::Result<crate::listen::Connection>>
+    + Send
+    + 'static,
+) {
     let limit = MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -49,8 +57,9 @@ pub async fn serve_clients(member: Arc<Member>, listener: TcpListener) {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
         )
+        .add_service(AuthServer::new(AuthService(member.clone())).max_decoding_message_size(limit))
         .serve_with_incoming(
-            crate::listen::incoming(listener)
+            connections
                 .map(|accepted| accepted.map(crate::api::authority::AuthorityFixingStream::new)),
         )
         .await;

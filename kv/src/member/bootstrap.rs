@@ -15,6 +15,7 @@ use crate::error::StoreError;
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerPool};
 use crate::storage::state_machine::{Shared, State, StateMachine};
 use crate::storage::store::{DataFile, LogStore};
+use crate::storage::tokens::SimpleTokens;
 use crate::types::{Command, MemberAttrs, Members, Raft};
 
 impl Member {
@@ -23,10 +24,14 @@ impl Member {
     pub(crate) async fn open(
         config: Config,
         db: Arc<DataFile>,
+        peer_tls: Option<Arc<crate::tls::Tls>>,
     ) -> Result<(Arc<Member>, Vec<JoinHandle<()>>), StoreError> {
         let (feed, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
-            state: std::sync::RwLock::new(State::default()),
+            state: std::sync::RwLock::new(State {
+                tokens: SimpleTokens::new(config.auth_token_ttl),
+                ..State::default()
+            }),
             feed,
             applied: tokio::sync::watch::channel(0).0,
         });
@@ -35,7 +40,7 @@ impl Member {
             &config.initial_advertise_peer_urls,
             &config.initial_cluster_token,
         );
-        let pool = PeerPool::default();
+        let pool = PeerPool::new(peer_tls);
         let (id, cluster_id) = match config.initial_cluster_state {
             ClusterState::New => (id, cluster_id(&initial, &config.initial_cluster_token)),
             ClusterState::Existing => join_existing(&pool, &config, &initial, id).await?,
