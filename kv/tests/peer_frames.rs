@@ -243,7 +243,7 @@ async fn forwarded_writes_are_checked_on_the_leader_as_client_requests_are() {
         name: target.cluster.specs[0].name.clone(),
         peer_urls: vec![target.cluster.specs[0].peer_url()],
     };
-    let pool = PeerPool::new(target.identity);
+    let pool = PeerPool::new(target.identity, None);
     let put = |key: &[u8], value_bytes: usize| {
         Command::Put(Proto(pb::PutRequest {
             key: key.to_vec(),

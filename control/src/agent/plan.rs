@@ -104,6 +104,8 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
         heartbeat_interval: store.heartbeat_interval,
         election_timeout: store.election_timeout,
         snapshot_count: 10_000,
+        client_tls: None,
+        peer_tls: None,
     };
     Ok(Some(MemberPlan {
         config: kv,

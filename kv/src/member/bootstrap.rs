@@ -24,6 +24,7 @@ impl Member {
     pub(crate) async fn open(
         config: Config,
         db: Arc<DataFile>,
+        peer_tls: Option<Arc<crate::tls::Tls>>,
     ) -> Result<(Arc<Member>, Vec<JoinHandle<()>>), StoreError> {
         let (feed, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -38,12 +39,15 @@ impl Member {
         );
         let (id, cluster_id) = match config.initial_cluster_state {
             ClusterState::New => (id, cluster_id(&initial, &config.initial_cluster_token)),
-            ClusterState::Existing => join_existing(&config, &initial, id).await?,
+            ClusterState::Existing => {
+                join_existing(&config, &initial, id, peer_tls.clone()).await?
+            }
         };
-        let pool = PeerPool::new(Identity {
+        let identity = Identity {
             cluster_id,
             member_id: id,
-        });
+        };
+        let pool = PeerPool::new(identity, peer_tls);
         let log_store = LogStore::new(db.clone(), &config.data_dir, id)?;
         let durability = log_store.durability();
         let state_machine = StateMachine::open(db, shared.clone(), durability.clone())?;
@@ -159,8 +163,9 @@ async fn join_existing(
     config: &Config,
     initial: &Members,
     fallback_id: u64,
+    peer_tls: Option<Arc<crate::tls::Tls>>,
 ) -> Result<(u64, u64), StoreError> {
-    let pool = PeerPool::new(Identity::UNKNOWN);
+    let pool = PeerPool::new(Identity::UNKNOWN, peer_tls);
     for (_, node) in initial.iter().filter(|(id, _)| **id != fallback_id) {
         let view: Result<ClusterView, _> = pool
             .call(

@@ -17,8 +17,12 @@
 //! handoffs (the channel's buffer task, the HTTP/2 connection task, a task per stream on both
 //! sides) against ~20 us of socket time; here the caller writes its frame itself and one
 //! reader task per connection wakes it.
+//!
+//! The frames run over any byte stream: how a connection is made (TCP, TLS over it) is the
+//! [`Dial`] a [`Links`] is given, and the server serves whatever streams it is handed.
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -127,14 +131,26 @@ fn wrong_cluster(theirs: u64, ours: u64) -> String {
     format!("cluster ID mismatch: the frame is from cluster {theirs:x}, this member is in {ours:x}")
 }
 
-/// A connection to a peer, whatever carries it (TCP, TLS over TCP).
-pub trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerIo for S {}
-type PeerStream = Box<dyn PeerIo>;
+/// A connection frames travel on.
+pub trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerStream for S {}
 
-type FrameWriter<S> = tokio::sync::Mutex<FramedWrite<WriteHalf<S>, LengthDelimitedCodec>>;
-type FrameReader<S> = FramedRead<ReadHalf<S>, LengthDelimitedCodec>;
-type Writer = FrameWriter<PeerStream>;
+/// Makes a connection to a peer, given the target a call names.
+pub type Dial = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = std::io::Result<Box<dyn PeerStream>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Dials `host:port` over plain TCP, with Nagle's algorithm off.
+pub async fn dial_tcp(address: &str) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+type Writer<W> = tokio::sync::Mutex<FramedWrite<W, LengthDelimitedCodec>>;
+type DialedWriter = Writer<WriteHalf<Box<dyn PeerStream>>>;
 type Waiters = HashMap<u64, oneshot::Sender<Result<Bytes, CallError>>>;
 /// A peer's connection, once made; locked while connecting.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Link>>>>;
@@ -163,7 +179,7 @@ impl Answers {
 
 /// One connection to a peer.
 struct Link {
-    writer: Writer,
+    writer: DialedWriter,
     answers: Arc<Answers>,
     next_id: AtomicU64,
     identity: Identity,
@@ -171,21 +187,16 @@ struct Link {
 
 impl Link {
     async fn connect(
-        address: &str,
+        dial: &Dial,
+        target: &str,
         max_frame: usize,
         identity: Identity,
     ) -> Result<Arc<Link>, CallError> {
-        let unreachable = |e: &dyn std::fmt::Display| CallError::NotSent(format!("{address}: {e}"));
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+        let unreachable = |e: &dyn std::fmt::Display| CallError::NotSent(format!("{target}: {e}"));
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, dial(target.to_string()))
             .await
             .map_err(|_| unreachable(&"connecting timed out"))?
             .map_err(|e| unreachable(&e))?;
-        stream.set_nodelay(true).map_err(|e| unreachable(&e))?;
-        Ok(Link::over(Box::new(stream), max_frame, identity))
-    }
-
-    /// A link over a connection made, its reader task started.
-    fn over(stream: PeerStream, max_frame: usize, identity: Identity) -> Arc<Link> {
         let (read, write) = tokio::io::split(stream);
         let link = Arc::new(Link {
             writer: tokio::sync::Mutex::new(FramedWrite::new(write, codec(max_frame))),
@@ -195,7 +206,7 @@ impl Link {
         });
         let reader = FramedRead::new(read, codec(max_frame));
         tokio::spawn(read_answers(reader, link.answers.clone(), identity));
-        link
+        Ok(link)
     }
 
     /// Sends one request and waits for its answer, all within `timeout`. A send cut short (by
@@ -242,7 +253,7 @@ impl Link {
 /// Hands each answer to its caller until the connection ends (or answers in another protocol
 /// version), then fails every call still waiting. An answer from another cluster fails its call.
 async fn read_answers(
-    mut reader: FrameReader<PeerStream>,
+    mut reader: FramedRead<ReadHalf<Box<dyn PeerStream>>, LengthDelimitedCodec>,
     answers: Arc<Answers>,
     identity: Identity,
 ) {
@@ -283,9 +294,11 @@ async fn read_answers(
     }
 }
 
-/// Connections to peers by address (`host:port`), made on first use and again after one breaks.
+/// Connections to peers by target (what the [`Dial`] takes; `host:port` for plain TCP), made
+/// on first use and again after one breaks.
 pub struct Links {
     slots: Mutex<HashMap<String, Slot>>,
+    dial: Dial,
     /// The largest payload a frame carries, both ways.
     max_frame: usize,
     /// Who this member is, as its requests say.
@@ -299,9 +312,25 @@ impl std::fmt::Debug for Links {
 }
 
 impl Links {
+    /// Links over plain TCP to `host:port` targets, speaking for `identity`.
     pub fn new(max_frame: usize, identity: Identity) -> Self {
+        Self::with_dial(
+            max_frame,
+            identity,
+            Arc::new(|address: String| {
+                Box::pin(async move {
+                    let stream: Box<dyn PeerStream> = Box::new(dial_tcp(&address).await?);
+                    Ok(stream)
+                })
+            }),
+        )
+    }
+
+    /// Links whose connections `dial` makes, speaking for `identity`.
+    pub fn with_dial(max_frame: usize, identity: Identity, dial: Dial) -> Self {
         Self {
             slots: Mutex::default(),
+            dial,
             max_frame,
             identity,
         }
@@ -330,7 +359,7 @@ impl Links {
         if let Some(link) = slot.as_ref().filter(|link| !link.answers.is_closed()) {
             return Ok(link.clone());
         }
-        let link = Link::connect(address, self.max_frame, self.identity).await?;
+        let link = Link::connect(&self.dial, address, self.max_frame, self.identity).await?;
         *slot = Some(link.clone());
         Ok(link)
     }
@@ -377,7 +406,7 @@ impl Server {
 pub async fn serve<C, S, H, F, E>(connections: C, rules: ServerRules, handle: H)
 where
     C: futures::Stream<Item = std::io::Result<S>>,
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: PeerStream,
     H: Fn(u8, Bytes) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
@@ -404,14 +433,14 @@ where
 /// Serves one connection until it ends, a frame cannot be read, or one is of another version.
 async fn serve_connection<S, H, F, E>(stream: S, server: Arc<Server>, handle: H)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: PeerStream,
     H: Fn(u8, Bytes) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
     let rules = &server.rules;
     let (read, write) = tokio::io::split(stream);
-    let writer: Arc<FrameWriter<S>> = Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
+    let writer: Arc<Writer<WriteHalf<S>>> = Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
         write,
         codec(rules.max_frame),
     )));
@@ -469,7 +498,7 @@ where
 }
 
 async fn answer<S: AsyncWrite>(
-    writer: &FrameWriter<S>,
+    writer: &Writer<WriteHalf<S>>,
     identity: Identity,
     request_id: u64,
     result: Result<Vec<u8>, String>,
