@@ -16,6 +16,7 @@ use crate::peer::wire::Identity;
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerPool};
 use crate::storage::state_machine::{Shared, State, StateMachine};
 use crate::storage::store::{DataFile, LogStore};
+use crate::storage::tokens::SimpleTokens;
 use crate::types::{Command, MemberAttrs, Members, Raft};
 
 impl Member {
@@ -28,7 +29,10 @@ impl Member {
     ) -> Result<(Arc<Member>, Vec<JoinHandle<()>>), StoreError> {
         let (feed, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
-            state: std::sync::RwLock::new(State::default()),
+            state: std::sync::RwLock::new(State {
+                tokens: SimpleTokens::new(config.auth_token_ttl),
+                ..State::default()
+            }),
             feed,
             applied: tokio::sync::watch::channel(0).0,
         });
@@ -39,15 +43,15 @@ impl Member {
         );
         let (id, cluster_id) = match config.initial_cluster_state {
             ClusterState::New => (id, cluster_id(&initial, &config.initial_cluster_token)),
-            ClusterState::Existing => {
-                join_existing(&config, &initial, id, peer_tls.clone()).await?
-            }
+            ClusterState::Existing => join_existing(&config, &initial, id, &peer_tls).await?,
         };
-        let identity = Identity {
-            cluster_id,
-            member_id: id,
-        };
-        let pool = PeerPool::new(identity, peer_tls);
+        let pool = PeerPool::new(
+            Identity {
+                cluster_id,
+                member_id: id,
+            },
+            peer_tls,
+        );
         let log_store = LogStore::new(db.clone(), &config.data_dir, id)?;
         let durability = log_store.durability();
         let state_machine = StateMachine::open(db, shared.clone(), durability.clone())?;
@@ -163,9 +167,9 @@ async fn join_existing(
     config: &Config,
     initial: &Members,
     fallback_id: u64,
-    peer_tls: Option<Arc<crate::tls::Tls>>,
+    peer_tls: &Option<Arc<crate::tls::Tls>>,
 ) -> Result<(u64, u64), StoreError> {
-    let pool = PeerPool::new(Identity::UNKNOWN, peer_tls);
+    let pool = PeerPool::new(Identity::UNKNOWN, peer_tls.clone());
     for (_, node) in initial.iter().filter(|(id, _)| **id != fallback_id) {
         let view: Result<ClusterView, _> = pool
             .call(

@@ -31,6 +31,15 @@ fn check_request(command: &Command) -> Result<(), EtcdError> {
         Command::Batch(_) => {
             return Err(EtcdError::Internal("a batch inside a request".to_string()));
         }
+        Command::AsUser { command, .. } => match command.as_ref() {
+            Command::AsUser { .. } | Command::Batch(_) => {
+                return Err(EtcdError::Internal(
+                    "a request inside a request".to_string(),
+                ));
+            }
+            command => check_request(command)?,
+        },
+        Command::Auth(_) => {}
         Command::Compact(_) | Command::LeaseRevoke { .. } | Command::PublishMember { .. } => {}
     }
     let size = bincode::serialized_size(command).map_err(|e| EtcdError::Internal(e.to_string()))?;

@@ -135,8 +135,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PeerError> {
         .map_err(PeerError::Decode)
 }
 
-/// Where a member is reached, from the first of its advertised peer URLs: `host:port`, or
-/// `https://host:port` when it speaks TLS (what [`dial`] takes).
+/// The `host:port` a member is reached at (from the first of its advertised peer URLs).
 fn peer_address(node: &MemberNode) -> Result<String, PeerError> {
     let url = node
         .peer_urls
@@ -167,7 +166,7 @@ fn dial(tls: Option<Arc<Tls>>) -> Dial {
         let tls = tls.clone();
         Box::pin(async move {
             let Some(address) = target.strip_prefix("https://") else {
-                let stream: Box<dyn PeerStream> = Box::new(dial_tcp(&target).await?);
+                let stream: PeerStream = Box::new(dial_tcp(&target).await?);
                 return Ok(stream);
             };
             let tls = tls.ok_or_else(|| {
@@ -177,7 +176,7 @@ fn dial(tls: Option<Arc<Tls>>) -> Dial {
             })?;
             let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
             let stream = dial_tcp(address).await?;
-            let stream: Box<dyn PeerStream> = Box::new(tls.connect(host, stream).await?);
+            let stream: PeerStream = Box::new(tls.connect(host, stream).await?);
             Ok(stream)
         })
     })

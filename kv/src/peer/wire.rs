@@ -131,13 +131,15 @@ fn wrong_cluster(theirs: u64, ours: u64) -> String {
     format!("cluster ID mismatch: the frame is from cluster {theirs:x}, this member is in {ours:x}")
 }
 
-/// A connection frames travel on.
-pub trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerStream for S {}
+/// A connection to a peer, whatever carries it (TCP, TLS over TCP).
+pub trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerIo for S {}
+/// A connection to a peer, as [`Links`] hold them.
+pub type PeerStream = Box<dyn PeerIo>;
 
 /// Makes a connection to a peer, given the target a call names.
 pub type Dial = Arc<
-    dyn Fn(String) -> Pin<Box<dyn Future<Output = std::io::Result<Box<dyn PeerStream>>> + Send>>
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = std::io::Result<PeerStream>> + Send>>
         + Send
         + Sync,
 >;
@@ -149,8 +151,9 @@ pub async fn dial_tcp(address: &str) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-type Writer<W> = tokio::sync::Mutex<FramedWrite<W, LengthDelimitedCodec>>;
-type DialedWriter = Writer<WriteHalf<Box<dyn PeerStream>>>;
+type FrameWriter<S> = tokio::sync::Mutex<FramedWrite<WriteHalf<S>, LengthDelimitedCodec>>;
+type FrameReader<S> = FramedRead<ReadHalf<S>, LengthDelimitedCodec>;
+type Writer = FrameWriter<PeerStream>;
 type Waiters = HashMap<u64, oneshot::Sender<Result<Bytes, CallError>>>;
 /// A peer's connection, once made; locked while connecting.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Link>>>>;
@@ -179,7 +182,7 @@ impl Answers {
 
 /// One connection to a peer.
 struct Link {
-    writer: DialedWriter,
+    writer: Writer,
     answers: Arc<Answers>,
     next_id: AtomicU64,
     identity: Identity,
@@ -197,6 +200,11 @@ impl Link {
             .await
             .map_err(|_| unreachable(&"connecting timed out"))?
             .map_err(|e| unreachable(&e))?;
+        Ok(Link::over(stream, max_frame, identity))
+    }
+
+    /// A link over a connection made, its reader task started.
+    fn over(stream: PeerStream, max_frame: usize, identity: Identity) -> Arc<Link> {
         let (read, write) = tokio::io::split(stream);
         let link = Arc::new(Link {
             writer: tokio::sync::Mutex::new(FramedWrite::new(write, codec(max_frame))),
@@ -206,7 +214,7 @@ impl Link {
         });
         let reader = FramedRead::new(read, codec(max_frame));
         tokio::spawn(read_answers(reader, link.answers.clone(), identity));
-        Ok(link)
+        link
     }
 
     /// Sends one request and waits for its answer, all within `timeout`. A send cut short (by
@@ -253,7 +261,7 @@ impl Link {
 /// Hands each answer to its caller until the connection ends (or answers in another protocol
 /// version), then fails every call still waiting. An answer from another cluster fails its call.
 async fn read_answers(
-    mut reader: FramedRead<ReadHalf<Box<dyn PeerStream>>, LengthDelimitedCodec>,
+    mut reader: FrameReader<PeerStream>,
     answers: Arc<Answers>,
     identity: Identity,
 ) {
@@ -319,14 +327,14 @@ impl Links {
             identity,
             Arc::new(|address: String| {
                 Box::pin(async move {
-                    let stream: Box<dyn PeerStream> = Box::new(dial_tcp(&address).await?);
+                    let stream: PeerStream = Box::new(dial_tcp(&address).await?);
                     Ok(stream)
                 })
             }),
         )
     }
 
-    /// Links whose connections `dial` makes, speaking for `identity`.
+    /// Links whose connections `dial` makes.
     pub fn with_dial(max_frame: usize, identity: Identity, dial: Dial) -> Self {
         Self {
             slots: Mutex::default(),
@@ -406,7 +414,7 @@ impl Server {
 pub async fn serve<C, S, H, F, E>(connections: C, rules: ServerRules, handle: H)
 where
     C: futures::Stream<Item = std::io::Result<S>>,
-    S: PeerStream,
+    S: AsyncRead + AsyncWrite + Send + 'static,
     H: Fn(u8, Bytes) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
@@ -433,14 +441,14 @@ where
 /// Serves one connection until it ends, a frame cannot be read, or one is of another version.
 async fn serve_connection<S, H, F, E>(stream: S, server: Arc<Server>, handle: H)
 where
-    S: PeerStream,
+    S: AsyncRead + AsyncWrite + Send + 'static,
     H: Fn(u8, Bytes) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
     let rules = &server.rules;
     let (read, write) = tokio::io::split(stream);
-    let writer: Arc<Writer<WriteHalf<S>>> = Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
+    let writer: Arc<FrameWriter<S>> = Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
         write,
         codec(rules.max_frame),
     )));
@@ -498,7 +506,7 @@ where
 }
 
 async fn answer<S: AsyncWrite>(
-    writer: &Writer<WriteHalf<S>>,
+    writer: &FrameWriter<S>,
     identity: Identity,
     request_id: u64,
     result: Result<Vec<u8>, String>,
