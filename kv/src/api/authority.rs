@@ -238,12 +238,15 @@ impl Default for Rewriter {
     }
 }
 
+/// A decoded header block: (name, value) pairs in order.
+type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Decodes one header block, refusing it once its fields add up to over [`MAX_HEADER_LIST`]
 /// (fields past that point are only counted, never copied).
 fn decode_bounded(
     decoder: &mut loona_hpack::Decoder<'static>,
     block: &[u8],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RewriteError> {
+) -> Result<HeaderList, RewriteError> {
     let mut headers = Vec::new();
     let mut size = 0usize;
     decoder
@@ -461,7 +464,7 @@ impl Rewriter {
 
 /// Makes `:authority` a valid authority: a URL's `host:port`, or nothing. Returns whether it
 /// had to change anything.
-fn fix_authority(headers: &mut Vec<(Vec<u8>, Vec<u8>)>) -> bool {
+fn fix_authority(headers: &mut HeaderList) -> bool {
     let mut fixed = false;
     headers.retain_mut(|(name, value)| {
         if name.as_slice() != b":authority" || http::uri::Authority::try_from(&value[..]).is_ok() {
