@@ -73,6 +73,12 @@ pub struct KvArgs {
     /// Enable peer client cert authentication.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
+    /// Auth token type: `simple` (etcd's `jwt` is not supported).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Time (in seconds) a simple auth token lives without being used.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
 }
 
 /// The certificate flags of one side (`""` or `"peer-"`), checked as etcd checks them.
@@ -169,6 +175,7 @@ impl KvArgs {
                 self.initial_advertise_peer_urls
             );
         }
+        check_auth_token(&self.auth_token)?;
         let initial_cluster_state = match self.initial_cluster_state.as_str() {
             "new" => ClusterState::New,
             "existing" => ClusterState::Existing,
@@ -219,7 +226,19 @@ impl KvArgs {
             snapshot_count: self.snapshot_count,
             client_tls,
             peer_tls,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
         })
+    }
+}
+
+/// `--auth-token`: etcd's `simple` tokens; `jwt` is refused rather than served as simple.
+fn check_auth_token(spec: &str) -> anyhow::Result<()> {
+    match spec {
+        "simple" => Ok(()),
+        jwt if jwt.split(',').next() == Some("jwt") => {
+            bail!("--auth-token=jwt is not supported by shoal kv; use --auth-token=simple")
+        }
+        other => bail!("--auth-token must be simple, not {other:?}"),
     }
 }
 

@@ -134,7 +134,13 @@ pub fn connections(
                         let _permit = permit;
                         match tls.accept(stream).await {
                             Ok(stream) => {
-                                let certificate = client_identity(stream.get_ref().1);
+                                // etcd takes a certificate's CN for the user only with
+                                // --client-cert-auth, not with a trusted CA file alone.
+                                let certificate = tls
+                                    .files()
+                                    .client_cert_auth
+                                    .then(|| client_identity(stream.get_ref().1))
+                                    .flatten();
                                 let connection = Connection {
                                     stream: Stream::Tls(Box::new(stream)),
                                     info: ClientConnectInfo {

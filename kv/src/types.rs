@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb as pb;
+use crate::storage::auth::{AuthCommand, AuthReply, Requester};
 
 /// A protobuf message carried inside a serde structure as its protobuf encoding.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -49,6 +50,14 @@ pub enum Command {
         id: u64,
         attrs: MemberAttrs,
     },
+    /// A client's request and who sent it (etcd's request header): the apply checks its
+    /// permissions. Commands not wrapped come from the cluster itself (lease expiry).
+    AsUser {
+        user: Requester,
+        command: Box<Command>,
+    },
+    /// A change to users, roles, permissions or auth itself (or a read of them).
+    Auth(AuthCommand),
 }
 
 /// What applying a [`Command`] produced; errors are deterministic, so they are outcomes too.
@@ -65,6 +74,7 @@ pub enum Outcome {
     LeaseRevoke(Proto<pb::LeaseRevokeResponse>),
     Batch(Vec<Outcome>),
     Error(EtcdError),
+    Auth(AuthReply),
 }
 
 /// A member's name and client URLs (its peer URLs live in the Raft membership).

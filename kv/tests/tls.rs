@@ -97,24 +97,38 @@ async fn identity_echo(url: &str, tls: Option<std::sync::Arc<Tls>>) -> u16 {
 async fn a_request_over_a_client_certificate_connection_carries_its_common_name() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_ca, files) = certificates(dir.path());
-    let tls = Tls::load(files, &[b"h2"]).expect("TLS loads");
-    let port = identity_echo("https://127.0.0.1:0", Some(tls)).await;
     let read = |name: &str| std::fs::read(dir.path().join(name)).expect("read");
-    let options = etcd_client::ConnectOptions::new().with_tls(
-        etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
-            .identity(etcd_client::Identity::from_pem(
-                read("alice.pem"),
-                read("alice-key.pem"),
-            )),
-    );
-    let mut client =
-        etcd_client::Client::connect([format!("https://127.0.0.1:{port}")], Some(options))
-            .await
-            .expect("connect");
-    let answer = format!("{:?}", client.get("k", None).await.expect_err("echoed"));
-    println!("TLS: {answer}");
+    let ask_as_alice = |port: u16| {
+        let options = etcd_client::ConnectOptions::new().with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
+                .identity(etcd_client::Identity::from_pem(
+                    read("alice.pem"),
+                    read("alice-key.pem"),
+                )),
+        );
+        async move {
+            let url = format!("https://127.0.0.1:{port}");
+            let mut client = etcd_client::Client::connect([url], Some(options))
+                .await
+                .expect("connect");
+            format!("{:?}", client.get("k", None).await.expect_err("echoed"))
+        }
+    };
+    let tls = Tls::load(files.clone(), &[b"h2"]).expect("TLS loads");
+    let answer = ask_as_alice(identity_echo("https://127.0.0.1:0", Some(tls)).await).await;
+    println!("--client-cert-auth: {answer}");
     assert!(answer.contains(r#"common_name: \"alice\""#), "{answer}");
+
+    // A trusted CA alone verifies the certificate but, as in etcd, names no user.
+    let ca_only = TlsFiles {
+        client_cert_auth: false,
+        ..files
+    };
+    let tls = Tls::load(ca_only, &[b"h2"]).expect("TLS loads");
+    let answer = ask_as_alice(identity_echo("https://127.0.0.1:0", Some(tls)).await).await;
+    println!("--trusted-ca-file alone: {answer}");
+    assert!(answer.contains("certificate: None"), "{answer}");
 
     let port = identity_echo("http://127.0.0.1:0", None).await;
     let mut client = etcd_client::Client::connect([format!("http://127.0.0.1:{port}")], None)

@@ -106,6 +106,7 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
         snapshot_count: 10_000,
         client_tls: None,
         peer_tls: None,
+        auth_token_ttl: shoal_kv::storage::tokens::DEFAULT_TTL,
     };
     Ok(Some(MemberPlan {
         config: kv,

@@ -1,9 +1,11 @@
-//! etcd's Cluster service: member list, add, remove and promote, as Raft membership changes.
+//! etcd's Cluster service: member list, add, remove and promote, as Raft membership changes
+//! (which, with auth on, need root).
 use std::sync::Arc;
 
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
+use super::access::check_admin;
 use crate::error::EtcdError;
 use crate::member::{Member, member_id};
 use crate::proto::etcdserverpb::{self as pb, cluster_server::Cluster};
@@ -75,6 +77,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        check_admin(&self.0, &request).await?;
         let req = request.into_inner();
         let existing = self.member_list();
         if existing
@@ -111,6 +114,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        check_admin(&self.0, &request).await?;
         let id = request.into_inner().id;
         let members = self.member_list();
         let target = members
@@ -137,8 +141,9 @@ impl Cluster for ClusterService {
 
     async fn member_update(
         &self,
-        _request: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        check_admin(&self.0, &request).await?;
         Err(Status::unimplemented(
             "etcdserver: member update is not supported by shoal kv",
         ))
@@ -158,6 +163,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        check_admin(&self.0, &request).await?;
         let id = request.into_inner().id;
         let members = self.member_list();
         let target = members

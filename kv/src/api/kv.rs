@@ -1,15 +1,18 @@
 //! etcd's KV service: ranges (linearizable through ReadIndex unless serializable) and the
-//! writes (put, delete, txn, compact), proposed through Raft.
+//! writes (put, delete, txn, compact), proposed through Raft; each checked against its
+//! sender's permissions.
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::propose::propose;
+use super::access::requester;
+use super::propose::{propose, propose_as};
 use super::revision_of;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, kv_server::Kv};
+use crate::storage::auth::Access;
 use crate::storage::mvcc::validate;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -22,12 +25,20 @@ impl Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let user = requester(&self.0, &request).await?;
         let req = request.into_inner();
         validate::range(&req)?;
         if !req.serializable {
             self.0.read_barrier().await?;
         }
-        let mut response = self.0.shared.read().mvcc.range(&req)?;
+        // Checked and read under one lock: the auth store cannot change in between.
+        let mut response = {
+            let state = self.0.shared.read();
+            state
+                .auth
+                .check_range(&user, &req.key, &req.range_end, Access::Read)?;
+            state.mvcc.range(&req)?
+        };
         response.header = self.0.header(revision_of(&response.header));
         Ok(Response::new(response))
     }
@@ -47,33 +58,38 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let user = requester(&self.0, &request).await?;
         let req = request.into_inner();
         validate::put(&req)?;
-        propose(&self.0, req).await
+        propose_as(&self.0, user, req).await
     }
 
     async fn delete_range(
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let user = requester(&self.0, &request).await?;
         let req = request.into_inner();
         validate::delete_range(&req)?;
-        propose(&self.0, req).await
+        propose_as(&self.0, user, req).await
     }
 
     async fn txn(
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let user = requester(&self.0, &request).await?;
         let req = request.into_inner();
         validate::txn(&req)?;
-        propose(&self.0, req).await
+        propose_as(&self.0, user, req).await
     }
 
     async fn compact(
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        // etcd 3.4 checks no permission for compaction, only that a token is valid.
+        requester(&self.0, &request).await?;
         propose(&self.0, request.into_inner()).await
     }
 }

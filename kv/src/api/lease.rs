@@ -6,7 +6,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::propose::propose;
+use super::access::requester;
+use super::propose::{propose, propose_as};
 use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, lease_server::Lease};
@@ -30,6 +31,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        // etcd 3.4 checks no permission for a grant, only that a token is valid.
+        requester(&self.0, &request).await?;
         let req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -47,7 +50,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        propose(&self.0, request.into_inner()).await
+        // Revoking deletes the lease's keys: it needs write on every one of them.
+        let user = requester(&self.0, &request).await?;
+        propose_as(&self.0, user, request.into_inner()).await
     }
 
     type LeaseKeepAliveStream = ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>;

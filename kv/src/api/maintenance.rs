@@ -1,11 +1,12 @@
 //! etcd's Maintenance service: status, hashes, alarms, defragment (nothing to do) and the
-//! snapshot stream.
+//! snapshot stream. With auth on, hashes, defragment and snapshots need root, as in etcd.
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::access::check_admin;
 use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
@@ -68,8 +69,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        check_admin(&self.0, &request).await?;
         // redb reuses freed pages itself; there is nothing to defragment.
         Ok(Response::new(pb::DefragmentResponse {
             header: self.header(),
@@ -78,8 +80,9 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _request: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        check_admin(&self.0, &request).await?;
         let state = self.0.shared.read();
         Ok(Response::new(pb::HashResponse {
             header: self.0.header(state.mvcc.revision()),
@@ -91,6 +94,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        check_admin(&self.0, &request).await?;
         let state = self.0.shared.read();
         let current = state.mvcc.revision();
         let requested = request.into_inner().revision;
@@ -114,8 +118,9 @@ impl Maintenance for MaintenanceService {
     /// Streams the replicated state as of now (shoal's own format, restorable only by shoal).
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        check_admin(&self.0, &request).await?;
         let (data, revision) = {
             let state = self.0.shared.read();
             let mut data =

@@ -1,6 +1,8 @@
 //! The etcd v3 gRPC services on top of a [`Member`]: one file per service (KV, Lease, Cluster,
-//! Maintenance, Watch), the typed path their writes take through Raft (`propose`), the
+//! Maintenance, Watch, Auth), who sent a request (`access`), the typed path their writes take through Raft (`propose`), the
 //! `:authority` shim under the listener ([`authority`]) and the server that assembles them.
+mod access;
+mod auth;
 pub mod authority;
 mod cluster;
 pub mod identity;
@@ -14,14 +16,15 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
+pub use self::auth::AuthService;
 pub use self::cluster::ClusterService;
 pub use self::kv::KvService;
 pub use self::lease::LeaseService;
 pub use self::maintenance::{MaintenanceService, VERSION};
 use crate::member::{MAX_REQUEST_BYTES, Member};
 use crate::proto::etcdserverpb::{
-    self as pb, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    self as pb, auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 
 /// gRPC framing allowance on top of the request limit (etcd's `grpcOverheadBytes`).
@@ -54,6 +57,7 @@ pub async fn serve_clients(
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
         )
+        .add_service(AuthServer::new(AuthService(member.clone())).max_decoding_message_size(limit))
         .serve_with_incoming(
             connections
                 .map(|accepted| accepted.map(crate::api::authority::AuthorityFixingStream::new)),

@@ -5,6 +5,7 @@ use tonic::{Response, Status};
 use super::revision_of;
 use crate::member::Member;
 use crate::proto::etcdserverpb as pb;
+use crate::storage::auth::Requester;
 use crate::types::{Command, Outcome, Proto};
 
 /// A request the API serves by proposing it through Raft.
@@ -22,13 +23,34 @@ pub(super) async fn propose<P: Proposal>(
     request: P,
 ) -> Result<Response<P::Response>, Status> {
     let outcome = member.propose(request.command()).await?;
+    answer::<P>(member, outcome)
+}
+
+/// Proposes `request` as sent by `user`: refused at once when the auth store already says no,
+/// and checked again when applied, against the auth revision `user` carries (etcd's way).
+pub(super) async fn propose_as<P: Proposal>(
+    member: &Member,
+    user: Requester,
+    request: P,
+) -> Result<Response<P::Response>, Status> {
+    let command = request.command();
+    member.shared.read().check_write(&user, &command)?;
+    let command = Command::AsUser {
+        user,
+        command: Box::new(command),
+    };
+    let outcome = member.propose(command).await?;
+    answer::<P>(member, outcome)
+}
+
+fn answer<P: Proposal>(member: &Member, outcome: Outcome) -> Result<Response<P::Response>, Status> {
     let mut response = P::response(outcome).map_err(unexpected)?;
     let header = P::header(&mut response);
     *header = member.header(revision_of(header));
     Ok(Response::new(response))
 }
 
-fn unexpected(outcome: Outcome) -> Status {
+pub(super) fn unexpected(outcome: Outcome) -> Status {
     Status::internal(format!("etcdserver: unexpected outcome {outcome:?}"))
 }
 

@@ -1,6 +1,7 @@
 //! The Watch service. Each client stream runs one session task that owns its watchers; the
 //! session hears applied events from the state machine's broadcast feed and reads history from
-//! the store for `start_revision` (and when it fell behind the feed).
+//! the store for `start_revision` (and when it fell behind the feed). With auth on, a watch is
+//! created only on keys its stream's sender may read.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +10,14 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::access::Credentials;
+use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{
     self as pb, watch_create_request::FilterType, watch_request::RequestUnion, watch_server::Watch,
 };
 use crate::proto::mvccpb::{self, event::EventType};
+use crate::storage::auth::Access;
 use crate::storage::mvcc::key_in_range;
 use crate::storage::state_machine::Feed;
 
@@ -34,6 +38,7 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (tx, rx) = mpsc::channel(256);
         let session = Session {
+            credentials: Credentials::of(&request),
             member: self.0.clone(),
             feed: self.0.shared.feed.subscribe(),
             tx,
@@ -84,6 +89,8 @@ impl Watcher {
 }
 
 struct Session {
+    /// What the stream presented; each watch's creation checks read on its keys with it.
+    credentials: Credentials,
     member: Arc<Member>,
     feed: broadcast::Receiver<Feed>,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
@@ -177,7 +184,37 @@ impl Session {
         Some(id)
     }
 
+    /// etcd's `isWatchPermitted`: read on the watched keys, when the watch is created.
+    async fn check_read(&self, create: &pb::WatchCreateRequest) -> Result<(), EtcdError> {
+        let user = self.credentials.requester(&self.member).await?;
+        self.member.shared.read().auth.check_range(
+            &user,
+            &create.key,
+            &create.range_end,
+            Access::Read,
+        )
+    }
+
     async fn create(&mut self, create: pb::WatchCreateRequest) -> Result<(), Closed> {
+        if let Err(refused) = self.check_read(&create).await {
+            let revision = self.member.shared.read().mvcc.revision();
+            let reason = match refused {
+                EtcdError::InvalidAuthToken | EtcdError::AuthOldRevision | EtcdError::UserEmpty => {
+                    refused
+                }
+                _ => EtcdError::PermissionDenied,
+            };
+            return self
+                .send(pb::WatchResponse {
+                    header: self.header(revision),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
         let Some(id) = self.allocate_id(create.watch_id) else {
             let revision = self.member.shared.read().mvcc.revision();
             return self

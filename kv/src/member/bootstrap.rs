@@ -15,6 +15,7 @@ use crate::error::StoreError;
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerPool};
 use crate::storage::state_machine::{Shared, State, StateMachine};
 use crate::storage::store::{DataFile, LogStore};
+use crate::storage::tokens::SimpleTokens;
 use crate::types::{Command, MemberAttrs, Members, Raft};
 
 impl Member {
@@ -27,7 +28,10 @@ impl Member {
     ) -> Result<(Arc<Member>, Vec<JoinHandle<()>>), StoreError> {
         let (feed, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
-            state: std::sync::RwLock::new(State::default()),
+            state: std::sync::RwLock::new(State {
+                tokens: SimpleTokens::new(config.auth_token_ttl),
+                ..State::default()
+            }),
             feed,
             applied: tokio::sync::watch::channel(0).0,
         });

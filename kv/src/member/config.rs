@@ -38,6 +38,8 @@ pub struct Config {
     /// The peer listeners' and the peer dialer's TLS (the `--peer-` flags), for `https://`
     /// peer URLs.
     pub peer_tls: Option<TlsFiles>,
+    /// How long a simple auth token lives unused (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
 }
 
 impl Config {
@@ -60,6 +62,7 @@ impl Config {
             snapshot_count: 100_000,
             client_tls: None,
             peer_tls: None,
+            auth_token_ttl: crate::storage::tokens::DEFAULT_TTL,
         }
     }
 }

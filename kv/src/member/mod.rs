@@ -131,7 +131,7 @@ impl Member {
         }
     }
 
-    async fn wait_applied(&self, index: u64) -> Result<(), EtcdError> {
+    pub(crate) async fn wait_applied(&self, index: u64) -> Result<(), EtcdError> {
         let mut applied = self.shared.applied.subscribe();
         let reached = applied.wait_for(|applied| *applied >= index);
         match tokio::time::timeout(REQUEST_TIMEOUT, reached).await {

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
-/// The record format this shoal writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The record format this shoal writes and reads (2: snapshots carry the auth store).
+pub const FORMAT_VERSION: u32 = 2;
 const VERSION_BYTES: usize = 4;
 const CRC_BYTES: usize = 4;
 

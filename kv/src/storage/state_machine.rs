@@ -13,23 +13,45 @@ use tokio::sync::broadcast;
 use super::store::{DataFile, SNAPSHOT, io_err, read_meta, write_meta};
 use crate::error::{EtcdError, StoreError};
 use crate::proto::mvccpb;
+use crate::storage::auth::{Access, AuthCommand, AuthReply, AuthStore, Requester};
 use crate::storage::durable::Durability;
 use crate::storage::mvcc::Mvcc;
+use crate::storage::tokens::SimpleTokens;
 use crate::types::{
     Command, Entry, LogId, MemberAttrs, MemberNode, Outcome, Proto, StorageError, StoredMembership,
     TypeConfig,
 };
 
-/// The replicated state: the key-value store and what members published about themselves.
+/// The replicated state: the key-value store, the auth store and what members published about
+/// themselves; beside it, this member's simple tokens (in memory only, as etcd's).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     pub mvcc: Mvcc,
     pub member_attrs: BTreeMap<u64, MemberAttrs>,
+    pub auth: AuthStore,
+    #[serde(skip)]
+    pub tokens: SimpleTokens,
 }
 
 impl State {
-    /// Applies one command; returns its outcome and the watch events it produced.
-    pub fn apply(&mut self, command: Command) -> (Outcome, Vec<mvccpb::Event>) {
+    /// Applies one command of log entry `index`; returns its outcome and the watch events it
+    /// produced.
+    pub fn apply(&mut self, index: u64, command: Command) -> (Outcome, Vec<mvccpb::Event>) {
+        self.apply_by(index, None, command)
+    }
+
+    /// Applies `command` sent by `requester` (`None`: the cluster itself, unchecked).
+    fn apply_by(
+        &mut self,
+        index: u64,
+        requester: Option<&Requester>,
+        command: Command,
+    ) -> (Outcome, Vec<mvccpb::Event>) {
+        if let Some(requester) = requester
+            && let Err(e) = self.check_write(requester, &command)
+        {
+            return (Outcome::Error(e), Vec::new());
+        }
         let mvcc = &mut self.mvcc;
         let result = match command {
             Command::Put(req) => mvcc
@@ -55,7 +77,7 @@ impl State {
                 let mut outcomes = Vec::with_capacity(commands.len());
                 let mut events = Vec::new();
                 for command in commands {
-                    let (outcome, produced) = self.apply(command);
+                    let (outcome, produced) = self.apply_by(index, requester, command);
                     outcomes.push(outcome);
                     events.extend(produced);
                 }
@@ -65,8 +87,82 @@ impl State {
                 self.member_attrs.insert(id, attrs);
                 Ok((Outcome::None, Vec::new()))
             }
+            Command::AsUser { user, command } => {
+                return self.apply_by(index, Some(&user), *command);
+            }
+            Command::Auth(command) => self
+                .apply_auth(index, requester, command)
+                .map(|reply| (Outcome::Auth(reply), Vec::new())),
         };
         result.unwrap_or_else(|e: EtcdError| (Outcome::Error(e), Vec::new()))
+    }
+
+    /// Whether `requester` may make this write (etcd's `authApplierV3`): checked where the
+    /// request enters and again when it is applied, against the auth revision it carries.
+    pub fn check_write(&self, requester: &Requester, command: &Command) -> Result<(), EtcdError> {
+        let auth = &self.auth;
+        match command {
+            Command::Put(req) => {
+                let req = &req.0;
+                auth.check_put(requester, &req.key)?;
+                // Attaching a lease needs write on the keys it holds (who revokes it deletes them).
+                self.check_lease_keys(requester, req.lease)?;
+                if req.prev_kv {
+                    auth.check_range(requester, &req.key, &[], Access::Read)?;
+                }
+                Ok(())
+            }
+            Command::DeleteRange(req) => auth.check_delete(requester, &req.0),
+            Command::Txn(req) => auth.check_txn(requester, &req.0),
+            Command::LeaseRevoke { id } => self.check_lease_keys(requester, *id),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_lease_keys(&self, requester: &Requester, lease: i64) -> Result<(), EtcdError> {
+        let Some(record) = self.mvcc.lease(lease) else {
+            return Ok(());
+        };
+        record
+            .keys
+            .iter()
+            .try_for_each(|key| self.auth.check_put(requester, key))
+    }
+
+    /// Applies an auth command and keeps this member's tokens in step with it.
+    fn apply_auth(
+        &mut self,
+        index: u64,
+        requester: Option<&Requester>,
+        command: AuthCommand,
+    ) -> Result<AuthReply, EtcdError> {
+        let token = match &command {
+            AuthCommand::Authenticate { token_prefix, .. } => {
+                Some(SimpleTokens::token(token_prefix, index))
+            }
+            _ => None,
+        };
+        let forget = match &command {
+            AuthCommand::UserDelete { name } | AuthCommand::UserChangePassword { name, .. } => {
+                Some(name.clone())
+            }
+            _ => None,
+        };
+        let disable = command == AuthCommand::Disable;
+        let reply = self.auth.apply(requester, command)?;
+        if disable {
+            self.tokens.clear();
+        }
+        if let Some(name) = forget {
+            self.tokens.invalidate_user(&name);
+        }
+        match (token, reply) {
+            (Some(token), AuthReply::Authenticated(user)) => {
+                self.tokens.assign(token.clone(), user);
+                Ok(AuthReply::Token(token))
+            }
+            (_, reply) => Ok(reply),
+        }
     }
 }
 
@@ -99,6 +195,13 @@ impl Shared {
         self.state
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces the replicated state (a snapshot), keeping this member's tokens.
+    fn replace(&self, mut state: State) {
+        let mut current = self.write();
+        state.tokens = current.tokens.clone();
+        *current = state;
     }
 }
 
@@ -137,7 +240,7 @@ impl StateMachine {
         };
         if let Some(stored) = read_meta::<StoredSnapshot>(&machine.db, SNAPSHOT)? {
             let state: State = bincode::deserialize(&stored.data)?;
-            *machine.shared.write() = state;
+            machine.shared.replace(state);
             machine.last_applied = stored.meta.last_log_id;
             machine.publish_applied();
             machine.last_membership = stored.meta.last_membership;
@@ -230,7 +333,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Outcome::None
                     }
                     EntryPayload::Normal(command) => {
-                        let (outcome, produced) = state.apply(command);
+                        let (outcome, produced) = state.apply(entry.log_id.index, command);
                         events.extend(produced);
                         outcome
                     }
@@ -277,7 +380,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         write_meta(&self.db, SNAPSHOT, &stored)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e)))?;
-        *self.shared.write() = state;
+        self.shared.replace(state);
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.publish_applied();
@@ -288,5 +391,122 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         self.stored_snapshot()
             .map_err(|e| StorageIOError::read_snapshot(None, &io_err(e)).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb as pb;
+    use crate::storage::auth::{Permission, ROOT};
+
+    fn auth(state: &mut State, index: u64, command: AuthCommand) -> Outcome {
+        state.apply(index, Command::Auth(command)).0
+    }
+
+    fn put_as(state: &mut State, user: Requester, key: &str) -> Outcome {
+        let put = pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let command = Command::AsUser {
+            user,
+            command: Box::new(Command::Put(Proto(put))),
+        };
+        state.apply(0, command).0
+    }
+
+    /// Auth on; `alice` may write `a` through role `app`.
+    fn state_with_alice() -> State {
+        let mut state = State::default();
+        let user = |name: &str| AuthCommand::UserAdd {
+            name: name.to_string(),
+            password_hash: Some("hash".to_string()),
+        };
+        let commands = [
+            user(ROOT),
+            user("alice"),
+            AuthCommand::UserGrantRole {
+                user: ROOT.to_string(),
+                role: ROOT.to_string(),
+            },
+            AuthCommand::RoleAdd {
+                name: "app".to_string(),
+            },
+            AuthCommand::RoleGrantPermission {
+                name: "app".to_string(),
+                permission: Permission {
+                    access: Access::Write,
+                    key: b"a".to_vec(),
+                    range_end: Vec::new(),
+                },
+            },
+            AuthCommand::UserGrantRole {
+                user: "alice".to_string(),
+                role: "app".to_string(),
+            },
+            AuthCommand::Enable,
+        ];
+        for command in commands {
+            assert!(matches!(auth(&mut state, 1, command), Outcome::Auth(_)));
+        }
+        state
+    }
+
+    #[test]
+    fn a_write_is_checked_again_when_applied() {
+        let mut state = state_with_alice();
+        let alice = Requester {
+            name: "alice".to_string(),
+            revision: state.auth.revision(),
+        };
+        assert!(matches!(
+            put_as(&mut state, alice.clone(), "a"),
+            Outcome::Put(_)
+        ));
+        assert!(matches!(
+            put_as(&mut state, alice.clone(), "b"),
+            Outcome::Error(EtcdError::PermissionDenied)
+        ));
+        // The permission goes between the check where the put entered and its apply.
+        let revoke = AuthCommand::RoleRevokePermission {
+            role: "app".to_string(),
+            key: b"a".to_vec(),
+            range_end: Vec::new(),
+        };
+        assert!(matches!(auth(&mut state, 2, revoke), Outcome::Auth(_)));
+        assert!(matches!(
+            put_as(&mut state, alice, "a"),
+            Outcome::Error(EtcdError::AuthOldRevision)
+        ));
+        assert!(matches!(
+            put_as(&mut state, Requester::default(), "a"),
+            Outcome::Error(EtcdError::UserEmpty)
+        ));
+        assert_eq!(state.mvcc.revision(), 2, "only the permitted put wrote");
+    }
+
+    #[test]
+    fn authenticate_assigns_a_token_named_by_its_log_index() {
+        let mut state = state_with_alice();
+        let command = AuthCommand::Authenticate {
+            name: "alice".to_string(),
+            token_prefix: "prefix".to_string(),
+        };
+        let Outcome::Auth(AuthReply::Token(token)) = auth(&mut state, 42, command) else {
+            panic!("no token");
+        };
+        assert_eq!(token, "prefix.42");
+        assert_eq!(state.tokens.user_of(&token).as_deref(), Some("alice"));
+        let change = AuthCommand::UserChangePassword {
+            name: "alice".to_string(),
+            password_hash: "new".to_string(),
+        };
+        auth(&mut state, 43, change);
+        assert_eq!(
+            state.tokens.user_of(&token),
+            None,
+            "a new password ends old tokens"
+        );
     }
 }
