@@ -116,12 +116,17 @@ impl TlsFlags<'_> {
         if self.client_cert_auth && self.trusted_ca_file.is_none() {
             bail!("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file");
         }
-        if files.is_none()
-            && let Some(url) = urls.into_iter().find(|u| u.starts_with("https://"))
-        {
+        let Some(url) = urls.into_iter().find(|u| u.starts_with("https://")) else {
+            return Ok(files);
+        };
+        if files.is_none() {
             bail!(
                 "TLS key/cert (--{prefix}cert-file, --{prefix}key-file) must be provided for {side} url {url} with HTTPS scheme"
             );
+        }
+        // A member dials its peers: it verifies them by the peer CA (there are no system roots).
+        if side == "peer" && self.trusted_ca_file.is_none() {
+            bail!("https peer URLs need --peer-trusted-ca-file to verify peers with");
         }
         Ok(files)
     }
@@ -298,6 +303,14 @@ mod tests {
             error(&["--initial-advertise-peer-urls=https://127.0.0.1:2380"]),
             "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url \
              https://127.0.0.1:2380 with HTTPS scheme"
+        );
+        assert_eq!(
+            error(&[
+                "--listen-peer-urls=https://127.0.0.1:2380",
+                "--peer-cert-file=p.pem",
+                "--peer-key-file=k.pem"
+            ]),
+            "https peer URLs need --peer-trusted-ca-file to verify peers with"
         );
         assert_eq!(
             error(&[https, "--cert-file=s.pem"]),
