@@ -13,7 +13,11 @@ use crate::agent::config::AgentConfig;
 
 const BINARY: &str = "usr/local/bin/shoal";
 const FLEETCTL_LINK: &str = "usr/local/bin/fleetctl";
+const FLEETD_LINK: &str = "usr/local/bin/fleetd";
+/// flannel's CNI plugin in the standard CNI bin dir (shoal answers as `flannel`).
+const CNI_LINK: &str = "opt/cni/bin/flannel";
 const UNIT: &str = "etc/systemd/system/shoal.service";
+const DOCKER_DROP_IN: &str = "etc/systemd/system/docker.service.d/40-flannel.conf";
 const CONFIG: &str = "etc/shoal/agent.yaml";
 const SERVICE: &str = "shoal.service";
 
@@ -59,6 +63,26 @@ pub fn unit_file() -> String {
     )
 }
 
+/// The `docker.service` drop-in that puts Docker's bridge on this node's overlay subnet, as
+/// CoreOS's flannel drop-in did: dockerd starts after shoal with the options flannel derives
+/// from subnet.env (`shoal mk-docker-opts`, waiting for the lease if need be).
+pub fn docker_drop_in() -> String {
+    format!(
+        "# Installed by shoal: Docker on the overlay (bridge address, MTU, masquerade from\n\
+         # /run/flannel/subnet.env). Docker's own options belong in /etc/docker/daemon.json.\n\
+         [Unit]\n\
+         Requires={SERVICE}\n\
+         After={SERVICE}\n\
+         \n\
+         [Service]\n\
+         EnvironmentFile=-{docker_env}\n\
+         ExecStartPre=/{BINARY} mk-docker-opts --wait 60\n\
+         ExecStart=\n\
+         ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS\n",
+        docker_env = shoal_flannel::docker_opts::DEFAULT_PATH,
+    )
+}
+
 pub async fn install(args: InstallArgs) -> Result<()> {
     let root = &args.root;
     let config_target = root.join(CONFIG);
@@ -83,13 +107,15 @@ pub async fn install(args: InstallArgs) -> Result<()> {
     let binary = std::fs::read(&me).with_context(|| format!("reading {}", me.display()))?;
     place(root, BINARY, &binary)?;
     set_mode(&root.join(BINARY), 0o755)?;
-    let link = root.join(FLEETCTL_LINK);
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink("shoal", &link)
-        .with_context(|| format!("linking {}", link.display()))?;
+    for link in [FLEETCTL_LINK, FLEETD_LINK] {
+        link_to_shoal(root, link, Path::new("shoal"))?;
+    }
+    link_to_shoal(root, CNI_LINK, &Path::new("/").join(BINARY))?;
     place(root, UNIT, unit_file().as_bytes())?;
+    place(root, DOCKER_DROP_IN, docker_drop_in().as_bytes())?;
     println!(
-        "installed /{BINARY}, /{FLEETCTL_LINK}, /{UNIT}, /{CONFIG} below {}",
+        "installed /{BINARY}, /{FLEETCTL_LINK}, /{FLEETD_LINK}, /{CNI_LINK}, /{UNIT}, \
+         /{DOCKER_DROP_IN}, /{CONFIG} below {}",
         root.display()
     );
     if is_host_root(root) {
@@ -105,7 +131,15 @@ pub async fn uninstall(args: UninstallArgs) -> Result<()> {
     if is_host_root(root) && root.join(UNIT).exists() {
         systemctl(&["disable", "--now", SERVICE])?;
     }
-    for path in [UNIT, FLEETCTL_LINK, BINARY, CONFIG] {
+    for path in [
+        UNIT,
+        DOCKER_DROP_IN,
+        FLEETCTL_LINK,
+        FLEETD_LINK,
+        CNI_LINK,
+        BINARY,
+        CONFIG,
+    ] {
         let target = root.join(path);
         match std::fs::remove_file(&target) {
             Ok(()) => println!("removed {}", target.display()),
@@ -118,6 +152,17 @@ pub async fn uninstall(args: UninstallArgs) -> Result<()> {
     }
     println!("kept the data directory (/var/lib/shoal); remove it to forget this node's state");
     Ok(())
+}
+
+/// Makes `root/relative` a symlink to `target` (replacing what was there): shoal answers as
+/// the program the link is named after.
+fn link_to_shoal(root: &Path, relative: &str, target: &Path) -> Result<()> {
+    let link = root.join(relative);
+    if let Some(dir) = link.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(target, &link).with_context(|| format!("linking {}", link.display()))
 }
 
 fn is_host_root(root: &Path) -> bool {
@@ -181,15 +226,37 @@ mod tests {
         assert!(
             unit.contains("ExecStart=/usr/local/bin/shoal agent --config /etc/shoal/agent.yaml")
         );
-        let link = std::fs::read_link(root.path().join(FLEETCTL_LINK)).expect("symlink");
-        assert_eq!(link, Path::new("shoal"));
+        for link in [FLEETCTL_LINK, FLEETD_LINK] {
+            let target = std::fs::read_link(root.path().join(link)).expect("symlink");
+            assert_eq!(target, Path::new("shoal"));
+        }
+        let cni = std::fs::read_link(root.path().join(CNI_LINK)).expect("CNI symlink");
+        assert_eq!(cni, Path::new("/usr/local/bin/shoal"));
+        let drop_in = std::fs::read_to_string(root.path().join(DOCKER_DROP_IN)).expect("drop-in");
+        for line in [
+            "Requires=shoal.service",
+            "After=shoal.service",
+            "EnvironmentFile=-/run/flannel/docker",
+            "ExecStartPre=/usr/local/bin/shoal mk-docker-opts --wait 60",
+            "ExecStart=\n",
+            "ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS",
+        ] {
+            assert!(drop_in.contains(line), "{line} in {drop_in}");
+        }
 
         uninstall(UninstallArgs {
             root: root.path().to_path_buf(),
         })
         .await
         .expect("uninstall");
-        for path in [BINARY, UNIT, CONFIG, FLEETCTL_LINK] {
+        for path in [
+            BINARY,
+            UNIT,
+            CONFIG,
+            FLEETCTL_LINK,
+            FLEETD_LINK,
+            DOCKER_DROP_IN,
+        ] {
             assert!(!root.path().join(path).exists(), "{path} removed");
         }
     }

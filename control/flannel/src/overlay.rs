@@ -11,6 +11,7 @@ use super::{
     acquire::{self, LEASE_TTL, OwnLease},
     backend::{self, Backend, BackendOptions, DataplaneKind, Underlay},
     config::NetworkConfig,
+    docker_opts::{self, DockerOptsFormat},
     healthz, iface,
     iface::IfaceSelection,
     ipmasq,
@@ -254,6 +255,10 @@ async fn configure_node(
     if config.ip_masq {
         ipmasq::install(network.network, own).context("installing masquerade rules")?;
     }
+    // Docker's options first: whoever sees subnet.env finds them too.
+    let docker_file = docker_opts::path_beside(&config.subnet_file);
+    docker_opts::write(&docker_file, &env, &DockerOptsFormat::default())?;
+    tracing::info!(path = %docker_file.display(), "Docker's options written");
     env.write(&config.subnet_file)?;
     tracing::info!(path = %config.subnet_file.display(), "subnet file written");
     Ok(())

@@ -362,7 +362,8 @@ fn docker_style_bridge_from_subnet_env(kind: StoreKind) {
     );
 }
 
-/// What Docker does with subnet.env: a bridge holding FLANNEL_SUBNET with FLANNEL_MTU, and a
+/// What Docker does with the options flannel writes for it beside subnet.env (`--bip`,
+/// `--mtu`, as mk-docker-opts.sh): a bridge holding the `--bip` address with that MTU, and a
 /// container behind a veth with the next address.
 struct DockerStyle {
     ip: String,
@@ -372,18 +373,30 @@ struct DockerStyle {
 impl DockerStyle {
     fn new(setup: &Setup, index: usize, subnet_file: &Path) -> Self {
         let node = setup.cluster.node(index);
-        wait_for("subnet.env", Duration::from_secs(20), || {
-            std::fs::read_to_string(subnet_file).ok()
+        let docker_file = shoal_flannel::docker_opts::path_beside(subnet_file);
+        let options = wait_for("Docker's options", Duration::from_secs(20), || {
+            std::fs::read_to_string(&docker_file).ok()
         });
-        let env = std::fs::read_to_string(subnet_file).expect("subnet.env");
-        let get = |key: &str| {
-            env.lines()
-                .find_map(|line| line.strip_prefix(&format!("{key}=")))
-                .expect("key in subnet.env")
+        let combined = options
+            .lines()
+            .find_map(|line| line.strip_prefix("DOCKER_OPTS="))
+            .expect("DOCKER_OPTS")
+            .trim_matches('"')
+            .to_string();
+        let get = |flag: &str| {
+            combined
+                .split_whitespace()
+                .find_map(|option| option.strip_prefix(&format!("--{flag}=")))
+                .expect("option in DOCKER_OPTS")
                 .to_string()
         };
-        let gateway = get("FLANNEL_SUBNET");
-        let mtu = get("FLANNEL_MTU");
+        let gateway = get("bip");
+        let mtu = get("mtu");
+        assert_eq!(
+            get("ip-masq"),
+            "true",
+            "flannel runs without --ip-masq here"
+        );
         let net: ipnetwork::Ipv4Network = gateway.parse().expect("subnet");
         let ip = std::net::Ipv4Addr::from(u32::from(net.network()) + 2);
         let ns = shoal_harness::Namespace::create(format!(
@@ -511,6 +524,12 @@ fn ip_masq_and_healthz() {
     plain.wait_subnet();
     let env = std::fs::read_to_string(&masq.subnet_file).expect("subnet.env");
     assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    let docker_file = shoal_flannel::docker_opts::path_beside(&masq.subnet_file);
+    let docker = std::fs::read_to_string(&docker_file).expect("Docker's options");
+    assert!(
+        docker.contains("DOCKER_OPT_IPMASQ=\"--ip-masq=false\""),
+        "flannel masquerades, Docker must not: {docker}"
+    );
     let rules = setup
         .cluster
         .node(0)
