@@ -156,7 +156,7 @@ fn etcdctl_as(
         .zip([ca, cert, key])
         .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
         .collect();
-    all.extend(["--dial-timeout".to_string(), "1s".to_string()]);
+    all.extend(["--dial-timeout=1s", "--command-timeout=2s"].map(String::from));
     all.extend(args.iter().map(|a| a.to_string()));
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let (ok, out, err) = shoal_harness::store::etcdctl(&[endpoint.to_string()], &all, None);
