@@ -31,6 +31,8 @@ pub enum Command {
     MkDockerOpts(shoal_flannel::mk_docker_opts::MkDockerOptsArgs),
     /// Run a command in a new container network namespace on the overlay.
     Run(crate::run::RunArgs),
+    /// Create a cluster's CA and certificates (TLS for the store, its peers and its users).
+    Pki(crate::pki::PkiArgs),
     /// Install shoal as a systemd service on this host.
     Install(crate::install::InstallArgs),
     /// Remove what `shoal install` put in place.

@@ -71,6 +71,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Cni => shoal_cni::run_as_plugin().map_err(Into::into),
         Command::MkDockerOpts(args) => shoal_flannel::mk_docker_opts::run(args).await,
         Command::Run(args) => shoal_control::run::run(args).await,
+        Command::Pki(args) => shoal_control::pki::run(args),
         Command::Install(args) => shoal_control::install::install(args).await,
         Command::Uninstall(args) => shoal_control::install::uninstall(args).await,
         Command::Version => {

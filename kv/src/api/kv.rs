@@ -59,9 +59,7 @@ impl Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let user = requester(&self.0, &request).await?;
-        let req = request.into_inner();
-        validate::put(&req)?;
-        propose_as(&self.0, user, req).await
+        propose_as(&self.0, user, request.into_inner()).await
     }
 
     async fn delete_range(
@@ -69,9 +67,7 @@ impl Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let user = requester(&self.0, &request).await?;
-        let req = request.into_inner();
-        validate::delete_range(&req)?;
-        propose_as(&self.0, user, req).await
+        propose_as(&self.0, user, request.into_inner()).await
     }
 
     async fn txn(
@@ -79,9 +75,7 @@ impl Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let user = requester(&self.0, &request).await?;
-        let req = request.into_inner();
-        validate::txn(&req)?;
-        propose_as(&self.0, user, req).await
+        propose_as(&self.0, user, request.into_inner()).await
     }
 
     async fn compact(
