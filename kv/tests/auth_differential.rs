@@ -9,7 +9,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use etcd_client::{Client, ConnectOptions, Permission};
+use etcd_client::{Client, ConnectOptions, Permission, PutOptions};
 use shoal_harness::StoreKind;
 use shoal_harness::store::ETCDCTL;
 use shoal_kv::proto::etcdserverpb::{self as pb, auth_client::AuthClient, kv_client::KvClient};
@@ -103,6 +103,10 @@ const SESSION: &[Step] = &[
     run("{alice} user grant-role alice root"),
     run("{alice} auth disable"),
     run("{alice} compaction 1"),
+    run("{alice} defrag"),
+    run("{alice} endpoint hashkv"),
+    run("{alice} member add delta --peer-urls=http://127.0.0.1:9"),
+    run("{alice} member remove 1234"),
     run("{root} user list"),
     run("{root} role list"),
     run("{root} user get alice --detail"),
@@ -312,4 +316,23 @@ async fn etcd_client_logs_in_and_a_token_works_on_every_member() {
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
         assert_eq!(refused.message(), "etcdserver: invalid auth token");
     }
+
+    // Revoking a lease deletes its keys, so it needs write on each; so does attaching one.
+    let lease = admin.lease_grant(600, None).await.expect("lease").id();
+    let mut root = Client::connect(
+        &endpoints[..1],
+        Some(ConnectOptions::new().with_user("root", "rootpw")),
+    )
+    .await
+    .expect("root logs in");
+    let on_lease = PutOptions::new().with_lease(lease);
+    root.put("/secret/held", "1", Some(on_lease.clone()))
+        .await
+        .expect("root attaches a key");
+    let attach = alice.put("/app/b", "1", Some(on_lease)).await;
+    let revoke = alice.lease_revoke(lease).await;
+    for refused in [attach.expect_err("attach"), revoke.expect_err("revoke")] {
+        assert_eq!(status_of(refused).0, tonic::Code::PermissionDenied);
+    }
+    root.lease_revoke(lease).await.expect("root revokes");
 }

@@ -25,9 +25,9 @@ impl Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        validate::range(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         let req = request.into_inner();
-        validate::range(&req)?;
         if !req.serializable {
             self.0.read_barrier().await?;
         }
@@ -58,9 +58,9 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        validate::put(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         let req = request.into_inner();
-        validate::put(&req)?;
         propose_as(&self.0, user, req).await
     }
 
@@ -68,9 +68,9 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        validate::delete_range(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         let req = request.into_inner();
-        validate::delete_range(&req)?;
         propose_as(&self.0, user, req).await
     }
 
@@ -78,9 +78,9 @@ impl Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        validate::txn(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         let req = request.into_inner();
-        validate::txn(&req)?;
         propose_as(&self.0, user, req).await
     }
 
