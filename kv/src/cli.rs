@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::member::{ClusterState, Config, Member};
+use crate::tls::TlsFiles;
 
 /// Run one member of shoal's embedded etcd-compatible store.
 #[derive(Debug, Clone, Args)]
@@ -47,12 +48,83 @@ pub struct KvArgs {
     /// Number of committed entries that trigger a snapshot (and log compaction).
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Path to the client server TLS cert file (re-read when it changes).
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file (re-read when it changes).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file: clients must present a certificate
+    /// it signed (re-read when it changes).
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication (the certificate's CN is the user).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+    /// Path to the peer server TLS cert file, also presented when dialing peers.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file: peers' certificates are checked against it.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
     /// Auth token type: `simple` (etcd's `jwt` is not supported).
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
     /// Time (in seconds) a simple auth token lives without being used.
     #[arg(long, default_value_t = 300)]
     pub auth_token_ttl: u64,
+}
+
+/// The certificate flags of one side (`""` or `"peer-"`), checked as etcd checks them.
+struct TlsFlags<'a> {
+    prefix: &'static str,
+    cert_file: &'a Option<PathBuf>,
+    key_file: &'a Option<PathBuf>,
+    trusted_ca_file: &'a Option<PathBuf>,
+    client_cert_auth: bool,
+}
+
+impl TlsFlags<'_> {
+    /// The TLS files, if any; `urls` (this side's) may be `https://` only with them.
+    fn resolve<'u>(
+        &self,
+        side: &str,
+        urls: impl IntoIterator<Item = &'u String>,
+    ) -> anyhow::Result<Option<TlsFiles>> {
+        let prefix = self.prefix;
+        let files = match (self.cert_file, self.key_file) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                trusted_ca_file: self.trusted_ca_file.clone(),
+                client_cert_auth: self.client_cert_auth,
+            }),
+            (None, None) => None,
+            _ => bail!("--{prefix}cert-file and --{prefix}key-file go together"),
+        };
+        if files.is_none() && (self.client_cert_auth || self.trusted_ca_file.is_some()) {
+            bail!(
+                "--{prefix}client-cert-auth and --{prefix}trusted-ca-file need --{prefix}cert-file and --{prefix}key-file"
+            );
+        }
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            bail!("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file");
+        }
+        if files.is_none()
+            && let Some(url) = urls.into_iter().find(|u| u.starts_with("https://"))
+        {
+            bail!(
+                "TLS key/cert (--{prefix}cert-file, --{prefix}key-file) must be provided for {side} url {url} with HTTPS scheme"
+            );
+        }
+        Ok(files)
+    }
 }
 
 fn split_urls(urls: &str) -> Vec<String> {
@@ -109,6 +181,33 @@ impl KvArgs {
             "existing" => ClusterState::Existing,
             other => bail!("--initial-cluster-state must be new or existing, not {other:?}"),
         };
+        let client_tls = TlsFlags {
+            prefix: "",
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+            trusted_ca_file: &self.trusted_ca_file,
+            client_cert_auth: self.client_cert_auth,
+        }
+        .resolve(
+            "client",
+            split_urls(&self.listen_client_urls)
+                .iter()
+                .chain(&split_urls(&self.advertise_client_urls)),
+        )?;
+        let peer_tls = TlsFlags {
+            prefix: "peer-",
+            cert_file: &self.peer_cert_file,
+            key_file: &self.peer_key_file,
+            trusted_ca_file: &self.peer_trusted_ca_file,
+            client_cert_auth: self.peer_client_cert_auth,
+        }
+        .resolve(
+            "peer",
+            split_urls(&self.listen_peer_urls)
+                .iter()
+                .chain(&peer_urls)
+                .chain(initial_cluster.iter().flat_map(|(_, urls)| urls)),
+        )?;
         Ok(Config {
             name: self.name.clone(),
             data_dir: self
@@ -125,6 +224,8 @@ impl KvArgs {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
+            client_tls,
+            peer_tls,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
         })
     }

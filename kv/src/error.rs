@@ -147,6 +147,8 @@ pub enum StoreError {
     Raft(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("TLS")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("i/o")]
     Io(#[from] std::io::Error),
 }

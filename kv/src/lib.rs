@@ -4,7 +4,7 @@
 //! The modules depend one way: [`start`] assembles a member ([`member`]) with its two servers,
 //! the etcd API ([`api`]) and the peer network ([`peer`]); `api` serves a `member`, which talks
 //! to the other members through `peer` and keeps its data in [`storage`]; [`listen`] binds and
-//! accepts for both servers.
+//! accepts for both servers, with [`tls`] on `https://` URLs.
 
 pub mod api;
 pub mod cli;
@@ -17,6 +17,7 @@ pub mod proto;
 pub mod runtime;
 pub mod start;
 pub mod storage;
+pub mod tls;
 pub mod types;
 
 /// Logs to stderr, filtered by `SHOAL_LOG` (default `info`).

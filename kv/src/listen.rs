@@ -1,30 +1,66 @@
-//! Listening sockets: binding a member's `http://host:port` URLs and accepting connections with
-//! Nagle's algorithm off. Shared by the peer server and the client (gRPC) server.
+//! Listening sockets: binding a member's `http://` and `https://` URLs and accepting
+//! connections (Nagle's algorithm off, TLS handshakes on `https://` listeners). Shared by the
+//! peer server and the client (gRPC) server.
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
+use crate::api::identity::ClientConnectInfo;
 use crate::error::StoreError;
+use crate::tls::{Tls, client_identity};
 
-/// Binds every URL (only `http://` URLs are supported).
-pub async fn bind_all(urls: &[String]) -> Result<Vec<TcpListener>, StoreError> {
+/// Handshakes in progress per listener whose connections wait to be served.
+const ACCEPTED_BACKLOG: usize = 64;
+
+/// A bound URL.
+#[derive(Debug)]
+pub struct Listener {
+    pub url: String,
+    pub tcp: TcpListener,
+    /// An `https://` URL: connections speak TLS.
+    pub secure: bool,
+}
+
+/// The `host:port` and whether it is `https` of a listen URL.
+fn host_port(url: &str) -> Result<(&str, bool), StoreError> {
+    let (rest, secure) = if let Some(rest) = url.strip_prefix("https://") {
+        (rest, true)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (rest, false)
+    } else {
+        return Err(StoreError::Config(format!(
+            "{url}: only http:// and https:// URLs are supported"
+        )));
+    };
+    Ok((rest.trim_end_matches('/'), secure))
+}
+
+/// Binds every URL.
+pub async fn bind_all(urls: &[String]) -> Result<Vec<Listener>, StoreError> {
     let mut listeners = Vec::new();
     for url in urls {
-        let host_port = url
-            .strip_prefix("http://")
-            .ok_or_else(|| StoreError::Config(format!("{url}: only http:// URLs are supported")))?
-            .trim_end_matches('/');
-        let listener = TcpListener::bind(host_port)
+        let (host_port, secure) = host_port(url)?;
+        let tcp = TcpListener::bind(host_port)
             .await
             .map_err(|e| StoreError::Config(format!("listening on {url}: {e}")))?;
-        listeners.push(listener);
+        listeners.push(Listener {
+            url: url.clone(),
+            tcp,
+            secure,
+        });
     }
     Ok(listeners)
 }
 
-/// Accepted connections with Nagle's algorithm off (tonic only sets TCP_NODELAY on listeners
-/// it binds itself); small gRPC and peer frames would otherwise wait for delayed ACKs.
-pub fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<TcpStream>> {
-    use futures::StreamExt;
+/// Accepted TCP connections with Nagle's algorithm off (tonic only sets TCP_NODELAY on
+/// listeners it binds itself); small gRPC and peer frames would otherwise wait for delayed ACKs.
+pub fn incoming(listener: TcpListener) -> impl futures::Stream<Item = io::Result<TcpStream>> {
     TcpListenerStream::new(listener).map(|accepted| {
         accepted.inspect(|stream| {
             if let Err(e) = stream.set_nodelay(true) {
@@ -32,4 +68,163 @@ pub fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::R
             }
         })
     })
+}
+
+/// The connections of `listener`, TLS ones once their handshake succeeded (each handshake runs
+/// in a task of its own, so a slow client holds up nobody). `tls` is required for an
+/// `https://` listener and ignored, with a warning, for an `http://` one (as etcd does).
+pub fn connections(
+    listener: Listener,
+    tls: Option<Arc<Tls>>,
+) -> Result<impl futures::Stream<Item = io::Result<Connection>>, StoreError> {
+    let tls = match (listener.secure, tls) {
+        (true, None) => {
+            return Err(StoreError::Config(format!(
+                "{}: an https URL needs a certificate and key",
+                listener.url
+            )));
+        }
+        (true, tls) => tls,
+        (false, Some(_)) => {
+            tracing::warn!(
+                "{} is http: serving it without TLS although certificate files are given",
+                listener.url
+            );
+            None
+        }
+        (false, None) => None,
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
+    tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(incoming(listener.tcp));
+        while let Some(stream) = accepted.next().await {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if sender.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let remote = stream.peer_addr().ok();
+            match &tls {
+                None => {
+                    let connection = Connection {
+                        stream: Stream::Plain(stream),
+                        info: ClientConnectInfo {
+                            remote,
+                            certificate: None,
+                        },
+                    };
+                    if sender.send(Ok(connection)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(tls) => {
+                    let (tls, sender) = (tls.clone(), sender.clone());
+                    tokio::spawn(async move {
+                        match tls.accept(stream).await {
+                            Ok(stream) => {
+                                let certificate = client_identity(stream.get_ref().1);
+                                let connection = Connection {
+                                    stream: Stream::Tls(Box::new(stream)),
+                                    info: ClientConnectInfo {
+                                        remote,
+                                        certificate,
+                                    },
+                                };
+                                let _ = sender.send(Ok(connection)).await;
+                            }
+                            Err(e) => tracing::debug!(?remote, "TLS handshake refused: {e}"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    Ok(ReceiverStream::new(receiver))
+}
+
+/// An accepted connection, plain or TLS, and who is on the other end.
+pub struct Connection {
+    stream: Stream,
+    info: ClientConnectInfo,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Connection {
+    pub fn info(&self) -> &ClientConnectInfo {
+        &self.info
+    }
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = ClientConnectInfo;
+
+    fn connect_info(&self) -> ClientConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

@@ -1,32 +1,49 @@
 //! Starting a member with its servers: storage, Raft and the member's own tasks
 //! ([`crate::member`]), the peer server ([`crate::peer`]) and the etcd API ([`crate::api`]) on
-//! the listeners of its URLs. The one place that knows all three, so none of them knows another's
-//! server.
+//! the listeners of its URLs, with TLS ([`crate::tls`]) on the `https://` ones. The one place
+//! that knows all three, so none of them knows another's server.
 use std::sync::Arc;
 
 use crate::error::StoreError;
-use crate::listen::bind_all;
+use crate::listen::{bind_all, connections};
 use crate::member::{Config, Member, RunningMember};
 use crate::storage::store;
+use crate::tls::{Tls, TlsFiles};
+
+/// HTTP/2 is the only protocol the client listener speaks (gRPC; etcd offers the same).
+const CLIENT_ALPN: &[&[u8]] = &[b"h2"];
+
+fn load(files: &Option<TlsFiles>, alpn: &[&[u8]]) -> Result<Option<Arc<Tls>>, StoreError> {
+    Ok(files
+        .clone()
+        .map(|files| Tls::load(files, alpn))
+        .transpose()?)
+}
 
 impl Member {
     /// Opens the data dir, starts Raft and serves clients and peers until shut down.
     pub async fn start(config: Config) -> Result<RunningMember, StoreError> {
+        let client_tls = load(&config.client_tls, CLIENT_ALPN)?;
+        let peer_tls = load(&config.peer_tls, &[])?;
         let db = store::open_database(&config.data_dir)?;
-        let peer_listeners = bind_all(&config.listen_peer_urls).await?;
-        let client_listeners = bind_all(&config.listen_client_urls).await?;
-        let client_addrs = client_listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
-        let (member, mut tasks) = Member::open(config, db).await?;
-        for listener in peer_listeners {
-            tasks.push(tokio::spawn(crate::peer::serve(member.clone(), listener)));
+        let mut peer_connections = Vec::new();
+        for listener in bind_all(&config.listen_peer_urls).await? {
+            peer_connections.push(connections(listener, peer_tls.clone())?);
         }
-        for listener in client_listeners {
+        let mut client_connections = Vec::new();
+        let mut client_addrs = Vec::new();
+        for listener in bind_all(&config.listen_client_urls).await? {
+            client_addrs.extend(listener.tcp.local_addr().ok());
+            client_connections.push(connections(listener, client_tls.clone())?);
+        }
+        let (member, mut tasks) = Member::open(config, db, peer_tls).await?;
+        for incoming in peer_connections {
+            tasks.push(tokio::spawn(crate::peer::serve(member.clone(), incoming)));
+        }
+        for incoming in client_connections {
             tasks.push(tokio::spawn(crate::api::serve_clients(
                 member.clone(),
-                listener,
+                incoming,
             )));
         }
         tasks.extend(Arc::clone(&member).join_the_cluster()?);

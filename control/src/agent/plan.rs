@@ -104,6 +104,8 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
         heartbeat_interval: store.heartbeat_interval,
         election_timeout: store.election_timeout,
         snapshot_count: 10_000,
+        client_tls: None,
+        peer_tls: None,
         auth_token_ttl: shoal_kv::storage::tokens::DEFAULT_TTL,
     };
     Ok(Some(MemberPlan {

@@ -15,7 +15,6 @@ pub mod watch;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use tokio::net::TcpListener;
 
 pub use self::auth::AuthService;
 pub use self::cluster::ClusterService;
@@ -31,8 +30,14 @@ use crate::proto::etcdserverpb::{
 /// gRPC framing allowance on top of the request limit (etcd's `grpcOverheadBytes`).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// Serves the etcd API on one listener until the task is aborted.
-pub async fn serve_clients(member: Arc<Member>, listener: TcpListener) {
+/// Serves the etcd API on one listener's connections ([`crate::listen::connections`]) until the
+/// task is aborted.
+pub async fn serve_clients(
+    member: Arc<Member>,
+    connections: impl futures::Stream<Item = std::io::Result<crate::listen::Connection>>
+    + Send
+    + 'static,
+) {
     let limit = MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -54,7 +59,7 @@ pub async fn serve_clients(member: Arc<Member>, listener: TcpListener) {
         )
         .add_service(AuthServer::new(AuthService(member.clone())).max_decoding_message_size(limit))
         .serve_with_incoming(
-            crate::listen::incoming(listener)
+            connections
                 .map(|accepted| accepted.map(crate::api::authority::AuthorityFixingStream::new)),
         )
         .await;

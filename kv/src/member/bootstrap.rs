@@ -24,6 +24,7 @@ impl Member {
     pub(crate) async fn open(
         config: Config,
         db: Arc<DataFile>,
+        peer_tls: Option<Arc<crate::tls::Tls>>,
     ) -> Result<(Arc<Member>, Vec<JoinHandle<()>>), StoreError> {
         let (feed, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -39,7 +40,7 @@ impl Member {
             &config.initial_advertise_peer_urls,
             &config.initial_cluster_token,
         );
-        let pool = PeerPool::default();
+        let pool = PeerPool::new(peer_tls);
         let (id, cluster_id) = match config.initial_cluster_state {
             ClusterState::New => (id, cluster_id(&initial, &config.initial_cluster_token)),
             ClusterState::Existing => join_existing(&pool, &config, &initial, id).await?,

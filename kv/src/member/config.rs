@@ -6,6 +6,7 @@ use std::time::Duration;
 use openraft::SnapshotPolicy;
 
 use crate::error::StoreError;
+use crate::tls::TlsFiles;
 use crate::types::{MemberNode, Members};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,12 @@ pub struct Config {
     pub election_timeout: Duration,
     /// Applied entries between snapshots (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
+    /// The client listeners' TLS (`--cert-file`, `--key-file`, `--trusted-ca-file`,
+    /// `--client-cert-auth`), for their `https://` URLs.
+    pub client_tls: Option<TlsFiles>,
+    /// The peer listeners' and the peer dialer's TLS (the `--peer-` flags), for `https://`
+    /// peer URLs.
+    pub peer_tls: Option<TlsFiles>,
     /// How long a simple auth token lives unused (etcd's `--auth-token-ttl`).
     pub auth_token_ttl: Duration,
 }
@@ -53,6 +60,8 @@ impl Config {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100_000,
+            client_tls: None,
+            peer_tls: None,
             auth_token_ttl: crate::storage::tokens::DEFAULT_TTL,
         }
     }

@@ -1,6 +1,7 @@
 //! Member-to-member traffic ([`wire`] frames carrying bincode): openraft
 //! replication, writes and ReadIndex requests forwarded to the leader, and the leader's lease
-//! clock.
+//! clock. A peer whose URL is `https://` is dialed over TLS with the member's peer certificate
+//! ([`crate::tls`]), its certificate checked against the peer CA and the URL's host.
 pub mod wire;
 
 use std::collections::HashMap;
@@ -20,8 +21,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
-use crate::peer::wire::{CallError, Links};
+use crate::peer::wire::{CallError, Dial, Links, PeerStream, dial_tcp};
 use crate::storage::store::CommitClamp;
+use crate::tls::Tls;
 use crate::types::{Command, MemberNode, Outcome, TypeConfig};
 
 /// Largest message between members (snapshots are sent in chunks below this).
@@ -91,7 +93,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PeerError> {
     bincode::deserialize(bytes).map_err(PeerError::Decode)
 }
 
-/// The `host:port` a member is reached at (from the first of its advertised peer URLs).
+/// Where a member is reached, from the first of its advertised peer URLs: `host:port`, or
+/// `https://host:port` when it speaks TLS (what [`dial`] takes).
 fn peer_address(node: &MemberNode) -> Result<String, PeerError> {
     let url = node
         .peer_urls
@@ -106,9 +109,35 @@ fn peer_address(node: &MemberNode) -> Result<String, PeerError> {
         name: node.name.clone(),
         url: url.clone(),
     })?;
-    Ok(match authority.port_u16() {
+    let address = match authority.port_u16() {
         Some(_) => authority.to_string(),
         None => format!("{}:2380", authority.host()),
+    };
+    Ok(match uri.scheme_str() {
+        Some("https") => format!("https://{address}"),
+        _ => address,
+    })
+}
+
+/// Connects to a [`peer_address`]: plain TCP, or TLS with `tls` for an `https://` one.
+fn dial(tls: Option<Arc<Tls>>) -> Dial {
+    Arc::new(move |target: String| {
+        let tls = tls.clone();
+        Box::pin(async move {
+            let Some(address) = target.strip_prefix("https://") else {
+                let stream: Box<dyn PeerStream> = Box::new(dial_tcp(&target).await?);
+                return Ok(stream);
+            };
+            let tls = tls.ok_or_else(|| {
+                std::io::Error::other(
+                    "an https peer URL needs --peer-cert-file and --peer-key-file",
+                )
+            })?;
+            let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+            let stream = dial_tcp(address).await?;
+            let stream: Box<dyn PeerStream> = Box::new(tls.connect(host, stream).await?);
+            Ok(stream)
+        })
     })
 }
 
@@ -120,16 +149,15 @@ pub struct PeerPool {
     last_contact: Arc<Mutex<HashMap<u64, (Instant, bool)>>>,
 }
 
-impl Default for PeerPool {
-    fn default() -> Self {
+impl PeerPool {
+    /// A pool dialing `https://` peers with `tls`.
+    pub fn new(tls: Option<Arc<Tls>>) -> Self {
         Self {
-            links: Arc::new(Links::new(MAX_PEER_MESSAGE)),
+            links: Arc::new(Links::with_dial(MAX_PEER_MESSAGE, dial(tls))),
             last_contact: Arc::default(),
         }
     }
-}
 
-impl PeerPool {
     /// Whether `member` answered its last Raft RPC, within `window` (the leader heartbeats
     /// everyone).
     pub fn recently_heard(&self, member: u64, window: Duration) -> bool {
@@ -406,17 +434,16 @@ impl<H: PeerHandler> PeerService<H> {
     }
 }
 
-/// Serves the peer protocol on one listener, answering with `handler`, until the task is
-/// aborted.
-pub async fn serve<H: PeerHandler>(handler: Arc<H>, listener: tokio::net::TcpListener) {
+/// Serves the peer protocol on one listener's connections ([`crate::listen::connections`]),
+/// answering with `handler`, until the task is aborted.
+pub async fn serve<H: PeerHandler>(
+    handler: Arc<H>,
+    connections: impl futures::Stream<Item = std::io::Result<crate::listen::Connection>>,
+) {
     let service = Arc::new(PeerService { handler });
-    wire::serve(
-        crate::listen::incoming(listener),
-        MAX_PEER_MESSAGE,
-        move |method, payload| {
-            let service = service.clone();
-            async move { service.handle(method, payload).await }
-        },
-    )
+    wire::serve(connections, MAX_PEER_MESSAGE, move |method, payload| {
+        let service = service.clone();
+        async move { service.handle(method, payload).await }
+    })
     .await;
 }

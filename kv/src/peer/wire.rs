@@ -10,16 +10,20 @@
 //! handoffs (the channel's buffer task, the HTTP/2 connection task, a task per stream on both
 //! sides) against ~20 us of socket time; here the caller writes its frame itself and one
 //! reader task per connection wakes it.
+//!
+//! The frames run over any byte stream: how a connection is made (TCP, TLS over it) is the
+//! [`Dial`] a [`Links`] is given, and the server serves whatever streams it is handed.
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
@@ -70,7 +74,26 @@ fn parse(mut frame: BytesMut) -> Option<(u8, u64, Bytes)> {
     Some((kind, id, frame.freeze()))
 }
 
-type Writer = tokio::sync::Mutex<FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>>;
+/// A connection frames travel on.
+pub trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerStream for S {}
+
+/// Makes a connection to a peer, given the target a call names.
+pub type Dial = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = std::io::Result<Box<dyn PeerStream>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Dials `host:port` over plain TCP, with Nagle's algorithm off.
+pub async fn dial_tcp(address: &str) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+type Writer<W> = tokio::sync::Mutex<FramedWrite<W, LengthDelimitedCodec>>;
+type DialedWriter = Writer<WriteHalf<Box<dyn PeerStream>>>;
 type Waiters = HashMap<u64, oneshot::Sender<Result<Bytes, CallError>>>;
 /// A peer's connection, once made; locked while connecting.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Link>>>>;
@@ -99,20 +122,19 @@ impl Answers {
 
 /// One connection to a peer.
 struct Link {
-    writer: Writer,
+    writer: DialedWriter,
     answers: Arc<Answers>,
     next_id: AtomicU64,
 }
 
 impl Link {
-    async fn connect(address: &str, max_frame: usize) -> Result<Arc<Link>, CallError> {
-        let unreachable = |e: &dyn std::fmt::Display| CallError::NotSent(format!("{address}: {e}"));
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+    async fn connect(dial: &Dial, target: &str, max_frame: usize) -> Result<Arc<Link>, CallError> {
+        let unreachable = |e: &dyn std::fmt::Display| CallError::NotSent(format!("{target}: {e}"));
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, dial(target.to_string()))
             .await
             .map_err(|_| unreachable(&"connecting timed out"))?
             .map_err(|e| unreachable(&e))?;
-        stream.set_nodelay(true).map_err(|e| unreachable(&e))?;
-        let (read, write) = stream.into_split();
+        let (read, write) = tokio::io::split(stream);
         let link = Arc::new(Link {
             writer: tokio::sync::Mutex::new(FramedWrite::new(write, codec(max_frame))),
             answers: Arc::default(),
@@ -172,7 +194,7 @@ impl Link {
 /// Hands each answer to its caller until the connection ends, then fails every call still
 /// waiting.
 async fn read_answers(
-    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, LengthDelimitedCodec>,
+    mut reader: FramedRead<ReadHalf<Box<dyn PeerStream>>, LengthDelimitedCodec>,
     answers: Arc<Answers>,
 ) {
     while let Some(Ok(received)) = reader.next().await {
@@ -196,9 +218,11 @@ async fn read_answers(
     answers.waiting().clear();
 }
 
-/// Connections to peers by address (`host:port`), made on first use and again after one breaks.
+/// Connections to peers by target (what the [`Dial`] takes; `host:port` for plain TCP), made
+/// on first use and again after one breaks.
 pub struct Links {
     slots: Mutex<HashMap<String, Slot>>,
+    dial: Dial,
     /// The largest payload a frame carries, both ways.
     max_frame: usize,
 }
@@ -210,9 +234,24 @@ impl std::fmt::Debug for Links {
 }
 
 impl Links {
+    /// Links over plain TCP to `host:port` targets.
     pub fn new(max_frame: usize) -> Self {
+        Self::with_dial(
+            max_frame,
+            Arc::new(|address: String| {
+                Box::pin(async move {
+                    let stream: Box<dyn PeerStream> = Box::new(dial_tcp(&address).await?);
+                    Ok(stream)
+                })
+            }),
+        )
+    }
+
+    /// Links whose connections `dial` makes.
+    pub fn with_dial(max_frame: usize, dial: Dial) -> Self {
         Self {
             slots: Mutex::default(),
+            dial,
             max_frame,
         }
     }
@@ -240,7 +279,7 @@ impl Links {
         if let Some(link) = slot.as_ref().filter(|link| !link.answers.is_closed()) {
             return Ok(link.clone());
         }
-        let link = Link::connect(address, self.max_frame).await?;
+        let link = Link::connect(&self.dial, address, self.max_frame).await?;
         *slot = Some(link.clone());
         Ok(link)
     }
@@ -249,9 +288,10 @@ impl Links {
 /// Answers the requests arriving on `connections` (as [`crate::listen::incoming`] accepts
 /// them), each with `handle(method, payload)` in a task of its own (so a slow request does not
 /// hold up the ones behind it), until the task running this is aborted.
-pub async fn serve<C, H, F, E>(connections: C, max_frame: usize, handle: H)
+pub async fn serve<C, S, H, F, E>(connections: C, max_frame: usize, handle: H)
 where
-    C: futures::Stream<Item = std::io::Result<TcpStream>>,
+    C: futures::Stream<Item = std::io::Result<S>>,
+    S: PeerStream,
     H: Fn(u8, Bytes) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
@@ -270,14 +310,15 @@ where
     }
 }
 
-async fn serve_connection<H, F, E>(stream: TcpStream, max_frame: usize, handle: H)
+async fn serve_connection<S, H, F, E>(stream: S, max_frame: usize, handle: H)
 where
+    S: PeerStream,
     H: Fn(u8, Bytes) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let (read, write) = stream.into_split();
-    let writer: Arc<Writer> = Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
+    let (read, write) = tokio::io::split(stream);
+    let writer: Arc<Writer<WriteHalf<S>>> = Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
         write,
         codec(max_frame),
     )));

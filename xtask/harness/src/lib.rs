@@ -36,7 +36,7 @@ pub use netns::{Namespace, sweep};
 pub use ns_worker::NsWorker;
 pub use ports::{free_port, free_ports};
 pub use process::Process;
-pub use store::{MemberSpec, StoreCluster, StoreClusterBuilder, StoreKind};
+pub use store::{ClusterTls, MemberSpec, StoreCluster, StoreClusterBuilder, StoreKind};
 pub use wait::{wait_for, wait_until};
 
 /// Errors of the harness; each names the command or namespace involved.

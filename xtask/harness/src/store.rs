@@ -6,6 +6,11 @@
 //! a leader is elected). A member that fails, a start that times out, and a test that panics
 //! while the cluster lives print every member's log. Members are killed (SIGKILL) on drop.
 //!
+//! With [`StoreClusterBuilder::tls`] every member serves clients and peers over TLS with etcd's
+//! flags (`--cert-file`, `--client-cert-auth`, `--peer-cert-file`, ...), from certificates
+//! `shoal-pki` issues into the cluster's temp dir ([`ClusterTls`]), and the cluster's etcdctl
+//! presents a `root` client certificate.
+//!
 //! Binaries: etcd is Debian's `/usr/bin/etcd` (`cargo xtask setup` installs it); shoal kv is the
 //! workspace's `shoal-kv`, found by [`crate::binaries::shoal_kv`], unless the builder is given
 //! another program (e.g. `shoal` with `kv`).
@@ -14,6 +19,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use shoal_pki::{Authority, Files, Request, Usage};
 
 use crate::process::Process;
 use crate::{Namespace, Result, binaries, command, ports};
@@ -64,14 +71,24 @@ pub struct MemberSpec {
     /// Peers talk on loopback (all members share the host's or the namespace's).
     pub peer_port: u16,
     pub data_dir: PathBuf,
+    /// Whether its URLs are `https://` (a [`StoreClusterBuilder::tls`] cluster).
+    pub tls: bool,
 }
 
 impl MemberSpec {
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
     pub fn client_url(&self) -> String {
-        format!("http://{}:{}", self.client_ip, self.client_port)
+        format!(
+            "{}://{}:{}",
+            self.scheme(),
+            self.client_ip,
+            self.client_port
+        )
     }
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
     }
     /// `ip:port`, as etcd-client takes it.
     pub fn endpoint(&self) -> String {
@@ -88,9 +105,17 @@ pub struct StoreClusterBuilder {
     program: Option<(PathBuf, Vec<OsString>)>,
     namespace: Option<(String, Ipv4Addr)>,
     client_port: Option<u16>,
+    tls: bool,
 }
 
 impl StoreClusterBuilder {
+    /// TLS on every port, with client certificates required on both (`--client-cert-auth`,
+    /// `--peer-client-cert-auth`): see [`ClusterTls`].
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Serves clients of the (single) member on `port`, e.g. one a test already handed out.
     pub fn client_port(mut self, port: u16) -> Self {
         assert_eq!(self.size, 1, "a fixed client port is for a single member");
@@ -131,11 +156,18 @@ impl StoreClusterBuilder {
             Some(program) => program,
             None => self.kind.program(),
         };
+        let dir = tempfile::tempdir().expect("a temp dir for the store");
+        let client_ip = self.namespace.as_ref().map(|(_, ip)| *ip);
+        let tls = self.tls.then(|| {
+            let names = &MEMBER_NAMES[..self.size];
+            ClusterTls::create(&dir.path().join("pki"), names, client_ip)
+        });
         let mut cluster = StoreCluster {
             kind: self.kind,
+            tls,
             specs: Vec::new(),
             members: Vec::new(),
-            dir: tempfile::tempdir().expect("a temp dir for the store"),
+            dir,
             state: "new",
             program,
             leading_args,
@@ -166,9 +198,95 @@ struct PortTaken {
     log: String,
 }
 
+/// A TLS cluster's certificates, in `<cluster dir>/pki` (shoal-pki's layout): the CA, each
+/// member's server (`<name>-server`) and peer (`<name>-peer`) certificates, and a `root` client
+/// certificate etcdctl presents.
+pub struct ClusterTls {
+    authority: Authority,
+    pub dir: PathBuf,
+    /// The CA certificate every member and client trusts.
+    pub ca: PathBuf,
+    /// The `root` client certificate and key.
+    pub root: Files,
+}
+
+impl ClusterTls {
+    fn create(dir: &Path, members: &[&str], client_ip: Option<Ipv4Addr>) -> Self {
+        let authority = Authority::create("shoal test CA").expect("a CA");
+        let ca = authority.write(dir).expect("writing the CA").certificate;
+        let mut hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        hosts.extend(client_ip.map(|ip| ip.to_string()));
+        let tls = ClusterTls {
+            root: issue(&authority, dir, "root", Usage::Client, &[]),
+            authority,
+            dir: dir.to_path_buf(),
+            ca,
+        };
+        for name in members {
+            tls.issue(&format!("{name}-server"), Usage::Server, &hosts);
+            tls.issue(&format!("{name}-peer"), Usage::Peer, &hosts);
+        }
+        tls
+    }
+
+    /// Issues `<dir>/<cn>.pem` and `<dir>/<cn>-key.pem`, a client certificate for `cn`
+    /// (etcd's user with `--client-cert-auth`).
+    pub fn client(&self, cn: &str) -> Files {
+        self.issue(cn, Usage::Client, &[])
+    }
+
+    /// Issues a certificate named `name` (also its file name) for `hosts`.
+    pub fn issue(&self, name: &str, usage: Usage, hosts: &[String]) -> Files {
+        issue(&self.authority, &self.dir, name, usage, hosts)
+    }
+
+    /// The etcd flags a member runs with.
+    fn member_args(&self, name: &str) -> Vec<OsString> {
+        let file = |suffix: &str| self.dir.join(format!("{name}-{suffix}")).into_os_string();
+        vec![
+            "--cert-file".into(),
+            file("server.pem"),
+            "--key-file".into(),
+            file("server-key.pem"),
+            "--trusted-ca-file".into(),
+            self.ca.clone().into_os_string(),
+            "--client-cert-auth".into(),
+            "--peer-cert-file".into(),
+            file("peer.pem"),
+            "--peer-key-file".into(),
+            file("peer-key.pem"),
+            "--peer-trusted-ca-file".into(),
+            self.ca.clone().into_os_string(),
+            "--peer-client-cert-auth".into(),
+        ]
+    }
+
+    /// etcdctl's `--cacert/--cert/--key` with the root client certificate.
+    pub fn etcdctl_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--cacert".to_string(),
+            path(&self.ca),
+            "--cert".to_string(),
+            path(&self.root.certificate),
+            "--key".to_string(),
+            path(&self.root.key),
+        ]
+    }
+}
+
+fn issue(authority: &Authority, dir: &Path, name: &str, usage: Usage, hosts: &[String]) -> Files {
+    authority
+        .issue(&Request::new(name, usage).hosts(hosts.iter().cloned()))
+        .expect("issuing a certificate")
+        .write(dir, name)
+        .expect("writing a certificate")
+}
+
 /// N members of one store kind, killed when dropped.
 pub struct StoreCluster {
     kind: StoreKind,
+    tls: Option<ClusterTls>,
     /// Every member's settings, by index.
     pub specs: Vec<MemberSpec>,
     members: Vec<Option<Process>>,
@@ -206,7 +324,21 @@ impl StoreCluster {
             program: None,
             namespace: None,
             client_port: None,
+            tls: false,
         }
+    }
+
+    /// The certificates of a [`StoreClusterBuilder::tls`] cluster.
+    pub fn tls(&self) -> Option<&ClusterTls> {
+        self.tls.as_ref()
+    }
+
+    /// etcdctl's TLS flags for this cluster (none without TLS).
+    pub fn etcdctl_tls_args(&self) -> Vec<String> {
+        self.tls
+            .as_ref()
+            .map(ClusterTls::etcdctl_args)
+            .unwrap_or_default()
     }
 
     pub fn kind(&self) -> StoreKind {
@@ -218,17 +350,17 @@ impl StoreCluster {
         self.dir.path()
     }
 
-    /// Every member's `ip:port`.
+    /// Every member's `ip:port` (`https://` ones are in [`StoreCluster::client_urls`]).
     pub fn endpoints(&self) -> Vec<String> {
         self.specs.iter().map(MemberSpec::endpoint).collect()
     }
 
-    /// Member `i`'s `http://ip:port`.
+    /// Member `i`'s `http(s)://ip:port`.
     pub fn client_url(&self, i: usize) -> String {
         self.specs[i].client_url()
     }
 
-    /// Every member's `http://ip:port`.
+    /// Every member's `http(s)://ip:port`.
     pub fn client_urls(&self) -> Vec<String> {
         self.specs.iter().map(MemberSpec::client_url).collect()
     }
@@ -286,6 +418,7 @@ impl StoreCluster {
             .args(["--initial-advertise-peer-urls", &spec.peer_url()])
             .args(["--initial-cluster", &self.initial_cluster()])
             .args(["--initial-cluster-state", self.state])
+            .args(self.tls.iter().flat_map(|tls| tls.member_args(&spec.name)))
             .args(&self.args)
             .env("SHOAL_LOG", "info,openraft=warn")
             .stdout(log.try_clone().expect("a member's log file"))
@@ -352,6 +485,7 @@ impl StoreCluster {
         };
         cmd.env("ETCDCTL_API", "3")
             .args(["--endpoints", endpoints, "--command-timeout", "5s"])
+            .args(self.etcdctl_tls_args())
             .args(args)
             .stdin(Stdio::null());
         command::run(&mut cmd)
@@ -392,6 +526,7 @@ impl StoreCluster {
                 client_port: ports[i * 2],
                 peer_port: ports[i * 2 + 1],
                 data_dir: self.dir.path().join(format!("{name}-{attempt}")),
+                tls: self.tls.is_some(),
             })
             .collect()
     }
