@@ -2,7 +2,9 @@
 //! prefixes and ranges, `auth enable`, `--user` reads and writes allowed and denied, a wrong
 //! password, `user passwd`, revocations, txn and watch denied, `auth disable`) against a
 //! 3-member etcd 3.4 and a 3-member shoal kv must print the same, command by command: exit
-//! status, stdout and stderr. Only the members' addresses differ, and are named alike.
+//! status, stdout and stderr. Only the members' addresses differ, and are named alike. The
+//! session runs twice: in plaintext, and over TLS with `--client-cert-auth`, where a request
+//! without a token is its client certificate's common name.
 //! etcdctl spreads its requests over the endpoints, so tokens are used on members other than
 //! the one that issued them. Then the `etcd-client` crate logs in to shoal kv.
 mod common;
@@ -13,6 +15,7 @@ use etcd_client::{Client, ConnectOptions, Permission, PutOptions};
 use shoal_harness::StoreKind;
 use shoal_harness::store::ETCDCTL;
 use shoal_kv::proto::etcdserverpb::{self as pb, auth_client::AuthClient, kv_client::KvClient};
+use shoal_pki::Files;
 
 /// One etcdctl invocation: its arguments and what it reads on stdin.
 struct Step {
@@ -33,7 +36,8 @@ const fn run_with(args: &'static str, stdin: &'static str) -> Step {
 
 const ALICE: &str = "--user alice:alicepw";
 
-/// The session, in order. `{alice}` and `{root}` stand for the `--user` flags. (etcdctl's
+/// The session, in order. `{alice}` and `{root}` stand for the `--user` flags; `{alice-cert}`
+/// presents alice's client certificate over TLS (and nothing in plaintext). (etcdctl's
 /// `auth enable` creates the root role and grants it to root itself when it is missing.)
 const SESSION: &[Step] = &[
     run("auth enable"),
@@ -58,6 +62,9 @@ const SESSION: &[Step] = &[
     run("auth enable"),
     run("get /app/x"),
     run("put /app/x 0"),
+    run("{alice-cert} get /app/x"),
+    run("{alice-cert} put /secret/s x"),
+    run("{alice-cert} user list"),
     run("{alice} get /app/x"),
     run("{alice} put /app/y 2"),
     run("{alice} put /app/y 3 --prev-kv"),
@@ -139,16 +146,48 @@ const SESSION: &[Step] = &[
     run("auth disable"),
 ];
 
+/// Where a session's etcdctl goes: the members' URLs and, over TLS, the CA and the client
+/// certificates of `root` (what etcdctl presents unless told otherwise) and `alice`.
+struct Target {
+    urls: Vec<String>,
+    tls: Option<TlsFiles>,
+}
+
+struct TlsFiles {
+    ca: String,
+    root: Files,
+    alice: Files,
+}
+
+impl Target {
+    /// etcdctl's TLS flags, presenting `alice`'s certificate when the step asks for it.
+    fn tls_args(&self, as_alice: bool) -> Vec<String> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        let files = if as_alice { &tls.alice } else { &tls.root };
+        let path = |p: &std::path::Path| p.display().to_string();
+        vec![
+            format!("--cacert={}", tls.ca),
+            format!("--cert={}", path(&files.certificate)),
+            format!("--key={}", path(&files.key)),
+        ]
+    }
+}
+
 /// What etcdctl printed for one step, with each member's address named `member<i>`.
-fn invoke(endpoints: &[String], step: &Step) -> String {
+fn invoke(target: &Target, step: &Step) -> String {
+    let as_alice = step.args.contains("{alice-cert}");
     let args = step
         .args
+        .replace("{alice-cert} ", "")
         .replace("{alice}", ALICE)
         .replace("{root}", "--user root:rootpw");
     let mut child = Command::new("timeout")
         // A watch that was not refused would wait for events until this ends it.
         .args(["3", ETCDCTL, "--dial-timeout=2s", "--command-timeout=5s"])
-        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .arg(format!("--endpoints={}", target.urls.join(",")))
+        .args(target.tls_args(as_alice))
         .args(args.split_whitespace())
         .env("ETCDCTL_API", "3")
         .stdin(Stdio::piped())
@@ -169,33 +208,45 @@ fn invoke(endpoints: &[String], step: &Step) -> String {
         .map(|line| format!("{line}\n"))
         .collect();
     let mut text = format!(
-        "$ etcdctl {args}\nexit {}\n{}{}",
+        "$ etcdctl {}\nexit {}\n{}{}",
+        step.args,
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout),
         stderr
     );
-    for (i, endpoint) in endpoints.iter().enumerate() {
+    for (i, url) in target.urls.iter().enumerate() {
+        let endpoint = url.split_once("://").map_or(url.as_str(), |(_, e)| e);
+        text = text.replace(url, &format!("member{i}"));
         text = text.replace(endpoint, &format!("member{i}"));
     }
     text
 }
 
-async fn session(kind: StoreKind) -> Vec<String> {
-    let cluster = common::start(kind, 3).await;
-    let endpoints = cluster.endpoints();
-    tokio::task::spawn_blocking(move || {
-        SESSION
-            .iter()
-            .map(|step| invoke(&endpoints, step))
-            .collect()
-    })
-    .await
-    .expect("session")
+/// The session's transcript against a new 3-member cluster of `kind`.
+async fn session(kind: StoreKind, tls: bool) -> Vec<String> {
+    let cluster = match tls {
+        true => common::start_tls(kind, 3).await,
+        false => common::start(kind, 3).await,
+    };
+    let target = Target {
+        urls: cluster.client_urls(),
+        tls: cluster.tls().map(|tls| TlsFiles {
+            ca: tls.ca.display().to_string(),
+            root: tls.root.clone(),
+            alice: tls.client("alice"),
+        }),
+    };
+    tokio::task::spawn_blocking(move || SESSION.iter().map(|step| invoke(&target, step)).collect())
+        .await
+        .expect("session")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_etcdctl_auth_session_reads_the_same_as_against_etcd() {
-    let (etcd, shoal) = tokio::join!(session(StoreKind::Etcd), session(StoreKind::ShoalKv));
+/// Runs the session against etcd 3.4 and shoal kv side by side; the steps that differ.
+async fn compare(tls: bool) {
+    let (etcd, shoal) = tokio::join!(
+        session(StoreKind::Etcd, tls),
+        session(StoreKind::ShoalKv, tls)
+    );
     let mut differences = Vec::new();
     for (etcd, shoal) in etcd.iter().zip(&shoal) {
         println!("{shoal}");
@@ -203,16 +254,29 @@ async fn the_etcdctl_auth_session_reads_the_same_as_against_etcd() {
             differences.push(format!("etcd 3.4:\n{etcd}shoal kv:\n{shoal}"));
         }
     }
+    let transport = if tls { "TLS" } else { "plaintext" };
     println!(
-        "{} commands compared, {} differ",
+        "{transport}: {} commands compared, {} differ",
         SESSION.len(),
         differences.len()
     );
     assert!(
         differences.is_empty(),
-        "the sessions differ:\n{}",
+        "the {transport} sessions differ:\n{}",
         differences.join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcdctl_auth_session_reads_the_same_as_against_etcd() {
+    compare(false).await;
+}
+
+/// Over TLS with `--client-cert-auth`, a request without a token is its certificate's user:
+/// etcdctl presents `root`'s unless a step presents `alice`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcdctl_auth_session_over_tls_reads_the_same_as_against_etcd() {
+    compare(true).await;
 }
 
 fn status_of(error: etcd_client::Error) -> (tonic::Code, String) {
