@@ -6,7 +6,8 @@
 //! session runs twice: in plaintext, and over TLS with `--client-cert-auth`, where a request
 //! without a token is its client certificate's common name.
 //! etcdctl spreads its requests over the endpoints, so tokens are used on members other than
-//! the one that issued them. Then the `etcd-client` crate logs in to shoal kv.
+//! the one that issued them. Then the `etcd-client` crate logs in to shoal kv, and a raw
+//! token is used on every member until `--auth-token-ttl` ends it.
 mod common;
 
 use std::process::{Command, Stdio};
@@ -288,13 +289,32 @@ fn status_of(error: etcd_client::Error) -> (tonic::Code, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_client_logs_in_and_a_token_works_on_every_member() {
-    let cluster = common::start(StoreKind::ShoalKv, 3).await;
+    let cluster = common::start_with(StoreKind::ShoalKv, 3, &["--auth-token-ttl", "2"]).await;
     let endpoints = cluster.endpoints();
     let mut admin = common::connect(&endpoints).await;
+    let no_root = admin.auth_enable().await.expect_err("no root user");
+    assert_eq!(
+        status_of(no_root),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: root user does not exist".to_string()
+        )
+    );
     admin
         .user_add("root", "rootpw", None)
         .await
         .expect("add root");
+    let no_role = admin
+        .auth_enable()
+        .await
+        .expect_err("root without the root role");
+    assert_eq!(
+        status_of(no_role),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: root user does not have root role".to_string()
+        )
+    );
     admin
         .user_grant_role("root", "root")
         .await
@@ -380,7 +400,6 @@ async fn etcd_client_logs_in_and_a_token_works_on_every_member() {
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
         assert_eq!(refused.message(), "etcdserver: invalid auth token");
     }
-
     // Revoking a lease deletes its keys, so it needs write on each; so does attaching one.
     let lease = admin.lease_grant(600, None).await.expect("lease").id();
     let mut root = Client::connect(
@@ -399,4 +418,19 @@ async fn etcd_client_logs_in_and_a_token_works_on_every_member() {
         assert_eq!(status_of(refused).0, tonic::Code::PermissionDenied);
     }
     root.lease_revoke(lease).await.expect("root revokes");
+
+    // Unused for longer than --auth-token-ttl, the token is gone on every member.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut kv = KvClient::connect(format!("http://{}", endpoints[1]))
+        .await
+        .expect("kv client");
+    let mut expired = tonic::Request::new(pb::RangeRequest {
+        key: b"/app/a".to_vec(),
+        ..Default::default()
+    });
+    expired
+        .metadata_mut()
+        .insert("token", token.parse().expect("token metadata"));
+    let refused = kv.range(expired).await.expect_err("an expired token");
+    assert_eq!(refused.message(), "etcdserver: invalid auth token");
 }
