@@ -23,7 +23,7 @@ use shoal_flannel::{
     config::NetworkConfig,
     lease::{Lease, LeaseAttrs},
     registry::Registry,
-    sync::{LeaseSync, PeerSink},
+    sync::{LeaseScope, LeaseSync, PeerSink},
 };
 use shoal_harness::{StoreCluster, StoreKind, binaries};
 
@@ -296,7 +296,11 @@ async fn simulate_node(
         done,
         reported: false,
     };
-    let mut sync = LeaseSync::new(registry, own.subnet);
+    let scope = LeaseScope {
+        network: config.network,
+        underlay: Vec::new(),
+    };
+    let mut sync = LeaseSync::new(registry, own.subnet, scope);
     let end = sync.run_from(Some(own.snapshot), &mut knowledge).await;
     Err(anyhow::Error::new(end))
 }

@@ -20,12 +20,19 @@ pub enum Command {
     Kv(shoal_kv::cli::KvArgs),
     /// Run only the overlay network (flanneld-compatible).
     Flannel(shoal_flannel::cli::FlannelArgs),
-    /// Run only fleet's daemon (agent and engine candidate).
-    Fleetd(shoal_scheduler::cli::FleetdArgs),
+    /// Run only fleet's daemon (agent and engine candidate; boxed: its flags are many).
+    Fleetd(Box<shoal_scheduler::cli::FleetdArgs>),
     /// Manage units across the cluster (fleetctl-compatible).
     Fleetctl(shoal_scheduler::cli::FleetctlArgs),
+    /// Answer the CNI protocol as flannel's CNI plugin (also reachable as a `flannel` symlink
+    /// in the CNI bin dir).
+    Cni,
+    /// Write Docker's daemon options from flannel's subnet.env (flannel's mk-docker-opts.sh).
+    MkDockerOpts(shoal_flannel::mk_docker_opts::MkDockerOptsArgs),
     /// Run a command in a new container network namespace on the overlay.
     Run(crate::run::RunArgs),
+    /// Create a cluster's CA and certificates (TLS for the store, its peers and its users).
+    Pki(crate::pki::PkiArgs),
     /// Install shoal as a systemd service on this host.
     Install(crate::install::InstallArgs),
     /// Remove what `shoal install` put in place.

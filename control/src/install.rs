@@ -13,8 +13,14 @@ use crate::agent::config::AgentConfig;
 
 const BINARY: &str = "usr/local/bin/shoal";
 const FLEETCTL_LINK: &str = "usr/local/bin/fleetctl";
+const FLEETD_LINK: &str = "usr/local/bin/fleetd";
+/// flannel's CNI plugin in the standard CNI bin dir (shoal answers as `flannel`).
+const CNI_LINK: &str = "opt/cni/bin/flannel";
 const UNIT: &str = "etc/systemd/system/shoal.service";
+const DOCKER_DROP_IN: &str = "etc/systemd/system/docker.service.d/40-flannel.conf";
 const CONFIG: &str = "etc/shoal/agent.yaml";
+/// Where `--pki` puts a node's certificates (what an agent's `pki: /etc/shoal/pki` reads).
+const PKI: &str = "etc/shoal/pki";
 const SERVICE: &str = "shoal.service";
 
 #[derive(Debug, Args)]
@@ -23,6 +29,10 @@ pub struct InstallArgs {
     /// /etc/shoal/agent.yaml is kept, and one is required if there is none.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A node's certificate directory (`shoal pki cluster`'s `DIR/NODE`), installed as
+    /// /etc/shoal/pki: keys owner-only.
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
     /// Install below this directory instead of `/`, without touching systemd.
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
@@ -59,16 +69,38 @@ pub fn unit_file() -> String {
     )
 }
 
+/// The `docker.service` drop-in that puts Docker's bridge on this node's overlay subnet, as
+/// CoreOS's flannel drop-in did: dockerd starts after shoal with the options flannel derives
+/// from subnet.env (`shoal mk-docker-opts`, waiting for the lease if need be).
+pub fn docker_drop_in() -> String {
+    format!(
+        "# Installed by shoal: Docker on the overlay (bridge address, MTU, masquerade from\n\
+         # /run/flannel/subnet.env). Docker's own options belong in /etc/docker/daemon.json.\n\
+         [Unit]\n\
+         Requires={SERVICE}\n\
+         After={SERVICE}\n\
+         \n\
+         [Service]\n\
+         EnvironmentFile=-{docker_env}\n\
+         ExecStartPre=/{BINARY} mk-docker-opts --wait 60\n\
+         ExecStart=\n\
+         ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS\n",
+        docker_env = shoal_flannel::docker_opts::DEFAULT_PATH,
+    )
+}
+
 pub async fn install(args: InstallArgs) -> Result<()> {
     let root = &args.root;
     let config_target = root.join(CONFIG);
     match &args.config {
         Some(source) => {
             AgentConfig::load(source)?;
+            // Owner-only: it may hold the store password.
             place(
                 root,
                 CONFIG,
                 &std::fs::read(source).with_context(|| format!("reading {}", source.display()))?,
+                0o600,
             )?;
         }
         None if config_target.exists() => {
@@ -81,15 +113,24 @@ pub async fn install(args: InstallArgs) -> Result<()> {
     }
     let me = std::env::current_exe().context("finding this binary")?;
     let binary = std::fs::read(&me).with_context(|| format!("reading {}", me.display()))?;
-    place(root, BINARY, &binary)?;
-    set_mode(&root.join(BINARY), 0o755)?;
-    let link = root.join(FLEETCTL_LINK);
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink("shoal", &link)
-        .with_context(|| format!("linking {}", link.display()))?;
-    place(root, UNIT, unit_file().as_bytes())?;
+    place(root, BINARY, &binary, 0o755)?;
+    if let Some(pki) = &args.pki {
+        install_pki(root, pki)?;
+    }
+    for link in [FLEETCTL_LINK, FLEETD_LINK] {
+        link_to_shoal(root, link, Path::new("shoal"))?;
+    }
+    link_to_shoal(root, CNI_LINK, &Path::new("/").join(BINARY))?;
+    place(root, UNIT, unit_file().as_bytes(), 0o644)?;
+    place(root, DOCKER_DROP_IN, docker_drop_in().as_bytes(), 0o644)?;
     println!(
-        "installed /{BINARY}, /{FLEETCTL_LINK}, /{UNIT}, /{CONFIG} below {}",
+        "installed /{BINARY}, /{FLEETCTL_LINK}, /{FLEETD_LINK}, /{CNI_LINK}, /{UNIT}, \
+         /{DOCKER_DROP_IN}, /{CONFIG}{} below {}",
+        if args.pki.is_some() {
+            format!(", /{PKI}")
+        } else {
+            String::new()
+        },
         root.display()
     );
     if is_host_root(root) {
@@ -105,7 +146,15 @@ pub async fn uninstall(args: UninstallArgs) -> Result<()> {
     if is_host_root(root) && root.join(UNIT).exists() {
         systemctl(&["disable", "--now", SERVICE])?;
     }
-    for path in [UNIT, FLEETCTL_LINK, BINARY, CONFIG] {
+    for path in [
+        UNIT,
+        DOCKER_DROP_IN,
+        FLEETCTL_LINK,
+        FLEETD_LINK,
+        CNI_LINK,
+        BINARY,
+        CONFIG,
+    ] {
         let target = root.join(path);
         match std::fs::remove_file(&target) {
             Ok(()) => println!("removed {}", target.display()),
@@ -116,28 +165,67 @@ pub async fn uninstall(args: UninstallArgs) -> Result<()> {
     if is_host_root(root) {
         systemctl(&["daemon-reload"])?;
     }
+    let pki = root.join(PKI);
+    if pki.exists() {
+        std::fs::remove_dir_all(&pki).with_context(|| format!("removing {}", pki.display()))?;
+        println!("removed {}", pki.display());
+    }
     println!("kept the data directory (/var/lib/shoal); remove it to forget this node's state");
     Ok(())
+}
+
+/// Makes `root/relative` a symlink to `target` (replacing what was there): shoal answers as
+/// the program the link is named after.
+fn link_to_shoal(root: &Path, relative: &str, target: &Path) -> Result<()> {
+    let link = root.join(relative);
+    if let Some(dir) = link.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(target, &link).with_context(|| format!("linking {}", link.display()))
 }
 
 fn is_host_root(root: &Path) -> bool {
     root == Path::new("/")
 }
 
-/// Writes `contents` to `root/relative` atomically (temp file + rename).
-fn place(root: &Path, relative: &str, contents: &[u8]) -> Result<()> {
+/// Writes `contents` to `root/relative` with `mode` from the start, atomically (temp file +
+/// rename).
+fn place(root: &Path, relative: &str, contents: &[u8], mode: u32) -> Result<()> {
     let target = root.join(relative);
     let dir = target.parent().context("installed paths have a parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let temp = target.with_extension("shoal-new");
-    std::fs::write(&temp, contents).with_context(|| format!("writing {}", temp.display()))?;
+    shoal_pki::write_file(&temp, contents, mode)?;
     std::fs::rename(&temp, &target).with_context(|| format!("moving into {}", target.display()))
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
+/// Copies the `.pem` files of a node's certificate directory to `root/etc/shoal/pki` (0700),
+/// keys 0600.
+fn install_pki(root: &Path, source: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(source).with_context(|| format!("reading {}", source.display()))?;
+    shoal_pki::create_private_dir(&root.join(PKI))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("reading {}", source.display()))?
+            .path();
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        if !name.ends_with(".pem") {
+            continue;
+        }
+        let mode = if name.ends_with("-key.pem") {
+            0o600
+        } else {
+            0o644
+        };
+        let contents =
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        place(root, &format!("{PKI}/{name}"), &contents, mode)?;
+    }
+    Ok(())
 }
 
 fn systemctl(args: &[&str]) -> Result<()> {
@@ -168,8 +256,18 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let config = root.path().join("node.yaml");
         std::fs::write(&config, "name: node1\n").expect("write config");
+        let pki = root.path().join("made-by-shoal-pki");
+        shoal_pki::issue_cluster(
+            &pki,
+            &[shoal_pki::ClusterNode {
+                name: "node1".into(),
+                ip: "10.0.0.1".parse().expect("IP"),
+            }],
+        )
+        .expect("certificates");
         install(InstallArgs {
             config: Some(config),
+            pki: Some(shoal_pki::node_dir(&pki, "node1")),
             root: root.path().to_path_buf(),
         })
         .await
@@ -177,19 +275,53 @@ mod tests {
         for path in [BINARY, UNIT, CONFIG] {
             assert!(root.path().join(path).is_file(), "{path} installed");
         }
+        let mode = |path: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let metadata = std::fs::metadata(root.path().join(path)).expect(path);
+            metadata.permissions().mode() & 0o777
+        };
+        assert_eq!(mode(CONFIG), 0o600);
+        assert_eq!(mode(BINARY), 0o755);
+        assert_eq!(mode(PKI), 0o700);
+        assert_eq!(mode("etc/shoal/pki/server-key.pem"), 0o600);
+        assert_eq!(mode("etc/shoal/pki/flannel-key.pem"), 0o600);
+        assert_eq!(mode("etc/shoal/pki/ca.pem"), 0o644);
         let unit = std::fs::read_to_string(root.path().join(UNIT)).expect("unit");
         assert!(
             unit.contains("ExecStart=/usr/local/bin/shoal agent --config /etc/shoal/agent.yaml")
         );
-        let link = std::fs::read_link(root.path().join(FLEETCTL_LINK)).expect("symlink");
-        assert_eq!(link, Path::new("shoal"));
+        for link in [FLEETCTL_LINK, FLEETD_LINK] {
+            let target = std::fs::read_link(root.path().join(link)).expect("symlink");
+            assert_eq!(target, Path::new("shoal"));
+        }
+        let cni = std::fs::read_link(root.path().join(CNI_LINK)).expect("CNI symlink");
+        assert_eq!(cni, Path::new("/usr/local/bin/shoal"));
+        let drop_in = std::fs::read_to_string(root.path().join(DOCKER_DROP_IN)).expect("drop-in");
+        for line in [
+            "Requires=shoal.service",
+            "After=shoal.service",
+            "EnvironmentFile=-/run/flannel/docker",
+            "ExecStartPre=/usr/local/bin/shoal mk-docker-opts --wait 60",
+            "ExecStart=\n",
+            "ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS",
+        ] {
+            assert!(drop_in.contains(line), "{line} in {drop_in}");
+        }
 
         uninstall(UninstallArgs {
             root: root.path().to_path_buf(),
         })
         .await
         .expect("uninstall");
-        for path in [BINARY, UNIT, CONFIG, FLEETCTL_LINK] {
+        for path in [
+            BINARY,
+            UNIT,
+            CONFIG,
+            FLEETCTL_LINK,
+            FLEETD_LINK,
+            DOCKER_DROP_IN,
+            PKI,
+        ] {
             assert!(!root.path().join(path).exists(), "{path} removed");
         }
     }
@@ -201,6 +333,7 @@ mod tests {
         std::fs::write(&config, "name: node1\nrole: boss\n").expect("write config");
         let err = install(InstallArgs {
             config: Some(config),
+            pki: None,
             root: root.path().to_path_buf(),
         })
         .await

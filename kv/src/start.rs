@@ -38,7 +38,12 @@ impl Member {
         }
         let (member, mut tasks) = Member::open(config, db, peer_tls).await?;
         for incoming in peer_connections {
-            tasks.push(tokio::spawn(crate::peer::serve(member.clone(), incoming)));
+            let identity = member.identity();
+            tasks.push(tokio::spawn(crate::peer::serve(
+                member.clone(),
+                identity,
+                incoming,
+            )));
         }
         for incoming in client_connections {
             tasks.push(tokio::spawn(crate::api::serve_clients(

@@ -43,8 +43,9 @@ pub enum Command {
     LeaseRevoke {
         id: i64,
     },
-    /// Writes that queued up together, applied in order as consecutive revisions.
-    Batch(Vec<Command>),
+    /// Writes that queued up together, applied in order as consecutive revisions: a follower's
+    /// forwarded batch may travel in the leader's, no deeper ([`MAX_NESTING`]).
+    Batch(#[serde(deserialize_with = "nested_at_most")] Vec<Command>),
     /// A member announces its name and client URLs once it runs.
     PublishMember {
         id: u64,
@@ -54,6 +55,7 @@ pub enum Command {
     /// permissions. Commands not wrapped come from the cluster itself (lease expiry).
     AsUser {
         user: Requester,
+        #[serde(deserialize_with = "nested_at_most")]
         command: Box<Command>,
     },
     /// A change to users, roles, permissions or auth itself (or a read of them).
@@ -72,9 +74,42 @@ pub enum Outcome {
     Compact(Proto<pb::CompactionResponse>),
     LeaseGrant(Proto<pb::LeaseGrantResponse>),
     LeaseRevoke(Proto<pb::LeaseRevokeResponse>),
-    Batch(Vec<Outcome>),
+    Batch(#[serde(deserialize_with = "nested_at_most")] Vec<Outcome>),
     Error(EtcdError),
     Auth(AuthReply),
+}
+
+/// How deep commands nest: a client's request ([`Command::AsUser`]) in a follower's batch inside
+/// the leader's.
+pub const MAX_NESTING: u8 = 3;
+
+thread_local! {
+    /// The nested commands the deserializer of this thread is inside.
+    static BATCH_DEPTH: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Deserializes what a batch or a user's request holds unless it is nested deeper than
+/// [`MAX_NESTING`], refused before it is read: decoding recurses once per level, and a frame of
+/// nested commands would otherwise overflow the stack.
+fn nested_at_most<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    /// Leaves the batch when its items are read, or failed to be.
+    struct Inside(u8);
+    impl Drop for Inside {
+        fn drop(&mut self) {
+            BATCH_DEPTH.set(self.0);
+        }
+    }
+    let depth = BATCH_DEPTH.get();
+    if depth >= MAX_NESTING {
+        return Err(serde::de::Error::custom(format!(
+            "commands nested more than {MAX_NESTING} deep"
+        )));
+    }
+    let _inside = Inside(depth);
+    BATCH_DEPTH.set(depth + 1);
+    T::deserialize(deserializer)
 }
 
 /// A member's name and client URLs (its peer URLs live in the Raft membership).
@@ -122,5 +157,75 @@ pub(crate) fn test_entry(index: u64, term: u64) -> Entry {
     Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
         payload: openraft::EntryPayload::Normal(Command::Compact(index as i64)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> Command {
+        (0..depth).fold(Command::Compact(1), |inner, _| Command::Batch(vec![inner]))
+    }
+
+    fn as_user(command: Command) -> Command {
+        Command::AsUser {
+            user: Requester::default(),
+            command: Box::new(command),
+        }
+    }
+
+    #[test]
+    fn a_request_in_two_batches_decodes_and_nothing_deeper_does() {
+        let request_in_batches = bincode::serialize(&nested(2)).expect("encode");
+        let request_in_batches = {
+            let Command::Batch(mut outer) =
+                bincode::deserialize::<Command>(&request_in_batches).expect("two batches decode")
+            else {
+                unreachable!("nested() makes batches")
+            };
+            let Some(Command::Batch(inner)) = outer.pop() else {
+                unreachable!("nested() makes batches")
+            };
+            Command::Batch(vec![Command::Batch(
+                inner.into_iter().map(as_user).collect(),
+            )])
+        };
+        let three = bincode::serialize(&request_in_batches).expect("encode");
+        assert!(bincode::deserialize::<Command>(&three).is_ok());
+        let four = bincode::serialize(&nested(4)).expect("encode");
+        let refused = bincode::deserialize::<Command>(&four).expect_err("four deep");
+        assert!(refused.to_string().contains("nested"), "{refused}");
+        // Refusing left nothing behind: the next decode starts at depth 0.
+        assert!(bincode::deserialize::<Command>(&three).is_ok());
+    }
+
+    #[test]
+    fn a_million_nested_requests_are_refused_without_recursing_into_them() {
+        let mut request = as_user(Command::Compact(1));
+        for _ in 0..4 {
+            request = as_user(request);
+        }
+        let bytes = bincode::serialize(&request).expect("encode");
+        assert!(bincode::deserialize::<Command>(&bytes).is_err());
+        // Each level: the AsUser variant index (u32), an empty name (u64 length 0), revision 0.
+        let mut bytes = Vec::new();
+        let tag = bincode::serialize(&as_user(Command::Compact(1))).expect("encode");
+        for _ in 0..1_000_000 {
+            bytes.extend(&tag[..4 + 8 + 8]);
+        }
+        assert!(bincode::deserialize::<Command>(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_million_nested_batches_are_refused_without_recursing_into_them() {
+        // Each level: the Batch variant index (u32) and a vector length (u64) of 1.
+        let batch_tag = bincode::serialize(&Command::Batch(Vec::new())).expect("encode");
+        let mut bytes = Vec::new();
+        for _ in 0..1_000_000 {
+            bytes.extend(&batch_tag[..4]);
+            bytes.extend(1u64.to_le_bytes());
+        }
+        assert!(bincode::deserialize::<Command>(&bytes).is_err());
     }
 }

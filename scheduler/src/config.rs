@@ -27,6 +27,12 @@ pub enum ConfigError {
     },
 }
 
+/// fleet's default config file, read when it exists and no other is named.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/fleet/fleet.conf";
+
+/// fleet's default `units_directory`.
+pub const DEFAULT_UNITS_DIRECTORY: &str = "/run/fleet/units/";
+
 /// Which unit runtime the agent uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,6 +74,13 @@ pub struct FleetConfig {
     /// Run only the agent, never the engine (fleet's `disable_engine`).
     pub disable_engine: bool,
     pub unit_runtime: RuntimeKind,
+    /// fleet's logging level: above 0, debug logs.
+    pub verbosity: u32,
+    /// Where the systemd runtime writes unit files (fleet's `units_directory`).
+    pub units_directory: PathBuf,
+    /// fleet options given here that have no effect in shoal (warned about at start).
+    #[serde(skip)]
+    pub without_effect: Vec<String>,
 }
 
 impl Default for FleetConfig {
@@ -89,6 +102,9 @@ impl Default for FleetConfig {
             data_dir: PathBuf::from("/var/lib/shoal/fleet"),
             disable_engine: false,
             unit_runtime: RuntimeKind::Auto,
+            verbosity: 0,
+            units_directory: PathBuf::from(DEFAULT_UNITS_DIRECTORY),
+            without_effect: Vec::new(),
         }
     }
 }
@@ -169,13 +185,29 @@ impl FleetConfig {
                     _ => return Err(bad(format!("{value:?} is not auto, systemd or supervisor"))),
                 }
             }
-            // fleet options that have no meaning here are accepted and ignored.
-            "verbosity"
-            | "authorized_keys_file"
+            "verbosity" => {
+                self.verbosity = value
+                    .parse()
+                    .map_err(|_| bad(format!("{value:?} is not a non-negative integer")))?
+            }
+            "units_directory" => self.units_directory = PathBuf::from(value),
+            "systemd_user" => {
+                if crate::unit::parse_bool(&value).map_err(|e| bad(e.to_string()))? {
+                    return Err(bad("systemd --user units are not supported".into()));
+                }
+            }
+            // Accepted as fleet accepts them; they change nothing here, which fleetd says at
+            // start (fleet itself ignored verify_units and authorized_keys_file).
+            "token_limit"
+            | "enable_grpc"
+            | "disable_watches"
             | "verify_units"
-            | "token_limit"
-            | "enable_grpc" => {
-                tracing::debug!(key, "ignoring fleet option");
+            | "authorized_keys_file" => {
+                if !is_fleet_default(key, &value)
+                    && !self.without_effect.iter().any(|known| known == key)
+                {
+                    self.without_effect.push(key.to_string());
+                }
             }
             _ => return Err(bad("unknown option".into())),
         }
@@ -225,6 +257,15 @@ impl FleetConfig {
             });
         }
         config
+    }
+}
+
+/// Whether `value` is fleet's default for one of the options without effect here.
+fn is_fleet_default(key: &str, value: &str) -> bool {
+    match key {
+        "token_limit" => value == "100",
+        "authorized_keys_file" => value.is_empty(),
+        _ => crate::unit::parse_bool(value).is_ok_and(|on| !on),
     }
 }
 

@@ -41,12 +41,17 @@ impl Fleetd {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), FleetdError> {
         config.validate()?;
+        for option in &config.without_effect {
+            tracing::warn!(option, "fleetd: this fleet option has no effect in shoal");
+        }
         let machine_id = identity::machine_id(config.machine_id.as_deref(), &config.data_dir)?;
+        let route_ip = identity::detect_public_ip(&config.etcd_servers);
         let public_ip = config
             .public_ip
             .clone()
-            .or_else(|| identity::detect_public_ip(&config.etcd_servers).map(|ip| ip.to_string()));
-        let runtime = make_runtime(&config)?;
+            .or_else(|| route_ip.map(|ip| ip.to_string()));
+        let unit_environment = identity::coreos_environment(public_ip.as_deref(), route_ip);
+        let runtime = make_runtime(&config, unit_environment)?;
         let store = connect_until_ready(&config, shutdown.clone()).await;
         let Some(store) = store else { return Ok(()) };
         tracing::info!(machine = %machine_id, public_ip = ?public_ip, "fleetd: starting");
@@ -78,7 +83,11 @@ impl Fleetd {
     }
 }
 
-fn make_runtime(config: &FleetConfig) -> Result<Arc<dyn UnitRuntime>, FleetdError> {
+/// The unit runtime, giving every unit `environment` (CoreOS's `COREOS_*` addresses).
+fn make_runtime(
+    config: &FleetConfig,
+    environment: Vec<(String, String)>,
+) -> Result<Arc<dyn UnitRuntime>, FleetdError> {
     let use_systemd = match config.unit_runtime {
         RuntimeKind::Auto => systemd_is_init(),
         RuntimeKind::Systemd => true,
@@ -86,10 +95,14 @@ fn make_runtime(config: &FleetConfig) -> Result<Arc<dyn UnitRuntime>, FleetdErro
     };
     if use_systemd {
         tracing::info!("fleetd: running units through systemd");
-        return Ok(Arc::new(Systemd::default()));
+        return Ok(Arc::new(
+            Systemd::new(&config.units_directory).with_environment(environment),
+        ));
     }
     tracing::info!(data_dir = %config.data_dir.display(), "fleetd: running units with the built-in supervisor");
-    Ok(Arc::new(Supervisor::new(&config.data_dir)?))
+    Ok(Arc::new(
+        Supervisor::new(&config.data_dir)?.with_environment(environment),
+    ))
 }
 
 /// Connects to the store, retrying while it is unreachable; `None` on shutdown.

@@ -299,6 +299,10 @@ async fn invalid_service_settings_are_refused_at_load() {
             "[Service]\nExecStart=/bin/true\nRestartSec=soon\n",
             "RestartSec",
         ),
+        (
+            "[Service]\nExecStart=|/bin/true\n",
+            "prefix is not supported",
+        ),
     ] {
         let unit = UnitFile::parse("x.service", text).expect("parses");
         let name = UnitName::parse("x.service").expect("name");
@@ -340,6 +344,112 @@ async fn user_setting_drops_privileges() {
         output(&supervisor, "ghost.service")
             .await
             .contains("no such user no-such-user-here")
+    );
+}
+
+/// A stand-in for the docker client, enough for the book's units: `run` records its arguments
+/// and becomes the container (a sleep), `stop` ends it, `kill` and `rm` fail for a container
+/// that is not there, `pull` records the image.
+fn fake_docker(dir: &Path) -> std::path::PathBuf {
+    let script = dir.join("docker");
+    let text = format!(
+        "#!/bin/sh\nstate={}\ncmd=$1; shift\ncase $cmd in\n\
+         pull) echo \"pull $*\" >> $state/log ;;\n\
+         kill|rm) [ -f $state/$1.pid ] || {{ echo \"No such container: $1\" >&2; exit 1; }} ;;\n\
+         run) echo \"run $*\" >> $state/log; echo $$ > $state/$2.pid; exec sleep 600 ;;\n\
+         stop) echo \"stop $1 MAINPID=$MAINPID\" >> $state/log; kill $(cat $state/$1.pid); rm $state/$1.pid ;;\n\
+         esac\n",
+        dir.display()
+    );
+    std::fs::write(&script, text).expect("write docker stand-in");
+    let mut permissions = std::fs::metadata(&script).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&script, permissions).expect("chmod");
+    script
+}
+
+#[tokio::test]
+async fn the_books_docker_unit_runs_with_coreos_addresses() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let docker = fake_docker(dir.path());
+    let docker = docker.display();
+    let supervisor = Supervisor::new(dir.path())
+        .expect("supervisor")
+        .with_environment(vec![
+            ("COREOS_PUBLIC_IPV4".into(), "192.0.2.10".into()),
+            ("COREOS_PRIVATE_IPV4".into(), "10.0.0.10".into()),
+        ]);
+    let text = format!(
+        "[Unit]\nDescription=nginx\n[Service]\nTimeoutStartSec=0\n\
+         ExecStartPre=-{docker} kill nginx\nExecStartPre=-{docker} rm nginx\n\
+         ExecStartPre={docker} pull registry.local/nginx\n\
+         ExecStart={docker} run --name nginx -p ${{COREOS_PUBLIC_IPV4}}:8080:80 registry.local/nginx\n\
+         ExecStop={docker} stop nginx\n"
+    );
+    load(&supervisor, "nginx.service", &text).await;
+    supervisor.start("nginx.service").await.expect("start");
+    wait_state(&supervisor, "nginx.service", "active", "running").await;
+    let log = dir.path().join("log");
+    wait_until(Duration::from_secs(5), "docker run", || async {
+        std::fs::read_to_string(&log).is_ok_and(|log| log.contains("run "))
+    })
+    .await;
+    let main = supervisor.units().await[0].1.main_pid.expect("main pid");
+    supervisor.stop("nginx.service").await.expect("stop");
+    assert_eq!(
+        state(&supervisor, "nginx.service").await,
+        ("inactive".into(), "dead".into())
+    );
+    let log = std::fs::read_to_string(&log).expect("docker log");
+    assert_eq!(
+        log,
+        format!(
+            "pull registry.local/nginx\nrun --name nginx -p 192.0.2.10:8080:80 registry.local/nginx\n\
+             stop nginx MAINPID={main}\n"
+        )
+    );
+    let out = output(&supervisor, "nginx.service").await;
+    assert!(out.contains("No such container: nginx"), "{out}");
+    assert!(!process_exists(main));
+}
+
+#[tokio::test]
+async fn exec_prefixes_privileges_and_literal_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::new(dir.path())
+        .expect("supervisor")
+        .with_environment(vec![
+            ("COREOS_PUBLIC_IPV4".into(), "192.0.2.10".into()),
+            ("COREOS_PRIVATE_IPV4".into(), "10.0.0.10".into()),
+        ]);
+    let text = "[Service]\nType=oneshot\nUser=nobody\nEnvironment=COREOS_PRIVATE_IPV4=10.9.9.9\n\
+                ExecStart=+/bin/sh -c 'echo plus=$(id -un)'\n\
+                ExecStart=!/bin/sh -c 'echo bang=$(id -un)'\n\
+                ExecStart=/bin/sh -c 'echo plain=$(id -un) private=$COREOS_PRIVATE_IPV4'\n\
+                ExecStart=:/bin/echo literal=${COREOS_PUBLIC_IPV4} $$\n\
+                ExecStart=/bin/echo expanded=${COREOS_PUBLIC_IPV4} $$\n\
+                ExecStart=-+/bin/false\n";
+    load(&supervisor, "prefixes.service", text).await;
+    supervisor.start("prefixes.service").await.expect("start");
+    wait_until(Duration::from_secs(10), "the oneshot to finish", || async {
+        output(&supervisor, "prefixes.service")
+            .await
+            .contains("finished")
+    })
+    .await;
+    let out = output(&supervisor, "prefixes.service").await;
+    for expected in [
+        "plus=root",
+        "bang=root",
+        "plain=nobody private=10.9.9.9",
+        "literal=${COREOS_PUBLIC_IPV4} $$",
+        "expanded=192.0.2.10 $",
+    ] {
+        assert!(out.contains(expected), "{expected} in {out}");
+    }
+    assert_eq!(
+        state(&supervisor, "prefixes.service").await,
+        ("inactive".into(), "dead".into())
     );
 }
 

@@ -7,7 +7,7 @@ use ipnetwork::Ipv4Network;
 
 use super::{
     config::NetworkConfig,
-    lease::{LeaseAttrs, pick_free_subnet},
+    lease::{LeaseAttrs, pick_free_subnet, within},
     registry::{Registry, RegistryError},
     sync::Snapshot,
 };
@@ -88,7 +88,13 @@ async fn try_acquire(
         tracing::info!(subnet = %mine.subnet, "this node's lease does not fit the network config; deleting it");
         registry.delete(mine.subnet).await?;
     }
-    let taken: Vec<Ipv4Network> = leases.iter().map(|lease| lease.subnet).collect();
+    // A key outside the network is no node's lease (a `0.0.0.0/0` one would leave no subnet
+    // free).
+    let taken: Vec<Ipv4Network> = leases
+        .iter()
+        .map(|lease| lease.subnet)
+        .filter(|subnet| within(config.network, *subnet))
+        .collect();
     let reusable =
         previous.filter(|subnet| config.is_compatible(*subnet) && !taken.contains(subnet));
     let subnet = match reusable {

@@ -44,6 +44,8 @@ pub struct Underlay {
     pub name: String,
     pub public_ip: Ipv4Addr,
     pub mtu: u32,
+    /// The subnets the link is connected to (its addresses' networks): no lease may cover them.
+    pub connected: Vec<Ipv4Network>,
 }
 
 /// Programs the kernel (or the dataplane) for one overlay backend.

@@ -37,8 +37,8 @@ pub struct FlannelArgs {
     /// etcd user name.
     #[arg(long, env = "FLANNELD_ETCD_USERNAME")]
     pub etcd_username: Option<String>,
-    /// etcd password.
-    #[arg(long, env = "FLANNELD_ETCD_PASSWORD")]
+    /// etcd password (of --etcd-username).
+    #[arg(long, env = "FLANNELD_ETCD_PASSWORD", requires = "etcd_username")]
     pub etcd_password: Option<String>,
     /// Interface (name or IPv4 address) for inter-host traffic; repeatable, first match wins.
     #[arg(long, env = "FLANNELD_IFACE", value_delimiter = ',')]
@@ -62,8 +62,9 @@ pub struct FlannelArgs {
     /// Renew the lease this many minutes before it expires.
     #[arg(long, env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60)]
     pub subnet_lease_renew_margin: u64,
-    /// Address of the health endpoint.
-    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    /// Address of the health endpoint (loopback unless set: flanneld's 0.0.0.0 would serve
+    /// every network the node is on).
+    #[arg(long, env = "FLANNELD_HEALTHZ_IP", default_value = "127.0.0.1")]
     pub healthz_ip: Ipv4Addr,
     /// Port of the health endpoint (`GET /healthz`); 0 disables it.
     #[arg(long, env = "FLANNELD_HEALTHZ_PORT", default_value_t = 0)]

@@ -3,6 +3,7 @@
 //! `--public-ip` overrides the advertised address.
 use std::net::Ipv4Addr;
 
+use ipnetwork::Ipv4Network;
 use regex::Regex;
 
 use shoal_netlink::{LinkInfo, Netlink, NetlinkError};
@@ -36,11 +37,18 @@ pub struct IfaceSelection {
 /// Finds the underlay interface, its IPv4 address and MTU.
 pub async fn select(netlink: &Netlink, selection: &IfaceSelection) -> Result<Underlay, IfaceError> {
     let (link, address) = find_link(netlink, selection).await?;
+    let connected = netlink
+        .ipv4_addresses(link.index)
+        .await?
+        .into_iter()
+        .filter_map(|address| Ipv4Network::new(address.network(), address.prefix()).ok())
+        .collect();
     Ok(Underlay {
         index: link.index,
         public_ip: selection.public_ip.unwrap_or(address),
         name: link.name,
         mtu: link.mtu,
+        connected,
     })
 }
 

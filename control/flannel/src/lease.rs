@@ -132,8 +132,14 @@ pub fn pick_free_subnet(config: &NetworkConfig, taken: &[Ipv4Network]) -> Option
     candidates.choose(&mut rand::thread_rng()).copied()
 }
 
-fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+/// Whether two subnets share an address.
+pub fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
     a.contains(b.network()) || b.contains(a.network())
+}
+
+/// Whether `subnet` lies wholly inside `network`.
+pub fn within(network: Ipv4Network, subnet: Ipv4Network) -> bool {
+    subnet.prefix() >= network.prefix() && network.contains(subnet.network())
 }
 
 #[cfg(test)]

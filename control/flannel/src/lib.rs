@@ -5,17 +5,20 @@
 //! API; [`lease`] is flannel's lease format and subnet choice; [`acquire`] takes and renews
 //! this node's lease; [`sync`] follows every lease (list + watch + resync) into a
 //! [`backend::Backend`] (`host-gw`, `vxlan`) that programs the kernel through
-//! [`shoal_netlink`]; [`subnet_env`], [`ipmasq`] and [`healthz`] are the node-facing outputs;
+//! [`shoal_netlink`]; [`subnet_env`], [`docker_opts`] (Docker's options from it, as
+//! mk-docker-opts.sh; [`mk_docker_opts`] is its command), [`ipmasq`] and [`healthz`] are the node-facing outputs;
 //! [`ipam`] hands out workload addresses for `shoal run`; [`cli`] is `shoal flannel`'s flags.
 pub mod acquire;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod docker_opts;
 pub mod healthz;
 pub mod iface;
 pub mod ipam;
 pub mod ipmasq;
 pub mod lease;
+pub mod mk_docker_opts;
 pub mod overlay;
 pub mod registry;
 pub mod subnet_env;

@@ -11,13 +11,14 @@ use super::{
     acquire::{self, LEASE_TTL, OwnLease},
     backend::{self, Backend, BackendOptions, DataplaneKind, Underlay},
     config::NetworkConfig,
+    docker_opts::{self, DockerOptsFormat},
     healthz, iface,
     iface::IfaceSelection,
     ipmasq,
     lease::LeaseAttrs,
-    registry::{Registry, StoreOptions},
+    registry::{Registry, RegistryError, StoreOptions},
     subnet_env::{self, SubnetEnv},
-    sync::LeaseSync,
+    sync::{LeaseScope, LeaseSync},
 };
 use shoal_netlink::Netlink;
 use shoal_store_client::Chain;
@@ -115,7 +116,7 @@ impl Overlay {
             ),
             None => None,
         };
-        let mut registry = connect(&config.store).await;
+        let mut registry = connect(&config.store).await?;
         let network = wait_for_config(&mut registry).await?;
         let netlink = Netlink::open().context("opening rtnetlink")?;
         let underlay = iface::select(&netlink, &config.interface)
@@ -150,7 +151,11 @@ impl Overlay {
         }
         let renewal = acquire::keep_renewed(registry.clone(), own.clone(), config.renew_margin());
         let snapshot = own.snapshot.clone();
-        let mut sync = LeaseSync::new(registry, own.subnet);
+        let scope = LeaseScope {
+            network: network.network,
+            underlay: underlay.connected.clone(),
+        };
+        let mut sync = LeaseSync::new(registry, own.subnet, scope);
         let ended = tokio::select! {
             lost = renewal => anyhow::Error::new(lost),
             end = sync.run_from(Some(snapshot), &mut backend) => anyhow::Error::new(end),
@@ -159,12 +164,19 @@ impl Overlay {
     }
 }
 
-/// Connects to the store, retrying (and logging) until it answers.
-async fn connect(store: &StoreOptions) -> Registry {
+/// Connects to the store, retrying (and logging) until it answers; a store that refuses the
+/// user and password is an error at once (retrying cannot fix them).
+async fn connect(store: &StoreOptions) -> Result<Registry> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match Registry::connect(store).await {
-            Ok(registry) => return registry,
+            Ok(registry) => return Ok(registry),
+            Err(RegistryError::Connect(err)) if err.is_authentication_failure() => {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "the store refused the credentials of user {:?}",
+                    store.username.as_deref().unwrap_or_default()
+                )));
+            }
             Err(err) => tracing::warn!(
                 "store not reachable yet: {}; retrying in {backoff:?}",
                 Chain(&err)
@@ -254,6 +266,10 @@ async fn configure_node(
     if config.ip_masq {
         ipmasq::install(network.network, own).context("installing masquerade rules")?;
     }
+    // Docker's options first: whoever sees subnet.env finds them too.
+    let docker_file = docker_opts::path_beside(&config.subnet_file);
+    docker_opts::write(&docker_file, &env, &DockerOptsFormat::default())?;
+    tracing::info!(path = %docker_file.display(), "Docker's options written");
     env.write(&config.subnet_file)?;
     tracing::info!(path = %config.subnet_file.display(), "subnet file written");
     Ok(())

@@ -36,7 +36,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 impl StoreOptions {
     /// The store client's config: TLS when a CA or a certificate and key are given, auth when
-    /// a user and password are.
+    /// a user is.
     pub fn store_config(&self) -> StoreConfig {
         let mut config = StoreConfig::new(self.endpoints.iter().cloned())
             .with_timeout(STORE_TIMEOUT)
@@ -46,10 +46,11 @@ impl StoreOptions {
             self.certfile.clone(),
             self.keyfile.clone(),
         );
-        if let (Some(user), Some(password)) = (&self.username, &self.password) {
+        // flanneld sends a user without a password as one with an empty password.
+        if let Some(user) = &self.username {
             config = config.with_credentials(Credentials {
                 user: user.clone(),
-                password: password.clone(),
+                password: self.password.clone().unwrap_or_default(),
             });
         }
         config

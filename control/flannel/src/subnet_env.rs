@@ -10,6 +10,9 @@ use ipnetwork::Ipv4Network;
 
 use shoal_store_client::Chain;
 
+/// Where flannel writes subnet.env unless told otherwise (`--subnet-file`).
+pub const DEFAULT_PATH: &str = "/run/flannel/subnet.env";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetEnvError {
     #[error("writing {path}")]
@@ -68,20 +71,7 @@ impl SubnetEnv {
 
     /// Writes the file atomically, creating its directory.
     pub fn write(&self, path: &Path) -> Result<(), SubnetEnvError> {
-        let error = |source| SubnetEnvError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = path
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(error)?;
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(error)?;
-        temp.write_all(self.render().as_bytes()).map_err(error)?;
-        temp.as_file().sync_all().map_err(error)?;
-        temp.persist(path).map_err(|err| error(err.error))?;
-        Ok(())
+        write_atomically(path, self.render().as_bytes())
     }
 
     pub fn read(path: &Path) -> Result<Self, SubnetEnvError> {
@@ -127,6 +117,25 @@ impl SubnetEnv {
             ip_masq,
         })
     }
+}
+
+/// Writes a node-facing file (subnet.env, Docker's options) whole or not at all: a temp file in
+/// the same directory (created if needed), synced, then renamed over `path`.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), SubnetEnvError> {
+    let error = |source| SubnetEnvError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(error)?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(error)?;
+    temp.write_all(contents).map_err(error)?;
+    temp.as_file().sync_all().map_err(error)?;
+    temp.persist(path).map_err(|err| error(err.error))?;
+    Ok(())
 }
 
 /// `10.5.34.0/24` -> `10.5.34.1/24`.

@@ -2,6 +2,10 @@
 //! update falls between the two (flannel issue #1145); on a watch error, a cancelled watch or a
 //! compacted revision, list again and reconcile (a full resync). A failed watch or list fails
 //! over to another store member first, in case the one in use is gone.
+//!
+//! A lease becomes a route, so the store must not be able to redirect the host's own traffic:
+//! only leases inside the overlay network that overlap none of the underlay's connected
+//! subnets are programmed ([`LeaseScope`]); any other is ignored with a warning.
 use std::{collections::HashMap, time::Duration};
 
 use ipnetwork::Ipv4Network;
@@ -9,7 +13,7 @@ use shoal_store_client::EtcdError;
 
 use super::{
     backend::{Backend, BackendResult},
-    lease::Lease,
+    lease::{Lease, overlaps, within},
     registry::{LeaseEvent, Registry, RegistryError},
 };
 use shoal_store_client::Chain;
@@ -52,21 +56,56 @@ pub enum SyncError {
     OwnLeaseRemoved(Ipv4Network),
 }
 
+/// Which peer subnets may become routes on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseScope {
+    /// The overlay network (`Network` of the config): every lease lies inside it.
+    pub network: Ipv4Network,
+    /// The underlay's connected subnets: a lease covering one would take the host's own
+    /// traffic (a `0.0.0.0/0` lease would replace the default route).
+    pub underlay: Vec<Ipv4Network>,
+}
+
+impl LeaseScope {
+    /// Why `subnet` must not be programmed, or `None` when it may.
+    pub fn refusal(&self, subnet: Ipv4Network) -> Option<String> {
+        if !within(self.network, subnet) {
+            return Some(format!("outside the network {}", self.network));
+        }
+        self.underlay
+            .iter()
+            .find(|underlay| overlaps(**underlay, subnet))
+            .map(|underlay| format!("overlapping the underlay subnet {underlay}"))
+    }
+
+    fn admits(&self, subnet: Ipv4Network) -> bool {
+        match self.refusal(subnet) {
+            None => true,
+            Some(reason) => {
+                tracing::warn!(%subnet, "ignoring a lease {reason}");
+                false
+            }
+        }
+    }
+}
+
 /// Follows every lease of the network, except this node's own.
 #[derive(Debug)]
 pub struct LeaseSync {
     registry: Registry,
     own: Ipv4Network,
+    scope: LeaseScope,
     known: HashMap<Ipv4Network, Lease>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl LeaseSync {
-    pub fn new(registry: Registry, own: Ipv4Network) -> Self {
+    pub fn new(registry: Registry, own: Ipv4Network, scope: LeaseScope) -> Self {
         Self {
             registry,
             own,
+            scope,
             known: HashMap::new(),
         }
     }
@@ -132,7 +171,7 @@ impl LeaseSync {
         let Snapshot { leases, revision } = snapshot;
         let current: HashMap<Ipv4Network, Lease> = leases
             .into_iter()
-            .filter(|lease| lease.subnet != self.own)
+            .filter(|lease| lease.subnet != self.own && self.scope.admits(lease.subnet))
             .map(|lease| (lease.subnet, lease))
             .collect();
         let gone: Vec<Lease> = self
@@ -196,6 +235,7 @@ impl LeaseSync {
                 Some(SyncError::OwnLeaseRemoved(subnet))
             }
             LeaseEvent::Put(lease) if lease.subnet == self.own => None,
+            LeaseEvent::Put(lease) if !self.scope.admits(lease.subnet) => None,
             LeaseEvent::Deleted(subnet) => {
                 self.forget(sink, subnet).await;
                 None
@@ -234,6 +274,35 @@ impl LeaseSync {
         tracing::info!(%subnet, public_ip = %lease.attrs.public_ip, "peer lease removed");
         if let Err(err) = sink.remove(&lease).await {
             tracing::error!(%subnet, "removing peer: {}", Chain(&err));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> Ipv4Network {
+        text.parse().expect("CIDR")
+    }
+
+    #[test]
+    fn only_leases_inside_the_network_and_off_the_underlay_are_admitted() {
+        let scope = LeaseScope {
+            network: net("10.0.0.0/8"),
+            underlay: vec![net("10.99.0.0/24")],
+        };
+        assert_eq!(scope.refusal(net("10.5.3.0/24")), None);
+        for bogus in ["0.0.0.0/0", "10.0.0.0/7", "192.168.1.0/24", "11.0.0.0/24"] {
+            let reason = scope.refusal(net(bogus)).expect(bogus);
+            assert!(
+                reason.contains("outside the network 10.0.0.0/8"),
+                "{reason}"
+            );
+        }
+        for bogus in ["10.99.0.0/24", "10.99.0.128/25", "10.96.0.0/12"] {
+            let reason = scope.refusal(net(bogus)).expect(bogus);
+            assert!(reason.contains("underlay subnet 10.99.0.0/24"), "{reason}");
         }
     }
 }

@@ -18,7 +18,7 @@ use shoal_flannel::{
     config::NetworkConfig,
     lease::{Lease, LeaseAttrs},
     registry::{Registry, StoreOptions},
-    sync::{LeaseSync, PeerSink},
+    sync::{LeaseScope, LeaseSync, PeerSink},
 };
 use shoal_harness::{StoreCluster, StoreKind};
 
@@ -254,7 +254,11 @@ async fn the_watch_loses_no_update_between_list_and_watch(kind: StoreKind) {
     .expect("own lease");
     let table = Table::default();
     let mut sink = table.clone();
-    let mut sync = LeaseSync::new(registry(&etcd).await, own.subnet);
+    let scope = LeaseScope {
+        network: config.network,
+        underlay: Vec::new(),
+    };
+    let mut sync = LeaseSync::new(registry(&etcd).await, own.subnet, scope);
     let watcher = tokio::spawn(async move { sync.run(&mut sink).await });
     // Writes racing with the watcher's first list and the start of its watch.
     let mut expected = HashSet::new();

@@ -362,7 +362,8 @@ fn docker_style_bridge_from_subnet_env(kind: StoreKind) {
     );
 }
 
-/// What Docker does with subnet.env: a bridge holding FLANNEL_SUBNET with FLANNEL_MTU, and a
+/// What Docker does with the options flannel writes for it beside subnet.env (`--bip`,
+/// `--mtu`, as mk-docker-opts.sh): a bridge holding the `--bip` address with that MTU, and a
 /// container behind a veth with the next address.
 struct DockerStyle {
     ip: String,
@@ -372,18 +373,30 @@ struct DockerStyle {
 impl DockerStyle {
     fn new(setup: &Setup, index: usize, subnet_file: &Path) -> Self {
         let node = setup.cluster.node(index);
-        wait_for("subnet.env", Duration::from_secs(20), || {
-            std::fs::read_to_string(subnet_file).ok()
+        let docker_file = shoal_flannel::docker_opts::path_beside(subnet_file);
+        let options = wait_for("Docker's options", Duration::from_secs(20), || {
+            std::fs::read_to_string(&docker_file).ok()
         });
-        let env = std::fs::read_to_string(subnet_file).expect("subnet.env");
-        let get = |key: &str| {
-            env.lines()
-                .find_map(|line| line.strip_prefix(&format!("{key}=")))
-                .expect("key in subnet.env")
+        let combined = options
+            .lines()
+            .find_map(|line| line.strip_prefix("DOCKER_OPTS="))
+            .expect("DOCKER_OPTS")
+            .trim_matches('"')
+            .to_string();
+        let get = |flag: &str| {
+            combined
+                .split_whitespace()
+                .find_map(|option| option.strip_prefix(&format!("--{flag}=")))
+                .expect("option in DOCKER_OPTS")
                 .to_string()
         };
-        let gateway = get("FLANNEL_SUBNET");
-        let mtu = get("FLANNEL_MTU");
+        let gateway = get("bip");
+        let mtu = get("mtu");
+        assert_eq!(
+            get("ip-masq"),
+            "true",
+            "flannel runs without --ip-masq here"
+        );
         let net: ipnetwork::Ipv4Network = gateway.parse().expect("subnet");
         let ip = std::net::Ipv4Addr::from(u32::from(net.network()) + 2);
         let ns = shoal_harness::Namespace::create(format!(
@@ -511,6 +524,12 @@ fn ip_masq_and_healthz() {
     plain.wait_subnet();
     let env = std::fs::read_to_string(&masq.subnet_file).expect("subnet.env");
     assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    let docker_file = shoal_flannel::docker_opts::path_beside(&masq.subnet_file);
+    let docker = std::fs::read_to_string(&docker_file).expect("Docker's options");
+    assert!(
+        docker.contains("DOCKER_OPT_IPMASQ=\"--ip-masq=false\""),
+        "flannel masquerades, Docker must not: {docker}"
+    );
     let rules = setup
         .cluster
         .node(0)
@@ -523,6 +542,13 @@ fn ip_masq_and_healthz() {
         .exec("python3", &["-c", HEALTH_CHECK])
         .expect("health check");
     assert_eq!(health.trim(), "200 ok");
+    // Loopback only unless --healthz-ip says otherwise.
+    let underlay = format!("{}:8471", setup.cluster.node(0).underlay_ip());
+    let outside = setup
+        .cluster
+        .node(1)
+        .exec("python3", &["-c", CONNECT, &underlay]);
+    assert_eq!(outside.expect("connect attempt").trim(), "refused");
     // Overlay -> outside is masqueraded: node 1 answers although it cannot route to overlay.
     assert!(
         setup.ping_from_container(0, &masq, setup.cluster.node(1).underlay_ip()),
@@ -547,6 +573,16 @@ with urllib.request.urlopen("http://127.0.0.1:8471/healthz", timeout=5) as respo
     print(response.status, response.read().decode().strip())
 "#;
 
+const CONNECT: &str = r#"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+try:
+    socket.create_connection((host, int(port)), timeout=5)
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+"#;
+
 const PEER_ADDRESS_SERVER: &str = r#"
 import socket
 server = socket.socket()
@@ -569,6 +605,48 @@ seen = sock.recv(64).decode()
 mine = os.environ["SHOAL_IP"]
 sys.exit(0 if seen == mine else "server saw %s, container is %s" % (seen, mine))
 "#;
+
+/// Leases no node may route: the whole address space (would replace the default route),
+/// another network, and the underlay's own subnet. Each is ignored with a warning, from the
+/// first list and from the watch, while a good lease written after them is routed.
+#[test]
+fn bogus_leases_never_become_routes() {
+    // A network around the underlay (10.99.0.0/24), leases handed out away from it.
+    let config = r#"{"Network": "10.0.0.0/8", "SubnetMin": "10.5.0.0", "SubnetMax": "10.5.255.0",
+        "Backend": {"Type": "host-gw"}}"#;
+    let setup = Setup::new(StoreKind::Etcd, 2, config);
+    let lease = |subnet: &str| {
+        let value = r#"{"PublicIP":"10.99.0.77","BackendType":"host-gw"}"#;
+        setup.etcd.put(&format!("{PREFIX}/subnets/{subnet}"), value);
+    };
+    let node = setup.cluster.node(0);
+    let default_route = route_to(node, "0.0.0.0/0");
+    lease("0.0.0.0-0");
+    let flannels: Vec<Flannel> = (0..2).map(|index| setup.flannel(index, &[])).collect();
+    wait_for_routes(&setup, &flannels);
+    lease("192.168.7.0-24");
+    lease("10.99.0.0-25");
+    lease("10.5.200.0-24");
+    wait_for("the good lease's route", Duration::from_secs(5), || {
+        Some(()).filter(|()| !route_to(node, "10.5.200.0/24").is_empty())
+    });
+    assert_eq!(
+        route_to(node, "0.0.0.0/0"),
+        default_route,
+        "{}",
+        node_state(node)
+    );
+    assert_eq!(route_to(node, "192.168.7.0/24"), "");
+    assert_eq!(route_to(node, "10.99.0.0/25"), "");
+    let log = std::fs::read_to_string(setup.dir.path().join("n0.log")).expect("flannel log");
+    for warning in [
+        "ignoring a lease outside the network 10.0.0.0/8 subnet=0.0.0.0/0",
+        "ignoring a lease outside the network 10.0.0.0/8 subnet=192.168.7.0/24",
+        "ignoring a lease overlapping the underlay subnet 10.99.0.0/24 subnet=10.99.0.0/25",
+    ] {
+        assert!(log.contains(warning), "no {warning:?} in\n{log}");
+    }
+}
 
 #[test]
 fn missing_config_is_awaited_and_invalid_config_explained() {

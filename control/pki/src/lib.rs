@@ -5,6 +5,12 @@
 //! Keys are ECDSA P-256 (what Go's and rustls' TLS stacks both accept) and every private key is
 //! written owner-only (0600) into an owner-only directory (0700) from the moment it exists: a
 //! key file is never readable by others, not even between its creation and a `chmod`.
+mod cluster;
+
+pub use cluster::{
+    CLIENTS, ClusterNode, FLANNEL, FLEET, PEER, ROOT, SERVER, issue_cluster, node_dir,
+};
+
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

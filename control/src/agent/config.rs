@@ -12,6 +12,9 @@
 //!   initial_cluster: node1=http://10.90.0.11:2380,node2=http://10.90.0.12:2380,node3=http://10.90.0.13:2380
 //!   heartbeat_interval: 100ms      # etcd's --heartbeat-interval / --election-timeout
 //!   election_timeout: 1s
+//!   # To reach a store that checks clients (an external etcd, or workers of a TLS cluster):
+//!   # tls: { ca_file: /etc/shoal/pki/ca.pem, cert_file: /etc/shoal/pki/root.pem, key_file: /etc/shoal/pki/root-key.pem }
+//!   # auth: { username: root, password: secret }
 //! network:
 //!   config: { Network: 10.244.0.0/16, Backend: { Type: vxlan } }
 //! fleet:
@@ -112,6 +115,36 @@ pub struct StoreConfig {
     /// heartbeats. Raise both on slow or emulated machines.
     #[serde(default = "default_election_timeout", with = "humantime_serde")]
     pub election_timeout: Duration,
+    /// TLS for every store connection the agent makes (flannel, fleet, readiness, join).
+    pub tls: Option<StoreTls>,
+    /// A store user for every store connection the agent makes (etcd auth).
+    pub auth: Option<StoreAuth>,
+}
+
+/// PEM files for the store's TLS: the CA that signs its certificate, and the client's own
+/// certificate and key when the store checks clients (`--client-cert-auth`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// A store user and its password.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for StoreAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreAuth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -211,6 +244,8 @@ impl Default for StoreConfig {
             external: false,
             heartbeat_interval: default_heartbeat_interval(),
             election_timeout: default_election_timeout(),
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -338,6 +373,7 @@ impl AgentConfig {
                 ),
             ));
         }
+        validate_store_identity(store)?;
         if store.external || self.role == Role::Worker {
             if store.endpoints.is_empty() {
                 return Err((
@@ -346,6 +382,14 @@ impl AgentConfig {
                 ));
             }
             return Ok(());
+        }
+        if store.tls.is_some() && store.endpoints.is_empty() {
+            return Err((
+                "store.tls",
+                "this master's own member serves plain HTTP: give store.endpoints (https://) \
+                 of the store these files are for"
+                    .into(),
+            ));
         }
         match (&store.initial_cluster, &store.join) {
             (Some(_), Some(_)) => Err((
@@ -367,6 +411,31 @@ impl AgentConfig {
             }
         }
     }
+}
+
+/// `store.tls` and `store.auth` must each say something whole.
+fn validate_store_identity(store: &StoreConfig) -> Result<(), (&'static str, String)> {
+    if let Some(tls) = &store.tls {
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => return Err(("store.tls.cert_file", "needs key_file".into())),
+            (None, Some(_)) => return Err(("store.tls.key_file", "needs cert_file".into())),
+            (None, None) if tls.ca_file.is_none() => {
+                return Err((
+                    "store.tls",
+                    "give ca_file, or cert_file and key_file, or both".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if store
+        .auth
+        .as_ref()
+        .is_some_and(|auth| auth.username.is_empty())
+    {
+        return Err(("store.auth.username", "must not be empty".into()));
+    }
+    Ok(())
 }
 
 /// Splits etcd's `name=url,name=url` into pairs.
@@ -466,6 +535,30 @@ mod tests {
     #[test]
     fn a_worker_needs_endpoints() {
         assert_eq!(error_of("name: w1\nrole: worker\n").0, "store.endpoints");
+    }
+
+    #[test]
+    fn store_tls_and_auth_must_be_whole() {
+        let config = AgentConfig::parse(
+            "name: w1\nrole: worker\nstore:\n  endpoints: [https://10.0.0.1:2379]\n  tls: { ca_file: /ca.pem, cert_file: /c.pem, key_file: /k.pem }\n  auth: { username: flannel, password: pw }\n",
+        )
+        .expect("valid");
+        let tls = config.store.tls.expect("tls");
+        assert_eq!(tls.key_file.as_deref(), Some(Path::new("/k.pem")));
+        assert!(!format!("{:?}", config.store.auth).contains("pw"));
+        assert_eq!(
+            error_of("name: n1\nstore:\n  tls: { cert_file: /c.pem }\n").0,
+            "store.tls.cert_file"
+        );
+        assert_eq!(error_of("name: n1\nstore:\n  tls: {}\n").0, "store.tls");
+        assert_eq!(
+            error_of("name: n1\nstore:\n  auth: { username: '', password: x }\n").0,
+            "store.auth.username"
+        );
+        assert_eq!(
+            error_of("name: n1\nstore:\n  auth: { username: root }\n").0,
+            "store.auth"
+        );
     }
 
     #[test]

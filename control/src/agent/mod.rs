@@ -56,7 +56,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 /// Runs every component of the node until `shutdown` is cancelled or one of them fails.
 pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationToken) -> Result<()> {
     let member = match &plan.member {
-        Some(member) => Some(start_member(member).await?),
+        Some(member) => Some(start_member(member, &plan.store).await?),
         None => None,
     };
     let readiness = Arc::new(Readiness::default());
@@ -80,10 +80,10 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
         ("readiness", Ok(()))
     });
     if let Some((key, json)) = plan.network_config.clone() {
-        let endpoints = plan.endpoints.clone();
+        let store = plan.store.clone();
         tasks.spawn(named(
             "network-config",
-            write_network_config_once(endpoints, key, json),
+            write_network_config_once(store, key, json),
         ));
     }
     if let Some(overlay) = plan.overlay.clone() {
@@ -110,7 +110,7 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
             }),
         ));
     }
-    tracing::info!(node = %config.name, endpoints = ?plan.endpoints, "agent running");
+    tracing::info!(node = %config.name, endpoints = ?plan.store.endpoints, "agent running");
 
     let outcome = supervise(&mut tasks, &shutdown).await;
     shutdown.cancel();
@@ -143,10 +143,19 @@ async fn supervise(
     }
 }
 
-async fn start_member(member: &plan::MemberPlan) -> Result<shoal_kv::member::RunningMember> {
+/// Starts this node's store member; `store` is how the agent reaches the store (what a
+/// joining member uses to reach the existing ones).
+async fn start_member(
+    member: &plan::MemberPlan,
+    store: &StoreConfig,
+) -> Result<shoal_kv::member::RunningMember> {
     let mut config = member.config.clone();
     if let Some(join) = &member.join {
-        config.initial_cluster = join_cluster(join, &config).await?;
+        let through = StoreConfig {
+            endpoints: vec![join.clone()],
+            ..store.clone()
+        };
+        config.initial_cluster = join_cluster(&through, &config).await?;
     }
     let data_dir = config.data_dir.display().to_string();
     shoal_kv::member::Member::start(config)
@@ -158,10 +167,10 @@ async fn start_member(member: &plan::MemberPlan) -> Result<shoal_kv::member::Run
 /// peer URLs, and return the cluster as the existing members report it. A member already
 /// added (a restart) is found in the list instead.
 async fn join_cluster(
-    join: &str,
+    join: &StoreConfig,
     config: &shoal_kv::member::Config,
 ) -> Result<Vec<(String, Vec<String>)>> {
-    let store = StoreClient::connect(&StoreConfig::new([join]))
+    let store = StoreClient::connect(join)
         .await
         .context("reaching the store to join it")?;
     let mut client = store.client();
@@ -192,14 +201,10 @@ async fn join_cluster(
 }
 
 /// Writes flannel's network config if the store has none yet (never overwrites).
-async fn write_network_config_once(
-    endpoints: Vec<String>,
-    key: String,
-    json: String,
-) -> Result<()> {
+async fn write_network_config_once(store: StoreConfig, key: String, json: String) -> Result<()> {
     let mut delay = std::time::Duration::from_millis(200);
     loop {
-        match try_write_network_config(&endpoints, &key, &json).await {
+        match try_write_network_config(&store, &key, &json).await {
             Ok(written) => {
                 tracing::info!(%key, written, "network config in place");
                 return Ok(());
@@ -213,8 +218,8 @@ async fn write_network_config_once(
     }
 }
 
-async fn try_write_network_config(endpoints: &[String], key: &str, json: &str) -> Result<bool> {
-    let store = StoreClient::connect(&StoreConfig::new(endpoints.iter().cloned())).await?;
+async fn try_write_network_config(store: &StoreConfig, key: &str, json: &str) -> Result<bool> {
+    let store = StoreClient::connect(store).await?;
     let txn = Txn::new()
         .when([Compare::create_revision(key, CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key, json, None)]);
@@ -249,7 +254,7 @@ fn probes(config: &AgentConfig, plan: &Plan) -> Result<Probes> {
         None => None,
     };
     Ok(Probes {
-        endpoints: plan.endpoints.clone(),
+        store: plan.store.clone(),
         overlay: plan.overlay.as_ref().map(|overlay| OverlayProbe {
             prefix: overlay.store.prefix.clone(),
             public_ip: config.public_ip,

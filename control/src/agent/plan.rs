@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use super::config::{AgentConfig, ClusterState, Role};
 use shoal_flannel::{OverlayConfig, registry::StoreOptions};
+use shoal_store_client::{Credentials, StoreConfig, TlsFiles};
 
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
@@ -15,8 +16,9 @@ pub const PEER_PORT: u16 = 2380;
 pub struct Plan {
     /// The store member this node runs, if it is a master of the embedded store.
     pub member: Option<MemberPlan>,
-    /// Client URLs every component uses to reach the store (own member first).
-    pub endpoints: Vec<String>,
+    /// How the agent itself reaches the store (readiness, the network config, joining):
+    /// the client URLs every component uses (own member first), TLS and credentials.
+    pub store: StoreConfig,
     pub overlay: Option<OverlayConfig>,
     /// flannel's network config to write to `<prefix>/config` if absent.
     pub network_config: Option<(String, String)>,
@@ -34,19 +36,53 @@ impl Plan {
     pub fn for_node(config: &AgentConfig) -> Result<Self> {
         let member = member_plan(config)?;
         let endpoints = endpoints(config, member.as_ref());
+        let identity = StoreIdentity::of(config);
         Ok(Self {
             overlay: config
                 .network
                 .enabled
-                .then(|| overlay_config(config, &endpoints)),
+                .then(|| overlay_config(config, &endpoints, &identity)),
             network_config: network_config(config),
             fleet: config
                 .fleet
                 .enabled
-                .then(|| fleet_config(config, &endpoints)),
+                .then(|| fleet_config(config, &endpoints, &identity)),
+            store: identity.store_config(endpoints),
             member,
-            endpoints,
         })
+    }
+}
+
+/// How a component proves itself to the store: TLS files, a user, both or neither.
+#[derive(Debug, Clone, Default)]
+pub struct StoreIdentity {
+    pub tls: Option<TlsFiles>,
+    pub credentials: Option<Credentials>,
+}
+
+impl StoreIdentity {
+    /// The identity `store.tls` and `store.auth` give every component.
+    fn of(config: &AgentConfig) -> Self {
+        let tls = config.store.tls.as_ref().and_then(|tls| {
+            TlsFiles::given(
+                tls.ca_file.clone(),
+                tls.cert_file.clone(),
+                tls.key_file.clone(),
+            )
+        });
+        let credentials = config.store.auth.as_ref().map(|auth| Credentials {
+            user: auth.username.clone(),
+            password: auth.password.clone(),
+        });
+        Self { tls, credentials }
+    }
+
+    /// A store client config for `endpoints` with this identity.
+    pub fn store_config(&self, endpoints: Vec<String>) -> StoreConfig {
+        let mut store = StoreConfig::new(endpoints);
+        store.tls = self.tls.clone();
+        store.credentials = self.credentials.clone();
+        store
     }
 }
 
@@ -126,12 +162,21 @@ fn endpoints(config: &AgentConfig, member: Option<&MemberPlan>) -> Vec<String> {
     })
 }
 
-fn overlay_config(config: &AgentConfig, endpoints: &[String]) -> OverlayConfig {
+fn overlay_config(
+    config: &AgentConfig,
+    endpoints: &[String],
+    identity: &StoreIdentity,
+) -> OverlayConfig {
+    let tls = identity.tls.clone().unwrap_or_default();
     let mut overlay = OverlayConfig {
         store: StoreOptions {
             endpoints: endpoints.to_vec(),
             prefix: config.network.prefix.clone(),
-            ..StoreOptions::default()
+            cafile: tls.ca,
+            certfile: tls.cert,
+            keyfile: tls.key,
+            username: identity.credentials.as_ref().map(|c| c.user.clone()),
+            password: identity.credentials.as_ref().map(|c| c.password.clone()),
         },
         subnet_file: config.network.subnet_file.clone(),
         ip_masq: config.network.ip_masq,
@@ -155,8 +200,15 @@ fn network_config(config: &AgentConfig) -> Option<(String, String)> {
 fn fleet_config(
     config: &AgentConfig,
     endpoints: &[String],
+    identity: &StoreIdentity,
 ) -> shoal_scheduler::config::FleetConfig {
+    let tls = identity.tls.clone().unwrap_or_default();
     shoal_scheduler::config::FleetConfig {
+        etcd_cafile: tls.ca,
+        etcd_certfile: tls.cert,
+        etcd_keyfile: tls.key,
+        etcd_username: identity.credentials.as_ref().map(|c| c.user.clone()),
+        etcd_password: identity.credentials.as_ref().map(|c| c.password.clone()),
         etcd_servers: endpoints.to_vec(),
         etcd_key_prefix: config.fleet.key_prefix.clone(),
         metadata: config.metadata.clone(),
@@ -203,7 +255,7 @@ mod tests {
         let plan = plan("name: solo\n");
         let member = plan.member.expect("a master runs a member");
         assert_eq!(member.config.listen_client_urls, ["http://127.0.0.1:2379"]);
-        assert_eq!(plan.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(plan.store.endpoints, ["http://127.0.0.1:2379"]);
         assert!(plan.overlay.is_some() && plan.fleet.is_some());
     }
 
@@ -228,7 +280,7 @@ mod tests {
         let plan = plan(
             "name: node2\npublic_ip: 10.90.0.12\nstore:\n  initial_cluster: node1=http://10.90.0.11:2380,node2=http://10.90.0.12:2380,node3=http://10.90.0.13:2380\n",
         );
-        assert_eq!(plan.endpoints, ["http://10.90.0.12:2379"]);
+        assert_eq!(plan.store.endpoints, ["http://10.90.0.12:2379"]);
         let member = plan.member.expect("member");
         assert_eq!(member.config.listen_client_urls, ["http://0.0.0.0:2379"]);
         assert_eq!(
@@ -237,7 +289,7 @@ mod tests {
         );
         assert_eq!(member.config.initial_cluster.len(), 3);
         let fleet = plan.fleet.expect("fleet");
-        assert_eq!(fleet.etcd_servers, plan.endpoints);
+        assert_eq!(fleet.etcd_servers, plan.store.endpoints);
     }
 
     #[test]
@@ -246,8 +298,35 @@ mod tests {
             "name: w1\nrole: worker\nstore:\n  endpoints: [http://10.90.0.11:2379]\nfleet:\n  engine: false\n",
         );
         assert!(plan.member.is_none());
-        assert_eq!(plan.endpoints, ["http://10.90.0.11:2379"]);
+        assert_eq!(plan.store.endpoints, ["http://10.90.0.11:2379"]);
         assert!(plan.fleet.expect("fleet").disable_engine);
+    }
+
+    #[test]
+    fn store_tls_and_auth_reach_every_store_connection() {
+        let plan = plan(
+            "name: w1\nrole: worker\nstore:\n  endpoints: [10.90.0.11:2379]\n  tls: { ca_file: /p/ca.pem, cert_file: /p/c.pem, key_file: /p/k.pem }\n  auth: { username: shoal, password: pw }\n",
+        );
+        let tls = TlsFiles {
+            ca: Some("/p/ca.pem".into()),
+            cert: Some("/p/c.pem".into()),
+            key: Some("/p/k.pem".into()),
+        };
+        assert_eq!(plan.store.tls.as_ref(), Some(&tls));
+        assert_eq!(
+            plan.store.credentials.as_ref().map(|c| &*c.user),
+            Some("shoal")
+        );
+        let overlay = plan.overlay.expect("overlay").store.store_config();
+        assert_eq!(overlay.tls.as_ref(), Some(&tls));
+        assert_eq!(overlay.credentials, plan.store.credentials);
+        let fleet = plan.fleet.expect("fleet").store_config();
+        assert_eq!(fleet.tls.as_ref(), Some(&tls));
+        assert_eq!(fleet.credentials, plan.store.credentials);
+        assert_eq!(
+            plan.store.parsed_endpoints().expect("valid")[0].url(),
+            "https://10.90.0.11:2379"
+        );
     }
 
     #[test]

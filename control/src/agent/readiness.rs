@@ -18,7 +18,8 @@ use super::health::{Gauges, Readiness};
 /// Where to look for each component's proof of readiness.
 #[derive(Debug, Clone)]
 pub struct Probes {
-    pub endpoints: Vec<String>,
+    /// How to reach the store (endpoints, TLS, credentials).
+    pub store: StoreConfig,
     pub overlay: Option<OverlayProbe>,
     pub fleet: Option<FleetProbe>,
 }
@@ -54,11 +55,10 @@ impl Probes {
         gauges: Arc<Gauges>,
         shutdown: CancellationToken,
     ) {
-        let config = StoreConfig::new(self.endpoints.iter().cloned());
         let mut store: Option<StoreClient> = None;
         loop {
             if store.is_none() {
-                match StoreClient::connect(&config).await {
+                match StoreClient::connect(&self.store).await {
                     Ok(connected) => store = Some(connected),
                     Err(err) => self.unreachable(&err, &readiness, &gauges),
                 }

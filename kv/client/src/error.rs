@@ -42,6 +42,30 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether the store refused the user and password (etcd's "authentication failed"):
+    /// retrying with the same credentials cannot help.
+    pub fn is_authentication_failure(&self) -> bool {
+        match self {
+            StoreError::Request {
+                source: EtcdError(etcd_client::Error::GRpcStatus(status)),
+                ..
+            } => {
+                i32::from(status.code()) == INVALID_ARGUMENT
+                    && status.message().contains(AUTHENTICATION_FAILED)
+            }
+            StoreError::Unreachable { last, .. } => last.is_authentication_failure(),
+            _ => false,
+        }
+    }
+}
+
+/// gRPC's INVALID_ARGUMENT, the code etcd answers a failed authentication with (named by
+/// number: tonic is etcd-client's business, not ours).
+const INVALID_ARGUMENT: i32 = 3;
+/// etcd's message for a wrong user or password (`rpctypes.ErrGRPCAuthFailed`).
+const AUTHENTICATION_FAILED: &str = "authentication failed, invalid user ID or password";
+
 /// etcd-client's error as one link of a chain. etcd-client's own message folds a gRPC status's
 /// cause into its text in Debug form, and tonic's transport errors repeat each other's text
 /// ("tcp connect error: tcp connect error"); this prints the status code, then each distinct

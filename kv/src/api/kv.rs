@@ -60,8 +60,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::PutResponse>, Status> {
         validate::put(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
-        let req = request.into_inner();
-        propose_as(&self.0, user, req).await
+        propose_as(&self.0, user, request.into_inner()).await
     }
 
     async fn delete_range(
@@ -70,8 +69,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         validate::delete_range(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
-        let req = request.into_inner();
-        propose_as(&self.0, user, req).await
+        propose_as(&self.0, user, request.into_inner()).await
     }
 
     async fn txn(
@@ -80,8 +78,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         validate::txn(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
-        let req = request.into_inner();
-        propose_as(&self.0, user, req).await
+        propose_as(&self.0, user, request.into_inner()).await
     }
 
     async fn compact(

@@ -12,9 +12,6 @@ use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, lease_server::Lease};
 
-/// etcd's largest lease TTL.
-const MAX_LEASE_TTL: i64 = 9_000_000_000;
-
 pub struct LeaseService(pub Arc<Member>);
 
 impl LeaseService {
@@ -34,9 +31,6 @@ impl Lease for LeaseService {
         // etcd 3.4 checks no permission for a grant, only that a token is valid.
         requester(&self.0, &request).await?;
         let req = request.into_inner();
-        if req.ttl > MAX_LEASE_TTL {
-            return Err(EtcdError::LeaseTtlTooLarge.into());
-        }
         let id = if req.id == 0 {
             rand::random::<i64>() & i64::MAX
         } else {

@@ -12,6 +12,7 @@ use super::config::{cluster_id, initial_members, member_id, raft_config};
 use super::lease_clock::LeaseClock;
 use super::{ClusterState, Config, Member};
 use crate::error::StoreError;
+use crate::peer::wire::Identity;
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerPool};
 use crate::storage::state_machine::{Shared, State, StateMachine};
 use crate::storage::store::{DataFile, LogStore};
@@ -40,11 +41,17 @@ impl Member {
             &config.initial_advertise_peer_urls,
             &config.initial_cluster_token,
         );
-        let pool = PeerPool::new(peer_tls);
         let (id, cluster_id) = match config.initial_cluster_state {
             ClusterState::New => (id, cluster_id(&initial, &config.initial_cluster_token)),
-            ClusterState::Existing => join_existing(&pool, &config, &initial, id).await?,
+            ClusterState::Existing => join_existing(&config, &initial, id, &peer_tls).await?,
         };
+        let pool = PeerPool::new(
+            Identity {
+                cluster_id,
+                member_id: id,
+            },
+            peer_tls,
+        );
         let log_store = LogStore::new(db.clone(), &config.data_dir, id)?;
         let durability = log_store.durability();
         let state_machine = StateMachine::open(db, shared.clone(), durability.clone())?;
@@ -154,13 +161,15 @@ impl Member {
     }
 }
 
-/// A member added with MemberAdd learns its ID and the cluster's from the running members.
+/// A member added with MemberAdd learns its ID and the cluster's from the running members (as
+/// etcd does), asking as a member of no cluster yet.
 async fn join_existing(
-    pool: &PeerPool,
     config: &Config,
     initial: &Members,
     fallback_id: u64,
+    peer_tls: &Option<Arc<crate::tls::Tls>>,
 ) -> Result<(u64, u64), StoreError> {
+    let pool = PeerPool::new(Identity::UNKNOWN, peer_tls.clone());
     for (_, node) in initial.iter().filter(|(id, _)| **id != fallback_id) {
         let view: Result<ClusterView, _> = pool
             .call(

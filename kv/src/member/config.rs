@@ -119,7 +119,7 @@ pub(super) fn raft_config(config: &Config) -> Result<openraft::Config, StoreErro
         election_timeout_max: election * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
         max_in_snapshot_log_to_keep: config.snapshot_count.min(1000),
-        max_payload_entries: 1000,
+        max_payload_entries: crate::peer::MAX_APPEND_ENTRIES,
         install_snapshot_timeout: 5000,
         ..Default::default()
     }

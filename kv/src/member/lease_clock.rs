@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::{Member, REQUEST_TIMEOUT};
 use crate::error::EtcdError;
 use crate::peer::ForwardRpc;
+use crate::storage::mvcc::validate;
 use crate::types::Command;
 
 /// Leader-side lease deadlines. Only the leader expires leases; a new leader starts every
@@ -14,6 +15,13 @@ use crate::types::Command;
 #[derive(Debug, Default)]
 pub(super) struct LeaseClock {
     deadlines: Mutex<HashMap<i64, Instant>>,
+}
+
+/// When a lease of `ttl` seconds granted or renewed `now` expires. TTLs above etcd's largest
+/// are refused when granted; the bound here keeps the clock from overflowing whatever it reads.
+fn deadline(now: Instant, ttl: i64) -> Instant {
+    let ttl = ttl.clamp(0, validate::MAX_LEASE_TTL) as u64;
+    now + Duration::from_secs(ttl)
 }
 
 impl LeaseClock {
@@ -39,9 +47,7 @@ impl Member {
         let Some(ttl) = self.shared.read().mvcc.lease(id).map(|l| l.ttl) else {
             return Ok(0);
         };
-        self.leases
-            .lock()
-            .insert(id, Instant::now() + Duration::from_secs(ttl.max(0) as u64));
+        self.leases.lock().insert(id, deadline(Instant::now(), ttl));
         Ok(ttl)
     }
 
@@ -105,9 +111,7 @@ impl Member {
         deadlines.retain(|id, _| live.contains_key(id));
         let mut expired = Vec::new();
         for (id, ttl) in live {
-            let deadline = *deadlines
-                .entry(id)
-                .or_insert_with(|| now + Duration::from_secs(ttl.max(0) as u64));
+            let deadline = *deadlines.entry(id).or_insert_with(|| deadline(now, ttl));
             if deadline <= now {
                 expired.push(id);
                 // Retry after a while if the revoke does not go through.

@@ -25,6 +25,7 @@ use self::read_index::ReadWaiter;
 pub use self::write::MAX_REQUEST_BYTES;
 use self::write::{WriteWaiter, Written};
 use crate::error::EtcdError;
+use crate::peer::wire::Identity;
 use crate::peer::{ClusterView, PeerHandler, PeerPool};
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::storage::state_machine::Shared;
@@ -71,6 +72,14 @@ impl Member {
             revision,
             raft_term: self.raft.metrics().borrow().current_term,
         })
+    }
+
+    /// Who this member is in the frames it sends its peers.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -163,7 +172,7 @@ impl PeerHandler for Member {
         if !self.is_leader() {
             return Err(EtcdError::NoLeader);
         }
-        match self.write_once(command).await {
+        match self.write_forwarded(command).await {
             Written::Done(outcome, index) => Ok((outcome, index)),
             Written::Failed(error) => Err(error),
             Written::Retry => Err(EtcdError::NoLeader),

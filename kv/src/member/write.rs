@@ -11,12 +11,43 @@ use super::{Member, REQUEST_TIMEOUT};
 use crate::error::EtcdError;
 use crate::peer::ForwardRpc;
 use crate::storage::durable::Durability;
+use crate::storage::mvcc::validate;
 use crate::types::{Command, MemberNode, Outcome};
 
 /// Roughly how many bytes of commands one batched log entry carries.
 const MAX_BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// etcd's `--max-request-bytes` default.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// Checks a write as etcd checks a client request before proposing it (its v3rpc checks, the
+/// lease TTL bound, the request size), whether a client sent it here or to a follower that
+/// forwarded it. Batches are the write batcher's, not requests.
+fn check_request(command: &Command) -> Result<(), EtcdError> {
+    match command {
+        Command::Put(req) => validate::put(&req.0)?,
+        Command::DeleteRange(req) => validate::delete_range(&req.0)?,
+        Command::Txn(req) => validate::txn(&req.0)?,
+        Command::LeaseGrant { ttl, .. } => validate::lease_ttl(*ttl)?,
+        Command::Batch(_) => {
+            return Err(EtcdError::Internal("a batch inside a request".to_string()));
+        }
+        Command::AsUser { command, .. } => match command.as_ref() {
+            Command::AsUser { .. } | Command::Batch(_) => {
+                return Err(EtcdError::Internal(
+                    "a request inside a request".to_string(),
+                ));
+            }
+            command => check_request(command)?,
+        },
+        Command::Auth(_) => {}
+        Command::Compact(_) | Command::LeaseRevoke { .. } | Command::PublishMember { .. } => {}
+    }
+    let size = bincode::serialized_size(command).map_err(|e| EtcdError::Internal(e.to_string()))?;
+    if size as usize > MAX_REQUEST_BYTES {
+        return Err(EtcdError::RequestTooLarge);
+    }
+    Ok(())
+}
 
 /// What became of a write handed to the write batcher.
 #[derive(Debug)]
@@ -33,11 +64,7 @@ pub(super) type WriteWaiter = (Command, oneshot::Sender<Written>);
 impl Member {
     /// Replicates a command and returns its outcome once this member applied it.
     pub async fn propose(&self, command: Command) -> Result<Outcome, EtcdError> {
-        let size =
-            bincode::serialized_size(&command).map_err(|e| EtcdError::Internal(e.to_string()))?;
-        if size as usize > MAX_REQUEST_BYTES {
-            return Err(EtcdError::RequestTooLarge);
-        }
+        check_request(&command)?;
         let t = Instant::now();
         let (outcome, index) = self.write(command).await?;
         crate::profile::record("propose.written", t);
@@ -62,6 +89,19 @@ impl Member {
                 Written::Retry => {}
             }
             self.pause_before_retry(deadline).await?;
+        }
+    }
+
+    /// Writes a command a follower forwarded, as this member leads: one request or a batch of
+    /// them, each checked as a client request is.
+    pub(super) async fn write_forwarded(&self, command: Command) -> Written {
+        let checked = match &command {
+            Command::Batch(commands) => commands.iter().try_for_each(check_request),
+            command => check_request(command),
+        };
+        match checked {
+            Ok(()) => self.write_once(command).await,
+            Err(e) => Written::Failed(e),
         }
     }
 

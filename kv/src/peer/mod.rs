@@ -2,12 +2,19 @@
 //! replication, writes and ReadIndex requests forwarded to the leader, and the leader's lease
 //! clock. A peer whose URL is `https://` is dialed over TLS with the member's peer certificate
 //! ([`crate::tls`]), its certificate checked against the peer CA and the URL's host.
+//!
+//! Everything a peer sends is bounded before it is trusted: frames by [`MAX_PEER_MESSAGE`]
+//! (checked before allocating), bincode decoding by the frame's length (never by a length it
+//! declares), batches by their nesting depth ([`crate::types`]), appends by their entry count,
+//! snapshot chunks by the bytes received before them. Forwarded writes are checked on the
+//! leader as client requests are ([`crate::member`]).
 pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bincode::Options;
 use bytes::Bytes;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -21,18 +28,25 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
-use crate::peer::wire::{CallError, Dial, Links, PeerStream, dial_tcp};
+use crate::peer::wire::{CallError, Dial, Identity, Links, PeerStream, ServerRules, dial_tcp};
 use crate::storage::store::CommitClamp;
 use crate::tls::Tls;
 use crate::types::{Command, MemberNode, Outcome, TypeConfig};
 
 /// Largest message between members (snapshots are sent in chunks below this).
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+/// Most entries one AppendEntries carries (openraft's `max_payload_entries` on the sender).
+pub const MAX_APPEND_ENTRIES: u64 = 1000;
+/// Largest snapshot a member takes (etcd's largest suggested backend quota, 8 GiB).
+const MAX_SNAPSHOT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+/// Requests a member serves at once for one connection and for all of them.
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
+const MAX_IN_FLIGHT: usize = 1024;
 
 /// The methods of the peer protocol, as their frames name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-enum Method {
+pub enum Method {
     AppendEntries = 1,
     Vote = 2,
     FullSnapshot = 3,
@@ -83,18 +97,45 @@ pub enum PeerError {
     NoMethod(u8),
     #[error("Raft message from the receiving member itself")]
     OwnMessage,
+    #[error("an AppendEntries of {0} entries (at most {MAX_APPEND_ENTRIES} are sent at once)")]
+    TooManyEntries(usize),
+    #[error(
+        "a snapshot chunk at offset {offset} of {len} bytes: {received} bytes of snapshot {id} \
+         were received before it, and a snapshot is at most {MAX_SNAPSHOT_BYTES} bytes"
+    )]
+    SnapshotChunk {
+        id: String,
+        offset: u64,
+        len: usize,
+        received: u64,
+    },
 }
 
+/// The bincode encoding of every peer payload: `bincode::serialize`'s (fixed-width integers,
+/// trailing bytes allowed), which the Raft log uses too and write sizes are measured in.
+fn bincode_options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+}
+
+/// Encodes without a limit: a message too large for a frame is refused by the frame codec.
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PeerError> {
-    bincode::serialize(value).map_err(PeerError::Encode)
+    bincode_options()
+        .serialize(value)
+        .map_err(PeerError::Encode)
 }
 
+/// Decodes at most a frame's worth: a length a payload declares is checked against what is
+/// left before anything is allocated for it.
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PeerError> {
-    bincode::deserialize(bytes).map_err(PeerError::Decode)
+    bincode_options()
+        .with_limit(MAX_PEER_MESSAGE as u64)
+        .deserialize(bytes)
+        .map_err(PeerError::Decode)
 }
 
-/// Where a member is reached, from the first of its advertised peer URLs: `host:port`, or
-/// `https://host:port` when it speaks TLS (what [`dial`] takes).
+/// The `host:port` a member is reached at (from the first of its advertised peer URLs).
 fn peer_address(node: &MemberNode) -> Result<String, PeerError> {
     let url = node
         .peer_urls
@@ -125,7 +166,7 @@ fn dial(tls: Option<Arc<Tls>>) -> Dial {
         let tls = tls.clone();
         Box::pin(async move {
             let Some(address) = target.strip_prefix("https://") else {
-                let stream: Box<dyn PeerStream> = Box::new(dial_tcp(&target).await?);
+                let stream: PeerStream = Box::new(dial_tcp(&target).await?);
                 return Ok(stream);
             };
             let tls = tls.ok_or_else(|| {
@@ -135,7 +176,7 @@ fn dial(tls: Option<Arc<Tls>>) -> Dial {
             })?;
             let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
             let stream = dial_tcp(address).await?;
-            let stream: Box<dyn PeerStream> = Box::new(tls.connect(host, stream).await?);
+            let stream: PeerStream = Box::new(tls.connect(host, stream).await?);
             Ok(stream)
         })
     })
@@ -150,10 +191,11 @@ pub struct PeerPool {
 }
 
 impl PeerPool {
-    /// A pool dialing `https://` peers with `tls`.
-    pub fn new(tls: Option<Arc<Tls>>) -> Self {
+    /// Connections that speak for `identity` ([`Identity::UNKNOWN`] while joining a cluster),
+    /// dialing `https://` peers with `tls`.
+    pub fn new(identity: Identity, tls: Option<Arc<Tls>>) -> Self {
         Self {
-            links: Arc::new(Links::with_dial(MAX_PEER_MESSAGE, dial(tls))),
+            links: Arc::new(Links::with_dial(MAX_PEER_MESSAGE, identity, dial(tls))),
             last_contact: Arc::default(),
         }
     }
@@ -373,9 +415,43 @@ pub trait PeerHandler: Send + Sync + 'static {
 /// What a member answers other members.
 pub struct PeerService<H> {
     pub handler: Arc<H>,
+    /// The snapshot being received: its ID and how many bytes of it were sent so far.
+    snapshot: Mutex<(String, u64)>,
 }
 
 impl<H: PeerHandler> PeerService<H> {
+    pub fn new(handler: Arc<H>) -> Self {
+        Self {
+            handler,
+            snapshot: Mutex::default(),
+        }
+    }
+
+    /// Takes a snapshot chunk only where one was received before it, or at the start of a new
+    /// snapshot, and within [`MAX_SNAPSHOT_BYTES`]: openraft seeks to a chunk's offset in a
+    /// buffer in memory, so a forged offset would make it allocate that much.
+    fn check_snapshot_chunk(
+        &self,
+        rpc: &InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<(), PeerError> {
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let id = &rpc.meta.snapshot_id;
+        let received = if *id == snapshot.0 { snapshot.1 } else { 0 };
+        let end = rpc.offset.checked_add(rpc.data.len() as u64);
+        match end {
+            Some(end) if rpc.offset <= received && end <= MAX_SNAPSHOT_BYTES => {
+                *snapshot = (id.clone(), received.max(end));
+                Ok(())
+            }
+            _ => Err(PeerError::SnapshotChunk {
+                id: id.clone(),
+                offset: rpc.offset,
+                len: rpc.data.len(),
+                received,
+            }),
+        }
+    }
+
     /// Refuses a Raft message this member sent itself (a peer URL of another member that
     /// reaches this one): openraft would take its own vote as granted by a second voter, and a
     /// leader receiving its own AppendEntries trips openraft's `self.leader.is_none()`.
@@ -395,6 +471,9 @@ impl<H: PeerHandler> PeerService<H> {
             Method::AppendEntries => {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&payload)?;
                 self.refuse_own(&rpc.vote)?;
+                if rpc.entries.len() as u64 > MAX_APPEND_ENTRIES {
+                    return Err(PeerError::TooManyEntries(rpc.entries.len()));
+                }
                 let t = Instant::now();
                 let n = rpc.entries.len();
                 let answer = self.handler.raft().append_entries(rpc).await;
@@ -411,6 +490,7 @@ impl<H: PeerHandler> PeerService<H> {
             Method::FullSnapshot => {
                 let rpc: InstallSnapshotRequest<TypeConfig> = decode(&payload)?;
                 self.refuse_own(&rpc.vote)?;
+                self.check_snapshot_chunk(&rpc)?;
                 encode(&self.handler.raft().install_snapshot(rpc).await)
             }
             Method::Propose => {
@@ -435,13 +515,22 @@ impl<H: PeerHandler> PeerService<H> {
 }
 
 /// Serves the peer protocol on one listener's connections ([`crate::listen::connections`]),
-/// answering with `handler`, until the task is aborted.
+/// answering with `handler` (a member of cluster `identity`), until the task is aborted.
 pub async fn serve<H: PeerHandler>(
     handler: Arc<H>,
+    identity: Identity,
     connections: impl futures::Stream<Item = std::io::Result<crate::listen::Connection>>,
 ) {
-    let service = Arc::new(PeerService { handler });
-    wire::serve(connections, MAX_PEER_MESSAGE, move |method, payload| {
+    let service = Arc::new(PeerService::new(handler));
+    let rules = ServerRules {
+        identity,
+        max_frame: MAX_PEER_MESSAGE,
+        // A joining member asks who is in the cluster before it knows the cluster's ID.
+        open_methods: &[Method::Members as u8],
+        max_in_flight_per_connection: MAX_IN_FLIGHT_PER_CONNECTION,
+        max_in_flight: MAX_IN_FLIGHT,
+    };
+    wire::serve(connections, rules, move |method, payload| {
         let service = service.clone();
         async move { service.handle(method, payload).await }
     })

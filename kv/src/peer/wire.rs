@@ -1,12 +1,19 @@
 //! The framing of member-to-member traffic: requests and answers as length-prefixed frames on
-//! one TCP connection per peer, many in flight at once, matched by request ID. What the frames
+//! one connection per peer, many in flight at once, matched by request ID. What the frames
 //! carry (bincode of openraft's messages and of forwarded requests) is [`crate::peer`]'s
 //! business.
 //!
-//! A request is `[method u8][request ID u64 LE][payload]`, an answer `[status u8][request ID
-//! u64 LE][payload]` (status 0: the payload is the method's answer; otherwise a UTF-8 reason),
-//! each in a frame of `[length u32 BE][frame]` (tokio-util's `LengthDelimitedCodec`). This
-//! replaced gRPC between members: a loopback round trip through tonic cost ~250 us of task
+//! Every frame starts with the same header: `[protocol version u8][method or status
+//! u8][cluster ID u64 LE][member ID u64 LE][request ID u64 LE]`, then the payload (an answer's
+//! status 0: the method's answer; otherwise a UTF-8 reason), each in a frame of `[length u32
+//! BE][frame]` (tokio-util's `LengthDelimitedCodec`, which refuses a length above the limit
+//! before allocating). A member refuses a frame of another protocol version (and closes the
+//! connection: the rest of it cannot be read) and a request from another cluster; a member that
+//! does not know its cluster yet (joining one) sends cluster ID 0, which only the server's open
+//! methods take. Requests are served in tasks of their own, at most so many at once per
+//! connection and per server: past that the server stops reading, and the sender waits.
+//!
+//! This replaced gRPC between members: a loopback round trip through tonic cost ~250 us of task
 //! handoffs (the channel's buffer task, the HTTP/2 connection task, a task per stream on both
 //! sides) against ~20 us of socket time; here the caller writes its frame itself and one
 //! reader task per connection wakes it.
@@ -24,15 +31,33 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-/// Request ID and method or status.
-const HEADER_BYTES: usize = 9;
+/// The version of this framing (and of the payloads [`crate::peer`] puts in it): members of
+/// another version refuse each other's frames.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Version, method or status, cluster ID, member ID, request ID.
+const HEADER_BYTES: usize = 26;
 const STATUS_OK: u8 = 0;
 const STATUS_FAILED: u8 = 1;
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Who sends a frame. A cluster ID of 0 is a member that does not know its cluster yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+impl Identity {
+    /// A member joining a cluster, before it learned the cluster's ID and its own.
+    pub const UNKNOWN: Identity = Identity {
+        cluster_id: 0,
+        member_id: 0,
+    };
+}
 
 /// Why a call got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +70,8 @@ pub enum CallError {
     Unreachable(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// The peer answered with a failure (it could not decode or would not take the request).
+    /// The peer answered with a failure (it could not decode or would not take the request), or
+    /// its answer was not one this member takes.
     #[error("{0}")]
     Failed(String),
 }
@@ -56,31 +82,64 @@ fn codec(max_frame: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
-fn frame(kind: u8, id: u64, payload: &[u8]) -> Bytes {
+/// A frame's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    version: u8,
+    /// The method of a request, the status of an answer.
+    kind: u8,
+    from: Identity,
+    request_id: u64,
+}
+
+fn frame(kind: u8, from: Identity, request_id: u64, payload: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(HEADER_BYTES + payload.len());
+    buf.put_u8(PROTOCOL_VERSION);
     buf.put_u8(kind);
-    buf.put_u64_le(id);
+    buf.put_u64_le(from.cluster_id);
+    buf.put_u64_le(from.member_id);
+    buf.put_u64_le(request_id);
     buf.put_slice(payload);
     buf.freeze()
 }
 
-/// Splits a received frame into its kind byte, request ID and payload.
-fn parse(mut frame: BytesMut) -> Option<(u8, u64, Bytes)> {
+/// Splits a received frame into its header and payload; `None` when it is too short for one.
+fn parse(mut frame: BytesMut) -> Option<(Header, Bytes)> {
     if frame.len() < HEADER_BYTES {
         return None;
     }
-    let kind = frame.get_u8();
-    let id = frame.get_u64_le();
-    Some((kind, id, frame.freeze()))
+    let header = Header {
+        version: frame.get_u8(),
+        kind: frame.get_u8(),
+        from: Identity {
+            cluster_id: frame.get_u64_le(),
+            member_id: frame.get_u64_le(),
+        },
+        request_id: frame.get_u64_le(),
+    };
+    Some((header, frame.freeze()))
 }
 
-/// A connection frames travel on.
-pub trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerStream for S {}
+fn wrong_version(version: u8) -> String {
+    format!(
+        "peer protocol version {version} is not spoken here (this member speaks version \
+         {PROTOCOL_VERSION}): every member must run the same shoal version"
+    )
+}
+
+fn wrong_cluster(theirs: u64, ours: u64) -> String {
+    format!("cluster ID mismatch: the frame is from cluster {theirs:x}, this member is in {ours:x}")
+}
+
+/// A connection to a peer, whatever carries it (TCP, TLS over TCP).
+pub trait PeerIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerIo for S {}
+/// A connection to a peer, as [`Links`] hold them.
+pub type PeerStream = Box<dyn PeerIo>;
 
 /// Makes a connection to a peer, given the target a call names.
 pub type Dial = Arc<
-    dyn Fn(String) -> Pin<Box<dyn Future<Output = std::io::Result<Box<dyn PeerStream>>> + Send>>
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = std::io::Result<PeerStream>> + Send>>
         + Send
         + Sync,
 >;
@@ -92,8 +151,9 @@ pub async fn dial_tcp(address: &str) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-type Writer<W> = tokio::sync::Mutex<FramedWrite<W, LengthDelimitedCodec>>;
-type DialedWriter = Writer<WriteHalf<Box<dyn PeerStream>>>;
+type FrameWriter<S> = tokio::sync::Mutex<FramedWrite<WriteHalf<S>, LengthDelimitedCodec>>;
+type FrameReader<S> = FramedRead<ReadHalf<S>, LengthDelimitedCodec>;
+type Writer = FrameWriter<PeerStream>;
 type Waiters = HashMap<u64, oneshot::Sender<Result<Bytes, CallError>>>;
 /// A peer's connection, once made; locked while connecting.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Link>>>>;
@@ -122,27 +182,39 @@ impl Answers {
 
 /// One connection to a peer.
 struct Link {
-    writer: DialedWriter,
+    writer: Writer,
     answers: Arc<Answers>,
     next_id: AtomicU64,
+    identity: Identity,
 }
 
 impl Link {
-    async fn connect(dial: &Dial, target: &str, max_frame: usize) -> Result<Arc<Link>, CallError> {
+    async fn connect(
+        dial: &Dial,
+        target: &str,
+        max_frame: usize,
+        identity: Identity,
+    ) -> Result<Arc<Link>, CallError> {
         let unreachable = |e: &dyn std::fmt::Display| CallError::NotSent(format!("{target}: {e}"));
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, dial(target.to_string()))
             .await
             .map_err(|_| unreachable(&"connecting timed out"))?
             .map_err(|e| unreachable(&e))?;
+        Ok(Link::over(stream, max_frame, identity))
+    }
+
+    /// A link over a connection made, its reader task started.
+    fn over(stream: PeerStream, max_frame: usize, identity: Identity) -> Arc<Link> {
         let (read, write) = tokio::io::split(stream);
         let link = Arc::new(Link {
             writer: tokio::sync::Mutex::new(FramedWrite::new(write, codec(max_frame))),
             answers: Arc::default(),
             next_id: AtomicU64::new(0),
+            identity,
         });
         let reader = FramedRead::new(read, codec(max_frame));
-        tokio::spawn(read_answers(reader, link.answers.clone()));
-        Ok(link)
+        tokio::spawn(read_answers(reader, link.answers.clone(), identity));
+        link
     }
 
     /// Sends one request and waits for its answer, all within `timeout`. A send cut short (by
@@ -163,13 +235,8 @@ impl Link {
             self.answers.waiting().remove(&id);
             return Err(CallError::NotSent("the connection closed".to_string()));
         }
-        let send = async {
-            self.writer
-                .lock()
-                .await
-                .send(frame(method, id, payload))
-                .await
-        };
+        let request = frame(method, self.identity, id, payload);
+        let send = async { self.writer.lock().await.send(request).await };
         let failure = match tokio::time::timeout_at(deadline, send).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(CallError::Unreachable(format!("sending: {e}"))),
@@ -191,21 +258,36 @@ impl Link {
     }
 }
 
-/// Hands each answer to its caller until the connection ends, then fails every call still
-/// waiting.
+/// Hands each answer to its caller until the connection ends (or answers in another protocol
+/// version), then fails every call still waiting. An answer from another cluster fails its call.
 async fn read_answers(
-    mut reader: FramedRead<ReadHalf<Box<dyn PeerStream>>, LengthDelimitedCodec>,
+    mut reader: FrameReader<PeerStream>,
     answers: Arc<Answers>,
+    identity: Identity,
 ) {
+    let mut ended_by = "the connection closed".to_string();
     while let Some(Ok(received)) = reader.next().await {
-        let Some((status, id, payload)) = parse(received) else {
-            tracing::debug!("a peer sent a frame too short for its header");
+        let Some((header, payload)) = parse(received) else {
+            tracing::warn!("a peer sent a frame too short for its header");
             break;
         };
-        let Some(waiter) = answers.waiting().remove(&id) else {
+        if header.version != PROTOCOL_VERSION {
+            ended_by = wrong_version(header.version);
+            tracing::warn!("a peer answered: {ended_by}");
+            break;
+        }
+        let Some(waiter) = answers.waiting().remove(&header.request_id) else {
             continue;
         };
-        let answer = if status == STATUS_OK {
+        let theirs = header.from.cluster_id;
+        let answer = if identity.cluster_id != 0 && theirs != identity.cluster_id {
+            let reason = wrong_cluster(theirs, identity.cluster_id);
+            tracing::warn!(
+                "refusing the answer of member {:x}: {reason}",
+                header.from.member_id
+            );
+            Err(CallError::Failed(reason))
+        } else if header.kind == STATUS_OK {
             Ok(payload)
         } else {
             Err(CallError::Failed(
@@ -215,7 +297,9 @@ async fn read_answers(
         let _ = waiter.send(answer);
     }
     answers.close();
-    answers.waiting().clear();
+    for (_, waiter) in answers.waiting().drain() {
+        let _ = waiter.send(Err(CallError::Unreachable(ended_by.clone())));
+    }
 }
 
 /// Connections to peers by target (what the [`Dial`] takes; `host:port` for plain TCP), made
@@ -225,6 +309,8 @@ pub struct Links {
     dial: Dial,
     /// The largest payload a frame carries, both ways.
     max_frame: usize,
+    /// Who this member is, as its requests say.
+    identity: Identity,
 }
 
 impl std::fmt::Debug for Links {
@@ -234,13 +320,14 @@ impl std::fmt::Debug for Links {
 }
 
 impl Links {
-    /// Links over plain TCP to `host:port` targets.
-    pub fn new(max_frame: usize) -> Self {
+    /// Links over plain TCP to `host:port` targets, speaking for `identity`.
+    pub fn new(max_frame: usize, identity: Identity) -> Self {
         Self::with_dial(
             max_frame,
+            identity,
             Arc::new(|address: String| {
                 Box::pin(async move {
-                    let stream: Box<dyn PeerStream> = Box::new(dial_tcp(&address).await?);
+                    let stream: PeerStream = Box::new(dial_tcp(&address).await?);
                     Ok(stream)
                 })
             }),
@@ -248,11 +335,12 @@ impl Links {
     }
 
     /// Links whose connections `dial` makes.
-    pub fn with_dial(max_frame: usize, dial: Dial) -> Self {
+    pub fn with_dial(max_frame: usize, identity: Identity, dial: Dial) -> Self {
         Self {
             slots: Mutex::default(),
             dial,
             max_frame,
+            identity,
         }
     }
 
@@ -279,28 +367,68 @@ impl Links {
         if let Some(link) = slot.as_ref().filter(|link| !link.answers.is_closed()) {
             return Ok(link.clone());
         }
-        let link = Link::connect(&self.dial, address, self.max_frame).await?;
+        let link = Link::connect(&self.dial, address, self.max_frame, self.identity).await?;
         *slot = Some(link.clone());
         Ok(link)
     }
 }
 
+/// How a peer server takes requests.
+#[derive(Debug, Clone)]
+pub struct ServerRules {
+    /// Who this member is: requests from another cluster are refused.
+    pub identity: Identity,
+    /// The largest payload a frame carries, both ways.
+    pub max_frame: usize,
+    /// Methods a member that does not know its cluster yet may call (cluster ID 0).
+    pub open_methods: &'static [u8],
+    /// Requests served at once on one connection.
+    pub max_in_flight_per_connection: usize,
+    /// Requests served at once on all connections together.
+    pub max_in_flight: usize,
+}
+
+/// What every connection of a server shares: its rules, the server-wide cap, and how many
+/// frames it refused.
+struct Server {
+    rules: ServerRules,
+    in_flight: Arc<Semaphore>,
+    refused: AtomicU64,
+}
+
+impl Server {
+    /// Why a request is not taken, if it is not.
+    fn refusal(&self, header: &Header) -> Option<String> {
+        let (theirs, ours) = (header.from.cluster_id, self.rules.identity.cluster_id);
+        if theirs == ours || (theirs == 0 && self.rules.open_methods.contains(&header.kind)) {
+            return None;
+        }
+        Some(wrong_cluster(theirs, ours))
+    }
+}
+
 /// Answers the requests arriving on `connections` (as [`crate::listen::incoming`] accepts
 /// them), each with `handle(method, payload)` in a task of its own (so a slow request does not
-/// hold up the ones behind it), until the task running this is aborted.
-pub async fn serve<C, S, H, F, E>(connections: C, max_frame: usize, handle: H)
+/// hold up the ones behind it), within the caps of `rules`, until the task running this is
+/// aborted.
+pub async fn serve<C, S, H, F, E>(connections: C, rules: ServerRules, handle: H)
 where
     C: futures::Stream<Item = std::io::Result<S>>,
-    S: PeerStream,
+    S: AsyncRead + AsyncWrite + Send + 'static,
     H: Fn(u8, Bytes) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
+    let server = Arc::new(Server {
+        in_flight: Arc::new(Semaphore::new(rules.max_in_flight)),
+        rules,
+        refused: AtomicU64::new(0),
+    });
     let mut connections = std::pin::pin!(connections);
     while let Some(accepted) = connections.next().await {
         match accepted {
             Ok(stream) => {
-                tokio::spawn(serve_connection(stream, max_frame, handle.clone()));
+                tokio::spawn(serve_connection(stream, server.clone(), handle.clone()));
             }
             Err(e) => {
                 tracing::debug!("accepting a peer connection: {e}");
@@ -310,75 +438,142 @@ where
     }
 }
 
-async fn serve_connection<S, H, F, E>(stream: S, max_frame: usize, handle: H)
+/// Serves one connection until it ends, a frame cannot be read, or one is of another version.
+async fn serve_connection<S, H, F, E>(stream: S, server: Arc<Server>, handle: H)
 where
-    S: PeerStream,
+    S: AsyncRead + AsyncWrite + Send + 'static,
     H: Fn(u8, Bytes) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Vec<u8>, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
+    let rules = &server.rules;
     let (read, write) = tokio::io::split(stream);
-    let writer: Arc<Writer<WriteHalf<S>>> = Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
+    let writer: Arc<FrameWriter<S>> = Arc::new(tokio::sync::Mutex::new(FramedWrite::new(
         write,
-        codec(max_frame),
+        codec(rules.max_frame),
     )));
-    let mut reader = FramedRead::new(read, codec(max_frame));
+    let mut reader = FramedRead::new(read, codec(rules.max_frame));
+    let per_connection = Arc::new(Semaphore::new(rules.max_in_flight_per_connection));
+    let mut refused_here = 0u64;
     while let Some(received) = reader.next().await {
         let received = match received {
             Ok(received) => received,
             Err(e) => {
-                tracing::debug!("reading from a peer: {e}");
+                tracing::warn!("reading from a peer: {e}");
                 break;
             }
         };
-        let Some((method, id, payload)) = parse(received) else {
-            tracing::debug!("a peer sent a frame too short for its header");
+        let Some((header, payload)) = parse(received) else {
+            tracing::warn!("a peer sent a frame too short for its header");
             break;
         };
-        let answered = handle(method, payload);
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            let answer = match answered.await {
-                Ok(answer) => frame(STATUS_OK, id, &answer),
-                Err(reason) => frame(STATUS_FAILED, id, reason.to_string().as_bytes()),
-            };
-            if let Err(e) = writer.lock().await.send(answer).await {
-                tracing::debug!("answering a peer: {e}");
+        if header.version != PROTOCOL_VERSION {
+            let reason = wrong_version(header.version);
+            tracing::warn!("refusing a peer connection: {reason}");
+            answer(&writer, rules.identity, header.request_id, Err(reason)).await;
+            break;
+        }
+        if let Some(reason) = server.refusal(&header) {
+            let refused = server.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            refused_here += 1;
+            if refused_here == 1 {
+                tracing::warn!(
+                    "refusing requests of member {:x}: {reason} ({refused} frames refused so far)",
+                    header.from.member_id
+                );
             }
+            answer(&writer, rules.identity, header.request_id, Err(reason)).await;
+            continue;
+        }
+        // Waiting for both permits stops this loop reading: the sender's writes then wait.
+        let (Ok(connection_permit), Ok(server_permit)) = (
+            per_connection.clone().acquire_owned().await,
+            server.in_flight.clone().acquire_owned().await,
+        ) else {
+            break;
+        };
+        let answered = handle(header.kind, payload);
+        let (writer, identity) = (writer.clone(), rules.identity);
+        tokio::spawn(async move {
+            let result = answered.await.map_err(|reason| reason.to_string());
+            answer(&writer, identity, header.request_id, result).await;
+            drop((connection_permit, server_permit));
         });
+    }
+    if refused_here > 0 {
+        tracing::warn!("a peer connection closed after {refused_here} of its frames were refused");
+    }
+}
+
+async fn answer<S: AsyncWrite>(
+    writer: &FrameWriter<S>,
+    identity: Identity,
+    request_id: u64,
+    result: Result<Vec<u8>, String>,
+) {
+    let answer = match result {
+        Ok(answer) => frame(STATUS_OK, identity, request_id, &answer),
+        Err(reason) => frame(STATUS_FAILED, identity, request_id, reason.as_bytes()),
+    };
+    if let Err(e) = writer.lock().await.send(answer).await {
+        tracing::debug!("answering a peer: {e}");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    async fn echo_server() -> String {
+    const CLUSTER: Identity = Identity {
+        cluster_id: 0xc1,
+        member_id: 0xa,
+    };
+    const OPEN_METHOD: u8 = 7;
+
+    /// Methods: 0 echoes, 1 answers after 200 ms, 2 answers after 300 ms counting how many
+    /// run at once, 7 (open) echoes, others fail.
+    async fn echo_server(in_flight_per_connection: usize) -> (String, Arc<AtomicU64>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
         let connections = crate::listen::incoming(listener);
-        tokio::spawn(serve(
-            connections,
-            1024,
-            |method, payload: Bytes| async move {
+        let rules = ServerRules {
+            identity: CLUSTER,
+            max_frame: 1024,
+            open_methods: &[OPEN_METHOD],
+            max_in_flight_per_connection: in_flight_per_connection,
+            max_in_flight: 64,
+        };
+        let (running, most) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let seen = most.clone();
+        tokio::spawn(serve(connections, rules, move |method, payload: Bytes| {
+            let (running, most) = (running.clone(), most.clone());
+            async move {
                 match method {
-                    0 => Ok(payload.to_vec()),
+                    0 | OPEN_METHOD => Ok(payload.to_vec()),
                     1 => {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         Ok(b"slow".to_vec())
                     }
+                    2 => {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(Vec::new())
+                    }
                     _ => Err(format!("no method {method}")),
                 }
-            },
-        ));
-        address
+            }
+        }));
+        (address, seen)
     }
 
     #[tokio::test]
     async fn answers_reach_their_callers_while_a_slow_request_is_in_flight() {
-        let address = echo_server().await;
-        let links = Arc::new(Links::new(1024));
+        let (address, _) = echo_server(16).await;
+        let links = Arc::new(Links::new(1024, CLUSTER));
         let slow = {
             let (links, address) = (links.clone(), address.clone());
             tokio::spawn(async move { links.call(&address, 1, b"", Duration::from_secs(2)).await })
@@ -395,8 +590,8 @@ mod tests {
 
     #[tokio::test]
     async fn failures_timeouts_and_unreachable_peers_are_told_apart() {
-        let address = echo_server().await;
-        let links = Links::new(1024);
+        let (address, _) = echo_server(16).await;
+        let links = Links::new(1024, CLUSTER);
         let failed = links.call(&address, 9, b"", Duration::from_secs(2)).await;
         assert_eq!(failed, Err(CallError::Failed("no method 9".to_string())));
         let slow = links
@@ -423,5 +618,101 @@ mod tests {
             matches!(unreachable, Err(CallError::NotSent(_))),
             "{unreachable:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn another_cluster_is_refused_except_on_open_methods_when_it_does_not_know_its_own() {
+        let (address, _) = echo_server(16).await;
+        let stranger = Links::new(
+            1024,
+            Identity {
+                cluster_id: 0xbad,
+                member_id: 0xb,
+            },
+        );
+        let refused = stranger
+            .call(&address, 0, b"x", Duration::from_secs(2))
+            .await;
+        // The refusal itself comes from cluster c1, which the stranger does not take either.
+        assert_eq!(refused, Err(CallError::Failed(wrong_cluster(0xc1, 0xbad))));
+        let open = stranger
+            .call(&address, OPEN_METHOD, b"x", Duration::from_secs(2))
+            .await;
+        assert!(matches!(open, Err(CallError::Failed(_))), "{open:?}");
+        let joiner = Links::new(1024, Identity::UNKNOWN);
+        let refused = joiner.call(&address, 0, b"x", Duration::from_secs(2)).await;
+        assert_eq!(refused, Err(CallError::Failed(wrong_cluster(0, 0xc1))));
+        let open = joiner
+            .call(&address, OPEN_METHOD, b"x", Duration::from_secs(2))
+            .await;
+        assert_eq!(open.as_deref(), Ok(&b"x"[..]));
+        // The refusals did not close anything: the member itself is still answered.
+        let member = Links::new(1024, CLUSTER);
+        let echoed = member.call(&address, 0, b"y", Duration::from_secs(2)).await;
+        assert_eq!(echoed.as_deref(), Ok(&b"y"[..]));
+    }
+
+    /// Sends raw bytes on a fresh connection and reads what comes back until it closes.
+    async fn exchange_raw(address: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        stream.write_all(bytes).await.expect("write");
+        let mut back = Vec::new();
+        let read = stream.read_to_end(&mut back);
+        tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .expect("the server closes the connection")
+            .expect("read");
+        back
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_is_refused_with_a_reason_and_the_connection_closed() {
+        let (address, _) = echo_server(16).await;
+        let mut request = frame(0, CLUSTER, 42, b"x").to_vec();
+        request[0] = PROTOCOL_VERSION + 1;
+        let mut raw = (request.len() as u32).to_be_bytes().to_vec();
+        raw.extend(request);
+        let back = exchange_raw(&address, &raw).await;
+        let (header, payload) = parse(BytesMut::from(&back[4..])).expect("an answer");
+        assert_eq!((header.kind, header.request_id), (STATUS_FAILED, 42));
+        assert_eq!(
+            String::from_utf8_lossy(&payload),
+            wrong_version(PROTOCOL_VERSION + 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_4_gib_length_prefix_or_garbage_closes_the_connection_without_allocating() {
+        let (address, _) = echo_server(16).await;
+        let back = exchange_raw(&address, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await;
+        assert!(back.is_empty(), "{back:?}");
+        let back = exchange_raw(&address, &[0, 0, 0, 3, 1, 2, 3]).await;
+        assert!(back.is_empty(), "{back:?}");
+        let member = Links::new(1024, CLUSTER);
+        let echoed = member
+            .call(&address, 0, b"up", Duration::from_secs(2))
+            .await;
+        assert_eq!(echoed.as_deref(), Ok(&b"up"[..]));
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_cap_wait_for_a_slot() {
+        let (address, most) = echo_server(2).await;
+        let links = Arc::new(Links::new(1024, CLUSTER));
+        let started = tokio::time::Instant::now();
+        let calls: Vec<_> = (0..6)
+            .map(|_| {
+                let (links, address) = (links.clone(), address.clone());
+                tokio::spawn(
+                    async move { links.call(&address, 2, b"", Duration::from_secs(5)).await },
+                )
+            })
+            .collect();
+        for call in calls {
+            call.await.expect("task").expect("answered");
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+        // Six 300 ms requests, two at a time.
+        assert!(started.elapsed() >= Duration::from_millis(900));
     }
 }

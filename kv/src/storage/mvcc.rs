@@ -310,6 +310,8 @@ impl Mvcc {
     }
 
     pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<pb::LeaseGrantResponse, EtcdError> {
+        // Checked where it is applied too, as etcd's lessor does: nothing in the log holds more.
+        validate::lease_ttl(ttl)?;
         if self.leases.contains_key(&id) {
             return Err(EtcdError::LeaseExists);
         }
@@ -644,6 +646,16 @@ pub mod validate {
     pub fn delete_range(req: &pb::DeleteRangeRequest) -> Result<(), EtcdError> {
         if req.key.is_empty() {
             return Err(EtcdError::EmptyKey);
+        }
+        Ok(())
+    }
+
+    /// etcd's largest lease TTL (`MaxLeaseTTL`).
+    pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+    pub fn lease_ttl(ttl: i64) -> Result<(), EtcdError> {
+        if ttl > MAX_LEASE_TTL {
+            return Err(EtcdError::LeaseTtlTooLarge);
         }
         Ok(())
     }

@@ -94,6 +94,28 @@ pub fn detect_public_ip(etcd_endpoints: &[String]) -> Option<IpAddr> {
     None
 }
 
+/// The variables CoreOS's `/etc/environment` gave every unit: the machine's public and private
+/// IPv4 addresses. The private one is the address that routes to the store, the public one
+/// fleet's `public_ip` (else the private one). A variable without an IPv4 address is left out.
+pub fn coreos_environment(
+    public_ip: Option<&str>,
+    private_ip: Option<IpAddr>,
+) -> Vec<(String, String)> {
+    let private = private_ip.filter(IpAddr::is_ipv4).map(|ip| ip.to_string());
+    let public = public_ip
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+        .filter(IpAddr::is_ipv4)
+        .map(|ip| ip.to_string())
+        .or_else(|| private.clone());
+    [
+        ("COREOS_PUBLIC_IPV4", public),
+        ("COREOS_PRIVATE_IPV4", private),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name.to_string(), value?)))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +133,35 @@ mod tests {
             machine_id(Some("node1"), Path::new("/nonexistent")),
             Err(IdentityError::InvalidMachineId(_))
         ));
+    }
+
+    #[test]
+    fn coreos_addresses_from_public_ip_and_route() {
+        let route = "10.0.0.7".parse().ok();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            coreos_environment(Some("192.0.2.1"), route),
+            env(&[
+                ("COREOS_PUBLIC_IPV4", "192.0.2.1"),
+                ("COREOS_PRIVATE_IPV4", "10.0.0.7")
+            ])
+        );
+        assert_eq!(
+            coreos_environment(None, route),
+            env(&[
+                ("COREOS_PUBLIC_IPV4", "10.0.0.7"),
+                ("COREOS_PRIVATE_IPV4", "10.0.0.7")
+            ])
+        );
+        assert_eq!(
+            coreos_environment(Some("fd00::1"), "fd00::2".parse().ok()),
+            env(&[])
+        );
     }
 
     #[test]

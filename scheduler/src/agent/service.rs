@@ -40,6 +40,10 @@ pub struct ExecCommand {
     pub ignore_failure: bool,
     /// `@` prefix: `argv[1]` is what the program sees as its name.
     pub argv0: Option<String>,
+    /// `+`, `!` or `!!` prefix: run with full privileges, ignoring `User=` and `Group=`.
+    pub full_privileges: bool,
+    /// `:` prefix: no `$VAR` expansion.
+    pub literal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,24 +177,29 @@ enum ExecLineError {
     Words(#[from] WordsError),
     #[error("empty command line")]
     Empty,
+    #[error("the {0:?} prefix is not supported")]
+    UnsupportedPrefix(char),
 }
 
+/// An `Exec*=` line with systemd's prefixes: `-` (failure ignored), `@` (argv[0] given),
+/// `+`/`!`/`!!` (full privileges: the supervisor has no sandboxing, so all three only skip
+/// `User=`/`Group=`), `:` (no variable expansion); `|` (a login shell) is refused.
 fn parse_exec(name: &UnitName, value: &str) -> Result<ExecCommand, ExecLineError> {
     let mut rest = value.trim_start();
     let mut ignore_failure = false;
     let mut with_argv0 = false;
-    loop {
-        if let Some(tail) = rest.strip_prefix('-') {
-            ignore_failure = true;
-            rest = tail;
-        } else if let Some(tail) = rest.strip_prefix('@') {
-            with_argv0 = true;
-            rest = tail;
-        } else if let Some(tail) = rest.strip_prefix(['+', '!', ':']) {
-            rest = tail;
-        } else {
-            break;
+    let mut full_privileges = false;
+    let mut literal = false;
+    while let Some(prefix) = rest.chars().next() {
+        match prefix {
+            '-' => ignore_failure = true,
+            '@' => with_argv0 = true,
+            '+' | '!' => full_privileges = true,
+            ':' => literal = true,
+            '|' => return Err(ExecLineError::UnsupportedPrefix(prefix)),
+            _ => break,
         }
+        rest = &rest[1..];
     }
     let mut argv: Vec<String> = split_words(&name.expand_specifiers(rest))?;
     let argv0 = if with_argv0 && argv.len() >= 2 {
@@ -205,6 +214,8 @@ fn parse_exec(name: &UnitName, value: &str) -> Result<ExecCommand, ExecLineError
         argv,
         ignore_failure,
         argv0,
+        full_privileges,
+        literal,
     })
 }
 

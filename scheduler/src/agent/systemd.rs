@@ -1,10 +1,13 @@
-//! Runtime for machines where systemd is PID 1: units are written to `/run/fleet/units`,
+//! Runtime for machines where systemd is PID 1: units are written to fleet's `units_directory` (`/run/fleet/units`),
 //! linked into systemd at runtime and driven with `systemctl`; output comes from `journalctl`.
 //! systemd keeps running units across agent restarts, so adoption is implicit.
 //!
 //! Not exercised on the development machine (systemd is not PID 1 there); the VM tests run it.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use async_trait::async_trait;
 use tokio::{process::Command, sync::Mutex};
@@ -12,19 +15,47 @@ use tokio::{process::Command, sync::Mutex};
 use super::runtime::{RuntimeError, UnitRuntime, UnitStatus};
 use crate::unit::{UnitFile, UnitName};
 
-const UNIT_DIR: &str = "/run/fleet/units";
-
 pub struct Systemd {
     dir: PathBuf,
     loaded: Mutex<HashMap<String, (String, bool)>>,
+    /// Set in systemd's manager environment (inherited by every unit) before the first load.
+    environment: Vec<(String, String)>,
+    environment_published: Mutex<bool>,
 }
 
-impl Default for Systemd {
-    fn default() -> Self {
+impl Systemd {
+    /// A runtime writing its unit files into `dir` (fleet's `units_directory`).
+    pub fn new(dir: &Path) -> Self {
         Self {
-            dir: PathBuf::from(UNIT_DIR),
+            dir: dir.to_path_buf(),
             loaded: Mutex::new(HashMap::new()),
+            environment: Vec::new(),
+            environment_published: Mutex::new(false),
         }
+    }
+
+    /// Gives every unit these variables (CoreOS's `COREOS_*` addresses) through
+    /// `systemctl set-environment`, as `/etc/environment` gave them on CoreOS.
+    pub fn with_environment(mut self, environment: Vec<(String, String)>) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    async fn publish_environment(&self) -> Result<(), RuntimeError> {
+        let mut published = self.environment_published.lock().await;
+        if *published || self.environment.is_empty() {
+            return Ok(());
+        }
+        let assignments: Vec<String> = self
+            .environment
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        let mut args = vec!["set-environment"];
+        args.extend(assignments.iter().map(String::as_str));
+        systemctl(&args).await?;
+        *published = true;
+        Ok(())
     }
 }
 
@@ -50,6 +81,7 @@ async fn systemctl(args: &[&str]) -> Result<String, RuntimeError> {
 #[async_trait]
 impl UnitRuntime for Systemd {
     async fn load(&self, name: &UnitName, unit: &UnitFile, hash: &str) -> Result<(), RuntimeError> {
+        self.publish_environment().await?;
         tokio::fs::create_dir_all(&self.dir)
             .await
             .map_err(|e| RuntimeError::io(format!("creating {}", self.dir.display()), e))?;

@@ -44,7 +44,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let store = Store::connect_with(store, prefix)
         .await
-        .context("cannot reach the fleet store (check --endpoint)")?;
+        .context("cannot use the fleet store (check --endpoint, the TLS files, --etcd-username)")?;
     let registry = Registry::new(store);
     match command {
         FleetctlCommand::Submit { units, replace } => {

@@ -185,7 +185,11 @@ fn spawn(
     dir: &Path,
     kill_on_drop: bool,
 ) -> Result<tokio::process::Child, ExecError> {
-    let argv = expand_variables(&command.argv, env);
+    let argv = if command.literal {
+        command.argv.clone()
+    } else {
+        expand_variables(&command.argv, env)
+    };
     let output_error = |source| ExecError::Output {
         dir: dir.display().to_string(),
         source,
@@ -209,7 +213,9 @@ fn spawn(
     if let Some(dir) = &config.working_directory {
         process.current_dir(dir);
     }
-    apply_user(&mut process, config)?;
+    if !command.full_privileges {
+        apply_user(&mut process, config)?;
+    }
     process.spawn().map_err(|source| ExecError::Spawn {
         program: argv[0].clone(),
         source,
@@ -264,8 +270,10 @@ pub(super) fn environment(config: &ServiceConfig) -> Result<Vec<(String, String)
     Ok(env)
 }
 
-/// `${NAME}` inside a word, and a word that is exactly `$NAME` split on whitespace.
-fn expand_variables(argv: &[String], env: &[(String, String)]) -> Vec<String> {
+/// systemd's expansion of an `Exec*=` line: `${NAME}` anywhere in a word (one argument, spaces
+/// kept), a word that is exactly `$NAME` split on whitespace into zero or more arguments, and
+/// `$$` for a literal `$`. Unset variables expand to nothing.
+pub(super) fn expand_variables(argv: &[String], env: &[(String, String)]) -> Vec<String> {
     let lookup = |name: &str| {
         env.iter()
             .rev()
@@ -279,27 +287,76 @@ fn expand_variables(argv: &[String], env: &[(String, String)]) -> Vec<String> {
                 && !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
-        if let Some(name) = bare {
-            out.extend(lookup(name).split_whitespace().map(str::to_string));
-            continue;
+        match bare {
+            Some(name) => out.extend(lookup(name).split_whitespace().map(str::to_string)),
+            None => out.push(expand_word(word, lookup)),
         }
-        let mut expanded = String::new();
-        let mut rest = word.as_str();
-        while let Some(start) = rest.find("${") {
-            expanded.push_str(&rest[..start]);
-            match rest[start + 2..].find('}') {
-                Some(end) => {
-                    expanded.push_str(lookup(&rest[start + 2..start + 2 + end]));
-                    rest = &rest[start + 2 + end + 1..];
-                }
-                None => {
-                    expanded.push_str(&rest[start..]);
-                    rest = "";
-                }
-            }
-        }
-        expanded.push_str(rest);
-        out.push(expanded);
     }
     out
+}
+
+/// `${NAME}` and `$$` inside one word.
+fn expand_word<'a>(word: &str, lookup: impl Fn(&str) -> &'a str) -> String {
+    let mut expanded = String::new();
+    let mut rest = word;
+    while let Some(start) = rest.find('$') {
+        expanded.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            expanded.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after.strip_prefix('{').and_then(|r| r.split_once('}')) {
+            expanded.push_str(lookup(name));
+            rest = tail;
+        } else {
+            expanded.push('$');
+            rest = after;
+        }
+    }
+    expanded.push_str(rest);
+    expanded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &[&str]) -> Vec<String> {
+        text.iter().map(|word| word.to_string()).collect()
+    }
+
+    #[test]
+    fn expansion_follows_systemd() {
+        let env = vec![
+            ("COREOS_PUBLIC_IPV4".to_string(), "10.0.0.5".to_string()),
+            ("OPTS".to_string(), "--a  --b".to_string()),
+            ("EMPTY".to_string(), String::new()),
+        ];
+        let argv = words(&[
+            "/usr/bin/docker",
+            "run",
+            "-p",
+            "${COREOS_PUBLIC_IPV4}:8080:80",
+            "$OPTS",
+            "${OPTS}",
+            "$EMPTY",
+            "cost=$$5",
+            "$UNSET",
+            "${unterminated",
+        ]);
+        assert_eq!(
+            expand_variables(&argv, &env),
+            words(&[
+                "/usr/bin/docker",
+                "run",
+                "-p",
+                "10.0.0.5:8080:80",
+                "--a",
+                "--b",
+                "--a  --b",
+                "cost=$5",
+                "${unterminated",
+            ])
+        );
+    }
 }

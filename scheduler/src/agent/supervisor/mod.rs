@@ -53,6 +53,8 @@ pub struct Supervisor {
     slots: tokio::sync::Mutex<HashMap<String, Slot>>,
     dependencies: Arc<Dependencies>,
     adoptable: Mutex<HashMap<String, RunRecord>>,
+    /// Given to every unit before its own `Environment=` (which overrides it).
+    environment: Vec<(String, String)>,
 }
 
 impl Supervisor {
@@ -73,7 +75,15 @@ impl Supervisor {
             slots: tokio::sync::Mutex::new(HashMap::new()),
             dependencies: Arc::default(),
             adoptable: Mutex::new(adoptable),
+            environment: Vec::new(),
         })
+    }
+
+    /// Gives every unit these variables, as CoreOS's `/etc/environment` did; a unit's own
+    /// `Environment=` and `EnvironmentFile=` override them.
+    pub fn with_environment(mut self, environment: Vec<(String, String)>) -> Self {
+        self.environment = environment;
+        self
     }
 
     fn unit_dir(&self, name: &str) -> PathBuf {
@@ -100,8 +110,11 @@ impl UnitRuntime for Supervisor {
         {
             return Ok(());
         }
-        let config = ServiceConfig::from_unit(name, unit)
+        let mut config = ServiceConfig::from_unit(name, unit)
             .map_err(|e| RuntimeError::unit(name.as_str(), e.to_string()))?;
+        config
+            .environment
+            .splice(0..0, self.environment.iter().cloned());
         let dir = self.unit_dir(name.as_str());
         std::fs::create_dir_all(&dir)
             .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
