@@ -58,6 +58,8 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        // Validated before the sender's permissions, as etcd's v3rpc layer does (an empty key
+        // is "key is not provided" for anyone); the member checks again for forwarded writes.
         validate::put(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         propose_as(&self.0, user, request.into_inner()).await
