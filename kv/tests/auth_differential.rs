@@ -185,8 +185,10 @@ fn invoke(target: &Target, step: &Step) -> String {
         .replace("{alice}", ALICE)
         .replace("{root}", "--user root:rootpw");
     let mut child = Command::new("timeout")
-        // A watch that was not refused would wait for events until this ends it.
-        .args(["3", ETCDCTL, "--dial-timeout=2s", "--command-timeout=5s"])
+        // A watch that was not refused would wait for events until this ends it. The bounds
+        // are generous: a loaded machine must not make one side time out (dialing with
+        // `--user` authenticates, a bcrypt check).
+        .args(["20", ETCDCTL, "--dial-timeout=10s", "--command-timeout=15s"])
         .arg(format!("--endpoints={}", target.urls.join(",")))
         .args(target.tls_args(as_alice))
         .args(args.split_whitespace())
