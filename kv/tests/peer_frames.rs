@@ -183,7 +183,7 @@ async fn a_higher_term_append_entries_from_another_cluster_is_refused_by_a_follo
 }
 
 #[tokio::test]
-async fn declared_lengths_of_2_pow_60_and_a_million_nested_batches_are_refused() {
+async fn declared_lengths_of_2_pow_60_nested_batches_and_overlong_appends_are_refused() {
     let target = Target::start(1, 0).await;
     let batch_tag = &bincode::serialize(&Command::Batch(Vec::new())).expect("encode")[..4];
     let put_tag = &bincode::serialize(&Command::Put(Proto::default())).expect("encode")[..4];
@@ -203,6 +203,24 @@ async fn declared_lengths_of_2_pow_60_and_a_million_nested_batches_are_refused()
             "{what}: {reason}"
         );
     }
+    let leader = CommittedLeaderId::new(0, 0x5eed);
+    let many = AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(0, 0x5eed),
+        prev_log_id: None,
+        entries: (1..=1001)
+            .map(|index| Entry {
+                log_id: LogId::new(leader, index),
+                payload: EntryPayload::Blank,
+            })
+            .collect(),
+        leader_commit: None,
+    };
+    let many = bincode::serialize(&many).expect("encode");
+    let reason = failure(target.call(Method::AppendEntries, &many).await);
+    assert!(
+        reason.starts_with("an AppendEntries of 1001 entries"),
+        "{reason}"
+    );
     target.assert_intact().await;
 }
 
