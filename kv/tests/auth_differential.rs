@@ -336,6 +336,13 @@ async fn etcd_client_logs_in_and_a_token_works_on_every_member() {
         .await
         .expect("alice role");
     admin.auth_enable().await.expect("enable");
+    // Passwords reach the log and the data file only as bcrypt hashes (every member's log
+    // holds the same entries: one member's files tell).
+    for file in common::data_files(&cluster.specs[0].data_dir) {
+        let bytes = std::fs::read(&file).expect("reading a data file");
+        let plaintext = bytes.windows(7).any(|w| w == b"alicepw");
+        assert!(!plaintext, "{} holds a password", file.display());
+    }
 
     let as_alice = ConnectOptions::new().with_user("alice", "alicepw");
     let mut alice = Client::connect(&endpoints[..1], Some(as_alice))
