@@ -355,4 +355,15 @@ mod tests {
             "a trusted CA file makes client certificates required, as in etcd"
         );
     }
+
+    #[test]
+    fn only_simple_tokens_are_accepted() {
+        assert!(check_auth_token("simple").is_ok());
+        let jwt = check_auth_token("jwt,pub-key=a.pem,priv-key=b.pem,sign-method=RS256");
+        assert_eq!(
+            jwt.expect_err("jwt").to_string(),
+            "--auth-token=jwt is not supported by shoal kv; use --auth-token=simple"
+        );
+        assert!(check_auth_token("simple,ttl=5").is_err());
+    }
 }
