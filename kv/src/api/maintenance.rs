@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::access::check_admin;
+use super::access::check_maintenance_admin;
 use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
@@ -71,7 +71,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        check_admin(&self.0, &request).await?;
+        check_maintenance_admin(&self.0, &request).await?;
         // redb reuses freed pages itself; there is nothing to defragment.
         Ok(Response::new(pb::DefragmentResponse {
             header: self.header(),
@@ -82,7 +82,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        check_admin(&self.0, &request).await?;
+        check_maintenance_admin(&self.0, &request).await?;
         let state = self.0.shared.read();
         Ok(Response::new(pb::HashResponse {
             header: self.0.header(state.mvcc.revision()),
@@ -94,7 +94,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        check_admin(&self.0, &request).await?;
+        check_maintenance_admin(&self.0, &request).await?;
         let state = self.0.shared.read();
         let current = state.mvcc.revision();
         let requested = request.into_inner().revision;
@@ -120,7 +120,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        check_admin(&self.0, &request).await?;
+        check_maintenance_admin(&self.0, &request).await?;
         let (data, revision) = {
             let state = self.0.shared.read();
             let mut data =
