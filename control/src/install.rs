@@ -262,6 +262,7 @@ mod tests {
             &[shoal_pki::ClusterNode {
                 name: "node1".into(),
                 ip: "10.0.0.1".parse().expect("IP"),
+                admin: true,
             }],
         )
         .expect("certificates");

@@ -43,13 +43,19 @@ pub enum PkiCommand {
         hosts: Vec<String>,
     },
     /// Everything a cluster needs: the CA, client certificates root, flannel and fleet, and
-    /// per node DIR/NAME/ with what that node's agent reads (its `pki` setting).
+    /// per node DIR/NAME/ with what that node's agent reads (its `pki` setting). DIR itself
+    /// (the CA key, root for people) is the operator's and never goes to a node.
     Cluster {
         #[arg(long)]
         dir: PathBuf,
-        /// A node as `name=ip`; repeatable.
+        /// A node as `name=ip`; repeatable. The first is the first master: it sets up the
+        /// store's users, so it is the one node that gets `root`.
         #[arg(long = "node", value_parser = parse_node, required = true)]
         nodes: Vec<ClusterNode>,
+        /// A further node whose agent acts as root (a master that joins a running cluster
+        /// adds itself with `MemberAdd`, which needs it); repeatable.
+        #[arg(long = "admin")]
+        admins: Vec<String>,
     },
 }
 
@@ -84,6 +90,7 @@ fn parse_node(text: &str) -> Result<ClusterNode, String> {
     Ok(ClusterNode {
         name: name.to_string(),
         ip,
+        admin: false,
     })
 }
 
@@ -111,17 +118,35 @@ pub fn run(args: PkiArgs) -> Result<()> {
                 files.key.display()
             );
         }
-        PkiCommand::Cluster { dir, nodes } => {
+        PkiCommand::Cluster {
+            dir,
+            mut nodes,
+            admins,
+        } => {
+            if let Some(unknown) = admins
+                .iter()
+                .find(|admin| !nodes.iter().any(|node| node.name == **admin))
+            {
+                anyhow::bail!("--admin {unknown} is not one of the --node names");
+            }
+            for (index, node) in nodes.iter_mut().enumerate() {
+                node.admin = index == 0 || admins.contains(&node.name);
+            }
             shoal_pki::issue_cluster(&dir, &nodes).with_context(|| {
                 format!("issuing the cluster's certificates in {}", dir.display())
             })?;
             for node in &nodes {
+                let admin = if node.admin { " (root)" } else { "" };
                 println!(
-                    "{}: {}",
+                    "{}: {}{admin}",
                     node.name,
                     shoal_pki::node_dir(&dir, &node.name).display()
                 );
             }
+            println!(
+                "root (the store's administrator, for people): {}",
+                dir.join(format!("{}.pem", shoal_pki::ROOT)).display()
+            );
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
-//! The secure default end to end: three `shoal agent` masters with a cluster PKI serve the
-//! store over TLS with client certificates required, turn on auth with least-privilege users,
-//! and still converge (flannel leases as user `flannel`, fleet machines as user `fleet`); a
-//! client without a certificate is refused, and `flannel` cannot write fleet's keys.
+//! The secure default end to end: three `shoal agent` masters and a worker with a cluster PKI
+//! serve the store over TLS with client certificates required, turn on auth with
+//! least-privilege users, and still converge (flannel leases as user `flannel`, fleet machines
+//! as user `fleet`); only the first master holds `root`; a client without a certificate is
+//! refused, `flannel` cannot write fleet's keys nor `fleet` the network's.
 use std::{process::Output, time::Duration};
 
 use shoal_harness::{AgentOptions, Agents, Cluster, Node, binaries};
@@ -33,7 +34,7 @@ fn text(output: &Output) -> String {
 #[test]
 fn a_secure_cluster_converges_and_refuses_strangers() {
     let cluster = Cluster::builder()
-        .nodes(3)
+        .nodes(4)
         .container_supernet(None)
         .build()
         .expect("cluster");
@@ -46,8 +47,15 @@ fn a_secure_cluster_converges_and_refuses_strangers() {
             eprintln!("{} ready after {after:?}", node.name());
         })
         .unwrap_or_else(|err| panic!("{err}\n{}", agents.logs()));
-    eprintln!("3 secure agents converged in {converged:?}");
+    eprintln!("3 secure masters and a worker converged in {converged:?}");
     let node = cluster.node(1);
+    let pki = agents.pki_dir().expect("a secure cluster");
+    for (holder, admin) in [("node1", true), ("node2", false), ("node4", false)] {
+        let has_root = shoal_pki::node_dir(&pki, holder)
+            .join("root-key.pem")
+            .exists();
+        assert_eq!(has_root, admin, "{holder} holds root: {has_root}");
+    }
     let root = agents.access(cluster.node(0)).etcdctl_args();
 
     let users = etcdctl(node, &root, &["user", "list"]);
@@ -68,7 +76,7 @@ fn a_secure_cluster_converges_and_refuses_strangers() {
     );
     assert_eq!(
         text(&leases).split_whitespace().count(),
-        3,
+        4,
         "{}",
         text(&leases)
     );
@@ -79,10 +87,9 @@ fn a_secure_cluster_converges_and_refuses_strangers() {
     fleetctl.push("list-machines".into());
     let machines = run(node, &shoal, &fleetctl);
     assert!(machines.status.success(), "{}", text(&machines));
-    assert_eq!(text(&machines).lines().count(), 4, "{}", text(&machines));
+    assert_eq!(text(&machines).lines().count(), 5, "{}", text(&machines));
 
     // No client certificate: refused at the TLS handshake, whatever the client.
-    let pki = agents.pki_dir().expect("a secure cluster");
     let ca = pki.join(shoal_pki::CA_CERT).display().to_string();
     let endpoint = agents.access(cluster.node(0)).endpoint;
     let stranger = etcdctl(
@@ -121,26 +128,39 @@ fn a_secure_cluster_converges_and_refuses_strangers() {
         text(&stranger_fleetctl)
     );
 
-    // Least privilege: the overlay's user reads its prefix and writes nothing of fleet's.
-    let as_flannel = |args: &[&str]| {
-        let flannel = [
+    // Least privilege: each component's user reads its prefix and writes nothing of the
+    // other's, with the certificates a worker holds.
+    let worker = shoal_pki::node_dir(&pki, "node4");
+    let as_user = |user: &str, args: &[&str]| {
+        let access = [
             "--endpoints".to_string(),
             endpoint.clone(),
             "--cacert".into(),
             ca.clone(),
             "--cert".into(),
-            pki.join("flannel.pem").display().to_string(),
+            worker.join(format!("{user}.pem")).display().to_string(),
             "--key".into(),
-            pki.join("flannel-key.pem").display().to_string(),
+            worker.join(format!("{user}-key.pem")).display().to_string(),
         ];
-        etcdctl(node, &flannel, args)
+        etcdctl(node, &access, args)
     };
-    let own = as_flannel(&["get", "/coreos.com/network/config"]);
+    let own = as_user("flannel", &["get", "/coreos.com/network/config"]);
     assert!(own.status.success(), "{}", text(&own));
-    let denied = as_flannel(&["put", "/_coreos.com/fleet/job/evil/object", "{}"]);
-    assert!(
-        text(&denied).contains("etcdserver: permission denied"),
-        "{}",
-        text(&denied)
+    let own = as_user(
+        "fleet",
+        &["get", "--prefix", "/_coreos.com/fleet/machines/"],
     );
+    assert!(own.status.success(), "{}", text(&own));
+    for (user, key) in [
+        ("flannel", "/_coreos.com/fleet/job/evil/object"),
+        ("fleet", "/coreos.com/network/config"),
+        ("fleet", "/coreos.com/network/subnets/10.244.99.0-24"),
+    ] {
+        let denied = as_user(user, &["put", key, "{}"]);
+        assert!(
+            text(&denied).contains("etcdserver: permission denied"),
+            "{user} writing {key}: {}",
+            text(&denied)
+        );
+    }
 }

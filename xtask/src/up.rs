@@ -86,7 +86,7 @@ fn print_how_to_reach(cluster: &Cluster, agents: &Agents, shoal: &std::path::Pat
     let access = agents.access(cluster.node(0));
     if let Some(pki) = agents.pki_dir() {
         println!(
-            "TLS and auth on: certificates in {} (clients use root.pem)",
+            "TLS and auth on: certificates in {} (people use its root.pem; nodes get only their own)",
             pki.display()
         );
     }

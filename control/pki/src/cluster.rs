@@ -1,20 +1,28 @@
 //! Everything a shoal cluster needs, in one go: the CA, the client certificates of the store
 //! users shoal's components connect as, and per node a directory with what that node's agent
 //! reads (its `pki` setting): the CA certificate (not its key), a server and a peer certificate
-//! for its store member, and the client certificates.
+//! for its store member, and the client certificates of its components.
 //!
 //! ```text
 //! <dir>/ca.pem ca-key.pem               the CA (the key stays here)
 //! <dir>/root.pem flannel.pem fleet.pem  client certificates (+ -key.pem): CN = etcd user
-//! <dir>/<node>/ca.pem server.pem peer.pem root.pem flannel.pem fleet.pem (+ -key.pem)
+//! <dir>/<node>/ca.pem server.pem peer.pem flannel.pem fleet.pem (+ -key.pem)
+//! <dir>/<admin node>/root.pem           (+ -key.pem) only where the agent acts as root
 //! ```
 //!
-//! Files that exist are kept, so running it again with more nodes adds only theirs.
+//! The top-level directory, with the CA key and the administrator's `root` certificate, is the
+//! operator's: it never goes to a node. A node gets `root` only if it is an admin node (the
+//! first master, which sets up the store's users; a master that joins a running cluster), so a
+//! compromised worker cannot take over the store.
+//!
+//! Files that exist are kept, so running it again with more nodes adds only theirs; a `root`
+//! certificate left in a node that is no longer an admin node is removed.
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::{
-    Authority, CA_CERT, Issued, Request, Result, Usage, create_private_dir, read_file, write_file,
+    Authority, CA_CERT, Issued, PkiError, Request, Result, Usage, create_private_dir, read_file,
+    write_file,
 };
 
 /// A node's store member certificate for its client port.
@@ -38,6 +46,8 @@ const CA_NAME: &str = "shoal cluster CA";
 pub struct ClusterNode {
     pub name: String,
     pub ip: IpAddr,
+    /// Whether the node's agent acts as the store's administrator (gets `root`).
+    pub admin: bool,
 }
 
 /// The directory of `node`'s certificates below a cluster's PKI directory.
@@ -72,10 +82,27 @@ pub fn issue_cluster(dir: &Path, nodes: &[ClusterNode]) -> Result<()> {
             kept_or_issued(&ca, &own, name, request)?;
         }
         for (user, issued) in &clients {
-            issued.write(&own, user)?;
+            if *user != ROOT || node.admin {
+                issued.write(&own, user)?;
+            }
+        }
+        if !node.admin {
+            remove_if_present(&own.join(format!("{ROOT}.pem")))?;
+            remove_if_present(&own.join(format!("{ROOT}-key.pem")))?;
         }
     }
     Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(PkiError::Io {
+            action: "removing",
+            path: path.to_path_buf(),
+            source,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// `<dir>/<name>.pem` and its key as they are, or newly issued and written.
@@ -111,13 +138,18 @@ mod tests {
     fn a_cluster_gets_every_certificate_and_a_rerun_keeps_them() {
         let dir = tempfile::tempdir().expect("temp dir");
         let pki = dir.path().join("pki");
-        let node = |name: &str, ip: &str| ClusterNode {
+        let node = |name: &str, ip: &str, admin: bool| ClusterNode {
             name: name.into(),
             ip: ip.parse().expect("IP"),
+            admin,
         };
-        issue_cluster(&pki, &[node("n1", "10.0.0.1")]).expect("issued");
+        issue_cluster(&pki, &[node("n1", "10.0.0.1", true)]).expect("issued");
         let server = std::fs::read_to_string(pki.join("n1/server.pem")).expect("server cert");
-        issue_cluster(&pki, &[node("n1", "10.0.0.1"), node("n2", "10.0.0.2")]).expect("more");
+        issue_cluster(
+            &pki,
+            &[node("n1", "10.0.0.1", true), node("n2", "10.0.0.2", false)],
+        )
+        .expect("more");
         assert_eq!(
             std::fs::read_to_string(pki.join("n1/server.pem")).expect("kept"),
             server
@@ -129,11 +161,23 @@ mod tests {
             let own = node_dir(&pki, node);
             assert_eq!(mode(&own), 0o700);
             assert!(!own.join("ca-key.pem").exists(), "the CA key stays out");
-            for name in ["server", "peer", "root", "flannel", "fleet"] {
+            for name in ["server", "peer", "flannel", "fleet"] {
                 assert_eq!(mode(&own.join(format!("{name}-key.pem"))), 0o600);
                 assert!(own.join(format!("{name}.pem")).exists());
             }
         }
+        assert_eq!(mode(&pki.join("n1/root-key.pem")), 0o600, "the admin node");
+        for file in ["root.pem", "root-key.pem"] {
+            assert!(
+                !pki.join("n2").join(file).exists(),
+                "no admin on n2: {file}"
+            );
+        }
+        issue_cluster(&pki, &[node("n1", "10.0.0.1", false)]).expect("demoted");
+        assert!(
+            !pki.join("n1/root-key.pem").exists(),
+            "a node no longer admin loses root"
+        );
         assert_eq!(
             std::fs::read(pki.join("n2/flannel.pem")).expect("copy"),
             std::fs::read(pki.join("flannel.pem")).expect("original")

@@ -59,7 +59,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 /// Runs every component of the node until `shutdown` is cancelled or one of them fails.
 pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationToken) -> Result<()> {
     let member = match &plan.member {
-        Some(member) => Some(start_member(member, &plan.store).await?),
+        Some(member) => Some(start_member(member, plan.admin.as_ref()).await?),
         None => None,
     };
     let readiness = Arc::new(Readiness::default());
@@ -82,18 +82,14 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
         probes.run(readiness, gauges, stop).await;
         ("readiness", Ok(()))
     });
-    if let Some((key, json)) = plan.network_config.clone() {
-        let store = plan.store.clone();
+    if let Some(network_config) = plan.network_config.clone() {
         tasks.spawn(named(
             "network-config",
-            write_network_config_once(store, key, json),
+            write_network_config_once(network_config),
         ));
     }
-    if let Some(users) = plan.store_users.clone() {
-        tasks.spawn(named(
-            "store-users",
-            store_users::set_up_once(plan.store.clone(), users),
-        ));
+    if let (Some(users), Some(admin)) = (plan.store_users.clone(), plan.admin.clone()) {
+        tasks.spawn(named("store-users", store_users::set_up_once(admin, users)));
     }
     if let Some(overlay) = plan.overlay.clone() {
         let stop = shutdown.clone();
@@ -152,17 +148,18 @@ async fn supervise(
     }
 }
 
-/// Starts this node's store member; `store` is how the agent reaches the store (what a
-/// joining member uses to reach the existing ones).
+/// Starts this node's store member; `admin` is how a joining member reaches the existing
+/// ones (`MemberAdd` is the administrator's, as in etcd).
 async fn start_member(
     member: &plan::MemberPlan,
-    store: &StoreConfig,
+    admin: Option<&StoreConfig>,
 ) -> Result<shoal_kv::member::RunningMember> {
     let mut config = member.config.clone();
     if let Some(join) = &member.join {
+        let admin = admin.context("a joining member has no administrator's identity")?;
         let through = StoreConfig {
             endpoints: vec![join.clone()],
-            ..store.clone()
+            ..admin.clone()
         };
         config.initial_cluster = join_cluster(&through, &config).await?;
     }
@@ -210,7 +207,8 @@ async fn join_cluster(
 }
 
 /// Writes flannel's network config if the store has none yet (never overwrites).
-async fn write_network_config_once(store: StoreConfig, key: String, json: String) -> Result<()> {
+async fn write_network_config_once(config: plan::NetworkConfig) -> Result<()> {
+    let plan::NetworkConfig { key, json, store } = config;
     let mut delay = std::time::Duration::from_millis(200);
     loop {
         match try_write_network_config(&store, &key, &json).await {
@@ -253,6 +251,7 @@ fn metrics_sources(plan: &Plan, gauges: Arc<Gauges>) -> Vec<Arc<dyn health::Metr
 fn probes(config: &AgentConfig, plan: &Plan) -> Result<Probes> {
     let fleet = match &plan.fleet {
         Some(fleet) => Some(FleetProbe {
+            store: fleet.store_config(),
             prefix: fleet.etcd_key_prefix.clone(),
             machine_id: shoal_scheduler::agent::identity::machine_id(
                 fleet.machine_id.as_deref(),
@@ -264,7 +263,9 @@ fn probes(config: &AgentConfig, plan: &Plan) -> Result<Probes> {
     };
     Ok(Probes {
         store: plan.store.clone(),
+        probe_key: plan.probe_key.clone(),
         overlay: plan.overlay.as_ref().map(|overlay| OverlayProbe {
+            store: overlay.store.store_config(),
             prefix: overlay.store.prefix.clone(),
             public_ip: config.public_ip,
             subnet_file: overlay.subnet_file.clone(),

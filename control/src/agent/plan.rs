@@ -16,20 +16,34 @@ pub const PEER_PORT: u16 = 2380;
 pub struct Plan {
     /// The store member this node runs, if it is a master of the embedded store.
     pub member: Option<MemberPlan>,
-    /// How the agent itself reaches the store (readiness, the network config, joining):
-    /// the client URLs every component uses (own member first), TLS and credentials.
+    /// How the agent itself reads the store (the store's readiness): the client URLs every
+    /// component uses (own member first), as the least privileged user the node has.
     pub store: StoreConfig,
+    /// A key `store`'s user may read: the store probe's linearizable read.
+    pub probe_key: String,
+    /// How the agent reaches the store as its administrator (`root` with `pki`): only on a
+    /// master that sets up the store's users or joins a running cluster (`MemberAdd`).
+    pub admin: Option<StoreConfig>,
     pub overlay: Option<OverlayConfig>,
-    /// flannel's network config to write to `<prefix>/config` if absent.
-    pub network_config: Option<(String, String)>,
+    /// flannel's network config to write if absent.
+    pub network_config: Option<NetworkConfig>,
     pub fleet: Option<shoal_scheduler::config::FleetConfig>,
     /// The store users this node creates before turning on auth (the first master of a
     /// cluster with `pki`).
     pub store_users: Option<StoreUsers>,
 }
 
-/// A secure cluster's store users and roles (etcd auth): `root` for people and the agent,
-/// `flannel` may write only under the network prefix, `fleet` only under fleet's.
+/// flannel's network config, written as the overlay's user (its role covers the prefix).
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// `<network prefix>/config`.
+    pub key: String,
+    pub json: String,
+    pub store: StoreConfig,
+}
+
+/// A secure cluster's store users and roles (etcd auth): `root` for people and for setting up
+/// the users, `flannel` may write only under the network prefix, `fleet` only under fleet's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreUsers {
     /// The network prefix with its trailing `/`, as a prefix range.
@@ -49,6 +63,10 @@ impl Plan {
     pub fn for_node(config: &AgentConfig) -> Result<Self> {
         let member = member_plan(config)?;
         let endpoints = endpoints(config, member.as_ref());
+        let store_users = store_users(config, member.as_ref());
+        let needs_admin =
+            member.as_ref().is_some_and(|member| member.join.is_some()) || store_users.is_some();
+        let (reader, probe_key) = agent_reader(config);
         Ok(Self {
             overlay: config.network.enabled.then(|| {
                 overlay_config(
@@ -57,7 +75,10 @@ impl Plan {
                     &StoreIdentity::of(config, shoal_pki::FLANNEL),
                 )
             }),
-            network_config: network_config(config),
+            network_config: network_config(
+                config,
+                StoreIdentity::of(config, shoal_pki::FLANNEL).store_config(endpoints.clone()),
+            ),
             fleet: config.fleet.enabled.then(|| {
                 fleet_config(
                     config,
@@ -65,8 +86,12 @@ impl Plan {
                     &StoreIdentity::of(config, shoal_pki::FLEET),
                 )
             }),
-            store_users: store_users(config, member.as_ref()),
-            store: StoreIdentity::of(config, shoal_pki::ROOT).store_config(endpoints),
+            store_users,
+            admin: needs_admin.then(|| {
+                StoreIdentity::of(config, shoal_pki::ROOT).store_config(endpoints.clone())
+            }),
+            store: StoreIdentity::of(config, reader).store_config(endpoints),
+            probe_key,
             member,
         })
     }
@@ -254,10 +279,26 @@ fn overlay_config(
     overlay
 }
 
-fn network_config(config: &AgentConfig) -> Option<(String, String)> {
+fn network_config(config: &AgentConfig, store: StoreConfig) -> Option<NetworkConfig> {
     let json = config.network.config.as_ref()?;
-    let key = format!("{}/config", config.network.prefix.trim_end_matches('/'));
-    Some((key, json.to_string()))
+    Some(NetworkConfig {
+        key: format!("{}/config", config.network.prefix.trim_end_matches('/')),
+        json: json.to_string(),
+        store,
+    })
+}
+
+/// The store user the agent's own reads run as, and a key that user may read: the overlay's
+/// user if the overlay runs, else fleet's, else `root` (a node that runs neither).
+fn agent_reader(config: &AgentConfig) -> (&'static str, String) {
+    let under = |prefix: &str| format!("{}/readiness-probe", prefix.trim_end_matches('/'));
+    if config.network.enabled {
+        (shoal_pki::FLANNEL, under(&config.network.prefix))
+    } else if config.fleet.enabled {
+        (shoal_pki::FLEET, under(&config.fleet.key_prefix))
+    } else {
+        (shoal_pki::ROOT, "/shoal/readiness-probe".to_string())
+    }
 }
 
 fn fleet_config(
@@ -396,11 +437,15 @@ mod tests {
 
     #[test]
     fn with_pki_the_store_serves_tls_and_each_component_is_its_own_user() {
-        let yaml = "name: node1\npublic_ip: 10.90.0.11\npki: /etc/shoal/pki\nstore:\n  initial_cluster: node1=https://10.90.0.11:2380,node2=https://10.90.0.12:2380\n";
+        let yaml = "name: node1\npublic_ip: 10.90.0.11\npki: /etc/shoal/pki\nstore:\n  initial_cluster: node1=https://10.90.0.11:2380,node2=https://10.90.0.12:2380\nnetwork:\n  config: { Network: 10.244.0.0/16 }\n";
         let second = plan(&yaml.replace("name: node1", "name: node2"));
         assert_eq!(
             second.store_users, None,
             "only the first master sets up users"
+        );
+        assert!(
+            second.admin.is_none(),
+            "nor does any other node act as root"
         );
         let plan = plan(yaml);
         let member = plan.member.expect("member").config;
@@ -414,8 +459,20 @@ mod tests {
         assert_eq!(peer_tls.key_file, Path::new("/etc/shoal/pki/peer-key.pem"));
         let cert_of = |tls: Option<&TlsFiles>| tls.and_then(|tls| tls.cert.clone());
         assert_eq!(
+            cert_of(plan.admin.as_ref().and_then(|admin| admin.tls.as_ref())),
+            Some("/etc/shoal/pki/root.pem".into()),
+            "the first master sets up users as root"
+        );
+        assert_eq!(
             cert_of(plan.store.tls.as_ref()),
-            Some("/etc/shoal/pki/root.pem".into())
+            Some("/etc/shoal/pki/flannel.pem".into()),
+            "its readiness reads as the overlay's user"
+        );
+        assert_eq!(plan.probe_key, "/coreos.com/network/readiness-probe");
+        let written = plan.network_config.as_ref().map(|w| &w.store);
+        assert_eq!(
+            cert_of(written.and_then(|store| store.tls.as_ref())),
+            Some("/etc/shoal/pki/flannel.pem".into())
         );
         let overlay = plan.overlay.expect("overlay").store;
         assert_eq!(overlay.certfile, Some("/etc/shoal/pki/flannel.pem".into()));
@@ -432,10 +489,21 @@ mod tests {
     }
 
     #[test]
+    fn a_secure_worker_is_never_root() {
+        let plan = plan(
+            "name: w1\nrole: worker\npki: /p\nnetwork:\n  enabled: false\nstore:\n  endpoints: [https://10.90.0.11:2379]\n",
+        );
+        assert!(plan.admin.is_none() && plan.store_users.is_none());
+        let tls = plan.store.tls.expect("TLS");
+        assert_eq!(tls.cert, Some("/p/fleet.pem".into()));
+        assert_eq!(plan.probe_key, "/_coreos.com/fleet/readiness-probe");
+    }
+
+    #[test]
     fn the_network_config_goes_under_the_prefix() {
         let plan = plan("name: n1\nnetwork:\n  config: { Network: 10.244.0.0/16 }\n");
-        let (key, json) = plan.network_config.expect("network config");
-        assert_eq!(key, "/coreos.com/network/config");
-        assert!(json.contains("10.244.0.0/16"));
+        let written = plan.network_config.expect("network config");
+        assert_eq!(written.key, "/coreos.com/network/config");
+        assert!(written.json.contains("10.244.0.0/16"));
     }
 }

@@ -5,8 +5,10 @@
 //!   has its overlay route in this node's kernel;
 //! - `fleet`: this machine is registered.
 //!
-//! The checks share one store connection, made again (to the first member that answers) after
-//! a check found no quorum, and every request is bounded by the store client's timeout.
+//! Each check reads as the store user of the component it checks (the overlay's, fleet's; the
+//! store's own as the agent's least privileged user), so a node needs no admin certificate to
+//! be ready. Connections are made again (to the first member that answers) after a check found
+//! no quorum, and every request is bounded by the store client's timeout.
 use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
 use ipnetwork::Ipv4Network;
@@ -18,14 +20,18 @@ use super::health::{Gauges, Readiness};
 /// Where to look for each component's proof of readiness.
 #[derive(Debug, Clone)]
 pub struct Probes {
-    /// How to reach the store (endpoints, TLS, credentials).
+    /// How to reach the store (endpoints, TLS, credentials) for its own check.
     pub store: StoreConfig,
+    /// The key the store's check reads (one `store`'s user may read).
+    pub probe_key: String,
     pub overlay: Option<OverlayProbe>,
     pub fleet: Option<FleetProbe>,
 }
 
 #[derive(Debug, Clone)]
 pub struct OverlayProbe {
+    /// The overlay's own store identity.
+    pub store: StoreConfig,
     pub prefix: String,
     pub public_ip: Option<Ipv4Addr>,
     pub subnet_file: PathBuf,
@@ -33,6 +39,8 @@ pub struct OverlayProbe {
 
 #[derive(Debug, Clone)]
 pub struct FleetProbe {
+    /// fleet's own store identity.
+    pub store: StoreConfig,
     pub prefix: String,
     pub machine_id: String,
 }
@@ -55,19 +63,42 @@ impl Probes {
         gauges: Arc<Gauges>,
         shutdown: CancellationToken,
     ) {
-        let mut store: Option<StoreClient> = None;
+        let mut store = Connection::new(&self.store);
+        let mut overlay = self
+            .overlay
+            .as_ref()
+            .map(|probe| Connection::new(&probe.store));
+        let mut fleet = self
+            .fleet
+            .as_ref()
+            .map(|probe| Connection::new(&probe.store));
         loop {
-            if store.is_none() {
-                match StoreClient::connect(&self.store).await {
-                    Ok(connected) => store = Some(connected),
-                    Err(err) => self.unreachable(&err, &readiness, &gauges),
-                }
+            let quorum = self.check_store(&mut store, &readiness, &gauges).await;
+            if let (Some(probe), Some(connection)) = (&self.overlay, &mut overlay) {
+                let (ready, detail) = match connection.client().await {
+                    Ok(client) => overlay_state(client, probe, &gauges).await,
+                    Err(err) => (false, format!("listing leases: {}", Chain(&err))),
+                };
+                readiness.set("overlay", ready, detail);
             }
-            if let Some(connected) = &store
-                && !self.check(connected, &readiness, &gauges).await
-            {
+            if let (Some(probe), Some(connection)) = (&self.fleet, &mut fleet) {
+                let (ready, detail) = match connection.client().await {
+                    Ok(client) => fleet_state(client, probe, &gauges).await,
+                    Err(err) => (
+                        false,
+                        format!("reading machine {}: {}", probe.machine_id, Chain(&err)),
+                    ),
+                };
+                readiness.set("fleet", ready, detail);
+            }
+            if !quorum {
                 // The member in use lost quorum or is gone: look for one that answers.
-                store = None;
+                for connection in [Some(&mut store), overlay.as_mut(), fleet.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    connection.forget();
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -76,48 +107,59 @@ impl Probes {
         }
     }
 
-    /// Runs every check; whether the store had quorum.
-    async fn check(&self, store: &StoreClient, readiness: &Readiness, gauges: &Gauges) -> bool {
-        let (quorum, detail) = store_state(store, gauges).await;
+    /// The store's own check; whether it had quorum.
+    async fn check_store(
+        &self,
+        store: &mut Connection,
+        readiness: &Readiness,
+        gauges: &Gauges,
+    ) -> bool {
+        let (quorum, detail) = match store.client().await {
+            Ok(client) => store_state(client, &self.probe_key, gauges).await,
+            Err(err) => {
+                gauges.set(
+                    "shoal_store_up",
+                    "Whether a linearizable read succeeds.",
+                    0.0,
+                );
+                (false, format!("no quorum: {}", Chain(&err)))
+            }
+        };
         readiness.set("store", quorum, detail);
-        if let Some(overlay) = &self.overlay {
-            let (ready, detail) = overlay_state(store, overlay, gauges).await;
-            readiness.set("overlay", ready, detail);
-        }
-        if let Some(fleet) = &self.fleet {
-            let (ready, detail) = fleet_state(store, fleet, gauges).await;
-            readiness.set("fleet", ready, detail);
-        }
         quorum
-    }
-
-    /// No member answered: nothing that needs the store is ready.
-    fn unreachable(&self, err: &StoreError, readiness: &Readiness, gauges: &Gauges) {
-        let cause = Chain(err);
-        gauges.set(
-            "shoal_store_up",
-            "Whether a linearizable read succeeds.",
-            0.0,
-        );
-        readiness.set("store", false, format!("no quorum: {cause}"));
-        if self.overlay.is_some() {
-            readiness.set("overlay", false, format!("listing leases: {cause}"));
-        }
-        if let Some(fleet) = &self.fleet {
-            let detail = format!("reading machine {}: {cause}", fleet.machine_id);
-            readiness.set("fleet", false, detail);
-        }
     }
 }
 
-async fn store_state(store: &StoreClient, gauges: &Gauges) -> (bool, String) {
+/// One identity's connection to the store, made when first needed.
+struct Connection {
+    config: StoreConfig,
+    client: Option<StoreClient>,
+}
+
+impl Connection {
+    fn new(config: &StoreConfig) -> Self {
+        Self {
+            config: config.clone(),
+            client: None,
+        }
+    }
+
+    async fn client(&mut self) -> Result<&StoreClient, StoreError> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => StoreClient::connect(&self.config).await?,
+        };
+        Ok(self.client.insert(client))
+    }
+
+    fn forget(&mut self) {
+        self.client = None;
+    }
+}
+
+async fn store_state(store: &StoreClient, key: &str, gauges: &Gauges) -> (bool, String) {
     let mut client = store.client();
-    let read = store
-        .call(
-            "linearizable read",
-            client.get("/shoal/readiness-probe", None),
-        )
-        .await;
+    let read = store.call("linearizable read", client.get(key, None)).await;
     let status = store.call("status", client.status()).await;
     if let Ok(status) = &status {
         gauges.set(

@@ -79,6 +79,8 @@ impl Agents {
                 .map(|node| shoal_pki::ClusterNode {
                     name: node_name(node),
                     ip: node.underlay_ip().into(),
+                    // The first master sets up the store's users; no other node is root.
+                    admin: node.index() == 0,
                 })
                 .collect();
             shoal_pki::issue_cluster(&pki, &nodes).map_err(|err| {

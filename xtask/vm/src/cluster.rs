@@ -700,9 +700,12 @@ fn issue_pki(dir: &Path, layouts: &[NodeLayout]) -> Result<PathBuf> {
     let pki = dir.join(PKI_DIR);
     let nodes: Vec<shoal_pki::ClusterNode> = layouts
         .iter()
-        .map(|layout| shoal_pki::ClusterNode {
+        .enumerate()
+        .map(|(index, layout)| shoal_pki::ClusterNode {
             name: layout.name.clone(),
             ip: layout.address.into(),
+            // Masters come first; the first sets up the store's users, no other node is root.
+            admin: index == 0,
         })
         .collect();
     shoal_pki::issue_cluster(&pki, &nodes)
