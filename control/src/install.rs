@@ -201,21 +201,24 @@ fn place(root: &Path, relative: &str, contents: &[u8], mode: u32) -> Result<()> 
 }
 
 /// Copies the `.pem` files of a node's certificate directory to `root/etc/shoal/pki` (0700),
-/// keys 0600.
+/// keys 0600, and removes the ones the directory no longer has (a `root` certificate of a
+/// node that is no longer the first master does not linger).
 fn install_pki(root: &Path, source: &Path) -> Result<()> {
-    let entries =
-        std::fs::read_dir(source).with_context(|| format!("reading {}", source.display()))?;
-    shoal_pki::create_private_dir(&root.join(PKI))?;
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("reading {}", source.display()))?
-            .path();
+    let installed = root.join(PKI);
+    shoal_pki::create_private_dir(&installed)?;
+    let wanted = pem_files(source)?;
+    for path in pem_files(&installed)? {
+        if !wanted
+            .iter()
+            .any(|kept| kept.file_name() == path.file_name())
+        {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    for path in wanted {
         let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
             continue;
         };
-        if !name.ends_with(".pem") {
-            continue;
-        }
         let mode = if name.ends_with("-key.pem") {
             0o600
         } else {
@@ -226,6 +229,20 @@ fn install_pki(root: &Path, source: &Path) -> Result<()> {
         place(root, &format!("{PKI}/{name}"), &contents, mode)?;
     }
     Ok(())
+}
+
+/// The `.pem` files in `dir`.
+fn pem_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|ext| ext == "pem") {
+            files.push(path);
+        }
+    }
+    Ok(files)
 }
 
 fn systemctl(args: &[&str]) -> Result<()> {
@@ -257,22 +274,24 @@ mod tests {
         let config = root.path().join("node.yaml");
         std::fs::write(&config, "name: node1\n").expect("write config");
         let pki = root.path().join("made-by-shoal-pki");
-        shoal_pki::issue_cluster(
-            &pki,
-            &[shoal_pki::ClusterNode {
-                name: "node1".into(),
-                ip: "10.0.0.1".parse().expect("IP"),
-                admin: true,
-            }],
-        )
-        .expect("certificates");
-        install(InstallArgs {
-            config: Some(config),
-            pki: Some(shoal_pki::node_dir(&pki, "node1")),
-            root: root.path().to_path_buf(),
-        })
-        .await
-        .expect("install");
+        let node1 = |admin| shoal_pki::ClusterNode {
+            name: "node1".into(),
+            ip: "10.0.0.1".parse().expect("IP"),
+            admin,
+        };
+        let installed = |admin| {
+            shoal_pki::issue_cluster(&pki, &[node1(admin)]).expect("certificates");
+            install(InstallArgs {
+                config: Some(config.clone()),
+                pki: Some(shoal_pki::node_dir(&pki, "node1")),
+                root: root.path().to_path_buf(),
+            })
+        };
+        installed(true).await.expect("install");
+        let root_key = root.path().join("etc/shoal/pki/root-key.pem");
+        assert!(root_key.exists(), "the first master's root");
+        installed(false).await.expect("install again");
+        assert!(!root_key.exists(), "no root left once the node is no admin");
         for path in [BINARY, UNIT, CONFIG] {
             assert!(root.path().join(path).is_file(), "{path} installed");
         }

@@ -94,6 +94,21 @@ fn parse_node(text: &str) -> Result<ClusterNode, String> {
     })
 }
 
+/// `nodes` with the admin ones marked: the first (the first master, which sets up the store's
+/// users) and those named in `admins`.
+fn with_admins(mut nodes: Vec<ClusterNode>, admins: &[String]) -> Result<Vec<ClusterNode>> {
+    if let Some(unknown) = admins
+        .iter()
+        .find(|admin| !nodes.iter().any(|node| node.name == **admin))
+    {
+        anyhow::bail!("--admin {unknown} is not one of the --node names");
+    }
+    for (index, node) in nodes.iter_mut().enumerate() {
+        node.admin = index == 0 || admins.contains(&node.name);
+    }
+    Ok(nodes)
+}
+
 pub fn run(args: PkiArgs) -> Result<()> {
     match args.command {
         PkiCommand::Init { dir, common_name } => {
@@ -118,20 +133,8 @@ pub fn run(args: PkiArgs) -> Result<()> {
                 files.key.display()
             );
         }
-        PkiCommand::Cluster {
-            dir,
-            mut nodes,
-            admins,
-        } => {
-            if let Some(unknown) = admins
-                .iter()
-                .find(|admin| !nodes.iter().any(|node| node.name == **admin))
-            {
-                anyhow::bail!("--admin {unknown} is not one of the --node names");
-            }
-            for (index, node) in nodes.iter_mut().enumerate() {
-                node.admin = index == 0 || admins.contains(&node.name);
-            }
+        PkiCommand::Cluster { dir, nodes, admins } => {
+            let nodes = with_admins(nodes, &admins)?;
             shoal_pki::issue_cluster(&dir, &nodes).with_context(|| {
                 format!("issuing the cluster's certificates in {}", dir.display())
             })?;
@@ -164,6 +167,27 @@ mod tests {
         for bad in ["n1", "n1=host", "=10.0.0.1"] {
             assert!(parse_node(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_first_node_and_named_ones_are_admins() {
+        let nodes = ["n1=10.0.0.1", "n2=10.0.0.2", "n3=10.0.0.3"]
+            .map(|text| parse_node(text).expect("valid"))
+            .to_vec();
+        let marked = with_admins(nodes.clone(), &[]).expect("valid");
+        assert_eq!(
+            marked.iter().map(|n| n.admin).collect::<Vec<_>>(),
+            [true, false, false]
+        );
+        let marked = with_admins(nodes.clone(), &["n3".into()]).expect("valid");
+        assert_eq!(
+            marked.iter().map(|n| n.admin).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        assert!(
+            with_admins(nodes, &["n9".into()]).is_err(),
+            "an unknown name"
+        );
     }
 
     #[test]

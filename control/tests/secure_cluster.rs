@@ -56,6 +56,11 @@ fn a_secure_cluster_converges_and_refuses_strangers() {
             .exists();
         assert_eq!(has_root, admin, "{holder} holds root: {has_root}");
     }
+    let worker_log = std::fs::read_to_string(agents.node_dir(3).join("agent.log")).expect("log");
+    assert!(
+        worker_log.contains("network config in place"),
+        "the worker checks the network config as flannel:\n{worker_log}"
+    );
     let root = agents.access(cluster.node(0)).etcdctl_args();
 
     let users = etcdctl(node, &root, &["user", "list"]);
