@@ -277,6 +277,7 @@ mod tests {
         let node1 = |admin| shoal_pki::ClusterNode {
             name: "node1".into(),
             ip: "10.0.0.1".parse().expect("IP"),
+            member: true,
             admin,
         };
         let installed = |admin| {

@@ -48,10 +48,14 @@ pub enum PkiCommand {
     Cluster {
         #[arg(long)]
         dir: PathBuf,
-        /// A node as `name=ip`; repeatable. The first is the first master: it sets up the
-        /// store's users, so it is the one node that gets `root`.
+        /// A master (a store member) as `name=ip`; repeatable. The first is the first
+        /// master: it sets up the store's users, so it is the one node that gets `root`.
         #[arg(long = "node", value_parser = parse_node, required = true)]
         nodes: Vec<ClusterNode>,
+        /// A worker (no store member, so no server or peer certificate) as `name=ip`;
+        /// repeatable.
+        #[arg(long = "worker", value_parser = parse_node)]
+        workers: Vec<ClusterNode>,
         /// A further node whose agent acts as root (a master that joins a running cluster
         /// adds itself with `MemberAdd`, which needs it); repeatable.
         #[arg(long = "admin")]
@@ -90,6 +94,7 @@ fn parse_node(text: &str) -> Result<ClusterNode, String> {
     Ok(ClusterNode {
         name: name.to_string(),
         ip,
+        member: true,
         admin: false,
     })
 }
@@ -99,9 +104,9 @@ fn parse_node(text: &str) -> Result<ClusterNode, String> {
 fn with_admins(mut nodes: Vec<ClusterNode>, admins: &[String]) -> Result<Vec<ClusterNode>> {
     if let Some(unknown) = admins
         .iter()
-        .find(|admin| !nodes.iter().any(|node| node.name == **admin))
+        .find(|admin| !nodes.iter().any(|node| node.member && node.name == **admin))
     {
-        anyhow::bail!("--admin {unknown} is not one of the --node names");
+        anyhow::bail!("--admin {unknown} is not one of the --node names (the masters)");
     }
     for (index, node) in nodes.iter_mut().enumerate() {
         node.admin = index == 0 || admins.contains(&node.name);
@@ -133,15 +138,25 @@ pub fn run(args: PkiArgs) -> Result<()> {
                 files.key.display()
             );
         }
-        PkiCommand::Cluster { dir, nodes, admins } => {
-            let nodes = with_admins(nodes, &admins)?;
+        PkiCommand::Cluster {
+            dir,
+            nodes,
+            workers,
+            admins,
+        } => {
+            let workers = workers.into_iter().map(|worker| ClusterNode {
+                member: false,
+                ..worker
+            });
+            let nodes = with_admins(nodes.into_iter().chain(workers).collect(), &admins)?;
             shoal_pki::issue_cluster(&dir, &nodes).with_context(|| {
                 format!("issuing the cluster's certificates in {}", dir.display())
             })?;
             for node in &nodes {
                 let admin = if node.admin { " (root)" } else { "" };
+                let role = if node.member { "master" } else { "worker" };
                 println!(
-                    "{}: {}{admin}",
+                    "{} ({role}{admin}): {}",
                     node.name,
                     shoal_pki::node_dir(&dir, &node.name).display()
                 );
@@ -185,8 +200,14 @@ mod tests {
             [true, false, true]
         );
         assert!(
-            with_admins(nodes, &["n9".into()]).is_err(),
+            with_admins(nodes.clone(), &["n9".into()]).is_err(),
             "an unknown name"
+        );
+        let mut with_worker = nodes;
+        with_worker[2].member = false;
+        assert!(
+            with_admins(with_worker, &["n3".into()]).is_err(),
+            "a worker"
         );
     }
 

@@ -1,8 +1,9 @@
 //! The secure default end to end: three `shoal agent` masters and a worker with a cluster PKI
 //! serve the store over TLS with client certificates required, turn on auth with
 //! least-privilege users, and still converge (flannel leases as user `flannel`, fleet machines
-//! as user `fleet`); only the first master holds `root`; a client without a certificate is
-//! refused, `flannel` cannot write fleet's keys nor `fleet` the network's.
+//! as user `fleet`); only the first master holds `root`, the worker no peer certificate; a
+//! client without a certificate is refused, `flannel` cannot write fleet's keys nor `fleet`
+//! the network's.
 use std::{process::Output, time::Duration};
 
 use shoal_harness::{AgentOptions, Agents, Cluster, Node, binaries};
@@ -56,6 +57,11 @@ fn a_secure_cluster_converges_and_refuses_strangers() {
             .exists();
         assert_eq!(has_root, admin, "{holder} holds root: {has_root}");
     }
+    let worker_dir = shoal_pki::node_dir(&pki, "node4");
+    assert!(
+        !worker_dir.join("peer-key.pem").exists(),
+        "a worker cannot speak Raft"
+    );
     let worker_log = std::fs::read_to_string(agents.node_dir(3).join("agent.log")).expect("log");
     assert!(
         worker_log.contains("network config in place"),

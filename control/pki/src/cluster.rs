@@ -1,12 +1,14 @@
 //! Everything a shoal cluster needs, in one go: the CA, the client certificates of the store
 //! users shoal's components connect as, and per node a directory with what that node's agent
 //! reads (its `pki` setting): the CA certificate (not its key), a server and a peer certificate
-//! for its store member, and the client certificates of its components.
+//! for its store member (masters only: a peer certificate lets its holder speak Raft), and the
+//! client certificates of its components.
 //!
 //! ```text
 //! <dir>/ca.pem ca-key.pem               the CA (the key stays here)
 //! <dir>/root.pem flannel.pem fleet.pem  client certificates (+ -key.pem): CN = etcd user
-//! <dir>/<node>/ca.pem server.pem peer.pem flannel.pem fleet.pem (+ -key.pem)
+//! <dir>/<node>/ca.pem flannel.pem fleet.pem (+ -key.pem)
+//! <dir>/<master>/server.pem peer.pem    (+ -key.pem) only on a node with a store member
 //! <dir>/<admin node>/root.pem           (+ -key.pem) only where the agent acts as root
 //! ```
 //!
@@ -15,8 +17,8 @@
 //! first master, which sets up the store's users; a master that joins a running cluster), so a
 //! compromised worker cannot take over the store.
 //!
-//! Files that exist are kept, so running it again with more nodes adds only theirs; a `root`
-//! certificate left in a node that is no longer an admin node is removed.
+//! Files that exist are kept, so running it again with more nodes adds only theirs; a
+//! certificate left in a node that no longer needs it (`root`, a member's) is removed.
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +48,8 @@ const CA_NAME: &str = "shoal cluster CA";
 pub struct ClusterNode {
     pub name: String,
     pub ip: IpAddr,
+    /// Whether the node runs a store member (a master: gets server and peer certificates).
+    pub member: bool,
     /// Whether the node's agent acts as the store's administrator (gets `root`).
     pub admin: bool,
 }
@@ -78,8 +82,12 @@ pub fn issue_cluster(dir: &Path, nodes: &[ClusterNode]) -> Result<()> {
             "localhost".to_string(),
         ];
         for (name, usage) in [(SERVER, Usage::Server), (PEER, Usage::Peer)] {
-            let request = Request::new(node.name.clone(), usage).hosts(hosts.clone());
-            kept_or_issued(&ca, &own, name, request)?;
+            if node.member {
+                let request = Request::new(node.name.clone(), usage).hosts(hosts.clone());
+                kept_or_issued(&ca, &own, name, request)?;
+            } else {
+                remove_certificate(&own, name)?;
+            }
         }
         for (user, issued) in &clients {
             if *user != ROOT || node.admin {
@@ -87,11 +95,16 @@ pub fn issue_cluster(dir: &Path, nodes: &[ClusterNode]) -> Result<()> {
             }
         }
         if !node.admin {
-            remove_if_present(&own.join(format!("{ROOT}.pem")))?;
-            remove_if_present(&own.join(format!("{ROOT}-key.pem")))?;
+            remove_certificate(&own, ROOT)?;
         }
     }
     Ok(())
+}
+
+/// Removes `<dir>/<name>.pem` and its key, if they are there.
+fn remove_certificate(dir: &Path, name: &str) -> Result<()> {
+    remove_if_present(&dir.join(format!("{name}.pem")))?;
+    remove_if_present(&dir.join(format!("{name}-key.pem")))
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {
@@ -141,6 +154,7 @@ mod tests {
         let node = |name: &str, ip: &str, admin: bool| ClusterNode {
             name: name.into(),
             ip: ip.parse().expect("IP"),
+            member: true,
             admin,
         };
         issue_cluster(&pki, &[node("n1", "10.0.0.1", true)]).expect("issued");
@@ -173,11 +187,15 @@ mod tests {
                 "no admin on n2: {file}"
             );
         }
-        issue_cluster(&pki, &[node("n1", "10.0.0.1", false)]).expect("demoted");
-        assert!(
-            !pki.join("n1/root-key.pem").exists(),
-            "a node no longer admin loses root"
-        );
+        let worker = ClusterNode {
+            member: false,
+            ..node("n1", "10.0.0.1", false)
+        };
+        issue_cluster(&pki, &[worker]).expect("demoted");
+        for file in ["root-key.pem", "server-key.pem", "peer.pem", "peer-key.pem"] {
+            assert!(!pki.join("n1").join(file).exists(), "a worker: no {file}");
+        }
+        assert!(pki.join("n1/fleet-key.pem").exists());
         assert_eq!(
             std::fs::read(pki.join("n2/flannel.pem")).expect("copy"),
             std::fs::read(pki.join("flannel.pem")).expect("original")

@@ -79,6 +79,7 @@ impl Agents {
                 .map(|node| shoal_pki::ClusterNode {
                     name: node_name(node),
                     ip: node.underlay_ip().into(),
+                    member: node.index() < agents.options.masters,
                     // The first master sets up the store's users; no other node is root.
                     admin: node.index() == 0,
                 })

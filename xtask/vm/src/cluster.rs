@@ -704,6 +704,7 @@ fn issue_pki(dir: &Path, layouts: &[NodeLayout]) -> Result<PathBuf> {
         .map(|(index, layout)| shoal_pki::ClusterNode {
             name: layout.name.clone(),
             ip: layout.address.into(),
+            member: layout.role == Role::Master,
             // Masters come first; the first sets up the store's users, no other node is root.
             admin: index == 0,
         })
