@@ -205,6 +205,27 @@ impl Shared {
     }
 }
 
+/// Where a data dir restored from a backup keeps the state its cluster starts from.
+const RESTORED: &str = "restored_state";
+
+/// A state restored from a backup (`shoal kv snapshot restore`) for a new cluster to start from.
+#[derive(Serialize, Deserialize)]
+pub struct Restored {
+    pub state: State,
+    /// The cluster the data dir was restored for (from the restore's cluster flags).
+    pub cluster_id: u64,
+}
+
+/// Seeds a new member's data file with a restored state.
+pub fn write_restored(db: &DataFile, restored: &Restored) -> Result<(), StoreError> {
+    write_meta(db, RESTORED, restored)
+}
+
+/// The cluster a data file was restored for, if it was restored from a backup.
+pub fn restored_cluster(db: &DataFile) -> Result<Option<u64>, StoreError> {
+    Ok(read_meta::<Restored>(db, RESTORED)?.map(|r| r.cluster_id))
+}
+
 /// A snapshot as stored: openraft's metadata and the encoded [`State`].
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -244,6 +265,9 @@ impl StateMachine {
             machine.last_applied = stored.meta.last_log_id;
             machine.publish_applied();
             machine.last_membership = stored.meta.last_membership;
+        } else if let Some(restored) = read_meta::<Restored>(&machine.db, RESTORED)? {
+            // A restored member's history starts from the backup, before its first entry.
+            machine.shared.replace(restored.state);
         }
         Ok(machine)
     }
