@@ -106,6 +106,7 @@ pub struct StoreClusterBuilder {
     namespace: Option<(String, Ipv4Addr)>,
     client_port: Option<u16>,
     tls: bool,
+    restore_from: Option<PathBuf>,
 }
 
 impl StoreClusterBuilder {
@@ -144,6 +145,13 @@ impl StoreClusterBuilder {
         self
     }
 
+    /// Starts a new cluster from a snapshot file: each member's data dir is restored from it
+    /// first (`etcdctl snapshot restore`, or `shoal-kv snapshot restore`), with etcdutl's flags.
+    pub fn restore_from(mut self, snapshot: impl Into<PathBuf>) -> Self {
+        self.restore_from = Some(snapshot.into());
+        self
+    }
+
     /// Runs the members inside `ns`, serving clients on `ip` from port 2379 up.
     pub fn in_namespace(mut self, ns: &Namespace, ip: Ipv4Addr) -> Self {
         self.namespace = Some((ns.name().to_string(), ip));
@@ -178,6 +186,9 @@ impl StoreClusterBuilder {
         for attempt in 1..=START_ATTEMPTS {
             cluster.specs = cluster.member_specs(self.size, attempt);
             cluster.members = (0..self.size).map(|_| None).collect();
+            if let Some(snapshot) = &self.restore_from {
+                cluster.restore_from(snapshot);
+            }
             for i in 0..self.size {
                 cluster.spawn(i);
             }
@@ -325,6 +336,7 @@ impl StoreCluster {
             namespace: None,
             client_port: None,
             tls: false,
+            restore_from: None,
         }
     }
 
@@ -389,6 +401,35 @@ impl StoreCluster {
             .map(|spec| format!("{}={}", spec.name, spec.peer_url()))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Restores every member's data dir from `snapshot` with the kind's restore command.
+    fn restore_from(&self, snapshot: &Path) {
+        for spec in &self.specs {
+            let mut cmd = match self.kind {
+                StoreKind::Etcd => {
+                    let mut cmd = Command::new(ETCDCTL);
+                    cmd.env("ETCDCTL_API", "3");
+                    cmd
+                }
+                StoreKind::ShoalKv => {
+                    let mut cmd = Command::new(&self.program);
+                    cmd.args(&self.leading_args);
+                    cmd
+                }
+            };
+            cmd.args(["snapshot", "restore"])
+                .arg(snapshot)
+                .args(["--name", &spec.name])
+                .arg("--data-dir")
+                .arg(&spec.data_dir)
+                .args(["--initial-cluster", &self.initial_cluster()])
+                .args(["--initial-advertise-peer-urls", &spec.peer_url()])
+                .stdin(Stdio::null());
+            if let Err(e) = command::run(&mut cmd) {
+                panic!("restoring {} from {}: {e:#}", spec.name, snapshot.display());
+            }
+        }
     }
 
     /// Starts member `i` (again) with its settings; does not wait for it.
