@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::Clients;
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, LeaseGrantOptions, PutOptions, Txn};
@@ -144,14 +145,37 @@ async fn an_etcd_snapshot_restores_into_a_new_shoal_cluster() {
     let snapshot = etcd.dir().join("etcd.db");
     save_snapshot(&etcd, &snapshot);
 
-    let shoal = start_restored(StoreKind::ShoalKv, 3, &snapshot).await;
+    let mut shoal = start_restored(StoreKind::ShoalKv, 3, &snapshot).await;
     assert_same_data(&etcd, &shoal).await;
     let role = shoal.ctl(&["role", "get", "app"]).expect("role get");
     assert!(role.contains("[/app/, /app0)"), "{role}");
-    let mut client = shoal.client(1).await;
+    let mut client = shoal.client(0).await;
     client.put("after", "restore", None).await.expect("put");
-    let mut other = shoal.client(2).await;
-    assert_eq!(keys_at(&mut other, 0).await.len(), 4);
+    let expected = keys_at(&mut client, 0).await;
+    assert_eq!(expected.len(), 4);
+
+    // A member that joins later (here: wiped and rejoined) gets the restored state too, not a
+    // replay of the new cluster's log alone.
+    shoal.kill(2);
+    std::fs::remove_dir_all(&shoal.specs[2].data_dir).expect("wiping member 2");
+    shoal.state = "existing";
+    let shoal = tokio::task::spawn_blocking(move || {
+        shoal.spawn(2);
+        shoal.wait_member_ready(2);
+        shoal
+    })
+    .await
+    .expect("rejoining member 2");
+    let mut rejoined = shoal.client(2).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys = keys_at(&mut rejoined, 0).await;
+        if keys == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member 2 holds {keys:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 
 use super::etcd_format;
 use crate::cli::KvArgs;
-use crate::member::new_cluster_id;
-use crate::storage::state_machine::{Restored, write_restored};
+use crate::member::new_cluster;
+use crate::storage::state_machine::write_restored;
 use crate::storage::store::open_database;
 
 /// Work with snapshot files in etcd's format.
@@ -78,13 +78,10 @@ fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     let state = etcd_format::import(&file, args.skip_hash_check)
         .with_context(|| format!("snapshot {}", args.file.display()))?;
     let revision = state.mvcc.revision();
-    let restored = Restored {
-        state,
-        cluster_id: new_cluster_id(&config),
-    };
+    let (members, cluster_id) = new_cluster(&config);
     let db = open_database(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    write_restored(&db, &restored).with_context(|| {
+    write_restored(&db, &state, members, cluster_id).with_context(|| {
         format!(
             "writing the restored state to {}",
             config.data_dir.display()

@@ -88,9 +88,11 @@ pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     fnv64(&[joined.as_bytes(), token.as_bytes()]) & 0x7fff_ffff_ffff_ffff
 }
 
-/// The ID of the cluster `config` forms with `--initial-cluster-state new`.
-pub fn new_cluster_id(config: &Config) -> u64 {
-    cluster_id(&initial_members(config), &config.initial_cluster_token)
+/// The members and ID of the cluster `config` forms with `--initial-cluster-state new`.
+pub fn new_cluster(config: &Config) -> (Members, u64) {
+    let members = initial_members(config);
+    let id = cluster_id(&members, &config.initial_cluster_token);
+    (members, id)
 }
 
 pub(super) fn cluster_id(members: &Members, token: &str) -> u64 {
