@@ -205,7 +205,7 @@ async fn a_shoal_snapshot_restores_into_a_new_etcd() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_snapshot_is_refused() {
+async fn a_damaged_snapshot_or_a_restore_for_another_cluster_is_refused() {
     let shoal = common::start(StoreKind::ShoalKv, 1).await;
     let mut client = shoal.client(0).await;
     write_history(&mut client).await;
@@ -234,6 +234,40 @@ async fn a_damaged_snapshot_is_refused() {
         assert!(stderr.contains(reason), "{name}: {stderr}");
         assert!(!shoal.dir().join(format!("{name}.restored")).exists());
     }
+
+    // A data dir restored for one cluster does not start as a member of another.
+    let restored = shoal.dir().join("restored");
+    let port = shoal_harness::free_port();
+    let peer_url = format!("http://127.0.0.1:{port}");
+    let restore = std::process::Command::new(binaries::shoal_kv())
+        .args(["snapshot", "restore"])
+        .arg(&snapshot)
+        .arg("--data-dir")
+        .arg(&restored)
+        .args(["--name", "one", "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("one={peer_url}")])
+        .output()
+        .expect("shoal-kv snapshot restore");
+    assert!(restore.status.success(), "{restore:?}");
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(binaries::shoal_kv())
+            .arg("--data-dir")
+            .arg(&restored)
+            .args(["--name", "one", "--initial-advertise-peer-urls", &peer_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("one={peer_url}")])
+            .args(["--initial-cluster-token", "another-cluster"])
+            .args(["--listen-client-urls", "http://127.0.0.1:0"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("shoal-kv must refuse the data dir, not serve")
+    .expect("running shoal-kv");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("the data dir was restored for cluster"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
