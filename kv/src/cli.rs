@@ -129,12 +129,17 @@ impl TlsFlags<'_> {
         if self.client_cert_auth && self.trusted_ca_file.is_none() {
             bail!("--{prefix}client-cert-auth needs --{prefix}trusted-ca-file");
         }
-        if files.is_none()
-            && let Some(url) = urls.into_iter().find(|u| u.starts_with("https://"))
-        {
+        let Some(url) = urls.into_iter().find(|u| u.starts_with("https://")) else {
+            return Ok(files);
+        };
+        if files.is_none() {
             bail!(
                 "TLS key/cert (--{prefix}cert-file, --{prefix}key-file) must be provided for {side} url {url} with HTTPS scheme"
             );
+        }
+        // A member dials its peers: it verifies them by the peer CA (there are no system roots).
+        if side == "peer" && self.trusted_ca_file.is_none() {
+            bail!("https peer URLs need --peer-trusted-ca-file to verify peers with");
         }
         Ok(files)
     }
@@ -304,4 +309,103 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
     }
     running.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kv: KvArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<Config> {
+        let mut argv = vec!["shoal-kv"];
+        argv.extend(args);
+        Cli::try_parse_from(argv)?.kv.config()
+    }
+
+    fn error(args: &[&str]) -> String {
+        format!("{:#}", config(args).expect_err("refused"))
+    }
+
+    #[test]
+    fn tls_flags_combine_as_in_etcd() {
+        let https = "--listen-client-urls=https://127.0.0.1:2379";
+        assert_eq!(
+            error(&[https]),
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url \
+             https://127.0.0.1:2379 with HTTPS scheme"
+        );
+        assert_eq!(
+            error(&["--initial-advertise-peer-urls=https://127.0.0.1:2380"]),
+            "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url \
+             https://127.0.0.1:2380 with HTTPS scheme"
+        );
+        assert_eq!(
+            error(&[
+                "--listen-peer-urls=https://127.0.0.1:2380",
+                "--peer-cert-file=p.pem",
+                "--peer-key-file=k.pem"
+            ]),
+            "https peer URLs need --peer-trusted-ca-file to verify peers with"
+        );
+        assert_eq!(
+            error(&[https, "--cert-file=s.pem"]),
+            "--cert-file and --key-file go together"
+        );
+        assert_eq!(
+            error(&[
+                https,
+                "--cert-file=s.pem",
+                "--key-file=k.pem",
+                "--client-cert-auth"
+            ]),
+            "--client-cert-auth needs --trusted-ca-file"
+        );
+        assert_eq!(
+            error(&["--peer-client-cert-auth=true"]),
+            "--peer-client-cert-auth and --peer-trusted-ca-file need --peer-cert-file and \
+             --peer-key-file"
+        );
+
+        let resolved = config(&[
+            https,
+            "--cert-file=s.pem",
+            "--key-file=k.pem",
+            "--trusted-ca-file=ca.pem",
+            "--client-cert-auth=true",
+        ])
+        .expect("a TLS client listener");
+        let tls = resolved.client_tls.expect("client TLS");
+        assert!(tls.client_cert_auth && tls.requires_client_certificates());
+        assert_eq!(resolved.peer_tls, None);
+        let ca_only = config(&[
+            https,
+            "--cert-file=s.pem",
+            "--key-file=k.pem",
+            "--trusted-ca-file=ca.pem",
+        ])
+        .expect("a trusted CA alone");
+        let tls = ca_only.client_tls.expect("client TLS");
+        assert!(
+            !tls.client_cert_auth && tls.requires_client_certificates(),
+            "a trusted CA file makes client certificates required, as in etcd"
+        );
+    }
+
+    #[test]
+    fn only_simple_tokens_are_accepted() {
+        assert!(check_auth_token("simple").is_ok());
+        let jwt = check_auth_token("jwt,pub-key=a.pem,priv-key=b.pem,sign-method=RS256");
+        assert_eq!(
+            jwt.expect_err("jwt").to_string(),
+            "--auth-token=jwt is not supported by shoal kv; use --auth-token=simple"
+        );
+        assert!(check_auth_token("simple,ttl=5").is_err());
+    }
 }

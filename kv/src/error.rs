@@ -107,6 +107,14 @@ impl EtcdError {
     }
 }
 
+impl EtcdError {
+    /// The error as grpc-go prints a status (`rpc error: code = ... desc = ...`): the text
+    /// etcd 3.4 puts in the cancel reason of a watch refused by auth, which clients match on.
+    pub fn grpc_go_text(&self) -> String {
+        format!("rpc error: code = {:?} desc = {self}", self.code())
+    }
+}
+
 impl From<EtcdError> for Status {
     fn from(error: EtcdError) -> Self {
         Status::new(error.code(), error.to_string())

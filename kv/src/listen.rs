@@ -15,8 +15,11 @@ use crate::api::identity::ClientConnectInfo;
 use crate::error::StoreError;
 use crate::tls::{Tls, client_identity};
 
-/// Handshakes in progress per listener whose connections wait to be served.
+/// Connections per listener that finished their handshake and wait to be served.
 const ACCEPTED_BACKLOG: usize = 64;
+/// TLS handshakes in progress per listener; past it, accepting waits (each handshake ends
+/// within [`crate::tls::HANDSHAKE_TIMEOUT`]).
+const MAX_HANDSHAKES: usize = 256;
 
 /// A bound URL.
 #[derive(Debug)]
@@ -95,6 +98,7 @@ pub fn connections(
         (false, None) => None,
     };
     let (sender, receiver) = tokio::sync::mpsc::channel(ACCEPTED_BACKLOG);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         let mut accepted = std::pin::pin!(incoming(listener.tcp));
         while let Some(stream) = accepted.next().await {
@@ -122,11 +126,21 @@ pub fn connections(
                     }
                 }
                 Some(tls) => {
+                    let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                        return;
+                    };
                     let (tls, sender) = (tls.clone(), sender.clone());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         match tls.accept(stream).await {
                             Ok(stream) => {
-                                let certificate = client_identity(stream.get_ref().1);
+                                // etcd takes a certificate's CN for the user only with
+                                // --client-cert-auth, not with a trusted CA file alone.
+                                let certificate = tls
+                                    .files()
+                                    .client_cert_auth
+                                    .then(|| client_identity(stream.get_ref().1))
+                                    .flatten();
                                 let connection = Connection {
                                     stream: Stream::Tls(Box::new(stream)),
                                     info: ClientConnectInfo {

@@ -267,7 +267,10 @@ async fn a_damaged_snapshot_or_a_restore_for_another_cluster_is_refused() {
     .expect("running shoal-kv");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("the data dir was restored for cluster"), "{stderr}");
+    assert!(
+        stderr.contains("the data dir was restored for cluster"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

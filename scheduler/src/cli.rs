@@ -296,7 +296,12 @@ pub struct FleetctlArgs {
     )]
     pub etcd_key_prefix: String,
     /// Seconds to wait for each store request.
-    #[arg(long, default_value_t = 3.0, global = true)]
+    #[arg(
+        long,
+        default_value_t = 3.0,
+        env = "FLEETCTL_REQUEST_TIMEOUT",
+        global = true
+    )]
     pub request_timeout: f64,
     /// Location of the TLS CA file that signs the store's certificate.
     #[arg(long, alias = "etcd-cafile", env = "FLEETCTL_CA_FILE", global = true)]

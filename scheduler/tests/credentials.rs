@@ -1,5 +1,5 @@
 //! fleetd started as CoreOS's fleet.service started it (fleet 1.0's `-underscore_names`,
-//! `FLEET_*` variables, a fleet.conf) against etcd 3.4 with auth enabled: the store user and
+//! `FLEET_*` variables, a fleet.conf) against a store with auth enabled (etcd 3.4, shoal kv): the store user and
 //! password reach the store client, the precedence is flag > environment > file, and fleetctl
 //! without credentials is refused with etcd's reason.
 
@@ -34,8 +34,17 @@ fn text(output: &Output) -> String {
 }
 
 #[test]
-fn fleetd_with_fleet_spellings_and_credentials_against_etcd_with_auth() {
-    let etcd = StoreCluster::start(StoreKind::Etcd, 1);
+fn against_etcd_with_auth() {
+    fleetd_with_fleet_spellings_and_credentials(StoreKind::Etcd);
+}
+
+#[test]
+fn against_shoal_kv_with_auth() {
+    fleetd_with_fleet_spellings_and_credentials(StoreKind::ShoalKv);
+}
+
+fn fleetd_with_fleet_spellings_and_credentials(kind: StoreKind) {
+    let etcd = StoreCluster::start(kind, 1);
     let endpoint = etcd.client_url(0);
     etcd.ctl(&["user", "add", "root:pw"]).expect("user add");
     etcd.ctl(&["auth", "enable"]).expect("auth enable");

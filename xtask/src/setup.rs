@@ -42,6 +42,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     "python3-matplotlib",
     "nftables",
+    "containernetworking-plugins",
+    "openssl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

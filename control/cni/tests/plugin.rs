@@ -181,6 +181,17 @@ fn add_check_del_through_debians_bridge_and_host_local() {
     let mut with_prev = config.clone();
     with_prev["prevResult"] = result.clone();
     assert_success(&setup.cni("CHECK", "ctr1", &with_prev), "CHECK");
+    setup
+        .container
+        .ip(["addr", "flush", "dev", "eth0"])
+        .expect("flush");
+    let broken = setup.cni("CHECK", "ctr1", &with_prev);
+    error_code(&broken);
+    let reason = json_of(&broken)["msg"].to_string();
+    assert!(
+        reason.contains(ip),
+        "bridge's own reason passed on: {reason}"
+    );
 
     // The lease moved: DEL still uses the config ctr1 was added with.
     std::fs::remove_file(setup.dir.path().join("subnet.env")).expect("remove subnet.env");

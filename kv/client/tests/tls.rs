@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shoal_harness::{Process, free_ports, store::ETCD};
+use shoal_harness::{Process, StoreCluster, StoreKind, free_ports, store::ETCD};
 use shoal_store_client::{StoreClient, StoreConfig, TlsFiles};
 
 /// Runs `openssl <command>` (whitespace-separated arguments) in `dir`; panics with its stderr
@@ -125,4 +125,48 @@ async fn a_tls_client_with_the_ca_and_its_certificate_connects() {
         StoreClient::connect(&without_identity).await.is_err(),
         "the store checks client certificates"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_connects_to_shoal_kv_with_client_certificates() {
+    let cluster =
+        tokio::task::spawn_blocking(|| StoreCluster::builder(StoreKind::ShoalKv, 1).tls().start())
+            .await
+            .expect("started");
+    let started = Instant::now();
+    let pki = cluster.tls().expect("a TLS cluster");
+    let tls = TlsFiles {
+        ca: Some(pki.ca.clone()),
+        cert: Some(pki.root.certificate.clone()),
+        key: Some(pki.root.key.clone()),
+    };
+    let config = StoreConfig::new(cluster.client_urls())
+        .with_timeout(Duration::from_secs(2))
+        .with_tls(tls.clone());
+    let store = StoreClient::connect(&config)
+        .await
+        .expect("connects over TLS");
+    assert!(store.endpoint().url().starts_with("https://"));
+    let mut client = store.client();
+    store
+        .call("put", client.put("/tls", "shoal", None))
+        .await
+        .expect("a write over TLS");
+    let got = store
+        .call("get", client.get("/tls", None))
+        .await
+        .expect("a read over TLS");
+    assert_eq!(got.kvs()[0].value(), b"shoal");
+
+    let without_identity = StoreConfig::new(cluster.client_urls())
+        .with_timeout(Duration::from_secs(2))
+        .with_tls(TlsFiles {
+            cert: None,
+            key: None,
+            ..tls
+        });
+    println!("connected, wrote and read in {:?}", started.elapsed());
+    let refused = StoreClient::connect(&without_identity).await;
+    println!("refused in {:?}: {refused:?}", started.elapsed());
+    assert!(refused.is_err(), "shoal kv checks client certificates");
 }

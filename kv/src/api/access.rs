@@ -1,7 +1,7 @@
 //! Who sent a request, as etcd 3.4 decides it (`AuthInfoFromCtx`, `AuthInfoFromTLS`): the
 //! `token` metadata names a user through this member's simple tokens; without a token, a
 //! verified client certificate's common name is the user (`--client-cert-auth`: the listener
-//! only verifies certificates then); else the request is anonymous. Plus the admin check the
+//! only verifies certificates then); else the request is anonymous. Plus the admin checks the
 //! maintenance and membership RPCs make before acting.
 use tonic::{Request, Status};
 
@@ -41,7 +41,11 @@ impl Credentials {
         if let Some(token) = &self.token {
             // The token is assigned when its Authenticate applies; wait until it has here.
             let index = SimpleTokens::index_of(token).ok_or(EtcdError::InvalidAuthToken)?;
-            member.wait_applied(index).await?;
+            // As etcd, a token not assigned by then (a forged index) is invalid.
+            member
+                .wait_applied(index)
+                .await
+                .map_err(|_| EtcdError::InvalidAuthToken)?;
         }
         self.resolve(&member.shared.read())
     }
@@ -72,8 +76,30 @@ pub(super) async fn requester<T>(
 
 /// Refuses `request` unless auth is off or its sender holds the root role.
 pub(super) async fn check_admin<T>(member: &Member, request: &Request<T>) -> Result<(), Status> {
-    let requester = requester(member, request).await?;
-    Ok(member.shared.read().auth.check_admin(&requester)?)
+    Ok(admin_check(member, request).await?)
+}
+
+/// The admin check of etcd 3.4's Maintenance service, which hands the auth store's own error to
+/// gRPC untranslated: code Unknown and the `auth: ...` text, which is what clients see.
+pub(super) async fn check_maintenance_admin<T>(
+    member: &Member,
+    request: &Request<T>,
+) -> Result<(), Status> {
+    admin_check(member, request).await.map_err(|refused| {
+        let text = match refused {
+            EtcdError::UserEmpty => "auth: user name is empty",
+            EtcdError::UserNotFound => "auth: user not found",
+            EtcdError::PermissionDenied => "auth: permission denied",
+            EtcdError::InvalidAuthToken => "auth: invalid auth token",
+            other => return Status::from(other),
+        };
+        Status::unknown(text)
+    })
+}
+
+async fn admin_check<T>(member: &Member, request: &Request<T>) -> Result<(), EtcdError> {
+    let requester = Credentials::of(request).requester(member).await?;
+    member.shared.read().auth.check_admin(&requester)
 }
 
 #[cfg(test)]

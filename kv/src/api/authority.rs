@@ -16,6 +16,12 @@
 //! decoder follows our encoder, never the client's); all other frames pass through byte for
 //! byte without being buffered whole. A byte stream that does not open with the HTTP/2 preface
 //! passes through untouched.
+//!
+//! Decoding is bounded as h2 bounds it, so one small connection cannot make the member allocate
+//! without limit: the client's HPACK dynamic table may not grow past the 4096 bytes HTTP/2
+//! servers advertise (SETTINGS_HEADER_TABLE_SIZE, which tonic leaves at its default), and a
+//! header block may decode to at most [`MAX_HEADER_LIST`] bytes (an "HPACK bomb", a block that
+//! names one large table entry thousands of times, is refused at that point).
 use std::{
     io,
     pin::Pin,
@@ -39,6 +45,14 @@ const MAX_FRAME_PAYLOAD: usize = 16_384;
 /// The largest header block we accept from a client; etcd requests carry a few hundred bytes.
 const MAX_HEADER_BLOCK: usize = 1 << 20;
 const READ_CHUNK: usize = 16_384;
+/// The dynamic table size the server advertises (HTTP/2's default SETTINGS_HEADER_TABLE_SIZE);
+/// a client's table size update beyond it is refused.
+const HEADER_TABLE_SIZE: usize = 4096;
+/// The most a header block may decode to, counted as HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE
+/// counts (name + value + 32 per field).
+pub const MAX_HEADER_LIST: usize = 64 * 1024;
+/// What HTTP/2 adds to each field when it counts a header list's size (RFC 9113 §6.5.2).
+const FIELD_OVERHEAD: usize = 32;
 
 /// Why a client's byte stream could not be rewritten; the connection is closed with it.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +71,8 @@ pub enum RewriteError {
     MalformedHeaders(usize),
     #[error("HTTP/2 header block over {MAX_HEADER_BLOCK} bytes")]
     HeaderBlockTooLarge,
+    #[error("HTTP/2 header block decodes to over {MAX_HEADER_LIST} bytes")]
+    HeaderListTooLarge,
     #[error("HPACK: {0}")]
     Hpack(String),
 }
@@ -210,14 +226,41 @@ struct Rewriter {
 
 impl Default for Rewriter {
     fn default() -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Self {
             phase: Phase::Preface { matched: 0 },
             pending: None,
             rewriting: false,
-            decoder: loona_hpack::Decoder::new(),
+            decoder,
             encoder: loona_hpack::Encoder::new(),
         }
     }
+}
+
+/// A decoded header block: (name, value) pairs in order.
+type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Decodes one header block, refusing it once its fields add up to over [`MAX_HEADER_LIST`]
+/// (fields past that point are only counted, never copied).
+fn decode_bounded(
+    decoder: &mut loona_hpack::Decoder<'static>,
+    block: &[u8],
+) -> Result<HeaderList, RewriteError> {
+    let mut headers = Vec::new();
+    let mut size = 0usize;
+    decoder
+        .decode_with_cb(block, |name, value| {
+            size = size.saturating_add(name.len() + value.len() + FIELD_OVERHEAD);
+            if size <= MAX_HEADER_LIST {
+                headers.push((name.into_owned(), value.into_owned()));
+            }
+        })
+        .map_err(|e| RewriteError::Hpack(format!("{e:?}")))?;
+    if size > MAX_HEADER_LIST {
+        return Err(RewriteError::HeaderListTooLarge);
+    }
+    Ok(headers)
 }
 
 /// A frame header, as RFC 9113 §4.1 lays it out.
@@ -403,10 +446,7 @@ impl Rewriter {
         let Some(block) = self.pending.take() else {
             return Ok(());
         };
-        let mut headers = self
-            .decoder
-            .decode(&block.fragment)
-            .map_err(|e| RewriteError::Hpack(format!("{e:?}")))?;
+        let mut headers = decode_bounded(&mut self.decoder, &block.fragment)?;
         let fixed = fix_authority(&mut headers);
         if !fixed && !self.rewriting {
             output.extend_from_slice(&block.raw);
@@ -424,7 +464,7 @@ impl Rewriter {
 
 /// Makes `:authority` a valid authority: a URL's `host:port`, or nothing. Returns whether it
 /// had to change anything.
-fn fix_authority(headers: &mut Vec<(Vec<u8>, Vec<u8>)>) -> bool {
+fn fix_authority(headers: &mut HeaderList) -> bool {
     let mut fixed = false;
     headers.retain_mut(|(name, value)| {
         if name.as_slice() != b":authority" || http::uri::Authority::try_from(&value[..]).is_ok() {
@@ -690,6 +730,58 @@ mod tests {
         let block: Vec<u8> = frames.iter().flat_map(|(_, p)| p.clone()).collect();
         let decoded = loona_hpack::Decoder::new().decode(&block).expect("decode");
         assert_eq!(authority_of(&decoded).as_deref(), Some("127.0.0.1:2379"));
+    }
+
+    /// An HPACK block that adds one `size`-byte entry to the dynamic table and then names it
+    /// `references` times (an encoder indexes the first and refers to it after).
+    fn hpack_bomb(size: usize, references: usize) -> Vec<u8> {
+        let value = vec![b'a'; size];
+        let field = (&b"x-bomb"[..], &value[..]);
+        loona_hpack::Encoder::new().encode(std::iter::repeat_n(field, references + 1))
+    }
+
+    #[test]
+    fn an_hpack_bomb_is_refused_once_the_decoded_list_passes_the_bound() {
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(
+            FRAME_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &hpack_bomb(4000, 16_000),
+        ));
+        let mut rewriter = Rewriter::default();
+        let error = rewriter
+            .feed(&mut wire, &mut Vec::new())
+            .expect_err("a 64 MB header list");
+        assert!(matches!(error, RewriteError::HeaderListTooLarge), "{error}");
+        // Just under the bound is decoded.
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(
+            FRAME_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &hpack_bomb(4000, 15),
+        ));
+        Rewriter::default()
+            .feed(&mut wire, &mut Vec::new())
+            .expect("16 fields of 4 KB");
+    }
+
+    #[test]
+    fn a_dynamic_table_larger_than_advertised_is_refused() {
+        let mut wire = PREFACE.to_vec();
+        // A dynamic table size update to 1 MiB, then an indexed :method GET.
+        let block = [0x3f, 0xe1, 0xff, 0x3f, 0x82];
+        wire.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &block));
+        let error = rewrite_bytewise(&wire).expect_err("a 1 MiB table");
+        assert!(
+            format!("{error}").contains("InvalidMaxDynamicSize"),
+            "{error}"
+        );
+        let mut wire = PREFACE.to_vec();
+        let block = [0x3f, 0xe1, 0x1f, 0x82]; // an update to exactly 4096
+        wire.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &block));
+        rewrite_bytewise(&wire).expect("a 4096-byte table");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 pub struct ClientConnectInfo {
     /// The client's address, when the transport has one.
     pub remote: Option<SocketAddr>,
-    /// The client's certificate, verified against the trusted CA during the TLS handshake.
+    /// The client's certificate, verified against the trusted CA during the TLS handshake, on
+    /// a listener with `--client-cert-auth` (etcd ignores it otherwise).
     pub certificate: Option<CertificateIdentity>,
 }
 

@@ -25,9 +25,9 @@ impl Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        validate::range(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         let req = request.into_inner();
-        validate::range(&req)?;
         if !req.serializable {
             self.0.read_barrier().await?;
         }
@@ -58,6 +58,9 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        // Validated before the sender's permissions, as etcd's v3rpc layer does (an empty key
+        // is "key is not provided" for anyone); the member checks again for forwarded writes.
+        validate::put(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         propose_as(&self.0, user, request.into_inner()).await
     }
@@ -66,6 +69,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        validate::delete_range(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         propose_as(&self.0, user, request.into_inner()).await
     }
@@ -74,6 +78,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        validate::txn(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         propose_as(&self.0, user, request.into_inner()).await
     }

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::access::check_admin;
+use super::access::check_maintenance_admin;
 use crate::backup::etcd_format;
 use crate::error::EtcdError;
 use crate::member::Member;
@@ -73,7 +73,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        check_admin(&self.0, &request).await?;
+        check_maintenance_admin(&self.0, &request).await?;
         // redb reuses freed pages itself; there is nothing to defragment.
         Ok(Response::new(pb::DefragmentResponse {
             header: self.header(),
@@ -84,7 +84,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        check_admin(&self.0, &request).await?;
+        check_maintenance_admin(&self.0, &request).await?;
         let state = self.0.shared.read();
         Ok(Response::new(pb::HashResponse {
             header: self.0.header(state.mvcc.revision()),
@@ -96,7 +96,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
-        check_admin(&self.0, &request).await?;
+        check_maintenance_admin(&self.0, &request).await?;
         let state = self.0.shared.read();
         let current = state.mvcc.revision();
         let requested = request.into_inner().revision;
@@ -123,7 +123,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        check_admin(&self.0, &request).await?;
+        check_maintenance_admin(&self.0, &request).await?;
         let (state, applied) = {
             let state = self.0.shared.read();
             (state.clone(), *self.0.shared.applied.borrow())

@@ -210,7 +210,7 @@ impl Session {
                     watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason: reason.to_string(),
+                    cancel_reason: reason.grpc_go_text(),
                     ..Default::default()
                 })
                 .await;

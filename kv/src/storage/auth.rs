@@ -52,6 +52,9 @@ pub struct Permission {
 struct User {
     /// The bcrypt hash; `None` for a user added with `--no-password`.
     password: Option<String>,
+    /// Added with `--no-password`: never authenticates with a password, even one set later
+    /// (etcd keeps the option through a password change).
+    no_password: bool,
     /// Sorted, as etcd keeps them.
     roles: BTreeSet<String>,
 }
@@ -166,8 +169,10 @@ impl AuthStore {
             return Err(EtcdError::AuthNotEnabled);
         }
         let user = self.users.get(name).ok_or(EtcdError::AuthFailed)?;
-        let hash = user.password.clone().ok_or(EtcdError::AuthFailed)?;
-        Ok((hash, self.revision))
+        match (&user.password, user.no_password) {
+            (Some(hash), false) => Ok((hash.clone(), self.revision)),
+            _ => Err(EtcdError::AuthFailed),
+        }
     }
 
     /// Whether `name` holds `role`.
@@ -270,9 +275,7 @@ impl AuthStore {
             return Err(EtcdError::AuthNotEnabled);
         }
         match self.users.get(&name) {
-            Some(User {
-                password: Some(_), ..
-            }) => Ok(AuthReply::Authenticated(name)),
+            Some(user) if !user.no_password => Ok(AuthReply::Authenticated(name)),
             _ => Err(EtcdError::AuthFailed),
         }
     }
@@ -284,10 +287,12 @@ impl AuthStore {
         if self.users.contains_key(&name) {
             return Err(EtcdError::UserAlreadyExist);
         }
+        let no_password = password.is_none();
         self.users.insert(
             name,
             User {
                 password,
+                no_password,
                 roles: BTreeSet::new(),
             },
         );
@@ -713,6 +718,23 @@ mod tests {
             Err(EtcdError::PermissionDenied)
         );
         assert_eq!(store.check_admin(&anonymous), Err(EtcdError::UserEmpty));
+    }
+
+    #[test]
+    fn a_user_added_without_password_never_authenticates() {
+        let mut store = store_with(&[]);
+        let add = AuthCommand::UserAdd {
+            name: "svc".to_string(),
+            password_hash: None,
+        };
+        run(&mut store, add).expect("add");
+        let change = AuthCommand::UserChangePassword {
+            name: "svc".to_string(),
+            password_hash: "hash".to_string(),
+        };
+        run(&mut store, change).expect("passwd");
+        assert_eq!(store.password_of("svc"), Err(EtcdError::AuthFailed));
+        assert!(store.password_of("alice").is_ok());
     }
 
     #[test]

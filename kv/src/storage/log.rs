@@ -22,7 +22,7 @@
 //! record, and any bad record in an older segment, is damage: opening fails with its position.
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::StoreError;
@@ -269,7 +269,7 @@ impl LogFile {
     /// Opens the log in `dir` (created if missing) and returns it with every entry after
     /// `last_purged`, in order.
     pub fn open(dir: &Path, last_purged: Option<u64>) -> Result<(LogFile, Vec<Entry>), StoreError> {
-        std::fs::create_dir_all(dir)?;
+        super::private_dir(dir)?;
         let firsts = list_segments(dir)?;
         let mut log = LogFile {
             dir: dir.to_path_buf(),
@@ -449,6 +449,7 @@ impl LogFile {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(super::FILE_MODE)
             .open(&path)?;
         preallocate(&file, 0)?;
         write_segment_header(&file)?;

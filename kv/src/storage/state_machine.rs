@@ -522,6 +522,32 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_carries_the_auth_store_and_a_member_keeps_its_tokens() {
+        let state = state_with_alice();
+        state.tokens.assign("t.1".to_string(), "alice".to_string());
+        let restored: State =
+            bincode::deserialize(&bincode::serialize(&state).expect("encode")).expect("decode");
+        assert!(restored.auth.is_enabled());
+        assert_eq!(restored.auth.revision(), state.auth.revision());
+        assert!(restored.auth.has_role("alice", "app"));
+        assert_eq!(
+            restored.tokens.user_of("t.1"),
+            None,
+            "tokens are not replicated"
+        );
+        let shared = Shared {
+            state: RwLock::new(state),
+            feed: broadcast::channel(1).0,
+            applied: tokio::sync::watch::channel(0).0,
+        };
+        shared.replace(restored);
+        assert_eq!(
+            shared.read().tokens.user_of("t.1").as_deref(),
+            Some("alice")
+        );
+    }
+
+    #[test]
     fn authenticate_assigns_a_token_named_by_its_log_index() {
         let mut state = state_with_alice();
         let command = AuthCommand::Authenticate {

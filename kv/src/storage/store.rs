@@ -49,8 +49,9 @@ impl std::ops::Deref for DataFile {
 
 /// Opens (or creates) the data file and checks that what it holds is readable.
 pub fn open_database(dir: &Path) -> Result<Arc<DataFile>, StoreError> {
-    std::fs::create_dir_all(dir)?;
+    super::private_dir(dir)?;
     let path = dir.join("shoal-kv.redb");
+    super::private_file(&path)?;
     let db = Database::create(&path).map_err(|source| StoreError::Open {
         path: path.display().to_string(),
         source,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions};
+use shoal_harness::store::StoreClusterBuilder;
 use shoal_harness::{StoreCluster, StoreKind};
 
 /// Elections in half a second, so kill -9 tests do not wait for etcd's defaults.
@@ -20,6 +21,16 @@ pub async fn start_with(kind: StoreKind, size: usize, extra_args: &[&str]) -> St
     let builder = StoreCluster::builder(kind, size)
         .args(FAST_ELECTIONS)
         .args(extra_args.iter().copied());
+    start_built(builder).await
+}
+
+/// `size` members of `kind` with fast elections and TLS on every port (client certificates
+/// required), ready.
+pub async fn start_tls(kind: StoreKind, size: usize) -> StoreCluster {
+    start_built(StoreCluster::builder(kind, size).args(FAST_ELECTIONS).tls()).await
+}
+
+async fn start_built(builder: StoreClusterBuilder) -> StoreCluster {
     // Starting blocks while it polls the members: off the runtime, so clusters start side by side.
     match tokio::task::spawn_blocking(move || builder.start()).await {
         Ok(cluster) => cluster,

@@ -42,9 +42,9 @@ pub async fn run_with(
     prefix: &str,
     command: FleetctlCommand,
 ) -> anyhow::Result<()> {
-    let store = Store::connect_with(store, prefix)
-        .await
-        .context("cannot use the fleet store (check --endpoint, the TLS files, --etcd-username)")?;
+    let store = Store::connect_with(store, prefix).await.context(
+        "cannot reach the fleet store (check --endpoint, the TLS files, --etcd-username)",
+    )?;
     let registry = Registry::new(store);
     match command {
         FleetctlCommand::Submit { units, replace } => {

@@ -219,6 +219,8 @@ pub struct ClusterTls {
     pub ca: PathBuf,
     /// The `root` client certificate and key.
     pub root: Files,
+    /// What member certificates are valid for.
+    hosts: Vec<String>,
 }
 
 impl ClusterTls {
@@ -232,12 +234,20 @@ impl ClusterTls {
             authority,
             dir: dir.to_path_buf(),
             ca,
+            hosts,
         };
         for name in members {
-            tls.issue(&format!("{name}-server"), Usage::Server, &hosts);
-            tls.issue(&format!("{name}-peer"), Usage::Peer, &hosts);
+            tls.member(name);
         }
         tls
+    }
+
+    /// Issues member `name`'s server (`<name>-server`) and peer (`<name>-peer`) certificates
+    /// and returns the etcd flags it runs with (e.g. for a member joining with `member add`).
+    pub fn member(&self, name: &str) -> Vec<OsString> {
+        self.issue(&format!("{name}-server"), Usage::Server, &self.hosts);
+        self.issue(&format!("{name}-peer"), Usage::Peer, &self.hosts);
+        self.member_args(name)
     }
 
     /// Issues `<dir>/<cn>.pem` and `<dir>/<cn>-key.pem`, a client certificate for `cn`
