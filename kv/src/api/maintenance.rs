@@ -88,7 +88,7 @@ impl Maintenance for MaintenanceService {
         let state = self.0.shared.read();
         Ok(Response::new(pb::HashResponse {
             header: self.0.header(state.mvcc.revision()),
-            hash: etcd_format::hash(&state),
+            hash: etcd_format::hash(&state).map_err(|e| Status::internal(e.to_string()))?,
         }))
     }
 
@@ -131,6 +131,7 @@ impl Maintenance for MaintenanceService {
         let revision = state.mvcc.revision();
         let data = tokio::task::spawn_blocking(move || etcd_format::snapshot(&state, applied))
             .await
+            .map_err(|e| Status::internal(format!("building the snapshot: {e}")))?
             .map_err(|e| Status::internal(format!("building the snapshot: {e}")))?;
         let header = self.0.header(revision);
         let (tx, rx) = mpsc::channel(16);

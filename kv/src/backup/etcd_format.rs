@@ -50,6 +50,8 @@ pub enum FormatError {
     MissingHash,
     #[error("snapshot SHA-256 mismatch: the file is damaged")]
     HashMismatch,
+    #[error("the auth store's shape changed: update backup::etcd_format's AuthImage")]
+    AuthShape(#[source] bincode::Error),
     #[error("bucket {bucket:?}, key {key:?}: {what}")]
     BadRecord {
         bucket: &'static str,
@@ -109,7 +111,7 @@ fn parse_revision(key: &[u8]) -> Option<(i64, i64, bool)> {
 }
 
 /// The state as etcd 3.4's buckets; `consistent_index` is the Raft index it reflects.
-pub fn export(state: &State, consistent_index: u64) -> Database {
+pub fn export(state: &State, consistent_index: u64) -> Result<Database, FormatError> {
     let mut db = Database::new();
     db.insert(KEY.to_vec(), key_bucket(&state.mvcc.history()));
     let mut meta = Bucket::new();
@@ -125,7 +127,7 @@ pub fn export(state: &State, consistent_index: u64) -> Database {
     }
     db.insert(META.to_vec(), meta);
     db.insert(LEASE.to_vec(), lease_bucket(&state.mvcc));
-    let (auth, users, roles) = auth_buckets(&state.auth);
+    let (auth, users, roles) = auth_buckets(&state.auth)?;
     db.insert(AUTH.to_vec(), auth);
     db.insert(AUTH_USERS.to_vec(), users);
     db.insert(AUTH_ROLES.to_vec(), roles);
@@ -139,7 +141,7 @@ pub fn export(state: &State, consistent_index: u64) -> Database {
     for empty in [MEMBERS, MEMBERS_REMOVED, ALARM] {
         db.insert(empty.to_vec(), Bucket::new());
     }
-    db
+    Ok(db)
 }
 
 fn key_bucket(history: &[StoredRevision]) -> Bucket {
@@ -175,14 +177,13 @@ struct AuthImage {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct UserImage {
     password: Option<String>,
+    no_password: bool,
     roles: BTreeSet<String>,
 }
 
-fn auth_image(auth: &AuthStore) -> AuthImage {
-    bincode::serialize(auth)
-        .ok()
-        .and_then(|bytes| bincode::deserialize(&bytes).ok())
-        .unwrap_or_default()
+fn auth_image(auth: &AuthStore) -> Result<AuthImage, FormatError> {
+    let bytes = bincode::serialize(auth).map_err(FormatError::AuthShape)?;
+    bincode::deserialize(&bytes).map_err(FormatError::AuthShape)
 }
 
 fn access_type(access: Access) -> authpb::permission::Type {
@@ -193,8 +194,8 @@ fn access_type(access: Access) -> authpb::permission::Type {
     }
 }
 
-fn auth_buckets(auth: &AuthStore) -> (Bucket, Bucket, Bucket) {
-    let image = auth_image(auth);
+fn auth_buckets(auth: &AuthStore) -> Result<(Bucket, Bucket, Bucket), FormatError> {
+    let image = auth_image(auth)?;
     let mut state = Bucket::new();
     state.insert(AUTH_ENABLED.to_vec(), vec![u8::from(image.enabled)]);
     state.insert(
@@ -210,8 +211,7 @@ fn auth_buckets(auth: &AuthStore) -> (Bucket, Bucket, Bucket) {
                 password: user.password.clone().unwrap_or_default().into_bytes(),
                 roles: user.roles.iter().cloned().collect(),
                 options: user
-                    .password
-                    .is_none()
+                    .no_password
                     .then_some(authpb::UserAddOptions { no_password: true }),
             };
             (name.clone().into_bytes(), pb.encode_to_vec())
@@ -235,15 +235,15 @@ fn auth_buckets(auth: &AuthStore) -> (Bucket, Bucket, Bucket) {
             (name.clone().into_bytes(), pb.encode_to_vec())
         })
         .collect();
-    (state, users, roles)
+    Ok((state, users, roles))
 }
 
 /// A snapshot as etcd streams it: the bbolt database followed by its SHA-256.
-pub fn snapshot(state: &State, consistent_index: u64) -> Vec<u8> {
-    let mut file = bbolt::write(&export(state, consistent_index));
+pub fn snapshot(state: &State, consistent_index: u64) -> Result<Vec<u8>, FormatError> {
+    let mut file = bbolt::write(&export(state, consistent_index)?);
     let digest = Sha256::digest(&file);
     file.extend_from_slice(&digest);
-    file
+    Ok(file)
 }
 
 /// The database part of a snapshot file, its trailer checked unless `skip_hash_check` (etcd's
@@ -331,7 +331,7 @@ fn import_auth(state: &Bucket, users: &Bucket, roles: &Bucket) -> Result<AuthSto
     for (k, v) in users {
         let user = authpb::User::decode(v.as_slice()).map_err(|e| bad("authUsers", k, e))?;
         let no_password = user.options.is_some_and(|o| o.no_password);
-        let password = (!no_password)
+        let password = (!user.password.is_empty())
             .then(|| String::from_utf8(user.password))
             .transpose()
             .map_err(|e| bad("authUsers", k, e))?;
@@ -339,6 +339,7 @@ fn import_auth(state: &Bucket, users: &Bucket, roles: &Bucket) -> Result<AuthSto
             String::from_utf8_lossy(&user.name).into_owned(),
             UserImage {
                 password,
+                no_password,
                 roles: user.roles.into_iter().collect(),
             },
         );
@@ -364,8 +365,8 @@ fn import_auth(state: &Bucket, users: &Bucket, roles: &Bucket) -> Result<AuthSto
             permissions,
         );
     }
-    let bytes = bincode::serialize(&image).map_err(|e| bad("auth", b"", e))?;
-    bincode::deserialize(&bytes).map_err(|e| bad("auth", b"", e))
+    let bytes = bincode::serialize(&image).map_err(FormatError::AuthShape)?;
+    bincode::deserialize(&bytes).map_err(FormatError::AuthShape)
 }
 
 /// etcd 3.4's HashKV (`HashByRev`): CRC-32C over the `key` bucket's rows up to `rev`, leaving
@@ -396,12 +397,12 @@ pub fn hash_kv(mvcc: &Mvcc, rev: i64) -> u32 {
 
 /// etcd's Hash: CRC-32C over every bucket's name, keys and values, but the Raft index (which
 /// differs between members that applied the same state).
-pub fn hash(state: &State) -> u32 {
-    let mut db = export(state, 0);
+pub fn hash(state: &State) -> Result<u32, FormatError> {
+    let mut db = export(state, 0)?;
     if let Some(meta) = db.get_mut(META) {
         meta.remove(CONSISTENT_INDEX);
     }
-    buckets_hash(&db)
+    Ok(buckets_hash(&db))
 }
 
 fn buckets_hash(db: &Database) -> u32 {
@@ -507,7 +508,8 @@ mod tests {
     #[test]
     fn a_snapshot_restores_the_same_state() {
         let state = sample();
-        let restored = import(&snapshot(&state, 42), false).expect("import");
+        let file = snapshot(&state, 42).expect("snapshot");
+        let restored = import(&file, false).expect("import");
         assert_eq!(restored.mvcc.history(), state.mvcc.history());
         assert_eq!(restored.mvcc.revision(), state.mvcc.revision());
         assert_eq!(restored.mvcc.compact_revision(), 3);
@@ -520,7 +522,7 @@ mod tests {
             bincode::serialize(&restored.auth).expect("auth"),
             bincode::serialize(&state.auth).expect("auth")
         );
-        assert_eq!(hash(&restored), hash(&state));
+        assert_eq!(hash(&restored).expect("hash"), hash(&state).expect("hash"));
         assert_eq!(
             hash_kv(&restored.mvcc, restored.mvcc.revision()),
             hash_kv(&state.mvcc, state.mvcc.revision())
@@ -529,7 +531,7 @@ mod tests {
 
     #[test]
     fn a_damaged_or_cut_snapshot_is_refused() {
-        let mut file = snapshot(&sample(), 1);
+        let mut file = snapshot(&sample(), 1).expect("snapshot");
         file[5000] ^= 1;
         assert!(matches!(
             import(&file, false),
