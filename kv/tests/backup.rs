@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::Clients;
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, LeaseGrantOptions, PutOptions, Txn};
 use etcd_client::{GetOptions, TxnOp};
-use shoal_harness::{StoreCluster, StoreKind, binaries};
+use shoal_harness::store::etcdctl;
+use shoal_harness::{StoreCluster, StoreClusterBuilder, StoreKind, binaries};
 
 const LEASE: i64 = 0x1234;
 const REVOKED_LEASE: i64 = 0x99;
@@ -91,7 +92,11 @@ fn save_snapshot(cluster: &StoreCluster, file: &Path) {
 }
 
 async fn start_restored(kind: StoreKind, size: usize, snapshot: &Path) -> StoreCluster {
-    let builder = StoreCluster::builder(kind, size).restore_from(snapshot);
+    start_restored_as(StoreCluster::builder(kind, size), snapshot).await
+}
+
+async fn start_restored_as(builder: StoreClusterBuilder, snapshot: &Path) -> StoreCluster {
+    let builder = builder.restore_from(snapshot);
     tokio::task::spawn_blocking(move || builder.start())
         .await
         .expect("starting the restored cluster")
@@ -325,5 +330,74 @@ async fn hash_kv_agrees_across_members_after_a_restart_and_with_etcd() {
     assert!(
         whole.iter().all(|h| *h == whole[0]),
         "Hash differs: {whole:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_auth_carry_over_from_etcd_to_shoal_and_back() {
+    let etcd = common::start(StoreKind::Etcd, 1).await;
+    let ctl = |cluster: &StoreCluster, args: &[&str]| {
+        cluster
+            .ctl(args)
+            .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e:#}"))
+    };
+    ctl(&etcd, &["user", "add", "root:rootpw"]);
+    ctl(&etcd, &["user", "add", "alice:alicepw"]);
+    ctl(&etcd, &["role", "add", "app"]);
+    ctl(
+        &etcd,
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "/app/",
+            "--prefix",
+        ],
+    );
+    ctl(&etcd, &["user", "grant-role", "alice", "app"]);
+    ctl(&etcd, &["auth", "enable"]);
+    ctl(&etcd, &["--user", "alice:alicepw", "put", "/app/a", "1"]);
+    let snapshot = etcd.dir().join("etcd-auth.db");
+    let path = snapshot.to_string_lossy().into_owned();
+    ctl(&etcd, &["--user", "root:rootpw", "snapshot", "save", &path]);
+
+    let builder = StoreCluster::builder(StoreKind::ShoalKv, 1).user("alice:alicepw");
+    let shoal = start_restored_as(builder, &snapshot).await;
+    let got = ctl(&shoal, &["get", "/app/a"]);
+    assert_eq!(got, "/app/a\n1\n");
+    let refused = shoal.ctl(&["put", "/other", "x"]);
+    assert!(refused.is_err(), "alice may only write /app/");
+    let endpoints = shoal.client_urls();
+    let (ok, _, err) = etcdctl(
+        &endpoints,
+        &["--user", "alice:wrong", "get", "/app/a"],
+        None,
+    );
+    assert!(!ok && err.contains("authentication failed"), "{err}");
+    let (ok, _, err) = etcdctl(&endpoints, &["get", "/app/a"], None);
+    assert!(
+        !ok && err.contains("user name is empty"),
+        "auth stays enabled: {err}"
+    );
+
+    // And back: shoal's snapshot carries them into a new etcd.
+    let back = shoal.dir().join("shoal-auth.db");
+    let path = back.to_string_lossy().into_owned();
+    ctl(
+        &shoal,
+        &["--user", "root:rootpw", "snapshot", "save", &path],
+    );
+    let builder = StoreCluster::builder(StoreKind::Etcd, 1).user("alice:alicepw");
+    let etcd = start_restored_as(builder, &back).await;
+    assert_eq!(ctl(&etcd, &["get", "/app/a"]), "/app/a\n1\n");
+    assert!(
+        etcd.ctl(&["put", "/other", "x"]).is_err(),
+        "alice may only write /app/"
+    );
+    let (ok, _, err) = etcdctl(&etcd.client_urls(), &["get", "/app/a"], None);
+    assert!(
+        !ok && err.contains("user name is empty"),
+        "auth stays enabled: {err}"
     );
 }

@@ -28,7 +28,7 @@ const ALARM: &[u8] = b"alarm";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
-const AUTH_ENABLED: &[u8] = b"enabled";
+const AUTH_ENABLED: &[u8] = b"authEnabled";
 const AUTH_REVISION: &[u8] = b"authRevision";
 const CLUSTER_VERSION: &[u8] = b"clusterVersion";
 /// The cluster version a snapshot declares (the API level shoal serves).

@@ -107,6 +107,7 @@ pub struct StoreClusterBuilder {
     client_port: Option<u16>,
     tls: bool,
     restore_from: Option<PathBuf>,
+    user: Option<String>,
 }
 
 impl StoreClusterBuilder {
@@ -152,6 +153,13 @@ impl StoreClusterBuilder {
         self
     }
 
+    /// The cluster's etcdctl (its readiness checks too) authenticates as `user:password`, for
+    /// a cluster with auth enabled from the start (e.g. restored from such a snapshot).
+    pub fn user(mut self, user_password: &str) -> Self {
+        self.user = Some(user_password.to_string());
+        self
+    }
+
     /// Runs the members inside `ns`, serving clients on `ip` from port 2379 up.
     pub fn in_namespace(mut self, ns: &Namespace, ip: Ipv4Addr) -> Self {
         self.namespace = Some((ns.name().to_string(), ip));
@@ -182,6 +190,7 @@ impl StoreClusterBuilder {
             args: self.args,
             namespace: self.namespace,
             client_port: self.client_port,
+            user: self.user,
         };
         for attempt in 1..=START_ATTEMPTS {
             cluster.specs = cluster.member_specs(self.size, attempt);
@@ -319,6 +328,8 @@ pub struct StoreCluster {
     args: Vec<OsString>,
     namespace: Option<(String, Ipv4Addr)>,
     client_port: Option<u16>,
+    /// `user:password` every etcdctl call authenticates as.
+    user: Option<String>,
 }
 
 impl StoreCluster {
@@ -347,6 +358,7 @@ impl StoreCluster {
             client_port: None,
             tls: false,
             restore_from: None,
+            user: None,
         }
     }
 
@@ -537,6 +549,7 @@ impl StoreCluster {
         cmd.env("ETCDCTL_API", "3")
             .args(["--endpoints", endpoints, "--command-timeout", "5s"])
             .args(self.etcdctl_tls_args())
+            .args(self.user.iter().flat_map(|user| ["--user", user]))
             .args(args)
             .stdin(Stdio::null());
         command::run(&mut cmd)
