@@ -110,7 +110,8 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::HashKvResponse {
             header: self.0.header(current),
             hash: etcd_format::hash_kv(&state.mvcc, rev),
-            compact_revision: state.mvcc.compact_revision().max(0),
+            // etcd answers -1 before the first compaction.
+            compact_revision: state.mvcc.compact_revision(),
             hash_revision: rev,
         }))
     }
