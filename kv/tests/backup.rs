@@ -240,6 +240,36 @@ async fn a_damaged_snapshot_or_a_restore_for_another_cluster_is_refused() {
         assert!(!shoal.dir().join(format!("{name}.restored")).exists());
     }
 
+    // A bare db file (no trailer) restores only with --skip-hash-check; a cut one never.
+    let bare = shoal.dir().join("bare.db");
+    std::fs::write(&bare, &bytes[..bytes.len() - 32]).expect("writing the bare db");
+    let cut = shoal.dir().join("cut.db");
+    let cases = [
+        (&bare, false, Err("no SHA-256 trailer")),
+        (&bare, true, Ok(())),
+        (&cut, true, Err("the file ends before its last page")),
+    ];
+    for (i, (file, skip, expected)) in cases.into_iter().enumerate() {
+        let dir = shoal.dir().join(format!("case-{i}.restored"));
+        let output = std::process::Command::new(binaries::shoal_kv())
+            .args(["snapshot", "restore"])
+            .arg(file)
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(skip.then_some("--skip-hash-check"))
+            .output()
+            .expect("shoal-kv snapshot restore");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match expected {
+            Ok(()) => assert!(output.status.success(), "{}: {stderr}", file.display()),
+            Err(reason) => assert!(
+                !output.status.success() && stderr.contains(reason),
+                "{} (skip {skip}): {stderr}",
+                file.display()
+            ),
+        }
+    }
+
     // A data dir restored for one cluster does not start as a member of another.
     let restored = shoal.dir().join("restored");
     let port = shoal_harness::free_port();
