@@ -60,6 +60,8 @@ fn three_masters_converge_and_survive_one_down() {
     let temp = tempfile::tempdir().expect("tempdir");
     let mut options = AgentOptions::new(binaries::shoal(), temp.path());
     options.agent_ttl = Duration::from_secs(5);
+    // Plain HTTP without auth (secure_cluster.rs runs the secure default).
+    options.secure = false;
     let mut agents = Agents::start(&cluster, options).expect("start agents");
 
     let converged = agents

@@ -73,12 +73,12 @@ impl Scenario {
 
     /// Powers node `index` off (its qemu killed) and stops giving its endpoint to clients.
     pub fn power_off(&mut self, index: usize) {
-        let gone = format!("http://{}:", self.cluster.nodes()[index].address());
+        let gone = format!("://{}:", self.cluster.nodes()[index].address());
         self.cluster.power_off(index);
         self.endpoints = self
             .endpoints
             .split(',')
-            .filter(|endpoint| !endpoint.starts_with(&gone))
+            .filter(|endpoint| !endpoint.contains(&gone))
             .collect::<Vec<_>>()
             .join(",");
     }
@@ -86,7 +86,8 @@ impl Scenario {
     /// `shoal fleetctl --endpoint <live masters> args...` from the host side; its stdout.
     pub fn fleetctl(&self, args: &[&str]) -> Result<String> {
         let mut cmd = self.cluster.host_command(&self.shoal);
-        cmd.args(["fleetctl", "--endpoint", &self.endpoints])
+        cmd.arg("fleetctl")
+            .args(self.access(&self.endpoints).fleetctl_args())
             .args(args);
         output_of(cmd)
     }
@@ -95,9 +96,18 @@ impl Scenario {
     pub fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Result<String> {
         let mut cmd = self.cluster.host_command("etcdctl");
         cmd.env("ETCDCTL_API", "3")
-            .args(["--endpoints", endpoints, "--command-timeout", "5s"])
+            .args(self.access(endpoints).etcdctl_args())
+            .args(["--command-timeout", "5s"])
             .args(args);
         output_of(cmd)
+    }
+
+    /// The cluster's store access (TLS files in a secure cluster) for `endpoints`.
+    fn access(&self, endpoints: &str) -> shoal_vm::StoreAccess {
+        shoal_vm::StoreAccess {
+            endpoint: endpoints.to_string(),
+            ..self.cluster.store_access()
+        }
     }
 
     /// Writes a unit file for `fleetctl start`; returns its path.

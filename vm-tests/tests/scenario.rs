@@ -125,6 +125,8 @@ fn coreos_book_scenario() -> Result<()> {
         nodes: 3,
         masters: 3,
         metadata: book_metadata()?,
+        // The book's units call etcdctl inside the guests without certificates.
+        secure: false,
         ..ClusterSpec::default()
     };
     let mut scenario = Scenario::boot(&spec)?;

@@ -26,6 +26,9 @@ pub struct UpArgs {
     /// Bring the cluster up, check it converged, and tear it down at once (a smoke test).
     #[arg(long)]
     check: bool,
+    /// Plain HTTP and no store auth (the default is TLS everywhere, auth on).
+    #[arg(long)]
+    insecure: bool,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -39,6 +42,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         .build()?;
     let mut options = AgentOptions::new(&shoal, &dir);
     options.masters = args.masters.clamp(1, args.nodes);
+    options.secure = !args.insecure;
     println!(
         "starting {} agents ({} masters) in cluster {}; logs in {}",
         args.nodes,
@@ -57,7 +61,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         })
         .with_context(|| agents.logs())?;
     println!("cluster converged in {converged:.1?}: store quorum, every lease, every machine\n");
-    print_how_to_reach(&cluster, &shoal, &agents.node_dir(0).join("subnet.env"));
+    print_how_to_reach(&cluster, &agents, &shoal);
     if args.check {
         return Ok(());
     }
@@ -76,15 +80,25 @@ fn build_shoal(release: bool) -> Result<PathBuf> {
     Ok(binaries::build("shoal-control", "shoal", profile)?)
 }
 
-fn print_how_to_reach(cluster: &Cluster, shoal: &std::path::Path, subnet_file: &std::path::Path) {
+fn print_how_to_reach(cluster: &Cluster, agents: &Agents, shoal: &std::path::Path) {
     let first = cluster.node(0).ns().name();
+    let subnet_file = agents.node_dir(0).join("subnet.env");
+    let access = agents.access(cluster.node(0));
+    if let Some(pki) = agents.pki_dir() {
+        println!(
+            "TLS and auth on: certificates in {} (clients use root.pem)",
+            pki.display()
+        );
+    }
     println!("every node is a network namespace; for example, from node1:");
     println!(
-        "  ip netns exec {first} {} fleetctl list-machines",
-        shoal.display()
+        "  ip netns exec {first} {} fleetctl {} list-machines",
+        shoal.display(),
+        access.fleetctl_args().join(" ")
     );
     println!(
-        "  ip netns exec {first} env ETCDCTL_API=3 etcdctl --endpoints http://127.0.0.1:2379 member list"
+        "  ip netns exec {first} env ETCDCTL_API=3 etcdctl {} member list",
+        access.etcdctl_args().join(" ")
     );
     println!(
         "  ip netns exec {first} {} run --subnet-file {} -- ip addr show eth0",

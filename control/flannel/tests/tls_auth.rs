@@ -1,4 +1,4 @@
-//! `shoal flannel` against a store that checks who it is: TLS with client certificates
+//! `shoal flannel` against a store that checks who it is (etcd 3.4 and shoal kv alike): TLS with client certificates
 //! (`--client-cert-auth`) and auth enabled, with a user that may write only under the network
 //! prefix. flanneld's `--etcd-cafile/--etcd-certfile/--etcd-keyfile/--etcd-username/
 //! --etcd-password` reach the store client; without the password the store's refusal is the
@@ -37,7 +37,16 @@ fn enable_auth(store: &StoreCluster) {
 }
 
 #[test]
-fn flannel_takes_a_lease_with_tls_and_a_password_and_is_refused_without_it() {
+fn etcd_flannel_takes_a_lease_with_tls_and_a_password_and_is_refused_without_it() {
+    takes_a_lease_with_tls_and_a_password_and_is_refused_without_it(StoreKind::Etcd);
+}
+
+#[test]
+fn shoal_kv_flannel_takes_a_lease_with_tls_and_a_password_and_is_refused_without_it() {
+    takes_a_lease_with_tls_and_a_password_and_is_refused_without_it(StoreKind::ShoalKv);
+}
+
+fn takes_a_lease_with_tls_and_a_password_and_is_refused_without_it(kind: StoreKind) {
     let cluster = Cluster::builder()
         .nodes(1)
         .containers_per_node(0)
@@ -45,7 +54,7 @@ fn flannel_takes_a_lease_with_tls_and_a_password_and_is_refused_without_it() {
         .build()
         .expect("cluster");
     let node = cluster.node(0);
-    let store = common::store(StoreKind::Etcd)
+    let store = common::store(kind)
         .in_namespace(node.ns(), node.underlay_ip())
         .tls()
         .start();

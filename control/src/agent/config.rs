@@ -8,13 +8,14 @@
 //! metadata: { compute: web, rack: rack1 }
 //! public_ip: 10.90.0.11            # underlay address (default: the address of `iface`)
 //! iface: eth0
+//! pki: /etc/shoal/pki              # this node's certificates (`shoal pki cluster`): TLS and auth
 //! store:
 //!   initial_cluster: node1=http://10.90.0.11:2380,node2=http://10.90.0.12:2380,node3=http://10.90.0.13:2380
 //!   heartbeat_interval: 100ms      # etcd's --heartbeat-interval / --election-timeout
 //!   election_timeout: 1s
-//!   # To reach a store that checks clients (an external etcd, or workers of a TLS cluster):
-//!   # tls: { ca_file: /etc/shoal/pki/ca.pem, cert_file: /etc/shoal/pki/root.pem, key_file: /etc/shoal/pki/root-key.pem }
-//!   # auth: { username: root, password: secret }
+//!   # Without pki, to reach an external store that checks clients:
+//!   # tls: { ca_file: /etc/etcd/ca.pem, cert_file: /etc/etcd/client.pem, key_file: /etc/etcd/client-key.pem }
+//!   # auth: { username: shoal, password: secret }
 //! network:
 //!   config: { Network: 10.244.0.0/16, Backend: { Type: vxlan } }
 //! fleet:
@@ -75,6 +76,12 @@ pub struct AgentConfig {
     /// Where the store, IPAM and fleet keep their state.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// This node's certificate directory (`shoal pki cluster`'s `DIR/NODE`). With it the
+    /// cluster is secure: masters serve the store over TLS on client and peer ports with
+    /// client certificates required, each component connects as its own store user (flannel
+    /// as `flannel`, fleet as `fleet`, the agent as `root`), and the first master turns on
+    /// the store's auth with those users.
+    pub pki: Option<PathBuf>,
     #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
@@ -374,6 +381,9 @@ impl AgentConfig {
             ));
         }
         validate_store_identity(store)?;
+        if self.pki.is_some() {
+            validate_secure_store(store)?;
+        }
         if store.external || self.role == Role::Worker {
             if store.endpoints.is_empty() {
                 return Err((
@@ -434,6 +444,38 @@ fn validate_store_identity(store: &StoreConfig) -> Result<(), (&'static str, Str
         .is_some_and(|auth| auth.username.is_empty())
     {
         return Err(("store.auth.username", "must not be empty".into()));
+    }
+    Ok(())
+}
+
+/// With `pki` every component has its own certificate and every URL is `https://`.
+fn validate_secure_store(store: &StoreConfig) -> Result<(), (&'static str, String)> {
+    if store.tls.is_some() || store.auth.is_some() {
+        return Err((
+            "pki",
+            "gives every component its own certificate: leave out store.tls and store.auth".into(),
+        ));
+    }
+    let plain = |url: &str| url.trim().starts_with("http://");
+    if let Some(cluster) = &store.initial_cluster
+        && let Ok(members) = parse_initial_cluster(cluster)
+        && let Some((name, url)) = members.iter().find(|(_, url)| plain(url))
+    {
+        return Err((
+            "store.initial_cluster",
+            format!("with pki the peer URL of `{name}` must be https://, not `{url}`"),
+        ));
+    }
+    if let Some(url) = store
+        .join
+        .iter()
+        .chain(&store.endpoints)
+        .find(|url| plain(url))
+    {
+        return Err((
+            "store",
+            format!("with pki every client URL must be https://, not `{url}`"),
+        ));
     }
     Ok(())
 }
@@ -559,6 +601,24 @@ mod tests {
             error_of("name: n1\nstore:\n  auth: { username: root }\n").0,
             "store.auth"
         );
+    }
+
+    #[test]
+    fn with_pki_every_url_is_https_and_identities_come_from_it() {
+        let config = AgentConfig::parse(
+            "name: n1\npki: /etc/shoal/pki\nstore:\n  initial_cluster: n1=https://10.0.0.1:2380\n",
+        )
+        .expect("valid");
+        assert_eq!(config.pki.as_deref(), Some(Path::new("/etc/shoal/pki")));
+        let (field, message) =
+            error_of("name: n1\npki: /p\nstore:\n  initial_cluster: n1=http://10.0.0.1:2380\n");
+        assert_eq!(field, "store.initial_cluster");
+        assert!(message.contains("https://"), "{message}");
+        let worker =
+            "name: w1\nrole: worker\npki: /p\nstore:\n  endpoints: [http://10.0.0.1:2379]\n";
+        assert_eq!(error_of(worker).0, "store");
+        let both = "name: n1\npki: /p\nstore:\n  auth: { username: a, password: b }\n";
+        assert_eq!(error_of(both).0, "pki");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! the node runs ([`plan`]), then runs together: a store member (masters) or nothing (workers
 //! use the masters), the overlay control plane and dataplane, fleet's agent and engine
 //! candidate, and the health endpoint ([`health`], [`readiness`]).
+//! With a `pki` directory the store speaks TLS, each component is its own store user, and the
+//! first master sets up the users and turns on auth ([`store_users`]).
 //!
 //! Shutdown (SIGINT, SIGTERM) stops the components; the overlay leaves its routes, lease and
 //! pinned dataplane in place so running containers keep their network.
@@ -10,6 +12,7 @@ pub mod dataplane_metrics;
 pub mod health;
 pub mod plan;
 pub mod readiness;
+pub mod store_users;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -86,6 +89,12 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
             write_network_config_once(store, key, json),
         ));
     }
+    if let Some(users) = plan.store_users.clone() {
+        tasks.spawn(named(
+            "store-users",
+            store_users::set_up_once(plan.store.clone(), users),
+        ));
+    }
     if let Some(overlay) = plan.overlay.clone() {
         let stop = shutdown.clone();
         tasks.spawn(named(
@@ -133,7 +142,7 @@ async fn supervise(
             () = shutdown.cancelled() => return Ok(()),
             joined = tasks.join_next() => match joined {
                 None => return Ok(()),
-                Some(Ok(("network-config", Ok(())))) => continue,
+                Some(Ok(("network-config" | "store-users", Ok(())))) => continue,
                 Some(Ok((name, Ok(())))) if shutdown.is_cancelled() => tracing::debug!(name, "stopped"),
                 Some(Ok((name, Ok(())))) => anyhow::bail!("{name} stopped unexpectedly"),
                 Some(Ok((name, Err(err)))) => return Err(err.context(format!("{name} failed"))),

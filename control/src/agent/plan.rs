@@ -23,6 +23,19 @@ pub struct Plan {
     /// flannel's network config to write to `<prefix>/config` if absent.
     pub network_config: Option<(String, String)>,
     pub fleet: Option<shoal_scheduler::config::FleetConfig>,
+    /// The store users this node creates before turning on auth (the first master of a
+    /// cluster with `pki`).
+    pub store_users: Option<StoreUsers>,
+}
+
+/// A secure cluster's store users and roles (etcd auth): `root` for people and the agent,
+/// `flannel` may write only under the network prefix, `fleet` only under fleet's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreUsers {
+    /// The network prefix with its trailing `/`, as a prefix range.
+    pub network_prefix: String,
+    /// fleet's key prefix with its trailing `/`, as a prefix range.
+    pub fleet_prefix: String,
 }
 
 #[derive(Debug, Clone)]
@@ -36,18 +49,24 @@ impl Plan {
     pub fn for_node(config: &AgentConfig) -> Result<Self> {
         let member = member_plan(config)?;
         let endpoints = endpoints(config, member.as_ref());
-        let identity = StoreIdentity::of(config);
         Ok(Self {
-            overlay: config
-                .network
-                .enabled
-                .then(|| overlay_config(config, &endpoints, &identity)),
+            overlay: config.network.enabled.then(|| {
+                overlay_config(
+                    config,
+                    &endpoints,
+                    &StoreIdentity::of(config, shoal_pki::FLANNEL),
+                )
+            }),
             network_config: network_config(config),
-            fleet: config
-                .fleet
-                .enabled
-                .then(|| fleet_config(config, &endpoints, &identity)),
-            store: identity.store_config(endpoints),
+            fleet: config.fleet.enabled.then(|| {
+                fleet_config(
+                    config,
+                    &endpoints,
+                    &StoreIdentity::of(config, shoal_pki::FLEET),
+                )
+            }),
+            store_users: store_users(config, member.as_ref()),
+            store: StoreIdentity::of(config, shoal_pki::ROOT).store_config(endpoints),
             member,
         })
     }
@@ -61,8 +80,20 @@ pub struct StoreIdentity {
 }
 
 impl StoreIdentity {
-    /// The identity `store.tls` and `store.auth` give every component.
-    fn of(config: &AgentConfig) -> Self {
+    /// The identity of the component that is store user `user`: its own client certificate
+    /// with `pki`, else what `store.tls` and `store.auth` give every component.
+    fn of(config: &AgentConfig, user: &str) -> Self {
+        if let Some(pki) = &config.pki {
+            let file = |name: String| Some(pki.join(name));
+            return Self {
+                tls: TlsFiles::given(
+                    file(shoal_pki::CA_CERT.to_string()),
+                    file(format!("{user}.pem")),
+                    file(format!("{user}-key.pem")),
+                ),
+                credentials: None,
+            };
+        }
         let tls = config.store.tls.as_ref().and_then(|tls| {
             TlsFiles::given(
                 tls.ca_file.clone(),
@@ -91,6 +122,11 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
         return Ok(None);
     }
     let store = &config.store;
+    let scheme = if config.pki.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let host = config
         .public_ip
         .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string());
@@ -109,7 +145,7 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
             (cluster, own)
         }
         None => {
-            let own = format!("http://{host}:{PEER_PORT}");
+            let own = format!("{scheme}://{host}:{PEER_PORT}");
             (vec![(config.name.clone(), vec![own.clone()])], own)
         }
     };
@@ -126,10 +162,10 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
         name: config.name.clone(),
         data_dir: config.data_dir.join("kv"),
         listen_client_urls: split(store.listen_client_urls.as_deref())
-            .unwrap_or_else(|| vec![format!("http://{any}:{CLIENT_PORT}")]),
-        advertise_client_urls: vec![format!("http://{client_host}:{CLIENT_PORT}")],
+            .unwrap_or_else(|| vec![format!("{scheme}://{any}:{CLIENT_PORT}")]),
+        advertise_client_urls: vec![format!("{scheme}://{client_host}:{CLIENT_PORT}")],
         listen_peer_urls: split(store.listen_peer_urls.as_deref())
-            .unwrap_or_else(|| vec![format!("http://{any}:{peer_port}")]),
+            .unwrap_or_else(|| vec![format!("{scheme}://{any}:{peer_port}")]),
         initial_advertise_peer_urls: vec![own_peer],
         initial_cluster,
         initial_cluster_state: match store.initial_cluster_state {
@@ -140,14 +176,41 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
         heartbeat_interval: store.heartbeat_interval,
         election_timeout: store.election_timeout,
         snapshot_count: 10_000,
-        client_tls: None,
-        peer_tls: None,
+        client_tls: member_tls(config, shoal_pki::SERVER),
+        peer_tls: member_tls(config, shoal_pki::PEER),
         auth_token_ttl: shoal_kv::storage::tokens::DEFAULT_TTL,
     };
     Ok(Some(MemberPlan {
         config: kv,
         join: store.join.clone(),
     }))
+}
+
+/// With `pki`, the member's certificate `name` (server or peer) from it, client certificates
+/// required and checked against the cluster's CA.
+fn member_tls(config: &AgentConfig, name: &str) -> Option<shoal_kv::tls::TlsFiles> {
+    let pki = config.pki.as_ref()?;
+    Some(shoal_kv::tls::TlsFiles {
+        cert_file: pki.join(format!("{name}.pem")),
+        key_file: pki.join(format!("{name}-key.pem")),
+        trusted_ca_file: Some(pki.join(shoal_pki::CA_CERT)),
+        client_cert_auth: true,
+    })
+}
+
+/// The first master of a cluster with `pki` (the first of `initial_cluster`, or a lone
+/// master) sets up the store's users; members that join find them in place.
+fn store_users(config: &AgentConfig, member: Option<&MemberPlan>) -> Option<StoreUsers> {
+    config.pki.as_ref()?;
+    let member = member?;
+    if member.join.is_some() || member.config.initial_cluster.first()?.0 != config.name {
+        return None;
+    }
+    let with_slash = |prefix: &str| format!("{}/", prefix.trim_end_matches('/'));
+    Some(StoreUsers {
+        network_prefix: with_slash(&config.network.prefix),
+        fleet_prefix: with_slash(&config.fleet.key_prefix),
+    })
 }
 
 /// Client URLs: explicit ones win; a master's components use its own member only (any member
@@ -243,6 +306,8 @@ pub fn agent_state_dir(config: &AgentConfig) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn plan(yaml: &str) -> Plan {
@@ -326,6 +391,43 @@ mod tests {
         assert_eq!(
             plan.store.parsed_endpoints().expect("valid")[0].url(),
             "https://10.90.0.11:2379"
+        );
+    }
+
+    #[test]
+    fn with_pki_the_store_serves_tls_and_each_component_is_its_own_user() {
+        let yaml = "name: node1\npublic_ip: 10.90.0.11\npki: /etc/shoal/pki\nstore:\n  initial_cluster: node1=https://10.90.0.11:2380,node2=https://10.90.0.12:2380\n";
+        let second = plan(&yaml.replace("name: node1", "name: node2"));
+        assert_eq!(
+            second.store_users, None,
+            "only the first master sets up users"
+        );
+        let plan = plan(yaml);
+        let member = plan.member.expect("member").config;
+        assert_eq!(member.listen_client_urls, ["https://0.0.0.0:2379"]);
+        assert_eq!(member.advertise_client_urls, ["https://10.90.0.11:2379"]);
+        assert_eq!(member.listen_peer_urls, ["https://0.0.0.0:2380"]);
+        let client_tls = member.client_tls.expect("client TLS");
+        assert_eq!(client_tls.cert_file, Path::new("/etc/shoal/pki/server.pem"));
+        assert!(client_tls.client_cert_auth);
+        let peer_tls = member.peer_tls.expect("peer TLS");
+        assert_eq!(peer_tls.key_file, Path::new("/etc/shoal/pki/peer-key.pem"));
+        let cert_of = |tls: Option<&TlsFiles>| tls.and_then(|tls| tls.cert.clone());
+        assert_eq!(
+            cert_of(plan.store.tls.as_ref()),
+            Some("/etc/shoal/pki/root.pem".into())
+        );
+        let overlay = plan.overlay.expect("overlay").store;
+        assert_eq!(overlay.certfile, Some("/etc/shoal/pki/flannel.pem".into()));
+        assert_eq!(overlay.cafile, Some("/etc/shoal/pki/ca.pem".into()));
+        let fleet = plan.fleet.expect("fleet");
+        assert_eq!(fleet.etcd_certfile, Some("/etc/shoal/pki/fleet.pem".into()));
+        assert_eq!(
+            plan.store_users,
+            Some(StoreUsers {
+                network_prefix: "/coreos.com/network/".into(),
+                fleet_prefix: "/_coreos.com/fleet/".into(),
+            })
         );
     }
 

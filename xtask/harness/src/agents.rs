@@ -1,7 +1,10 @@
 //! `shoal agent` on every node of a [`Cluster`]: the platform on one machine. Used by
 //! `cargo xtask up` and by the end-to-end tests in `control/tests`, so both run the same
 //! layout: every node a master of the store (up to three; the rest are workers), metadata
-//! `compute=web|db`, `rack=rackN`, the overlay on VXLAN over `eth0`.
+//! `compute=web|db`, `rack=rackN`, the overlay on VXLAN over `eth0`. Secure by default: a PKI
+//! from `shoal pki cluster`'s logic in `<dir>/pki`, each node's agent given its own directory
+//! (TLS on every store port, client certificates, auth with the `root`, `flannel` and `fleet`
+//! users).
 use std::{
     fs::File,
     path::{Path, PathBuf},
@@ -31,6 +34,9 @@ pub struct AgentOptions {
     pub agent_ttl: Duration,
     /// `SHOAL_LOG` for the agents.
     pub log_filter: String,
+    /// TLS and auth from a cluster PKI (`pki` in every agent's YAML); `false` for plain HTTP
+    /// and no auth.
+    pub secure: bool,
 }
 
 impl AgentOptions {
@@ -41,6 +47,7 @@ impl AgentOptions {
             masters: 3,
             agent_ttl: Duration::from_secs(30),
             log_filter: "info,openraft=warn,netlink_packet_route=error".into(),
+            secure: true,
         }
     }
 }
@@ -65,6 +72,19 @@ impl Agents {
             options,
             bpffs: Some(bpffs),
         };
+        if let Some(pki) = agents.pki_dir() {
+            let nodes: Vec<shoal_pki::ClusterNode> = cluster
+                .nodes()
+                .iter()
+                .map(|node| shoal_pki::ClusterNode {
+                    name: node_name(node),
+                    ip: node.underlay_ip().into(),
+                })
+                .collect();
+            shoal_pki::issue_cluster(&pki, &nodes).map_err(|err| {
+                Error::Layout(format!("issuing the cluster's certificates: {err}"))
+            })?;
+        }
         for node in cluster.nodes() {
             let child = agents.spawn(cluster, node)?;
             agents.children.push(Some(child));
@@ -77,21 +97,53 @@ impl Agents {
         self.options.dir.join(format!("node{}", index + 1))
     }
 
+    /// The cluster's PKI directory (`shoal pki cluster`'s layout), if it is secure.
+    pub fn pki_dir(&self) -> Option<PathBuf> {
+        self.options.secure.then(|| self.options.dir.join("pki"))
+    }
+
+    /// How a person reaches the store: `https://` with the CA and the `root` client
+    /// certificate in a secure cluster, else `http://`.
+    pub fn access(&self, node: &Node) -> StoreAccess {
+        match self.pki_dir() {
+            Some(pki) => StoreAccess {
+                endpoint: format!("https://{}:{CLIENT_PORT}", node.underlay_ip()),
+                ca: Some(pki.join(shoal_pki::CA_CERT)),
+                certificate: Some(pki.join(format!("{}.pem", shoal_pki::ROOT))),
+                key: Some(pki.join(format!("{}-key.pem", shoal_pki::ROOT))),
+            },
+            None => StoreAccess {
+                endpoint: format!("http://{}:{CLIENT_PORT}", node.underlay_ip()),
+                ca: None,
+                certificate: None,
+                key: None,
+            },
+        }
+    }
+
     /// The YAML config of node `node` in `cluster`.
     pub fn config_for(&self, cluster: &Cluster, node: &Node) -> String {
         let dir = self.node_dir(node.index());
         let masters: Vec<&Node> = cluster.nodes().iter().take(self.options.masters).collect();
         let is_master = node.index() < self.options.masters;
+        let scheme = if self.options.secure { "https" } else { "http" };
+        let pki = match self.pki_dir() {
+            Some(pki) => format!(
+                "pki: {}\n",
+                shoal_pki::node_dir(&pki, &node_name(node)).display()
+            ),
+            None => String::new(),
+        };
         let store = if is_master {
             let initial: Vec<String> = masters
                 .iter()
-                .map(|m| format!("node{}=http://{}:2380", m.index() + 1, m.underlay_ip()))
+                .map(|m| format!("{}={scheme}://{}:2380", node_name(m), m.underlay_ip()))
                 .collect();
             format!("store:\n  initial_cluster: {}\n", initial.join(","))
         } else {
             let endpoints: Vec<String> = masters
                 .iter()
-                .map(|m| format!("http://{}:{CLIENT_PORT}", m.underlay_ip()))
+                .map(|m| format!("{scheme}://{}:{CLIENT_PORT}", m.underlay_ip()))
                 .collect();
             format!(
                 "role: worker\nstore:\n  endpoints: [{}]\n",
@@ -107,6 +159,7 @@ impl Agents {
              public_ip: {ip}\n\
              iface: eth0\n\
              data_dir: {dir}/data\n\
+             {pki}\
              {store}\
              network:\n  subnet_file: {dir}/subnet.env\n  bpf_pin_root: {pins}\n  \
              config: {{ Network: {OVERLAY_NETWORK}, Backend: {{ Type: vxlan }} }}\n\
@@ -241,6 +294,45 @@ impl Drop for Agents {
             reap_by(child, deadline);
         }
         self.bpffs.take();
+    }
+}
+
+/// The agent name of `node`: `node1`, `node2`, ...
+fn node_name(node: &Node) -> String {
+    format!("node{}", node.index() + 1)
+}
+
+/// Where and how to reach a cluster's store from a node (etcdctl's and fleetctl's flags).
+#[derive(Debug, Clone)]
+pub struct StoreAccess {
+    pub endpoint: String,
+    pub ca: Option<PathBuf>,
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl StoreAccess {
+    /// etcdctl's `--endpoints`, `--cacert`, `--cert`, `--key`.
+    pub fn etcdctl_args(&self) -> Vec<String> {
+        self.args(["--endpoints", "--cacert", "--cert", "--key"])
+    }
+
+    /// fleetctl's `--endpoint`, `--ca-file`, `--cert-file`, `--key-file`.
+    pub fn fleetctl_args(&self) -> Vec<String> {
+        self.args(["--endpoint", "--ca-file", "--cert-file", "--key-file"])
+    }
+
+    fn args(&self, flags: [&str; 4]) -> Vec<String> {
+        let mut args = vec![flags[0].to_string(), self.endpoint.clone()];
+        for (flag, path) in flags[1..]
+            .iter()
+            .zip([&self.ca, &self.certificate, &self.key])
+        {
+            if let Some(path) = path {
+                args.extend([flag.to_string(), path.display().to_string()]);
+            }
+        }
+        args
     }
 }
 

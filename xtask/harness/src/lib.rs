@@ -30,7 +30,7 @@ mod process;
 pub mod store;
 mod wait;
 
-pub use agents::{AgentOptions, Agents};
+pub use agents::{AgentOptions, Agents, StoreAccess};
 pub use cluster::{Cluster, ClusterBuilder, Container, Node};
 pub use netns::{Namespace, sweep};
 pub use ns_worker::NsWorker;

@@ -56,6 +56,9 @@ struct UpArgs {
     /// Boot, wait for convergence, print the timings and tear down (exit status: converged).
     #[arg(long)]
     check: bool,
+    /// Plain HTTP and no store auth (the default is TLS everywhere, auth on).
+    #[arg(long)]
+    insecure: bool,
     /// Run the debug build of shoal in the guests (no release build needed, but about five
     /// times the CPU under TCG: slower to converge).
     #[arg(long)]
@@ -96,6 +99,7 @@ fn up(args: UpArgs) -> Result<()> {
         } else {
             build::Profile::Release
         },
+        secure: !args.insecure,
         ..ClusterSpec::default()
     };
     let started = Instant::now();
@@ -135,13 +139,17 @@ fn print_progress(step: Progress) {
 
 fn print_access(cluster: &VmCluster) {
     let ns = cluster.namespace_name();
-    let endpoints = cluster.store_endpoints();
+    let access = cluster.store_access();
     let shoal = cluster.dir().join("share/shoal");
     println!("cluster {} is booted; from this host:", cluster.id());
-    println!("  ip netns exec {ns} etcdctl --endpoints {endpoints} endpoint status -w table");
     println!(
-        "  ip netns exec {ns} {} fleetctl --endpoint {endpoints} list-machines",
-        shoal.display()
+        "  ip netns exec {ns} env ETCDCTL_API=3 etcdctl {} endpoint status -w table",
+        access.etcdctl_args().join(" ")
+    );
+    println!(
+        "  ip netns exec {ns} {} fleetctl {} list-machines",
+        shoal.display(),
+        access.fleetctl_args().join(" ")
     );
     for node in cluster.nodes() {
         println!(

@@ -32,7 +32,11 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro shoal /mnt/sho
 fi
 mark "version: $(/mnt/shoal/shoal version | head -1)"
 mark "installing: shoal install --config /mnt/shoal/nodes/$NODE/agent.yaml at $(uptime_s)s"
-if /mnt/shoal/shoal install --config "/mnt/shoal/nodes/$NODE/agent.yaml" \
+# A secure cluster's certificates go in with the config (/etc/shoal/pki, keys 0600).
+pki=""
+[ -d "/mnt/shoal/nodes/$NODE/pki" ] && pki="--pki /mnt/shoal/nodes/$NODE/pki"
+# shellcheck disable=SC2086 # $pki is empty or two words
+if /mnt/shoal/shoal install --config "/mnt/shoal/nodes/$NODE/agent.yaml" $pki \
     > /run/shoal-install.log 2>&1; then
     mark "agent starting at $(uptime_s)s (shoal.service $(systemctl is-active shoal.service))"
 else

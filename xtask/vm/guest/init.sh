@@ -82,6 +82,12 @@ if [ -d /mnt/shoal/sysroot ]; then
 fi
 ln -s /mnt/shoal/shoal /bin/fleetctl
 cp "/mnt/shoal/nodes/$NODE/agent.yaml" /etc/shoal/agent.yaml
+# A secure cluster's certificates for this node: keys owner-only.
+if [ -d "/mnt/shoal/nodes/$NODE/pki" ]; then
+    mkdir -p -m 700 /etc/shoal/pki
+    cp "/mnt/shoal/nodes/$NODE/pki/"*.pem /etc/shoal/pki/
+    chmod 600 /etc/shoal/pki/*-key.pem
+fi
 nc -ll -p 7022 -e /bin/shoal-exec &
 mark "exec server on :7022"
 shoal version 2>&1 | while read -r line; do mark "version: $line"; done

@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use shoal_harness::Namespace;
+use shoal_harness::{Namespace, StoreAccess};
 
 use crate::{
     Error, IoContext, Result, accel, build,
@@ -46,6 +46,9 @@ pub struct ClusterSpec {
     pub profile: build::Profile,
     /// A ready shoal binary to share in instead (static or dynamic).
     pub binary: Option<PathBuf>,
+    /// TLS on every store port and auth, from a cluster PKI made for this cluster (each
+    /// guest gets its node's certificates as /etc/shoal/pki); `false` for plain HTTP.
+    pub secure: bool,
 }
 
 impl Default for ClusterSpec {
@@ -59,6 +62,7 @@ impl Default for ClusterSpec {
             boot_timeout: Duration::from_secs(90),
             profile: build::Profile::Release,
             binary: None,
+            secure: true,
         }
     }
 }
@@ -384,7 +388,8 @@ impl VmCluster {
         let mut listing = String::new();
         while Instant::now() < deadline {
             let mut cmd = self.host_command(self.dir.join("share").join("shoal"));
-            cmd.args(["fleetctl", "--endpoint", &self.store_endpoints()])
+            cmd.arg("fleetctl")
+                .args(self.store_access().fleetctl_args())
                 .args(["list-machines", "--no-legend", "--full"]);
             listing = crate::run(&mut cmd).unwrap_or_else(|err| err.to_string());
             let listed = |ip: &String| listing.split_whitespace().any(|word| word == ip);
@@ -468,6 +473,20 @@ impl VmCluster {
             .map(|n| n.layout.client_url())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// How a person on the host reaches the store: the masters' endpoints and, in a secure
+    /// cluster, the CA and the `root` client certificate.
+    pub fn store_access(&self) -> StoreAccess {
+        let pki = self.dir.join(PKI_DIR);
+        let secure = self.nodes.iter().any(|node| node.layout.secure);
+        let file = |name: String| secure.then(|| pki.join(name));
+        StoreAccess {
+            endpoint: self.store_endpoints(),
+            ca: file(shoal_pki::CA_CERT.to_string()),
+            certificate: file(format!("{}.pem", shoal_pki::ROOT)),
+            key: file(format!("{}-key.pem", shoal_pki::ROOT)),
+        }
     }
 
     /// Milestones of every node's boot (marker text and time after its qemu started).
@@ -592,6 +611,7 @@ fn layouts(spec: &ClusterSpec, id: u32) -> Result<Vec<NodeLayout>> {
                     Role::Worker
                 },
                 metadata,
+                secure: spec.secure,
             })
         })
         .collect()
@@ -639,6 +659,11 @@ fn claim_cluster_dir(cache: &Path) -> Result<(u32, PathBuf)> {
 /// The 9p share: the binary (with its shared libraries under `sysroot/` if it is dynamically
 /// linked) and one directory per node holding its `agent.yaml`.
 fn prepare_share(dir: &Path, binary: &Path, layouts: &[NodeLayout]) -> Result<PathBuf> {
+    let pki = layouts
+        .iter()
+        .any(|layout| layout.secure)
+        .then(|| issue_pki(dir, layouts))
+        .transpose()?;
     let share = dir.join("share");
     let shared_binary = share.join("shoal");
     fs::create_dir_all(&share).context(|| format!("creating {}", share.display()))?;
@@ -659,9 +684,49 @@ fn prepare_share(dir: &Path, binary: &Path, layouts: &[NodeLayout]) -> Result<Pa
         let yaml = config::agent_yaml(layout, layouts)?;
         let path = node_dir.join("agent.yaml");
         fs::write(&path, yaml).context(|| format!("writing {}", path.display()))?;
+        if let Some(pki) = &pki {
+            share_node_pki(
+                &shoal_pki::node_dir(pki, &layout.name),
+                &node_dir.join("pki"),
+            )?;
+        }
     }
     Ok(share)
 }
+
+/// The cluster's PKI (`shoal pki cluster`'s layout) in `<dir>/pki`, outside the share: the
+/// CA key never reaches a guest.
+fn issue_pki(dir: &Path, layouts: &[NodeLayout]) -> Result<PathBuf> {
+    let pki = dir.join(PKI_DIR);
+    let nodes: Vec<shoal_pki::ClusterNode> = layouts
+        .iter()
+        .map(|layout| shoal_pki::ClusterNode {
+            name: layout.name.clone(),
+            ip: layout.address.into(),
+        })
+        .collect();
+    shoal_pki::issue_cluster(&pki, &nodes)
+        .map_err(|err| Error::Invalid(format!("issuing the cluster's certificates: {err}")))?;
+    Ok(pki)
+}
+
+/// Copies a node's certificates into its share directory (the guest installs them 0600).
+fn share_node_pki(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).context(|| format!("creating {}", to.display()))?;
+    for entry in fs::read_dir(from).context(|| format!("reading {}", from.display()))? {
+        let path = entry
+            .context(|| format!("reading {}", from.display()))?
+            .path();
+        if let Some(name) = path.file_name() {
+            let target = to.join(name);
+            fs::copy(&path, &target).context(|| format!("copying to {}", target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The cluster PKI's directory below a cluster's directory.
+const PKI_DIR: &str = "pki";
 
 /// Where the consoles of cluster `id` are kept once it is gone (those of the run before in
 /// `<dir>.previous`).
@@ -907,6 +972,6 @@ mod tests {
             .filter(|n| n.role == Role::Master)
             .map(NodeLayout::client_url)
             .collect();
-        assert_eq!(masters, ["http://10.97.0.11:2379"]);
+        assert_eq!(masters, ["https://10.97.0.11:2379"], "secure by default");
     }
 }

@@ -30,15 +30,24 @@ pub struct NodeLayout {
     pub address: Ipv4Addr,
     pub role: Role,
     pub metadata: BTreeMap<String, String>,
+    /// TLS and auth, with the node's certificates in [`GUEST_PKI`].
+    pub secure: bool,
 }
 
+/// Where a guest keeps its node's certificates (what its agent's `pki` names).
+pub const GUEST_PKI: &str = "/etc/shoal/pki";
+
 impl NodeLayout {
+    fn scheme(&self) -> &'static str {
+        if self.secure { "https" } else { "http" }
+    }
+
     pub fn client_url(&self) -> String {
-        format!("http://{}:{STORE_CLIENT_PORT}", self.address)
+        format!("{}://{}:{STORE_CLIENT_PORT}", self.scheme(), self.address)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{STORE_PEER_PORT}", self.address)
+        format!("{}://{}:{STORE_PEER_PORT}", self.scheme(), self.address)
     }
 }
 
@@ -52,6 +61,8 @@ struct AgentConfig<'a> {
     public_ip: Ipv4Addr,
     iface: &'static str,
     data_dir: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pki: Option<&'static str>,
     store: StoreSection,
     network: NetworkSection,
     fleet: FleetSection,
@@ -128,6 +139,7 @@ pub fn agent_yaml(node: &NodeLayout, nodes: &[NodeLayout]) -> Result<String> {
         public_ip: node.address,
         iface: "eth0",
         data_dir: "/var/lib/shoal",
+        pki: node.secure.then_some(GUEST_PKI),
         store: StoreSection {
             initial_cluster: is_master.then(|| {
                 masters
@@ -190,6 +202,7 @@ mod tests {
             address: Ipv4Addr::new(10, 97, 0, 10 + index),
             role,
             metadata: parse_metadata(&format!("compute=web,rack=rack{index}")).expect("valid"),
+            secure: false,
         }
     }
 
@@ -215,6 +228,21 @@ mod tests {
         );
         assert_eq!(master["network"]["config"]["Backend"]["Type"], "vxlan");
         assert_eq!(master["health"]["listen"], "0.0.0.0:9901");
+    }
+
+    #[test]
+    fn a_secure_cluster_names_its_pki_and_speaks_https() {
+        let mut master = node(1, Role::Master);
+        master.secure = true;
+        let nodes = [master];
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(&agent_yaml(&nodes[0], &nodes).expect("yaml")).expect("parse");
+        assert_eq!(yaml["pki"], GUEST_PKI);
+        assert_eq!(
+            yaml["store"]["initial_cluster"],
+            "n1=https://10.97.0.11:2380"
+        );
+        assert_eq!(yaml["store"]["endpoints"][0], "https://10.97.0.11:2379");
     }
 
     #[test]

@@ -41,6 +41,7 @@ use std::{
 };
 
 pub use cluster::{ClusterSpec, GuestImage, Progress, VmCluster};
+pub use shoal_harness::StoreAccess;
 
 /// Errors of the VM tooling; each names the command, file or guest involved.
 #[derive(Debug, thiserror::Error)]
