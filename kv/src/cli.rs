@@ -3,14 +3,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
+
+use crate::backup::restore::SnapshotCommand;
 
 use crate::member::{ClusterState, Config, Member};
 use crate::tls::TlsFiles;
 
 /// Run one member of shoal's embedded etcd-compatible store.
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct KvArgs {
+    #[command(subcommand)]
+    pub command: Option<KvCommand>,
     /// Human-readable name of this member.
     #[arg(long, default_value = "default")]
     pub name: String,
@@ -79,6 +84,14 @@ pub struct KvArgs {
     /// Time (in seconds) a simple auth token lives without being used.
     #[arg(long, default_value_t = 300)]
     pub auth_token_ttl: u64,
+}
+
+/// What `shoal kv` does besides running a member.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KvCommand {
+    /// Snapshot files in etcd's format: restore a data dir from one, or inspect it.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
 /// The certificate flags of one side (`""` or `"peer-"`), checked as etcd checks them.
@@ -155,7 +168,33 @@ fn parse_initial_cluster(spec: &str) -> anyhow::Result<Vec<(String, Vec<String>)
     Ok(cluster)
 }
 
+/// `shoal kv`'s flags parsed on their own (for a restore, which takes some of them).
+#[derive(Parser)]
+struct MemberFlags {
+    #[command(flatten)]
+    args: KvArgs,
+}
+
 impl KvArgs {
+    /// A member's flags with what a restore names and the defaults for the rest.
+    pub fn for_restore(
+        name: &str,
+        data_dir: Option<PathBuf>,
+        initial_cluster: Option<String>,
+        initial_cluster_token: &str,
+        initial_advertise_peer_urls: &str,
+    ) -> anyhow::Result<KvArgs> {
+        let mut flags = vec![
+            "shoal-kv".to_string(),
+            format!("--name={name}"),
+            format!("--initial-cluster-token={initial_cluster_token}"),
+            format!("--initial-advertise-peer-urls={initial_advertise_peer_urls}"),
+        ];
+        flags.extend(data_dir.map(|d| format!("--data-dir={}", d.display())));
+        flags.extend(initial_cluster.map(|c| format!("--initial-cluster={c}")));
+        Ok(MemberFlags::try_parse_from(flags)?.args)
+    }
+
     /// Resolves the flags into a member configuration, checking them as etcd does.
     pub fn config(&self) -> anyhow::Result<Config> {
         let peer_urls = split_urls(&self.initial_advertise_peer_urls);
@@ -249,6 +288,9 @@ fn check_auth_token(spec: &str) -> anyhow::Result<()> {
 
 /// Runs a store member until it is asked to stop (SIGINT or SIGTERM).
 pub async fn run(args: KvArgs) -> anyhow::Result<()> {
+    if let Some(KvCommand::Snapshot(command)) = args.command {
+        return crate::backup::restore::run(command);
+    }
     let config = args.config()?;
     let data_dir = config.data_dir.display().to_string();
     let running = Member::start(config)

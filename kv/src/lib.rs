@@ -7,6 +7,7 @@
 //! accepts for both servers, with [`tls`] on `https://` URLs.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod error;
 pub mod listen;

@@ -1,5 +1,6 @@
-//! etcd's Maintenance service: status, hashes, alarms, defragment (nothing to do) and the
-//! snapshot stream. With auth on, hashes, defragment and snapshots need root, as in etcd.
+//! etcd's Maintenance service: status, hashes (etcd's, [`etcd_format`]), alarms, defragment
+//! (nothing to do) and the snapshot stream in etcd's format. With auth on, hashes, defragment
+//! and snapshots need root, as in etcd.
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -7,6 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::access::check_maintenance_admin;
+use crate::backup::etcd_format;
 use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
@@ -86,7 +88,7 @@ impl Maintenance for MaintenanceService {
         let state = self.0.shared.read();
         Ok(Response::new(pb::HashResponse {
             header: self.0.header(state.mvcc.revision()),
-            hash: state.mvcc.hash_kv(state.mvcc.revision()),
+            hash: etcd_format::hash(&state).map_err(|e| Status::internal(e.to_string()))?,
         }))
     }
 
@@ -107,31 +109,31 @@ impl Maintenance for MaintenanceService {
         }
         Ok(Response::new(pb::HashKvResponse {
             header: self.0.header(current),
-            hash: state.mvcc.hash_kv(rev),
-            compact_revision: state.mvcc.compact_revision().max(0),
+            hash: etcd_format::hash_kv(&state.mvcc, rev),
+            // etcd answers -1 before the first compaction.
+            compact_revision: state.mvcc.compact_revision(),
             hash_revision: rev,
         }))
     }
 
     type SnapshotStream = ReceiverStream<Result<pb::SnapshotResponse, Status>>;
 
-    /// Streams the replicated state as of now (shoal's own format, restorable only by shoal).
+    /// Streams the replicated state as of now as etcd 3.4 does: its bbolt database, then the
+    /// database's SHA-256 (what `etcdctl snapshot restore` and `shoal kv snapshot restore` read).
     async fn snapshot(
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         check_maintenance_admin(&self.0, &request).await?;
-        let (data, revision) = {
+        let (state, applied) = {
             let state = self.0.shared.read();
-            let mut data =
-                bincode::serialize(&*state).map_err(|e| Status::internal(e.to_string()))?;
-            // Like etcd's, the stream is whole 512-byte pages followed by the SHA-256 of
-            // them (etcdctl checks both); the encoding tolerates the zero padding.
-            data.resize(data.len().div_ceil(512) * 512, 0);
-            let digest = <sha2::Sha256 as sha2::Digest>::digest(&data);
-            data.extend_from_slice(&digest);
-            (data, state.mvcc.revision())
+            (state.clone(), *self.0.shared.applied.borrow())
         };
+        let revision = state.mvcc.revision();
+        let data = tokio::task::spawn_blocking(move || etcd_format::snapshot(&state, applied))
+            .await
+            .map_err(|e| Status::internal(format!("building the snapshot: {e}")))?
+            .map_err(|e| Status::internal(format!("building the snapshot: {e}")))?;
         let header = self.0.header(revision);
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {

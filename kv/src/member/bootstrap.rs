@@ -14,7 +14,7 @@ use super::{ClusterState, Config, Member};
 use crate::error::StoreError;
 use crate::peer::wire::Identity;
 use crate::peer::{ClusterView, ForwardRpc, Network, PeerPool};
-use crate::storage::state_machine::{Shared, State, StateMachine};
+use crate::storage::state_machine::{Shared, State, StateMachine, restored_cluster};
 use crate::storage::store::{DataFile, LogStore};
 use crate::storage::tokens::SimpleTokens;
 use crate::types::{Command, MemberAttrs, Members, Raft};
@@ -45,6 +45,7 @@ impl Member {
             ClusterState::New => (id, cluster_id(&initial, &config.initial_cluster_token)),
             ClusterState::Existing => join_existing(&config, &initial, id, &peer_tls).await?,
         };
+        check_restored_for(&db, cluster_id)?;
         let pool = PeerPool::new(
             Identity {
                 cluster_id,
@@ -195,4 +196,15 @@ async fn join_existing(
     Err(StoreError::Config(
         "--initial-cluster-state existing: no member of --initial-cluster answered".to_string(),
     ))
+}
+
+/// A data dir restored from a backup serves only the cluster the restore named.
+fn check_restored_for(db: &DataFile, cluster_id: u64) -> Result<(), StoreError> {
+    match restored_cluster(db)? {
+        Some(restored) if restored != cluster_id => Err(StoreError::Config(format!(
+            "the data dir was restored for cluster {restored:x}, but --initial-cluster, \
+             --initial-cluster-token and --initial-cluster-state make cluster {cluster_id:x}"
+        ))),
+        _ => Ok(()),
+    }
 }

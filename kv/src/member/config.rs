@@ -88,6 +88,13 @@ pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     fnv64(&[joined.as_bytes(), token.as_bytes()]) & 0x7fff_ffff_ffff_ffff
 }
 
+/// The members and ID of the cluster `config` forms with `--initial-cluster-state new`.
+pub fn new_cluster(config: &Config) -> (Members, u64) {
+    let members = initial_members(config);
+    let id = cluster_id(&members, &config.initial_cluster_token);
+    (members, id)
+}
+
 pub(super) fn cluster_id(members: &Members, token: &str) -> u64 {
     let ids: Vec<[u8; 8]> = members.keys().map(|id| id.to_le_bytes()).collect();
     let mut parts: Vec<&[u8]> = ids.iter().map(|b| b.as_slice()).collect();

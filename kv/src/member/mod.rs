@@ -19,7 +19,7 @@ use openraft::ServerState;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use self::config::{ClusterState, Config, member_id};
+pub use self::config::{ClusterState, Config, member_id, new_cluster};
 use self::lease_clock::LeaseClock;
 use self::read_index::ReadWaiter;
 pub use self::write::MAX_REQUEST_BYTES;

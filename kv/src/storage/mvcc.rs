@@ -42,6 +42,15 @@ pub struct LeaseRecord {
     pub keys: BTreeSet<Vec<u8>>,
 }
 
+/// One stored version of a key (etcd's `key` bucket row): a tombstone's `kv` holds only the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRevision {
+    pub main: i64,
+    pub sub: i64,
+    pub kv: mvccpb::KeyValue,
+    pub tombstone: bool,
+}
+
 /// The result of a write: the response and the watch events it produced.
 #[derive(Debug)]
 pub struct Applied<T> {
@@ -377,20 +386,75 @@ impl Mvcc {
         found.into_iter().map(|(_, e)| e).collect()
     }
 
-    /// A hash of every version up to `rev` (etcd's HashKV; the value differs from etcd's).
-    pub fn hash_kv(&self, rev: i64) -> u32 {
-        let mut hasher = crc32fast::Hasher::new();
-        for (key, versions) in &self.keys {
-            for v in versions.iter().filter(|v| v.main <= rev) {
-                hasher.update(key);
-                hasher.update(&v.main.to_le_bytes());
-                hasher.update(&v.sub.to_le_bytes());
-                if let Some(live) = &v.live {
-                    hasher.update(&live.value);
-                }
+    /// Every stored version in revision order, as etcd's `key` bucket holds them.
+    pub fn history(&self) -> Vec<StoredRevision> {
+        let mut history: Vec<StoredRevision> = self
+            .keys
+            .iter()
+            .flat_map(|(key, versions)| {
+                versions.iter().map(move |v| StoredRevision {
+                    main: v.main,
+                    sub: v.sub,
+                    kv: to_kv(key, v).unwrap_or_else(|| mvccpb::KeyValue {
+                        key: key.clone(),
+                        ..Default::default()
+                    }),
+                    tombstone: v.live.is_none(),
+                })
+            })
+            .collect();
+        history.sort_by_key(|r| (r.main, r.sub));
+        history
+    }
+
+    /// A store holding `history` (in any order), compacted at `compact_revision`, with the
+    /// leases `lease_ttls` (id to TTL) holding the live keys attached to them.
+    pub fn from_history(
+        history: Vec<StoredRevision>,
+        compact_revision: i64,
+        lease_ttls: BTreeMap<i64, i64>,
+    ) -> Mvcc {
+        let mut mvcc = Mvcc {
+            compact_revision,
+            ..Mvcc::default()
+        };
+        for r in history {
+            mvcc.revision = mvcc.revision.max(r.main);
+            let live = (!r.tombstone).then_some(Live {
+                create_revision: r.kv.create_revision,
+                version: r.kv.version,
+                value: r.kv.value,
+                lease: r.kv.lease,
+            });
+            mvcc.keys.entry(r.kv.key).or_default().push(Version {
+                main: r.main,
+                sub: r.sub,
+                live,
+            });
+        }
+        mvcc.revision = mvcc.revision.max(compact_revision);
+        mvcc.keys
+            .values_mut()
+            .for_each(|versions| versions.sort_by_key(|v| (v.main, v.sub)));
+        for (id, ttl) in lease_ttls {
+            mvcc.leases.insert(
+                id,
+                LeaseRecord {
+                    ttl,
+                    keys: BTreeSet::new(),
+                },
+            );
+        }
+        for (key, versions) in &mvcc.keys {
+            let lease = versions
+                .last()
+                .and_then(|v| v.live.as_ref())
+                .map(|l| l.lease);
+            if let Some(record) = lease.and_then(|id| mvcc.leases.get_mut(&id)) {
+                record.keys.insert(key.clone());
             }
         }
-        hasher.finalize()
+        mvcc
     }
 
     /// Number of key versions held (for Status' db size estimate).

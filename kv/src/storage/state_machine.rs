@@ -6,7 +6,9 @@ use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use openraft::{
+    EntryPayload, Membership, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -18,8 +20,8 @@ use crate::storage::durable::Durability;
 use crate::storage::mvcc::Mvcc;
 use crate::storage::tokens::SimpleTokens;
 use crate::types::{
-    Command, Entry, LogId, MemberAttrs, MemberNode, Outcome, Proto, StorageError, StoredMembership,
-    TypeConfig,
+    Command, Entry, LogId, MemberAttrs, MemberNode, Members, Outcome, Proto, StorageError,
+    StoredMembership, TypeConfig,
 };
 
 /// The replicated state: the key-value store, the auth store and what members published about
@@ -203,6 +205,39 @@ impl Shared {
         state.tokens = current.tokens.clone();
         *current = state;
     }
+}
+
+/// Where a data dir restored from a backup records the cluster it was restored for.
+const RESTORED_FOR: &str = "restored_for_cluster";
+
+/// Seeds a new member's data file with a restored state, as the Raft snapshot every member of
+/// the new cluster starts from: at index 0 with the new cluster's members, what initializing the
+/// cluster would have written (etcd's restore likewise writes a snapshot with the new members).
+/// Raft then never replays a log without the restored state to a member that joins later: the
+/// log before the snapshot is gone, so a newcomer is sent the snapshot.
+pub fn write_restored(
+    db: &DataFile,
+    state: &State,
+    members: Members,
+    cluster_id: u64,
+) -> Result<(), StoreError> {
+    let log_id = LogId::new(openraft::CommittedLeaderId::default(), 0);
+    let meta = SnapshotMeta {
+        last_log_id: Some(log_id),
+        last_membership: StoredMembership::new(Some(log_id), Membership::from(members)),
+        snapshot_id: "restored".to_string(),
+    };
+    let stored = StoredSnapshot {
+        meta,
+        data: bincode::serialize(state)?,
+    };
+    write_meta(db, SNAPSHOT, &stored)?;
+    write_meta(db, RESTORED_FOR, &cluster_id)
+}
+
+/// The cluster a data file was restored for, if it was restored from a backup.
+pub fn restored_cluster(db: &DataFile) -> Result<Option<u64>, StoreError> {
+    read_meta(db, RESTORED_FOR)
 }
 
 /// A snapshot as stored: openraft's metadata and the encoded [`State`].

@@ -106,6 +106,8 @@ pub struct StoreClusterBuilder {
     namespace: Option<(String, Ipv4Addr)>,
     client_port: Option<u16>,
     tls: bool,
+    restore_from: Option<PathBuf>,
+    user: Option<String>,
 }
 
 impl StoreClusterBuilder {
@@ -144,6 +146,20 @@ impl StoreClusterBuilder {
         self
     }
 
+    /// Starts a new cluster from a snapshot file: each member's data dir is restored from it
+    /// first (`etcdctl snapshot restore`, or `shoal-kv snapshot restore`), with etcdutl's flags.
+    pub fn restore_from(mut self, snapshot: impl Into<PathBuf>) -> Self {
+        self.restore_from = Some(snapshot.into());
+        self
+    }
+
+    /// The cluster's etcdctl (its readiness checks too) authenticates as `user:password`, for
+    /// a cluster with auth enabled from the start (e.g. restored from such a snapshot).
+    pub fn user(mut self, user_password: &str) -> Self {
+        self.user = Some(user_password.to_string());
+        self
+    }
+
     /// Runs the members inside `ns`, serving clients on `ip` from port 2379 up.
     pub fn in_namespace(mut self, ns: &Namespace, ip: Ipv4Addr) -> Self {
         self.namespace = Some((ns.name().to_string(), ip));
@@ -174,10 +190,14 @@ impl StoreClusterBuilder {
             args: self.args,
             namespace: self.namespace,
             client_port: self.client_port,
+            user: self.user,
         };
         for attempt in 1..=START_ATTEMPTS {
             cluster.specs = cluster.member_specs(self.size, attempt);
             cluster.members = (0..self.size).map(|_| None).collect();
+            if let Some(snapshot) = &self.restore_from {
+                cluster.restore_from(snapshot);
+            }
             for i in 0..self.size {
                 cluster.spawn(i);
             }
@@ -308,6 +328,8 @@ pub struct StoreCluster {
     args: Vec<OsString>,
     namespace: Option<(String, Ipv4Addr)>,
     client_port: Option<u16>,
+    /// `user:password` every etcdctl call authenticates as.
+    user: Option<String>,
 }
 
 impl StoreCluster {
@@ -335,6 +357,8 @@ impl StoreCluster {
             namespace: None,
             client_port: None,
             tls: false,
+            restore_from: None,
+            user: None,
         }
     }
 
@@ -399,6 +423,35 @@ impl StoreCluster {
             .map(|spec| format!("{}={}", spec.name, spec.peer_url()))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Restores every member's data dir from `snapshot` with the kind's restore command.
+    fn restore_from(&self, snapshot: &Path) {
+        for spec in &self.specs {
+            let mut cmd = match self.kind {
+                StoreKind::Etcd => {
+                    let mut cmd = Command::new(ETCDCTL);
+                    cmd.env("ETCDCTL_API", "3");
+                    cmd
+                }
+                StoreKind::ShoalKv => {
+                    let mut cmd = Command::new(&self.program);
+                    cmd.args(&self.leading_args);
+                    cmd
+                }
+            };
+            cmd.args(["snapshot", "restore"])
+                .arg(snapshot)
+                .args(["--name", &spec.name])
+                .arg("--data-dir")
+                .arg(&spec.data_dir)
+                .args(["--initial-cluster", &self.initial_cluster()])
+                .args(["--initial-advertise-peer-urls", &spec.peer_url()])
+                .stdin(Stdio::null());
+            if let Err(e) = command::run(&mut cmd) {
+                panic!("restoring {} from {}: {e:#}", spec.name, snapshot.display());
+            }
+        }
     }
 
     /// Starts member `i` (again) with its settings; does not wait for it.
@@ -496,6 +549,7 @@ impl StoreCluster {
         cmd.env("ETCDCTL_API", "3")
             .args(["--endpoints", endpoints, "--command-timeout", "5s"])
             .args(self.etcdctl_tls_args())
+            .args(self.user.iter().flat_map(|user| ["--user", user]))
             .args(args)
             .stdin(Stdio::null());
         command::run(&mut cmd)
