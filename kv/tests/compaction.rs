@@ -2,8 +2,8 @@
 //! `shoal kv` member in revision mode, its VmRSS sampled as the writes go, must stay flat.
 //!
 //! The test runs a short form by default. The long form (a million overwrites against the release
-//! binary) is the same test with two variables:
-//! `SHOAL_KV_OVERWRITES=1000000 SHOAL_KV_PROGRAM=target/release/shoal-kv
+//! binary) is the same test with two variables, after `cargo build --release -p shoal-kv`:
+//! `SHOAL_KV_OVERWRITES=1000000 SHOAL_KV_PROGRAM=$PWD/target/release/shoal-kv
 //! cargo nextest run -p shoal-kv --test compaction --no-capture`.
 mod common;
 
