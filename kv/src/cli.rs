@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::backup::restore::SnapshotCommand;
 
-use crate::member::{ClusterState, Config, Member};
+use crate::member::{AutoCompaction, ClusterState, Config, Member};
 use crate::tls::TlsFiles;
 
 /// Run one member of shoal's embedded etcd-compatible store.
@@ -84,6 +84,18 @@ pub struct KvArgs {
     /// Time (in seconds) a simple auth token lives without being used.
     #[arg(long, default_value_t = 300)]
     pub auth_token_ttl: u64,
+    /// Interpret --auto-compaction-retention as a duration (`periodic`) or as a number of
+    /// revisions to keep (`revision`).
+    #[arg(long, default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention for the MVCC history: `0` is off; periodic mode takes a
+    /// duration (`30m`) or a number of hours, revision mode a number of revisions.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Revision mode: how often the leader checks the revision (shoal's flag; etcd checks
+    /// every 5 minutes).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub auto_compaction_check_interval: Duration,
 }
 
 /// What `shoal kv` does besides running a member.
@@ -271,7 +283,23 @@ impl KvArgs {
             client_tls,
             peer_tls,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
+            auto_compaction: self.auto_compaction()?,
         })
+    }
+}
+
+impl KvArgs {
+    fn auto_compaction(&self) -> anyhow::Result<AutoCompaction> {
+        let mut mode =
+            AutoCompaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)
+                .map_err(anyhow::Error::msg)?;
+        if let AutoCompaction::Revision { check_interval, .. } = &mut mode {
+            if self.auto_compaction_check_interval.is_zero() {
+                bail!("--auto-compaction-check-interval must be more than 0");
+            }
+            *check_interval = self.auto_compaction_check_interval;
+        }
+        Ok(mode)
     }
 }
 

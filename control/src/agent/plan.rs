@@ -204,6 +204,13 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
         client_tls: member_tls(config, shoal_pki::SERVER),
         peer_tls: member_tls(config, shoal_pki::PEER),
         auth_token_ttl: shoal_kv::storage::tokens::DEFAULT_TTL,
+        // Revision mode bounds the history by count whatever the write rate (fleet agents
+        // rewrite their units' keys every second, so a time window would grow with the
+        // cluster); 10000 revisions still let a watcher resume after a short disconnect.
+        auto_compaction: shoal_kv::member::AutoCompaction::Revision {
+            retention: 10_000,
+            check_interval: shoal_kv::member::REVISION_CHECK_INTERVAL,
+        },
     };
     Ok(Some(MemberPlan {
         config: kv,

@@ -91,13 +91,14 @@ impl Member {
     }
 
     /// Once the member serves peers: forms a new cluster (see [`Member::bootstrap`]), publishes
-    /// this member's attributes and runs the lease clock.
+    /// this member's attributes and runs the lease clock and the auto-compactor.
     pub(crate) fn join_the_cluster(self: Arc<Self>) -> Result<Vec<JoinHandle<()>>, StoreError> {
         let mut tasks = Vec::new();
         if self.config.initial_cluster_state == ClusterState::New {
             tasks.push(self.clone().bootstrap(initial_members(&self.config))?);
         }
         tasks.push(tokio::spawn(self.clone().publish_attrs()));
+        tasks.push(tokio::spawn(self.clone().run_auto_compaction()));
         tasks.push(tokio::spawn(self.run_lease_clock()));
         Ok(tasks)
     }

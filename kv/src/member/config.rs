@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use openraft::SnapshotPolicy;
 
+use super::compactor::AutoCompaction;
 use crate::error::StoreError;
 use crate::tls::TlsFiles;
 use crate::types::{MemberNode, Members};
@@ -40,6 +41,8 @@ pub struct Config {
     pub peer_tls: Option<TlsFiles>,
     /// How long a simple auth token lives unused (etcd's `--auth-token-ttl`).
     pub auth_token_ttl: Duration,
+    /// What the leader's auto-compactor keeps (`--auto-compaction-mode`/`-retention`).
+    pub auto_compaction: AutoCompaction,
 }
 
 impl Config {
@@ -63,6 +66,7 @@ impl Config {
             client_tls: None,
             peer_tls: None,
             auth_token_ttl: crate::storage::tokens::DEFAULT_TTL,
+            auto_compaction: AutoCompaction::Off,
         }
     }
 }

@@ -1,11 +1,12 @@
 //! One running member: Raft, the state machine and the member's own tasks (write batching,
-//! ReadIndex, the lease clock). Its servers are started by [`crate::start`].
+//! ReadIndex, the lease clock, the auto-compactor). Its servers are started by [`crate::start`].
 //!
 //! Writes go through [`Member::propose`]: applied locally when this member leads, otherwise
 //! forwarded to the leader, and answered once this member has applied them too (so a client
 //! reads its own writes from any member). Linearizable reads go through [`Member::read_barrier`]
 //! (ReadIndex: the leader confirms it still leads, the reader waits until it applied that far).
 mod bootstrap;
+mod compactor;
 mod config;
 mod lease_clock;
 mod read_index;
@@ -19,6 +20,7 @@ use openraft::ServerState;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use self::compactor::{AutoCompaction, REVISION_CHECK_INTERVAL};
 pub use self::config::{ClusterState, Config, member_id, new_cluster};
 use self::lease_clock::LeaseClock;
 use self::read_index::ReadWaiter;

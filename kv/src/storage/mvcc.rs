@@ -310,6 +310,10 @@ impl Mvcc {
                 None => 0,
             };
             versions.drain(..keep_from);
+            // Give back what a long history took, or an overwritten key keeps its peak.
+            if versions.capacity() > 2 * versions.len() + 4 {
+                versions.shrink_to_fit();
+            }
             !versions.is_empty()
         });
         self.compact_revision = rev;
