@@ -1,6 +1,11 @@
 //! `kv` suite: a 3-member `shoal kv` against a 3-member etcd 3.4, both fsync'ing, both on
 //! this machine, driven by one load generator (the `etcd-client` crate) in one run.
 //!
+//! With `--tls` two more clusters run beside them: shoal kv and etcd with TLS on every client
+//! and peer port and client certificates required, from one CA, the load generator presenting
+//! the same `root` client certificate to both. A second table sets shoal with TLS against
+//! shoal in plaintext and against etcd with TLS.
+//!
 //! Metrics: put throughput and p50/p99 latency at 1 client and at 128 concurrent clients,
 //! linearizable and serializable range throughput, and watch fan-out (events per second
 //! delivered to 1,000 watchers). Both clusters stay up while rounds alternate between them;
@@ -12,10 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions, WatchOptions,
+};
 use serde::Serialize;
-use shoal_harness::{StoreCluster, StoreKind, free_ports};
+use shoal_harness::{ClusterTls, StoreCluster, StoreKind, free_ports};
 use shoal_kv::member::{Config, Member, RunningMember};
+use shoal_kv::tls::TlsFiles;
+use shoal_pki::Usage;
 
 const VALUE_BYTES: usize = 256;
 const SINGLE_CLIENT_PUTS: usize = 500;
@@ -56,12 +65,12 @@ struct MemberPuts {
 /// Puts from one client connected to each member alone, leader first.
 async fn puts_per_member(
     name: &str,
-    endpoints: &[String],
+    store: &Store,
     value: &[u8],
 ) -> anyhow::Result<Vec<MemberPuts>> {
     let mut results = Vec::new();
-    for endpoint in endpoints {
-        let mut client = connect(std::slice::from_ref(endpoint)).await?;
+    for endpoint in &store.endpoints {
+        let mut client = store.connect(std::slice::from_ref(endpoint)).await?;
         let status = client.status().await?;
         let leader = status.header().map(|h| h.member_id()) == Some(status.leader());
         let value = value.to_vec();
@@ -94,6 +103,64 @@ struct Report {
     ratios: Vec<(String, f64)>,
     shoal_rounds: Vec<StoreResults>,
     etcd_rounds: Vec<StoreResults>,
+    /// Both stores with TLS (`--tls` runs only).
+    tls: Option<TlsReport>,
+}
+
+/// The `--tls` half of a report: the same metrics with TLS on every port of both stores.
+#[derive(Debug, Serialize)]
+struct TlsReport {
+    shoal: StoreResults,
+    etcd: StoreResults,
+    /// shoal with TLS / etcd with TLS, as [`Report::ratios`].
+    ratios: Vec<(String, f64)>,
+    /// shoal with TLS / shoal in plaintext, throughput (above 0.8 is the issue's target).
+    shoal_tls_over_plain: Vec<(String, f64)>,
+    shoal_rounds: Vec<StoreResults>,
+    etcd_rounds: Vec<StoreResults>,
+}
+
+/// How the load generator reaches one cluster: its endpoints (`https://` URLs with TLS) and
+/// the TLS options (the CA and the client certificate) it connects with.
+struct Store {
+    endpoints: Vec<String>,
+    tls: Option<TlsOptions>,
+}
+
+impl Store {
+    fn plain(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            tls: None,
+        }
+    }
+
+    /// `endpoints` (`https://` URLs) with the CA and the `root` client certificate of `tls`.
+    fn tls(endpoints: Vec<String>, tls: &ClusterTls) -> anyhow::Result<Self> {
+        let read = |path: &Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let options = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
+            .identity(Identity::from_pem(
+                read(&tls.root.certificate)?,
+                read(&tls.root.key)?,
+            ));
+        Ok(Self {
+            endpoints,
+            tls: Some(options),
+        })
+    }
+
+    async fn connect(&self, endpoints: &[String]) -> anyhow::Result<Client> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(10));
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        }
+        Ok(Client::connect(endpoints, Some(options)).await?)
+    }
 }
 
 /// Three shoal kv members, each on its own 2-thread runtime (as each etcd has its own
@@ -115,24 +182,35 @@ impl Drop for ShoalCluster {
     }
 }
 
-/// Member `i` serves clients on `ports[2 * i]` and peers on `ports[2 * i + 1]`.
-fn start_shoal(dir: &Path, ports: &[u16]) -> anyhow::Result<ShoalCluster> {
+/// Member `i` serves clients on `ports[2 * i]` and peers on `ports[2 * i + 1]`, with TLS on
+/// both (client certificates required, as the harness's TLS etcd) when `tls` is given.
+fn start_shoal(
+    dir: &Path,
+    ports: &[u16],
+    tls: Option<&ClusterTls>,
+) -> anyhow::Result<ShoalCluster> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (clients, peers): (Vec<u16>, Vec<u16>) =
         ports.chunks(2).map(|pair| (pair[0], pair[1])).unzip();
     let initial: Vec<(String, Vec<String>)> = peers
         .iter()
         .enumerate()
-        .map(|(i, peer)| (format!("m{i}"), vec![format!("http://127.0.0.1:{peer}")]))
+        .map(|(i, peer)| {
+            (
+                format!("m{i}"),
+                vec![format!("{scheme}://127.0.0.1:{peer}")],
+            )
+        })
         .collect();
     let mut members = Vec::new();
     for (i, (&client, &peer)) in clients.iter().zip(&peers).enumerate() {
-        let mut config = Config::local(
-            &format!("m{i}"),
-            dir.join(format!("shoal-m{i}")),
-            client,
-            peer,
-        );
+        let name = format!("m{i}");
+        let mut config = Config::local(&name, dir.join(format!("shoal-{name}")), client, peer);
         config.initial_cluster = initial.clone();
+        if let Some(tls) = tls {
+            with_tls(&mut config, tls, &format!("shoal-{name}"));
+        }
         let runtime = shoal_kv::runtime::multi_thread(Some(2))
             .thread_name(format!("kv-m{i}"))
             .build()?;
@@ -141,23 +219,43 @@ fn start_shoal(dir: &Path, ports: &[u16]) -> anyhow::Result<ShoalCluster> {
     }
     let endpoints = clients
         .iter()
-        .map(|client| format!("127.0.0.1:{client}"))
+        .map(|client| format!("{scheme}://127.0.0.1:{client}"))
         .collect();
     Ok(ShoalCluster { members, endpoints })
 }
 
-async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(10));
-    Ok(Client::connect(endpoints, Some(options)).await?)
+/// Turns `config`'s URLs to `https://` and gives it server and peer certificates issued for
+/// `name` by `tls`'s CA, which it also trusts for clients and peers (etcd's `--client-cert-auth`
+/// and `--peer-client-cert-auth`).
+fn with_tls(config: &mut Config, tls: &ClusterTls, name: &str) {
+    let https = |urls: &mut Vec<String>| {
+        for url in urls.iter_mut() {
+            *url = url.replacen("http://", "https://", 1);
+        }
+    };
+    https(&mut config.listen_client_urls);
+    https(&mut config.advertise_client_urls);
+    https(&mut config.listen_peer_urls);
+    https(&mut config.initial_advertise_peer_urls);
+    let hosts = ["127.0.0.1".to_string()];
+    let files = |usage: Usage, suffix: &str| {
+        let issued = tls.issue(&format!("{name}-{suffix}"), usage, &hosts);
+        TlsFiles {
+            cert_file: issued.certificate,
+            key_file: issued.key,
+            trusted_ca_file: Some(tls.ca.clone()),
+            client_cert_auth: true,
+        }
+    };
+    config.client_tls = Some(files(Usage::Server, "server"));
+    config.peer_tls = Some(files(Usage::Peer, "peer"));
 }
 
-async fn wait_ready(endpoints: &[String]) -> anyhow::Result<()> {
+async fn wait_ready(store: &Store) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    for endpoint in endpoints {
+    for endpoint in &store.endpoints {
         loop {
-            let ready = match connect(std::slice::from_ref(endpoint)).await {
+            let ready = match store.connect(std::slice::from_ref(endpoint)).await {
                 Ok(mut client) => client.put("bench/ready", "1", None).await.is_ok(),
                 Err(_) => false,
             };
@@ -224,11 +322,11 @@ where
     Ok(summarize(all, started.elapsed()))
 }
 
-async fn measure(name: &str, endpoints: &[String]) -> anyhow::Result<StoreResults> {
-    wait_ready(endpoints).await?;
+async fn measure(name: &str, store: &Store) -> anyhow::Result<StoreResults> {
+    wait_ready(store).await?;
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
-        clients.push(connect(endpoints).await?);
+        clients.push(store.connect(&store.endpoints).await?);
     }
     let value = vec![b'v'; VALUE_BYTES];
     let put = {
@@ -245,7 +343,7 @@ async fn measure(name: &str, endpoints: &[String]) -> anyhow::Result<StoreResult
     let put_1_client = run_concurrent(&clients[..1], 1, SINGLE_CLIENT_PUTS, put.clone()).await?;
     eprintln!("{name}: put 1 client {put_1_client:?}");
     eprint!("{}", shoal_kv::profile::take_report());
-    let put_1_client_per_member = puts_per_member(name, endpoints, &value).await?;
+    let put_1_client_per_member = puts_per_member(name, store, &value).await?;
     let put_128_clients = run_concurrent(&clients, MANY_CLIENTS, MANY_CLIENT_PUTS, put).await?;
     eprintln!("{name}: put {MANY_CLIENTS} clients {put_128_clients:?}");
     eprint!("{}", shoal_kv::profile::take_report());
@@ -361,50 +459,82 @@ fn ratios(shoal: &StoreResults, etcd: &StoreResults) -> Vec<(String, f64)> {
     ]
 }
 
+/// shoal / etcd (or any store over another) for every throughput metric, in table order.
+fn throughput_ratios(a: &StoreResults, b: &StoreResults) -> Vec<(String, f64)> {
+    let r = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let throughputs = |s: &StoreResults| {
+        [
+            s.put_1_client.ops_per_sec,
+            s.put_128_clients.ops_per_sec,
+            s.range_linearizable.ops_per_sec,
+            s.range_serializable.ops_per_sec,
+            s.watch_events_per_sec,
+        ]
+    };
+    METRICS
+        .iter()
+        .zip(throughputs(a).into_iter().zip(throughputs(b)))
+        .map(|(name, (a, b))| (name.to_string(), r(a, b)))
+        .collect()
+}
+
+/// The table's metrics, in order.
+const METRICS: [&str; 5] = [
+    "put, 1 client",
+    "put, 128 clients",
+    "range, linearizable",
+    "range, serializable",
+    "watch fan-out, 1,000 watchers",
+];
+
+/// One store's cells for [`METRICS`].
+fn cells(s: &StoreResults) -> Vec<String> {
+    vec![
+        format!(
+            "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms",
+            s.put_1_client.ops_per_sec, s.put_1_client.p50_ms, s.put_1_client.p99_ms
+        ),
+        format!(
+            "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms",
+            s.put_128_clients.ops_per_sec, s.put_128_clients.p50_ms, s.put_128_clients.p99_ms
+        ),
+        format!(
+            "{:.0} ops/s, p99 {:.2} ms",
+            s.range_linearizable.ops_per_sec, s.range_linearizable.p99_ms
+        ),
+        format!(
+            "{:.0} ops/s, p99 {:.2} ms",
+            s.range_serializable.ops_per_sec, s.range_serializable.p99_ms
+        ),
+        format!("{:.0} events/s", s.watch_events_per_sec),
+    ]
+}
+
+/// A table's header rows: the metric column, then `columns`.
+fn header(out: &mut String, columns: &[&str]) {
+    let _ = writeln!(out, "| metric | {} |", columns.join(" | "));
+    let _ = writeln!(out, "| --- |{}", " --- |".repeat(columns.len()));
+}
+
 /// The results table, as printed and as recorded in RESULTS.md.
 fn table(report: &Report) -> String {
     let mut out = String::new();
-    let rows = |s: &StoreResults| {
-        vec![
-            format!(
-                "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms",
-                s.put_1_client.ops_per_sec, s.put_1_client.p50_ms, s.put_1_client.p99_ms
-            ),
-            format!(
-                "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms",
-                s.put_128_clients.ops_per_sec, s.put_128_clients.p50_ms, s.put_128_clients.p99_ms
-            ),
-            format!(
-                "{:.0} ops/s, p99 {:.2} ms",
-                s.range_linearizable.ops_per_sec, s.range_linearizable.p99_ms
-            ),
-            format!(
-                "{:.0} ops/s, p99 {:.2} ms",
-                s.range_serializable.ops_per_sec, s.range_serializable.p99_ms
-            ),
-            format!("{:.0} events/s", s.watch_events_per_sec),
-        ]
-    };
-    let names = [
-        "put, 1 client",
-        "put, 128 clients",
-        "range, linearizable",
-        "range, serializable",
-        "watch fan-out, 1,000 watchers",
-    ];
     let ratio_for = [0, 2, 4, 5, 6];
     let _ = writeln!(
         out,
         "median of {} alternating rounds per store",
         report.shoal_rounds.len()
     );
-    let _ = writeln!(
-        out,
-        "| metric | shoal kv (3 members) | etcd 3.4 (3 members) | shoal / etcd |"
+    header(
+        &mut out,
+        &[
+            "shoal kv (3 members)",
+            "etcd 3.4 (3 members)",
+            "shoal / etcd",
+        ],
     );
-    let _ = writeln!(out, "| --- | --- | --- | --- |");
-    let (shoal, etcd) = (rows(&report.shoal), rows(&report.etcd));
-    for (i, name) in names.iter().enumerate() {
+    let (shoal, etcd) = (cells(&report.shoal), cells(&report.etcd));
+    for (i, name) in METRICS.iter().enumerate() {
         let _ = writeln!(
             out,
             "| {name} | {} | {} | {:.2}x |",
@@ -431,6 +561,52 @@ fn table(report: &Report) -> String {
             per_member.join(", ")
         );
     }
+    if let Some(tls) = &report.tls {
+        out.push_str(&tls_table(report, tls));
+    }
+    out
+}
+
+/// The `--tls` table: shoal in plaintext, shoal with TLS and etcd with TLS side by side, with
+/// the issue's two put-throughput targets.
+fn tls_table(report: &Report, tls: &TlsReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nTLS on every client and peer port, client certificates required (one CA), median of {} rounds",
+        tls.shoal_rounds.len()
+    );
+    header(
+        &mut out,
+        &[
+            "shoal kv plaintext",
+            "shoal kv TLS",
+            "etcd 3.4 TLS",
+            "shoal TLS / plaintext",
+            "shoal TLS / etcd TLS",
+            "etcd TLS / plaintext",
+        ],
+    );
+    let (plain, shoal, etcd) = (cells(&report.shoal), cells(&tls.shoal), cells(&tls.etcd));
+    let over_etcd = throughput_ratios(&tls.shoal, &tls.etcd);
+    let etcd_cost = throughput_ratios(&tls.etcd, &report.etcd);
+    for (i, name) in METRICS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {:.2}x | {:.2}x | {:.2}x |",
+            plain[i],
+            shoal[i],
+            etcd[i],
+            tls.shoal_tls_over_plain[i].1,
+            over_etcd[i].1,
+            etcd_cost[i].1
+        );
+    }
+    let _ = writeln!(
+        out,
+        "put throughput, 128 clients: shoal TLS / shoal plaintext {:.2}x (target >= 0.80), shoal TLS / etcd TLS {:.2}x (target >= 1.00)",
+        tls.shoal_tls_over_plain[1].1, over_etcd[1].1
+    );
     out
 }
 
@@ -442,12 +618,17 @@ import matplotlib.pyplot as plt
 report = json.load(open(sys.argv[1]))
 names = ["put_1_client", "put_128_clients", "range_linearizable", "range_serializable"]
 labels = ["put 1 client", "put 128 clients", "range lin.", "range ser.", "watch events/s"]
-shoal = [report["shoal"][n]["ops_per_sec"] for n in names] + [report["shoal"]["watch_events_per_sec"]]
-etcd = [report["etcd"][n]["ops_per_sec"] for n in names] + [report["etcd"]["watch_events_per_sec"]]
+def values(results):
+    return [results[n]["ops_per_sec"] for n in names] + [results["watch_events_per_sec"]]
+stores = [("shoal kv (3 members)", report["shoal"]), ("etcd 3.4 (3 members)", report["etcd"])]
+if report.get("tls"):
+    stores += [("shoal kv, TLS", report["tls"]["shoal"]), ("etcd 3.4, TLS", report["tls"]["etcd"])]
 fig, ax = plt.subplots(figsize=(10, 5))
 x = range(len(labels))
-ax.bar([i - 0.2 for i in x], shoal, 0.4, label="shoal kv (3 members)")
-ax.bar([i + 0.2 for i in x], etcd, 0.4, label="etcd 3.4 (3 members)")
+width = 0.8 / len(stores)
+for k, (label, results) in enumerate(stores):
+    offset = (k - (len(stores) - 1) / 2) * width
+    ax.bar([i + offset for i in x], values(results), width, label=label)
 ax.set_xticks(list(x))
 ax.set_xticklabels(labels)
 ax.set_yscale("log")
@@ -505,8 +686,25 @@ fn median_results(rounds: &[StoreResults]) -> StoreResults {
     }
 }
 
-/// Runs the suite; its table, unless `SHOAL_BENCH_ONLY` measured one store alone.
-pub fn run() -> anyhow::Result<Option<String>> {
+/// One cluster under measurement and its rounds.
+struct Side {
+    name: &'static str,
+    store: Store,
+    rounds: Vec<StoreResults>,
+}
+
+/// The rounds of the side called `name` (none if it did not run).
+fn rounds_of(sides: &mut [Side], name: &str) -> Vec<StoreResults> {
+    sides
+        .iter_mut()
+        .find(|side| side.name == name)
+        .map(|side| std::mem::take(&mut side.rounds))
+        .unwrap_or_default()
+}
+
+/// Runs the suite (with `tls`, also both stores with TLS); its table, unless
+/// `SHOAL_BENCH_ONLY` measured one store alone.
+pub fn run(tls: bool) -> anyhow::Result<Option<String>> {
     let dir = tempfile::tempdir()?;
     let load = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -519,26 +717,81 @@ pub fn run() -> anyhow::Result<Option<String>> {
     let wanted = |store: &str| only.as_deref().is_none_or(|o| o == store);
     // etcd answers (so holds its ports) before shoal picks its own.
     let etcd_cluster = wanted("etcd").then(|| StoreCluster::start(StoreKind::Etcd, 3));
-    let shoal_ports = free_ports(6);
+    let etcd_tls_cluster =
+        (tls && wanted("etcd")).then(|| StoreCluster::builder(StoreKind::Etcd, 3).tls().start());
+    // shoal's TLS members get their certificates from etcd's CA, so one root client
+    // certificate reaches both; from a CA of their own when etcd is not measured.
+    let own_ca = (tls && etcd_tls_cluster.is_none())
+        .then(|| ClusterTls::create(&dir.path().join("pki"), &[], None));
+    let ca = etcd_tls_cluster
+        .as_ref()
+        .and_then(StoreCluster::tls)
+        .or(own_ca.as_ref());
     let shoal_cluster = wanted("shoal")
-        .then(|| start_shoal(dir.path(), &shoal_ports))
+        .then(|| start_shoal(&dir.path().join("plain"), &free_ports(6), None))
         .transpose()?;
-    let (mut etcd_rounds, mut shoal_rounds) = (Vec::new(), Vec::new());
+    let shoal_tls_cluster = ca
+        .filter(|_| wanted("shoal"))
+        .map(|ca| start_shoal(&dir.path().join("tls"), &free_ports(6), Some(ca)))
+        .transpose()?;
+
+    let mut sides = Vec::new();
+    if let Some(cluster) = &etcd_cluster {
+        sides.push(("etcd", Store::plain(cluster.endpoints())));
+    }
+    if let Some(cluster) = &shoal_cluster {
+        sides.push(("shoal", Store::plain(cluster.endpoints.clone())));
+    }
+    if let (Some(cluster), Some(ca)) = (&etcd_tls_cluster, ca) {
+        sides.push(("etcd TLS", Store::tls(cluster.client_urls(), ca)?));
+    }
+    if let (Some(cluster), Some(ca)) = (&shoal_tls_cluster, ca) {
+        sides.push(("shoal TLS", Store::tls(cluster.endpoints.clone(), ca)?));
+    }
+    let mut sides: Vec<Side> = sides
+        .into_iter()
+        .map(|(name, store)| Side {
+            name,
+            store,
+            rounds: Vec::new(),
+        })
+        .collect();
     for round in 1..=rounds() {
-        if let Some(cluster) = &etcd_cluster {
-            let name = format!("etcd round {round}");
-            etcd_rounds.push(load.block_on(measure(&name, &cluster.endpoints()))?);
-        }
-        if let Some(cluster) = &shoal_cluster {
-            let name = format!("shoal round {round}");
-            shoal_rounds.push(load.block_on(measure(&name, &cluster.endpoints))?);
+        for side in &mut sides {
+            let name = format!("{} round {round}", side.name);
+            side.rounds
+                .push(load.block_on(measure(&name, &side.store))?);
         }
     }
-    drop((etcd_cluster, shoal_cluster));
+    drop((
+        etcd_cluster,
+        shoal_cluster,
+        etcd_tls_cluster,
+        shoal_tls_cluster,
+    ));
     if only.is_some() {
         return Ok(None);
     }
+    let (shoal_rounds, etcd_rounds) = (
+        rounds_of(&mut sides, "shoal"),
+        rounds_of(&mut sides, "etcd"),
+    );
     let (shoal, etcd) = (median_results(&shoal_rounds), median_results(&etcd_rounds));
+    let tls = tls.then(|| {
+        let (shoal_rounds, etcd_rounds) = (
+            rounds_of(&mut sides, "shoal TLS"),
+            rounds_of(&mut sides, "etcd TLS"),
+        );
+        let (shoal_tls, etcd_tls) = (median_results(&shoal_rounds), median_results(&etcd_rounds));
+        TlsReport {
+            ratios: ratios(&shoal_tls, &etcd_tls),
+            shoal_tls_over_plain: throughput_ratios(&shoal_tls, &shoal),
+            shoal: shoal_tls,
+            etcd: etcd_tls,
+            shoal_rounds,
+            etcd_rounds,
+        }
+    });
     let report = Report {
         machine: crate::results::host(),
         ratios: ratios(&shoal, &etcd),
@@ -546,6 +799,7 @@ pub fn run() -> anyhow::Result<Option<String>> {
         etcd,
         shoal_rounds,
         etcd_rounds,
+        tls,
     };
     write_outputs(&report)?;
     Ok(Some(table(&report)))

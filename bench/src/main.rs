@@ -12,6 +12,9 @@ mod results;
 #[derive(Parser)]
 struct Cli {
     suite: Suite,
+    /// kv only: also run both stores with TLS on every port (client certificates required).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -27,11 +30,14 @@ enum Suite {
 }
 
 fn main() -> anyhow::Result<()> {
-    let suite = Cli::parse().suite;
+    let Cli { suite, tls } = Cli::parse();
+    if tls && !matches!(suite, Suite::Kv) {
+        anyhow::bail!("--tls is for the kv suite only");
+    }
     let run = results::Run::start(suite.name());
     let table = match suite {
         Suite::Fleet => fleet::run()?,
-        Suite::Kv => kv::run()?,
+        Suite::Kv => kv::run(tls)?,
         Suite::Leases => Some(leases::run()?),
         Suite::Net => {
             let table = net::run(net::rounds_from_env())?;

@@ -233,7 +233,10 @@ pub struct ClusterTls {
 }
 
 impl ClusterTls {
-    fn create(dir: &Path, members: &[&str], client_ip: Option<Ipv4Addr>) -> Self {
+    /// A new CA in `dir` with the `root` client certificate and `members`' certificates, valid
+    /// for 127.0.0.1, localhost and `client_ip` (for stores run outside the harness, e.g. the
+    /// benchmarks' in-process members).
+    pub fn create(dir: &Path, members: &[&str], client_ip: Option<Ipv4Addr>) -> Self {
         let authority = Authority::create("shoal test CA").expect("a CA");
         let ca = authority.write(dir).expect("writing the CA").certificate;
         let mut hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
