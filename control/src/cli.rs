@@ -17,7 +17,7 @@ pub enum Command {
     /// Run the per-node daemon: store member or client, overlay, fleet agent and engine.
     Agent(crate::agent::AgentArgs),
     /// Run only the embedded etcd v3-compatible key-value store.
-    Kv(shoal_kv::cli::KvArgs),
+    Kv(Box<shoal_kv::cli::KvArgs>),
     /// Run only the overlay network (flanneld-compatible).
     Flannel(shoal_flannel::cli::FlannelArgs),
     /// Run only fleet's daemon (agent and engine candidate; boxed: its flags are many).

@@ -64,7 +64,7 @@ fn init_tracing(debug: bool) {
 async fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Agent(args) => shoal_control::agent::run(args).await,
-        Command::Kv(args) => shoal_kv::cli::run(args).await,
+        Command::Kv(args) => shoal_kv::cli::run(*args).await,
         Command::Flannel(args) => shoal_flannel::cli::run(args).await,
         Command::Fleetd(args) => shoal_scheduler::cli::run_fleetd(*args).await,
         Command::Fleetctl(args) => shoal_scheduler::cli::run_fleetctl(args).await,
