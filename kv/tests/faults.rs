@@ -440,36 +440,7 @@ async fn learner_added_started_promoted_and_removed() {
         cluster.specs[0].name,
         cluster.specs[0].peer_url()
     );
-    let log = std::fs::File::create(cluster.dir().join("joiner.log")).expect("log");
-    let _joiner = shoal_harness::Process::spawn(
-        "the joiner",
-        std::process::Command::new(shoal_harness::binaries::shoal_kv())
-            .args(["--name", "joiner", "--initial-cluster-state", "existing"])
-            .arg("--data-dir")
-            .arg(cluster.dir().join("joiner"))
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args([
-                "--initial-cluster",
-                &initial,
-                "--election-timeout",
-                "500",
-                "--heartbeat-interval",
-                "50",
-            ])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log),
-    );
+    let _joiner = cluster.spawn_joiner("joiner", &client_url, &peer_url, &initial);
     let mut joiner = common::connect(&[format!("127.0.0.1:{client_port}")]).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

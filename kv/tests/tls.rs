@@ -379,32 +379,7 @@ async fn a_third_member_joins_a_tls_cluster() {
         .expect("member add on the leader");
     println!("{added}");
     let initial = format!("{},charlie={peer_url}", cluster.initial_cluster());
-    let tls_args = tls.member("charlie");
-    let log = std::fs::File::create(cluster.dir().join("charlie.log")).expect("log");
-    let _charlie = shoal_harness::Process::spawn(
-        "charlie",
-        std::process::Command::new(shoal_harness::binaries::shoal_kv())
-            .args(["--name", "charlie", "--initial-cluster-state", "existing"])
-            .arg("--data-dir")
-            .arg(cluster.dir().join("charlie"))
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &initial])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(tls_args)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log),
-    );
+    let _charlie = cluster.spawn_joiner("charlie", &client_url, &peer_url, &initial);
     let started = std::time::Instant::now();
     let read = loop {
         match etcdctl_as(

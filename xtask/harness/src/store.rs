@@ -493,6 +493,37 @@ impl StoreCluster {
         self.members[i] = Some(Process::spawn(&name, &mut cmd));
     }
 
+    /// Starts shoal kv member `name`, already announced with `member add`, joining this
+    /// cluster (`--initial-cluster-state existing` with `initial_cluster`) on `client_url` and
+    /// `peer_url`, with certificates of its own when the cluster has TLS and the fast timings of
+    /// test clusters. Its data dir and log (`<name>.log`) are in the cluster's directory.
+    pub fn spawn_joiner(
+        &self,
+        name: &str,
+        client_url: &str,
+        peer_url: &str,
+        initial_cluster: &str,
+    ) -> Process {
+        let log = std::fs::File::create(self.dir().join(format!("{name}.log")))
+            .expect("the joiner's log file");
+        Process::spawn(
+            name,
+            Command::new(binaries::shoal_kv())
+                .args(["--name", name, "--initial-cluster-state", "existing"])
+                .arg("--data-dir")
+                .arg(self.dir().join(name))
+                .args(["--listen-client-urls", client_url])
+                .args(["--advertise-client-urls", client_url])
+                .args(["--listen-peer-urls", peer_url])
+                .args(["--initial-advertise-peer-urls", peer_url])
+                .args(["--initial-cluster", initial_cluster])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .args(self.tls.iter().flat_map(|tls| tls.member(name)))
+                .stdout(log.try_clone().expect("the joiner's log file"))
+                .stderr(log),
+        )
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut member) = self.members[i].take() {
