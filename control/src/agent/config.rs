@@ -44,6 +44,56 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// A cloud-config's key, at its line when it can be found.
+    #[error("{path}:{}{key}: {message}", line.map(|line| format!("{line}: ")).unwrap_or_default())]
+    CloudConfig {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+}
+
+/// A node's config file: the agent's own YAML or a CoreOS cloud-config.
+#[derive(Debug, Clone)]
+pub enum NodeConfig {
+    Agent(Box<AgentConfig>),
+    CloudConfig(Box<super::cloud_config::CloudConfigNode>),
+}
+
+impl NodeConfig {
+    /// Reads a config file: a cloud-config if its first line is `#cloud-config`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if super::cloud_config::is_cloud_config(&text) {
+            return super::cloud_config::parse(&text)
+                .map(|node| Self::CloudConfig(Box::new(node)))
+                .map_err(|invalid| ConfigError::CloudConfig {
+                    path: path.to_path_buf(),
+                    line: invalid.line,
+                    key: invalid.key,
+                    message: invalid.message,
+                });
+        }
+        AgentConfig::parse(&text)
+            .map(|config| Self::Agent(Box::new(config)))
+            .map_err(|(field, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                message,
+            })
+    }
+
+    /// The agent's config (a cloud-config's mapped onto it).
+    pub fn agent(&self) -> &AgentConfig {
+        match self {
+            Self::Agent(config) => config,
+            Self::CloudConfig(node) => &node.agent,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -108,6 +158,21 @@ pub struct StoreConfig {
     pub listen_client_urls: Option<String>,
     /// Masters: peer URLs to listen on (default `http://0.0.0.0:2380`).
     pub listen_peer_urls: Option<String>,
+    /// Masters: client URLs this member tells the others and clients about (default: the
+    /// node's address on port 2379).
+    pub advertise_client_urls: Option<String>,
+    /// Masters: peer URLs this member announces (default: its URL in `initial_cluster`).
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Masters: etcd's `--initial-cluster-token`, the same on every member of a cluster.
+    #[serde(default = "default_cluster_token")]
+    pub initial_cluster_token: String,
+    /// Masters: the member's data directory (default `<data_dir>/kv`).
+    pub data_dir: Option<PathBuf>,
+    /// Masters without `pki`: the member's certificate for its client URLs (etcd's
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`).
+    pub server_tls: Option<MemberTls>,
+    /// Masters without `pki`: the member's certificate for its peer URLs (etcd's `--peer-*`).
+    pub peer_tls: Option<MemberTls>,
     /// Client URLs of the store, used by every component (workers: required; masters: default
     /// the masters of `initial_cluster` on port 2379).
     #[serde(default)]
@@ -136,6 +201,19 @@ pub struct StoreTls {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+}
+
+/// A member's own certificate for one of its listeners, as etcd's TLS flags give it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The CA that signs the certificates clients (or peers) present.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a certificate signed by `trusted_ca_file` from every client (or peer).
+    #[serde(default)]
+    pub client_cert_auth: bool,
 }
 
 /// A store user and its password.
@@ -185,6 +263,20 @@ pub struct NetworkConfig {
     /// node's netfilter FORWARD chain (`false` keeps every packet on the kernel's path).
     #[serde(default = "enabled")]
     pub direct_delivery: bool,
+    /// The overlay's own way to the store, where it differs from `store` (flannel's
+    /// `--etcd-endpoints`, `--etcd-cafile`, ..., `--etcd-username`).
+    #[serde(default)]
+    pub store: ComponentStore,
+}
+
+/// A component's store endpoints and identity, each overriding the node's `store` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentStore {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub tls: Option<StoreTls>,
+    pub auth: Option<StoreAuth>,
 }
 
 /// fleet's agent and engine candidate.
@@ -201,6 +293,17 @@ pub struct FleetSettings {
     /// Whether this node stands for election as the engine.
     #[serde(default = "enabled")]
     pub engine: bool,
+    /// How often the engine reconciles even without a change (fleet's
+    /// `engine_reconcile_interval`).
+    #[serde(default = "default_reconcile_interval", with = "humantime_serde")]
+    pub engine_reconcile_interval: Duration,
+    /// fleet's `etcd_request_timeout`.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub etcd_request_timeout: Duration,
+    /// fleet's own way to the store, where it differs from `store` (fleet's `etcd_servers`,
+    /// `etcd_cafile`, ..., `etcd_username`).
+    #[serde(default)]
+    pub store: ComponentStore,
 }
 
 /// The health, readiness and metrics endpoint.
@@ -229,6 +332,15 @@ fn default_fleet_prefix() -> String {
 fn default_agent_ttl() -> Duration {
     Duration::from_secs(30)
 }
+fn default_reconcile_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_cluster_token() -> String {
+    "shoal-cluster".into()
+}
 fn default_heartbeat_interval() -> Duration {
     Duration::from_millis(100)
 }
@@ -247,6 +359,12 @@ impl Default for StoreConfig {
             join: None,
             listen_client_urls: None,
             listen_peer_urls: None,
+            advertise_client_urls: None,
+            initial_advertise_peer_urls: None,
+            initial_cluster_token: default_cluster_token(),
+            data_dir: None,
+            server_tls: None,
+            peer_tls: None,
             endpoints: Vec::new(),
             external: false,
             heartbeat_interval: default_heartbeat_interval(),
@@ -267,6 +385,7 @@ impl Default for NetworkConfig {
             subnet_file: default_subnet_file(),
             bpf_pin_root: None,
             direct_delivery: true,
+            store: ComponentStore::default(),
         }
     }
 }
@@ -278,6 +397,9 @@ impl Default for FleetSettings {
             key_prefix: default_fleet_prefix(),
             agent_ttl: default_agent_ttl(),
             engine: true,
+            engine_reconcile_interval: default_reconcile_interval(),
+            etcd_request_timeout: default_request_timeout(),
+            store: ComponentStore::default(),
         }
     }
 }
@@ -291,23 +413,28 @@ impl Default for HealthConfig {
 }
 
 impl AgentConfig {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file (a cloud-config is mapped onto the agent's).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|(field, message)| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            message,
-        })
+        NodeConfig::load(path).map(|node| node.agent().clone())
     }
 
     /// Parses and validates YAML text; an error is `(field, message)`.
     pub fn parse(text: &str) -> Result<Self, (String, String)> {
-        let deserializer = serde_yaml::Deserializer::from_str(text);
-        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        Self::checked(serde_path_to_error::deserialize(
+            serde_yaml::Deserializer::from_str(text),
+        ))
+    }
+
+    /// Deserialises and validates a config already parsed as YAML (what a cloud-config maps
+    /// to); an error is `(field, message)`.
+    pub fn from_value(value: serde_yaml::Value) -> Result<Self, (String, String)> {
+        Self::checked(serde_path_to_error::deserialize(value))
+    }
+
+    fn checked<E: std::fmt::Display>(
+        parsed: Result<Self, serde_path_to_error::Error<E>>,
+    ) -> Result<Self, (String, String)> {
+        let config = parsed.map_err(|err| {
             let field = err.path().to_string();
             let field = if field == "." {
                 "(top level)".to_string()
@@ -363,6 +490,15 @@ impl AgentConfig {
         if self.fleet.agent_ttl < Duration::from_secs(1) {
             return Err(("fleet.agent_ttl", "must be at least 1s".into()));
         }
+        if self.fleet.engine_reconcile_interval.is_zero() {
+            return Err((
+                "fleet.engine_reconcile_interval",
+                "must be more than 0".into(),
+            ));
+        }
+        if self.fleet.etcd_request_timeout.is_zero() {
+            return Err(("fleet.etcd_request_timeout", "must be more than 0".into()));
+        }
         Ok(())
     }
 
@@ -380,9 +516,29 @@ impl AgentConfig {
                 ),
             ));
         }
-        validate_store_identity(store)?;
+        validate_store_identity("store", store.tls.as_ref(), store.auth.as_ref())?;
+        validate_store_identity(
+            "network.store",
+            self.network.store.tls.as_ref(),
+            self.network.store.auth.as_ref(),
+        )?;
+        validate_store_identity(
+            "fleet.store",
+            self.fleet.store.tls.as_ref(),
+            self.fleet.store.auth.as_ref(),
+        )?;
         if self.pki.is_some() {
             validate_secure_store(store)?;
+            let own_identity =
+                |component: &ComponentStore| component.tls.is_some() || component.auth.is_some();
+            if own_identity(&self.network.store) || own_identity(&self.fleet.store) {
+                return Err((
+                    "pki",
+                    "gives every component its own certificate: leave out network.store's and \
+                     fleet.store's tls and auth"
+                        .into(),
+                ));
+            }
         }
         if store.external || self.role == Role::Worker {
             if store.endpoints.is_empty() {
@@ -393,11 +549,11 @@ impl AgentConfig {
             }
             return Ok(());
         }
-        if store.tls.is_some() && store.endpoints.is_empty() {
+        if store.tls.is_some() && store.server_tls.is_none() && store.endpoints.is_empty() {
             return Err((
                 "store.tls",
                 "this master's own member serves plain HTTP: give store.endpoints (https://) \
-                 of the store these files are for"
+                 of the store these files are for, or store.server_tls"
                     .into(),
             ));
         }
@@ -423,33 +579,56 @@ impl AgentConfig {
     }
 }
 
-/// `store.tls` and `store.auth` must each say something whole.
-fn validate_store_identity(store: &StoreConfig) -> Result<(), (&'static str, String)> {
-    if let Some(tls) = &store.tls {
+/// `tls` and `auth` (of `store`, `network.store` or `fleet.store`) must each say something
+/// whole.
+fn validate_store_identity(
+    section: &'static str,
+    tls: Option<&StoreTls>,
+    auth: Option<&StoreAuth>,
+) -> Result<(), (&'static str, String)> {
+    let field = |name: &str| -> &'static str {
+        match (section, name) {
+            ("store", "tls.cert_file") => "store.tls.cert_file",
+            ("store", "tls.key_file") => "store.tls.key_file",
+            ("store", "tls") => "store.tls",
+            ("store", _) => "store.auth.username",
+            ("network.store", "tls.cert_file") => "network.store.tls.cert_file",
+            ("network.store", "tls.key_file") => "network.store.tls.key_file",
+            ("network.store", "tls") => "network.store.tls",
+            ("network.store", _) => "network.store.auth.username",
+            (_, "tls.cert_file") => "fleet.store.tls.cert_file",
+            (_, "tls.key_file") => "fleet.store.tls.key_file",
+            (_, "tls") => "fleet.store.tls",
+            _ => "fleet.store.auth.username",
+        }
+    };
+    if let Some(tls) = tls {
         match (&tls.cert_file, &tls.key_file) {
-            (Some(_), None) => return Err(("store.tls.cert_file", "needs key_file".into())),
-            (None, Some(_)) => return Err(("store.tls.key_file", "needs cert_file".into())),
+            (Some(_), None) => return Err((field("tls.cert_file"), "needs key_file".into())),
+            (None, Some(_)) => return Err((field("tls.key_file"), "needs cert_file".into())),
             (None, None) if tls.ca_file.is_none() => {
                 return Err((
-                    "store.tls",
+                    field("tls"),
                     "give ca_file, or cert_file and key_file, or both".into(),
                 ));
             }
             _ => {}
         }
     }
-    if store
-        .auth
-        .as_ref()
-        .is_some_and(|auth| auth.username.is_empty())
-    {
-        return Err(("store.auth.username", "must not be empty".into()));
+    if auth.is_some_and(|auth| auth.username.is_empty()) {
+        return Err((field("auth.username"), "must not be empty".into()));
     }
     Ok(())
 }
 
 /// With `pki` every component has its own certificate and every URL is `https://`.
 fn validate_secure_store(store: &StoreConfig) -> Result<(), (&'static str, String)> {
+    if store.server_tls.is_some() || store.peer_tls.is_some() {
+        return Err((
+            "pki",
+            "holds the member's certificates: leave out store.server_tls and store.peer_tls".into(),
+        ));
+    }
     if store.tls.is_some() || store.auth.is_some() {
         return Err((
             "pki",

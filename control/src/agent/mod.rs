@@ -1,4 +1,5 @@
-//! `shoal agent`: the daemon of one node. It reads the node's YAML ([`config`]), resolves what
+//! `shoal agent`: the daemon of one node. It reads the node's YAML ([`config`]) or a CoreOS
+//! `#cloud-config` ([`cloud_config`]: also files, users, keys, host name, units), resolves what
 //! the node runs ([`plan`]), then runs together: a store member (masters) or nothing (workers
 //! use the masters), the overlay control plane and dataplane, fleet's agent and engine
 //! candidate, and the health endpoint ([`health`], [`readiness`]).
@@ -7,6 +8,7 @@
 //!
 //! Shutdown (SIGINT, SIGTERM) stops the components; the overlay leaves its routes, lease and
 //! pinned dataplane in place so running containers keep their network.
+pub mod cloud_config;
 pub mod config;
 pub mod dataplane_metrics;
 pub mod health;
@@ -26,7 +28,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use self::{
-    config::AgentConfig,
+    cloud_config::CloudConfigNode,
+    config::{AgentConfig, NodeConfig},
     health::{Gauges, Readiness},
     plan::Plan,
     readiness::{FleetProbe, OverlayProbe, Probes},
@@ -34,26 +37,122 @@ use self::{
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Cloud-config-style YAML describing this node.
+    /// The node's config: the agent's YAML, or a CoreOS `#cloud-config` (first line).
     #[arg(long, default_value = "/etc/shoal/agent.yaml")]
     pub config: PathBuf,
-    /// Only validate the config, print what the node would run, and exit.
+    /// Only validate the config, print what the node would run (for a cloud-config: what
+    /// each key maps to, and the keys not honoured), and exit.
     #[arg(long)]
     pub check: bool,
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let config = AgentConfig::load(&args.config)?;
+    let (config, cloud) = match NodeConfig::load(&args.config)? {
+        NodeConfig::Agent(config) => (*config, None),
+        NodeConfig::CloudConfig(node) => (node.agent.clone(), Some(*node)),
+    };
     let plan = Plan::for_node(&config)?;
     if args.check {
-        println!("{}: valid\n{plan:#?}", args.config.display());
+        match &cloud {
+            Some(cloud) => print!("{}", check_report(&args.config, cloud, &plan)),
+            None => println!("{}: valid\n{plan:#?}", args.config.display()),
+        }
         return Ok(());
+    }
+    if let Some(warning) = cloud
+        .as_ref()
+        .and_then(CloudConfigNode::not_honoured_warning)
+    {
+        tracing::warn!("{warning}");
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    if let Some(cloud) = &cloud {
+        cloud_config::provision::provision(&cloud.setup)?;
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    run_node(config, plan, shutdown).await
+    let units = cloud.map(|cloud| cloud.setup.units).unwrap_or_default();
+    run_node_with_units(config, plan, units, shutdown).await
+}
+
+/// `--check` for a cloud-config: each key and what it maps to, the keys not honoured, and
+/// what the node runs.
+fn check_report(path: &std::path::Path, cloud: &CloudConfigNode, plan: &Plan) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("{}: valid #cloud-config\n", path.display());
+    let width = cloud.mapped.iter().map(|m| m.key.len()).max().unwrap_or(0);
+    for mapped in &cloud.mapped {
+        let _ = writeln!(out, "  {:width$}  -> {}", mapped.key, mapped.effect);
+    }
+    match cloud.not_honoured_warning() {
+        Some(warning) => {
+            let _ = writeln!(out, "warning: {warning}");
+        }
+        None => out.push_str("every key is honoured\n"),
+    }
+    let mut runs = Vec::new();
+    if let Some(member) = &plan.member {
+        runs.push(format!(
+            "a store member ({}) in place of etcd2.service",
+            member.config.initial_advertise_peer_urls.join(",")
+        ));
+    }
+    if plan.overlay.is_some() {
+        runs.push("the overlay in place of flanneld.service".to_string());
+    }
+    if plan.fleet.is_some() {
+        runs.push("fleet in place of fleet.service".to_string());
+    }
+    let runtime = if shoal_scheduler::agent::runtime::systemd_is_init() {
+        "systemd (PID 1 here)"
+    } else {
+        "the built-in supervisor (systemd is not PID 1 here)"
+    };
+    let _ = writeln!(
+        out,
+        "the agent runs: {}; store endpoints {}; {} unit(s) through {runtime}",
+        if runs.is_empty() {
+            "no component".to_string()
+        } else {
+            runs.join(", ")
+        },
+        plan.store.endpoints.join(","),
+        cloud.setup.units.len(),
+    );
+    out
+}
+
+/// Runs every component of the node until `shutdown`, and a cloud-config's `units` once the
+/// components are started.
+pub async fn run_node_with_units(
+    config: AgentConfig,
+    plan: Plan,
+    units: Vec<cloud_config::mapping::UnitAction>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    if units.is_empty() {
+        return run_node(config, plan, shutdown).await;
+    }
+    let public_ip = config.public_ip.map(|ip| ip.to_string());
+    let route_ip = shoal_scheduler::agent::identity::detect_public_ip(&plan.store.endpoints);
+    let environment =
+        shoal_scheduler::agent::identity::coreos_environment(public_ip.as_deref(), route_ip);
+    let data_dir = config.data_dir.clone();
+    let node = run_node(config, plan, shutdown.clone());
+    let units = async move {
+        match cloud_config::units::run(&units, &data_dir, environment).await {
+            // The supervisor lives as long as the agent: its units keep running after.
+            Ok(supervisor) => {
+                shutdown.cancelled().await;
+                drop(supervisor);
+                Ok(())
+            }
+            Err(err) => Err(err.context("running the cloud-config's units")),
+        }
+    };
+    let (node, units) = tokio::join!(node, units);
+    node.and(units)
 }
 
 /// Runs every component of the node until `shutdown` is cancelled or one of them fails.

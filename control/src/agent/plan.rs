@@ -4,7 +4,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::config::{AgentConfig, ClusterState, Role};
+use super::config::{AgentConfig, ClusterState, ComponentStore, MemberTls, Role};
 use shoal_flannel::{OverlayConfig, registry::StoreOptions};
 use shoal_store_client::{Credentials, StoreConfig, TlsFiles};
 
@@ -67,22 +67,30 @@ impl Plan {
         let needs_admin =
             member.as_ref().is_some_and(|member| member.join.is_some()) || store_users.is_some();
         let (reader, probe_key) = agent_reader(config);
+        let overlay_endpoints = component_endpoints(&config.network.store, &endpoints);
+        let fleet_endpoints = component_endpoints(&config.fleet.store, &endpoints);
+        let reader_endpoints = match reader {
+            shoal_pki::FLANNEL => overlay_endpoints.clone(),
+            shoal_pki::FLEET => fleet_endpoints.clone(),
+            _ => endpoints.clone(),
+        };
         Ok(Self {
             overlay: config.network.enabled.then(|| {
                 overlay_config(
                     config,
-                    &endpoints,
+                    &overlay_endpoints,
                     &StoreIdentity::of(config, shoal_pki::FLANNEL),
                 )
             }),
             network_config: network_config(
                 config,
-                StoreIdentity::of(config, shoal_pki::FLANNEL).store_config(endpoints.clone()),
+                StoreIdentity::of(config, shoal_pki::FLANNEL)
+                    .store_config(overlay_endpoints.clone()),
             ),
             fleet: config.fleet.enabled.then(|| {
                 fleet_config(
                     config,
-                    &endpoints,
+                    &fleet_endpoints,
                     &StoreIdentity::of(config, shoal_pki::FLEET),
                 )
             }),
@@ -90,7 +98,7 @@ impl Plan {
             admin: needs_admin.then(|| {
                 StoreIdentity::of(config, shoal_pki::ROOT).store_config(endpoints.clone())
             }),
-            store: StoreIdentity::of(config, reader).store_config(endpoints),
+            store: StoreIdentity::of(config, reader).store_config(reader_endpoints),
             probe_key,
             member,
         })
@@ -106,7 +114,8 @@ pub struct StoreIdentity {
 
 impl StoreIdentity {
     /// The identity of the component that is store user `user`: its own client certificate
-    /// with `pki`, else what `store.tls` and `store.auth` give every component.
+    /// with `pki`, else its own section's `tls` and `auth` (`network.store`, `fleet.store`),
+    /// else what `store.tls` and `store.auth` give every component.
     fn of(config: &AgentConfig, user: &str) -> Self {
         if let Some(pki) = &config.pki {
             let file = |name: String| Some(pki.join(name));
@@ -119,14 +128,25 @@ impl StoreIdentity {
                 credentials: None,
             };
         }
-        let tls = config.store.tls.as_ref().and_then(|tls| {
-            TlsFiles::given(
-                tls.ca_file.clone(),
-                tls.cert_file.clone(),
-                tls.key_file.clone(),
-            )
-        });
-        let credentials = config.store.auth.as_ref().map(|auth| Credentials {
+        let own = match user {
+            shoal_pki::FLANNEL => Some(&config.network.store),
+            shoal_pki::FLEET => Some(&config.fleet.store),
+            _ => None,
+        };
+        let tls = own
+            .and_then(|own| own.tls.as_ref())
+            .or(config.store.tls.as_ref())
+            .and_then(|tls| {
+                TlsFiles::given(
+                    tls.ca_file.clone(),
+                    tls.cert_file.clone(),
+                    tls.key_file.clone(),
+                )
+            });
+        let auth = own
+            .and_then(|own| own.auth.as_ref())
+            .or(config.store.auth.as_ref());
+        let credentials = auth.map(|auth| Credentials {
             user: auth.username.clone(),
             password: auth.password.clone(),
         });
@@ -147,7 +167,7 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
         return Ok(None);
     }
     let store = &config.store;
-    let scheme = if config.pki.is_some() {
+    let scheme = if config.pki.is_some() || store.server_tls.is_some() {
         "https"
     } else {
         "http"
@@ -185,24 +205,29 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
     let peer_port = port_of(&own_peer).unwrap_or(PEER_PORT);
     let kv = shoal_kv::member::Config {
         name: config.name.clone(),
-        data_dir: config.data_dir.join("kv"),
+        data_dir: store
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("kv")),
         listen_client_urls: split(store.listen_client_urls.as_deref())
             .unwrap_or_else(|| vec![format!("{scheme}://{any}:{CLIENT_PORT}")]),
-        advertise_client_urls: vec![format!("{scheme}://{client_host}:{CLIENT_PORT}")],
+        advertise_client_urls: split(store.advertise_client_urls.as_deref())
+            .unwrap_or_else(|| vec![format!("{scheme}://{client_host}:{CLIENT_PORT}")]),
         listen_peer_urls: split(store.listen_peer_urls.as_deref())
             .unwrap_or_else(|| vec![format!("{scheme}://{any}:{peer_port}")]),
-        initial_advertise_peer_urls: vec![own_peer],
+        initial_advertise_peer_urls: split(store.initial_advertise_peer_urls.as_deref())
+            .unwrap_or_else(|| vec![own_peer]),
         initial_cluster,
         initial_cluster_state: match store.initial_cluster_state {
             ClusterState::New if store.join.is_none() => shoal_kv::member::ClusterState::New,
             _ => shoal_kv::member::ClusterState::Existing,
         },
-        initial_cluster_token: "shoal-cluster".to_string(),
+        initial_cluster_token: store.initial_cluster_token.clone(),
         heartbeat_interval: store.heartbeat_interval,
         election_timeout: store.election_timeout,
         snapshot_count: 10_000,
-        client_tls: member_tls(config, shoal_pki::SERVER),
-        peer_tls: member_tls(config, shoal_pki::PEER),
+        client_tls: member_tls(config, shoal_pki::SERVER, store.server_tls.as_ref()),
+        peer_tls: member_tls(config, shoal_pki::PEER, store.peer_tls.as_ref()),
         auth_token_ttl: shoal_kv::storage::tokens::DEFAULT_TTL,
         // Revision mode bounds the history by count whatever the write rate (fleet agents
         // rewrite their units' keys every second, so a time window would grow with the
@@ -219,9 +244,20 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
 }
 
 /// With `pki`, the member's certificate `name` (server or peer) from it, client certificates
-/// required and checked against the cluster's CA.
-fn member_tls(config: &AgentConfig, name: &str) -> Option<shoal_kv::tls::TlsFiles> {
-    let pki = config.pki.as_ref()?;
+/// required and checked against the cluster's CA; else the files `given` (etcd's flags).
+fn member_tls(
+    config: &AgentConfig,
+    name: &str,
+    given: Option<&MemberTls>,
+) -> Option<shoal_kv::tls::TlsFiles> {
+    let Some(pki) = config.pki.as_ref() else {
+        return given.map(|tls| shoal_kv::tls::TlsFiles {
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+            trusted_ca_file: tls.trusted_ca_file.clone(),
+            client_cert_auth: tls.client_cert_auth,
+        });
+    };
     Some(shoal_kv::tls::TlsFiles {
         cert_file: pki.join(format!("{name}.pem")),
         key_file: pki.join(format!("{name}-key.pem")),
@@ -255,6 +291,15 @@ fn endpoints(config: &AgentConfig, member: Option<&MemberPlan>) -> Vec<String> {
     member.map_or_else(Vec::new, |member| {
         member.config.advertise_client_urls.clone()
     })
+}
+
+/// A component's own endpoints where it has some, else the node's.
+fn component_endpoints(component: &ComponentStore, node: &[String]) -> Vec<String> {
+    if component.endpoints.is_empty() {
+        node.to_vec()
+    } else {
+        component.endpoints.clone()
+    }
 }
 
 fn overlay_config(
@@ -325,6 +370,8 @@ fn fleet_config(
         metadata: config.metadata.clone(),
         public_ip: config.public_ip.map(|ip: Ipv4Addr| ip.to_string()),
         agent_ttl: config.fleet.agent_ttl,
+        engine_reconcile_interval: config.fleet.engine_reconcile_interval,
+        etcd_request_timeout: config.fleet.etcd_request_timeout,
         machine_id: config.machine_id.clone(),
         data_dir: config.data_dir.join("fleet"),
         disable_engine: !config.fleet.engine,
