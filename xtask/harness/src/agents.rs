@@ -61,6 +61,9 @@ pub struct Agents {
     /// namespace with a fresh /sys, whose bpffs would vanish (and detach the dataplane) when
     /// the agent exits. This one lives in our mount namespace until the agents are dropped.
     bpffs: Option<Bpffs>,
+    /// Each node's config file as given (a test's own YAML or cloud-config), instead of the
+    /// layout's.
+    configs: Option<Vec<String>>,
 }
 
 impl Agents {
@@ -71,6 +74,7 @@ impl Agents {
             children: Vec::new(),
             options,
             bpffs: Some(bpffs),
+            configs: None,
         };
         if let Some(pki) = agents.pki_dir() {
             let nodes: Vec<shoal_pki::ClusterNode> = cluster
@@ -95,9 +99,55 @@ impl Agents {
         Ok(agents)
     }
 
+    /// Starts node `i`'s agent with `configs[i]` as its config file (written to its
+    /// `agent.yaml`), e.g. a cloud-config; plain HTTP, no PKI. Paths for it:
+    /// [`Agents::node_dir_in`], [`Agents::pin_root_in`], [`Agents::machine_id`].
+    pub fn start_with_configs(
+        cluster: &Cluster,
+        mut options: AgentOptions,
+        configs: Vec<String>,
+    ) -> Result<Self> {
+        if configs.len() != cluster.nodes().len() {
+            return Err(Error::Layout(format!(
+                "{} configs for {} nodes",
+                configs.len(),
+                cluster.nodes().len()
+            )));
+        }
+        options.secure = false;
+        let bpffs = Bpffs::mount(&options.dir.join("bpffs"))?;
+        let mut agents = Self {
+            children: Vec::new(),
+            options,
+            bpffs: Some(bpffs),
+            configs: Some(configs),
+        };
+        for node in cluster.nodes() {
+            let child = agents.spawn(cluster, node)?;
+            agents.children.push(Some(child));
+        }
+        Ok(agents)
+    }
+
     /// The directory of node `index`: `agent.yaml`, `agent.log`, `subnet.env`, `data/`.
     pub fn node_dir(&self, index: usize) -> PathBuf {
-        self.options.dir.join(format!("node{}", index + 1))
+        Self::node_dir_in(&self.options.dir, index)
+    }
+
+    /// [`Agents::node_dir`] of agents started with `AgentOptions::dir` `dir`.
+    pub fn node_dir_in(dir: &Path, index: usize) -> PathBuf {
+        dir.join(format!("node{}", index + 1))
+    }
+
+    /// Where node `index`'s dataplane pins its maps (`network.bpf_pin_root`): in the bpffs the
+    /// agents of `dir` share.
+    pub fn pin_root_in(dir: &Path, index: usize) -> PathBuf {
+        dir.join("bpffs").join(format!("node{}", index + 1))
+    }
+
+    /// The machine ID the layout gives `node` (`machine_id`): nodes share /etc/machine-id.
+    pub fn machine_id(node: &Node) -> String {
+        machine_id(node.ns().name())
     }
 
     /// The cluster's PKI directory (`shoal pki cluster`'s layout), if it is secure.
@@ -172,12 +222,7 @@ impl Agents {
             machine_id = machine_id(node.ns().name()),
             ip = node.underlay_ip(),
             dir = dir.display(),
-            pins = self
-                .options
-                .dir
-                .join("bpffs")
-                .join(format!("node{}", node.index() + 1))
-                .display(),
+            pins = Self::pin_root_in(&self.options.dir, node.index()).display(),
             ttl = self.options.agent_ttl.as_secs().max(1),
         )
     }
@@ -186,8 +231,11 @@ impl Agents {
         let dir = self.node_dir(node.index());
         std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
         let config = dir.join("agent.yaml");
-        std::fs::write(&config, self.config_for(cluster, node))
-            .map_err(|source| io_error(&config, source))?;
+        let text = match &self.configs {
+            Some(configs) => configs[node.index()].clone(),
+            None => self.config_for(cluster, node),
+        };
+        std::fs::write(&config, text).map_err(|source| io_error(&config, source))?;
         let log_path = dir.join("agent.log");
         let log = File::options()
             .create(true)
