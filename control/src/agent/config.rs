@@ -1,5 +1,7 @@
 //! The agent's cloud-config-style YAML: one file describes one node. Every error names the
-//! field it is about, e.g. ``store.initial_cluster: must name this node (`node1`)``.
+//! field it is about, e.g. ``store.initial_cluster: must name this node (`node1`)``. A file
+//! whose first line is `#cloud-config` is CoreOS's format instead ([`NodeConfig::load`] hands
+//! it to [`super::cloud_config`], which maps it onto this one).
 //!
 //! ```yaml
 //! #shoal-config
