@@ -518,14 +518,14 @@ impl AgentConfig {
                 ),
             ));
         }
-        validate_store_identity("store", store.tls.as_ref(), store.auth.as_ref())?;
+        validate_store_identity(&STORE_IDENTITY, store.tls.as_ref(), store.auth.as_ref())?;
         validate_store_identity(
-            "network.store",
+            &NETWORK_IDENTITY,
             self.network.store.tls.as_ref(),
             self.network.store.auth.as_ref(),
         )?;
         validate_store_identity(
-            "fleet.store",
+            &FLEET_IDENTITY,
             self.fleet.store.tls.as_ref(),
             self.fleet.store.auth.as_ref(),
         )?;
@@ -581,36 +581,47 @@ impl AgentConfig {
     }
 }
 
+/// The field names of one section's `tls` and `auth`, for errors.
+struct IdentityFields {
+    tls: &'static str,
+    cert_file: &'static str,
+    key_file: &'static str,
+    username: &'static str,
+}
+
+const STORE_IDENTITY: IdentityFields = IdentityFields {
+    tls: "store.tls",
+    cert_file: "store.tls.cert_file",
+    key_file: "store.tls.key_file",
+    username: "store.auth.username",
+};
+const NETWORK_IDENTITY: IdentityFields = IdentityFields {
+    tls: "network.store.tls",
+    cert_file: "network.store.tls.cert_file",
+    key_file: "network.store.tls.key_file",
+    username: "network.store.auth.username",
+};
+const FLEET_IDENTITY: IdentityFields = IdentityFields {
+    tls: "fleet.store.tls",
+    cert_file: "fleet.store.tls.cert_file",
+    key_file: "fleet.store.tls.key_file",
+    username: "fleet.store.auth.username",
+};
+
 /// `tls` and `auth` (of `store`, `network.store` or `fleet.store`) must each say something
 /// whole.
 fn validate_store_identity(
-    section: &'static str,
+    fields: &IdentityFields,
     tls: Option<&StoreTls>,
     auth: Option<&StoreAuth>,
 ) -> Result<(), (&'static str, String)> {
-    let field = |name: &str| -> &'static str {
-        match (section, name) {
-            ("store", "tls.cert_file") => "store.tls.cert_file",
-            ("store", "tls.key_file") => "store.tls.key_file",
-            ("store", "tls") => "store.tls",
-            ("store", _) => "store.auth.username",
-            ("network.store", "tls.cert_file") => "network.store.tls.cert_file",
-            ("network.store", "tls.key_file") => "network.store.tls.key_file",
-            ("network.store", "tls") => "network.store.tls",
-            ("network.store", _) => "network.store.auth.username",
-            (_, "tls.cert_file") => "fleet.store.tls.cert_file",
-            (_, "tls.key_file") => "fleet.store.tls.key_file",
-            (_, "tls") => "fleet.store.tls",
-            _ => "fleet.store.auth.username",
-        }
-    };
     if let Some(tls) = tls {
         match (&tls.cert_file, &tls.key_file) {
-            (Some(_), None) => return Err((field("tls.cert_file"), "needs key_file".into())),
-            (None, Some(_)) => return Err((field("tls.key_file"), "needs cert_file".into())),
+            (Some(_), None) => return Err((fields.cert_file, "needs key_file".into())),
+            (None, Some(_)) => return Err((fields.key_file, "needs cert_file".into())),
             (None, None) if tls.ca_file.is_none() => {
                 return Err((
-                    field("tls"),
+                    fields.tls,
                     "give ca_file, or cert_file and key_file, or both".into(),
                 ));
             }
@@ -618,7 +629,7 @@ fn validate_store_identity(
         }
     }
     if auth.is_some_and(|auth| auth.username.is_empty()) {
-        return Err((field("auth.username"), "must not be empty".into()));
+        return Err((fields.username, "must not be empty".into()));
     }
     Ok(())
 }
@@ -800,6 +811,28 @@ mod tests {
         assert_eq!(error_of(worker).0, "store");
         let both = "name: n1\npki: /p\nstore:\n  auth: { username: a, password: b }\n";
         assert_eq!(error_of(both).0, "pki");
+    }
+
+    #[test]
+    fn components_may_have_their_own_store_access_checked_like_the_nodes() {
+        let config = AgentConfig::parse(
+            "name: w1\nrole: worker\nstore:\n  endpoints: [http://10.0.0.1:2379]\nfleet:\n  store:\n    endpoints: [https://10.0.0.2:2379]\n    tls: { ca_file: /ca.pem }\n",
+        )
+        .expect("valid");
+        assert_eq!(config.fleet.store.endpoints, ["https://10.0.0.2:2379"]);
+        assert_eq!(
+            error_of("name: n1\nnetwork:\n  store:\n    tls: { key_file: /k.pem }\n").0,
+            "network.store.tls.key_file"
+        );
+        assert_eq!(
+            error_of("name: n1\nfleet:\n  store:\n    auth: { username: '', password: x }\n").0,
+            "fleet.store.auth.username"
+        );
+        let with_pki = "name: n1\npki: /p\nfleet:\n  store:\n    tls: { ca_file: /ca.pem }\n";
+        assert_eq!(error_of(with_pki).0, "pki");
+        let member_tls =
+            "name: n1\npki: /p\nstore:\n  server_tls: { cert_file: /c, key_file: /k }\n";
+        assert_eq!(error_of(member_tls).0, "pki");
     }
 
     #[test]

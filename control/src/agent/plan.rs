@@ -554,6 +554,38 @@ mod tests {
     }
 
     #[test]
+    fn a_components_own_endpoints_and_identity_win_over_the_nodes() {
+        let plan = plan(
+            "name: w1\nrole: worker\nstore:\n  endpoints: [http://10.0.0.1:2379]\n  auth: { username: shoal, password: pw }\nnetwork:\n  store:\n    endpoints: [http://10.0.0.9:2379]\n    auth: { username: flannel, password: f }\n",
+        );
+        let overlay = plan.overlay.expect("overlay").store;
+        assert_eq!(overlay.endpoints, ["http://10.0.0.9:2379"]);
+        assert_eq!(overlay.username.as_deref(), Some("flannel"));
+        let fleet = plan.fleet.expect("fleet");
+        assert_eq!(fleet.etcd_servers, ["http://10.0.0.1:2379"]);
+        assert_eq!(fleet.etcd_username.as_deref(), Some("shoal"));
+        assert_eq!(
+            plan.store.endpoints,
+            ["http://10.0.0.9:2379"],
+            "the agent reads as the overlay, where the overlay reads"
+        );
+    }
+
+    #[test]
+    fn a_members_urls_token_and_data_dir_follow_the_yaml() {
+        let plan = plan(
+            "name: n1\nstore:\n  initial_cluster: n1=http://10.0.0.1:2380\n  advertise_client_urls: http://10.0.0.1:2379,http://127.0.0.1:2379\n  initial_advertise_peer_urls: http://10.0.0.1:2380\n  initial_cluster_token: t1\n  data_dir: /d\n",
+        );
+        let member = plan.member.expect("member").config;
+        assert_eq!(
+            member.advertise_client_urls,
+            ["http://10.0.0.1:2379", "http://127.0.0.1:2379"]
+        );
+        assert_eq!(member.initial_cluster_token, "t1");
+        assert_eq!(member.data_dir, Path::new("/d"));
+    }
+
+    #[test]
     fn the_network_config_goes_under_the_prefix() {
         let plan = plan("name: n1\nnetwork:\n  config: { Network: 10.244.0.0/16 }\n");
         let written = plan.network_config.expect("network config");
