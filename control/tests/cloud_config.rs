@@ -173,7 +173,7 @@ fn a_node_comes_up_from_a_cloud_config() {
     let _units = UnitsGuard(dir.join("data/cloud-config"));
     let mut options = AgentOptions::new(binaries::shoal(), temp.path());
     options.masters = 1;
-    let agents = Agents::start_with_configs(&cluster, options, vec![config]).expect("start");
+    let mut agents = Agents::start_with_configs(&cluster, options, vec![config]).expect("start");
 
     let ready = agents
         .wait_ready(&cluster, Duration::from_secs(30), |_, _| {})
@@ -258,4 +258,24 @@ fn a_node_comes_up_from_a_cloud_config() {
         "{}",
         warnings[0]
     );
+
+    // A restarted agent adopts the unit instead of starting it a second time.
+    let run_record = dir.join("data/cloud-config/units/hello.service/run.json");
+    let pid = || {
+        let text = std::fs::read_to_string(&run_record).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["pid"].as_u64()
+    };
+    let before = pid().expect("hello.service's run record");
+    agents.restart(&cluster, 0).expect("restart the agent");
+    agents
+        .wait_ready(&cluster, Duration::from_secs(30), |_, _| {})
+        .unwrap_or_else(|err| panic!("{err}\n{}", agents.logs()));
+    wait_for("the unit adopted", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("agent.log"))
+            .ok()?
+            .matches("cloud-config: unit loaded into the built-in supervisor")
+            .nth(1)
+            .map(|_| ())
+    });
+    assert_eq!(pid(), Some(before), "the same process runs hello.service");
 }
