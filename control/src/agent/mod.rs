@@ -139,20 +139,24 @@ pub async fn run_node_with_units(
     let environment =
         shoal_scheduler::agent::identity::coreos_environment(public_ip.as_deref(), route_ip);
     let data_dir = config.data_dir.clone();
-    let node = run_node(config, plan, shutdown.clone());
+    let stop = shutdown.clone();
+    let node = async move {
+        let outcome = run_node(config, plan, stop.clone()).await;
+        stop.cancel(); // also when it failed before starting: the units' task ends with it
+        outcome
+    };
     let units = async move {
         match cloud_config::units::run(&units, &data_dir, environment).await {
             // The supervisor lives as long as the agent: its units keep running after.
             Ok(supervisor) => {
                 shutdown.cancelled().await;
                 drop(supervisor);
-                Ok(())
             }
-            Err(err) => Err(err.context("running the cloud-config's units")),
+            // The node's components keep running: say so now, not at shutdown.
+            Err(err) => tracing::error!("running the cloud-config's units: {err:#}"),
         }
     };
-    let (node, units) = tokio::join!(node, units);
-    node.and(units)
+    tokio::join!(node, units).0
 }
 
 /// Runs every component of the node until `shutdown` is cancelled or one of them fails.

@@ -40,7 +40,7 @@ pub async fn run(
         return Ok(None);
     }
     if systemd_is_init() {
-        with_systemd(units).await?;
+        with_systemd(units, &environment).await?;
         return Ok(None);
     }
     let supervisor = Arc::new(
@@ -52,7 +52,18 @@ pub async fn run(
     Ok(Some(supervisor))
 }
 
-async fn with_systemd(units: &[UnitAction]) -> Result<()> {
+/// Writes the units, then enables and commands them. `environment` (CoreOS's `COREOS_*`
+/// addresses) goes into systemd's manager environment first, as fleet's units get it.
+async fn with_systemd(units: &[UnitAction], environment: &[(String, String)]) -> Result<()> {
+    if !environment.is_empty() {
+        let assignments: Vec<String> = environment
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        let mut args = vec!["set-environment"];
+        args.extend(assignments.iter().map(String::as_str));
+        systemctl(&args).await?;
+    }
     for unit in units {
         let dir = Path::new(if unit.runtime {
             "/run/systemd/system"
