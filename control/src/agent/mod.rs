@@ -104,11 +104,26 @@ fn check_report(path: &std::path::Path, cloud: &CloudConfigNode, plan: &Plan) ->
     if plan.fleet.is_some() {
         runs.push("fleet in place of fleet.service".to_string());
     }
-    let runtime = if shoal_scheduler::agent::runtime::systemd_is_init() {
+    let systemd = shoal_scheduler::agent::runtime::systemd_is_init();
+    let runtime = if systemd {
         "systemd (PID 1 here)"
     } else {
         "the built-in supervisor (systemd is not PID 1 here)"
     };
+    let unsupervised: Vec<&str> = cloud
+        .setup
+        .units
+        .iter()
+        .map(|unit| unit.name.as_str())
+        .filter(|name| !systemd && !name.ends_with(".service"))
+        .collect();
+    if !unsupervised.is_empty() {
+        let _ = writeln!(
+            out,
+            "warning: the built-in supervisor runs services only: {} will not run here",
+            unsupervised.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "the agent runs: {}; store endpoints {}; {} unit(s) through {runtime}",
