@@ -1,8 +1,8 @@
 //! `shoal agent --config` with a CoreOS `#cloud-config`: the book's examples pass `--check`,
-//! an invalid one fails naming its line and key, and a node in a network namespace comes up
-//! from one: its store member, fleet machine with the metadata, overlay lease, files with their
-//! mode and owner, a `coreos.units` unit run by the supervisor, and one warning naming the
-//! keys not honoured.
+//! an invalid one fails naming its line and key, and the book's three nodes in network
+//! namespaces come up from theirs: the store's members, fleet machines with their metadata,
+//! overlay leases, files with their mode and owner, a `coreos.units` unit run by the
+//! supervisor (and adopted by a restarted agent), and one warning naming the keys not honoured.
 use std::{os::unix::fs::MetadataExt as _, path::Path, process::Command, time::Duration};
 
 use shoal_harness::{AgentOptions, Agents, Cluster, Node, binaries, wait_for};
@@ -93,16 +93,27 @@ impl Drop for UnitsGuard {
     }
 }
 
-/// A single-node cluster's cloud-config: everything of the book's node, with the paths and
-/// identity a network-namespace node needs under `shoal:`.
-fn node_cloud_config(node: &Node, dir: &Path, pins: &Path) -> String {
+/// The book's metadata of node `index`.
+fn book_metadata(index: usize) -> String {
+    let compute = if index == 2 { "db" } else { "web" };
+    format!("compute={compute},rack=rack{}", index + 1)
+}
+
+/// The cloud-config of `node` in a three-node cluster: everything of the book's nodes, with
+/// the paths and identity a network-namespace node needs under `shoal:`.
+fn node_cloud_config(cluster: &Cluster, node: &Node, agents_dir: &Path) -> String {
     let ip = node.underlay_ip();
+    let initial_cluster: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("node{}=http://{}:2380", n.index() + 1, n.underlay_ip()))
+        .collect();
     format!(
         r#"#cloud-config
 coreos:
   etcd2:
-    name: node1
-    initial-cluster: node1=http://{ip}:2380
+    name: node{number}
+    initial-cluster: {initial_cluster}
     initial-cluster-state: new
     initial-cluster-token: cloud-config-test
     listen-client-urls: http://0.0.0.0:2379
@@ -111,7 +122,7 @@ coreos:
     initial-advertise-peer-urls: http://{ip}:2380
   fleet:
     public-ip: {ip}
-    metadata: compute=web,rack=rack1
+    metadata: {metadata}
     agent-ttl: 5s
   flannel:
     interface: eth0
@@ -153,35 +164,43 @@ shoal:
   network:
     bpf_pin_root: {pins}
 "#,
-        dir = dir.display(),
-        pins = pins.display(),
+        number = node.index() + 1,
+        initial_cluster = initial_cluster.join(","),
+        metadata = book_metadata(node.index()),
+        dir = Agents::node_dir_in(agents_dir, node.index()).display(),
+        pins = Agents::pin_root_in(agents_dir, node.index()).display(),
         machine_id = Agents::machine_id(node),
     )
 }
 
 #[test]
-fn a_node_comes_up_from_a_cloud_config() {
+fn the_books_nodes_come_up_from_cloud_configs() {
     let cluster = Cluster::builder()
-        .nodes(1)
+        .nodes(3)
         .container_supernet(None)
         .build()
         .expect("cluster");
     let temp = tempfile::tempdir().expect("tempdir");
     let node = cluster.node(0);
     let dir = Agents::node_dir_in(temp.path(), 0);
-    let config = node_cloud_config(node, &dir, &Agents::pin_root_in(temp.path(), 0));
-    let _units = UnitsGuard(dir.join("data/cloud-config"));
-    let mut options = AgentOptions::new(binaries::shoal(), temp.path());
-    options.masters = 1;
-    let mut agents = Agents::start_with_configs(&cluster, options, vec![config]).expect("start");
+    let configs: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|node| node_cloud_config(&cluster, node, temp.path()))
+        .collect();
+    let _units: Vec<UnitsGuard> = (0..3)
+        .map(|index| UnitsGuard(Agents::node_dir_in(temp.path(), index).join("data/cloud-config")))
+        .collect();
+    let options = AgentOptions::new(binaries::shoal(), temp.path());
+    let mut agents = Agents::start_with_configs(&cluster, options, configs).expect("start");
 
     let ready = agents
         .wait_ready(&cluster, Duration::from_secs(30), |_, _| {})
         .unwrap_or_else(|err| panic!("{err}\n{}", agents.logs()));
-    eprintln!("the cloud-config node is ready after {ready:?}");
+    eprintln!("3 cloud-config nodes ready after {ready:?}");
 
     let members = etcdctl(node, &["member", "list"]).expect("member list");
-    assert!(members.contains("node1"), "{members}");
+    assert_eq!(members.lines().count(), 3, "{members}");
     let leases = etcdctl(
         node,
         &[
@@ -194,8 +213,8 @@ fn a_node_comes_up_from_a_cloud_config() {
     .expect("leases");
     assert_eq!(
         leases.lines().filter(|l| !l.is_empty()).count(),
-        1,
-        "{leases}"
+        3,
+        "one lease per node: {leases}"
     );
     let subnet_env = std::fs::read_to_string(dir.join("subnet.env")).expect("subnet.env");
     assert!(
@@ -210,11 +229,13 @@ fn a_node_comes_up_from_a_cloud_config() {
         .output()
         .expect("fleetctl");
     let machines = String::from_utf8_lossy(&machines.stdout);
-    assert!(machines.contains("compute=web,rack=rack1"), "{machines}");
-    assert!(
-        machines.contains(&node.underlay_ip().to_string()),
-        "{machines}"
-    );
+    for node in cluster.nodes() {
+        let line = machines
+            .lines()
+            .find(|line| line.contains(&node.underlay_ip().to_string()))
+            .unwrap_or_else(|| panic!("{} not listed:\n{machines}", node.name()));
+        assert!(line.contains(&book_metadata(node.index())), "{machines}");
+    }
 
     let motd = dir.join("files/motd");
     let meta = std::fs::metadata(&motd).expect("motd written");
@@ -266,7 +287,7 @@ fn a_node_comes_up_from_a_cloud_config() {
         serde_json::from_str::<serde_json::Value>(&text).ok()?["pid"].as_u64()
     };
     let before = pid().expect("hello.service's run record");
-    agents.restart(&cluster, 0).expect("restart the agent");
+    agents.restart(&cluster, 0).expect("restart node1's agent");
     agents
         .wait_ready(&cluster, Duration::from_secs(30), |_, _| {})
         .unwrap_or_else(|err| panic!("{err}\n{}", agents.logs()));
