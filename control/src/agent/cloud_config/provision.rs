@@ -72,7 +72,10 @@ fn create_user(user: &NewUser) {
         Some(account) => Some(account),
         None => match useradd() {
             None => {
-                tracing::warn!(user = %user.name, "cloud-config: users: this host has no useradd: the user is not created");
+                tracing::warn!(
+                    user = %user.name,
+                    "cloud-config: users: this host has no useradd: the user is not created"
+                );
                 return;
             }
             Some(useradd) => {
@@ -212,7 +215,11 @@ pub fn write_file(file: &FileToWrite) -> Result<()> {
         replace_file(path, &file.content, file.mode)?;
     }
     chown(path, uid, gid)?;
-    tracing::info!(path = %path.display(), mode = format!("{:04o}", file.mode), "cloud-config: file written");
+    tracing::info!(
+        path = %path.display(),
+        mode = format!("{:04o}", file.mode),
+        "cloud-config: file written"
+    );
     Ok(())
 }
 
