@@ -69,7 +69,13 @@ fn useradd() -> Option<PathBuf> {
 fn create_user(user: &NewUser) {
     let existing = User::from_name(&user.name).ok().flatten();
     let account = match existing {
-        Some(account) => Some(account),
+        Some(account) => {
+            // As cloudinit: an existing user keeps everything but gets the password hash.
+            if let Some(hash) = &user.password_hash {
+                set_password(&user.name, hash);
+            }
+            Some(account)
+        }
         None => match useradd() {
             None => {
                 tracing::warn!(
@@ -102,6 +108,36 @@ fn create_user(user: &NewUser) {
         && let Err(err) = add_authorized_keys(&account, &user.ssh_authorized_keys)
     {
         tracing::warn!(user = %user.name, "cloud-config: users: {err:#}");
+    }
+}
+
+/// Sets an existing user's password hash with the host's `chpasswd -e`.
+fn set_password(name: &str, hash: &str) {
+    let Some(chpasswd) = ["/usr/sbin/chpasswd", "/sbin/chpasswd"]
+        .into_iter()
+        .map(Path::new)
+        .find(|path| path.is_file())
+    else {
+        tracing::warn!(
+            user = name,
+            "cloud-config: users: no chpasswd here: the password is not set"
+        );
+        return;
+    };
+    let outcome = std::process::Command::new(chpasswd)
+        .arg("-e")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(format!("{name}:{hash}\n").as_bytes())?;
+            }
+            child.wait()
+        });
+    match outcome {
+        Ok(status) if status.success() => tracing::info!(user = name, "cloud-config: password set"),
+        Ok(status) => tracing::warn!(user = name, "cloud-config: chpasswd failed ({status})"),
+        Err(err) => tracing::warn!(user = name, "cloud-config: running chpasswd: {err}"),
     }
 }
 
