@@ -57,7 +57,8 @@ pub(super) fn users(
         builder.note(
             &key,
             format!(
-                "user `{}` created with useradd if absent (an existing one gets only the password and keys){}{}",
+                "user `{}` created with useradd if absent (an existing one gets only the \
+                 password and keys){}{}",
                 user.name,
                 if user.groups.is_empty() {
                     String::new()
