@@ -309,6 +309,11 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        fail::fail_point!("snapshot::build", |_| Err(StorageIOError::write_snapshot(
+            None,
+            &io_err(std::io::Error::other("failpoint snapshot::build"))
+        )
+        .into()));
         let data = {
             let state = self.shared.read();
             bincode::serialize(&*state)
@@ -406,6 +411,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, MemberNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        fail::fail_point!("snapshot::install", |_| Err(
+            StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                &io_err(std::io::Error::other("failpoint snapshot::install"))
+            )
+            .into()
+        ));
         let data = snapshot.into_inner();
         let state: State = bincode::deserialize(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;

@@ -173,6 +173,8 @@ impl LogStore {
             generation: 0,
         }));
         let flusher = Flusher::start(&log, durability.clone())?;
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::register_log(&log);
         Ok(LogStore {
             db,
             entries: Arc::new(RwLock::new(entries)),
@@ -339,6 +341,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        fail::fail_point!("raftlog::power_loss", |_| crate::failpoints::power_loss());
         let entries: Vec<Entry> = entries.into_iter().collect();
         let Some(last) = entries.last().map(|e| e.log_id.index) else {
             callback.log_io_completed(Ok(()));
@@ -386,6 +389,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        fail::fail_point!("raftlog::purge", |_| Err(write_error(StoreError::Io(
+            io::Error::other("failpoint raftlog::purge")
+        ))));
         // The purge point is durable before entries go, so a restart never reads a gap.
         write_meta(&self.db, LAST_PURGED, &log_id).map_err(write_error)?;
         {
