@@ -559,11 +559,22 @@ fn partition(cluster: &StoreCluster, member: usize) -> Result<Cut> {
     Cut::install(&member_netns(cluster, member)?, &others, &others)
 }
 
-/// Waits until every running, unpaused member answers a linearizable read.
-fn wait_responsive(cluster: &StoreCluster) -> Result<()> {
+/// Waits until every running, unpaused member answers a linearizable read; fails at once if
+/// one has exited.
+fn wait_responsive(cluster: &mut StoreCluster) -> Result<()> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
-    for i in (0..cluster.specs.len()).filter(|&i| cluster.is_responsive(i)) {
+    let responsive: Vec<usize> = (0..cluster.specs.len())
+        .filter(|&i| cluster.is_responsive(i))
+        .collect();
+    for i in responsive {
         while !cluster.member_ready(i) {
+            if crashed(cluster, i) {
+                return Err(Error::Fault(format!(
+                    "{} exited:\n{}",
+                    cluster.specs[i].name,
+                    cluster.log(i)
+                )));
+            }
             if Instant::now() > deadline {
                 return Err(Error::Fault(format!(
                     "{} did not answer within {SETTLE_TIMEOUT:?}",

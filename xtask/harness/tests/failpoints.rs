@@ -157,3 +157,55 @@ fn with_skip_fsync_a_power_loss_of_every_member_loses_an_acknowledged_write() {
         "the broken build must lose the write"
     );
 }
+
+#[test]
+fn a_follower_blackholed_until_the_leader_snapshots_is_sent_a_snapshot() {
+    let mut cluster = StoreCluster::builder(StoreKind::ShoalKv, 3)
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .args(["--snapshot-count", "20"])
+        .isolated()
+        .failpoints()
+        .start();
+    let leader = cluster.leader().expect("a leader");
+    let follower = (leader + 1) % 3;
+    // The follower crashes when it installs a snapshot: proof that it was sent one.
+    nemesis::set_failpoint(&cluster.specs[follower], points::SNAPSHOT_INSTALL, "panic")
+        .expect("failpoint");
+    let entries = nemesis::snapshot_entries(&cluster);
+    let injected = Fault::BlackholeUntilSnapshot {
+        target: Target::Member(follower),
+        entries,
+    }
+    .inject(&mut cluster)
+    .expect("blackhole");
+    for n in 0..entries {
+        cluster
+            .ctl_member(leader, &["put", &format!("fill/{n}"), "v"])
+            .expect("put while the follower is cut off");
+    }
+    // Healing may already find the follower crashed by the install.
+    if let Err(err) = injected.heal(&mut cluster) {
+        assert!(err.to_string().contains("exited"), "{err}");
+    }
+    wait_for(
+        "the follower to install a snapshot",
+        Duration::from_secs(10),
+        || {
+            let process = cluster.process_mut(follower)?;
+            process.exited().map(drop)
+        },
+    );
+    cluster.kill(follower);
+    cluster.spawn(follower);
+    cluster.wait_member_ready(follower);
+    let last = format!("fill/{}", entries - 1);
+    wait_for(
+        "the follower to hold the writes",
+        Duration::from_secs(10),
+        || {
+            let args = ["get", &last, "--print-value-only", "--consistency=s"];
+            let got = cluster.ctl_member(follower, &args).ok()?;
+            (got.trim() == "v").then_some(())
+        },
+    );
+}
