@@ -350,7 +350,7 @@ impl Fault {
             }
             Fault::BlackholeUntilSnapshot { target, entries } => {
                 let member = resolve_one(cluster, *target)?;
-                let leader = cluster.leader()?;
+                let leader = cluster.current_leader()?;
                 if leader == member {
                     return Err(Error::Fault(format!("{self}: the target leads")));
                 }
@@ -515,9 +515,9 @@ fn resolve_one(cluster: &StoreCluster, target: Target) -> Result<usize> {
     match target {
         Target::Member(i) if i < cluster.specs.len() => Ok(i),
         Target::Member(i) => Err(Error::Fault(format!("there is no member {i}"))),
-        Target::Leader => cluster.leader(),
+        Target::Leader => cluster.current_leader(),
         Target::Follower => {
-            let leader = cluster.leader()?;
+            let leader = cluster.current_leader()?;
             let followers: Vec<usize> = (0..cluster.specs.len())
                 .filter(|&i| i != leader && cluster.is_responsive(i))
                 .collect();
@@ -592,7 +592,7 @@ fn wait_leader_index(cluster: &StoreCluster, index: u64) -> Result<()> {
     let deadline = Instant::now() + BLACKHOLE_TIMEOUT;
     let mut reached = 0;
     while Instant::now() < deadline {
-        if let Ok(status) = cluster.leader().and_then(|leader| cluster.status(leader)) {
+        if let Ok(status) = cluster.current_leader().and_then(|leader| cluster.status(leader)) {
             reached = status.raft_index;
             if reached >= index {
                 return Ok(());

@@ -68,7 +68,7 @@ fn a_panic_at_a_followers_log_append_crashes_it_and_heal_restarts_it() {
     let injected = failpoint(Target::Follower, points::LOG_APPEND, "panic")
         .inject(&mut cluster)
         .expect("inject");
-    let leader = cluster.leader().expect("a leader");
+    let leader = cluster.current_leader().expect("a leader");
     for n in 0..5 {
         cluster
             .ctl_member(leader, &["put", &format!("load/{n}"), "v"])
@@ -166,7 +166,7 @@ fn a_follower_blackholed_until_the_leader_snapshots_is_sent_a_snapshot() {
         .isolated()
         .failpoints()
         .start();
-    let leader = cluster.leader().expect("a leader");
+    let leader = cluster.current_leader().expect("a leader");
     let follower = (leader + 1) % 3;
     // The follower crashes when it installs a snapshot: proof that it was sent one.
     nemesis::set_failpoint(&cluster.specs[follower], points::SNAPSHOT_INSTALL, "panic")
