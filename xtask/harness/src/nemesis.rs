@@ -592,7 +592,10 @@ fn wait_leader_index(cluster: &StoreCluster, index: u64) -> Result<()> {
     let deadline = Instant::now() + BLACKHOLE_TIMEOUT;
     let mut reached = 0;
     while Instant::now() < deadline {
-        if let Ok(status) = cluster.current_leader().and_then(|leader| cluster.status(leader)) {
+        if let Ok(status) = cluster
+            .current_leader()
+            .and_then(|leader| cluster.status(leader))
+        {
             reached = status.raft_index;
             if reached >= index {
                 return Ok(());
