@@ -148,13 +148,9 @@ fn partitions_and_one_way_drops_heal_on_etcd() {
     network_faults_heal(StoreKind::Etcd);
 }
 
-fn membership_faults_heal(kind: StoreKind) {
+fn membership_faults_heal(kind: StoreKind, faults: &[Fault]) {
     let mut cluster = fast(kind).isolated().start();
-    for fault in [
-        Fault::WipeAndRejoin(Target::Follower),
-        Fault::WipeAndRejoin(Target::Leader),
-        Fault::MembershipChange,
-    ] {
+    for fault in faults.iter().cloned() {
         let description = inject_and_heal(&mut cluster, fault);
         println!("{}: {description} healed", kind.name());
     }
@@ -162,14 +158,29 @@ fn membership_faults_heal(kind: StoreKind) {
     assert_eq!(members.len(), 3, "{members:?}");
 }
 
+const WIPES: [Fault; 2] = [
+    Fault::WipeAndRejoin(Target::Follower),
+    Fault::WipeAndRejoin(Target::Leader),
+];
+
 #[test]
-fn wipe_and_rejoin_and_membership_changes_heal_on_shoal_kv() {
-    membership_faults_heal(StoreKind::ShoalKv);
+fn wipe_and_rejoin_of_follower_and_leader_heal_on_shoal_kv() {
+    membership_faults_heal(StoreKind::ShoalKv, &WIPES);
 }
 
 #[test]
-fn wipe_and_rejoin_and_membership_changes_heal_on_etcd() {
-    membership_faults_heal(StoreKind::Etcd);
+fn wipe_and_rejoin_of_follower_and_leader_heal_on_etcd() {
+    membership_faults_heal(StoreKind::Etcd, &WIPES);
+}
+
+#[test]
+fn a_member_added_and_removed_heals_on_shoal_kv() {
+    membership_faults_heal(StoreKind::ShoalKv, &[Fault::MembershipChange]);
+}
+
+#[test]
+fn a_member_added_and_removed_heals_on_etcd() {
+    membership_faults_heal(StoreKind::Etcd, &[Fault::MembershipChange]);
 }
 
 #[test]
