@@ -218,3 +218,32 @@ fn a_follower_blackholed_until_the_leader_snapshots_catches_up_on_shoal_kv() {
         );
     }
 }
+
+#[test]
+fn the_catalogue_holds_the_faults_that_apply_to_the_cluster() {
+    let plain = fast(StoreKind::Etcd).start();
+    let faults = Fault::catalogue(&plain);
+    assert!(faults.contains(&Fault::Kill(Target::Leader)));
+    assert!(faults.contains(&Fault::MembershipChange));
+    assert!(faults.iter().all(|fault| fault.applies_to(&plain)));
+    let network = Fault::Partition(Target::Follower);
+    assert!(!faults.contains(&network), "no namespaces, no partitions");
+    assert!(network.inject(&mut { plain }).is_err());
+
+    let isolated = fast(StoreKind::Etcd)
+        .args(["--snapshot-count", "100"])
+        .isolated()
+        .start();
+    let faults = Fault::catalogue(&isolated);
+    assert!(faults.contains(&network));
+    assert!(faults.contains(&Fault::BlackholeUntilSnapshot {
+        target: Target::Follower,
+        entries: 100 + 5000 + 50 + 10,
+    }));
+    assert!(
+        !faults
+            .iter()
+            .any(|fault| matches!(fault, Fault::Failpoint { .. } | Fault::PowerLoss(_))),
+        "etcd 3.4 has no failpoints here"
+    );
+}
