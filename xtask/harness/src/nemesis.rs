@@ -244,6 +244,7 @@ impl Fault {
                 failpoint(Target::Follower, points::LOG_APPEND, "panic"),
                 failpoint(Target::Leader, points::LOG_FSYNC, "sleep(300)"),
                 failpoint(Target::Follower, points::LOG_FSYNC, "panic"),
+                failpoint(Target::Leader, points::LOG_POWER_LOSS, "return"),
                 failpoint(Target::Leader, points::SNAPSHOT_BUILD, "panic"),
                 failpoint(Target::Follower, points::SNAPSHOT_INSTALL, "panic"),
                 failpoint(Target::All, points::LOG_PURGE, "panic"),
