@@ -7,7 +7,9 @@
 //! (checked before allocating), bincode decoding by the frame's length (never by a length it
 //! declares), batches by their nesting depth ([`crate::types`]), appends by their entry count,
 //! snapshot chunks by the bytes received before them. Forwarded writes are checked on the
-//! leader as client requests are ([`crate::member`]).
+//! leader as client requests are ([`crate::member`]). What a member sends is bounded too: an
+//! append carries at most [`MAX_APPEND_BYTES`] of entries (one entry at least), so a follower
+//! far behind is sent several appends, never one too large for a frame.
 pub mod wire;
 
 use std::collections::HashMap;
@@ -17,7 +19,8 @@ use std::time::{Duration, Instant};
 use bincode::Options;
 use bytes::Bytes;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -37,6 +40,10 @@ use crate::types::{Command, MemberNode, Outcome, TypeConfig};
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 /// Most entries one AppendEntries carries (openraft's `max_payload_entries` on the sender).
 pub const MAX_APPEND_ENTRIES: u64 = 1000;
+/// Most bytes of entries one AppendEntries carries, unless a single entry is larger (etcd's
+/// `MaxSizePerMsg`): an append must reach the follower and be synced there within openraft's
+/// RPC timeout, the heartbeat interval, and always fits in a frame.
+pub const MAX_APPEND_BYTES: u64 = 1024 * 1024;
 /// Largest snapshot a member takes (etcd's largest suggested backend quota, 8 GiB).
 const MAX_SNAPSHOT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 /// Requests a member serves at once for one connection and for all of them.
@@ -124,6 +131,11 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PeerError> {
     bincode_options()
         .serialize(value)
         .map_err(PeerError::Encode)
+}
+
+/// How many bytes [`encode`] makes of `value` (what it cannot encode counts as too large).
+fn encoded_size<T: Serialize>(value: &T) -> u64 {
+    bincode_options().serialized_size(value).unwrap_or(u64::MAX)
 }
 
 /// Decodes at most a frame's worth: a length a payload declares is checked against what is
@@ -360,6 +372,16 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
         rpc.leader_commit = self.commit_clamp.clamp(rpc.leader_commit);
+        if let Some(fitting) = entries_fitting_an_append(&rpc) {
+            tracing::debug!(
+                "{} entries for member {:x} are too large for one append; sending {fitting} at a time",
+                rpc.entries.len(),
+                self.target
+            );
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fitting),
+            ));
+        }
         let t = Instant::now();
         let n = rpc.entries.len();
         let r = self.send(&rpc, &option, Method::AppendEntries).await;
@@ -388,6 +410,75 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>> {
         self.send(&rpc, &option, Method::Vote).await
+    }
+}
+
+/// How many of an AppendEntries' entries fit in [`MAX_APPEND_BYTES`], when not all of them
+/// do (at least one: a batched entry is far below a frame, [`crate::member::MAX_REQUEST_BYTES`]
+/// per request, and the write batcher's bound). openraft then sends that many at a time instead
+/// of the same request again.
+fn entries_fitting_an_append(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<u64> {
+    let total = encoded_size(rpc);
+    if total <= MAX_APPEND_BYTES || rpc.entries.len() <= 1 {
+        return None;
+    }
+    let sizes: Vec<u64> = rpc.entries.iter().map(encoded_size).collect();
+    let entries = sizes.iter().fold(0u64, |sum, size| sum.saturating_add(*size));
+    let mut left = MAX_APPEND_BYTES.saturating_sub(total.saturating_sub(entries));
+    let fitting = sizes
+        .iter()
+        .take_while(|entry| {
+            let fits = **entry <= left;
+            left = left.saturating_sub(**entry);
+            fits
+        })
+        .count();
+    Some((fitting as u64).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::PutRequest;
+    use crate::types::{Entry, LogId, Proto};
+
+    fn append_of_puts(values: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        let leader = openraft::CommittedLeaderId::new(1, 1);
+        let entries = values
+            .iter()
+            .enumerate()
+            .map(|(i, len)| Entry {
+                log_id: LogId::new(leader, i as u64 + 1),
+                payload: openraft::EntryPayload::Normal(Command::Put(Proto(PutRequest {
+                    key: b"k".to_vec(),
+                    value: vec![0; *len],
+                    ..Default::default()
+                }))),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn an_append_over_its_byte_bound_is_cut_to_the_entries_that_fit() {
+        let half = MAX_APPEND_BYTES as usize / 2 - 100;
+        assert_eq!(entries_fitting_an_append(&append_of_puts(&[half; 2])), None);
+        assert_eq!(
+            entries_fitting_an_append(&append_of_puts(&[half; 5])),
+            Some(2)
+        );
+        let large = MAX_APPEND_BYTES as usize + 1;
+        assert_eq!(
+            entries_fitting_an_append(&append_of_puts(&[large; 3])),
+            Some(1),
+            "one entry is sent even when it alone is over the bound"
+        );
+        assert_eq!(entries_fitting_an_append(&append_of_puts(&[large])), None);
     }
 }
 
