@@ -331,12 +331,17 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate.recv() => {},
-    }
+    let member = format!("{:x}", running.member.id);
+    let raft_stopped = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = terminate.recv() => None,
+        why = running.raft_stopped() => Some(why),
+    };
     running.shutdown().await;
-    Ok(())
+    match raft_stopped {
+        Some(why) => bail!("member {member} stopped serving: its Raft stopped: {why}"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
