@@ -56,16 +56,9 @@ pub struct RunningMember {
 }
 
 impl RunningMember {
-    /// Resolves once Raft stopped by itself (a storage error such as EIO or ENOSPC, or its task
-    /// ended): why. A member whose Raft stopped must stop serving, as etcd exits: it would
-    /// otherwise answer reads from a state that no longer moves.
+    /// See [`Member::raft_stopped`].
     pub async fn raft_stopped(&self) -> String {
-        let mut metrics = self.member.raft.metrics();
-        let stopped = metrics.wait_for(|m| m.running_state.is_err()).await;
-        match stopped.as_deref().map(|m| &m.running_state) {
-            Ok(Err(fatal)) => fatal.to_string(),
-            _ => "its task ended".to_string(),
-        }
+        self.member.raft_stopped().await
     }
 
     pub async fn shutdown(self) {
@@ -79,6 +72,18 @@ impl RunningMember {
 }
 
 impl Member {
+    /// Resolves once Raft stopped by itself (a storage error such as EIO or ENOSPC, or its task
+    /// ended): why. A member whose Raft stopped must stop serving, as etcd exits: it would
+    /// otherwise answer reads from a state that no longer moves.
+    pub async fn raft_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        let stopped = metrics.wait_for(|m| m.running_state.is_err()).await;
+        match stopped.as_deref().map(|m| &m.running_state) {
+            Ok(Err(fatal)) => fatal.to_string(),
+            _ => "its task ended".to_string(),
+        }
+    }
+
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
             cluster_id: self.cluster_id,
