@@ -9,6 +9,7 @@ mod bootstrap;
 mod compactor;
 mod config;
 mod lease_clock;
+mod membership;
 mod read_index;
 mod write;
 
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 
 pub use self::compactor::{AutoCompaction, REVISION_CHECK_INTERVAL};
 pub use self::config::{ClusterState, Config, member_id, new_cluster};
+pub use self::membership::MembershipChange;
 use self::lease_clock::LeaseClock;
 use self::read_index::ReadWaiter;
 pub use self::write::MAX_REQUEST_BYTES;
@@ -216,6 +218,17 @@ impl PeerHandler for Member {
             return Err(EtcdError::NoLeader);
         }
         self.time_to_live_here(id)
+    }
+
+    async fn change_membership_local(
+        &self,
+        change: MembershipChange,
+    ) -> Result<(u64, u64), EtcdError> {
+        self.change_membership_forwarded(change).await
+    }
+
+    async fn campaign_local(&self) -> Result<(), EtcdError> {
+        self.campaign().await
     }
 
     fn cluster_view(&self) -> ClusterView {

@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
+use crate::member::MembershipChange;
 use crate::peer::wire::{CallError, Dial, Identity, Links, PeerStream, ServerRules, dial_tcp};
 use crate::storage::store::CommitClamp;
 use crate::tls::Tls;
@@ -62,10 +63,12 @@ pub enum Method {
     LeaseKeepAlive = 6,
     LeaseTimeToLive = 7,
     Members = 8,
+    ChangeMembership = 9,
+    Campaign = 10,
 }
 
 impl Method {
-    const ALL: [Method; 8] = [
+    const ALL: [Method; 10] = [
         Method::AppendEntries,
         Method::Vote,
         Method::FullSnapshot,
@@ -74,6 +77,8 @@ impl Method {
         Method::LeaseKeepAlive,
         Method::LeaseTimeToLive,
         Method::Members,
+        Method::ChangeMembership,
+        Method::Campaign,
     ];
 
     fn from_u8(value: u8) -> Option<Method> {
@@ -194,12 +199,23 @@ fn dial(tls: Option<Arc<Tls>>) -> Dial {
     })
 }
 
-/// Connections to the other members, and when each last answered.
+/// Connections to the other members, and how each has answered.
 #[derive(Debug, Clone)]
 pub struct PeerPool {
     links: Arc<Links>,
-    /// When each member last answered a Raft RPC, and whether a later one failed.
-    last_contact: Arc<Mutex<HashMap<u64, (Instant, bool)>>>,
+    /// How each member has answered Raft RPCs.
+    contacts: Arc<Mutex<HashMap<u64, Contact>>>,
+}
+
+/// How a member has answered this one's Raft RPCs.
+#[derive(Debug, Clone, Copy)]
+struct Contact {
+    /// When it last answered.
+    last: Instant,
+    /// Since when it has answered every RPC.
+    since: Instant,
+    /// Whether the last RPC failed.
+    failing: bool,
 }
 
 impl PeerPool {
@@ -208,27 +224,38 @@ impl PeerPool {
     pub fn new(identity: Identity, tls: Option<Arc<Tls>>) -> Self {
         Self {
             links: Arc::new(Links::with_dial(MAX_PEER_MESSAGE, identity, dial(tls))),
-            last_contact: Arc::default(),
+            contacts: Arc::default(),
         }
     }
 
     /// Whether `member` answered its last Raft RPC, within `window` (the leader heartbeats
-    /// everyone).
-    pub fn recently_heard(&self, member: u64, window: Duration) -> bool {
-        let contacts = self.last_contact.lock().unwrap_or_else(|p| p.into_inner());
-        contacts
-            .get(&member)
-            .is_some_and(|(at, failing)| !failing && at.elapsed() < window)
+    /// everyone), and every one for at least `for_at_least` (etcd's `ActiveSince`).
+    pub fn connected(&self, member: u64, window: Duration, for_at_least: Duration) -> bool {
+        let contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+        contacts.get(&member).is_some_and(|contact| {
+            !contact.failing
+                && contact.last.elapsed() < window
+                && contact.since.elapsed() >= for_at_least
+        })
     }
 
     fn record_contact(&self, member: u64, answered: bool) {
-        let mut contacts = self.last_contact.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = contacts.entry(member).or_insert((Instant::now(), true));
-        if answered {
-            *entry = (Instant::now(), false);
-        } else {
-            entry.1 = true;
+        let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let contact = contacts.entry(member).or_insert(Contact {
+            last: now,
+            since: now,
+            failing: true,
+        });
+        if !answered {
+            contact.failing = true;
+            return;
         }
+        if contact.failing {
+            contact.since = now;
+        }
+        contact.last = now;
+        contact.failing = false;
     }
 
     /// Calls `method` on `node` with `request` and decodes its answer.
@@ -282,6 +309,8 @@ pub enum ForwardRpc {
     LeaseKeepAlive,
     LeaseTimeToLive,
     Members,
+    ChangeMembership,
+    Campaign,
 }
 
 impl ForwardRpc {
@@ -292,6 +321,8 @@ impl ForwardRpc {
             ForwardRpc::LeaseKeepAlive => Method::LeaseKeepAlive,
             ForwardRpc::LeaseTimeToLive => Method::LeaseTimeToLive,
             ForwardRpc::Members => Method::Members,
+            ForwardRpc::ChangeMembership => Method::ChangeMembership,
+            ForwardRpc::Campaign => Method::Campaign,
         }
     }
 }
@@ -500,6 +531,14 @@ pub trait PeerHandler: Send + Sync + 'static {
         &self,
         id: i64,
     ) -> impl std::future::Future<Output = Result<i64, EtcdError>> + Send;
+    /// Makes a membership change a follower forwarded, on the leader: the ID of the member it
+    /// concerns and the log index of its entry.
+    fn change_membership_local(
+        &self,
+        change: MembershipChange,
+    ) -> impl std::future::Future<Output = Result<(u64, u64), EtcdError>> + Send;
+    /// Starts an election, as the leader asks in a MoveLeader.
+    fn campaign_local(&self) -> impl std::future::Future<Output = Result<(), EtcdError>> + Send;
     fn cluster_view(&self) -> ClusterView;
 }
 
@@ -597,6 +636,11 @@ impl<H: PeerHandler> PeerService<H> {
                 let id: i64 = decode(&payload)?;
                 encode(&self.handler.time_to_live_local(id).await)
             }
+            Method::ChangeMembership => {
+                let change: MembershipChange = decode(&payload)?;
+                encode(&self.handler.change_membership_local(change).await)
+            }
+            Method::Campaign => encode(&self.handler.campaign_local().await),
             Method::Members => {
                 let view: Result<ClusterView, EtcdError> = Ok(self.handler.cluster_view());
                 encode(&view)
