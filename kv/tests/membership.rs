@@ -179,3 +179,21 @@ async fn move_leader_hands_leadership_to_a_voter_as_etcd_does() {
             .unwrap_or_else(|e| panic!("{name}: the new leader writes: {e}"));
     }
 }
+
+/// `--strict-reconfig-check=false`: etcd makes the same changes without its checks (and without
+/// waiting for the health interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_strict_check_voters_that_never_started_are_added() {
+    for kind in KINDS {
+        let cluster = common::start_with(kind, 3, &["--strict-reconfig-check=false"]).await;
+        let mut client = cluster.client(cluster.leader().await).await;
+        let name = kind.name();
+        for _ in 0..2 {
+            client
+                .member_add([unused_peer_url()], None)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: a voter never started: {e}"));
+        }
+        assert_eq!(member_ids(&mut client).await.len(), 5, "{name}");
+    }
+}
