@@ -103,7 +103,10 @@ impl EtcdError {
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExists | MemberExists => Code::FailedPrecondition,
             LeaseTtlTooLarge => Code::OutOfRange,
-            MemberNotLearner | NotEnoughStartedMembers | LearnerNotReady | NotLeader
+            MemberNotLearner
+            | NotEnoughStartedMembers
+            | LearnerNotReady
+            | NotLeader
             | BadLeaderTransferee => Code::FailedPrecondition,
             NoLeader | Timeout | Unhealthy | LeaderTransferTimeout => Code::Unavailable,
             RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound

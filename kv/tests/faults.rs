@@ -182,7 +182,10 @@ async fn one_of_three_down_keeps_serving_and_quorum_losing_removal_is_refused() 
     let refused = leader_client.member_remove(other_id).await;
     let message = format!("{refused:?}");
     // etcd 3.4's answer: the removal would leave fewer connected voters than a quorum.
-    assert!(message.contains("etcdserver: unhealthy cluster"), "{message}");
+    assert!(
+        message.contains("etcdserver: unhealthy cluster"),
+        "{message}"
+    );
     client
         .put("after", "refusal", None)
         .await

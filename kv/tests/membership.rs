@@ -90,7 +90,10 @@ async fn membership_changes_sent_to_a_follower_reach_the_leader() {
             "{name}: the follower lists the new peer URL"
         );
         let refused = refusal(client.member_update(12345, [unused_peer_url()]).await);
-        assert!(refused.contains("etcdserver: member not found"), "{name}: {refused}");
+        assert!(
+            refused.contains("etcdserver: member not found"),
+            "{name}: {refused}"
+        );
 
         client
             .member_remove(learner)
@@ -126,7 +129,10 @@ async fn strict_reconfiguration_check_refuses_as_etcd_does() {
             .await
             .unwrap_or_else(|e| panic!("{name}: a fourth voter, never started: {e}"));
         let refused = refusal(client.member_add([unused_peer_url()], None).await);
-        assert!(refused.contains("etcdserver: unhealthy cluster"), "{name}: {refused}");
+        assert!(
+            refused.contains("etcdserver: unhealthy cluster"),
+            "{name}: {refused}"
+        );
 
         client
             .member_remove(b)
@@ -134,9 +140,8 @@ async fn strict_reconfiguration_check_refuses_as_etcd_does() {
             .unwrap_or_else(|e| panic!("{name}: removing a started follower: {e}"));
         let refused = refusal(client.member_remove(c).await);
         assert!(
-            refused.contains(
-                "etcdserver: re-configuration failed due to not enough started members"
-            ),
+            refused
+                .contains("etcdserver: re-configuration failed due to not enough started members"),
             "{name}: {refused}"
         );
         assert_eq!(member_ids(&mut client).await.len(), 3, "{name}");
@@ -151,12 +156,18 @@ async fn move_leader_hands_leadership_to_a_voter_as_etcd_does() {
         let cluster = common::start(kind, 3).await;
         let leader = cluster.leader().await;
         let follower = (leader + 1) % 3;
-        let (leader_id, target) = (id_of(&cluster, leader).await, id_of(&cluster, follower).await);
+        let (leader_id, target) = (
+            id_of(&cluster, leader).await,
+            id_of(&cluster, follower).await,
+        );
         let name = kind.name();
 
         let mut at_follower = cluster.client(follower).await;
         let refused = refusal(at_follower.move_leader(target).await);
-        assert!(refused.contains("etcdserver: not leader"), "{name}: {refused}");
+        assert!(
+            refused.contains("etcdserver: not leader"),
+            "{name}: {refused}"
+        );
         let mut at_leader = cluster.client(leader).await;
         let refused = refusal(at_leader.move_leader(12345).await);
         assert!(

@@ -36,7 +36,7 @@ impl Overwrites {
                     let client = &mut clients[(writer + n) % members];
                     let key = format!("k{}", n % 4);
                     let write = async {
-                        if n % 2 == 0 {
+                        if n.is_multiple_of(2) {
                             client.put(key, n.to_string(), None).await.map(|_| ())
                         } else {
                             let txn = Txn::new()
@@ -105,10 +105,10 @@ async fn assert_replicas_agree(cluster: &StoreCluster) -> (i64, u32) {
 async fn members_restarted_from_frequent_snapshots_agree_on_revision_and_hash() {
     let mut cluster = common::start_with(StoreKind::ShoalKv, 3, &["--snapshot-count", "10"]).await;
     let load = Overwrites::start(cluster.endpoints(), 6).await;
-    for round in 0..3 {
+    for round in 0..3usize {
         tokio::time::sleep(Duration::from_millis(800)).await;
         let leader = cluster.leader().await;
-        let victim = if round % 2 == 0 {
+        let victim = if round.is_multiple_of(2) {
             (leader + 1) % 3
         } else {
             leader
@@ -159,13 +159,16 @@ async fn a_follower_more_than_a_frame_behind_catches_up_by_smaller_appends() {
     let serializable = etcd_client::GetOptions::new().with_serializable();
     loop {
         // The member may not listen yet: a refused connection is a try that did not see it.
-        let caught_up = match etcd_client::Client::connect([cluster.specs[follower].endpoint()], None).await {
-            Ok(mut behind) => behind
-                .get(last_key.as_str(), Some(serializable.clone()))
-                .await
-                .is_ok_and(|got| got.kvs().first().map(|kv| kv.value().len()) == Some(value.len())),
-            Err(_) => false,
-        };
+        let caught_up =
+            match etcd_client::Client::connect([cluster.specs[follower].endpoint()], None).await {
+                Ok(mut behind) => behind
+                    .get(last_key.as_str(), Some(serializable.clone()))
+                    .await
+                    .is_ok_and(|got| {
+                        got.kvs().first().map(|kv| kv.value().len()) == Some(value.len())
+                    }),
+                Err(_) => false,
+            };
         if caught_up {
             break;
         }

@@ -97,7 +97,10 @@ async fn a_member_whose_disk_fills_up_exits_and_the_others_keep_serving() {
     );
     println!("the full member exited with {status}: {last_words}");
 
-    client.put("after", "1", None).await.expect("the cluster still writes");
+    client
+        .put("after", "1", None)
+        .await
+        .expect("the cluster still writes");
     let mut survivor = cluster.client(other).await;
     let got = survivor.get("after", None).await.expect("read");
     assert_eq!(got.kvs().len(), 1);

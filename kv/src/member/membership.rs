@@ -59,8 +59,12 @@ impl Member {
                     Ok(self.change_here(&change).await)
                 },
                 |leader| {
-                    self.pool
-                        .call(leader, ForwardRpc::ChangeMembership, &change, MEMBERSHIP_TIMEOUT)
+                    self.pool.call(
+                        leader,
+                        ForwardRpc::ChangeMembership,
+                        &change,
+                        MEMBERSHIP_TIMEOUT,
+                    )
                 },
             )
             .await?;
@@ -118,7 +122,9 @@ impl Member {
                     self.commit(ChangeMembers::RemoveVoters([*id].into()))
                         .await?;
                 }
-                let index = self.commit(ChangeMembers::RemoveNodes([*id].into())).await?;
+                let index = self
+                    .commit(ChangeMembers::RemoveNodes([*id].into()))
+                    .await?;
                 Ok((*id, index))
             }
             MembershipChange::Promote { id } => {
@@ -128,7 +134,9 @@ impl Member {
                 }
                 self.check_learner_in_sync(*id)?;
                 self.check_ready_to_promote(&members)?;
-                let index = self.commit(ChangeMembers::AddVoterIds([*id].into())).await?;
+                let index = self
+                    .commit(ChangeMembers::AddVoterIds([*id].into()))
+                    .await?;
                 Ok((*id, index))
             }
             MembershipChange::Update { id, peer_urls } => {
@@ -159,10 +167,12 @@ impl Member {
 
     /// Commits one Raft membership change: the log index of its entry.
     async fn commit(&self, change: ChangeMembers<u64, MemberNode>) -> Result<u64, EtcdError> {
-        let changed =
-            tokio::time::timeout(MEMBERSHIP_TIMEOUT, self.raft.change_membership(change, false))
-                .await
-                .map_err(|_| EtcdError::Timeout)?;
+        let changed = tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            self.raft.change_membership(change, false),
+        )
+        .await
+        .map_err(|_| EtcdError::Timeout)?;
         changed
             .map(|response| response.log_id.index)
             .map_err(|e| EtcdError::Internal(e.to_string()))
@@ -248,8 +258,9 @@ impl Member {
             return Ok(());
         }
         let voters: Vec<u64> = voters(members).collect();
+        let members_after = voters.len() + 1;
         let started = 1 + voters.iter().filter(|id| self.started(**id)).count();
-        if started < (voters.len() + 1) / 2 + 1 {
+        if started < members_after / 2 + 1 {
             return Err(EtcdError::NotEnoughStartedMembers);
         }
         Ok(())

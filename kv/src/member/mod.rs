@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 
 pub use self::compactor::{AutoCompaction, REVISION_CHECK_INTERVAL};
 pub use self::config::{ClusterState, Config, member_id, new_cluster};
-pub use self::membership::MembershipChange;
 use self::lease_clock::LeaseClock;
+pub use self::membership::MembershipChange;
 use self::read_index::ReadWaiter;
 pub use self::write::MAX_REQUEST_BYTES;
 use self::write::{WriteWaiter, Written};

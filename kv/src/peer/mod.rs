@@ -454,7 +454,9 @@ fn entries_fitting_an_append(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<u
         return None;
     }
     let sizes: Vec<u64> = rpc.entries.iter().map(encoded_size).collect();
-    let entries = sizes.iter().fold(0u64, |sum, size| sum.saturating_add(*size));
+    let entries = sizes
+        .iter()
+        .fold(0u64, |sum, size| sum.saturating_add(*size));
     let mut left = MAX_APPEND_BYTES.saturating_sub(total.saturating_sub(entries));
     let fitting = sizes
         .iter()
@@ -465,52 +467,6 @@ fn entries_fitting_an_append(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<u
         })
         .count();
     Some((fitting as u64).max(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::etcdserverpb::PutRequest;
-    use crate::types::{Entry, LogId, Proto};
-
-    fn append_of_puts(values: &[usize]) -> AppendEntriesRequest<TypeConfig> {
-        let leader = openraft::CommittedLeaderId::new(1, 1);
-        let entries = values
-            .iter()
-            .enumerate()
-            .map(|(i, len)| Entry {
-                log_id: LogId::new(leader, i as u64 + 1),
-                payload: openraft::EntryPayload::Normal(Command::Put(Proto(PutRequest {
-                    key: b"k".to_vec(),
-                    value: vec![0; *len],
-                    ..Default::default()
-                }))),
-            })
-            .collect();
-        AppendEntriesRequest {
-            vote: openraft::Vote::new_committed(1, 1),
-            prev_log_id: None,
-            entries,
-            leader_commit: None,
-        }
-    }
-
-    #[test]
-    fn an_append_over_its_byte_bound_is_cut_to_the_entries_that_fit() {
-        let half = MAX_APPEND_BYTES as usize / 2 - 100;
-        assert_eq!(entries_fitting_an_append(&append_of_puts(&[half; 2])), None);
-        assert_eq!(
-            entries_fitting_an_append(&append_of_puts(&[half; 5])),
-            Some(2)
-        );
-        let large = MAX_APPEND_BYTES as usize + 1;
-        assert_eq!(
-            entries_fitting_an_append(&append_of_puts(&[large; 3])),
-            Some(1),
-            "one entry is sent even when it alone is over the bound"
-        );
-        assert_eq!(entries_fitting_an_append(&append_of_puts(&[large])), None);
-    }
 }
 
 /// What the peer server needs from the member it runs in.
@@ -670,4 +626,50 @@ pub async fn serve<H: PeerHandler>(
         async move { service.handle(method, payload).await }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::PutRequest;
+    use crate::types::{Entry, LogId, Proto};
+
+    fn append_of_puts(values: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        let leader = openraft::CommittedLeaderId::new(1, 1);
+        let entries = values
+            .iter()
+            .enumerate()
+            .map(|(i, len)| Entry {
+                log_id: LogId::new(leader, i as u64 + 1),
+                payload: openraft::EntryPayload::Normal(Command::Put(Proto(PutRequest {
+                    key: b"k".to_vec(),
+                    value: vec![0; *len],
+                    ..Default::default()
+                }))),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn an_append_over_its_byte_bound_is_cut_to_the_entries_that_fit() {
+        let half = MAX_APPEND_BYTES as usize / 2 - 100;
+        assert_eq!(entries_fitting_an_append(&append_of_puts(&[half; 2])), None);
+        assert_eq!(
+            entries_fitting_an_append(&append_of_puts(&[half; 5])),
+            Some(2)
+        );
+        let large = MAX_APPEND_BYTES as usize + 1;
+        assert_eq!(
+            entries_fitting_an_append(&append_of_puts(&[large; 3])),
+            Some(1),
+            "one entry is sent even when it alone is over the bound"
+        );
+        assert_eq!(entries_fitting_an_append(&append_of_puts(&[large])), None);
+    }
 }
