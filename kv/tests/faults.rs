@@ -460,7 +460,16 @@ async fn learner_added_started_promoted_and_removed() {
         format!("{refused:?}").contains("can only promote a learner member"),
         "{refused:?}"
     );
-    client.member_promote(new_id).await.expect("promote");
+    // The leader promotes a learner only once it matches 90% of its log (etcd's check), which
+    // the leader learns from the learner's next answer: tried again until then, as etcd asks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(refused) = client.member_promote(new_id).await {
+        assert!(
+            refused.to_string().contains("in sync with leader") && Instant::now() < deadline,
+            "promote: {refused}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let listed = client.member_list().await.expect("member list");
     let promoted = listed
         .members()
