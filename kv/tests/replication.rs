@@ -185,3 +185,34 @@ async fn a_follower_more_than_a_frame_behind_catches_up_by_smaller_appends() {
     );
     assert_replicas_agree(&cluster).await;
 }
+
+/// A follower wiped and started again at once (its log now empty, where the leader had seen it
+/// match): the leader must send it everything again, not stop (openraft panics on a follower's
+/// log going back unless told it may).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_wiped_and_restarted_at_once_leaves_the_leader_running() {
+    let mut cluster = common::start(StoreKind::ShoalKv, 3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = cluster.client(leader).await;
+    for n in 0..20 {
+        client.put(format!("k{n}"), "v", None).await.expect("put");
+    }
+    cluster.kill(follower);
+    std::fs::remove_dir_all(&cluster.specs[follower].data_dir).expect("wiping the data dir");
+    cluster.state = "existing";
+    cluster.restart(follower);
+    client
+        .put("after-wipe", "1", None)
+        .await
+        .expect("the leader still writes");
+    let (revision, _) = assert_replicas_agree(&cluster).await;
+    for i in 0..3 {
+        assert!(
+            cluster.exit_status(i).is_none(),
+            "member {i} stopped:\n{}",
+            cluster.log(i)
+        );
+    }
+    assert_eq!(revision, 22, "20 puts and one after the wipe");
+}
