@@ -211,12 +211,14 @@ pub struct PeerPool {
 #[derive(Debug, Clone, Copy)]
 struct Contact {
     /// When it last answered.
-    last: Instant,
-    /// Since when it has answered every RPC.
+    last: Option<Instant>,
+    /// Since when it has answered without a gap of [`CONTACT_LOST_AFTER`] (etcd's stream
+    /// `ActiveSince`: one late answer does not break a connection, a silence does).
     since: Instant,
-    /// Whether the last RPC failed.
-    failing: bool,
 }
+
+/// A member that answered nothing for this long lost its connection.
+const CONTACT_LOST_AFTER: Duration = Duration::from_secs(1);
 
 impl PeerPool {
     /// Connections that speak for `identity` ([`Identity::UNKNOWN`] while joining a cluster),
@@ -228,13 +230,12 @@ impl PeerPool {
         }
     }
 
-    /// Whether `member` answered its last Raft RPC, within `window` (the leader heartbeats
-    /// everyone), and every one for at least `for_at_least` (etcd's `ActiveSince`).
+    /// Whether `member` answered a Raft RPC within `window` (the leader heartbeats everyone),
+    /// connected for at least `for_at_least` (etcd's `ActiveSince`).
     pub fn connected(&self, member: u64, window: Duration, for_at_least: Duration) -> bool {
         let contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
         contacts.get(&member).is_some_and(|contact| {
-            !contact.failing
-                && contact.last.elapsed() < window
+            contact.last.is_some_and(|last| last.elapsed() < window)
                 && contact.since.elapsed() >= for_at_least
         })
     }
@@ -243,19 +244,19 @@ impl PeerPool {
         let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let contact = contacts.entry(member).or_insert(Contact {
-            last: now,
+            last: None,
             since: now,
-            failing: true,
         });
         if !answered {
-            contact.failing = true;
             return;
         }
-        if contact.failing {
+        if contact
+            .last
+            .is_none_or(|last| last.elapsed() > CONTACT_LOST_AFTER)
+        {
             contact.since = now;
         }
-        contact.last = now;
-        contact.failing = false;
+        contact.last = Some(now);
     }
 
     /// Calls `method` on `node` with `request` and decodes its answer.
