@@ -96,6 +96,10 @@ pub struct KvArgs {
     /// every 5 minutes).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub auto_compaction_check_interval: Duration,
+    /// Refuse membership changes that could cost the quorum (etcd's check: started members,
+    /// voters connected for 5 s); a learner is promoted only in sync either way.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_reconfig_check: bool,
 }
 
 /// What `shoal kv` does besides running a member.
@@ -284,6 +288,7 @@ impl KvArgs {
             peer_tls,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
             auto_compaction: self.auto_compaction()?,
+            strict_reconfig_check: self.strict_reconfig_check,
         })
     }
 }
@@ -333,12 +338,17 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate.recv() => {},
-    }
+    let member = format!("{:x}", running.member.id);
+    let raft_stopped = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = terminate.recv() => None,
+        why = running.raft_stopped() => Some(why),
+    };
     running.shutdown().await;
-    Ok(())
+    match raft_stopped {
+        Some(why) => bail!("member {member} stopped serving: its Raft stopped: {why}"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

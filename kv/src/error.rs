@@ -40,7 +40,17 @@ pub enum EtcdError {
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: request timed out")]
@@ -93,8 +103,12 @@ impl EtcdError {
             LeaseNotFound | MemberNotFound => Code::NotFound,
             LeaseExists | MemberExists => Code::FailedPrecondition,
             LeaseTtlTooLarge => Code::OutOfRange,
-            MemberNotLearner | Unhealthy => Code::FailedPrecondition,
-            NoLeader | Timeout => Code::Unavailable,
+            MemberNotLearner
+            | NotEnoughStartedMembers
+            | LearnerNotReady
+            | NotLeader
+            | BadLeaderTransferee => Code::FailedPrecondition,
+            NoLeader | Timeout | Unhealthy | LeaderTransferTimeout => Code::Unavailable,
             RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
             | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
             | AuthNotEnabled => Code::FailedPrecondition,

@@ -186,6 +186,16 @@ pub async fn run_node(config: AgentConfig, plan: Plan, shutdown: CancellationTok
     probes.declare(&readiness);
 
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+    if let Some(running) = &member {
+        // A store member whose Raft stopped (a failing disk) ends the agent, as etcd exits.
+        let (store, stop) = (running.member.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => ("store", Ok(())),
+                why = store.raft_stopped() => ("store", Err(anyhow::anyhow!("its Raft stopped: {why}"))),
+            }
+        });
+    }
     tasks.spawn(named(
         "health",
         health::serve(

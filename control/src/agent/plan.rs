@@ -236,6 +236,7 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
             retention: 10_000,
             check_interval: shoal_kv::member::REVISION_CHECK_INTERVAL,
         },
+        strict_reconfig_check: true,
     };
     Ok(Some(MemberPlan {
         config: kv,

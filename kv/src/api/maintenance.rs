@@ -157,11 +157,14 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "etcdserver: move-leader is not supported by shoal kv",
-        ))
+        check_maintenance_admin(&self.0, &request).await?;
+        let target = request.into_inner().target_id;
+        self.0.move_leader(target).await?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.header(),
+        }))
     }
 
     async fn downgrade(

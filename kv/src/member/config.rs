@@ -43,6 +43,9 @@ pub struct Config {
     pub auth_token_ttl: Duration,
     /// What the leader's auto-compactor keeps (`--auto-compaction-mode`/`-retention`).
     pub auto_compaction: AutoCompaction,
+    /// etcd's `--strict-reconfig-check`: membership changes that could cost the quorum are
+    /// refused ([`crate::member::MembershipChange`]).
+    pub strict_reconfig_check: bool,
 }
 
 impl Config {
@@ -67,6 +70,7 @@ impl Config {
             peer_tls: None,
             auth_token_ttl: crate::storage::tokens::DEFAULT_TTL,
             auto_compaction: AutoCompaction::Off,
+            strict_reconfig_check: true,
         }
     }
 }

@@ -9,6 +9,7 @@ mod bootstrap;
 mod compactor;
 mod config;
 mod lease_clock;
+mod membership;
 mod read_index;
 mod write;
 
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 pub use self::compactor::{AutoCompaction, REVISION_CHECK_INTERVAL};
 pub use self::config::{ClusterState, Config, member_id, new_cluster};
 use self::lease_clock::LeaseClock;
+pub use self::membership::MembershipChange;
 use self::read_index::ReadWaiter;
 pub use self::write::MAX_REQUEST_BYTES;
 use self::write::{WriteWaiter, Written};
@@ -56,6 +58,11 @@ pub struct RunningMember {
 }
 
 impl RunningMember {
+    /// See [`Member::raft_stopped`].
+    pub async fn raft_stopped(&self) -> String {
+        self.member.raft_stopped().await
+    }
+
     pub async fn shutdown(self) {
         for task in &self.tasks {
             task.abort();
@@ -67,6 +74,18 @@ impl RunningMember {
 }
 
 impl Member {
+    /// Resolves once Raft stopped by itself (a storage error such as EIO or ENOSPC, or its task
+    /// ended): why. A member whose Raft stopped must stop serving, as etcd exits: it would
+    /// otherwise answer reads from a state that no longer moves.
+    pub async fn raft_stopped(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        let stopped = metrics.wait_for(|m| m.running_state.is_err()).await;
+        match stopped.as_deref().map(|m| &m.running_state) {
+            Ok(Err(fatal)) => fatal.to_string(),
+            _ => "its task ended".to_string(),
+        }
+    }
+
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
             cluster_id: self.cluster_id,
@@ -199,6 +218,17 @@ impl PeerHandler for Member {
             return Err(EtcdError::NoLeader);
         }
         self.time_to_live_here(id)
+    }
+
+    async fn change_membership_local(
+        &self,
+        change: MembershipChange,
+    ) -> Result<(u64, u64), EtcdError> {
+        self.change_membership_forwarded(change).await
+    }
+
+    async fn campaign_local(&self) -> Result<(), EtcdError> {
+        self.campaign().await
     }
 
     fn cluster_view(&self) -> ClusterView {

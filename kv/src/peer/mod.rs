@@ -7,7 +7,9 @@
 //! (checked before allocating), bincode decoding by the frame's length (never by a length it
 //! declares), batches by their nesting depth ([`crate::types`]), appends by their entry count,
 //! snapshot chunks by the bytes received before them. Forwarded writes are checked on the
-//! leader as client requests are ([`crate::member`]).
+//! leader as client requests are ([`crate::member`]). What a member sends is bounded too: an
+//! append carries at most [`MAX_APPEND_BYTES`] of entries (one entry at least), so a follower
+//! far behind is sent several appends, never one too large for a frame.
 pub mod wire;
 
 use std::collections::HashMap;
@@ -17,7 +19,8 @@ use std::time::{Duration, Instant};
 use bincode::Options;
 use bytes::Bytes;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -28,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
+use crate::member::MembershipChange;
 use crate::peer::wire::{CallError, Dial, Identity, Links, PeerStream, ServerRules, dial_tcp};
 use crate::storage::store::CommitClamp;
 use crate::tls::Tls;
@@ -37,6 +41,10 @@ use crate::types::{Command, MemberNode, Outcome, TypeConfig};
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 /// Most entries one AppendEntries carries (openraft's `max_payload_entries` on the sender).
 pub const MAX_APPEND_ENTRIES: u64 = 1000;
+/// Most bytes of entries one AppendEntries carries, unless a single entry is larger (etcd's
+/// `MaxSizePerMsg`): an append must reach the follower and be synced there within openraft's
+/// RPC timeout, the heartbeat interval, and always fits in a frame.
+pub const MAX_APPEND_BYTES: u64 = 1024 * 1024;
 /// Largest snapshot a member takes (etcd's largest suggested backend quota, 8 GiB).
 const MAX_SNAPSHOT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 /// Requests a member serves at once for one connection and for all of them.
@@ -55,10 +63,12 @@ pub enum Method {
     LeaseKeepAlive = 6,
     LeaseTimeToLive = 7,
     Members = 8,
+    ChangeMembership = 9,
+    Campaign = 10,
 }
 
 impl Method {
-    const ALL: [Method; 8] = [
+    const ALL: [Method; 10] = [
         Method::AppendEntries,
         Method::Vote,
         Method::FullSnapshot,
@@ -67,6 +77,8 @@ impl Method {
         Method::LeaseKeepAlive,
         Method::LeaseTimeToLive,
         Method::Members,
+        Method::ChangeMembership,
+        Method::Campaign,
     ];
 
     fn from_u8(value: u8) -> Option<Method> {
@@ -126,6 +138,11 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PeerError> {
         .map_err(PeerError::Encode)
 }
 
+/// How many bytes [`encode`] makes of `value` (what it cannot encode counts as too large).
+fn encoded_size<T: Serialize>(value: &T) -> u64 {
+    bincode_options().serialized_size(value).unwrap_or(u64::MAX)
+}
+
 /// Decodes at most a frame's worth: a length a payload declares is checked against what is
 /// left before anything is allocated for it.
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, PeerError> {
@@ -182,13 +199,26 @@ fn dial(tls: Option<Arc<Tls>>) -> Dial {
     })
 }
 
-/// Connections to the other members, and when each last answered.
+/// Connections to the other members, and how each has answered.
 #[derive(Debug, Clone)]
 pub struct PeerPool {
     links: Arc<Links>,
-    /// When each member last answered a Raft RPC, and whether a later one failed.
-    last_contact: Arc<Mutex<HashMap<u64, (Instant, bool)>>>,
+    /// How each member has answered Raft RPCs.
+    contacts: Arc<Mutex<HashMap<u64, Contact>>>,
 }
+
+/// How a member has answered this one's Raft RPCs.
+#[derive(Debug, Clone, Copy)]
+struct Contact {
+    /// When it last answered.
+    last: Option<Instant>,
+    /// Since when it has answered without a gap of [`CONTACT_LOST_AFTER`] (etcd's stream
+    /// `ActiveSince`: one late answer does not break a connection, a silence does).
+    since: Instant,
+}
+
+/// A member that answered nothing for this long lost its connection.
+const CONTACT_LOST_AFTER: Duration = Duration::from_secs(1);
 
 impl PeerPool {
     /// Connections that speak for `identity` ([`Identity::UNKNOWN`] while joining a cluster),
@@ -196,27 +226,37 @@ impl PeerPool {
     pub fn new(identity: Identity, tls: Option<Arc<Tls>>) -> Self {
         Self {
             links: Arc::new(Links::with_dial(MAX_PEER_MESSAGE, identity, dial(tls))),
-            last_contact: Arc::default(),
+            contacts: Arc::default(),
         }
     }
 
-    /// Whether `member` answered its last Raft RPC, within `window` (the leader heartbeats
-    /// everyone).
-    pub fn recently_heard(&self, member: u64, window: Duration) -> bool {
-        let contacts = self.last_contact.lock().unwrap_or_else(|p| p.into_inner());
-        contacts
-            .get(&member)
-            .is_some_and(|(at, failing)| !failing && at.elapsed() < window)
+    /// Whether `member` answered a Raft RPC within `window` (the leader heartbeats everyone),
+    /// connected for at least `for_at_least` (etcd's `ActiveSince`).
+    pub fn connected(&self, member: u64, window: Duration, for_at_least: Duration) -> bool {
+        let contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+        contacts.get(&member).is_some_and(|contact| {
+            contact.last.is_some_and(|last| last.elapsed() < window)
+                && contact.since.elapsed() >= for_at_least
+        })
     }
 
     fn record_contact(&self, member: u64, answered: bool) {
-        let mut contacts = self.last_contact.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = contacts.entry(member).or_insert((Instant::now(), true));
-        if answered {
-            *entry = (Instant::now(), false);
-        } else {
-            entry.1 = true;
+        let mut contacts = self.contacts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let contact = contacts.entry(member).or_insert(Contact {
+            last: None,
+            since: now,
+        });
+        if !answered {
+            return;
         }
+        if contact
+            .last
+            .is_none_or(|last| last.elapsed() > CONTACT_LOST_AFTER)
+        {
+            contact.since = now;
+        }
+        contact.last = Some(now);
     }
 
     /// Calls `method` on `node` with `request` and decodes its answer.
@@ -270,6 +310,8 @@ pub enum ForwardRpc {
     LeaseKeepAlive,
     LeaseTimeToLive,
     Members,
+    ChangeMembership,
+    Campaign,
 }
 
 impl ForwardRpc {
@@ -280,6 +322,8 @@ impl ForwardRpc {
             ForwardRpc::LeaseKeepAlive => Method::LeaseKeepAlive,
             ForwardRpc::LeaseTimeToLive => Method::LeaseTimeToLive,
             ForwardRpc::Members => Method::Members,
+            ForwardRpc::ChangeMembership => Method::ChangeMembership,
+            ForwardRpc::Campaign => Method::Campaign,
         }
     }
 }
@@ -360,6 +404,16 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
         rpc.leader_commit = self.commit_clamp.clamp(rpc.leader_commit);
+        if let Some(fitting) = entries_fitting_an_append(&rpc) {
+            tracing::debug!(
+                "{} entries for member {:x} are too large for one append; sending {fitting} at a time",
+                rpc.entries.len(),
+                self.target
+            );
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fitting),
+            ));
+        }
         let t = Instant::now();
         let n = rpc.entries.len();
         let r = self.send(&rpc, &option, Method::AppendEntries).await;
@@ -391,6 +445,31 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
     }
 }
 
+/// How many of an AppendEntries' entries fit in [`MAX_APPEND_BYTES`], when not all of them
+/// do (at least one: a batched entry is far below a frame, [`crate::member::MAX_REQUEST_BYTES`]
+/// per request, and the write batcher's bound). openraft then sends that many at a time instead
+/// of the same request again.
+fn entries_fitting_an_append(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<u64> {
+    let total = encoded_size(rpc);
+    if total <= MAX_APPEND_BYTES || rpc.entries.len() <= 1 {
+        return None;
+    }
+    let sizes: Vec<u64> = rpc.entries.iter().map(encoded_size).collect();
+    let entries = sizes
+        .iter()
+        .fold(0u64, |sum, size| sum.saturating_add(*size));
+    let mut left = MAX_APPEND_BYTES.saturating_sub(total.saturating_sub(entries));
+    let fitting = sizes
+        .iter()
+        .take_while(|entry| {
+            let fits = **entry <= left;
+            left = left.saturating_sub(**entry);
+            fits
+        })
+        .count();
+    Some((fitting as u64).max(1))
+}
+
 /// What the peer server needs from the member it runs in.
 pub trait PeerHandler: Send + Sync + 'static {
     fn raft(&self) -> &crate::types::Raft;
@@ -409,6 +488,14 @@ pub trait PeerHandler: Send + Sync + 'static {
         &self,
         id: i64,
     ) -> impl std::future::Future<Output = Result<i64, EtcdError>> + Send;
+    /// Makes a membership change a follower forwarded, on the leader: the ID of the member it
+    /// concerns and the log index of its entry.
+    fn change_membership_local(
+        &self,
+        change: MembershipChange,
+    ) -> impl std::future::Future<Output = Result<(u64, u64), EtcdError>> + Send;
+    /// Starts an election, as the leader asks in a MoveLeader.
+    fn campaign_local(&self) -> impl std::future::Future<Output = Result<(), EtcdError>> + Send;
     fn cluster_view(&self) -> ClusterView;
 }
 
@@ -506,6 +593,11 @@ impl<H: PeerHandler> PeerService<H> {
                 let id: i64 = decode(&payload)?;
                 encode(&self.handler.time_to_live_local(id).await)
             }
+            Method::ChangeMembership => {
+                let change: MembershipChange = decode(&payload)?;
+                encode(&self.handler.change_membership_local(change).await)
+            }
+            Method::Campaign => encode(&self.handler.campaign_local().await),
             Method::Members => {
                 let view: Result<ClusterView, EtcdError> = Ok(self.handler.cluster_view());
                 encode(&view)
@@ -535,4 +627,50 @@ pub async fn serve<H: PeerHandler>(
         async move { service.handle(method, payload).await }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::PutRequest;
+    use crate::types::{Entry, LogId, Proto};
+
+    fn append_of_puts(values: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        let leader = openraft::CommittedLeaderId::new(1, 1);
+        let entries = values
+            .iter()
+            .enumerate()
+            .map(|(i, len)| Entry {
+                log_id: LogId::new(leader, i as u64 + 1),
+                payload: openraft::EntryPayload::Normal(Command::Put(Proto(PutRequest {
+                    key: b"k".to_vec(),
+                    value: vec![0; *len],
+                    ..Default::default()
+                }))),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn an_append_over_its_byte_bound_is_cut_to_the_entries_that_fit() {
+        let half = MAX_APPEND_BYTES as usize / 2 - 100;
+        assert_eq!(entries_fitting_an_append(&append_of_puts(&[half; 2])), None);
+        assert_eq!(
+            entries_fitting_an_append(&append_of_puts(&[half; 5])),
+            Some(2)
+        );
+        let large = MAX_APPEND_BYTES as usize + 1;
+        assert_eq!(
+            entries_fitting_an_append(&append_of_puts(&[large; 3])),
+            Some(1),
+            "one entry is sent even when it alone is over the bound"
+        );
+        assert_eq!(entries_fitting_an_append(&append_of_puts(&[large])), None);
+    }
 }

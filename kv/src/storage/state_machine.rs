@@ -2,7 +2,7 @@
 //! the in-memory [`State`], feeds watchers and publishes the applied index; snapshots of the
 //! state are kept in the redb data file ([`super::store`]).
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -306,10 +306,15 @@ impl StateMachine {
     }
 }
 
-/// Builds a snapshot of the state at the moment it is called.
+/// Stores a snapshot of the state as it was when the builder was made: openraft runs
+/// [`RaftSnapshotBuilder::build_snapshot`] in a task of its own while the state machine goes on
+/// applying, so the state is encoded when the builder is made, between two applies, and the
+/// snapshot holds exactly the entries up to its `last_log_id` (no entry is applied twice after
+/// a restart or an InstallSnapshot).
 pub struct SnapshotBuilder {
-    shared: Arc<Shared>,
     db: Arc<DataFile>,
+    /// The encoded state at `last_applied`, or why it could not be encoded.
+    data: Result<Vec<u8>, String>,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     snapshot_id: String,
@@ -325,11 +330,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             &io_err(std::io::Error::other("failpoint snapshot::build"))
         )
         .into()));
-        let data = {
-            let state = self.shared.read();
-            bincode::serialize(&*state)
-                .map_err(|e| StorageIOError::read_state_machine(&io_err(e)))?
-        };
+        let data = std::mem::replace(&mut self.data, Err("snapshot already built".to_string()))
+            .map_err(|e| StorageIOError::read_state_machine(&io::Error::other(e)))?;
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.last_membership.clone(),
@@ -407,9 +409,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshots_built += 1;
         let last = self.last_applied.map(|l| l.index).unwrap_or_default();
+        let data = bincode::serialize(&*self.shared.read()).map_err(|e| e.to_string());
         SnapshotBuilder {
-            shared: self.shared.clone(),
             db: self.db.clone(),
+            data,
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
             snapshot_id: format!("{last}-{}", self.snapshots_built),
@@ -577,6 +580,67 @@ mod tests {
             shared.read().tokens.user_of("t.1").as_deref(),
             Some("alice")
         );
+    }
+
+    fn put_entry(index: u64, key: &str) -> Entry {
+        let put = pb::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Put(Proto(put))),
+        }
+    }
+
+    /// openraft builds a snapshot in a task of its own while the state machine goes on
+    /// applying: what the builder holds must be the state at its `last_log_id`, or a restart
+    /// or an InstallSnapshot would apply the entries after it a second time.
+    #[tokio::test]
+    async fn a_snapshot_holds_exactly_the_state_at_its_last_log_id_while_applies_continue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::store::open_database(dir.path()).expect("open");
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State::default()),
+            feed: broadcast::channel(16).0,
+            applied: tokio::sync::watch::channel(0).0,
+        });
+        let mut machine =
+            StateMachine::open(
+            db.clone(),
+            shared,
+            Durability::new(u64::MAX),
+            SnapshotMark::new(),
+        )
+        .expect("machine");
+        machine
+            .apply((1..=3).map(|i| put_entry(i, "a")))
+            .await
+            .expect("apply");
+        let mut builder = machine.get_snapshot_builder().await;
+        // openraft's state machine worker goes on applying before the builder task runs.
+        machine.apply([put_entry(4, "a")]).await.expect("apply");
+        let snapshot = builder.build_snapshot().await.expect("build");
+        let state: State = bincode::deserialize(snapshot.snapshot.get_ref()).expect("decode");
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(3));
+        assert_eq!(
+            state.mvcc.revision(),
+            4,
+            "three puts after revision 1: the fourth entry must not be in the snapshot"
+        );
+        let reopened = StateMachine::open(
+            db,
+            Arc::new(Shared {
+                state: RwLock::new(State::default()),
+                feed: broadcast::channel(16).0,
+                applied: tokio::sync::watch::channel(0).0,
+            }),
+            Durability::new(u64::MAX),
+            SnapshotMark::new(),
+        )
+        .expect("reopen");
+        assert_eq!(reopened.shared.read().mvcc.revision(), 4);
     }
 
     #[test]

@@ -109,16 +109,27 @@ pub(super) fn read_meta<T: for<'de> Deserialize<'de>>(
     Ok(Some(decode(bytes.value(), &db.path, key)?))
 }
 
+/// Writes record `key`; an error names the data file and the record (a full or failing disk
+/// stops the member with it).
 pub(super) fn write_meta<T: Serialize>(
     db: &DataFile,
     key: &str,
     value: &T,
 ) -> Result<(), StoreError> {
-    let bytes = encode(value)?;
-    let txn = db.begin_write()?;
-    txn.open_table(META)?.insert(key, bytes.as_slice())?;
-    txn.commit()?;
-    Ok(())
+    let write = || -> Result<(), StoreError> {
+        let bytes = encode(value)?;
+        let txn = db.begin_write()?;
+        txn.open_table(META)?.insert(key, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    };
+    write().map_err(|e| {
+        StoreError::Engine(format!(
+            "writing the {key} record to {}: {}",
+            db.path.display(),
+            crate::error::chain(&e)
+        ))
+    })
 }
 
 /// How far the snapshot on disk reaches (its last log index), shared by the state machine

@@ -518,6 +518,12 @@ impl StoreCluster {
         self.members[i].is_some()
     }
 
+    /// Whether member `i`'s process ended by itself: its status if so (`None` while it runs,
+    /// or when it was killed or never started).
+    pub fn exit_status(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.members[i].as_mut().and_then(Process::exited)
+    }
+
     /// The process of member `i`, if running.
     pub fn process(&self, i: usize) -> Option<&Process> {
         self.members[i].as_ref()
