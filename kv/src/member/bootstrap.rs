@@ -35,6 +35,7 @@ impl Member {
             }),
             feed,
             applied: tokio::sync::watch::channel(0).0,
+            db_size: Default::default(),
         });
         let initial = initial_members(&config);
         let id = member_id(
@@ -55,7 +56,7 @@ impl Member {
         );
         let log_store = LogStore::new(db.clone(), &config.data_dir, id)?;
         let durability = log_store.durability();
-        let state_machine = StateMachine::open(db, shared.clone(), durability.clone())?;
+        let state_machine = StateMachine::open(db.clone(), shared.clone(), durability.clone())?;
         let network = Network {
             pool: pool.clone(),
             commit_clamp: log_store.commit_clamp(),
@@ -78,6 +79,7 @@ impl Member {
             shared,
             config,
             pool,
+            db,
             leases: LeaseClock::default(),
             read_requests,
             write_requests,

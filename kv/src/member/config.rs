@@ -7,6 +7,7 @@ use openraft::SnapshotPolicy;
 
 use super::compactor::AutoCompaction;
 use crate::error::StoreError;
+use crate::storage::quota::Quota;
 use crate::tls::TlsFiles;
 use crate::types::{MemberNode, Members};
 
@@ -43,6 +44,34 @@ pub struct Config {
     pub auth_token_ttl: Duration,
     /// What the leader's auto-compactor keeps (`--auto-compaction-mode`/`-retention`).
     pub auto_compaction: AutoCompaction,
+    /// The backend quota (`--quota-backend-bytes`).
+    pub quota: Quota,
+    /// Limits on what one client may hold open.
+    pub limits: ClientLimits,
+    /// Where `/metrics`, `/health` and `/version` are served besides the client URLs
+    /// (`--listen-metrics-urls`).
+    pub listen_metrics_urls: Vec<String>,
+}
+
+/// Limits on what one client may hold open; refusals name the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// HTTP/2 streams at once per connection (etcd's `--max-concurrent-streams`).
+    pub max_concurrent_streams: u32,
+    /// Watchers on one Watch stream (`--max-watchers-per-stream`).
+    pub max_watchers_per_stream: usize,
+    /// Connections at once from one IP address (`--max-connections-per-client`).
+    pub max_connections_per_client: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_concurrent_streams: u32::MAX,
+            max_watchers_per_stream: 10_000,
+            max_connections_per_client: 1_000,
+        }
+    }
 }
 
 impl Config {
@@ -67,6 +96,9 @@ impl Config {
             peer_tls: None,
             auth_token_ttl: crate::storage::tokens::DEFAULT_TTL,
             auto_compaction: AutoCompaction::Off,
+            quota: Quota::from_flag(0),
+            limits: ClientLimits::default(),
+            listen_metrics_urls: Vec::new(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod compactor;
 mod config;
 mod lease_clock;
 mod read_index;
+mod space;
 mod write;
 
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use self::compactor::{AutoCompaction, REVISION_CHECK_INTERVAL};
-pub use self::config::{ClusterState, Config, member_id, new_cluster};
+pub use self::config::{ClientLimits, ClusterState, Config, member_id, new_cluster};
 use self::lease_clock::LeaseClock;
 use self::read_index::ReadWaiter;
 pub use self::write::MAX_REQUEST_BYTES;
@@ -43,6 +44,8 @@ pub struct Member {
     pub shared: Arc<Shared>,
     pub config: Config,
     pub pool: PeerPool,
+    /// The data file, for defragmenting it.
+    db: Arc<crate::storage::store::DataFile>,
     leases: LeaseClock,
     read_requests: mpsc::Sender<ReadWaiter>,
     write_requests: mpsc::Sender<WriteWaiter>,

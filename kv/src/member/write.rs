@@ -39,7 +39,7 @@ fn check_request(command: &Command) -> Result<(), EtcdError> {
             }
             command => check_request(command)?,
         },
-        Command::Auth(_) => {}
+        Command::Auth(_) | Command::Alarm(_) => {}
         Command::Compact(_) | Command::LeaseRevoke { .. } | Command::PublishMember { .. } => {}
     }
     let size = bincode::serialized_size(command).map_err(|e| EtcdError::Internal(e.to_string()))?;
