@@ -62,7 +62,9 @@ impl Kv for KvService {
         // The quota first (etcd's quota server wraps the KV server), then validated before the
         // sender's permissions, as etcd's v3rpc layer does (an empty key is "key is not
         // provided" for anyone); the member checks again for forwarded writes.
-        self.0.check_quota(quota::put_cost(request.get_ref())).await?;
+        self.0
+            .check_quota(quota::put_cost(request.get_ref()))
+            .await?;
         validate::put(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         propose_as(&self.0, user, request.into_inner()).await
@@ -82,7 +84,9 @@ impl Kv for KvService {
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
         // Every transaction, reads only too, meets the quota (cost 0 then), as in etcd.
-        self.0.check_quota(quota::txn_cost(request.get_ref())).await?;
+        self.0
+            .check_quota(quota::txn_cost(request.get_ref()))
+            .await?;
         validate::txn(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         propose_as(&self.0, user, request.into_inner()).await

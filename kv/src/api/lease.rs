@@ -10,8 +10,8 @@ use super::access::requester;
 use super::propose::{propose, propose_as};
 use crate::error::EtcdError;
 use crate::member::Member;
-use crate::storage::quota;
 use crate::proto::etcdserverpb::{self as pb, lease_server::Lease};
+use crate::storage::quota;
 
 pub struct LeaseService(pub Arc<Member>);
 

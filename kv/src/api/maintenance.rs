@@ -47,7 +47,9 @@ impl Maintenance for MaintenanceService {
                     alarms,
                 }));
             }
-            Ok(pb::alarm_request::AlarmAction::Activate) => AlarmCommand::Activate { member, alarm },
+            Ok(pb::alarm_request::AlarmAction::Activate) => {
+                AlarmCommand::Activate { member, alarm }
+            }
             Ok(pb::alarm_request::AlarmAction::Deactivate) => {
                 AlarmCommand::Deactivate { member, alarm }
             }

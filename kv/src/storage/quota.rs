@@ -102,7 +102,9 @@ mod tests {
         assert!(takes_space(&Command::Txn(Proto(txn))));
         let reads_only = pb::TxnRequest {
             success: vec![pb::RequestOp {
-                request: Some(request_op::Request::RequestRange(pb::RangeRequest::default())),
+                request: Some(request_op::Request::RequestRange(
+                    pb::RangeRequest::default(),
+                )),
             }],
             ..Default::default()
         };

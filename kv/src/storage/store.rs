@@ -42,7 +42,9 @@ pub struct DataFile {
 
 impl DataFile {
     fn database(&self) -> std::sync::RwLockReadGuard<'_, Database> {
-        self.db.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn begin_write(&self) -> Result<redb::WriteTransaction, redb::TransactionError> {
@@ -59,7 +61,10 @@ impl DataFile {
     pub fn compact(&self) -> Result<(), StoreError> {
         let mut last = None;
         for _ in 0..20 {
-            let mut db = self.db.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut db = self
+                .db
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             // Each call moves what it can; `false` once nothing more moves.
             match (0..8).try_for_each(|_| match db.compact() {
                 Ok(true) => Ok(()),
@@ -89,7 +94,9 @@ impl DataFile {
 
     /// The data file's size on disk.
     pub fn file_size(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or_default()
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .unwrap_or_default()
     }
 }
 
