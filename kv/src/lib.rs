@@ -12,6 +12,7 @@ pub mod cli;
 pub mod error;
 pub mod listen;
 pub mod member;
+pub mod metrics;
 pub mod peer;
 pub mod profile;
 pub mod proto;

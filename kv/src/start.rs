@@ -10,8 +10,9 @@ use crate::member::{Config, Member, RunningMember};
 use crate::storage::store;
 use crate::tls::{Tls, TlsFiles};
 
-/// HTTP/2 is the only protocol the client listener speaks (gRPC; etcd offers the same).
-const CLIENT_ALPN: &[&[u8]] = &[b"h2"];
+/// The client listener speaks HTTP/2 (gRPC, and the HTTP endpoints) and HTTP/1.1 (the HTTP
+/// endpoints, for curl and Prometheus), as etcd's.
+const CLIENT_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 fn load(files: &Option<TlsFiles>, alpn: &[&[u8]]) -> Result<Option<Arc<Tls>>, StoreError> {
     Ok(files
@@ -36,6 +37,10 @@ impl Member {
             client_addrs.extend(listener.tcp.local_addr().ok());
             client_connections.push(connections(listener, client_tls.clone())?);
         }
+        let mut metrics_connections = Vec::new();
+        for listener in bind_all(&config.listen_metrics_urls).await? {
+            metrics_connections.push(connections(listener, client_tls.clone())?);
+        }
         let (member, mut tasks) = Member::open(config, db, peer_tls).await?;
         for incoming in peer_connections {
             let identity = member.identity();
@@ -47,6 +52,12 @@ impl Member {
         }
         for incoming in client_connections {
             tasks.push(tokio::spawn(crate::api::serve_clients(
+                member.clone(),
+                incoming,
+            )));
+        }
+        for incoming in metrics_connections {
+            tasks.push(tokio::spawn(crate::api::serve_metrics(
                 member.clone(),
                 incoming,
             )));

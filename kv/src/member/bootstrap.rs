@@ -101,6 +101,7 @@ impl Member {
         }
         tasks.push(tokio::spawn(self.clone().publish_attrs()));
         tasks.push(tokio::spawn(self.clone().run_auto_compaction()));
+        tasks.push(tokio::spawn(self.clone().count_leader_changes()));
         tasks.push(tokio::spawn(self.run_lease_clock()));
         Ok(tasks)
     }

@@ -155,6 +155,24 @@ impl Member {
         }
     }
 
+    /// Counts the leaders this member sees take over (etcd's
+    /// `etcd_server_leader_changes_seen_total`), until Raft stops.
+    async fn count_leader_changes(self: Arc<Self>) {
+        let mut raft = self.raft.metrics();
+        let mut seen = None;
+        loop {
+            let leader = raft.borrow_and_update().current_leader;
+            // As etcd: a leader other than the last one seen, none in between included.
+            if leader.is_some() && leader != seen {
+                crate::metrics::metrics().leader_changes.inc();
+            }
+            seen = leader;
+            if raft.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// The Raft members: voters and learners with their nodes.
     pub fn members(&self) -> Vec<(u64, MemberNode, bool)> {
         let metrics = self.raft.metrics();

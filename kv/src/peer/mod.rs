@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
+use crate::metrics::PeerMetrics;
 use crate::peer::wire::{CallError, Dial, Identity, Links, PeerStream, ServerRules, dial_tcp};
 use crate::storage::store::CommitClamp;
 use crate::tls::Tls;
@@ -226,6 +227,7 @@ impl PeerPool {
         method: Method,
         request: &Q,
         timeout: Duration,
+        metrics: Option<&PeerMetrics>,
     ) -> Result<A, CallError> {
         let address = peer_address(node).map_err(|e| CallError::NotSent(e.to_string()))?;
         let payload = encode(request).map_err(|e| CallError::Failed(e.to_string()))?;
@@ -233,6 +235,10 @@ impl PeerPool {
             .links
             .call(&address, method as u8, &payload, timeout)
             .await?;
+        if let Some(metrics) = metrics {
+            metrics.sent.inc_by(payload.len() as u64);
+            metrics.received.inc_by(answer.len() as u64);
+        }
         decode(&answer).map_err(|e| CallError::Failed(e.to_string()))
     }
 
@@ -246,7 +252,7 @@ impl PeerPool {
     ) -> Result<A, EtcdError> {
         tracing::debug!("forwarding {rpc:?} to {}", node.name);
         let answer: Result<A, EtcdError> = self
-            .request(&node, rpc.method(), request, timeout)
+            .request(&node, rpc.method(), request, timeout, None)
             .await
             .map_err(|e| {
                 tracing::debug!("forwarding {rpc:?} to {}: {e}", node.name);
@@ -308,6 +314,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             pool: self.pool.clone(),
             commit_clamp: self.commit_clamp.clone(),
+            metrics: crate::metrics::metrics().peer(target),
         }
     }
 }
@@ -317,6 +324,7 @@ pub struct PeerConnection {
     node: MemberNode,
     pool: PeerPool,
     commit_clamp: CommitClamp,
+    metrics: PeerMetrics,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -336,7 +344,13 @@ impl PeerConnection {
     {
         let answer: Result<Result<A, RaftError<u64, E>>, CallError> = self
             .pool
-            .request(&self.node, method, request, option.hard_ttl())
+            .request(
+                &self.node,
+                method,
+                request,
+                option.hard_ttl(),
+                Some(&self.metrics),
+            )
             .await;
         self.pool.record_contact(self.target, answer.is_ok());
         let answer = answer.map_err(|e| match e {
@@ -363,6 +377,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let t = Instant::now();
         let n = rpc.entries.len();
         let r = self.send(&rpc, &option, Method::AppendEntries).await;
+        // A heartbeat's round trip (it carries no entries to write) is the peer RTT etcd's
+        // prober measures.
+        if n == 0 && r.is_ok() {
+            self.metrics.round_trip.observe(t.elapsed().as_secs_f64());
+        }
         crate::profile::record(
             if n == 0 {
                 "net.heartbeat_rtt"

@@ -219,6 +219,9 @@ impl PendingFlush {
         if let Some(file) = &self.handle {
             let t = std::time::Instant::now();
             file.sync_data()?;
+            crate::metrics::metrics()
+                .wal_fsync
+                .observe(t.elapsed().as_secs_f64());
             crate::profile::record("log.flush", t);
         }
         Ok(())

@@ -369,7 +369,11 @@ impl LogFile {
     /// Waits until everything written is on disk.
     fn sync(&self) -> Result<(), StoreError> {
         if let Ok((_, file)) = self.active() {
+            let t = std::time::Instant::now();
             file.sync_data()?;
+            crate::metrics::metrics()
+                .wal_fsync
+                .observe(t.elapsed().as_secs_f64());
         }
         Ok(())
     }

@@ -1,0 +1,131 @@
+//! go-grpc-prometheus's server counters (`grpc_server_started_total`,
+//! `grpc_server_handled_total`) as a layer around the client server: a call is counted when it
+//! starts, and handled with the code of its `grpc-status`, read from the response headers of a
+//! trailers-only answer (an error) or from the trailers at the end of the body.
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http_body::{Body, Frame};
+
+use crate::metrics::{GrpcCall, grpc_code_name, metrics};
+
+/// Wraps a service in [`GrpcMetrics`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower_layer::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S>(S);
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+fn is_grpc<B>(request: &http::Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn status_code(headers: &http::HeaderMap) -> Option<&'static str> {
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(grpc_code_name(tonic::Code::from_i32(code)))
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Counted<R>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = is_grpc(&request)
+            .then(|| GrpcCall::from_path(request.uri().path()))
+            .flatten();
+        if let Some(call) = &call {
+            metrics().grpc_started(call);
+        }
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let (parts, body) = response.await?.into_parts();
+            let mut counted = Counted { body, call };
+            if let Some(code) = status_code(&parts.headers) {
+                counted.handled(code);
+            }
+            Ok(http::Response::from_parts(parts, counted))
+        })
+    }
+}
+
+/// A response body that counts its call handled when its trailers pass (or, dropped before
+/// them, as cancelled).
+#[derive(Debug)]
+pub struct Counted<B> {
+    body: B,
+    /// The call, until it is counted.
+    call: Option<GrpcCall>,
+}
+
+impl<B> Counted<B> {
+    fn handled(&mut self, code: &str) {
+        if let Some(call) = self.call.take() {
+            metrics().grpc_handled(&call, code);
+        }
+    }
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        self.handled("Canceled");
+    }
+}
+
+impl<B: Body + Unpin> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_code) {
+                    self.handled(code);
+                }
+            }
+            Some(Err(_)) => self.handled("Unknown"),
+            None => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
