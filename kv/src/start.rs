@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::StoreError;
-use crate::listen::{bind_all, connections};
+use crate::listen::{PerClient, bind_all, connections};
 use crate::member::{Config, Member, RunningMember};
 use crate::storage::store;
 use crate::tls::{Tls, TlsFiles};
@@ -29,17 +29,27 @@ impl Member {
         let db = store::open_database(&config.data_dir)?;
         let mut peer_connections = Vec::new();
         for listener in bind_all(&config.listen_peer_urls).await? {
-            peer_connections.push(connections(listener, peer_tls.clone())?);
+            peer_connections.push(connections(listener, peer_tls.clone(), None)?);
         }
+        // One count of connections per client address over the client and metrics listeners.
+        let per_client = PerClient::new(config.limits.max_connections_per_client);
         let mut client_connections = Vec::new();
         let mut client_addrs = Vec::new();
         for listener in bind_all(&config.listen_client_urls).await? {
             client_addrs.extend(listener.tcp.local_addr().ok());
-            client_connections.push(connections(listener, client_tls.clone())?);
+            client_connections.push(connections(
+                listener,
+                client_tls.clone(),
+                Some(per_client.clone()),
+            )?);
         }
         let mut metrics_connections = Vec::new();
         for listener in bind_all(&config.listen_metrics_urls).await? {
-            metrics_connections.push(connections(listener, client_tls.clone())?);
+            metrics_connections.push(connections(
+                listener,
+                client_tls.clone(),
+                Some(per_client.clone()),
+            )?);
         }
         let (member, mut tasks) = Member::open(config, db, peer_tls).await?;
         for incoming in peer_connections {
