@@ -34,7 +34,7 @@ use crate::proto::etcdserverpb::{
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Serves the etcd API on one listener's connections ([`crate::listen::connections`]) until the
-/// task is aborted: the gRPC services, counted ([`grpc_metrics`]), and beside them the HTTP
+/// task is aborted: the gRPC services, counted (`grpc_metrics`), and beside them the HTTP
 /// endpoints ([`http`]), over HTTP/2 or HTTP/1.1.
 pub async fn serve_clients(
     member: Arc<Member>,
