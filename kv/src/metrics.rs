@@ -22,6 +22,7 @@ pub struct Metrics {
     pub proposals_pending: IntGauge,
     pub proposals_failed: IntCounter,
     pub db_size: IntGauge,
+    pub debugging_db_size: IntGauge,
     pub db_size_in_use: IntGauge,
     pub keys: IntGauge,
     pub quota_bytes: IntGauge,
@@ -33,6 +34,9 @@ pub struct Metrics {
     peer_rtt: HistogramVec,
     peer_sent: IntCounterVec,
     peer_received: IntCounterVec,
+    peer_sent_failures: IntCounterVec,
+    pub client_received: IntCounter,
+    pub client_sent: IntCounter,
     grpc_started: IntCounterVec,
     grpc_handled: IntCounterVec,
 }
@@ -95,6 +99,7 @@ impl Metrics {
             proposals_pending: gauge(r, "etcd_server_proposals_pending", "The current number of pending proposals to commit."),
             proposals_failed: counter(r, "etcd_server_proposals_failed_total", "The total number of failed proposals seen."),
             db_size: gauge(r, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
+            debugging_db_size: gauge(r, "etcd_debugging_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
             db_size_in_use: gauge(r, "etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes."),
             keys: gauge(r, "etcd_debugging_mvcc_keys_total", "Total number of keys."),
             quota_bytes: gauge(r, "etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes."),
@@ -143,6 +148,9 @@ impl Metrics {
             ),
             peer_sent: counter_vec(r, "etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.", &["To"]),
             peer_received: counter_vec(r, "etcd_network_peer_received_bytes_total", "The total number of bytes received from peers.", &["From"]),
+            peer_sent_failures: counter_vec(r, "etcd_network_peer_sent_failures_total", "The total number of send failures from peers.", &["To"]),
+            client_received: counter(r, "etcd_network_client_grpc_received_bytes_total", "The total number of bytes received from grpc clients."),
+            client_sent: counter(r, "etcd_network_client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients."),
             grpc_started: counter_vec(
                 r,
                 "grpc_server_started_total",
@@ -180,6 +188,7 @@ impl Metrics {
             round_trip: self.peer_rtt.with_label_values(&[&id]),
             sent: self.peer_sent.with_label_values(&[&id]),
             received: self.peer_received.with_label_values(&[&id]),
+            send_failures: self.peer_sent_failures.with_label_values(&[&id]),
         }
     }
 
@@ -204,6 +213,7 @@ pub struct PeerMetrics {
     pub round_trip: Histogram,
     pub sent: IntCounter,
     pub received: IntCounter,
+    pub send_failures: IntCounter,
 }
 
 /// One gRPC call's labels.

@@ -1,11 +1,13 @@
 //! go-grpc-prometheus's server counters (`grpc_server_started_total`,
 //! `grpc_server_handled_total`) as a layer around the client server: a call is counted when it
 //! starts, and handled with the code of its `grpc-status`, read from the response headers of a
-//! trailers-only answer (an error) or from the trailers at the end of the body.
+//! trailers-only answer (an error) or from the trailers at the end of the body. The bytes of
+//! gRPC requests and responses go to etcd's `etcd_network_client_grpc_{received,sent}_bytes_total`.
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::Buf;
 use http_body::{Body, Frame};
 
 use crate::metrics::{GrpcCall, grpc_code_name, metrics};
@@ -45,9 +47,9 @@ fn status_code(headers: &http::HeaderMap) -> Option<&'static str> {
     Some(grpc_code_name(tonic::Code::from_i32(code)))
 }
 
-impl<S, B, R> tower_service::Service<http::Request<B>> for GrpcMetrics<S>
+impl<S, R> tower_service::Service<http::Request<tonic::body::Body>> for GrpcMetrics<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
     type Response = http::Response<Counted<R>>;
@@ -58,13 +60,17 @@ where
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let call = is_grpc(&request)
             .then(|| GrpcCall::from_path(request.uri().path()))
             .flatten();
-        if let Some(call) = &call {
-            metrics().grpc_started(call);
-        }
+        let request = match &call {
+            Some(call) => {
+                metrics().grpc_started(call);
+                request.map(|body| tonic::body::Body::new(Received(body)))
+            }
+            None => request,
+        };
         let response = self.0.call(request);
         Box::pin(async move {
             let (parts, body) = response.await?.into_parts();
@@ -100,6 +106,35 @@ impl<B> Drop for Counted<B> {
     }
 }
 
+/// A gRPC request's body, its bytes counted as they arrive.
+struct Received(tonic::body::Body);
+
+impl Body for Received {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, tonic::Status>>> {
+        let frame = ready!(Pin::new(&mut self.0).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            metrics().client_received.inc_by(data.len() as u64);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
+}
+
 impl<B: Body + Unpin> Body for Counted<B> {
     type Data = B::Data;
     type Error = B::Error;
@@ -113,6 +148,9 @@ impl<B: Body + Unpin> Body for Counted<B> {
             Some(Ok(frame)) => {
                 if let Some(code) = frame.trailers_ref().and_then(status_code) {
                     self.handled(code);
+                }
+                if let (Some(data), Some(_)) = (frame.data_ref(), &self.call) {
+                    metrics().client_sent.inc_by(data.remaining() as u64);
                 }
             }
             Some(Err(_)) => self.handled("Unknown"),

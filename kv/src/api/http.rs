@@ -62,6 +62,7 @@ fn scrape(member: &Member) -> impl IntoResponse + use<> {
     }
     let size = &member.shared.db_size;
     m.db_size.set(size.size() as i64);
+    m.debugging_db_size.set(size.size() as i64);
     m.db_size_in_use.set(size.in_use() as i64);
     m.keys.set(member.shared.read().mvcc.key_count() as i64);
     m.quota_bytes.set(member.config.quota.bytes() as i64);

@@ -353,6 +353,9 @@ impl PeerConnection {
             )
             .await;
         self.pool.record_contact(self.target, answer.is_ok());
+        if answer.is_err() {
+            self.metrics.send_failures.inc();
+        }
         let answer = answer.map_err(|e| match e {
             e @ CallError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
             e => RPCError::Unreachable(Unreachable::new(&e)),
