@@ -211,6 +211,10 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
             retention: 10_000,
             check_interval: shoal_kv::member::REVISION_CHECK_INTERVAL,
         },
+        // etcd's defaults: a 2 GiB quota, and the member's own limits per client.
+        quota: shoal_kv::storage::quota::Quota::from_flag(0),
+        limits: shoal_kv::member::ClientLimits::default(),
+        listen_metrics_urls: Vec::new(),
     };
     Ok(Some(MemberPlan {
         config: kv,
