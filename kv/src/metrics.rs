@@ -3,6 +3,7 @@
 //! (one registry per process). Counters and histograms are updated where things happen, with
 //! atomics only (peer handles are looked up once per connection); the gauges of a member's state
 //! (leader, sizes, keys) are set when `/metrics` is scraped ([`crate::api::http`]).
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use prometheus::core::Collector;
@@ -37,8 +38,8 @@ pub struct Metrics {
     peer_sent_failures: IntCounterVec,
     pub client_received: IntCounter,
     pub client_sent: IntCounter,
-    grpc_started: IntCounterVec,
-    grpc_handled: IntCounterVec,
+    /// The counters of every gRPC method of etcd 3.4, by request path, made once.
+    grpc_calls: HashMap<String, GrpcCounters>,
 }
 
 /// This process's metrics.
@@ -151,18 +152,7 @@ impl Metrics {
             peer_sent_failures: counter_vec(r, "etcd_network_peer_sent_failures_total", "The total number of send failures from peers.", &["To"]),
             client_received: counter(r, "etcd_network_client_grpc_received_bytes_total", "The total number of bytes received from grpc clients."),
             client_sent: counter(r, "etcd_network_client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients."),
-            grpc_started: counter_vec(
-                r,
-                "grpc_server_started_total",
-                "Total number of RPCs started on the server.",
-                &["grpc_type", "grpc_service", "grpc_method"],
-            ),
-            grpc_handled: counter_vec(
-                r,
-                "grpc_server_handled_total",
-                "Total number of RPCs completed on the server, regardless of success or failure.",
-                &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-            ),
+            grpc_calls: grpc_calls(r),
             registry,
         };
         metrics
@@ -192,18 +182,10 @@ impl Metrics {
         }
     }
 
-    /// A gRPC call started (go-grpc-prometheus's `grpc_server_started_total`).
-    pub fn grpc_started(&self, call: &GrpcCall) {
-        self.grpc_started
-            .with_label_values(&[call.kind, &call.service, &call.method])
-            .inc();
-    }
-
-    /// A gRPC call ended with `code` (its name, `OK`, `Unavailable`, ...).
-    pub fn grpc_handled(&self, call: &GrpcCall, code: &str) {
-        self.grpc_handled
-            .with_label_values(&[call.kind, &call.service, &call.method, code])
-            .inc();
+    /// The counters of the gRPC method at `path` (`/etcdserverpb.KV/Range`), if it is one of
+    /// etcd 3.4's.
+    pub fn grpc_call(&self, path: &str) -> Option<&GrpcCounters> {
+        self.grpc_calls.get(path)
     }
 }
 
@@ -216,32 +198,148 @@ pub struct PeerMetrics {
     pub send_failures: IntCounter,
 }
 
-/// One gRPC call's labels.
-#[derive(Debug, Clone)]
-pub struct GrpcCall {
-    /// `unary`, `server_stream` or `bidi_stream`.
-    pub kind: &'static str,
-    pub service: String,
-    pub method: String,
+/// etcd 3.4's gRPC methods by service, as go-grpc-prometheus labels them.
+const GRPC_METHODS: &[(&str, &[&str])] = &[
+    (
+        "etcdserverpb.KV",
+        &["Range", "Put", "DeleteRange", "Txn", "Compact"],
+    ),
+    ("etcdserverpb.Watch", &["Watch"]),
+    (
+        "etcdserverpb.Lease",
+        &[
+            "LeaseGrant",
+            "LeaseRevoke",
+            "LeaseKeepAlive",
+            "LeaseTimeToLive",
+            "LeaseLeases",
+        ],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &[
+            "MemberAdd",
+            "MemberRemove",
+            "MemberUpdate",
+            "MemberList",
+            "MemberPromote",
+        ],
+    ),
+    (
+        "etcdserverpb.Maintenance",
+        &[
+            "Alarm",
+            "Status",
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "MoveLeader",
+        ],
+    ),
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable",
+            "AuthDisable",
+            "Authenticate",
+            "UserAdd",
+            "UserGet",
+            "UserList",
+            "UserDelete",
+            "UserChangePassword",
+            "UserGrantRole",
+            "UserRevokeRole",
+            "RoleAdd",
+            "RoleGet",
+            "RoleList",
+            "RoleDelete",
+            "RoleGrantPermission",
+            "RoleRevokePermission",
+        ],
+    ),
+];
+
+/// Every gRPC status code, in the order of their numbers.
+const GRPC_CODES: [tonic::Code; 17] = {
+    use tonic::Code::*;
+    [
+        Ok,
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
+    ]
+};
+
+/// One gRPC method's counters: started, and handled by status code.
+#[derive(Debug)]
+pub struct GrpcCounters {
+    started: IntCounter,
+    handled: Vec<IntCounter>,
 }
 
-impl GrpcCall {
-    /// The labels of a request to `path` (`/etcdserverpb.KV/Range`), if it is a gRPC path.
-    pub fn from_path(path: &str) -> Option<GrpcCall> {
-        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        let kind = match (service, method) {
-            ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => {
-                "bidi_stream"
-            }
-            ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
-            _ => "unary",
-        };
-        Some(GrpcCall {
-            kind,
-            service: service.to_string(),
-            method: method.to_string(),
-        })
+impl GrpcCounters {
+    pub fn started(&self) {
+        self.started.inc();
     }
+
+    /// The call ended with `code`.
+    pub fn handled(&self, code: tonic::Code) {
+        if let Some(counter) = self.handled.get(code as usize) {
+            counter.inc();
+        }
+    }
+}
+
+/// The counters of every method, every code at 0 from the start (as go-grpc-prometheus's
+/// `Register` makes them).
+fn grpc_calls(registry: &Registry) -> HashMap<String, GrpcCounters> {
+    let started = counter_vec(
+        registry,
+        "grpc_server_started_total",
+        "Total number of RPCs started on the server.",
+        &["grpc_type", "grpc_service", "grpc_method"],
+    );
+    let handled = counter_vec(
+        registry,
+        "grpc_server_handled_total",
+        "Total number of RPCs completed on the server, regardless of success or failure.",
+        &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+    );
+    let mut calls = HashMap::new();
+    for (service, methods) in GRPC_METHODS {
+        for method in *methods {
+            let kind = match *method {
+                "Watch" | "LeaseKeepAlive" => "bidi_stream",
+                "Snapshot" => "server_stream",
+                _ => "unary",
+            };
+            let counters = GrpcCounters {
+                started: started.with_label_values(&[kind, service, method]),
+                handled: GRPC_CODES
+                    .iter()
+                    .map(|code| {
+                        handled.with_label_values(&[kind, service, method, grpc_code_name(*code)])
+                    })
+                    .collect(),
+            };
+            calls.insert(format!("/{service}/{method}"), counters);
+        }
+    }
+    calls
 }
 
 /// A gRPC status code's name, as grpc-go prints it.
@@ -289,18 +387,20 @@ mod tests {
     }
 
     #[test]
-    fn grpc_paths_give_etcds_labels() {
-        let watch = GrpcCall::from_path("/etcdserverpb.Watch/Watch").expect("a gRPC path");
-        assert_eq!(
-            (watch.kind, watch.service.as_str(), watch.method.as_str()),
-            ("bidi_stream", "etcdserverpb.Watch", "Watch")
-        );
-        assert_eq!(
-            GrpcCall::from_path("/etcdserverpb.KV/Range")
-                .expect("path")
-                .kind,
-            "unary"
-        );
-        assert!(GrpcCall::from_path("/metrics").is_none());
+    fn every_etcd_method_is_counted_by_code_from_the_start() {
+        let m = metrics();
+        let watch = m.grpc_call("/etcdserverpb.Watch/Watch").expect("Watch");
+        watch.started();
+        watch.handled(tonic::Code::Cancelled);
+        assert!(m.grpc_call("/metrics").is_none());
+        let text = m.render();
+        assert!(text.contains(
+            "grpc_server_handled_total{grpc_code=\"Canceled\",grpc_method=\"Watch\",\
+             grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"} 1"
+        ));
+        assert!(text.contains(
+            "grpc_server_handled_total{grpc_code=\"Unavailable\",grpc_method=\"Put\",\
+             grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 0"
+        ));
     }
 }

@@ -1,5 +1,6 @@
 //! go-grpc-prometheus's server counters (`grpc_server_started_total`,
-//! `grpc_server_handled_total`) as a layer around the client server: a call is counted when it
+//! `grpc_server_handled_total`) as a layer around the client server, with counters made once per
+//! method and code ([`crate::metrics`]), so counting takes no lock: a call is counted when it
 //! starts, and handled with the code of its `grpc-status`, read from the response headers of a
 //! trailers-only answer (an error) or from the trailers at the end of the body. The bytes of
 //! gRPC requests and responses go to etcd's `etcd_network_client_grpc_{received,sent}_bytes_total`.
@@ -10,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Buf;
 use http_body::{Body, Frame};
 
-use crate::metrics::{GrpcCall, grpc_code_name, metrics};
+use crate::metrics::{GrpcCounters, metrics};
 
 /// Wraps a service in [`GrpcMetrics`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,14 +38,14 @@ fn is_grpc<B>(request: &http::Request<B>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-fn status_code(headers: &http::HeaderMap) -> Option<&'static str> {
+fn status_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
     let code = headers
         .get("grpc-status")?
         .to_str()
         .ok()?
         .parse::<i32>()
         .ok()?;
-    Some(grpc_code_name(tonic::Code::from_i32(code)))
+    Some(tonic::Code::from_i32(code))
 }
 
 impl<S, R> tower_service::Service<http::Request<tonic::body::Body>> for GrpcMetrics<S>
@@ -62,11 +63,11 @@ where
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let call = is_grpc(&request)
-            .then(|| GrpcCall::from_path(request.uri().path()))
+            .then(|| metrics().grpc_call(request.uri().path()))
             .flatten();
-        let request = match &call {
+        let request = match call {
             Some(call) => {
-                metrics().grpc_started(call);
+                call.started();
                 request.map(|body| tonic::body::Body::new(Received(body)))
             }
             None => request,
@@ -88,21 +89,21 @@ where
 #[derive(Debug)]
 pub struct Counted<B> {
     body: B,
-    /// The call, until it is counted.
-    call: Option<GrpcCall>,
+    /// The call's counters, until it is counted.
+    call: Option<&'static GrpcCounters>,
 }
 
 impl<B> Counted<B> {
-    fn handled(&mut self, code: &str) {
+    fn handled(&mut self, code: tonic::Code) {
         if let Some(call) = self.call.take() {
-            metrics().grpc_handled(&call, code);
+            call.handled(code);
         }
     }
 }
 
 impl<B> Drop for Counted<B> {
     fn drop(&mut self) {
-        self.handled("Canceled");
+        self.handled(tonic::Code::Cancelled);
     }
 }
 
@@ -153,7 +154,7 @@ impl<B: Body + Unpin> Body for Counted<B> {
                     metrics().client_sent.inc_by(data.remaining() as u64);
                 }
             }
-            Some(Err(_)) => self.handled("Unknown"),
+            Some(Err(_)) => self.handled(tonic::Code::Unknown),
             None => {}
         }
         Poll::Ready(frame)
