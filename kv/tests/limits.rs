@@ -42,7 +42,11 @@ async fn a_client_address_past_its_connections_is_told_why_and_refused() {
     );
     let endpoints = cluster.endpoints();
     let refused = tokio::task::spawn_blocking(move || {
-        etcdctl(&endpoints, &["--dial-timeout=1s", "put", "k", "v"], None)
+        etcdctl(
+            &endpoints,
+            &["--dial-timeout=1s", "--command-timeout=1s", "put", "k", "v"],
+            None,
+        )
     })
     .await
     .expect("etcdctl");
