@@ -17,12 +17,27 @@ async fn a_client_address_past_its_connections_is_told_why_and_refused() {
     let cluster =
         common::start_with(StoreKind::ShoalKv, 1, &["--max-connections-per-client=2"]).await;
     let endpoint = cluster.endpoints()[0].clone();
-    let first = TcpStream::connect(&endpoint)
-        .await
-        .expect("first connection");
-    let second = TcpStream::connect(&endpoint)
-        .await
-        .expect("second connection");
+    // The connection the harness checked readiness with may still be closing: until both of
+    // ours are admitted (nothing heard from the member), start again.
+    let mut attempts = 0;
+    let (first, second) = loop {
+        let mut first = TcpStream::connect(&endpoint)
+            .await
+            .expect("first connection");
+        let mut second = TcpStream::connect(&endpoint)
+            .await
+            .expect("second connection");
+        let (mut byte, mut other_byte) = ([0u8; 1], [0u8; 1]);
+        let first_heard = tokio::time::timeout(Duration::from_millis(300), first.read(&mut byte));
+        let second_heard =
+            tokio::time::timeout(Duration::from_millis(300), second.read(&mut other_byte));
+        if first_heard.await.is_err() && second_heard.await.is_err() {
+            break (first, second);
+        }
+        attempts += 1;
+        assert!(attempts < 10, "two connections are never admitted");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     let mut third = TcpStream::connect(&endpoint)
         .await
         .expect("third connection");
