@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::backup::restore::SnapshotCommand;
 
-use crate::member::{AutoCompaction, ClusterState, Config, Member};
+use crate::member::{AutoCompaction, ClientLimits, ClusterState, Config, Member};
+use crate::storage::quota::Quota;
 use crate::tls::TlsFiles;
 
 /// Run one member of shoal's embedded etcd-compatible store.
@@ -100,6 +101,23 @@ pub struct KvArgs {
     /// voters connected for 5 s); a learner is promoted only in sync either way.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
+    /// Raise the NOSPACE alarm and refuse writes when the backend size would exceed this many
+    /// bytes (0 is etcd's default, 2 GiB; negative is no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
+    /// Maximum concurrent HTTP/2 streams that each client connection can open at a time.
+    #[arg(long, default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+    /// Maximum watchers one Watch stream may hold (shoal's flag).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_watchers_per_stream: usize,
+    /// Maximum client connections at once from one IP address (shoal's flag).
+    #[arg(long, default_value_t = 1_000)]
+    pub max_connections_per_client: usize,
+    /// URLs to listen on for the metrics and health endpoints (comma-separated), besides the
+    /// client URLs.
+    #[arg(long, default_value = "")]
+    pub listen_metrics_urls: String,
 }
 
 /// What `shoal kv` does besides running a member.
@@ -289,6 +307,9 @@ impl KvArgs {
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
             auto_compaction: self.auto_compaction()?,
             strict_reconfig_check: self.strict_reconfig_check,
+            quota: Quota::from_flag(self.quota_backend_bytes),
+            limits: self.limits()?,
+            listen_metrics_urls: split_urls(&self.listen_metrics_urls),
         })
     }
 }
@@ -305,6 +326,25 @@ impl KvArgs {
             *check_interval = self.auto_compaction_check_interval;
         }
         Ok(mode)
+    }
+}
+
+impl KvArgs {
+    fn limits(&self) -> anyhow::Result<ClientLimits> {
+        if self.max_concurrent_streams == 0
+            || self.max_watchers_per_stream == 0
+            || self.max_connections_per_client == 0
+        {
+            bail!(
+                "--max-concurrent-streams, --max-watchers-per-stream and \
+                 --max-connections-per-client must be more than 0"
+            );
+        }
+        Ok(ClientLimits {
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_watchers_per_stream: self.max_watchers_per_stream,
+            max_connections_per_client: self.max_connections_per_client,
+        })
     }
 }
 

@@ -91,6 +91,9 @@ pub enum EtcdError {
     PermissionNotGiven,
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// A write while a NOSPACE alarm is active, or one that would take the store past its quota.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 impl EtcdError {
@@ -117,6 +120,7 @@ impl EtcdError {
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
             Internal(_) => Code::Internal,
+            NoSpace => Code::ResourceExhausted,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod failpoints;
 pub mod listen;
 pub mod member;
+pub mod metrics;
 pub mod peer;
 pub mod profile;
 pub mod proto;

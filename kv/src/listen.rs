@@ -1,13 +1,15 @@
 //! Listening sockets: binding a member's `http://` and `https://` URLs and accepting
 //! connections (Nagle's algorithm off, TLS handshakes on `https://` listeners). Shared by the
 //! peer server and the client (gRPC) server.
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
@@ -73,12 +75,111 @@ pub fn incoming(listener: TcpListener) -> impl futures::Stream<Item = io::Result
     })
 }
 
+/// How many connections each client address holds open, across the listeners that share it
+/// (`--max-connections-per-client`).
+#[derive(Debug, Clone)]
+pub struct PerClient {
+    limit: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerClient {
+    pub fn new(limit: usize) -> Self {
+        PerClient {
+            limit,
+            open: Arc::default(),
+        }
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more connection from `ip`, or `None` when it has its limit.
+    fn admit(&self, ip: IpAddr) -> Option<Admitted> {
+        let mut open = self.open();
+        let count = open.entry(ip).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Admitted {
+            ip,
+            clients: self.clone(),
+        })
+    }
+}
+
+/// One admitted connection's place, given back when the connection is dropped.
+#[derive(Debug)]
+struct Admitted {
+    ip: IpAddr,
+    clients: PerClient,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.clients.open();
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a connection past the limit hears before it is closed: the server's HTTP/2 SETTINGS
+/// and a GOAWAY (ENHANCE_YOUR_CALM) whose debug data says why, which gRPC clients report.
+fn refusal(limit: usize) -> Vec<u8> {
+    let reason = format!(
+        "too many connections from this address (at most {limit}, --max-connections-per-client)"
+    );
+    let mut bytes = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let length = (8 + reason.len()) as u32;
+    bytes.extend_from_slice(&length.to_be_bytes()[1..]);
+    bytes.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&0u32.to_be_bytes());
+    bytes.extend_from_slice(&0xbu32.to_be_bytes());
+    bytes.extend_from_slice(reason.as_bytes());
+    bytes
+}
+
+/// Admits `connection` under `per_client`'s limit, or tells it why not and closes it.
+async fn admit(mut connection: Connection, per_client: &Option<PerClient>) -> Option<Connection> {
+    let (Some(clients), Some(remote)) = (per_client, connection.info.remote) else {
+        return Some(connection);
+    };
+    match clients.admit(remote.ip()) {
+        Some(admitted) => {
+            connection._admitted = Some(admitted);
+            Some(connection)
+        }
+        None => {
+            tracing::warn!(%remote, limit = clients.limit, "refusing a connection: too many from its address");
+            let refusal = refusal(clients.limit);
+            tokio::spawn(async move {
+                let written = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    connection.write_all(&refusal).await?;
+                    connection.shutdown().await
+                });
+                if let Ok(Err(e)) = written.await {
+                    tracing::debug!("telling a refused connection why: {e}");
+                }
+            });
+            None
+        }
+    }
+}
+
 /// The connections of `listener`, TLS ones once their handshake succeeded (each handshake runs
 /// in a task of its own, so a slow client holds up nobody). `tls` is required for an
-/// `https://` listener and ignored, with a warning, for an `http://` one (as etcd does).
+/// `https://` listener and ignored, with a warning, for an `http://` one (as etcd does). With
+/// `per_client`, an address past its limit of connections is refused.
 pub fn connections(
     listener: Listener,
     tls: Option<Arc<Tls>>,
+    per_client: Option<PerClient>,
 ) -> Result<impl futures::Stream<Item = io::Result<Connection>>, StoreError> {
     let tls = match (listener.secure, tls) {
         (true, None) => {
@@ -120,6 +221,10 @@ pub fn connections(
                             remote,
                             certificate: None,
                         },
+                        _admitted: None,
+                    };
+                    let Some(connection) = admit(connection, &per_client).await else {
+                        continue;
                     };
                     if sender.send(Ok(connection)).await.is_err() {
                         return;
@@ -130,6 +235,7 @@ pub fn connections(
                         return;
                     };
                     let (tls, sender) = (tls.clone(), sender.clone());
+                    let per_client = per_client.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
                         match tls.accept(stream).await {
@@ -147,8 +253,11 @@ pub fn connections(
                                         remote,
                                         certificate,
                                     },
+                                    _admitted: None,
                                 };
-                                let _ = sender.send(Ok(connection)).await;
+                                if let Some(connection) = admit(connection, &per_client).await {
+                                    let _ = sender.send(Ok(connection)).await;
+                                }
                             }
                             Err(e) => tracing::debug!(?remote, "TLS handshake refused: {e}"),
                         }
@@ -164,6 +273,8 @@ pub fn connections(
 pub struct Connection {
     stream: Stream,
     info: ClientConnectInfo,
+    /// Its place under `--max-connections-per-client`, held while it is open.
+    _admitted: Option<Admitted>,
 }
 
 enum Stream {

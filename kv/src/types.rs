@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::EtcdError;
 use crate::proto::etcdserverpb as pb;
+use crate::storage::alarms::AlarmCommand;
 use crate::storage::auth::{AuthCommand, AuthReply, Requester};
 
 /// A protobuf message carried inside a serde structure as its protobuf encoding.
@@ -60,6 +61,8 @@ pub enum Command {
     },
     /// A change to users, roles, permissions or auth itself (or a read of them).
     Auth(AuthCommand),
+    /// An alarm raised or cleared (etcd's `AlarmRequest` ACTIVATE and DEACTIVATE).
+    Alarm(AlarmCommand),
 }
 
 /// What applying a [`Command`] produced; errors are deterministic, so they are outcomes too.
@@ -77,6 +80,7 @@ pub enum Outcome {
     Batch(#[serde(deserialize_with = "nested_at_most")] Vec<Outcome>),
     Error(EtcdError),
     Auth(AuthReply),
+    Alarm(Proto<pb::AlarmResponse>),
 }
 
 /// How deep commands nest: a client's request ([`Command::AsUser`]) in a follower's batch inside

@@ -77,7 +77,7 @@ async fn identity_echo(url: &str, tls: Option<std::sync::Arc<Tls>>) -> u16 {
         .pop()
         .expect("a listener");
     let port = listener.tcp.local_addr().expect("address").port();
-    let incoming = connections(listener, tls)
+    let incoming = connections(listener, tls, None)
         .expect("connections")
         .map(|accepted| accepted.map(AuthorityFixingStream::new));
     let echo = |request: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {

@@ -237,6 +237,10 @@ fn member_plan(config: &AgentConfig) -> Result<Option<MemberPlan>> {
             check_interval: shoal_kv::member::REVISION_CHECK_INTERVAL,
         },
         strict_reconfig_check: true,
+        // etcd's defaults: a 2 GiB quota, and the member's own limits per client.
+        quota: shoal_kv::storage::quota::Quota::from_flag(0),
+        limits: shoal_kv::member::ClientLimits::default(),
+        listen_metrics_urls: Vec::new(),
     };
     Ok(Some(MemberPlan {
         config: kv,

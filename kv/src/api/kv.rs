@@ -14,6 +14,7 @@ use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, kv_server::Kv};
 use crate::storage::auth::Access;
 use crate::storage::mvcc::validate;
+use crate::storage::quota;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -58,8 +59,12 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        // Validated before the sender's permissions, as etcd's v3rpc layer does (an empty key
-        // is "key is not provided" for anyone); the member checks again for forwarded writes.
+        // The quota first (etcd's quota server wraps the KV server), then validated before the
+        // sender's permissions, as etcd's v3rpc layer does (an empty key is "key is not
+        // provided" for anyone); the member checks again for forwarded writes.
+        self.0
+            .check_quota(quota::put_cost(request.get_ref()))
+            .await?;
         validate::put(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         propose_as(&self.0, user, request.into_inner()).await
@@ -78,6 +83,10 @@ impl Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        // Every transaction, reads only too, meets the quota (cost 0 then), as in etcd.
+        self.0
+            .check_quota(quota::txn_cost(request.get_ref()))
+            .await?;
         validate::txn(request.get_ref())?;
         let user = requester(&self.0, &request).await?;
         propose_as(&self.0, user, request.into_inner()).await

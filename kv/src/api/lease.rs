@@ -11,6 +11,7 @@ use super::propose::{propose, propose_as};
 use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, lease_server::Lease};
+use crate::storage::quota;
 
 pub struct LeaseService(pub Arc<Member>);
 
@@ -28,6 +29,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        self.0.check_quota(quota::lease_grant_cost()).await?;
         // etcd 3.4 checks no permission for a grant, only that a token is valid.
         requester(&self.0, &request).await?;
         let req = request.into_inner();

@@ -1,6 +1,7 @@
-//! etcd's Maintenance service: status, hashes (etcd's, [`etcd_format`]), alarms, defragment
-//! (nothing to do) and the snapshot stream in etcd's format. With auth on, hashes, defragment
-//! and snapshots need root, as in etcd.
+//! etcd's Maintenance service: status (sizes from [`crate::storage::db_size`]), hashes (etcd's,
+//! [`etcd_format`]), alarms (listed, raised and cleared through Raft), defragment
+//! ([`Member::defragment`]) and the snapshot stream in etcd's format. With auth on, hashes,
+//! defragment and snapshots need root, as in etcd.
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -8,10 +9,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::access::check_maintenance_admin;
+use super::propose::unexpected;
 use crate::backup::etcd_format;
 use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
+use crate::storage::alarms::{self, AlarmCommand};
+use crate::types::{Command, Outcome, Proto};
 
 /// The version Status reports: the etcd API level served, marked as shoal's.
 pub const VERSION: &str = "3.4.0";
@@ -19,13 +23,6 @@ pub const VERSION: &str = "3.4.0";
 pub struct MaintenanceService(pub Arc<Member>);
 
 impl MaintenanceService {
-    fn db_size(&self) -> i64 {
-        let path = self.0.config.data_dir.join("shoal-kv.redb");
-        std::fs::metadata(path)
-            .map(|m| m.len() as i64)
-            .unwrap_or_default()
-    }
-
     fn header(&self) -> Option<pb::ResponseHeader> {
         self.0.header(self.0.shared.read().mvcc.revision())
     }
@@ -33,14 +30,43 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// GET lists the alarms (after a ReadIndex, so as linearizable as etcd's, which goes through
+    /// Raft); ACTIVATE and DEACTIVATE go through Raft and answer the alarm they changed.
     async fn alarm(
         &self,
-        _request: Request<pb::AlarmRequest>,
+        request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
-        Ok(Response::new(pb::AlarmResponse {
-            header: self.header(),
-            alarms: Vec::new(),
-        }))
+        let request = request.into_inner();
+        let (member, alarm) = (request.member_id, request.alarm);
+        let command = match pb::alarm_request::AlarmAction::try_from(request.action) {
+            Ok(pb::alarm_request::AlarmAction::Get) => {
+                self.0.read_barrier().await?;
+                let alarms = self.0.shared.read().alarms.get(alarm);
+                return Ok(Response::new(pb::AlarmResponse {
+                    header: self.header(),
+                    alarms,
+                }));
+            }
+            Ok(pb::alarm_request::AlarmAction::Activate) => {
+                AlarmCommand::Activate { member, alarm }
+            }
+            Ok(pb::alarm_request::AlarmAction::Deactivate) => {
+                AlarmCommand::Deactivate { member, alarm }
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "etcdserver: unknown alarm action {}",
+                    request.action
+                )));
+            }
+        };
+        match self.0.propose(Command::Alarm(command)).await? {
+            Outcome::Alarm(Proto(mut response)) => {
+                response.header = self.header();
+                Ok(Response::new(response))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn status(
@@ -53,17 +79,24 @@ impl Maintenance for MaintenanceService {
             .members()
             .iter()
             .any(|(id, _, learner)| *id == self.0.id && *learner);
-        let db_size = self.db_size();
+        let size = &self.0.shared.db_size;
+        // etcd lists a missing leader and the active alarms as the member's errors.
+        let mut errors = Vec::new();
+        if metrics.current_leader.is_none() {
+            errors.push(EtcdError::NoLeader.to_string());
+        }
+        let alarms = self.0.shared.read().alarms.get(pb::AlarmType::None as i32);
+        errors.extend(alarms.iter().map(alarms::describe));
         Ok(Response::new(pb::StatusResponse {
             header: self.header(),
             version: VERSION.to_string(),
-            db_size,
+            db_size: size.size() as i64,
             leader: metrics.current_leader.unwrap_or_default(),
             raft_index: metrics.last_log_index.unwrap_or_default(),
             raft_term: metrics.current_term,
             raft_applied_index: metrics.last_applied.map(|l| l.index).unwrap_or_default(),
-            errors: Vec::new(),
-            db_size_in_use: db_size,
+            errors,
+            db_size_in_use: size.in_use() as i64,
             is_learner,
             ..Default::default()
         }))
@@ -74,7 +107,10 @@ impl Maintenance for MaintenanceService {
         request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         check_maintenance_admin(&self.0, &request).await?;
-        // redb reuses freed pages itself; there is nothing to defragment.
+        self.0
+            .defragment()
+            .await
+            .map_err(|e| Status::internal(crate::error::chain(&e)))?;
         Ok(Response::new(pb::DefragmentResponse {
             header: self.header(),
         }))

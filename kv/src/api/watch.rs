@@ -215,6 +215,23 @@ impl Session {
                 })
                 .await;
         }
+        let limit = self.member.config.limits.max_watchers_per_stream;
+        if self.watchers.len() >= limit {
+            let revision = self.member.shared.read().mvcc.revision();
+            return self
+                .send(pb::WatchResponse {
+                    header: self.header(revision),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: format!(
+                        "etcdserver: too many watchers on one stream (at most {limit}, \
+                         --max-watchers-per-stream)"
+                    ),
+                    ..Default::default()
+                })
+                .await;
+        }
         let Some(id) = self.allocate_id(create.watch_id) else {
             let revision = self.member.shared.read().mvcc.revision();
             return self

@@ -1,7 +1,8 @@
 //! The replicated state in etcd 3.4's backend layout (`mvcc/kvstore.go`, `lease/lessor.go`,
 //! `auth/store.go`): the buckets etcd keeps in bbolt, with etcd's keys and protobuf values, and
 //! back. Also etcd's snapshot trailer (the SHA-256 of the database after it) and etcd's hashes
-//! of the state (`HashByRev` for HashKV; every bucket for Hash).
+//! of the state (`HashByRev` for HashKV; every bucket for Hash). Alarms travel in etcd's `alarm`
+//! bucket, both ways.
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
@@ -9,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::bbolt::{self, Bucket, Database};
+use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
 use crate::proto::{authpb, mvccpb};
+use crate::storage::alarms::{AlarmCommand, Alarms};
 use crate::storage::auth::{Access, AuthStore, Permission};
 use crate::storage::mvcc::{Mvcc, StoredRevision};
 use crate::storage::state_machine::State;
@@ -137,11 +140,34 @@ pub fn export(state: &State, consistent_index: u64) -> Result<Database, FormatEr
             .into_iter()
             .collect(),
     );
-    // Membership is the new cluster's (a restore replaces it, as etcd's does); alarms are none.
-    for empty in [MEMBERS, MEMBERS_REMOVED, ALARM] {
+    // Membership is the new cluster's (a restore replaces it, as etcd's does).
+    for empty in [MEMBERS, MEMBERS_REMOVED] {
         db.insert(empty.to_vec(), Bucket::new());
     }
+    db.insert(ALARM.to_vec(), alarm_bucket(&state.alarms));
     Ok(db)
+}
+
+/// etcd's `alarm` bucket: each alarm's `AlarmMember` as a key, with no value.
+fn alarm_bucket(alarms: &Alarms) -> Bucket {
+    alarms
+        .get(AlarmType::None as i32)
+        .iter()
+        .map(|alarm| (alarm.encode_to_vec(), Vec::new()))
+        .collect()
+}
+
+/// The alarms of an `alarm` bucket (a restore keeps them, as etcd's does).
+fn import_alarms(bucket: &Bucket) -> Result<Alarms, FormatError> {
+    let mut alarms = Alarms::default();
+    for key in bucket.keys() {
+        let alarm = AlarmMember::decode(key.as_slice()).map_err(|e| bad("alarm", key, e))?;
+        alarms.apply(&AlarmCommand::Activate {
+            member: alarm.member_id,
+            alarm: alarm.alarm,
+        });
+    }
+    Ok(alarms)
 }
 
 fn key_bucket(history: &[StoredRevision]) -> Bucket {
@@ -308,6 +334,7 @@ pub fn import(file: &[u8], skip_hash_check: bool) -> Result<State, FormatError> 
     Ok(State {
         mvcc,
         auth: import_auth(bucket(AUTH), bucket(AUTH_USERS), bucket(AUTH_ROLES))?,
+        alarms: import_alarms(bucket(ALARM))?,
         ..State::default()
     })
 }
@@ -502,6 +529,13 @@ mod tests {
         ] {
             state.apply(0, Command::Auth(command));
         }
+        state.apply(
+            0,
+            Command::Alarm(AlarmCommand::Activate {
+                member: 0xabc,
+                alarm: AlarmType::Nospace as i32,
+            }),
+        );
         state
     }
 
@@ -522,6 +556,8 @@ mod tests {
             bincode::serialize(&restored.auth).expect("auth"),
             bincode::serialize(&state.auth).expect("auth")
         );
+        assert_eq!(restored.alarms, state.alarms);
+        assert!(restored.alarms.no_space());
         assert_eq!(hash(&restored).expect("hash"), hash(&state).expect("hash"));
         assert_eq!(
             hash_kv(&restored.mvcc, restored.mvcc.revision()),

@@ -35,6 +35,7 @@ impl Member {
             }),
             feed,
             applied: tokio::sync::watch::channel(0).0,
+            db_size: Default::default(),
         });
         let initial = initial_members(&config);
         let id = member_id(
@@ -56,7 +57,7 @@ impl Member {
         let log_store = LogStore::new(db.clone(), &config.data_dir, id)?;
         let durability = log_store.durability();
         let state_machine = StateMachine::open(
-            db,
+            db.clone(),
             shared.clone(),
             durability.clone(),
             log_store.snapshot_mark(),
@@ -83,6 +84,7 @@ impl Member {
             shared,
             config,
             pool,
+            db,
             leases: LeaseClock::default(),
             read_requests,
             write_requests,
@@ -104,6 +106,7 @@ impl Member {
         }
         tasks.push(tokio::spawn(self.clone().publish_attrs()));
         tasks.push(tokio::spawn(self.clone().run_auto_compaction()));
+        tasks.push(tokio::spawn(self.clone().count_leader_changes()));
         tasks.push(tokio::spawn(self.run_lease_clock()));
         Ok(tasks)
     }

@@ -7,6 +7,7 @@ use openraft::SnapshotPolicy;
 
 use super::compactor::AutoCompaction;
 use crate::error::StoreError;
+use crate::storage::quota::Quota;
 use crate::tls::TlsFiles;
 use crate::types::{MemberNode, Members};
 
@@ -46,6 +47,34 @@ pub struct Config {
     /// etcd's `--strict-reconfig-check`: membership changes that could cost the quorum are
     /// refused ([`crate::member::MembershipChange`]).
     pub strict_reconfig_check: bool,
+    /// The backend quota (`--quota-backend-bytes`).
+    pub quota: Quota,
+    /// Limits on what one client may hold open.
+    pub limits: ClientLimits,
+    /// Where `/metrics`, `/health` and `/version` are served besides the client URLs
+    /// (`--listen-metrics-urls`).
+    pub listen_metrics_urls: Vec<String>,
+}
+
+/// Limits on what one client may hold open; refusals name the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// HTTP/2 streams at once per connection (etcd's `--max-concurrent-streams`).
+    pub max_concurrent_streams: u32,
+    /// Watchers on one Watch stream (`--max-watchers-per-stream`).
+    pub max_watchers_per_stream: usize,
+    /// Connections at once from one IP address (`--max-connections-per-client`).
+    pub max_connections_per_client: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_concurrent_streams: u32::MAX,
+            max_watchers_per_stream: 10_000,
+            max_connections_per_client: 1_000,
+        }
+    }
 }
 
 impl Config {
@@ -71,6 +100,9 @@ impl Config {
             auth_token_ttl: crate::storage::tokens::DEFAULT_TTL,
             auto_compaction: AutoCompaction::Off,
             strict_reconfig_check: true,
+            quota: Quota::from_flag(0),
+            limits: ClientLimits::default(),
+            listen_metrics_urls: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ mod config;
 mod lease_clock;
 mod membership;
 mod read_index;
+mod space;
 mod write;
 
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use self::compactor::{AutoCompaction, REVISION_CHECK_INTERVAL};
-pub use self::config::{ClusterState, Config, member_id, new_cluster};
+pub use self::config::{ClientLimits, ClusterState, Config, member_id, new_cluster};
 use self::lease_clock::LeaseClock;
 pub use self::membership::MembershipChange;
 use self::read_index::ReadWaiter;
@@ -45,6 +46,8 @@ pub struct Member {
     pub shared: Arc<Shared>,
     pub config: Config,
     pub pool: PeerPool,
+    /// The data file, for defragmenting it.
+    db: Arc<crate::storage::store::DataFile>,
     leases: LeaseClock,
     read_requests: mpsc::Sender<ReadWaiter>,
     write_requests: mpsc::Sender<WriteWaiter>,
@@ -168,6 +171,24 @@ impl Member {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(EtcdError::Internal("the state machine stopped".to_string())),
             Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+
+    /// Counts the leaders this member sees take over (etcd's
+    /// `etcd_server_leader_changes_seen_total`), until Raft stops.
+    async fn count_leader_changes(self: Arc<Self>) {
+        let mut raft = self.raft.metrics();
+        let mut seen = None;
+        loop {
+            let leader = raft.borrow_and_update().current_leader;
+            // As etcd: a leader other than the last one seen, none in between included.
+            if leader.is_some() && leader != seen {
+                crate::metrics::metrics().leader_changes.inc();
+            }
+            seen = leader;
+            if raft.changed().await.is_err() {
+                return;
+            }
         }
     }
 

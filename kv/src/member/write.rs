@@ -39,7 +39,7 @@ fn check_request(command: &Command) -> Result<(), EtcdError> {
             }
             command => check_request(command)?,
         },
-        Command::Auth(_) => {}
+        Command::Auth(_) | Command::Alarm(_) => {}
         Command::Compact(_) | Command::LeaseRevoke { .. } | Command::PublishMember { .. } => {}
     }
     let size = bincode::serialized_size(command).map_err(|e| EtcdError::Internal(e.to_string()))?;
@@ -47,6 +47,22 @@ fn check_request(command: &Command) -> Result<(), EtcdError> {
         return Err(EtcdError::RequestTooLarge);
     }
     Ok(())
+}
+
+/// A proposal on its way (etcd's `proposals_pending`), until dropped.
+struct Pending<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Pending<'a> {
+    fn count(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Pending(gauge)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// What became of a write handed to the write batcher.
@@ -66,10 +82,17 @@ impl Member {
     pub async fn propose(&self, command: Command) -> Result<Outcome, EtcdError> {
         check_request(&command)?;
         let t = Instant::now();
-        let (outcome, index) = self.write(command).await?;
+        let metrics = crate::metrics::metrics();
+        let _pending = Pending::count(&metrics.proposals_pending);
+        let (outcome, index) = self
+            .write(command)
+            .await
+            .inspect_err(|_| metrics.proposals_failed.inc())?;
         crate::profile::record("propose.written", t);
         let t2 = Instant::now();
-        self.wait_applied(index).await?;
+        self.wait_applied(index)
+            .await
+            .inspect_err(|_| metrics.proposals_failed.inc())?;
         crate::profile::record("propose.wait_applied", t2);
         crate::profile::record("propose.total", t);
         match outcome {

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::EtcdError;
 use crate::member::MembershipChange;
+use crate::metrics::PeerMetrics;
 use crate::peer::wire::{CallError, Dial, Identity, Links, PeerStream, ServerRules, dial_tcp};
 use crate::storage::store::CommitClamp;
 use crate::tls::Tls;
@@ -266,6 +267,7 @@ impl PeerPool {
         method: Method,
         request: &Q,
         timeout: Duration,
+        metrics: Option<&PeerMetrics>,
     ) -> Result<A, CallError> {
         let address = peer_address(node).map_err(|e| CallError::NotSent(e.to_string()))?;
         let payload = encode(request).map_err(|e| CallError::Failed(e.to_string()))?;
@@ -273,6 +275,10 @@ impl PeerPool {
             .links
             .call(&address, method as u8, &payload, timeout)
             .await?;
+        if let Some(metrics) = metrics {
+            metrics.sent.inc_by(payload.len() as u64);
+            metrics.received.inc_by(answer.len() as u64);
+        }
         decode(&answer).map_err(|e| CallError::Failed(e.to_string()))
     }
 
@@ -286,7 +292,7 @@ impl PeerPool {
     ) -> Result<A, EtcdError> {
         tracing::debug!("forwarding {rpc:?} to {}", node.name);
         let answer: Result<A, EtcdError> = self
-            .request(&node, rpc.method(), request, timeout)
+            .request(&node, rpc.method(), request, timeout, None)
             .await
             .map_err(|e| {
                 tracing::debug!("forwarding {rpc:?} to {}: {e}", node.name);
@@ -352,6 +358,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node: node.clone(),
             pool: self.pool.clone(),
             commit_clamp: self.commit_clamp.clone(),
+            metrics: crate::metrics::metrics().peer(target),
         }
     }
 }
@@ -361,6 +368,7 @@ pub struct PeerConnection {
     node: MemberNode,
     pool: PeerPool,
     commit_clamp: CommitClamp,
+    metrics: PeerMetrics,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -380,9 +388,18 @@ impl PeerConnection {
     {
         let answer: Result<Result<A, RaftError<u64, E>>, CallError> = self
             .pool
-            .request(&self.node, method, request, option.hard_ttl())
+            .request(
+                &self.node,
+                method,
+                request,
+                option.hard_ttl(),
+                Some(&self.metrics),
+            )
             .await;
         self.pool.record_contact(self.target, answer.is_ok());
+        if answer.is_err() {
+            self.metrics.send_failures.inc();
+        }
         let answer = answer.map_err(|e| match e {
             e @ CallError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
             e => RPCError::Unreachable(Unreachable::new(&e)),
@@ -417,6 +434,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let t = Instant::now();
         let n = rpc.entries.len();
         let r = self.send(&rpc, &option, Method::AppendEntries).await;
+        // A heartbeat's round trip (it carries no entries to write) is the peer RTT etcd's
+        // prober measures.
+        if n == 0 && r.is_ok() {
+            self.metrics.round_trip.observe(t.elapsed().as_secs_f64());
+        }
         crate::profile::record(
             if n == 0 {
                 "net.heartbeat_rtt"

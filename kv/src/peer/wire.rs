@@ -455,6 +455,8 @@ where
     let mut reader = FramedRead::new(read, codec(rules.max_frame));
     let per_connection = Arc::new(Semaphore::new(rules.max_in_flight_per_connection));
     let mut refused_here = 0u64;
+    // The traffic counters of the member on the other end, looked up once it is known.
+    let mut peer: Option<(u64, crate::metrics::PeerMetrics)> = None;
     while let Some(received) = reader.next().await {
         let received = match received {
             Ok(received) => received,
@@ -492,10 +494,22 @@ where
         ) else {
             break;
         };
+        let from = header.from.member_id;
+        let metrics = match &peer {
+            Some((id, metrics)) if *id == from => metrics.clone(),
+            _ => peer
+                .insert((from, crate::metrics::metrics().peer(from)))
+                .1
+                .clone(),
+        };
+        metrics.received.inc_by(payload.len() as u64);
         let answered = handle(header.kind, payload);
         let (writer, identity) = (writer.clone(), rules.identity);
         tokio::spawn(async move {
             let result = answered.await.map_err(|reason| reason.to_string());
+            if let Ok(answer) = &result {
+                metrics.sent.inc_by(answer.len() as u64);
+            }
             answer(&writer, identity, header.request_id, result).await;
             drop((connection_permit, server_permit));
         });

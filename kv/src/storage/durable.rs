@@ -225,6 +225,9 @@ impl PendingFlush {
         if let Some(file) = &self.handle {
             let t = std::time::Instant::now();
             self.synced = sync_data(file)?;
+            crate::metrics::metrics()
+                .wal_fsync
+                .observe(t.elapsed().as_secs_f64());
             crate::profile::record("log.flush", t);
         }
         Ok(())

@@ -393,10 +393,14 @@ impl LogFile {
 
     /// Waits until everything written is on disk.
     fn sync(&mut self) -> Result<(), StoreError> {
+        let t = std::time::Instant::now();
         if let Ok((_, file)) = self.active()
             && sync_data(file)?
         {
             self.synced = self.end;
+            crate::metrics::metrics()
+                .wal_fsync
+                .observe(t.elapsed().as_secs_f64());
         }
         Ok(())
     }

@@ -1,13 +1,17 @@
-//! The store's data: the MVCC key-value state ([`mvcc`]), users, roles and permissions
+//! The store's data: the MVCC key-value state ([`mvcc`]) and its size ([`db_size`]), the alarms
+//! ([`alarms`]) and the quota ([`quota`]), users, roles and permissions
 //! ([`auth`]) with this member's simple tokens ([`tokens`]), the Raft log on disk ([`log`]) and how
 //! far it is durable ([`durable`]), openraft's log storage with the vote, purge point and
 //! snapshots in redb ([`store`]), the versioned, CRC-sealed records of that file ([`records`]),
 //! and the state machine ([`state_machine`]). Every directory of the data dir is owner-only
 //! (0700, as etcd makes its data dir) and every file in it 0600, whatever the umask.
+pub mod alarms;
 pub mod auth;
+pub mod db_size;
 pub mod durable;
 pub mod log;
 pub mod mvcc;
+pub mod quota;
 pub mod records;
 pub mod state_machine;
 pub mod store;

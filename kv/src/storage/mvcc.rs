@@ -65,6 +65,8 @@ pub struct Mvcc {
     revision: i64,
     compact_revision: i64,
     leases: BTreeMap<i64, LeaseRecord>,
+    /// The bytes every stored version takes as a row of etcd's `key` bucket ([`key_row_bytes`]).
+    key_rows: u64,
 }
 
 impl Default for Mvcc {
@@ -74,8 +76,49 @@ impl Default for Mvcc {
             revision: 1,
             compact_revision: -1,
             leases: BTreeMap::new(),
+            key_rows: 0,
         }
     }
+}
+
+/// bbolt's header of one leaf element (flags, position, key and value sizes).
+const LEAF_ELEMENT: u64 = 16;
+/// A `key` bucket row's key: the revision `main_sub` (8 + 1 + 8 bytes), plus `t` for a tombstone.
+const REVISION_KEY: u64 = 17;
+/// A `lease` bucket row: the 8-byte ID and a leasepb `Lease` of at most 22 bytes.
+const LEASE_ROW: u64 = LEAF_ELEMENT + 8 + 22;
+
+/// A protobuf field's bytes: a one-byte tag, then a length and `len` bytes (absent when empty).
+fn bytes_field(len: usize) -> u64 {
+    if len == 0 {
+        return 0;
+    }
+    (1 + prost::encoding::encoded_len_varint(len as u64) + len) as u64
+}
+
+/// A protobuf int64 field's bytes (absent when 0).
+fn int_field(value: i64) -> u64 {
+    if value == 0 {
+        return 0;
+    }
+    (1 + prost::encoding::encoded_len_varint(value as u64)) as u64
+}
+
+/// The bytes `version` of `key` takes as a row of etcd's `key` bucket: its revision key and its
+/// mvccpb `KeyValue` (a tombstone's holds only the key), with bbolt's element header.
+fn key_row_bytes(key: &[u8], version: &Version) -> u64 {
+    let value = match &version.live {
+        Some(live) => {
+            bytes_field(key.len())
+                + int_field(live.create_revision)
+                + int_field(version.main)
+                + int_field(live.version)
+                + bytes_field(live.value.len())
+                + int_field(live.lease)
+        }
+        None => bytes_field(key.len()) + 1,
+    };
+    LEAF_ELEMENT + REVISION_KEY + value
 }
 
 fn header(revision: i64) -> Option<pb::ResponseHeader> {
@@ -302,20 +345,25 @@ impl Mvcc {
         if rev > self.revision {
             return Err(EtcdError::FutureRevision);
         }
-        self.keys.retain(|_, versions| {
+        let mut freed = 0;
+        self.keys.retain(|key, versions| {
             let visible = versions.partition_point(|v| v.main <= rev);
             let keep_from = match visible.checked_sub(1).map(|i| (i, &versions[i])) {
                 Some((i, v)) if v.live.is_some() => i,
                 Some((i, _)) => i + 1,
                 None => 0,
             };
-            versions.drain(..keep_from);
+            freed += versions
+                .drain(..keep_from)
+                .map(|v| key_row_bytes(key, &v))
+                .sum::<u64>();
             // Give back what a long history took, or an overwritten key keeps its peak.
             if versions.capacity() > 2 * versions.len() + 4 {
                 versions.shrink_to_fit();
             }
             !versions.is_empty()
         });
+        self.key_rows -= freed;
         self.compact_revision = rev;
         Ok(pb::CompactionResponse {
             header: header(self.revision),
@@ -440,6 +488,11 @@ impl Mvcc {
         mvcc.keys
             .values_mut()
             .for_each(|versions| versions.sort_by_key(|v| (v.main, v.sub)));
+        mvcc.key_rows = mvcc
+            .keys
+            .iter()
+            .flat_map(|(key, versions)| versions.iter().map(move |v| key_row_bytes(key, v)))
+            .sum();
         for (id, ttl) in lease_ttls {
             mvcc.leases.insert(
                 id,
@@ -461,9 +514,26 @@ impl Mvcc {
         mvcc
     }
 
-    /// Number of key versions held (for Status' db size estimate).
+    /// Number of key versions held.
     pub fn version_count(&self) -> usize {
         self.keys.values().map(Vec::len).sum()
+    }
+
+    /// Number of keys with a version held, live or deleted (etcd's `keys_total`: its index).
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The bytes the state takes as rows of etcd's `key` and `lease` buckets
+    /// ([`crate::storage::db_size`]).
+    pub fn row_bytes(&self) -> u64 {
+        self.key_rows + self.leases.len() as u64 * LEASE_ROW
+    }
+
+    /// Gives back memory the history no longer uses (a defragment): what compaction left of
+    /// each key's versions.
+    pub fn shrink(&mut self) {
+        self.keys.values_mut().for_each(Vec::shrink_to_fit);
     }
 }
 
@@ -575,6 +645,7 @@ impl<'a> Writer<'a> {
             live,
         };
         self.sub += 1;
+        self.mvcc.key_rows += key_row_bytes(key, &version);
         self.events.push(event(key, &version, prev_kv));
         self.mvcc
             .keys
@@ -841,5 +912,48 @@ mod tests {
             Err(EtcdError::Compacted)
         );
         assert_eq!(m.events_since(b"a", b"", 3).len(), 1);
+    }
+
+    /// The rows' bytes as etcd's `key` bucket holds them, counted from scratch.
+    fn rows_of(m: &Mvcc) -> u64 {
+        use prost::Message;
+        let keys: u64 = m
+            .history()
+            .iter()
+            .map(|r| LEAF_ELEMENT + REVISION_KEY + r.kv.encoded_len() as u64 + r.tombstone as u64)
+            .sum();
+        keys + m.leases().count() as u64 * LEASE_ROW
+    }
+
+    #[test]
+    fn row_bytes_follow_writes_deletes_leases_and_compactions_exactly() {
+        let mut m = Mvcc::default();
+        assert_eq!(m.row_bytes(), 0);
+        m.lease_grant(5, 60).expect("grant");
+        for i in 0..50 {
+            put(&mut m, &format!("key{}", i % 7), &"v".repeat(i * 13));
+        }
+        m.put(&pb::PutRequest {
+            key: "leased".into(),
+            value: "x".into(),
+            lease: 5,
+            ..Default::default()
+        })
+        .expect("put with lease");
+        m.delete_range(&pb::DeleteRangeRequest {
+            key: "key0".into(),
+            ..Default::default()
+        });
+        assert_eq!(m.row_bytes(), rows_of(&m));
+        let before = m.row_bytes();
+        m.compact(m.revision()).expect("compact");
+        assert!(m.row_bytes() < before / 4, "compaction frees the history");
+        assert_eq!(m.row_bytes(), rows_of(&m));
+        let rebuilt = Mvcc::from_history(
+            m.history(),
+            m.compact_revision(),
+            [(5, 60)].into_iter().collect(),
+        );
+        assert_eq!(rebuilt.row_bytes(), m.row_bytes());
     }
 }

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
-/// The record format this shoal writes and reads (2: snapshots carry the auth store).
-pub const FORMAT_VERSION: u32 = 2;
+/// The record format this shoal writes and reads (2: snapshots carry the auth store; 3: the
+/// alarms and the key rows' size).
+pub const FORMAT_VERSION: u32 = 3;
 const VERSION_BYTES: usize = 4;
 const CRC_BYTES: usize = 4;
 

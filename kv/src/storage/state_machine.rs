@@ -14,10 +14,14 @@ use tokio::sync::broadcast;
 
 use super::store::{DataFile, SNAPSHOT, SnapshotMark, io_err, read_meta, write_meta};
 use crate::error::{EtcdError, StoreError};
+use crate::proto::etcdserverpb as pb;
 use crate::proto::mvccpb;
+use crate::storage::alarms::Alarms;
 use crate::storage::auth::{Access, AuthCommand, AuthReply, AuthStore, Requester};
+use crate::storage::db_size::DbSize;
 use crate::storage::durable::Durability;
 use crate::storage::mvcc::Mvcc;
+use crate::storage::quota;
 use crate::storage::tokens::SimpleTokens;
 use crate::types::{
     Command, Entry, LogId, MemberAttrs, MemberNode, Members, Outcome, Proto, StorageError,
@@ -31,6 +35,7 @@ pub struct State {
     pub mvcc: Mvcc,
     pub member_attrs: BTreeMap<u64, MemberAttrs>,
     pub auth: AuthStore,
+    pub alarms: Alarms,
     #[serde(skip)]
     pub tokens: SimpleTokens,
 }
@@ -49,6 +54,10 @@ impl State {
         requester: Option<&Requester>,
         command: Command,
     ) -> (Outcome, Vec<mvccpb::Event>) {
+        // etcd's capped applier, outermost: with NOSPACE raised, nothing that takes space.
+        if self.alarms.no_space() && quota::takes_space(&command) {
+            return (Outcome::Error(EtcdError::NoSpace), Vec::new());
+        }
         if let Some(requester) = requester
             && let Err(e) = self.check_write(requester, &command)
         {
@@ -95,6 +104,14 @@ impl State {
             Command::Auth(command) => self
                 .apply_auth(index, requester, command)
                 .map(|reply| (Outcome::Auth(reply), Vec::new())),
+            Command::Alarm(command) => {
+                let alarms = self.alarms.apply(&command);
+                let response = pb::AlarmResponse {
+                    header: None,
+                    alarms,
+                };
+                Ok((Outcome::Alarm(Proto(response)), Vec::new()))
+            }
         };
         result.unwrap_or_else(|e: EtcdError| (Outcome::Error(e), Vec::new()))
     }
@@ -184,6 +201,8 @@ pub struct Shared {
     pub feed: broadcast::Sender<Feed>,
     /// The last log index applied to `state`.
     pub applied: tokio::sync::watch::Sender<u64>,
+    /// The state's size as etcd's database, updated as entries apply.
+    pub db_size: DbSize,
 }
 
 impl Shared {
@@ -203,7 +222,16 @@ impl Shared {
     fn replace(&self, mut state: State) {
         let mut current = self.write();
         state.tokens = current.tokens.clone();
+        self.db_size.reset(state.mvcc.row_bytes());
         *current = state;
+    }
+
+    /// Gives back what the state no longer uses, and counts the database as rewritten: etcd's
+    /// defragment. The state is locked meanwhile, as etcd's defragment blocks its backend.
+    pub fn defragment(&self) {
+        let mut state = self.write();
+        state.mvcc.shrink();
+        self.db_size.reset(state.mvcc.row_bytes());
     }
 }
 
@@ -396,6 +424,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 outcomes.push(outcome);
             }
+            self.shared.db_size.observe(state.mvcc.row_bytes());
         }
         if !events.is_empty() {
             // No receiver just means no watcher.
@@ -574,6 +603,7 @@ mod tests {
             state: RwLock::new(state),
             feed: broadcast::channel(1).0,
             applied: tokio::sync::watch::channel(0).0,
+            db_size: DbSize::default(),
         };
         shared.replace(restored);
         assert_eq!(
@@ -605,9 +635,9 @@ mod tests {
             state: RwLock::new(State::default()),
             feed: broadcast::channel(16).0,
             applied: tokio::sync::watch::channel(0).0,
+            db_size: DbSize::default(),
         });
-        let mut machine =
-            StateMachine::open(
+        let mut machine = StateMachine::open(
             db.clone(),
             shared,
             Durability::new(u64::MAX),
@@ -635,6 +665,7 @@ mod tests {
                 state: RwLock::new(State::default()),
                 feed: broadcast::channel(16).0,
                 applied: tokio::sync::watch::channel(0).0,
+                db_size: DbSize::default(),
             }),
             Durability::new(u64::MAX),
             SnapshotMark::new(),
