@@ -177,6 +177,8 @@ pub struct WatchLog {
     pub prefix: String,
     /// The revision it started from.
     pub start_revision: i64,
+    /// The revision it was meant to reach (0: none).
+    pub end_revision: i64,
     pub responses: Vec<WatchResponse>,
 }
 

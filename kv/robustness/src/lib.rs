@@ -7,10 +7,15 @@
 //! [`serializable`] (the other checks) and [`report`]. The I/O lives beside it: [`traffic`]
 //! (the clients), [`replicas`] (revision and HashKV on every member), [`faults`] and [`runner`]
 //! (rounds against a store cluster).
+pub mod faults;
 pub mod findings;
 pub mod history;
 pub mod lease;
 pub mod linearizability;
 pub mod model;
 pub mod serializable;
+pub mod replicas;
+pub mod report;
+pub mod runner;
+pub mod traffic;
 pub mod watch;

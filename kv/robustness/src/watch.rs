@@ -122,6 +122,13 @@ fn check_log(log: &WatchLog, writes: &Writes, findings: &mut Findings) {
             }
         }
     }
+    if log.end_revision > 0 && log.last_revision() < log.end_revision {
+        findings.problem(format!(
+            "{name}: reached {} only, not {}",
+            log.last_revision(),
+            log.end_revision
+        ));
+    }
     let revisions = log.start_revision..=log.last_revision();
     let expected = writes
         .acknowledged
@@ -198,6 +205,7 @@ mod tests {
         WatchLog {
             prefix: "f/".into(),
             start_revision: start,
+            end_revision: 0,
             responses: responses
                 .into_iter()
                 .map(|events| WatchResponse {
