@@ -21,6 +21,31 @@ pub fn shoal_kv() -> PathBuf {
         .clone()
 }
 
+/// `shoal-kv` built with its `failpoints` feature (the `fail` crate's points and the control API
+/// `SHOAL_KV_FAILPOINTS_ADDR` serves), in a target directory of its own (`<target>/failpoints`)
+/// so it never replaces the normal build other tests run.
+pub fn shoal_kv_failpoints() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let target = target_dir().join("failpoints");
+        match build_in(
+            &target,
+            "shoal-kv",
+            "shoal-kv",
+            running_profile(),
+            &["failpoints"],
+        ) {
+            Ok(path) => path,
+            Err(err) => panic!(
+                "{err}: run `cargo build -p shoal-kv --bin shoal-kv --features failpoints \
+                 --target-dir {}`",
+                target.display()
+            ),
+        }
+    })
+    .clone()
+}
+
 /// `shoal`, the node binary (package `shoal-control`).
 pub fn shoal() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -68,7 +93,17 @@ impl Profile {
 /// (`cargo build --quiet`, a no-op when it is current) and returns its path. Without cargo (a
 /// copied test binary) the binary must already be there.
 pub fn build(package: &str, name: &str, profile: Profile) -> Result<PathBuf> {
-    let target = target_dir();
+    build_in(&target_dir(), package, name, profile, &[])
+}
+
+/// [`build`] into target directory `target` with cargo features `features` of `package`.
+fn build_in(
+    target: &Path,
+    package: &str,
+    name: &str,
+    profile: Profile,
+    features: &[&str],
+) -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(&cargo);
     cmd.args(["build", "--quiet", "-p", package, "--bin", name])
@@ -76,7 +111,10 @@ pub fn build(package: &str, name: &str, profile: Profile) -> Result<PathBuf> {
         .arg("--manifest-path")
         .arg(workspace_manifest())
         .arg("--target-dir")
-        .arg(&target);
+        .arg(target);
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
     // Cargo gives a running test its package's variables; build scripts that watch one (ring
     // watches CARGO_MANIFEST_DIR) would rerun, and everything above them be rebuilt, twice:
     // here, then again by the next plain `cargo build`.

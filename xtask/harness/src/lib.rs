@@ -16,13 +16,18 @@
 //! Beside the namespaces, the one set of test fixtures the workspace's tests and benchmarks
 //! share: a store cluster ([`StoreCluster`], etcd 3.4 or shoal kv), a process guard
 //! ([`Process`]), free ports, `wait_for`/`wait_until`, and where the workspace's binaries are
-//! ([`binaries`]).
+//! ([`binaries`]). For consistency tests: a store cluster with a namespace per member
+//! ([`isolation`]), packet drops between them ([`firewall`]) and a catalogue of faults to inject
+//! into it and heal ([`nemesis`]).
 
 pub mod agents;
 pub mod binaries;
 mod cluster;
 pub mod command;
+pub mod firewall;
 pub mod flannel_vxlan;
+pub mod isolation;
+pub mod nemesis;
 mod netns;
 mod ns_worker;
 mod ports;
@@ -36,7 +41,10 @@ pub use netns::{Namespace, sweep};
 pub use ns_worker::NsWorker;
 pub use ports::{free_port, free_ports};
 pub use process::Process;
-pub use store::{ClusterTls, MemberSpec, StoreCluster, StoreClusterBuilder, StoreKind};
+pub use store::{
+    ClusterTls, ListedMember, MemberSpec, MemberStatus, StoreCluster, StoreClusterBuilder,
+    StoreKind,
+};
 pub use wait::{wait_for, wait_until};
 
 /// Errors of the harness; each names the command or namespace involved.
@@ -59,6 +67,11 @@ pub enum Error {
     Layout(String),
     #[error("cargo build left no {}", .0.display())]
     Missing(std::path::PathBuf),
+    #[error("nftables {0}")]
+    Firewall(String),
+    /// A fault could not be injected or healed; the message names it.
+    #[error("{0}")]
+    Fault(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

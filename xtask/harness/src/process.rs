@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A child process stopped on drop, also when a test panics.
+#[derive(Debug)]
 pub struct Process {
     pub child: Child,
     pub name: String,

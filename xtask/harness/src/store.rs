@@ -11,6 +11,12 @@
 //! `shoal-pki` issues into the cluster's temp dir ([`ClusterTls`]), and the cluster's etcdctl
 //! presents a `root` client certificate.
 //!
+//! With [`StoreClusterBuilder::isolated`] every member runs in a network namespace of its own
+//! ([`crate::isolation`]), reached from the host on an address of a test-only range, so faults
+//! can cut the network between members ([`crate::nemesis`]). With
+//! [`StoreClusterBuilder::failpoints`] shoal kv members are the failpoints build and serve their
+//! failpoint control API ([`MemberSpec::failpoints_addr`]).
+//!
 //! Binaries: etcd is Debian's `/usr/bin/etcd` (`cargo xtask setup` installs it); shoal kv is the
 //! workspace's `shoal-kv`, found by [`crate::binaries::shoal_kv`], unless the builder is given
 //! another program (e.g. `shoal` with `kv`).
@@ -22,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use shoal_pki::{Authority, Files, Request, Usage};
 
+use crate::isolation::Isolation;
 use crate::process::Process;
 use crate::{Namespace, Result, binaries, command, ports};
 
@@ -33,6 +40,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Starts on other ports after a member found its port taken, at most this many times.
 const START_ATTEMPTS: usize = 3;
 const MEMBER_NAMES: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
+/// Where a failpoints build of shoal kv serves its failpoint control API.
+pub const FAILPOINTS_ADDR_ENV: &str = "SHOAL_KV_FAILPOINTS_ADDR";
+/// The failpoint control port of a member in a namespace of its own.
+const FAILPOINTS_PORT: u16 = 2381;
 
 /// Which store: both take etcd's flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,11 +79,18 @@ pub struct MemberSpec {
     /// Where clients reach it (loopback, or the namespace's address).
     pub client_ip: Ipv4Addr,
     pub client_port: u16,
-    /// Peers talk on loopback (all members share the host's or the namespace's).
+    /// Where peers reach it: loopback when all members share the host's or one namespace's
+    /// network, the member's own address when each has a namespace.
+    pub peer_ip: Ipv4Addr,
     pub peer_port: u16,
     pub data_dir: PathBuf,
     /// Whether its URLs are `https://` (a [`StoreClusterBuilder::tls`] cluster).
     pub tls: bool,
+    /// The namespace it runs in, if not the host's.
+    pub netns: Option<String>,
+    /// The port of its failpoint control API (on `client_ip`), in a
+    /// [`StoreClusterBuilder::failpoints`] cluster.
+    pub failpoints_port: Option<u16>,
 }
 
 impl MemberSpec {
@@ -88,11 +106,17 @@ impl MemberSpec {
         )
     }
     pub fn peer_url(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
+        format!("{}://{}:{}", self.scheme(), self.peer_ip, self.peer_port)
     }
     /// `ip:port`, as etcd-client takes it.
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.client_ip, self.client_port)
+    }
+
+    /// `ip:port` of its failpoint control API (`SHOAL_KV_FAILPOINTS_ADDR`), if it serves one.
+    pub fn failpoints_addr(&self) -> Option<String> {
+        self.failpoints_port
+            .map(|port| format!("{}:{port}", self.client_ip))
     }
 }
 
@@ -108,9 +132,37 @@ pub struct StoreClusterBuilder {
     tls: bool,
     restore_from: Option<PathBuf>,
     user: Option<String>,
+    isolated: bool,
+    failpoints: bool,
 }
 
 impl StoreClusterBuilder {
+    /// Each member in a network namespace of its own, on a bridge the host reaches (see
+    /// [`crate::isolation`]): peers talk over that bridge, so the network between members can be
+    /// cut ([`crate::nemesis`]); clients still reach every member from the host.
+    pub fn isolated(mut self) -> Self {
+        assert!(
+            self.namespace.is_none(),
+            "a cluster runs in one namespace or isolated"
+        );
+        self.isolated = true;
+        self
+    }
+
+    /// shoal kv built with its `failpoints` feature ([`binaries::shoal_kv_failpoints`]), each
+    /// member serving its failpoint control API on a port of its client address
+    /// ([`MemberSpec::failpoints_addr`]).
+    pub fn failpoints(mut self) -> Self {
+        assert_eq!(
+            self.kind,
+            StoreKind::ShoalKv,
+            "failpoints are shoal kv's (Debian's etcd has none compiled in)"
+        );
+        self.failpoints = true;
+        self.program = Some((binaries::shoal_kv_failpoints(), Vec::new()));
+        self
+    }
+
     /// TLS on every port, with client certificates required on both (`--client-cert-auth`,
     /// `--peer-client-cert-auth`): see [`ClusterTls`].
     pub fn tls(mut self) -> Self {
@@ -162,6 +214,10 @@ impl StoreClusterBuilder {
 
     /// Runs the members inside `ns`, serving clients on `ip` from port 2379 up.
     pub fn in_namespace(mut self, ns: &Namespace, ip: Ipv4Addr) -> Self {
+        assert!(
+            !self.isolated,
+            "a cluster runs in one namespace or isolated"
+        );
         self.namespace = Some((ns.name().to_string(), ip));
         self
     }
@@ -173,10 +229,18 @@ impl StoreClusterBuilder {
             None => self.kind.program(),
         };
         let dir = tempfile::tempdir().expect("a temp dir for the store");
-        let client_ip = self.namespace.as_ref().map(|(_, ip)| *ip);
+        let isolation = self.isolated.then(|| {
+            // One namespace more than members: a member added later joins in it.
+            Isolation::create(self.size + 1)
+                .unwrap_or_else(|err| panic!("member namespaces: {err}"))
+        });
+        let client_ips: Vec<Ipv4Addr> = match &isolation {
+            Some(isolation) => isolation.member_ips(),
+            None => self.namespace.iter().map(|(_, ip)| *ip).collect(),
+        };
         let tls = self.tls.then(|| {
             let names = &MEMBER_NAMES[..self.size];
-            ClusterTls::create(&dir.path().join("pki"), names, client_ip)
+            ClusterTls::create_for(&dir.path().join("pki"), names, &client_ips)
         });
         let mut cluster = StoreCluster {
             kind: self.kind,
@@ -191,10 +255,14 @@ impl StoreClusterBuilder {
             namespace: self.namespace,
             client_port: self.client_port,
             user: self.user,
+            paused: Vec::new(),
+            isolation,
+            failpoints: self.failpoints,
         };
         for attempt in 1..=START_ATTEMPTS {
             cluster.specs = cluster.member_specs(self.size, attempt);
             cluster.members = (0..self.size).map(|_| None).collect();
+            cluster.paused = vec![false; self.size];
             if let Some(snapshot) = &self.restore_from {
                 cluster.restore_from(snapshot);
             }
@@ -237,10 +305,16 @@ impl ClusterTls {
     /// for 127.0.0.1, localhost and `client_ip` (for stores run outside the harness, e.g. the
     /// benchmarks' in-process members).
     pub fn create(dir: &Path, members: &[&str], client_ip: Option<Ipv4Addr>) -> Self {
+        let client_ips: Vec<Ipv4Addr> = client_ip.into_iter().collect();
+        Self::create_for(dir, members, &client_ips)
+    }
+
+    /// The same, valid for every address of `client_ips` too (members in namespaces).
+    pub fn create_for(dir: &Path, members: &[&str], client_ips: &[Ipv4Addr]) -> Self {
         let authority = Authority::create("shoal test CA").expect("a CA");
         let ca = authority.write(dir).expect("writing the CA").certificate;
         let mut hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        hosts.extend(client_ip.map(|ip| ip.to_string()));
+        hosts.extend(client_ips.iter().map(Ipv4Addr::to_string));
         let tls = ClusterTls {
             root: issue(&authority, dir, "root", Usage::Client, &[]),
             authority,
@@ -333,6 +407,13 @@ pub struct StoreCluster {
     client_port: Option<u16>,
     /// `user:password` every etcdctl call authenticates as.
     user: Option<String>,
+    /// Which members are stopped with SIGSTOP ([`StoreCluster::pause`]).
+    paused: Vec<bool>,
+    /// The members' own namespaces, in an [`StoreClusterBuilder::isolated`] cluster. Dropped
+    /// after the members (fields drop in order, and `Drop` kills the members first).
+    isolation: Option<Isolation>,
+    /// Whether members serve their failpoint control API.
+    failpoints: bool,
 }
 
 impl StoreCluster {
@@ -362,7 +443,29 @@ impl StoreCluster {
             tls: false,
             restore_from: None,
             user: None,
+            isolated: false,
+            failpoints: false,
         }
+    }
+
+    /// The members' own namespaces, in an [`StoreClusterBuilder::isolated`] cluster.
+    pub fn isolation(&self) -> Option<&Isolation> {
+        self.isolation.as_ref()
+    }
+
+    /// Whether members serve their failpoint control API ([`StoreClusterBuilder::failpoints`]).
+    pub fn has_failpoints(&self) -> bool {
+        self.failpoints
+    }
+
+    /// The program members run and its leading arguments.
+    pub fn program(&self) -> (&Path, &[OsString]) {
+        (&self.program, &self.leading_args)
+    }
+
+    /// The flags every member gets after the standard ones ([`StoreClusterBuilder::args`]).
+    pub fn extra_args(&self) -> &[OsString] {
+        &self.args
     }
 
     /// The certificates of a [`StoreClusterBuilder::tls`] cluster.
@@ -420,6 +523,11 @@ impl StoreCluster {
         self.members[i].as_ref()
     }
 
+    /// The process of member `i`, if running, to ask whether it exited.
+    pub fn process_mut(&mut self, i: usize) -> Option<&mut Process> {
+        self.members[i].as_mut()
+    }
+
     pub fn initial_cluster(&self) -> String {
         self.specs
             .iter()
@@ -465,14 +573,29 @@ impl StoreCluster {
             .append(true)
             .open(self.log_path(&spec))
             .expect("a member's log file");
-        let mut cmd = match &self.namespace {
-            Some((ns, _)) => {
+        let mut cmd = self.member_command(&spec, self.state, &self.initial_cluster());
+        cmd.args(self.tls.iter().flat_map(|tls| tls.member_args(&spec.name)))
+            .stdout(log.try_clone().expect("a member's log file"))
+            .stderr(log);
+        let name = format!("{} {}", self.kind.name(), spec.name);
+        self.members[i] = Some(Process::spawn(&name, &mut cmd));
+        self.paused[i] = false;
+    }
+
+    /// The command line member `spec` runs with, joining as `state` (`new` or `existing`) a
+    /// cluster of `initial_cluster`.
+    fn member_command(&self, spec: &MemberSpec, state: &str, initial_cluster: &str) -> Command {
+        let mut cmd = match &spec.netns {
+            Some(ns) => {
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", ns]).arg(&self.program);
                 cmd
             }
             None => Command::new(&self.program),
         };
+        if let Some(addr) = spec.failpoints_addr() {
+            cmd.env(FAILPOINTS_ADDR_ENV, addr);
+        }
         cmd.args(&self.leading_args)
             .arg("--name")
             .arg(&spec.name)
@@ -482,15 +605,139 @@ impl StoreCluster {
             .args(["--advertise-client-urls", &spec.client_url()])
             .args(["--listen-peer-urls", &spec.peer_url()])
             .args(["--initial-advertise-peer-urls", &spec.peer_url()])
-            .args(["--initial-cluster", &self.initial_cluster()])
-            .args(["--initial-cluster-state", self.state])
-            .args(self.tls.iter().flat_map(|tls| tls.member_args(&spec.name)))
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", state])
             .args(&self.args)
-            .env("SHOAL_LOG", "info,openraft=warn")
-            .stdout(log.try_clone().expect("a member's log file"))
+            .env("SHOAL_LOG", "info,openraft=warn");
+        cmd
+    }
+
+    /// Settings for a member beyond the cluster's specs, named `name` (e.g. one a membership
+    /// change adds): in an isolated cluster the spare namespace, else free ports beside the
+    /// others; a fresh data dir in the cluster's directory.
+    pub fn extra_member_spec(&self, name: &str) -> Result<MemberSpec> {
+        static EXTRA: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = EXTRA.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data_dir = self.dir.path().join(format!("{name}-extra-{n}"));
+        if let Some(isolation) = &self.isolation {
+            let slot = self.specs.len();
+            let mut spec = self.isolated_spec(isolation, slot, name, 0);
+            spec.data_dir = data_dir;
+            return Ok(spec);
+        }
+        let (client_ip, ports) = match &self.namespace {
+            Some((_, ip)) => {
+                let base = 2379 + 3 * self.specs.len() as u16;
+                (*ip, vec![base, base + 1, base + 2])
+            }
+            None => (Ipv4Addr::LOCALHOST, ports::free_ports(3)),
+        };
+        Ok(MemberSpec {
+            name: name.to_string(),
+            client_ip,
+            client_port: ports[0],
+            peer_ip: Ipv4Addr::LOCALHOST,
+            peer_port: ports[1],
+            data_dir,
+            tls: self.tls.is_some(),
+            netns: self.namespace.as_ref().map(|(ns, _)| ns.clone()),
+            failpoints_port: self.failpoints.then_some(ports[2]),
+        })
+    }
+
+    /// Starts a member of `spec` (from [`StoreCluster::extra_member_spec`], announced with
+    /// `member add`) joining this cluster (`--initial-cluster-state existing` with
+    /// `initial_cluster`), with the cluster's program, flags and (for TLS) certificates of its
+    /// own. Its log is `<name>.log` in the cluster's directory.
+    pub fn spawn_extra(&self, spec: &MemberSpec, initial_cluster: &str) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(spec))
+            .expect("the extra member's log file");
+        let mut cmd = self.member_command(spec, "existing", initial_cluster);
+        cmd.args(self.tls.iter().flat_map(|tls| tls.member(&spec.name)))
+            .stdout(log.try_clone().expect("the extra member's log file"))
             .stderr(log);
-        let name = format!("{} {}", self.kind.name(), spec.name);
-        self.members[i] = Some(Process::spawn(&name, &mut cmd));
+        Process::spawn(&spec.name, &mut cmd)
+    }
+
+    /// Whether the member of `spec` answers a linearizable read now.
+    pub fn spec_ready(&self, spec: &MemberSpec) -> bool {
+        let args = ["endpoint", "health", "--dial-timeout", "1s"];
+        self.etcdctl(&spec.client_url(), &args).is_ok()
+    }
+
+    /// Member `i`'s view (etcd's endpoint status): its ID, the leader's, its log and revision.
+    pub fn status(&self, i: usize) -> Result<MemberStatus> {
+        let out = self.ctl_member(
+            i,
+            &["endpoint", "status", "-w", "json", "--dial-timeout", "1s"],
+        )?;
+        let parsed: Vec<EndpointStatusJson> = serde_json::from_str(&out)
+            .map_err(|err| crate::Error::Fault(format!("endpoint status {out:?}: {err}")))?;
+        let status = parsed.into_iter().next().ok_or_else(|| {
+            crate::Error::Fault(format!("{} reported no status", self.specs[i].name))
+        })?;
+        Ok(MemberStatus {
+            member_id: status.status.header.member_id,
+            leader: status.status.leader,
+            raft_term: status.status.raft_term,
+            raft_index: status.status.raft_index,
+            raft_applied_index: status.status.raft_applied_index,
+            revision: status.status.header.revision,
+        })
+    }
+
+    /// The member that leads: one that reports itself as leader and that a majority of the
+    /// cluster's responsive members report as leader too. Waits up to 30 s for one.
+    pub fn leader(&self) -> Result<usize> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(leader) = self.agreed_leader() {
+                return Ok(leader);
+            }
+            if Instant::now() > deadline {
+                return Err(crate::Error::Fault(format!(
+                    "the {} cluster agreed on no leader within {READY_TIMEOUT:?}",
+                    self.kind.name()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn agreed_leader(&self) -> Option<usize> {
+        let statuses: Vec<(usize, MemberStatus)> = (0..self.specs.len())
+            .filter(|&i| self.is_responsive(i))
+            .filter_map(|i| self.status(i).ok().map(|status| (i, status)))
+            .collect();
+        let majority = self.specs.len() / 2 + 1;
+        statuses.iter().find_map(|(i, status)| {
+            let leads = status.leader == status.member_id && status.member_id != 0;
+            let votes = statuses
+                .iter()
+                .filter(|(_, other)| other.leader == status.member_id)
+                .count();
+            (leads && votes >= majority).then_some(*i)
+        })
+    }
+
+    /// The cluster's members as a responsive member lists them.
+    pub fn member_list(&self) -> Result<Vec<ListedMember>> {
+        let mut last = None;
+        for i in (0..self.specs.len()).filter(|&i| self.is_responsive(i)) {
+            match self.ctl_member(i, &["member", "list", "-w", "json"]) {
+                Ok(out) => {
+                    let parsed: MemberListJson = serde_json::from_str(&out).map_err(|err| {
+                        crate::Error::Fault(format!("member list {out:?}: {err}"))
+                    })?;
+                    return Ok(parsed.members);
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| crate::Error::Fault("no responsive member".to_string())))
     }
 
     /// Starts shoal kv member `name`, already announced with `member add`, joining this
@@ -529,6 +776,36 @@ impl StoreCluster {
         if let Some(mut member) = self.members[i].take() {
             member.kill();
         }
+        self.paused[i] = false;
+    }
+
+    /// Stops member `i` with SIGSTOP: it holds its sockets and answers nothing until
+    /// [`StoreCluster::resume`]. Does nothing to a member that is not running.
+    pub fn pause(&mut self, i: usize) {
+        if let Some(member) = &self.members[i] {
+            // SAFETY: kill(2) on our own child, which has not been reaped yet.
+            unsafe { libc::kill(member.pid(), libc::SIGSTOP) };
+            self.paused[i] = true;
+        }
+    }
+
+    /// Continues member `i` after [`StoreCluster::pause`] (SIGCONT).
+    pub fn resume(&mut self, i: usize) {
+        if let Some(member) = &self.members[i] {
+            // SAFETY: kill(2) on our own child, which has not been reaped yet.
+            unsafe { libc::kill(member.pid(), libc::SIGCONT) };
+        }
+        self.paused[i] = false;
+    }
+
+    /// Whether member `i` is stopped with SIGSTOP.
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.paused[i]
+    }
+
+    /// Whether member `i` runs and is not paused: it can answer.
+    pub fn is_responsive(&self, i: usize) -> bool {
+        self.is_running(i) && !self.paused[i]
     }
 
     /// Kills member `i`, starts it again and waits until it answers.
@@ -571,6 +848,11 @@ impl StoreCluster {
         self.etcdctl(&self.client_urls().join(","), args)
     }
 
+    /// Runs etcdctl against member `i` alone; its stdout.
+    pub fn ctl_member(&self, i: usize, args: &[&str]) -> Result<String> {
+        self.etcdctl(&self.specs[i].client_url(), args)
+    }
+
     fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Result<String> {
         let mut cmd = match &self.namespace {
             Some((ns, _)) => {
@@ -607,26 +889,58 @@ impl StoreCluster {
 
     /// Specs of `size` members, with data under a directory per attempt.
     fn member_specs(&self, size: usize, attempt: usize) -> Vec<MemberSpec> {
+        if let Some(isolation) = &self.isolation {
+            return (0..size)
+                .map(|i| self.isolated_spec(isolation, i, MEMBER_NAMES[i], attempt))
+                .collect();
+        }
+        // Three ports a member: client, peer, failpoint control.
         let (client_ip, mut ports) = match self.namespace {
             // A namespace of its own: etcd's well-known ports are free.
-            Some((_, ip)) => (ip, (0..size * 2).map(|n| 2379 + n as u16).collect()),
-            None => (Ipv4Addr::LOCALHOST, ports::free_ports(size * 2)),
+            Some((_, ip)) => (ip, (0..size * 3).map(|n| 2379 + n as u16).collect()),
+            None => (Ipv4Addr::LOCALHOST, ports::free_ports(size * 3)),
         };
         if let Some(port) = self.client_port {
             ports[0] = port;
         }
+        let netns = self.namespace.as_ref().map(|(ns, _)| ns.clone());
         MEMBER_NAMES[..size]
             .iter()
             .enumerate()
             .map(|(i, name)| MemberSpec {
                 name: name.to_string(),
                 client_ip,
-                client_port: ports[i * 2],
-                peer_port: ports[i * 2 + 1],
+                client_port: ports[i * 3],
+                peer_ip: Ipv4Addr::LOCALHOST,
+                peer_port: ports[i * 3 + 1],
                 data_dir: self.dir.path().join(format!("{name}-{attempt}")),
                 tls: self.tls.is_some(),
+                netns: netns.clone(),
+                failpoints_port: self.failpoints.then_some(ports[i * 3 + 2]),
             })
             .collect()
+    }
+
+    /// Member `i` of an isolated cluster: its namespace's address, etcd's well-known ports.
+    fn isolated_spec(
+        &self,
+        isolation: &Isolation,
+        i: usize,
+        name: &str,
+        attempt: usize,
+    ) -> MemberSpec {
+        let ip = isolation.member_ip(i);
+        MemberSpec {
+            name: name.to_string(),
+            client_ip: ip,
+            client_port: 2379,
+            peer_ip: ip,
+            peer_port: 2380,
+            data_dir: self.dir.path().join(format!("{name}-{attempt}")),
+            tls: self.tls.is_some(),
+            netns: Some(isolation.namespace(i).name().to_string()),
+            failpoints_port: self.failpoints.then_some(FAILPOINTS_PORT),
+        }
     }
 
     /// Waits until every member answers. `Err` with the member's log when one exited because
@@ -673,6 +987,72 @@ impl Drop for StoreCluster {
             eprintln!("store logs of the failed test:\n{}", self.logs());
         }
     }
+}
+
+/// A member's view of the cluster, from etcd's endpoint status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub member_id: u64,
+    /// The member ID it takes as leader (0: none).
+    pub leader: u64,
+    pub raft_term: u64,
+    /// The last index of its Raft log.
+    pub raft_index: u64,
+    pub raft_applied_index: u64,
+    /// Its store's revision.
+    pub revision: i64,
+}
+
+/// A member as `member list` shows it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ListedMember {
+    #[serde(rename = "ID")]
+    pub id: u64,
+    /// Empty until the member has started and published it.
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "peerURLs", default)]
+    pub peer_urls: Vec<String>,
+    #[serde(rename = "clientURLs", default)]
+    pub client_urls: Vec<String>,
+    #[serde(rename = "isLearner", default)]
+    pub is_learner: bool,
+}
+
+/// etcdctl's `member list -w json`.
+#[derive(serde::Deserialize)]
+struct MemberListJson {
+    #[serde(default)]
+    members: Vec<ListedMember>,
+}
+
+/// One entry of etcdctl's `endpoint status -w json` (protobuf JSON: zero fields are left out).
+#[derive(serde::Deserialize)]
+struct EndpointStatusJson {
+    #[serde(rename = "Status")]
+    status: StatusJson,
+}
+
+#[derive(serde::Deserialize)]
+struct StatusJson {
+    #[serde(default)]
+    header: HeaderJson,
+    #[serde(default)]
+    leader: u64,
+    #[serde(rename = "raftIndex", default)]
+    raft_index: u64,
+    #[serde(rename = "raftTerm", default)]
+    raft_term: u64,
+    #[serde(rename = "raftAppliedIndex", default)]
+    raft_applied_index: u64,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct HeaderJson {
+    #[serde(default)]
+    member_id: u64,
+    #[serde(default)]
+    revision: i64,
 }
 
 /// Runs etcdctl (v3 API) against `endpoints` with `stdin`; (success, stdout, stderr).
