@@ -62,16 +62,26 @@ fn lease_item(id: LeaseId) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Request {
     /// A single-key range. Serializable ones may be answered from a stale member.
-    Get { key: String, serializable: bool },
+    Get {
+        key: String,
+        serializable: bool,
+    },
     Put {
         key: String,
         value: String,
         lease: Option<LeaseId>,
     },
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
     Txn(Txn),
-    LeaseGrant { id: LeaseId, ttl: i64 },
-    LeaseRevoke { id: LeaseId },
+    LeaseGrant {
+        id: LeaseId,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: LeaseId,
+    },
 }
 
 impl Request {

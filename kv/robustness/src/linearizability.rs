@@ -268,8 +268,7 @@ fn search(ops: &[&Operation], budget: Budget) -> Search {
     let mut event = events.head();
     while events.head() != NONE {
         steps += 1;
-        if steps > budget.max_steps || (steps % 64 == 0 && started.elapsed() > budget.max_time)
-        {
+        if steps > budget.max_steps || (steps % 64 == 0 && started.elapsed() > budget.max_time) {
             return Search::OutOfBudget(format!(
                 "{} operations, {steps} steps in {:?}, {} of them linearized at most",
                 ops.len(),

@@ -103,10 +103,13 @@ impl State {
                 next.floor = *revision;
                 vec![next]
             }
-            (Request::Txn(txn), Response::Txn {
-                revision,
-                succeeded,
-            }) => self
+            (
+                Request::Txn(txn),
+                Response::Txn {
+                    revision,
+                    succeeded,
+                },
+            ) => self
                 .compare_outcomes(&txn.compares)
                 .into_iter()
                 .filter(|(_, holds)| holds == succeeded)
@@ -114,7 +117,11 @@ impl State {
                 .collect(),
             (Request::LeaseGrant { id, .. }, Response::LeaseGrant) => {
                 let mut next = self.clone();
-                next.leases.insert(*id).then_some(next).into_iter().collect()
+                next.leases
+                    .insert(*id)
+                    .then_some(next)
+                    .into_iter()
+                    .collect()
             }
             (Request::LeaseRevoke { id }, Response::LeaseRevoke { revision }) => {
                 if !self.leases.contains(id) {
@@ -161,7 +168,11 @@ impl State {
                 .collect(),
             Request::LeaseGrant { id, .. } => {
                 let mut next = self.clone();
-                next.leases.insert(*id).then_some(next).into_iter().collect()
+                next.leases
+                    .insert(*id)
+                    .then_some(next)
+                    .into_iter()
+                    .collect()
             }
             Request::LeaseRevoke { id } => {
                 if !self.leases.contains(id) {
@@ -277,7 +288,11 @@ impl State {
 
     /// Runs the branch the compares chose, at `rev`; `None` when the revision cannot be.
     fn txn(&self, txn: &Txn, succeeded: bool, rev: WriteRev) -> Option<State> {
-        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
         let mut next = self.clone();
         let mut changed = false;
         for op in ops {
@@ -314,10 +329,16 @@ mod tests {
     #[test]
     fn a_put_sets_the_mod_revision_its_response_names() {
         let state = State::default();
-        let next = state.step(&put("a", "1"), &Outcome::Done(Response::Put { revision: 5 }));
+        let next = state.step(
+            &put("a", "1"),
+            &Outcome::Done(Response::Put { revision: 5 }),
+        );
         assert_eq!(next.len(), 1);
         let key = &next[0].keys["a"];
-        assert_eq!((key.modified, key.create, key.version), (Rev::Known(5), Rev::Known(5), 1));
+        assert_eq!(
+            (key.modified, key.create, key.version),
+            (Rev::Known(5), Rev::Known(5), 1)
+        );
         assert_eq!(next[0].floor, 5);
     }
 
@@ -327,7 +348,10 @@ mod tests {
             floor: 7,
             ..State::default()
         };
-        let next = state.step(&put("a", "1"), &Outcome::Done(Response::Put { revision: 7 }));
+        let next = state.step(
+            &put("a", "1"),
+            &Outcome::Done(Response::Put { revision: 7 }),
+        );
         assert!(next.is_empty());
     }
 
@@ -350,7 +374,10 @@ mod tests {
         };
         let state = &state.step(&leased, &Outcome::Done(Response::Put { revision: 2 }))[0];
         let revoke = Request::LeaseRevoke { id: 9 };
-        let revoked = &state.step(&revoke, &Outcome::Done(Response::LeaseRevoke { revision: 3 }));
+        let revoked = &state.step(
+            &revoke,
+            &Outcome::Done(Response::LeaseRevoke { revision: 3 }),
+        );
         assert_eq!(revoked.len(), 1);
         assert!(revoked[0].keys.is_empty() && revoked[0].leases.is_empty());
     }

@@ -49,7 +49,10 @@ pub async fn check(endpoints: &[String]) -> Agreement {
     let first = agreement.hashes[0];
     agreement.passed = first.is_some() && agreement.hashes.iter().all(|h| *h == first);
     agreement.detail = if agreement.passed {
-        format!("revision {revision}, HashKV {:08x}", first.unwrap_or_default())
+        format!(
+            "revision {revision}, HashKV {:08x}",
+            first.unwrap_or_default()
+        )
     } else {
         format!("HashKV at revision {revision} differs (or failed)")
     };

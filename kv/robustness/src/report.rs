@@ -53,6 +53,7 @@ impl RoundReport {
     /// Every check passed (a linearizability check over budget is not a pass).
     pub fn passed(&self) -> bool {
         self.linearizability.verdict == linearizability::Verdict::Linearizable
+            && self.fault.error.is_none()
             && self.watch.passed()
             && self.lease.passed()
             && self.serializable.passed()
@@ -75,6 +76,8 @@ pub struct RunReport {
     /// Whether this was the broken control build (it must fail).
     pub broken: bool,
     pub seed: u64,
+    /// Faults asked for that the store cannot take (failpoints on etcd).
+    pub skipped_faults: Vec<String>,
     pub rounds: Vec<RoundReport>,
 }
 
@@ -106,10 +109,14 @@ impl RunReport {
         let mut out = String::new();
         let verdict = if self.passed() { "PASSED" } else { "FAILED" };
         let broken = if self.broken { " (broken build)" } else { "" };
-        let _ = writeln!(out, "robustness run against {}{broken}: {verdict}", self.store);
         let _ = writeln!(
             out,
-            "{:>5} {:<15} {:>7} {:>6} {:>8} {:>16} {:>8} {:>7} {:>7} {:>8}",
+            "robustness run against {}{broken}: {verdict}",
+            self.store
+        );
+        let _ = writeln!(
+            out,
+            "{:>5} {:<30} {:>7} {:>6} {:>8} {:>16} {:>8} {:>7} {:>7} {:>8}",
             "round",
             "fault",
             "ops",
@@ -122,13 +129,17 @@ impl RunReport {
             "replicas"
         );
         for round in &self.rounds {
-            let ops: usize = round.operations.values().map(|c| c.ok + c.refused + c.unknown).sum();
+            let ops: usize = round
+                .operations
+                .values()
+                .map(|c| c.ok + c.refused + c.unknown)
+                .sum();
             let unknown: usize = round.operations.values().map(|c| c.unknown).sum();
             let _ = writeln!(
                 out,
-                "{:>5} {:<15} {:>7} {:>6} {:>8.1} {:>16} {:>8} {:>7} {:>7} {:>8}",
+                "{:>5} {:<30} {:>7} {:>6} {:>8.1} {:>16} {:>8} {:>7} {:>7} {:>8}",
                 round.round,
-                round.fault.fault.name(),
+                round.fault.name,
                 ops,
                 unknown,
                 round.seconds,
@@ -136,10 +147,18 @@ impl RunReport {
                 verdict_of(&round.watch),
                 verdict_of(&round.lease),
                 verdict_of(&round.serializable),
-                if round.replicas.passed { "equal" } else { "DIFFER" },
+                if round.replicas.passed {
+                    "equal"
+                } else {
+                    "DIFFER"
+                },
             );
         }
-        let _ = writeln!(out, "\n{:<18} {:>8} {:>8} {:>8}", "operation", "ok", "refused", "unknown");
+        let _ = writeln!(
+            out,
+            "\n{:<18} {:>8} {:>8} {:>8}",
+            "operation", "ok", "refused", "unknown"
+        );
         for (kind, counts) in self.totals() {
             let _ = writeln!(
                 out,
@@ -147,10 +166,25 @@ impl RunReport {
                 counts.ok, counts.refused, counts.unknown
             );
         }
+        if !self.skipped_faults.is_empty() {
+            let skipped = self.skipped_faults.join(", ");
+            let _ = writeln!(out, "\nnot applicable to {}: {skipped}", self.store);
+        }
+        let _ = writeln!(out, "\nfaults injected:");
+        for round in &self.rounds {
+            let _ = writeln!(out, "  round {}: {}", round.round, round.fault.description);
+        }
         for round in self.rounds.iter().filter(|r| !r.passed()) {
             let _ = writeln!(out, "\nround {} problems:", round.round);
+            if let Some(err) = &round.fault.error {
+                let _ = writeln!(out, "  fault: {err}");
+            }
             for failure in &round.linearizability.failures {
-                let _ = writeln!(out, "  linearizability {:?}: {}", failure.items, failure.detail);
+                let _ = writeln!(
+                    out,
+                    "  linearizability {:?}: {}",
+                    failure.items, failure.detail
+                );
             }
             for (name, findings) in [
                 ("watch", &round.watch),

@@ -7,18 +7,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
+use shoal_harness::nemesis::{self, points};
 use shoal_harness::{StoreCluster, StoreKind};
 use tokio::sync::watch as signal;
 
-use crate::faults::{self, Fault, SharedCluster};
+use crate::faults::{self, SharedCluster};
 use crate::history::{History, Outcome, Request, Response, WatchLog};
 use crate::linearizability::{self, Budget};
 use crate::report::{self, RoundReport, RunReport};
 use crate::traffic::{self, Clock, Keys, Shape, TrafficClient};
 use crate::{lease, replicas, serializable, watch};
 
-/// Elections in half a second, as the store tests run them.
-const FAST_ELECTIONS: [&str; 4] = ["--heartbeat-interval", "50", "--election-timeout", "500"];
+/// Elections in half a second, as the store tests run them, and snapshots often enough that a
+/// blackholed follower needs one within a round.
+const MEMBER_FLAGS: [&str; 6] = [
+    "--heartbeat-interval",
+    "50",
+    "--election-timeout",
+    "500",
+    "--snapshot-count",
+    "500",
+];
 /// How long watchers have after the end marker before they count as stuck.
 const WATCH_GRACE: Duration = Duration::from_secs(20);
 /// Attempts at a request the round's own bookkeeping needs (a final read, an end marker).
@@ -29,62 +38,122 @@ const ATTEMPTS: usize = 10;
 pub struct RunConfig {
     pub store: StoreKind,
     pub rounds: usize,
+    /// The least traffic per round; it also goes on until the fault is healed, and a quarter
+    /// of this after.
     pub round_duration: Duration,
-    /// Round `n` injects `faults[n % len]`.
-    pub faults: Vec<Fault>,
+    /// Fault names ([`faults::NAMES`]); round `n` injects the `n`th in turn. Faults the store
+    /// cannot take (failpoints on etcd) are left out and listed in the report.
+    pub faults: Vec<String>,
     pub shape: Shape,
     pub seed: u64,
     pub budget: Budget,
+    /// The control experiment: shoal kv with the `raftlog::skip_fsync` failpoint on every
+    /// member (acknowledging writes it never synced) and a power loss of all members each
+    /// round. The suite must fail.
+    pub broken: bool,
 }
 
 impl RunConfig {
     /// A run of `rounds` rounds of `round_duration` against `store`, with the default shape.
-    pub fn new(store: StoreKind, rounds: usize, round_duration: Duration, faults: &[Fault]) -> Self {
+    pub fn new(store: StoreKind, rounds: usize, round_duration: Duration, faults: &[&str]) -> Self {
         RunConfig {
             store,
             rounds,
             round_duration,
-            faults: if faults.is_empty() { vec![Fault::None] } else { faults.to_vec() },
+            faults: faults.iter().map(|f| f.to_string()).collect(),
             shape: Shape::default(),
             seed: 1,
             budget: Budget::default(),
+            broken: false,
         }
+    }
+
+    /// The control experiment against shoal kv: see [`RunConfig::broken`].
+    pub fn broken(rounds: usize, round_duration: Duration) -> Self {
+        let mut config = Self::new(
+            StoreKind::ShoalKv,
+            rounds,
+            round_duration,
+            &["power-loss-all"],
+        );
+        config.broken = true;
+        config
     }
 }
 
-/// Starts a 3-member cluster of `config.store` and runs every round against it.
-pub async fn run(config: &RunConfig) -> RunReport {
-    let builder = StoreCluster::builder(config.store, 3).args(FAST_ELECTIONS);
+/// An invalid run: a fault name that means nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRun(String);
+
+/// Starts a 3-member cluster of `config.store` (isolated if a fault cuts the network, with
+/// failpoints if one needs them) and runs every round against it.
+pub async fn run(config: &RunConfig) -> Result<RunReport, InvalidRun> {
+    let mut faults = Vec::new();
+    let mut skipped = Vec::new();
+    let (mut isolated, mut failpoints) = (false, config.broken);
+    for name in &config.faults {
+        let Some(fault) = faults::parse(name).map_err(InvalidRun)? else {
+            faults.push(name.clone());
+            continue;
+        };
+        if faults::needs_failpoints(&fault) && config.store != StoreKind::ShoalKv {
+            skipped.push(name.clone());
+            continue;
+        }
+        isolated |= faults::needs_isolation(&fault);
+        failpoints |= faults::needs_failpoints(&fault);
+        faults.push(name.clone());
+    }
+    if faults.is_empty() {
+        faults.push("none".to_string());
+    }
+    let mut builder = StoreCluster::builder(config.store, 3).args(MEMBER_FLAGS);
+    if isolated {
+        builder = builder.isolated();
+    }
+    if failpoints {
+        builder = builder.failpoints();
+    }
     let cluster = match tokio::task::spawn_blocking(move || builder.start()).await {
         Ok(cluster) => cluster,
         Err(err) => std::panic::resume_unwind(err.into_panic()),
     };
-    run_on(Arc::new(Mutex::new(cluster)), config, false).await
-}
-
-/// Runs every round against `cluster`; `broken` marks the report of the control experiment.
-pub async fn run_on(cluster: SharedCluster, config: &RunConfig, broken: bool) -> RunReport {
+    let cluster = Arc::new(Mutex::new(cluster));
     let clock = Clock::start();
     let mut report = RunReport {
         store: config.store.name().to_string(),
-        broken,
+        broken: config.broken,
         seed: config.seed,
+        skipped_faults: skipped,
         rounds: Vec::new(),
     };
     for round in 1..=config.rounds {
-        let fault = config.faults[(round - 1) % config.faults.len()];
-        let result = run_round(&cluster, config, round, fault, clock).await;
-        tracing::info!(round, fault = fault.name(), passed = result.passed(), "round done");
+        let fault = faults[(round - 1) % faults.len()].clone();
+        let result = run_round(&cluster, config, round, fault.clone(), clock).await;
+        tracing::info!(round, fault, passed = result.passed(), "round done");
         report.rounds.push(result);
     }
-    report
+    Ok(report)
+}
+
+/// Makes every running member acknowledge writes without syncing them (the broken build).
+async fn skip_fsync_everywhere(cluster: &SharedCluster) -> Result<(), String> {
+    faults::blocking(cluster, |c| {
+        for i in (0..c.specs.len()).filter(|&i| c.is_running(i)) {
+            nemesis::set_failpoint(&c.specs[i], points::LOG_SKIP_FSYNC, "return")
+                .map_err(|err| format!("setting {} on {}: {err}", points::LOG_SKIP_FSYNC, i))?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 async fn run_round(
     cluster: &SharedCluster,
     config: &RunConfig,
     round: usize,
-    fault: Fault,
+    fault: String,
     clock: Clock,
 ) -> RoundReport {
     let started = Instant::now();
@@ -95,9 +164,12 @@ async fn run_round(
         per_family: shape.keys_per_family,
     };
     let endpoints = faults::blocking(cluster, |c| c.endpoints()).await;
-    let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(round as u64);
-    let mut checker = connect_client(&endpoints, shape.clients, seed, &keys, clock, shape, round)
-        .await;
+    let seed = config
+        .seed
+        .wrapping_mul(1_000_003)
+        .wrapping_add(round as u64);
+    let mut checker =
+        connect_client(&endpoints, shape.clients, seed, &keys, clock, shape, round).await;
     let start_revision = current_revision(&mut checker).await + 1;
 
     // Watchers, one per family, until the end marker or the grace deadline.
@@ -116,33 +188,53 @@ async fn run_round(
         )));
     }
 
-    // The clients, and the fault in the middle of their traffic.
+    let broken = if config.broken {
+        skip_fsync_everywhere(cluster).await.err()
+    } else {
+        None
+    };
+
+    // The clients, and the fault in the middle of their traffic; the traffic goes on until the
+    // fault is healed (a blackhole heals only once the log moved on) and a while after.
     let until = Instant::now() + config.round_duration;
+    let (stop_tx, stop_rx) = signal::channel(false);
     let mut clients = Vec::new();
     for id in 0..shape.clients {
-        let mut client =
-            connect_client(&endpoints, id, seed + id as u64 + 1, &keys, clock, shape, round).await;
+        let mut client = connect_client(
+            &endpoints,
+            id,
+            seed + id as u64 + 1,
+            &keys,
+            clock,
+            shape,
+            round,
+        )
+        .await;
+        let stop = stop_rx.clone();
         clients.push(tokio::spawn(async move {
-            client.run_until(until).await;
+            client.run_until_stopped(stop).await;
             client.history
         }));
     }
     let quarter = config.round_duration / 4;
-    let injected = tokio::spawn(faults::inject(
+    let injected = faults::inject(
         cluster.clone(),
         fault,
         quarter,
         quarter.max(Duration::from_secs(1)),
         clock,
-    ));
+    )
+    .await;
+    tokio::time::sleep_until(until.max(Instant::now() + quarter).into()).await;
+    let _ = stop_tx.send(true);
     let mut operations = Vec::new();
     for client in clients {
         operations.extend(client.await.unwrap_or_default());
     }
-    let injected = match injected.await {
-        Ok(injected) => injected,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
-    };
+    let mut injected = injected;
+    if let Some(err) = broken {
+        injected.error = Some(err);
+    }
 
     // After the heal: every key read once more, and an end marker per family.
     for key in keys.all() {
@@ -158,7 +250,8 @@ async fn run_round(
             value: format!("end-{round}-{family}"),
             lease: None,
         };
-        if let Outcome::Done(Response::Put { revision }) = retry(&mut checker, || marker.clone()).await
+        if let Outcome::Done(Response::Put { revision }) =
+            retry(&mut checker, || marker.clone()).await
         {
             let _ = end.send(Some(revision));
         }

@@ -29,8 +29,13 @@ pub fn check(ops: &[Operation]) -> Findings {
         }
     }
     for op in ops {
-        let (Request::Get { key, serializable: true }, Outcome::Done(Response::Get { kv, .. })) =
-            (&op.request, &op.outcome)
+        let (
+            Request::Get {
+                key,
+                serializable: true,
+            },
+            Outcome::Done(Response::Get { kv, .. }),
+        ) = (&op.request, &op.outcome)
         else {
             continue;
         };

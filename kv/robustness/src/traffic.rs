@@ -135,9 +135,9 @@ impl TrafficClient {
         &mut self.client
     }
 
-    /// Random requests until `until`.
-    pub async fn run_until(&mut self, until: Instant) {
-        while Instant::now() < until {
+    /// Random requests until `stop` turns true.
+    pub async fn run_until_stopped(&mut self, stop: tokio::sync::watch::Receiver<bool>) {
+        while !*stop.borrow() {
             let request = self.random_request();
             self.execute(request).await;
         }
@@ -146,14 +146,13 @@ impl TrafficClient {
     /// Sends `request`, records it with its outcome and returns the outcome.
     pub async fn execute(&mut self, request: Request) -> Outcome {
         let call = self.clock.now();
-        let outcome = match tokio::time::timeout(self.timeout, send(&mut self.client, &request))
-            .await
-        {
-            Ok(Ok(response)) => Outcome::Done(response),
-            Ok(Err(err)) if is_lease_not_found(&err) => Outcome::Done(Response::LeaseNotFound),
-            Ok(Err(err)) => Outcome::Unknown(err.to_string()),
-            Err(_) => Outcome::Unknown(format!("no answer within {:?}", self.timeout)),
-        };
+        let outcome =
+            match tokio::time::timeout(self.timeout, send(&mut self.client, &request)).await {
+                Ok(Ok(response)) => Outcome::Done(response),
+                Ok(Err(err)) if is_lease_not_found(&err) => Outcome::Done(Response::LeaseNotFound),
+                Ok(Err(err)) => Outcome::Unknown(err.to_string()),
+                Err(_) => Outcome::Unknown(format!("no answer within {:?}", self.timeout)),
+            };
         let ret = self.clock.now();
         self.remember(&request, &outcome);
         self.history.push(Operation {
@@ -173,7 +172,9 @@ impl TrafficClient {
 
     fn random_request(&mut self) -> Request {
         let family = self.rng.gen_range(0..self.keys.families);
-        let key = self.keys.key(family, self.rng.gen_range(0..self.keys.per_family));
+        let key = self
+            .keys
+            .key(family, self.rng.gen_range(0..self.keys.per_family));
         let dice = self.rng.gen_range(0..100);
         match dice {
             0..30 => Request::Get {
@@ -285,7 +286,8 @@ impl TrafficClient {
                 }
             },
             (Request::Put { key, value, .. }, Outcome::Done(Response::Put { revision })) => {
-                self.last_seen.insert(key.clone(), (value.clone(), *revision));
+                self.last_seen
+                    .insert(key.clone(), (value.clone(), *revision));
             }
             _ => {}
         }
@@ -390,7 +392,9 @@ pub async fn watch(
         responses: Vec::new(),
     };
     let done = |log: &WatchLog| {
-        let reached = until_revision.borrow().is_some_and(|end| log.last_revision() >= end);
+        let reached = until_revision
+            .borrow()
+            .is_some_and(|end| log.last_revision() >= end);
         let late = deadline.borrow().is_some_and(|at| Instant::now() >= at);
         reached || late
     };
@@ -402,8 +406,7 @@ pub async fn watch(
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(log.last_revision() + 1);
-        let Ok(mut stream) = client.watch(prefix.as_str(), Some(options)).await
-        else {
+        let Ok(mut stream) = client.watch(prefix.as_str(), Some(options)).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };

@@ -244,7 +244,10 @@ mod tests {
 
     #[test]
     fn a_missing_acknowledged_write_is_a_gap() {
-        let watch = log(2, vec![vec![event("f/a", "1", 2)], vec![event("f/a", "3", 4)]]);
+        let watch = log(
+            2,
+            vec![vec![event("f/a", "1", 2)], vec![event("f/a", "3", 4)]],
+        );
         let findings = check(&history(watch));
         assert_eq!(findings.problems, 1);
         assert!(findings.first_problems[0].contains("gap"));
@@ -262,14 +265,22 @@ mod tests {
             ],
         );
         let problems = check(&history(watch)).first_problems.join("\n");
-        for expected in ["twice", "split across", "never written", "revision 2 after 4"] {
+        for expected in [
+            "twice",
+            "split across",
+            "never written",
+            "revision 2 after 4",
+        ] {
             assert!(problems.contains(expected), "{expected}: {problems}");
         }
     }
 
     #[test]
     fn a_resumed_watch_must_deliver_the_same_events() {
-        let first = log(2, vec![vec![event("f/a", "1", 2)], vec![event("f/b", "2", 3)]]);
+        let first = log(
+            2,
+            vec![vec![event("f/a", "1", 2)], vec![event("f/b", "2", 3)]],
+        );
         let mut history = history(first);
         history.operations.pop();
         history.resumed = vec![log(3, vec![vec![event("f/b", "2", 3)]])];

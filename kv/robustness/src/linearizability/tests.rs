@@ -205,10 +205,22 @@ fn keys_of_an_acknowledged_revoke_never_come_back() {
         }),
     };
     let mut history = vec![
-        op(0, 0, 10, Request::LeaseGrant { id: 9, ttl: 60 }, Response::LeaseGrant),
+        op(
+            0,
+            0,
+            10,
+            Request::LeaseGrant { id: 9, ttl: 60 },
+            Response::LeaseGrant,
+        ),
         op(0, 20, 30, leased, put_ok(2)),
         op(1, 40, 50, get("a"), with_lease(2)),
-        op(0, 60, 70, Request::LeaseRevoke { id: 9 }, Response::LeaseRevoke { revision: 3 }),
+        op(
+            0,
+            60,
+            70,
+            Request::LeaseRevoke { id: 9 },
+            Response::LeaseRevoke { revision: 3 },
+        ),
         op(1, 80, 90, get("a"), read_none(3)),
     ];
     assert_eq!(verdict(&history), Verdict::Linearizable);
@@ -224,7 +236,10 @@ fn keys_are_checked_apart_unless_an_operation_joins_them() {
         op(0, 20, 30, get("a"), read(3, "1", 2, 1)),
     ];
     let report = check(&history, Budget::default());
-    assert_eq!((report.verdict, report.partitions), (Verdict::Linearizable, 2));
+    assert_eq!(
+        (report.verdict, report.partitions),
+        (Verdict::Linearizable, 2)
+    );
     let joined = Request::Txn(Txn {
         compares: vec![Compare {
             key: "a".into(),
@@ -245,7 +260,10 @@ fn keys_are_checked_apart_unless_an_operation_joins_them() {
         },
     ));
     let report = check(&history, Budget::default());
-    assert_eq!((report.verdict, report.partitions), (Verdict::Linearizable, 1));
+    assert_eq!(
+        (report.verdict, report.partitions),
+        (Verdict::Linearizable, 1)
+    );
 }
 
 #[test]
