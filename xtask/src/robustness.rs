@@ -65,6 +65,13 @@ impl Store {
 }
 
 pub fn run(args: RobustnessArgs) -> Result<()> {
+    // Progress (a line per round) on stderr; SHOAL_LOG filters it.
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     for name in &args.faults {
         faults::parse(name).map_err(anyhow::Error::msg)?;
     }

@@ -5,6 +5,10 @@
 //! in the linearization, a read's revision is not below it, and a key's mod revision is the
 //! revision of the write that made it.
 //!
+//! Leases granted with a TTL under [`EXPIRING_TTL`] may expire: the model lets such a lease end
+//! (its keys deleted) before any operation after its grant, since it knows no time; a lease
+//! with a longer TTL ends only by a revoke.
+//!
 //! A request whose outcome is unknown (an error or a timeout) may or may not have happened: the
 //! model offers both states, and a write that may have happened has a revision the model only
 //! knows to be above the floor of its time ([`Rev::After`]) until a read shows it.
@@ -13,6 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::history::{
     Compare, CompareTarget, KeyValue, LeaseId, Outcome, Request, Response, Txn, TxnOp,
 };
+
+/// Leases with a TTL under this many seconds may expire during a round.
+pub const EXPIRING_TTL: i64 = 60;
 
 /// A revision the model knows, or only knows to be above some revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,6 +55,8 @@ pub struct KeyState {
 pub struct State {
     pub keys: BTreeMap<String, KeyState>,
     pub leases: BTreeSet<LeaseId>,
+    /// The live leases that may expire by themselves.
+    pub expiring: BTreeSet<LeaseId>,
     /// The highest revision a response in the linearization so far carried.
     pub floor: i64,
 }
@@ -65,14 +74,34 @@ impl State {
     /// Every state `request` with `outcome` can lead to from this one; empty when the outcome
     /// is impossible here.
     pub fn step(&self, request: &Request, outcome: &Outcome) -> Vec<State> {
-        match outcome {
-            Outcome::Done(response) => self.step_known(request, response),
-            Outcome::Unknown(_) => {
-                let mut states = vec![self.clone()];
-                states.extend(self.step_unknown(request));
-                states
-            }
+        self.expirations()
+            .iter()
+            .flat_map(|state| match outcome {
+                Outcome::Done(response) => state.step_known(request, response),
+                Outcome::Unknown(_) => {
+                    let mut states = vec![state.clone()];
+                    states.extend(state.step_unknown(request));
+                    states
+                }
+            })
+            .collect()
+    }
+
+    /// This state and every state some of its expiring leases' expiry leads to.
+    fn expirations(&self) -> Vec<State> {
+        let mut states = vec![self.clone()];
+        for id in &self.expiring {
+            let expired: Vec<State> = states
+                .iter()
+                .map(|state| {
+                    let mut next = state.clone();
+                    next.revoke(*id);
+                    next
+                })
+                .collect();
+            states.extend(expired);
         }
+        states
     }
 
     fn step_known(&self, request: &Request, response: &Response) -> Vec<State> {
@@ -115,13 +144,8 @@ impl State {
                 .filter(|(_, holds)| holds == succeeded)
                 .filter_map(|(state, _)| state.txn(txn, *succeeded, WriteRev::Known(*revision)))
                 .collect(),
-            (Request::LeaseGrant { id, .. }, Response::LeaseGrant) => {
-                let mut next = self.clone();
-                next.leases
-                    .insert(*id)
-                    .then_some(next)
-                    .into_iter()
-                    .collect()
+            (Request::LeaseGrant { id, ttl }, Response::LeaseGrant) => {
+                self.grant(*id, *ttl).into_iter().collect()
             }
             (Request::LeaseRevoke { id }, Response::LeaseRevoke { revision }) => {
                 if !self.leases.contains(id) {
@@ -166,14 +190,7 @@ impl State {
                 .into_iter()
                 .filter_map(|(state, holds)| state.txn(txn, holds, WriteRev::Unknown))
                 .collect(),
-            Request::LeaseGrant { id, .. } => {
-                let mut next = self.clone();
-                next.leases
-                    .insert(*id)
-                    .then_some(next)
-                    .into_iter()
-                    .collect()
-            }
+            Request::LeaseGrant { id, ttl } => self.grant(*id, *ttl).into_iter().collect(),
             Request::LeaseRevoke { id } => {
                 if !self.leases.contains(id) {
                     return Vec::new();
@@ -239,9 +256,22 @@ impl State {
         self.keys.insert(key.to_string(), state);
     }
 
+    /// A new lease; `None` if the ID is taken.
+    fn grant(&self, id: LeaseId, ttl: i64) -> Option<State> {
+        let mut next = self.clone();
+        if !next.leases.insert(id) {
+            return None;
+        }
+        if ttl < EXPIRING_TTL {
+            next.expiring.insert(id);
+        }
+        Some(next)
+    }
+
     /// Ends lease `id` and deletes its keys; whether any key went.
     fn revoke(&mut self, id: LeaseId) -> bool {
         self.leases.remove(&id);
+        self.expiring.remove(&id);
         let before = self.keys.len();
         self.keys.retain(|_, state| state.lease != id);
         self.keys.len() != before
@@ -380,5 +410,34 @@ mod tests {
         );
         assert_eq!(revoked.len(), 1);
         assert!(revoked[0].keys.is_empty() && revoked[0].leases.is_empty());
+    }
+
+    #[test]
+    fn a_short_lease_may_expire_with_its_keys_before_any_later_operation() {
+        let grant = Request::LeaseGrant { id: 4, ttl: 2 };
+        let state = &State::default().step(&grant, &Outcome::Done(Response::LeaseGrant))[0];
+        assert!(state.expiring.contains(&4));
+        let leased = Request::Put {
+            key: "a".into(),
+            value: "1".into(),
+            lease: Some(4),
+        };
+        let put = state.step(&leased, &Outcome::Done(Response::Put { revision: 2 }));
+        assert_eq!(put.len(), 1, "a put with the lease needs it alive");
+        let read = Request::Get {
+            key: "a".into(),
+            serializable: false,
+        };
+        let gone = put[0].step(
+            &read,
+            &Outcome::Done(Response::Get {
+                revision: 3,
+                kv: None,
+            }),
+        );
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].leases.is_empty() && gone[0].keys.is_empty());
+        let refused = gone[0].step(&leased, &Outcome::Done(Response::LeaseNotFound));
+        assert_eq!(refused.len(), 1, "an expired lease is not found");
     }
 }

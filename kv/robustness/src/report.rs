@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::faults::Injected;
 use crate::findings::Findings;
-use crate::history::{Operation, Outcome, Response};
+use crate::history::{History, Operation, Outcome, Response};
 use crate::linearizability;
+use crate::patch::Settled;
 use crate::replicas::Agreement;
 
 /// How a kind of operation came out.
@@ -42,11 +43,15 @@ pub struct RoundReport {
     pub seconds: f64,
     pub fault: Injected,
     pub operations: BTreeMap<String, Counts>,
+    /// Writes of unknown outcome the watches settled before the linearizability check.
+    pub settled: Settled,
     pub linearizability: linearizability::Report,
     pub watch: Findings,
     pub lease: Findings,
     pub serializable: Findings,
     pub replicas: Agreement,
+    /// The round's history, kept only when the round failed.
+    pub history: Option<History>,
 }
 
 impl RoundReport {

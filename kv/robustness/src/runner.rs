@@ -16,7 +16,7 @@ use crate::history::{History, Outcome, Request, Response, WatchLog};
 use crate::linearizability::{self, Budget};
 use crate::report::{self, RoundReport, RunReport};
 use crate::traffic::{self, Clock, Keys, Shape, TrafficClient};
-use crate::{lease, replicas, serializable, watch};
+use crate::{lease, patch, replicas, serializable, watch};
 
 /// Elections in half a second, as the store tests run them, and snapshots often enough that a
 /// blackholed follower needs one within a round.
@@ -271,26 +271,34 @@ async fn run_round(
         resumed,
     };
     let budget = config.budget;
-    let (history, linearizability) = match tokio::task::spawn_blocking(move || {
-        let report = linearizability::check(&history.operations, budget);
-        (history, report)
+    let (history, settled, linearizability) = match tokio::task::spawn_blocking(move || {
+        let (settled_ops, settled) = patch::settle(&history.operations, &history.watches);
+        let report = linearizability::check(&settled_ops, budget);
+        (history, settled, report)
     })
     .await
     {
         Ok(checked) => checked,
         Err(err) => std::panic::resume_unwind(err.into_panic()),
     };
-    RoundReport {
+    let mut result = RoundReport {
         round,
         seconds: started.elapsed().as_secs_f64(),
         fault: injected,
         operations: report::count(&history.operations),
+        settled,
         linearizability,
         watch: watch::check(&history),
         lease: lease::check(&history.operations),
         serializable: serializable::check(&history.operations),
         replicas: agreement,
+        history: None,
+    };
+    // A failed round keeps its whole history in the report, to be read.
+    if !result.passed() {
+        result.history = Some(history);
     }
+    result
 }
 
 async fn connect_client(

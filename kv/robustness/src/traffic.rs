@@ -3,7 +3,8 @@
 //!
 //! Keys come in families (`<prefix>f<n>/k<m>`): a txn and a lease only ever touch one family's
 //! keys, so the linearizability check can split the history by family at worst. Leases carry IDs
-//! the client chose (unique per round) and a TTL longer than any round, so only revokes end them.
+//! the client chose (unique per round); most have a TTL longer than any round, so only revokes
+//! end them, and a quarter a TTL of 2 s, so they expire while the traffic goes on.
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,11 @@ use crate::history::{
     TxnOp, WatchEvent, WatchLog, WatchResponse,
 };
 
-/// Leases outlive every round: only a revoke ends one.
+/// Most leases outlive every round: only a revoke ends them.
 const LEASE_TTL: i64 = 3600;
+/// One grant in [`SHORT_LEASE_EVERY`] is of a lease that expires within the round.
+const SHORT_LEASE_TTL: i64 = 2;
+const SHORT_LEASE_EVERY: u32 = 4;
 
 /// The clock every time in a history is read from.
 #[derive(Debug, Clone, Copy)]
@@ -213,7 +217,12 @@ impl TrafficClient {
         // Positive and unique: round, client and sequence in separate bit ranges.
         let id = ((self.round as i64 + 1) << 40) | ((self.id as i64) << 28) | self.sequence as i64;
         self.leases.entry(family).or_default().push(id);
-        Request::LeaseGrant { id, ttl: LEASE_TTL }
+        let ttl = if self.rng.gen_ratio(1, SHORT_LEASE_EVERY) {
+            SHORT_LEASE_TTL
+        } else {
+            LEASE_TTL
+        };
+        Request::LeaseGrant { id, ttl }
     }
 
     fn random_lease(&mut self, family: usize) -> Option<LeaseId> {
