@@ -71,6 +71,7 @@ pub fn run(args: RobustnessArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     for name in &args.faults {
         faults::parse(name).map_err(anyhow::Error::msg)?;

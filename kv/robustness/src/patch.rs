@@ -137,7 +137,7 @@ mod tests {
     fn a_complete_watch_settles_unknown_puts() {
         let ops = [unknown_put("seen"), unknown_put("lost")];
         let (settled_ops, settled) = settle(&ops, &[watch(9)]);
-        assert_eq!((settled.happened, settled.never_happened), (1, 0 + 1));
+        assert_eq!((settled.happened, settled.never_happened), (1, 1));
         assert_eq!(settled_ops.len(), 1);
         assert_eq!(
             settled_ops[0].outcome,

@@ -26,7 +26,7 @@ const MEMBER_FLAGS: [&str; 6] = [
     "--election-timeout",
     "500",
     "--snapshot-count",
-    "500",
+    "100",
 ];
 /// How long watchers have after the end marker before they count as stuck.
 const WATCH_GRACE: Duration = Duration::from_secs(20);
@@ -195,21 +195,20 @@ async fn run_round(
     };
 
     // The clients, and the fault in the middle of their traffic; the traffic goes on until the
-    // fault is healed (a blackhole heals only once the log moved on) and a while after.
+    // fault is healed (a blackhole heals only once the log moved on) and a while after. Even
+    // clients talk to one member each, so a member cut off slows only its own clients; odd ones
+    // to every member, moving between them as etcd's clients do.
     let until = Instant::now() + config.round_duration;
     let (stop_tx, stop_rx) = signal::channel(false);
     let mut clients = Vec::new();
     for id in 0..shape.clients {
-        let mut client = connect_client(
-            &endpoints,
-            id,
-            seed + id as u64 + 1,
-            &keys,
-            clock,
-            shape,
-            round,
-        )
-        .await;
+        let reach = if id % 2 == 0 {
+            std::slice::from_ref(&endpoints[(id / 2) % endpoints.len()])
+        } else {
+            &endpoints[..]
+        };
+        let mut client =
+            connect_client(reach, id, seed + id as u64 + 1, &keys, clock, shape, round).await;
         let stop = stop_rx.clone();
         clients.push(tokio::spawn(async move {
             client.run_until_stopped(stop).await;

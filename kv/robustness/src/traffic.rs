@@ -20,6 +20,8 @@ use crate::history::{
     TxnOp, WatchEvent, WatchLog, WatchResponse,
 };
 
+/// How long a client waits after a request that failed.
+const ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Most leases outlive every round: only a revoke ends them.
 const LEASE_TTL: i64 = 3600;
 /// One grant in [`SHORT_LEASE_EVERY`] is of a lease that expires within the round.
@@ -158,6 +160,10 @@ impl TrafficClient {
                 Err(_) => Outcome::Unknown(format!("no answer within {:?}", self.timeout)),
             };
         let ret = self.clock.now();
+        if !matches!(outcome, Outcome::Done(_)) {
+            // A member that is down refuses at once: back off rather than fill the history.
+            tokio::time::sleep(ERROR_BACKOFF).await;
+        }
         self.remember(&request, &outcome);
         self.history.push(Operation {
             client: self.id,
