@@ -319,6 +319,8 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
     if let Some(KvCommand::Snapshot(command)) = args.command {
         return crate::backup::restore::run(command);
     }
+    #[cfg(feature = "failpoints")]
+    crate::failpoints::setup().context("setting up failpoints")?;
     let config = args.config()?;
     let data_dir = config.data_dir.display().to_string();
     let running = Member::start(config)

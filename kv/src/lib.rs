@@ -10,6 +10,8 @@ pub mod api;
 pub mod backup;
 pub mod cli;
 pub mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod listen;
 pub mod member;
 pub mod peer;

@@ -55,7 +55,12 @@ impl Member {
         );
         let log_store = LogStore::new(db.clone(), &config.data_dir, id)?;
         let durability = log_store.durability();
-        let state_machine = StateMachine::open(db, shared.clone(), durability.clone())?;
+        let state_machine = StateMachine::open(
+            db,
+            shared.clone(),
+            durability.clone(),
+            log_store.snapshot_mark(),
+        )?;
         let network = Network {
             pool: pool.clone(),
             commit_clamp: log_store.commit_clamp(),

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::error::StoreError;
-use crate::storage::log::LogFile;
+use crate::storage::log::{LogFile, sync_data};
 
 /// How far the log is on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +192,7 @@ fn run(log: &Weak<Mutex<SharedLog>>, requested: &(Mutex<bool>, Condvar), durabil
 /// One fsync of what is written, outside the lock; published unless entries were cut off
 /// meanwhile (the cut itself syncs).
 fn flush(log: &Mutex<SharedLog>, durability: &Durability) -> Result<(), StoreError> {
-    let pending = PendingFlush::take(log)?;
+    let mut pending = PendingFlush::take(log)?;
     pending.sync()?;
     pending.publish(log, durability);
     Ok(())
@@ -203,6 +203,10 @@ struct PendingFlush {
     handle: Option<std::fs::File>,
     last: Option<u64>,
     generation: u64,
+    /// Where the log was written up to ([`LogFile::write_position`]).
+    position: (Option<u64>, u64),
+    /// Whether the sync reached the disk (see [`sync_data`]).
+    synced: bool,
 }
 
 impl PendingFlush {
@@ -212,23 +216,29 @@ impl PendingFlush {
             handle: shared.file.sync_handle()?,
             last: shared.file.last_index(),
             generation: shared.generation,
+            position: shared.file.write_position(),
+            synced: false,
         })
     }
 
-    fn sync(&self) -> Result<(), StoreError> {
+    fn sync(&mut self) -> Result<(), StoreError> {
         if let Some(file) = &self.handle {
             let t = std::time::Instant::now();
-            file.sync_data()?;
+            self.synced = sync_data(file)?;
             crate::profile::record("log.flush", t);
         }
         Ok(())
     }
 
     fn publish(self, log: &Mutex<SharedLog>, durability: &Durability) {
-        let shared = log.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(last) = self.last
-            && shared.generation == self.generation
-        {
+        let mut shared = log.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.generation != self.generation {
+            return;
+        }
+        if self.synced {
+            shared.file.mark_synced(self.position);
+        }
+        if let Some(last) = self.last {
             durability.advance(last);
         }
     }
@@ -282,7 +292,7 @@ mod tests {
                 .write(&[entry(1), entry(2), entry(3)])
                 .expect("write");
         }
-        let raced = PendingFlush::take(&log).expect("begin flush");
+        let mut raced = PendingFlush::take(&log).expect("begin flush");
         {
             let mut shared = log.lock().expect("lock");
             shared.file.truncate(2).expect("truncate");

@@ -68,6 +68,9 @@ pub struct LogFile {
     end: u64,
     /// Up to where the newest segment's blocks have been written (with data or zeros).
     zeroed: u64,
+    /// Up to where the newest segment is known to be on disk (fdatasync'ed); older segments are
+    /// synced whole before the next one starts. What a power loss keeps.
+    synced: u64,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -83,6 +86,21 @@ fn damaged(path: &Path, offset: usize, what: impl std::fmt::Display) -> StoreErr
 
 fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
+}
+
+/// fdatasync of `file`; whether the data really reached the disk (the `raftlog::skip_fsync`
+/// failpoint pretends it did, see [`crate::failpoints`]).
+pub(crate) fn sync_data(file: &File) -> Result<bool, StoreError> {
+    fail::fail_point!("raftlog::fsync", |_| Err(injected("raftlog::fsync")));
+    fail::fail_point!("raftlog::skip_fsync", |_| Ok(false));
+    file.sync_data()?;
+    Ok(true)
+}
+
+/// The I/O error a failpoint's `return` stands for.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn injected(point: &str) -> StoreError {
+    StoreError::Io(std::io::Error::other(format!("failpoint {point}")))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -277,6 +295,7 @@ impl LogFile {
             positions: BTreeMap::new(),
             end: 0,
             zeroed: 0,
+            synced: 0,
         };
         let mut entries: Vec<Entry> = Vec::new();
         for (n, first) in firsts.iter().enumerate() {
@@ -304,8 +323,14 @@ impl LogFile {
             for (entry, offset) in scanned.entries {
                 log.accept(&path, &mut entries, entry, *first, offset, last_purged)?;
             }
+            if newest {
+                // What was read may have been only in the page cache of a process that was
+                // killed: it counts as on disk from now on, so make it so.
+                file.sync_data()?;
+            }
             log.end = scanned.end as u64;
             log.zeroed = log.end;
+            log.synced = log.end;
             log.segments.insert(
                 *first,
                 Segment {
@@ -367,10 +392,40 @@ impl LogFile {
     }
 
     /// Waits until everything written is on disk.
-    fn sync(&self) -> Result<(), StoreError> {
-        if let Ok((_, file)) = self.active() {
-            file.sync_data()?;
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if let Ok((_, file)) = self.active()
+            && sync_data(file)?
+        {
+            self.synced = self.end;
         }
+        Ok(())
+    }
+
+    /// Where the next append goes: the newest segment (by its first index) and the offset in
+    /// it. A sync that began at this point and succeeded covers everything before it
+    /// ([`LogFile::mark_synced`]).
+    pub fn write_position(&self) -> (Option<u64>, u64) {
+        let newest = self.segments.last_key_value().map(|(first, _)| *first);
+        (newest, self.end)
+    }
+
+    /// A sync that began at `position` ([`LogFile::write_position`]) succeeded.
+    pub fn mark_synced(&mut self, position: (Option<u64>, u64)) {
+        if position.0 == self.write_position().0 && position.1 <= self.end {
+            self.synced = self.synced.max(position.1);
+        }
+    }
+
+    /// A power loss: the newest segment loses what was written after its last fdatasync
+    /// (older segments were synced whole). The log must not be used afterwards.
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+    pub(crate) fn drop_unsynced_tail(&mut self) -> Result<(), StoreError> {
+        let synced = self.synced;
+        let (_, file) = self.active()?;
+        file.set_len(synced)?;
+        preallocate(file, synced)?;
+        self.end = synced;
+        self.zeroed = synced;
         Ok(())
     }
 
@@ -389,6 +444,7 @@ impl LogFile {
         let Some(first) = entries.first().map(|e| e.log_id.index) else {
             return Ok(());
         };
+        fail::fail_point!("raftlog::append", |_| Err(injected("raftlog::append")));
         let Encoded {
             bytes: buf,
             offsets,
@@ -457,6 +513,7 @@ impl LogFile {
         self.segments.insert(first, Segment { first, file });
         self.end = SEGMENT_HEADER_BYTES as u64;
         self.zeroed = self.end;
+        self.synced = self.end;
         Ok(())
     }
 
@@ -490,6 +547,7 @@ impl LogFile {
         self.positions.split_off(&index);
         self.end = position.offset;
         self.zeroed = position.offset;
+        self.synced = position.offset;
         Ok(true)
     }
 
@@ -554,6 +612,22 @@ mod tests {
         let (_, loaded) = LogFile::open(dir.path(), None).expect("reopen");
         assert_eq!(indexes(&loaded), vec![1, 2, 3, 4]);
         assert_eq!(loaded[3].log_id.leader_id.term, 2);
+    }
+
+    #[test]
+    fn a_power_loss_keeps_what_was_synced_and_drops_what_was_only_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = LogFile::open(dir.path(), None).expect("open");
+        log.append(&[entry(1, 1), entry(2, 1)]).expect("append");
+        log.write(&[entry(3, 1)]).expect("write without sync");
+        let flushed_from = log.write_position();
+        log.write(&[entry(4, 1)]).expect("write without sync");
+        log.mark_synced(flushed_from); // a flush that began before entry 4 was written
+        log.write(&[entry(5, 1)]).expect("write without sync");
+        log.drop_unsynced_tail().expect("power loss");
+        drop(log);
+        let (_, loaded) = LogFile::open(dir.path(), None).expect("reopen");
+        assert_eq!(indexes(&loaded), vec![1, 2, 3]);
     }
 
     #[test]

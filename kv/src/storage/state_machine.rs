@@ -12,7 +12,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::store::{DataFile, SNAPSHOT, io_err, read_meta, write_meta};
+use super::store::{DataFile, SNAPSHOT, SnapshotMark, io_err, read_meta, write_meta};
 use crate::error::{EtcdError, StoreError};
 use crate::proto::mvccpb;
 use crate::storage::auth::{Access, AuthCommand, AuthReply, AuthStore, Requester};
@@ -256,14 +256,18 @@ pub struct StateMachine {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     snapshots_built: u64,
+    /// Moved once a snapshot is stored (the log's purges wait for it).
+    snapshot_mark: SnapshotMark,
 }
 
 impl StateMachine {
-    /// Starts from the last stored snapshot, if any; applies what `durability` says is on disk.
+    /// Starts from the last stored snapshot, if any; applies what `durability` says is on disk;
+    /// tells `snapshot_mark` how far each stored snapshot reaches.
     pub fn open(
         db: Arc<DataFile>,
         shared: Arc<Shared>,
         durability: Durability,
+        snapshot_mark: SnapshotMark,
     ) -> Result<Self, StoreError> {
         let mut machine = StateMachine {
             shared,
@@ -272,8 +276,12 @@ impl StateMachine {
             last_applied: None,
             last_membership: StoredMembership::default(),
             snapshots_built: 0,
+            snapshot_mark,
         };
         if let Some(stored) = read_meta::<StoredSnapshot>(&machine.db, SNAPSHOT)? {
+            if let Some(last) = stored.meta.last_log_id {
+                machine.snapshot_mark.stored(last.index);
+            }
             let state: State = bincode::deserialize(&stored.data)?;
             machine.shared.replace(state);
             machine.last_applied = stored.meta.last_log_id;
@@ -305,10 +313,16 @@ pub struct SnapshotBuilder {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     snapshot_id: String,
+    snapshot_mark: SnapshotMark,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        fail::fail_point!("snapshot::build", |_| Err(StorageIOError::write_snapshot(
+            None,
+            &io_err(std::io::Error::other("failpoint snapshot::build"))
+        )
+        .into()));
         let data = {
             let state = self.shared.read();
             bincode::serialize(&*state)
@@ -325,6 +339,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         write_meta(&self.db, SNAPSHOT, &stored)
             .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
+        if let Some(last) = self.last_applied {
+            self.snapshot_mark.stored(last.index);
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -394,6 +411,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
             snapshot_id: format!("{last}-{}", self.snapshots_built),
+            snapshot_mark: self.snapshot_mark.clone(),
         }
     }
 
@@ -406,6 +424,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, MemberNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        fail::fail_point!("snapshot::install", |_| Err(
+            StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                &io_err(std::io::Error::other("failpoint snapshot::install"))
+            )
+            .into()
+        ));
         let data = snapshot.into_inner();
         let state: State = bincode::deserialize(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;
@@ -415,6 +440,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         write_meta(&self.db, SNAPSHOT, &stored)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_err(e)))?;
+        if let Some(last) = meta.last_log_id {
+            self.snapshot_mark.stored(last.index);
+        }
         self.shared.replace(state);
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();

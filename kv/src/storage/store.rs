@@ -121,6 +121,52 @@ pub(super) fn write_meta<T: Serialize>(
     Ok(())
 }
 
+/// How far the snapshot on disk reaches (its last log index), shared by the state machine
+/// (which moves it once a snapshot it built or installed is stored) and the log store (whose
+/// purge waits for it).
+#[derive(Debug, Clone)]
+pub struct SnapshotMark {
+    upto: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// How long a purge waits for the snapshot that covers it (a failed install stops Raft first).
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl SnapshotMark {
+    pub fn new() -> Self {
+        SnapshotMark {
+            upto: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    /// A snapshot up to `index` is on disk.
+    pub fn stored(&self, index: u64) {
+        self.upto.send_if_modified(|upto| {
+            let moved = index > *upto;
+            *upto = (*upto).max(index);
+            moved
+        });
+    }
+
+    /// Waits until the snapshot on disk reaches `index`.
+    async fn covers(&self, index: u64) -> Result<(), io::Error> {
+        let mut rx = self.upto.subscribe();
+        match tokio::time::timeout(PURGE_WAIT, rx.wait_for(|upto| *upto >= index)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(io::Error::other("the state machine is gone")),
+            Err(_) => Err(io::Error::other(format!(
+                "no snapshot up to index {index} was stored within {PURGE_WAIT:?}"
+            ))),
+        }
+    }
+}
+
+impl Default for SnapshotMark {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// An error as openraft's storage errors take it: an `io::Error` with the whole chain as text.
 pub(super) fn io_err(e: impl std::error::Error) -> io::Error {
     io::Error::other(crate::error::chain(&e))
@@ -142,6 +188,7 @@ pub struct LogStore {
     vote: Arc<Mutex<Option<Vote<u64>>>>,
     durability: Durability,
     flusher: Flusher,
+    snapshot: SnapshotMark,
 }
 
 impl LogStore {
@@ -173,6 +220,8 @@ impl LogStore {
             generation: 0,
         }));
         let flusher = Flusher::start(&log, durability.clone())?;
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::register_log(&log);
         Ok(LogStore {
             db,
             entries: Arc::new(RwLock::new(entries)),
@@ -182,7 +231,13 @@ impl LogStore {
             vote: Arc::new(Mutex::new(None)),
             durability,
             flusher,
+            snapshot: SnapshotMark::new(),
         })
+    }
+
+    /// How far the snapshot on disk reaches: the state machine moves it, purges wait for it.
+    pub fn snapshot_mark(&self) -> SnapshotMark {
+        self.snapshot.clone()
     }
 
     /// How far this log is on disk.
@@ -339,6 +394,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        fail::fail_point!("raftlog::power_loss", |_| crate::failpoints::power_loss());
         let entries: Vec<Entry> = entries.into_iter().collect();
         let Some(last) = entries.last().map(|e| e.log_id.index) else {
             callback.log_io_completed(Ok(()));
@@ -386,6 +442,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // openraft purges right after it hands a snapshot received from the leader to the state
+        // machine, which installs it concurrently. A purge point on disk beyond the stored
+        // snapshot is a log that starts after anything this member holds: after a crash in
+        // between, openraft refuses to start. So the purge waits for the snapshot.
+        self.snapshot
+            .covers(log_id.index)
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::write_logs(&e)))?;
+        fail::fail_point!("raftlog::purge", |_| Err(write_error(StoreError::Io(
+            io::Error::other("failpoint raftlog::purge")
+        ))));
         // The purge point is durable before entries go, so a restart never reads a gap.
         write_meta(&self.db, LAST_PURGED, &log_id).map_err(write_error)?;
         {

@@ -350,7 +350,7 @@ impl Fault {
             }
             Fault::BlackholeUntilSnapshot { target, entries } => {
                 let member = resolve_one(cluster, *target)?;
-                let leader = cluster.leader()?;
+                let leader = cluster.current_leader()?;
                 if leader == member {
                     return Err(Error::Fault(format!("{self}: the target leads")));
                 }
@@ -515,9 +515,9 @@ fn resolve_one(cluster: &StoreCluster, target: Target) -> Result<usize> {
     match target {
         Target::Member(i) if i < cluster.specs.len() => Ok(i),
         Target::Member(i) => Err(Error::Fault(format!("there is no member {i}"))),
-        Target::Leader => cluster.leader(),
+        Target::Leader => cluster.current_leader(),
         Target::Follower => {
-            let leader = cluster.leader()?;
+            let leader = cluster.current_leader()?;
             let followers: Vec<usize> = (0..cluster.specs.len())
                 .filter(|&i| i != leader && cluster.is_responsive(i))
                 .collect();
@@ -559,11 +559,22 @@ fn partition(cluster: &StoreCluster, member: usize) -> Result<Cut> {
     Cut::install(&member_netns(cluster, member)?, &others, &others)
 }
 
-/// Waits until every running, unpaused member answers a linearizable read.
-fn wait_responsive(cluster: &StoreCluster) -> Result<()> {
+/// Waits until every running, unpaused member answers a linearizable read; fails at once if
+/// one has exited.
+fn wait_responsive(cluster: &mut StoreCluster) -> Result<()> {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
-    for i in (0..cluster.specs.len()).filter(|&i| cluster.is_responsive(i)) {
+    let responsive: Vec<usize> = (0..cluster.specs.len())
+        .filter(|&i| cluster.is_responsive(i))
+        .collect();
+    for i in responsive {
         while !cluster.member_ready(i) {
+            if crashed(cluster, i) {
+                return Err(Error::Fault(format!(
+                    "{} exited:\n{}",
+                    cluster.specs[i].name,
+                    cluster.log(i)
+                )));
+            }
             if Instant::now() > deadline {
                 return Err(Error::Fault(format!(
                     "{} did not answer within {SETTLE_TIMEOUT:?}",
@@ -581,7 +592,7 @@ fn wait_leader_index(cluster: &StoreCluster, index: u64) -> Result<()> {
     let deadline = Instant::now() + BLACKHOLE_TIMEOUT;
     let mut reached = 0;
     while Instant::now() < deadline {
-        if let Ok(status) = cluster.leader().and_then(|leader| cluster.status(leader)) {
+        if let Ok(status) = cluster.current_leader().and_then(|leader| cluster.status(leader)) {
             reached = status.raft_index;
             if reached >= index {
                 return Ok(());

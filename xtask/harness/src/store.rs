@@ -691,7 +691,7 @@ impl StoreCluster {
 
     /// The member that leads: one that reports itself as leader and that a majority of the
     /// cluster's responsive members report as leader too. Waits up to 30 s for one.
-    pub fn leader(&self) -> Result<usize> {
+    pub fn current_leader(&self) -> Result<usize> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(leader) = self.agreed_leader() {

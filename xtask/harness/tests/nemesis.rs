@@ -60,7 +60,7 @@ fn kill_and_stop_of_leader_and_follower_heal_on_etcd() {
 #[test]
 fn the_leader_is_the_member_the_others_follow() {
     let cluster = fast(StoreKind::ShoalKv).start();
-    let leader = cluster.leader().expect("a leader");
+    let leader = cluster.current_leader().expect("a leader");
     let leader_id = cluster.status(leader).expect("status").member_id;
     for i in 0..3 {
         assert_eq!(cluster.status(i).expect("status").leader, leader_id);
@@ -184,7 +184,7 @@ fn a_follower_blackholed_until_the_leader_snapshots_catches_up_on_shoal_kv() {
         entries,
     };
     let injected = fault.inject(&mut cluster).expect("blackhole");
-    let leader = cluster.leader().expect("leader");
+    let leader = cluster.current_leader().expect("leader");
     for n in 0..entries {
         cluster
             .ctl_member(leader, &["put", &format!("fill/{n}"), "v"])
