@@ -317,6 +317,8 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    // The failpoint returns openraft's (large) error type, which the trait dictates.
+    #[cfg_attr(feature = "failpoints", allow(clippy::result_large_err))]
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         fail::fail_point!("snapshot::build", |_| Err(StorageIOError::write_snapshot(
             None,
@@ -419,6 +421,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
+    // The failpoint returns openraft's (large) error type, which the trait dictates.
+    #[cfg_attr(feature = "failpoints", allow(clippy::result_large_err))]
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, MemberNode>,

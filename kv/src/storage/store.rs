@@ -385,6 +385,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(vote)
     }
 
+    // The failpoint returns openraft's (large) error type, which the trait dictates.
+    #[cfg_attr(feature = "failpoints", allow(clippy::result_large_err))]
     async fn append<I>(
         &mut self,
         entries: I,
@@ -441,6 +443,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    // The failpoint returns openraft's (large) error type, which the trait dictates.
+    #[cfg_attr(feature = "failpoints", allow(clippy::result_large_err))]
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // openraft purges right after it hands a snapshot received from the leader to the state
         // machine, which installs it concurrently. A purge point on disk beyond the stored

@@ -148,13 +148,9 @@ fn partitions_and_one_way_drops_heal_on_etcd() {
     network_faults_heal(StoreKind::Etcd);
 }
 
-fn membership_faults_heal(kind: StoreKind) {
+fn membership_faults_heal(kind: StoreKind, faults: &[Fault]) {
     let mut cluster = fast(kind).isolated().start();
-    for fault in [
-        Fault::WipeAndRejoin(Target::Follower),
-        Fault::WipeAndRejoin(Target::Leader),
-        Fault::MembershipChange,
-    ] {
+    for fault in faults.iter().cloned() {
         let description = inject_and_heal(&mut cluster, fault);
         println!("{}: {description} healed", kind.name());
     }
@@ -162,14 +158,29 @@ fn membership_faults_heal(kind: StoreKind) {
     assert_eq!(members.len(), 3, "{members:?}");
 }
 
+const WIPES: [Fault; 2] = [
+    Fault::WipeAndRejoin(Target::Follower),
+    Fault::WipeAndRejoin(Target::Leader),
+];
+
 #[test]
-fn wipe_and_rejoin_and_membership_changes_heal_on_shoal_kv() {
-    membership_faults_heal(StoreKind::ShoalKv);
+fn wipe_and_rejoin_of_follower_and_leader_heal_on_shoal_kv() {
+    membership_faults_heal(StoreKind::ShoalKv, &WIPES);
 }
 
 #[test]
-fn wipe_and_rejoin_and_membership_changes_heal_on_etcd() {
-    membership_faults_heal(StoreKind::Etcd);
+fn wipe_and_rejoin_of_follower_and_leader_heal_on_etcd() {
+    membership_faults_heal(StoreKind::Etcd, &WIPES);
+}
+
+#[test]
+fn a_member_added_and_removed_heals_on_shoal_kv() {
+    membership_faults_heal(StoreKind::ShoalKv, &[Fault::MembershipChange]);
+}
+
+#[test]
+fn a_member_added_and_removed_heals_on_etcd() {
+    membership_faults_heal(StoreKind::Etcd, &[Fault::MembershipChange]);
 }
 
 #[test]
@@ -206,4 +217,33 @@ fn a_follower_blackholed_until_the_leader_snapshots_catches_up_on_shoal_kv() {
             },
         );
     }
+}
+
+#[test]
+fn the_catalogue_holds_the_faults_that_apply_to_the_cluster() {
+    let plain = fast(StoreKind::Etcd).start();
+    let faults = Fault::catalogue(&plain);
+    assert!(faults.contains(&Fault::Kill(Target::Leader)));
+    assert!(faults.contains(&Fault::MembershipChange));
+    assert!(faults.iter().all(|fault| fault.applies_to(&plain)));
+    let network = Fault::Partition(Target::Follower);
+    assert!(!faults.contains(&network), "no namespaces, no partitions");
+    assert!(network.inject(&mut { plain }).is_err());
+
+    let isolated = fast(StoreKind::Etcd)
+        .args(["--snapshot-count", "100"])
+        .isolated()
+        .start();
+    let faults = Fault::catalogue(&isolated);
+    assert!(faults.contains(&network));
+    assert!(faults.contains(&Fault::BlackholeUntilSnapshot {
+        target: Target::Follower,
+        entries: 100 + 5000 + 50 + 10,
+    }));
+    assert!(
+        !faults
+            .iter()
+            .any(|fault| matches!(fault, Fault::Failpoint { .. } | Fault::PowerLoss(_))),
+        "etcd 3.4 has no failpoints here"
+    );
 }
