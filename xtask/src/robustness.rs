@@ -30,8 +30,8 @@ pub struct RobustnessArgs {
     /// blackhole-follower, membership-change, failpoint-append-leader,
     /// failpoint-append-follower, failpoint-fsync-slow-leader, failpoint-fsync-follower,
     /// failpoint-snapshot-build, failpoint-snapshot-install, failpoint-purge,
-    /// power-loss-leader, power-loss-follower, power-loss-all. Failpoints and power loss apply
-    /// to shoal kv only.
+    /// power-loss-at-append-leader, power-loss-leader, power-loss-follower, power-loss-all.
+    /// Failpoints and power loss apply to shoal kv only.
     #[arg(long, value_delimiter = ',', default_values_t = faults::DEFAULT.map(String::from))]
     faults: Vec<String>,
     /// Concurrent clients.

@@ -11,7 +11,7 @@ use shoal_harness::nemesis::{self, Fault, Target, points};
 use crate::traffic::Clock;
 
 /// Every fault name, with the nemesis fault it stands for (`None`: no fault).
-pub const NAMES: [&str; 23] = [
+pub const NAMES: [&str; 24] = [
     "none",
     "kill-leader",
     "kill-follower",
@@ -32,6 +32,7 @@ pub const NAMES: [&str; 23] = [
     "failpoint-snapshot-build",
     "failpoint-snapshot-install",
     "failpoint-purge",
+    "power-loss-at-append-leader",
     "power-loss-leader",
     "power-loss-follower",
     "power-loss-all",
@@ -39,7 +40,7 @@ pub const NAMES: [&str; 23] = [
 
 /// The faults `cargo xtask robustness` cycles through by default, one round each: every single
 /// fault and two combined.
-pub const DEFAULT: [&str; 22] = [
+pub const DEFAULT: [&str; 23] = [
     "none",
     "kill-leader",
     "kill-follower",
@@ -60,6 +61,7 @@ pub const DEFAULT: [&str; 22] = [
     "failpoint-snapshot-build",
     "failpoint-snapshot-install",
     "failpoint-purge",
+    "power-loss-at-append-leader",
     "power-loss-leader",
     "power-loss-all",
 ];
@@ -111,6 +113,9 @@ pub fn parse(name: &str) -> Result<Option<Fault>, String> {
             failpoint(Target::Follower, points::SNAPSHOT_INSTALL, "panic")
         }
         "failpoint-purge" => failpoint(Target::All, points::LOG_PURGE, "panic"),
+        "power-loss-at-append-leader" => {
+            failpoint(Target::Leader, points::LOG_POWER_LOSS, "return")
+        }
         "power-loss-leader" => Fault::PowerLoss(Target::Leader),
         "power-loss-follower" => Fault::PowerLoss(Target::Follower),
         "power-loss-all" => Fault::PowerLoss(Target::All),
