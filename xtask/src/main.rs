@@ -1,5 +1,6 @@
 //! `cargo xtask <chore>`: the one place every chore of the project lives.
 mod bench;
+mod robustness;
 mod setup;
 mod steps;
 mod test;
@@ -26,6 +27,9 @@ enum Chore {
     Up(up::UpArgs),
     /// Run a benchmark suite side by side with its reference; results in target/bench/.
     Bench(bench::BenchArgs),
+    /// The consistency suite: random traffic under faults against shoal kv and etcd 3.4,
+    /// checked for linearizability, watch and lease guarantees and equal replicas.
+    Robustness(robustness::RobustnessArgs),
     /// Remove network namespaces and processes left behind by killed test runs.
     Sweep,
     /// Bring the platform up on its embedded defaults: a shoal cluster on qemu VMs (`down`
@@ -39,6 +43,7 @@ fn main() -> Result<()> {
         Chore::Test(args) => test::run(args),
         Chore::Up(args) => up::run(args),
         Chore::Bench(args) => bench::run(args),
+        Chore::Robustness(args) => robustness::run(args),
         Chore::VmCluster(args) => {
             setup::run()?;
             vm::run(args)

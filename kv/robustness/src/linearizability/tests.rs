@@ -1,0 +1,291 @@
+//! Hand-written histories: linearizable ones pass, the classic violations do not.
+use super::*;
+use crate::history::{Compare, CompareTarget, KeyValue, Response, Txn, TxnOp};
+
+fn op(client: usize, call: u64, ret: u64, request: Request, response: Response) -> Operation {
+    Operation {
+        client,
+        call,
+        ret,
+        request,
+        outcome: Outcome::Done(response),
+    }
+}
+
+fn unknown(client: usize, call: u64, request: Request) -> Operation {
+    Operation {
+        client,
+        call,
+        ret: call + 1,
+        request,
+        outcome: Outcome::Unknown("deadline exceeded".into()),
+    }
+}
+
+fn put(key: &str, value: &str) -> Request {
+    Request::Put {
+        key: key.into(),
+        value: value.into(),
+        lease: None,
+    }
+}
+
+fn get(key: &str) -> Request {
+    Request::Get {
+        key: key.into(),
+        serializable: false,
+    }
+}
+
+fn put_ok(revision: i64) -> Response {
+    Response::Put { revision }
+}
+
+/// A read answered at `revision` seeing `value` written at `modified` (version `version`).
+fn read(revision: i64, value: &str, modified: i64, version: i64) -> Response {
+    Response::Get {
+        revision,
+        kv: Some(KeyValue {
+            value: value.into(),
+            create_revision: modified - version + 1,
+            mod_revision: modified,
+            version,
+            lease: 0,
+        }),
+    }
+}
+
+fn read_none(revision: i64) -> Response {
+    Response::Get { revision, kv: None }
+}
+
+fn verdict(history: &[Operation]) -> Verdict {
+    check(history, Budget::default()).verdict
+}
+
+#[test]
+fn sequential_puts_and_reads_are_linearizable() {
+    let history = [
+        op(0, 0, 10, get("a"), read_none(1)),
+        op(0, 20, 30, put("a", "1"), put_ok(2)),
+        op(1, 40, 50, get("a"), read(2, "1", 2, 1)),
+        op(0, 60, 70, put("a", "2"), put_ok(3)),
+        op(1, 80, 90, get("a"), read(3, "2", 3, 2)),
+    ];
+    assert_eq!(verdict(&history), Verdict::Linearizable);
+}
+
+#[test]
+fn concurrent_puts_may_be_read_in_either_order() {
+    // Both puts overlap the read: it may see the one applied second, whichever that was.
+    let history = [
+        op(0, 0, 100, put("a", "1"), put_ok(3)),
+        op(1, 0, 100, put("a", "2"), put_ok(2)),
+        op(2, 50, 150, get("a"), read(3, "1", 3, 2)),
+    ];
+    assert_eq!(verdict(&history), Verdict::Linearizable);
+}
+
+#[test]
+fn a_stale_read_is_rejected() {
+    let history = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        op(0, 20, 30, put("a", "2"), put_ok(3)),
+        op(1, 40, 50, get("a"), read(2, "1", 2, 1)),
+    ];
+    let report = check(&history, Budget::default());
+    assert_eq!(report.verdict, Verdict::NotLinearizable);
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(report.failures[0].items, ["a"]);
+}
+
+#[test]
+fn a_lost_acknowledged_write_is_rejected() {
+    // The put was acknowledged, then a read finds the key missing (as after a power loss that
+    // dropped an unsynced log tail).
+    let history = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        op(1, 20, 30, get("a"), read_none(2)),
+    ];
+    assert_eq!(verdict(&history), Verdict::NotLinearizable);
+}
+
+#[test]
+fn a_read_of_a_value_never_written_is_rejected() {
+    let history = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        op(1, 20, 30, get("a"), read(2, "ghost", 2, 1)),
+    ];
+    assert_eq!(verdict(&history), Verdict::NotLinearizable);
+}
+
+#[test]
+fn a_txn_taking_the_wrong_branch_is_rejected() {
+    let txn = |succeeded_value: &str| {
+        Request::Txn(Txn {
+            compares: vec![Compare {
+                key: "a".into(),
+                target: CompareTarget::Value("1".into()),
+            }],
+            success: vec![TxnOp::Put {
+                key: "b".into(),
+                value: succeeded_value.into(),
+            }],
+            failure: vec![TxnOp::Delete { key: "b".into() }],
+        })
+    };
+    let taken = |succeeded: bool, revision: i64| Response::Txn {
+        revision,
+        succeeded,
+    };
+    let right = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        op(1, 20, 30, txn("yes"), taken(true, 3)),
+        op(1, 40, 50, get("b"), read(3, "yes", 3, 1)),
+    ];
+    assert_eq!(verdict(&right), Verdict::Linearizable);
+    let wrong = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        op(1, 20, 30, txn("yes"), taken(false, 2)),
+    ];
+    assert_eq!(verdict(&wrong), Verdict::NotLinearizable);
+}
+
+#[test]
+fn a_revision_going_backwards_is_rejected() {
+    let writes_backwards = [
+        op(0, 0, 10, put("a", "1"), put_ok(5)),
+        op(0, 20, 30, put("a", "2"), put_ok(4)),
+    ];
+    assert_eq!(verdict(&writes_backwards), Verdict::NotLinearizable);
+    let read_backwards = [
+        op(0, 0, 10, put("a", "1"), put_ok(5)),
+        op(1, 20, 30, get("a"), read(4, "1", 5, 1)),
+    ];
+    assert_eq!(verdict(&read_backwards), Verdict::NotLinearizable);
+}
+
+#[test]
+fn a_write_of_unknown_outcome_may_or_may_not_have_happened() {
+    let seen = [
+        unknown(0, 0, put("a", "1")),
+        op(1, 20, 30, get("a"), read(7, "1", 7, 1)),
+        op(1, 40, 50, get("a"), read(7, "1", 7, 1)),
+    ];
+    assert_eq!(verdict(&seen), Verdict::Linearizable);
+    let not_seen = [
+        unknown(0, 0, put("a", "1")),
+        op(1, 20, 30, get("a"), read_none(7)),
+    ];
+    assert_eq!(verdict(&not_seen), Verdict::Linearizable);
+    // Once a read saw it, it cannot vanish again.
+    let vanished = [
+        unknown(0, 0, put("a", "1")),
+        op(1, 20, 30, get("a"), read(7, "1", 7, 1)),
+        op(1, 40, 50, get("a"), read_none(7)),
+    ];
+    assert_eq!(verdict(&vanished), Verdict::NotLinearizable);
+}
+
+#[test]
+fn keys_of_an_acknowledged_revoke_never_come_back() {
+    let leased = Request::Put {
+        key: "a".into(),
+        value: "1".into(),
+        lease: Some(9),
+    };
+    let with_lease = |revision| Response::Get {
+        revision,
+        kv: Some(KeyValue {
+            value: "1".into(),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            lease: 9,
+        }),
+    };
+    let mut history = vec![
+        op(
+            0,
+            0,
+            10,
+            Request::LeaseGrant { id: 9, ttl: 60 },
+            Response::LeaseGrant,
+        ),
+        op(0, 20, 30, leased, put_ok(2)),
+        op(1, 40, 50, get("a"), with_lease(2)),
+        op(
+            0,
+            60,
+            70,
+            Request::LeaseRevoke { id: 9 },
+            Response::LeaseRevoke { revision: 3 },
+        ),
+        op(1, 80, 90, get("a"), read_none(3)),
+    ];
+    assert_eq!(verdict(&history), Verdict::Linearizable);
+    history.push(op(1, 100, 110, get("a"), with_lease(3)));
+    assert_eq!(verdict(&history), Verdict::NotLinearizable);
+}
+
+#[test]
+fn keys_are_checked_apart_unless_an_operation_joins_them() {
+    let history = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        op(1, 0, 10, put("b", "1"), put_ok(3)),
+        op(0, 20, 30, get("a"), read(3, "1", 2, 1)),
+    ];
+    let report = check(&history, Budget::default());
+    assert_eq!(
+        (report.verdict, report.partitions),
+        (Verdict::Linearizable, 2)
+    );
+    let joined = Request::Txn(Txn {
+        compares: vec![Compare {
+            key: "a".into(),
+            target: CompareTarget::ModRevision(2),
+        }],
+        success: vec![TxnOp::Delete { key: "b".into() }],
+        failure: vec![],
+    });
+    let mut history = history.to_vec();
+    history.push(op(
+        2,
+        40,
+        50,
+        joined,
+        Response::Txn {
+            revision: 4,
+            succeeded: true,
+        },
+    ));
+    let report = check(&history, Budget::default());
+    assert_eq!(
+        (report.verdict, report.partitions),
+        (Verdict::Linearizable, 1)
+    );
+}
+
+#[test]
+fn a_search_over_budget_is_unknown_not_a_hang() {
+    // Many concurrent writes of unknown outcome and a read no order can explain: the search has
+    // to try every subset before it can say no.
+    let mut history: Vec<Operation> = (0..24)
+        .map(|i| unknown(i, 0, put("a", &format!("v{i}"))))
+        .collect();
+    history.push(op(99, 10, 20, get("a"), read(3, "never", 3, 1)));
+    let by_time = Budget {
+        max_steps: u64::MAX,
+        max_time: Duration::from_millis(500),
+    };
+    let started = Instant::now();
+    let report = check(&history, by_time);
+    assert_eq!(report.verdict, Verdict::Unknown);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(report.failures[0].detail.contains("steps"));
+    let by_steps = Budget {
+        max_steps: 200,
+        max_time: Duration::from_secs(60),
+    };
+    assert_eq!(check(&history, by_steps).verdict, Verdict::Unknown);
+}
