@@ -314,10 +314,7 @@ async fn join_cluster(
         .iter()
         .any(|member| member.peer_urls() == config.initial_advertise_peer_urls.as_slice());
     if !known {
-        let peer_urls = config.initial_advertise_peer_urls.clone();
-        store
-            .call("adding this member", client.member_add(peer_urls, None))
-            .await?;
+        add_member(&store, &config.initial_advertise_peer_urls).await?;
     }
     let members = store.call("listing members", client.member_list()).await?;
     Ok(members
@@ -332,6 +329,40 @@ async fn join_cluster(
             (name, member.peer_urls().to_vec())
         })
         .collect())
+}
+
+/// How long a join waits out etcd's strict reconfiguration check (a member that joined just
+/// before is not yet connected for 5 s, or not yet started).
+const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `MemberAdd` with this node's peer URLs, retried while the cluster refuses it only for now:
+/// "unhealthy cluster" and "not enough started members" pass once the last member to join is
+/// up, which is why several nodes joining at once must take turns.
+async fn add_member(store: &StoreClient, peer_urls: &[String]) -> Result<()> {
+    let deadline = std::time::Instant::now() + JOIN_PATIENCE;
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        let mut client = store.client();
+        let added = store
+            .call(
+                "adding this member",
+                client.member_add(peer_urls.to_vec(), None),
+            )
+            .await;
+        let err = match added {
+            Ok(_) => return Ok(()),
+            Err(err) => err,
+        };
+        let text = format!("{err:#}");
+        let transient =
+            text.contains("unhealthy cluster") || text.contains("not enough started members");
+        if !transient || std::time::Instant::now() >= deadline {
+            return Err(err.into());
+        }
+        tracing::info!("the cluster refuses this member for now, retrying: {text}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 /// Writes flannel's network config if the store has none yet (never overwrites).
