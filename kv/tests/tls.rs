@@ -365,18 +365,31 @@ async fn a_third_member_joins_a_tls_cluster() {
     let client_url = format!("https://127.0.0.1:{}", ports[0]);
     let peer_url = format!("https://127.0.0.1:{}", ports[1]);
     let tls = cluster.tls().expect("TLS");
-    // shoal kv takes membership changes on the leader only: ask each member.
     let add = [
         "member",
         "add",
         "charlie",
         &format!("--peer-urls={peer_url}"),
     ];
-    let added = cluster
-        .client_urls()
-        .iter()
-        .find_map(|url| etcdctl_as(url, &tls.ca, &tls.root.certificate, &tls.root.key, &add).ok())
-        .expect("member add on the leader");
+    // etcd's strict reconfiguration check refuses a member until every voter has been
+    // connected for 5 s ("unhealthy cluster"): a fresh cluster makes the client wait, as etcd's would.
+    let started = std::time::Instant::now();
+    let added = loop {
+        match etcdctl_as(
+            &cluster.client_url(0),
+            &tls.ca,
+            &tls.root.certificate,
+            &tls.root.key,
+            &add,
+        ) {
+            Ok(out) => break out,
+            Err(err) if started.elapsed() < std::time::Duration::from_secs(20) => {
+                assert!(err.contains("unhealthy cluster"), "{err}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(err) => panic!("member add: {err}"),
+        }
+    };
     println!("{added}");
     let initial = format!("{},charlie={peer_url}", cluster.initial_cluster());
     let _charlie = cluster.spawn_joiner("charlie", &client_url, &peer_url, &initial);
