@@ -6,8 +6,10 @@
 //! - `shoal-vxlan` (the default hook: TC decapsulation with direct delivery on a veth underlay),
 //!   `shoal-vxlan-xdp` (XDP decapsulation, GRO behind it) and `shoal-udp`: shoal's dataplane.
 //! - `bridge:*` (host-gw, kernel-vxlan, shoal-vxlan): containers as Docker's docker0 and the CNI
-//!   bridge plugin leave them: the same bridge holding the gateway, veth ports, the MTU flannel's
-//!   subnet.env gives, and bridged frames through br_netfilter (`bridge-nf-call-iptables` = 1);
+//!   bridge plugin leave them. The harness already hangs containers off a bridge holding the
+//!   gateway (a veth port each, the default route via the gateway, the MTU flannel's subnet.env
+//!   gives); what those two add is br_netfilter on bridged frames (`bridge-nf-call-iptables` = 1),
+//!   which the other layouts turn off;
 //! - `nic:*`: the same on a "physical NIC" emulation: the underlay veths segment in software
 //!   before sending (TSO/GSO off: frames on the wire are at most MTU-size, as a NIC's TSO makes
 //!   them) and merge on receive (GRO on, as a NIC driver's NAPI does), so each frame crosses
@@ -17,8 +19,8 @@
 //! MTU its encapsulation allows; rounds interleave the configurations so background load hits
 //! them alike. Metrics: single-stream TCP (iperf3, client on CPU 0 and server on CPU 1: left to
 //! the scheduler the same configuration ranged 10-16 Gbit/s between rounds, pinned it stays
-//! within ~5%), and again left to the scheduler, as a container runs; 64-byte UDP packets per second delivered to the receiving container's UDP layer
-//! by two saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99
+//! within ~5%), and again left to the scheduler, as a container runs; 64-byte UDP packets per
+//! second delivered to the receiving container's UDP layer by two saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99
 //! (sockperf ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte
 //! packet (the senders' user+system time plus the machine's softirq time during the flood).
 //! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
