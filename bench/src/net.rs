@@ -20,9 +20,10 @@
 //! them alike. Metrics: single-stream TCP (iperf3, client on CPU 0 and server on CPU 1: left to
 //! the scheduler the same configuration ranged 10-16 Gbit/s between rounds, pinned it stays
 //! within ~5%), and again left to the scheduler, as a container runs; 64-byte UDP packets per
-//! second delivered to the receiving container's UDP layer by two saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99
-//! (sockperf ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte
-//! packet (the senders' user+system time plus the machine's softirq time during the flood).
+//! second delivered to the receiving container's UDP layer by two saturating `sendmmsg` senders
+//! (one per CPU); UDP request/response latency p50/p99 (sockperf ping-pong, one-way = RTT/2,
+//! pinned as iperf3 is); CPU time per delivered 64-byte packet (the senders' user+system time
+//! plus the machine's softirq time during the flood).
 //! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
 //! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named configurations,
 //! `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
