@@ -5,6 +5,11 @@
 //!   reference);
 //! - `shoal-vxlan` (the default hook: TC decapsulation with direct delivery on a veth underlay),
 //!   `shoal-vxlan-xdp` (XDP decapsulation, GRO behind it) and `shoal-udp`: shoal's dataplane.
+//! - `bridge:*` (host-gw, kernel-vxlan, shoal-vxlan): containers as Docker's docker0 and the CNI
+//!   bridge plugin leave them. The harness already hangs containers off a bridge holding the
+//!   gateway (a veth port each, the default route via the gateway, the MTU flannel's subnet.env
+//!   gives); what those two add is br_netfilter on bridged frames (`bridge-nf-call-iptables` = 1),
+//!   which the other layouts turn off;
 //! - `nic:*`: the same on a "physical NIC" emulation: the underlay veths segment in software
 //!   before sending (TSO/GSO off: frames on the wire are at most MTU-size, as a NIC's TSO makes
 //!   them) and merge on receive (GRO on, as a NIC driver's NAPI does), so each frame crosses
@@ -14,10 +19,11 @@
 //! MTU its encapsulation allows; rounds interleave the configurations so background load hits
 //! them alike. Metrics: single-stream TCP (iperf3, client on CPU 0 and server on CPU 1: left to
 //! the scheduler the same configuration ranged 10-16 Gbit/s between rounds, pinned it stays
-//! within ~5%); 64-byte UDP packets per second delivered to the receiving container's UDP layer
-//! by two saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99
-//! (sockperf ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte
-//! packet (the senders' user+system time plus the machine's softirq time during the flood).
+//! within ~5%), and again left to the scheduler, as a container runs; 64-byte UDP packets per
+//! second delivered to the receiving container's UDP layer by two saturating `sendmmsg` senders
+//! (one per CPU); UDP request/response latency p50/p99 (sockperf ping-pong, one-way = RTT/2,
+//! pinned as iperf3 is); CPU time per delivered 64-byte packet (the senders' user+system time
+//! plus the machine's softirq time during the flood).
 //! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
 //! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named configurations,
 //! `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
@@ -45,20 +51,47 @@ enum Wiring {
     Shoal(Backend, DecapHook),
 }
 
-/// One configuration: how the nodes are wired, and whether the underlay emulates a NIC.
+/// How containers hang off their node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Containers {
+    /// The harness's bridge with plain L2 switching (`bridge-nf-call-iptables` off).
+    Bench,
+    /// As Docker (docker0) and the CNI bridge plugin leave a node: the bridge holds the gateway,
+    /// every container a veth port, and bridged frames pass br_netfilter
+    /// (`bridge-nf-call-iptables` = 1, which both set).
+    DockerBridge,
+}
+
+/// One configuration: how the nodes are wired, how containers hang off them, and whether the
+/// underlay emulates a NIC.
 #[derive(Clone, Copy, Debug)]
 struct Layout {
     name: &'static str,
     wiring: Wiring,
     nic: bool,
+    containers: Containers,
 }
 
 impl Layout {
     const fn new(name: &'static str, wiring: Wiring, nic: bool) -> Self {
-        Self { name, wiring, nic }
+        Self {
+            name,
+            wiring,
+            nic,
+            containers: Containers::Bench,
+        }
     }
 
-    const ALL: [Layout; 9] = [
+    const fn docker_bridge(name: &'static str, wiring: Wiring) -> Self {
+        Self {
+            name,
+            wiring,
+            nic: false,
+            containers: Containers::DockerBridge,
+        }
+    }
+
+    const ALL: [Layout; 12] = [
         Layout::new("host-gw", Wiring::HostGw, false),
         Layout::new("kernel-vxlan", Wiring::KernelVxlan, false),
         Layout::new(
@@ -88,6 +121,12 @@ impl Layout {
             Wiring::Shoal(Backend::Vxlan, DecapHook::Tc),
             true,
         ),
+        Layout::docker_bridge("bridge:host-gw", Wiring::HostGw),
+        Layout::docker_bridge("bridge:kernel-vxlan", Wiring::KernelVxlan),
+        Layout::docker_bridge(
+            "bridge:shoal-vxlan",
+            Wiring::Shoal(Backend::Vxlan, DecapHook::Auto),
+        ),
     ];
 
     fn workload_mtu(self) -> u32 {
@@ -102,7 +141,10 @@ impl Layout {
 /// One configuration's measurements in one round.
 #[derive(Clone, Debug, Default, Serialize)]
 struct Sample {
+    /// iperf3 client and server pinned to one CPU each.
     tcp_gbps: f64,
+    /// Left to the scheduler.
+    tcp_unpinned_gbps: f64,
     udp64_pps: f64,
     latency_p50_us: f64,
     latency_p99_us: f64,
@@ -212,9 +254,13 @@ impl Testbed {
         cluster
             .switch()
             .sysctl("net.bridge.bridge-nf-call-iptables", "0")?;
+        let bridge_netfilter = match layout.containers {
+            Containers::Bench => "0",
+            Containers::DockerBridge => "1",
+        };
         for node in cluster.nodes() {
             node.ns()
-                .sysctl("net.bridge.bridge-nf-call-iptables", "0")?;
+                .sysctl("net.bridge.bridge-nf-call-iptables", bridge_netfilter)?;
         }
         let dataplanes = match layout.wiring {
             Wiring::HostGw => {
@@ -343,23 +389,16 @@ fn iperf3_json(ns: &Namespace, args: &[&str]) -> anyhow::Result<serde_json::Valu
 
 const PORT: &str = "5201";
 
-fn measure_tcp(bed: &Testbed) -> anyhow::Result<f64> {
+/// Single-stream TCP in Gbit/s; `pinned`: client on CPU 0, server on CPU 1.
+fn measure_tcp(bed: &Testbed, pinned: bool) -> anyhow::Result<f64> {
     let _server = Server::start(bed.server(), "iperf3", &["-s", "-1", "-p", PORT])?;
     let ip = bed.server_ip()?.to_string();
-    let json = iperf3_json(
-        bed.client(),
-        &[
-            "-c",
-            &ip,
-            "-p",
-            PORT,
-            "-t",
-            &SECONDS.to_string(),
-            "-J",
-            "-A",
-            "0,1",
-        ],
-    )?;
+    let seconds = SECONDS.to_string();
+    let mut args = vec!["-c", &ip, "-p", PORT, "-t", &seconds, "-J"];
+    if pinned {
+        args.extend(["-A", "0,1"]);
+    }
+    let json = iperf3_json(bed.client(), &args)?;
     let bps = json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("iperf3 reported no received rate")?;
@@ -540,13 +579,16 @@ fn measure(layout: Layout) -> anyhow::Result<Sample> {
     let mut bed = Testbed::build(layout).with_context(|| format!("building {name}"))?;
     bed.warm_up()
         .with_context(|| format!("warming up {name}"))?;
-    let tcp_gbps = measure_tcp(&bed).with_context(|| format!("TCP on {name}"))?;
+    let tcp_gbps = measure_tcp(&bed, true).with_context(|| format!("TCP on {name}"))?;
+    let tcp_unpinned_gbps =
+        measure_tcp(&bed, false).with_context(|| format!("unpinned TCP on {name}"))?;
     let (udp64_pps, cpu_ns_per_packet) =
         measure_udp64(&bed).with_context(|| format!("UDP on {name}"))?;
     let (latency_p50_us, latency_p99_us) =
         measure_latency(&bed).with_context(|| format!("latency on {name}"))?;
     Ok(Sample {
         tcp_gbps,
+        tcp_unpinned_gbps,
         udp64_pps,
         latency_p50_us,
         latency_p99_us,
@@ -567,6 +609,7 @@ fn median_sample(rounds: &[Sample]) -> Sample {
     let of = |metric: fn(&Sample) -> f64| median(rounds.iter().map(metric).collect());
     Sample {
         tcp_gbps: of(|s| s.tcp_gbps),
+        tcp_unpinned_gbps: of(|s| s.tcp_unpinned_gbps),
         udp64_pps: of(|s| s.udp64_pps),
         latency_p50_us: of(|s| s.latency_p50_us),
         latency_p99_us: of(|s| s.latency_p99_us),
@@ -605,6 +648,7 @@ fn ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
     ) {
         list.extend(target_ratios("nic: ", s, k, h));
     }
+    list.extend(bridge_ratios(&find));
     let pairs = [
         ("shoal-vxlan-xdp", "kernel-vxlan"),
         ("shoal-vxlan-xdp", "shoal-vxlan"),
@@ -627,6 +671,52 @@ fn ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
         }
     }
     list
+}
+
+/// Containers on a Docker-style bridge: shoal against host-gw (target: at least even, pinned and
+/// unpinned) and against kernel VXLAN.
+fn bridge_ratios<'a>(find: &dyn Fn(&str) -> Option<&'a Sample>) -> Vec<Ratio> {
+    let (Some(s), Some(k), Some(h)) = (
+        find("bridge:shoal-vxlan"),
+        find("bridge:kernel-vxlan"),
+        find("bridge:host-gw"),
+    ) else {
+        return Vec::new();
+    };
+    let pinned = s.tcp_gbps / h.tcp_gbps;
+    let unpinned = s.tcp_unpinned_gbps / h.tcp_unpinned_gbps;
+    vec![
+        ratio(
+            "bridge: shoal-vxlan / host-gw TCP throughput (pinned)",
+            pinned,
+            Some((">= 1.0", pinned >= 1.0)),
+        ),
+        ratio(
+            "bridge: shoal-vxlan / host-gw TCP throughput (unpinned)",
+            unpinned,
+            Some((">= 1.0", unpinned >= 1.0)),
+        ),
+        ratio(
+            "bridge: shoal-vxlan / kernel-vxlan TCP throughput (pinned)",
+            s.tcp_gbps / k.tcp_gbps,
+            None,
+        ),
+        ratio(
+            "bridge: shoal-vxlan / kernel-vxlan TCP throughput (unpinned)",
+            s.tcp_unpinned_gbps / k.tcp_unpinned_gbps,
+            None,
+        ),
+        ratio(
+            "bridge: shoal-vxlan / host-gw 64-byte UDP pps",
+            s.udp64_pps / h.udp64_pps,
+            None,
+        ),
+        ratio(
+            "bridge: shoal-vxlan / host-gw latency p50",
+            s.latency_p50_us / h.latency_p50_us,
+            None,
+        ),
+    ]
 }
 
 /// The four targets of issue #3 for one underlay (`prefix` names it), plus CPU per packet.
@@ -669,16 +759,17 @@ fn table(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<20} {:>10} {:>14} {:>10} {:>10} {:>12}",
-        "config", "TCP Gbit/s", "UDP64 pkt/s", "p50 us", "p99 us", "CPU ns/pkt"
+        "\n{:<20} {:>10} {:>10} {:>14} {:>10} {:>10} {:>12}",
+        "config", "TCP Gbit/s", "unpinned", "UDP64 pkt/s", "p50 us", "p99 us", "CPU ns/pkt"
     );
     for config in &report.configs {
         let m = &config.median;
         let _ = writeln!(
             out,
-            "{:<20} {:>10.2} {:>14.0} {:>10.1} {:>10.1} {:>12.0}",
+            "{:<20} {:>10.2} {:>10.2} {:>14.0} {:>10.1} {:>10.1} {:>12.0}",
             config.name,
             m.tcp_gbps,
+            m.tcp_unpinned_gbps,
             m.udp64_pps,
             m.latency_p50_us,
             m.latency_p99_us,
@@ -705,7 +796,8 @@ import matplotlib.pyplot as plt
 report = json.load(open(sys.argv[1]))
 names = [c["name"] for c in report["configs"]]
 metrics = [
-    ("tcp_gbps", "TCP single stream (Gbit/s)"),
+    ("tcp_gbps", "TCP single stream, pinned (Gbit/s)"),
+    ("tcp_unpinned_gbps", "TCP single stream, unpinned (Gbit/s)"),
     ("udp64_pps", "64-byte UDP delivered (pkt/s)"),
     ("latency_p50_us", "UDP ping-pong p50 (us, one way)"),
     ("latency_p99_us", "UDP ping-pong p99 (us, one way)"),
@@ -713,7 +805,8 @@ metrics = [
 ]
 fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 5))
 colors = ["#888888", "#d62728", "#1f77b4", "#6baed6", "#2ca02c",
-          "#bbbbbb", "#ff9896", "#9ecae1", "#c6dbef"]
+          "#bbbbbb", "#ff9896", "#9ecae1", "#c6dbef",
+          "#555555", "#a50f15", "#08519c"]
 for ax, (key, title) in zip(axes, metrics):
     values = [c["median"][key] for c in report["configs"]]
     ax.bar(names, values, color=colors[: len(names)])
