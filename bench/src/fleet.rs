@@ -699,7 +699,11 @@ fn table(sizes: &[Size]) -> String {
                 size.units,
                 size.machines,
                 shoal.launch_s / etcd.launch_s,
-                if size.units >= 50_000 { ", under 60 s" } else { "" },
+                if size.units >= 50_000 {
+                    ", under 60 s"
+                } else {
+                    ""
+                },
                 shoal.reschedule_after_expiry_s,
                 etcd.reschedule_after_expiry_s
             );

@@ -430,7 +430,10 @@ fn table(sizes: &[Size]) -> String {
             );
         }
     }
-    let _ = writeln!(out, "medians of alternating rounds; every round's all-known time (s):");
+    let _ = writeln!(
+        out,
+        "medians of alternating rounds; every round's all-known time (s):"
+    );
     for size in sizes {
         for store in ["shoal-kv", "etcd-3.4"] {
             let rounds: Vec<String> = size
@@ -439,7 +442,12 @@ fn table(sizes: &[Size]) -> String {
                 .filter(|o| o.store == store)
                 .map(|o| format!("{:.2}", o.all_known_s))
                 .collect();
-            let _ = writeln!(out, "  {} nodes, {store}: {}", size.nodes, rounds.join(", "));
+            let _ = writeln!(
+                out,
+                "  {} nodes, {store}: {}",
+                size.nodes,
+                rounds.join(", ")
+            );
         }
         if let Some(ratio) = time_ratio(&size.median) {
             let target = if size.nodes >= 5000 {
@@ -476,7 +484,7 @@ fn write_outputs(sizes: &[Size]) -> Result<()> {
 
 /// Left: time until every node knew every lease against the node count (medians, with every
 /// round as a dot). Right: the CDF of per-node convergence at the largest count.
-const CHART: &str = r#"
+const CHART: &str = r##"
 import json, sys
 import matplotlib
 matplotlib.use("Agg")
@@ -507,4 +515,4 @@ right.set_title("%d nodes, median round" % largest["nodes"])
 right.legend()
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=120)
-"#;
+"##;

@@ -125,7 +125,7 @@ async fn fan_out(kind: StoreKind, endpoints: &[String], watchers: usize) -> anyh
         let mut client = clients[w % clients.len()].clone();
         let ready = ready_tx.clone();
         tasks.push(tokio::spawn(async move {
-            let (_watcher, mut stream) = client.watch(KEY, Some(WatchOptions::new())).await?;
+            let mut stream = client.watch(KEY, Some(WatchOptions::new())).await?;
             stream.message().await?;
             ready.send(()).await?;
             let mut latencies = Vec::with_capacity(PUTS);
@@ -226,7 +226,7 @@ fn table(sizes: &[Size]) -> String {
 }
 
 /// Events per second against watchers (medians, every round as a dot), and p99 latency.
-const CHART: &str = r#"
+const CHART: &str = r##"
 import json, sys
 import matplotlib
 matplotlib.use("Agg")
@@ -253,4 +253,4 @@ for ax in axes:
     ax.legend()
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=120)
-"#;
+"##;

@@ -46,7 +46,7 @@ pub async fn serve_clients(
             crate::proto::watch_service::watch_server::WatchServer::new(
                 crate::api::watch::WatchService(member.clone()),
             )
-                .max_decoding_message_size(limit),
+            .max_decoding_message_size(limit),
         )
         .add_service(
             LeaseServer::new(LeaseService(member.clone())).max_decoding_message_size(limit),

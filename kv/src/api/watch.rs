@@ -23,8 +23,8 @@ use crate::member::Member;
 use crate::proto::etcdserverpb::{
     self as pb, watch_create_request::FilterType, watch_request::RequestUnion,
 };
-use crate::proto::watch_service::watch_server::Watch;
 use crate::proto::mvccpb::{self, event::EventType};
+use crate::proto::watch_service::watch_server::Watch;
 use crate::storage::auth::Access;
 use crate::storage::mvcc::key_in_range;
 use crate::storage::state_machine::{EventBatch, Feed};
@@ -189,7 +189,11 @@ impl Watcher {
             .map(|e| mvccpb::Event {
                 r#type: e.r#type,
                 kv: e.kv.clone(),
-                prev_kv: if self.prev_kv { e.prev_kv.clone() } else { None },
+                prev_kv: if self.prev_kv {
+                    e.prev_kv.clone()
+                } else {
+                    None
+                },
             })
             .collect()
     }

@@ -396,7 +396,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if !events.is_empty() {
             // No receiver just means no watcher.
-            let _ = self.shared
+            let _ = self
+                .shared
                 .feed
                 .send(Feed::Events(Arc::new(EventBatch::new(events))));
         }
