@@ -8,6 +8,7 @@ mod kv;
 mod leases;
 mod net;
 mod results;
+mod watch;
 
 #[derive(Parser)]
 struct Cli {
@@ -15,6 +16,21 @@ struct Cli {
     /// kv only: also run both stores with TLS on every port (client certificates required).
     #[arg(long)]
     tls: bool,
+    /// leases only: simulated node counts, each measured in its own rounds (e.g. 1000,2000,5000).
+    #[arg(long, value_delimiter = ',', default_values_t = [leases::DEFAULT_NODES])]
+    nodes: Vec<usize>,
+    /// leases and fleet: rounds per store and scale, alternating between the stores.
+    #[arg(long, default_value_t = leases::DEFAULT_ROUNDS)]
+    rounds: usize,
+    /// fleet only: simulated agents per scale (one unit count each in `--units`).
+    #[arg(long, value_delimiter = ',', default_values_t = [fleet::DEFAULT_MACHINES])]
+    machines: Vec<usize>,
+    /// watch only: watcher counts, each measured in its own rounds.
+    #[arg(long, value_delimiter = ',', default_values_t = watch::DEFAULT_WATCHERS)]
+    watchers: Vec<usize>,
+    /// fleet only: units per scale.
+    #[arg(long, value_delimiter = ',', default_values_t = [fleet::DEFAULT_UNITS])]
+    units: Vec<usize>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -23,22 +39,37 @@ enum Suite {
     Net,
     /// Store: 3-member shoal kv against 3-member etcd 3.4 (issue #4).
     Kv,
-    /// Overlay control plane at 1,000 simulated nodes (issue #5).
+    /// Overlay control plane at 1,000 simulated nodes, or `--nodes` (issue #5).
     Leases,
-    /// fleet at 1,000 agents and 10,000 units (issue #6).
+    /// Watch fan-out at 1,000 and 10,000 watchers, or `--watchers` (issue #18).
+    Watch,
+    /// fleet at 1,000 agents and 10,000 units, or `--machines`/`--units` (issue #6).
     Fleet,
 }
 
 fn main() -> anyhow::Result<()> {
-    let Cli { suite, tls } = Cli::parse();
+    let Cli {
+        suite,
+        tls,
+        nodes,
+        rounds,
+        machines,
+        units,
+        watchers,
+    } = Cli::parse();
     if tls && !matches!(suite, Suite::Kv) {
         anyhow::bail!("--tls is for the kv suite only");
     }
     let run = results::Run::start(suite.name());
     let table = match suite {
-        Suite::Fleet => fleet::run()?,
+        Suite::Fleet => fleet::run(&fleet::Settings {
+            machines,
+            units,
+            rounds,
+        })?,
         Suite::Kv => kv::run(tls)?,
-        Suite::Leases => Some(leases::run()?),
+        Suite::Leases => Some(leases::run(&leases::Settings { nodes, rounds })?),
+        Suite::Watch => Some(watch::run(&watch::Settings { watchers, rounds })?),
         Suite::Net => {
             let table = net::run(net::rounds_from_env())?;
             if net::is_subset() {
@@ -66,6 +97,7 @@ impl Suite {
             Suite::Kv => "kv",
             Suite::Leases => "leases",
             Suite::Fleet => "fleet",
+            Suite::Watch => "watch",
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::{run_cmd, workspace_root};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// The suite: net, kv, leases or fleet.
+    /// The suite: net, kv, leases, fleet or watch.
     suite: String,
     /// Extra arguments for the suite.
     #[arg(last = true)]

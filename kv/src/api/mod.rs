@@ -27,7 +27,7 @@ pub use self::maintenance::{MaintenanceService, VERSION};
 use crate::member::{MAX_REQUEST_BYTES, Member};
 use crate::proto::etcdserverpb::{
     self as pb, auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 
 /// gRPC framing allowance on top of the request limit (etcd's `grpcOverheadBytes`).
@@ -46,8 +46,10 @@ pub async fn serve_clients(
     let grpc =
         Routes::new(KvServer::new(KvService(member.clone())).max_decoding_message_size(limit))
             .add_service(
-                WatchServer::new(crate::api::watch::WatchService(member.clone()))
-                    .max_decoding_message_size(limit),
+                crate::proto::watch_service::watch_server::WatchServer::new(
+                    crate::api::watch::WatchService(member.clone()),
+                )
+                .max_decoding_message_size(limit),
             )
             .add_service(
                 LeaseServer::new(LeaseService(member.clone())).max_decoding_message_size(limit),

@@ -2,24 +2,114 @@
 //! session hears applied events from the state machine's broadcast feed and reads history from
 //! the store for `start_revision` (and when it fell behind the feed). With auth on, a watch is
 //! created only on keys its stream's sender may read.
+//!
+//! Applied events reach many streams at once (every flannel node watches every lease), so each
+//! event is encoded once, when the first stream sends it, and every stream's response carries
+//! those bytes ([`WatchCodec`]) instead of cloning and encoding the event again.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::access::Credentials;
 use crate::error::EtcdError;
 use crate::member::Member;
 use crate::proto::etcdserverpb::{
-    self as pb, watch_create_request::FilterType, watch_request::RequestUnion, watch_server::Watch,
+    self as pb, watch_create_request::FilterType, watch_request::RequestUnion,
 };
 use crate::proto::mvccpb::{self, event::EventType};
+use crate::proto::watch_service::watch_server::Watch;
 use crate::storage::auth::Access;
 use crate::storage::mvcc::key_in_range;
-use crate::storage::state_machine::Feed;
+use crate::storage::state_machine::{EventBatch, Feed};
+
+/// The field number of `WatchResponse.events`.
+const EVENTS_FIELD: u32 = 11;
+
+/// A response of the Watch stream: a message, or a message followed by events already encoded
+/// as its `events` field (protobuf lets a repeated field's elements follow the other fields).
+#[derive(Debug)]
+pub enum Outgoing {
+    Message(pb::WatchResponse),
+    Encoded {
+        head: pb::WatchResponse,
+        events: Vec<Bytes>,
+    },
+}
+
+/// The Watch service's codec: prost's for requests, [`Outgoing`] for responses.
+#[derive(Debug, Default)]
+pub struct WatchCodec;
+
+impl Codec for WatchCodec {
+    type Encode = Outgoing;
+    type Decode = pb::WatchRequest;
+    type Encoder = OutgoingEncoder;
+    type Decoder = tonic_prost::ProstDecoder<pb::WatchRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        OutgoingEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+#[derive(Debug)]
+pub struct OutgoingEncoder;
+
+impl Encoder for OutgoingEncoder {
+    type Item = Outgoing;
+    type Error = Status;
+
+    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        let encoded = match item {
+            Outgoing::Message(message) => message.encode(dst),
+            Outgoing::Encoded { head, events } => head.encode(dst).map(|()| {
+                for event in events {
+                    dst.put_slice(&event);
+                }
+            }),
+        };
+        encoded.map_err(|e| Status::internal(format!("encoding a watch response: {e}")))
+    }
+}
+
+/// `event` as an element of `WatchResponse.events`, without (index 0) and with (1) its previous
+/// key-value.
+fn encode_event(event: &mvccpb::Event) -> [Bytes; 2] {
+    let without = mvccpb::Event {
+        r#type: event.r#type,
+        kv: event.kv.clone(),
+        prev_kv: None,
+    };
+    let field = |e: &mvccpb::Event| {
+        let mut buf = BytesMut::with_capacity(e.encoded_len() + 8);
+        prost::encoding::message::encode(EVENTS_FIELD, e, &mut buf);
+        buf.freeze()
+    };
+    let without = field(&without);
+    let with = if event.prev_kv.is_some() {
+        field(event)
+    } else {
+        without.clone()
+    };
+    [without, with]
+}
+
+/// The batch's events encoded, made by the first stream that sends them.
+fn encoded(batch: &EventBatch) -> &[[Bytes; 2]] {
+    batch
+        .encoded
+        .get_or_init(|| batch.events.iter().map(encode_event).collect())
+}
 
 /// Most events one delivery gathers from the feed (etcd's `watchBatchMaxRevs` is 1,000).
 const MAX_COALESCED_EVENTS: usize = 1000;
@@ -30,7 +120,7 @@ pub struct WatchService(pub Arc<Member>);
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+    type WatchStream = ReceiverStream<Result<Outgoing, Status>>;
 
     async fn watch(
         &self,
@@ -65,24 +155,45 @@ struct Watcher {
 }
 
 impl Watcher {
+    fn wants(&self, e: &mvccpb::Event) -> bool {
+        let kv = e.kv.as_ref();
+        let key = kv.map(|kv| kv.key.as_slice()).unwrap_or_default();
+        let rev = kv.map(|kv| kv.mod_revision).unwrap_or_default();
+        let is_put = e.r#type == EventType::Put as i32;
+        rev >= self.next_rev
+            && key_in_range(key, &self.key, &self.range_end)
+            && !(is_put && self.no_put)
+            && (is_put || !self.no_delete)
+    }
+
+    /// The encodings of the events of `batches` this watcher wants.
+    fn select_encoded(&self, batches: &[Arc<EventBatch>]) -> Vec<Bytes> {
+        let variant = usize::from(self.prev_kv);
+        batches
+            .iter()
+            .flat_map(|batch| {
+                batch
+                    .events
+                    .iter()
+                    .zip(encoded(batch))
+                    .filter(|(e, _)| self.wants(e))
+                    .map(move |(_, both)| both[variant].clone())
+            })
+            .collect()
+    }
+
     fn select<'a>(&self, events: impl Iterator<Item = &'a mvccpb::Event>) -> Vec<mvccpb::Event> {
         events
-            .filter(|e| {
-                let kv = e.kv.as_ref();
-                let key = kv.map(|kv| kv.key.as_slice()).unwrap_or_default();
-                let rev = kv.map(|kv| kv.mod_revision).unwrap_or_default();
-                let is_put = e.r#type == EventType::Put as i32;
-                rev >= self.next_rev
-                    && key_in_range(key, &self.key, &self.range_end)
-                    && !(is_put && self.no_put)
-                    && (is_put || !self.no_delete)
-            })
-            .map(|e| {
-                let mut e = e.clone();
-                if !self.prev_kv {
-                    e.prev_kv = None;
-                }
-                e
+            .filter(|e| self.wants(e))
+            // The feed's events carry their previous key-value; copy it only when asked.
+            .map(|e| mvccpb::Event {
+                r#type: e.r#type,
+                kv: e.kv.clone(),
+                prev_kv: if self.prev_kv {
+                    e.prev_kv.clone()
+                } else {
+                    None
+                },
             })
             .collect()
     }
@@ -93,7 +204,7 @@ struct Session {
     credentials: Credentials,
     member: Arc<Member>,
     feed: broadcast::Receiver<Feed>,
-    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    tx: mpsc::Sender<Result<Outgoing, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// Runs once a watcher asks for progress notifications (a ticking timer would cost every
@@ -136,7 +247,10 @@ impl Session {
     }
 
     async fn send(&self, response: pb::WatchResponse) -> Result<(), Closed> {
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        self.tx
+            .send(Ok(Outgoing::Message(response)))
+            .await
+            .map_err(|_| Closed)
     }
 
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
@@ -324,14 +438,14 @@ impl Session {
     /// Delivers `first` and whatever else the feed already holds (up to [`MAX_COALESCED_EVENTS`]
     /// events), each watcher's share in one response, as etcd batches a watcher's events: a
     /// session that fell behind catches up with few messages instead of one per write.
-    async fn deliver_queued(&mut self, first: Arc<Vec<mvccpb::Event>>) -> Result<(), Closed> {
-        let mut count = first.len();
+    async fn deliver_queued(&mut self, first: Arc<EventBatch>) -> Result<(), Closed> {
+        let mut count = first.events.len();
         let mut queued = vec![first];
         let mut resync = false;
         while count < MAX_COALESCED_EVENTS {
             match self.feed.try_recv() {
                 Ok(Feed::Events(more)) => {
-                    count += more.len();
+                    count += more.events.len();
                     queued.push(more);
                 }
                 Ok(Feed::Resync) | Err(broadcast::error::TryRecvError::Lagged(_)) => {
@@ -349,11 +463,11 @@ impl Session {
         Ok(())
     }
 
-    async fn deliver(&mut self, queued: &[Arc<Vec<mvccpb::Event>>]) -> Result<(), Closed> {
+    async fn deliver(&mut self, queued: &[Arc<EventBatch>]) -> Result<(), Closed> {
         let Some(last) = queued
             .iter()
             .rev()
-            .find_map(|events| events.last())
+            .find_map(|batch| batch.events.last())
             .and_then(|e| e.kv.as_ref())
             .map(|kv| kv.mod_revision)
         else {
@@ -361,15 +475,23 @@ impl Session {
         };
         let mut outgoing = Vec::new();
         for (id, watcher) in &mut self.watchers {
-            let selected = watcher.select(queued.iter().flat_map(|events| events.iter()));
+            let selected = watcher.select_encoded(queued);
             watcher.next_rev = watcher.next_rev.max(last + 1);
             if !selected.is_empty() {
                 watcher.sent_since_tick = true;
                 outgoing.push((*id, selected));
             }
         }
-        for (id, selected) in outgoing {
-            self.send_events(id, selected, last).await?;
+        for (id, events) in outgoing {
+            let head = pb::WatchResponse {
+                header: self.header(last),
+                watch_id: id,
+                ..Default::default()
+            };
+            self.tx
+                .send(Ok(Outgoing::Encoded { head, events }))
+                .await
+                .map_err(|_| Closed)?;
         }
         Ok(())
     }

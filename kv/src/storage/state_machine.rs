@@ -189,9 +189,27 @@ impl State {
 #[derive(Debug, Clone)]
 pub enum Feed {
     /// Events applied, in revision order.
-    Events(Arc<Vec<mvccpb::Event>>),
+    Events(Arc<EventBatch>),
     /// The state was replaced by a snapshot: re-read history from the store.
     Resync,
+}
+
+/// The events of one apply, and their wire encodings once a watch stream asked for them: made
+/// once for every stream that sends them instead of once per stream.
+#[derive(Debug)]
+pub struct EventBatch {
+    pub events: Vec<mvccpb::Event>,
+    /// Per event, as the watch service encodes it (`api::watch`).
+    pub encoded: std::sync::OnceLock<Vec<[bytes::Bytes; 2]>>,
+}
+
+impl EventBatch {
+    pub fn new(events: Vec<mvccpb::Event>) -> Self {
+        Self {
+            events,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// The state machine's state, shared with the servers that read it.
@@ -428,7 +446,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if !events.is_empty() {
             // No receiver just means no watcher.
-            let _ = self.shared.feed.send(Feed::Events(Arc::new(events)));
+            let _ = self
+                .shared
+                .feed
+                .send(Feed::Events(Arc::new(EventBatch::new(events))));
         }
         self.publish_applied();
         crate::profile::record("sm.apply", t);
