@@ -37,6 +37,9 @@ pub struct AgentOptions {
     /// TLS and auth from a cluster PKI (`pki` in every agent's YAML); `false` for plain HTTP
     /// and no auth.
     pub secure: bool,
+    /// Give each agent a /run of its own (`<node dir>/run`, bind-mounted in a mount namespace
+    /// of its own), as each machine has: units find that node's `/run/docker.sock` there.
+    pub private_run: bool,
 }
 
 impl AgentOptions {
@@ -48,6 +51,7 @@ impl AgentOptions {
             agent_ttl: Duration::from_secs(30),
             log_filter: "info,openraft=warn,netlink_packet_route=error".into(),
             secure: true,
+            private_run: false,
         }
     }
 }
@@ -98,6 +102,11 @@ impl Agents {
     /// The directory of node `index`: `agent.yaml`, `agent.log`, `subnet.env`, `data/`.
     pub fn node_dir(&self, index: usize) -> PathBuf {
         self.options.dir.join(format!("node{}", index + 1))
+    }
+
+    /// What node `index`'s agent and units see as /run when [`AgentOptions::private_run`].
+    pub fn run_dir(&self, index: usize) -> PathBuf {
+        self.node_dir(index).join("run")
     }
 
     /// The cluster's PKI directory (`shoal pki cluster`'s layout), if it is secure.
@@ -194,10 +203,20 @@ impl Agents {
             .append(true)
             .open(&log_path)
             .map_err(|source| io_error(&log_path, source))?;
+        let mut cmd = if self.options.private_run {
+            let run = self.run_dir(node.index());
+            std::fs::create_dir_all(&run).map_err(|source| io_error(&run, source))?;
+            let mut cmd = node.ns().command("unshare");
+            cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg("mount --bind \"$0\" /run && exec \"$@\"")
+                .arg(&run)
+                .arg(&self.options.shoal);
+            cmd
+        } else {
+            node.ns().command(&self.options.shoal)
+        };
         node.ns().spawn(
-            node.ns()
-                .command(&self.options.shoal)
-                .args(["agent", "--config"])
+            cmd.args(["agent", "--config"])
                 .arg(&config)
                 .env("SHOAL_LOG", &self.options.log_filter)
                 .stdout(Stdio::null())

@@ -114,7 +114,7 @@ fn running_profile() -> Profile {
 /// Cargo's target directory: the one the running program was built into (a test binary lives in
 /// `<target>/<profile>/deps`, a tool in `<target>/<profile>`), else `CARGO_TARGET_DIR` or the
 /// workspace's `target/`.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| target_of_executable(&exe))
