@@ -185,6 +185,11 @@ pub struct NetworkConfig {
     /// node's netfilter FORWARD chain (`false` keeps every packet on the kernel's path).
     #[serde(default = "enabled")]
     pub direct_delivery: bool,
+    /// The bridge `shoal run` attaches workloads to, holding the subnet's gateway address;
+    /// empty for none, on a node where Docker's `docker0` (configured from subnet.env) or a
+    /// CNI bridge holds that address instead.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
 }
 
 /// fleet's agent and engine candidate.
@@ -222,6 +227,9 @@ fn default_network_prefix() -> String {
 }
 fn default_subnet_file() -> PathBuf {
     PathBuf::from("/run/flannel/subnet.env")
+}
+fn default_bridge() -> String {
+    shoal_flannel::overlay::DEFAULT_BRIDGE.into()
 }
 fn default_fleet_prefix() -> String {
     "/_coreos.com/fleet/".into()
@@ -267,6 +275,7 @@ impl Default for NetworkConfig {
             subnet_file: default_subnet_file(),
             bpf_pin_root: None,
             direct_delivery: true,
+            bridge: default_bridge(),
         }
     }
 }

@@ -40,6 +40,12 @@ pub struct AgentOptions {
     /// Give each agent a /run of its own (`<node dir>/run`, bind-mounted in a mount namespace
     /// of its own), as each machine has: units find that node's `/run/docker.sock` there.
     pub private_run: bool,
+    /// flannel masquerades traffic leaving the overlay (`network.ip_masq`), as CoreOS ran it;
+    /// Docker's options then say `--ip-masq=false`.
+    pub ip_masq: bool,
+    /// The agents' own workload bridge (`shoal0`, for `shoal run`); `false` leaves the subnet's
+    /// gateway to Docker's `docker0`.
+    pub workload_bridge: bool,
 }
 
 impl AgentOptions {
@@ -52,6 +58,8 @@ impl AgentOptions {
             log_filter: "info,openraft=warn,netlink_packet_route=error".into(),
             secure: true,
             private_run: false,
+            ip_masq: false,
+            workload_bridge: true,
         }
     }
 }
@@ -174,6 +182,8 @@ impl Agents {
              {pki}\
              {store}\
              network:\n  subnet_file: {dir}/subnet.env\n  bpf_pin_root: {pins}\n  \
+             ip_masq: {ip_masq}\n  \
+             {bridge}\
              config: {{ Network: {OVERLAY_NETWORK}, Backend: {{ Type: vxlan }} }}\n\
              fleet:\n  agent_ttl: {ttl}s\n\
              health:\n  listen: 0.0.0.0:{HEALTH_PORT}\n",
@@ -188,6 +198,12 @@ impl Agents {
                 .join(format!("node{}", node.index() + 1))
                 .display(),
             ttl = self.options.agent_ttl.as_secs().max(1),
+            ip_masq = self.options.ip_masq,
+            bridge = if self.options.workload_bridge {
+                ""
+            } else {
+                "bridge: \"\"\n  "
+            },
         )
     }
 

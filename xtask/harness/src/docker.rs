@@ -135,19 +135,17 @@ impl Dockerd {
 
     /// The address of container `name` on the default bridge.
     pub fn container_ip(&self, name: &str) -> Result<String> {
-        let ip = self.docker(&[
-            "inspect",
-            "-f",
-            "{{.NetworkSettings.IPAddress}}",
-            name,
-        ])?;
+        let ip = self.docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", name])?;
         Ok(ip.trim().to_string())
     }
 
     fn wait_answering(&mut self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if self.output(&["version"]).is_ok_and(|out| out.status.success()) {
+            if self
+                .output(&["version"])
+                .is_ok_and(|out| out.status.success())
+            {
                 return Ok(());
             }
             if let Some(process) = &mut self.process
@@ -210,9 +208,8 @@ impl Drop for Dockerd {
 /// splits an unquoted `$VAR`.
 pub fn options_from_file(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|cause| Error::io(path, cause))?;
-    options_from_text(&text).ok_or_else(|| {
-        Error::Fixture(format!("{} sets no DOCKER_OPTS: {text:?}", path.display()))
-    })
+    options_from_text(&text)
+        .ok_or_else(|| Error::Fixture(format!("{} sets no DOCKER_OPTS: {text:?}", path.display())))
 }
 
 fn options_from_text(text: &str) -> Option<Vec<String>> {
