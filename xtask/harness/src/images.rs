@@ -40,10 +40,7 @@ pub struct ImageRecipe {
 pub const NGINX: ImageRecipe = ImageRecipe {
     name: "nginx",
     source: RootSource::Debootstrap(&["nginx-light"]),
-    changes: &[
-        r#"CMD ["nginx", "-g", "daemon off;"]"#,
-        "EXPOSE 80",
-    ],
+    changes: &[r#"CMD ["nginx", "-g", "daemon off;"]"#, "EXPOSE 80"],
 };
 
 /// Debian's redis-server (with redis-cli) in a minbase root, serving every address.
@@ -89,7 +86,15 @@ impl ImageRecipe {
     /// What the root is made from (the `docker import` changes are applied at import).
     fn hash(&self) -> u64 {
         let mut hasher = DefaultHasher::new();
-        (RECIPE_VERSION, SUITE, MIRROR, TRIMMED, self.name, self.source).hash(&mut hasher);
+        (
+            RECIPE_VERSION,
+            SUITE,
+            MIRROR,
+            TRIMMED,
+            self.name,
+            self.source,
+        )
+            .hash(&mut hasher);
         hasher.finish()
     }
 }
