@@ -104,7 +104,7 @@ impl Setup {
                     "flannel masquerades, so Docker must not: {options:?}"
                 );
                 Dockerd::start(
-                    cluster.node(index).ns(),
+                    cluster.node(index).ns().name(),
                     &dir.path().join(format!("docker{}", index + 1)),
                     &agents.run_dir(index).join("docker.sock"),
                     &options,

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Error, Namespace, Process, Result, command};
+use crate::{Error, Process, Result, command};
 
 /// Debian's daemon and client (docker.io).
 pub const DOCKERD: &str = "/usr/sbin/dockerd";
@@ -31,11 +31,11 @@ pub struct Dockerd {
 }
 
 impl Dockerd {
-    /// Starts dockerd in `ns` with `options` (e.g. [`options_from_file`]), its state under
+    /// Starts dockerd in the network namespace named `ns` with `options` (e.g. [`options_from_file`]), its state under
     /// `dir`, listening on `socket`; trusts the plain-HTTP registries in `insecure_registries`.
     /// Waits until it answers.
     pub fn start(
-        ns: &Namespace,
+        ns: &str,
         dir: &Path,
         socket: &Path,
         options: &[String],
@@ -48,7 +48,7 @@ impl Dockerd {
         let log_path = dir.join("dockerd.log");
         let log = std::fs::File::create(&log_path).map_err(|cause| Error::io(&log_path, cause))?;
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/var/run/netns/{}", ns.name()))
+        cmd.arg(format!("--net=/var/run/netns/{ns}"))
             .arg(DOCKERD)
             .arg("--data-root")
             .arg(dir.join("data"))
@@ -84,7 +84,7 @@ impl Dockerd {
         let mut daemon = Self {
             dir: dir.to_path_buf(),
             socket: socket.to_path_buf(),
-            process: Some(Process::adopt(&format!("dockerd in {}", ns.name()), child)),
+            process: Some(Process::adopt(&format!("dockerd in {ns}"), child)),
         };
         daemon.wait_answering(Duration::from_secs(60))?;
         Ok(daemon)

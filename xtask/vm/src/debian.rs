@@ -31,7 +31,39 @@ const PACKAGES: &[&str] = &[
     "procps",
     "busybox",
     "etcd-client",
+    // Containers on the overlay: Docker (with the docker.service drop-in `shoal install`
+    // writes), the registry a fleet unit serves images from, podman with shoal as flannel's
+    // CNI plugin.
+    "docker.io",
+    "docker-registry",
+    "podman",
+    "containernetworking-plugins",
+    "iptables",
 ];
+/// Modules Docker and podman load on top of the overlay's: overlayfs for image layers,
+/// bridge netfilter, and the nftables/xtables pieces of their NAT and filter rules.
+const CONTAINER_MODULES: &[&str] = &[
+    "overlay",
+    "br_netfilter",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_ct",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_conntrack",
+    "xt_nat",
+    "xt_tcpudp",
+    "xt_comment",
+    "xt_mark",
+    "iptable_nat",
+    "iptable_filter",
+    "nf_conntrack_netlink",
+];
+/// Docker trusts the cluster's plain-HTTP registry (a unit on a node of the private range).
+const DOCKER_DAEMON_JSON: &str = "{\n  \"insecure-registries\": [\"10.0.0.0/8\"]\n}\n";
+
 const IMAGE_SIZE: &str = "3G";
 /// The device the image appears as in the guest (the only virtio disk).
 pub const ROOT_DEVICE: &str = "/dev/vda";
@@ -101,7 +133,15 @@ fn remove_other_images(dir: &Path, keep: &Path) {
 /// Changes to the files put into the image, or another kernel, make a new image.
 fn recipe_hash(kernel: &GuestKernel) -> u64 {
     let mut hasher = DefaultHasher::new();
-    (SUITE, PACKAGES, GUEST_MODULES, &kernel.version).hash(&mut hasher);
+    (
+        SUITE,
+        PACKAGES,
+        GUEST_MODULES,
+        CONTAINER_MODULES,
+        &kernel.version,
+    )
+        .hash(&mut hasher);
+    DOCKER_DAEMON_JSON.hash(&mut hasher);
     (
         SETUP_SCRIPT,
         SETUP_UNIT,
@@ -116,7 +156,9 @@ fn recipe_hash(kernel: &GuestKernel) -> u64 {
 /// Puts the guest modules, the setup and command-server units in the unpacked root.
 fn configure(root: &Path, kernel: &GuestKernel) -> Result<()> {
     let modules = root.join("usr/lib/modules").join(&kernel.version);
-    for module in kernel.module_closure(GUEST_MODULES)? {
+    let mut wanted = GUEST_MODULES.to_vec();
+    wanted.extend_from_slice(CONTAINER_MODULES);
+    for module in kernel.module_closure(&wanted)? {
         image::copy_module(&kernel.modules_dir().join(&module), &modules.join(&module))?;
     }
     for index in [
@@ -163,6 +205,9 @@ fn configure(root: &Path, kernel: &GuestKernel) -> Result<()> {
     // apart by it); no getty on the console the host follows.
     write(root, "etc/machine-id", "")?;
     write(root, "etc/hostname", "shoal\n")?;
+    fs::create_dir_all(root.join("etc/docker")).context(|| "creating etc/docker".to_string())?;
+    write(root, "etc/docker/daemon.json", DOCKER_DAEMON_JSON)?;
+
     let getty = units.join("serial-getty@ttyS0.service");
     if !getty.exists() {
         std::os::unix::fs::symlink("/dev/null", &getty)
