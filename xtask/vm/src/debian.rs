@@ -39,6 +39,8 @@ const PACKAGES: &[&str] = &[
     "podman",
     "containernetworking-plugins",
     "iptables",
+    // flannel's masquerade rules (`network.ip_masq`, on where Docker runs).
+    "nftables",
 ];
 /// Modules Docker and podman load on top of the overlay's: overlayfs for image layers,
 /// bridge netfilter, and the nftables/xtables pieces of their NAT and filter rules.
@@ -204,6 +206,12 @@ fn configure(root: &Path, kernel: &GuestKernel) -> Result<()> {
     // An empty machine-id: every boot of the shared image gets its own (fleet tells machines
     // apart by it); no getty on the console the host follows.
     write(root, "etc/machine-id", "")?;
+    // systemd would copy this one (written while the packages were installed) into the empty
+    // /etc/machine-id, and every VM would be the same machine to fleet.
+    let dbus_id = root.join("var/lib/dbus/machine-id");
+    if dbus_id.is_file() && !dbus_id.is_symlink() {
+        fs::remove_file(&dbus_id).context(|| format!("removing {}", dbus_id.display()))?;
+    }
     write(root, "etc/hostname", "shoal\n")?;
     fs::create_dir_all(root.join("etc/docker")).context(|| "creating etc/docker".to_string())?;
     write(root, "etc/docker/daemon.json", DOCKER_DAEMON_JSON)?;
