@@ -25,7 +25,7 @@ fn registry_unit() -> String {
     "[Unit]\n\
      Description=the cluster's image registry (distribution 2.8)\n\n\
      [Service]\n\
-     ExecStart=/usr/bin/docker-registry serve /etc/docker/registry/config.yml\n\n\
+     ExecStart=/usr/bin/docker-registry serve /etc/docker/registry/cluster.yml\n\n\
      [X-Fleet]\n\
      MachineMetadata=rack=rack1\n"
         .to_string()

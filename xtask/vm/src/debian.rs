@@ -63,6 +63,13 @@ const CONTAINER_MODULES: &[&str] = &[
     "iptable_filter",
     "nf_conntrack_netlink",
 ];
+/// The config of the cluster's registry unit (`docker-registry serve /etc/...`).
+pub const REGISTRY_CONFIG: &str = "etc/docker/registry/cluster.yml";
+
+fn registry_config() -> String {
+    shoal_harness::registry::config_text(":5000", Path::new("/var/lib/docker-registry"))
+}
+
 /// Docker trusts the cluster's plain-HTTP registry (a unit on a node of the private range).
 const DOCKER_DAEMON_JSON: &str = "{\n  \"insecure-registries\": [\"10.0.0.0/8\"]\n}\n";
 
@@ -143,7 +150,7 @@ fn recipe_hash(kernel: &GuestKernel) -> u64 {
         &kernel.version,
     )
         .hash(&mut hasher);
-    DOCKER_DAEMON_JSON.hash(&mut hasher);
+    (DOCKER_DAEMON_JSON, registry_config()).hash(&mut hasher);
     (
         SETUP_SCRIPT,
         SETUP_UNIT,
@@ -215,6 +222,17 @@ fn configure(root: &Path, kernel: &GuestKernel) -> Result<()> {
     write(root, "etc/hostname", "shoal\n")?;
     fs::create_dir_all(root.join("etc/docker")).context(|| "creating etc/docker".to_string())?;
     write(root, "etc/docker/daemon.json", DOCKER_DAEMON_JSON)?;
+    // The cluster's registry runs as a fleet unit with this config (plain HTTP on :5000, no
+    // auth); Debian's own docker-registry.service, whose config asks for an htpasswd file,
+    // stays off so the port is the unit's.
+    fs::create_dir_all(root.join("etc/docker/registry"))
+        .context(|| "creating etc/docker/registry".to_string())?;
+    write(root, REGISTRY_CONFIG, &registry_config())?;
+    let debian_registry = units.join("docker-registry.service");
+    if !debian_registry.is_symlink() {
+        std::os::unix::fs::symlink("/dev/null", &debian_registry)
+            .context(|| format!("masking {}", debian_registry.display()))?;
+    }
 
     let getty = units.join("serial-getty@ttyS0.service");
     if !getty.exists() {
