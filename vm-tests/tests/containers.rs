@@ -203,7 +203,9 @@ fn books_docker_units_registry_sidekick_and_failover_on_debian_guests() -> Resul
         scenario.cluster.namespace_name(),
         dir.path(),
         &dir.path().join("docker.sock"),
-        &[],
+        // It only pushes: no bridge, and no iptables rules, whose FORWARD policy of DROP
+        // would cut the VMs' bridged traffic in the cluster's namespace.
+        &["--iptables=false".to_string(), "--bridge=none".to_string()],
         &[&registry],
     )?;
     for (recipe, tarball) in &tarballs {
