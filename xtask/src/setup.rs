@@ -7,6 +7,10 @@
 //! - bpf-linker 0.13 built against LLVM 22 (the LLVM of that rustc).
 //! - the `bpf` rustup toolchain: a link to Debian's rustc in /usr, used by aya-build.
 //! - peers and tools for tests and benchmarks: etcd, iperf3, sockperf, tshark, qemu...
+//! - containers on the overlay: docker.io (dockerd, containerd, runc and the 20.10 client at
+//!   /usr/bin/docker), podman (its CNI backend), docker-registry (distribution 2.8, the
+//!   cluster's image registry); the images themselves are built from Debian's packages by the
+//!   harness (`shoal_harness::images`).
 use std::process::Command;
 
 use anyhow::{Context, Result};
@@ -44,6 +48,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "containernetworking-plugins",
     "openssl",
+    "docker.io",
+    "podman",
+    "docker-registry",
+    "curl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

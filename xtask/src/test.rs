@@ -74,6 +74,17 @@ pub fn run(args: TestArgs) -> Result<()> {
         None => {}
         Some(reason) => steps.skip(&format!("the VM tests will skip: {reason}")),
     }
+    // The container tests import images built from Debian's packages: built here (minutes
+    // the first time), outside the tests' time limits, or found in target/images.
+    steps.timed(
+        "building the container images (cached in target/images)",
+        || {
+            for recipe in shoal_harness::images::ALL {
+                shoal_harness::images::rootfs(&recipe)?;
+            }
+            Ok(())
+        },
+    )?;
     steps.run(
         "building the tests",
         cargo()

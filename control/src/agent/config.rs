@@ -269,6 +269,11 @@ pub struct NetworkConfig {
     /// `--etcd-endpoints`, `--etcd-cafile`, ..., `--etcd-username`).
     #[serde(default)]
     pub store: ComponentStore,
+    /// The bridge `shoal run` attaches workloads to, holding the subnet's gateway address;
+    /// empty for none, on a node where Docker's `docker0` (configured from subnet.env) or a
+    /// CNI bridge holds that address instead.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
 }
 
 /// A component's store endpoints and identity, each overriding the node's `store` settings.
@@ -327,6 +332,9 @@ fn default_network_prefix() -> String {
 }
 fn default_subnet_file() -> PathBuf {
     PathBuf::from("/run/flannel/subnet.env")
+}
+fn default_bridge() -> String {
+    shoal_flannel::overlay::DEFAULT_BRIDGE.into()
 }
 fn default_fleet_prefix() -> String {
     "/_coreos.com/fleet/".into()
@@ -388,6 +396,7 @@ impl Default for NetworkConfig {
             bpf_pin_root: None,
             direct_delivery: true,
             store: ComponentStore::default(),
+            bridge: default_bridge(),
         }
     }
 }

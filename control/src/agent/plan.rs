@@ -326,6 +326,7 @@ fn overlay_config(
         subnet_file: config.network.subnet_file.clone(),
         ip_masq: config.network.ip_masq,
         direct_delivery: config.network.direct_delivery,
+        bridge: Some(config.network.bridge.clone()).filter(|bridge| !bridge.is_empty()),
         ..OverlayConfig::default()
     };
     overlay.interface.iface = config.iface.iter().cloned().collect();
@@ -438,6 +439,14 @@ mod tests {
         assert_eq!(member.config.heartbeat_interval.as_millis(), 250);
         assert_eq!(member.config.election_timeout.as_millis(), 2500);
         assert!(!tuned.overlay.expect("overlay").direct_delivery);
+    }
+
+    #[test]
+    fn an_empty_bridge_leaves_the_gateway_to_dockers_bridge() {
+        let defaults = plan("name: solo\n").overlay.expect("overlay");
+        assert_eq!(defaults.bridge.as_deref(), Some("shoal0"));
+        let docker_node = plan("name: solo\nnetwork:\n  bridge: \"\"\n");
+        assert_eq!(docker_node.overlay.expect("overlay").bridge, None);
     }
 
     #[test]

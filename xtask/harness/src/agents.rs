@@ -37,6 +37,15 @@ pub struct AgentOptions {
     /// TLS and auth from a cluster PKI (`pki` in every agent's YAML); `false` for plain HTTP
     /// and no auth.
     pub secure: bool,
+    /// Give each agent a /run of its own (`<node dir>/run`, bind-mounted in a mount namespace
+    /// of its own), as each machine has: units find that node's `/run/docker.sock` there.
+    pub private_run: bool,
+    /// flannel masquerades traffic leaving the overlay (`network.ip_masq`), as CoreOS ran it;
+    /// Docker's options then say `--ip-masq=false`.
+    pub ip_masq: bool,
+    /// The agents' own workload bridge (`shoal0`, for `shoal run`); `false` leaves the subnet's
+    /// gateway to Docker's `docker0`.
+    pub workload_bridge: bool,
 }
 
 impl AgentOptions {
@@ -48,6 +57,9 @@ impl AgentOptions {
             agent_ttl: Duration::from_secs(30),
             log_filter: "info,openraft=warn,netlink_packet_route=error".into(),
             secure: true,
+            private_run: false,
+            ip_masq: false,
+            workload_bridge: true,
         }
     }
 }
@@ -150,6 +162,11 @@ impl Agents {
         machine_id(node.ns().name())
     }
 
+    /// What node `index`'s agent and units see as /run when [`AgentOptions::private_run`].
+    pub fn run_dir(&self, index: usize) -> PathBuf {
+        self.node_dir(index).join("run")
+    }
+
     /// The cluster's PKI directory (`shoal pki cluster`'s layout), if it is secure.
     pub fn pki_dir(&self) -> Option<PathBuf> {
         self.options.secure.then(|| self.options.dir.join("pki"))
@@ -215,6 +232,8 @@ impl Agents {
              {pki}\
              {store}\
              network:\n  subnet_file: {dir}/subnet.env\n  bpf_pin_root: {pins}\n  \
+             ip_masq: {ip_masq}\n  \
+             {bridge}\
              config: {{ Network: {OVERLAY_NETWORK}, Backend: {{ Type: vxlan }} }}\n\
              fleet:\n  agent_ttl: {ttl}s\n\
              health:\n  listen: 0.0.0.0:{HEALTH_PORT}\n",
@@ -224,6 +243,12 @@ impl Agents {
             dir = dir.display(),
             pins = Self::pin_root_in(&self.options.dir, node.index()).display(),
             ttl = self.options.agent_ttl.as_secs().max(1),
+            ip_masq = self.options.ip_masq,
+            bridge = if self.options.workload_bridge {
+                ""
+            } else {
+                "bridge: \"\"\n  "
+            },
         )
     }
 
@@ -242,10 +267,20 @@ impl Agents {
             .append(true)
             .open(&log_path)
             .map_err(|source| io_error(&log_path, source))?;
+        let mut cmd = if self.options.private_run {
+            let run = self.run_dir(node.index());
+            std::fs::create_dir_all(&run).map_err(|source| io_error(&run, source))?;
+            let mut cmd = node.ns().command("unshare");
+            cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg("mount --bind \"$0\" /run && exec \"$@\"")
+                .arg(&run)
+                .arg(&self.options.shoal);
+            cmd
+        } else {
+            node.ns().command(&self.options.shoal)
+        };
         node.ns().spawn(
-            node.ns()
-                .command(&self.options.shoal)
-                .args(["agent", "--config"])
+            cmd.args(["agent", "--config"])
                 .arg(&config)
                 .env("SHOAL_LOG", &self.options.log_filter)
                 .stdout(Stdio::null())

@@ -24,14 +24,17 @@ pub mod agents;
 pub mod binaries;
 mod cluster;
 pub mod command;
+pub mod docker;
 pub mod firewall;
 pub mod flannel_vxlan;
+pub mod images;
 pub mod isolation;
 pub mod nemesis;
 mod netns;
 mod ns_worker;
 mod ports;
 mod process;
+pub mod registry;
 pub mod store;
 mod wait;
 
@@ -72,6 +75,26 @@ pub enum Error {
     /// A fault could not be injected or healed; the message names it.
     #[error("{0}")]
     Fault(String),
+    /// A file or directory the harness reads or writes; the cause is part of the message.
+    #[error("{}: {cause}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    /// A fixture (an image, a daemon, a registry) that could not be made or did not come up;
+    /// says why and where its log is.
+    #[error("{0}")]
+    Fixture(String),
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: &std::path::Path, cause: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            cause,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -39,6 +39,13 @@ pki=""
 if /mnt/shoal/shoal install --config "/mnt/shoal/nodes/$NODE/agent.yaml" $pki \
     > /run/shoal-install.log 2>&1; then
     mark "agent starting at $(uptime_s)s (shoal.service $(systemctl is-active shoal.service))"
+    # Docker started at boot, before the drop-in `shoal install` just wrote (a machine
+    # provisioned from the start has it first): start it again on the node's lease. Its
+    # ExecStartPre waits for subnet.env, so this does not wait.
+    if [ -e /lib/systemd/system/docker.service ]; then
+        systemctl daemon-reload
+        systemctl restart --no-block docker.service
+    fi
 else
     rc=$?
     mark "error: shoal install exited $rc: $(tail -n 1 /run/shoal-install.log)"

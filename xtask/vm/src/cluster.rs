@@ -612,6 +612,7 @@ fn layouts(spec: &ClusterSpec, id: u32) -> Result<Vec<NodeLayout>> {
                 },
                 metadata,
                 secure: spec.secure,
+                docker: spec.image == GuestImage::Debian,
             })
         })
         .collect()

@@ -32,6 +32,10 @@ pub struct NodeLayout {
     pub metadata: BTreeMap<String, String>,
     /// TLS and auth, with the node's certificates in [`GUEST_PKI`].
     pub secure: bool,
+    /// Docker runs on the node (the Debian image): its `docker0`, configured from subnet.env,
+    /// holds the subnet's gateway, so the agent makes no bridge of its own, and flannel
+    /// masquerades (Docker's options then say `--ip-masq=false`), as on CoreOS.
+    pub docker: bool,
 }
 
 /// Where a guest keeps its node's certificates (what its agent's `pki` names).
@@ -95,6 +99,10 @@ struct StoreSection {
 struct NetworkSection {
     /// Written to `/coreos.com/network/config` on first start if absent (flannel's format).
     config: FlannelNetwork,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bridge: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ip_masq: bool,
 }
 
 #[derive(Serialize)]
@@ -160,6 +168,8 @@ pub fn agent_yaml(node: &NodeLayout, nodes: &[NodeLayout]) -> Result<String> {
                 subnet_len: OVERLAY_SUBNET_LEN,
                 backend: FlannelBackend { kind: "vxlan" },
             },
+            bridge: node.docker.then_some(""),
+            ip_masq: node.docker,
         },
         fleet: FleetSection {
             agent_ttl: "30s",
@@ -203,6 +213,7 @@ mod tests {
             role,
             metadata: parse_metadata(&format!("compute=web,rack=rack{index}")).expect("valid"),
             secure: false,
+            docker: false,
         }
     }
 

@@ -31,7 +31,48 @@ const PACKAGES: &[&str] = &[
     "procps",
     "busybox",
     "etcd-client",
+    // Containers on the overlay: Docker (with the docker.service drop-in `shoal install`
+    // writes), the registry a fleet unit serves images from, podman with shoal as flannel's
+    // CNI plugin.
+    "docker.io",
+    "docker-registry",
+    "podman",
+    "containernetworking-plugins",
+    "iptables",
+    // flannel's masquerade rules (`network.ip_masq`, on where Docker runs).
+    "nftables",
 ];
+/// Modules Docker and podman load on top of the overlay's: overlayfs for image layers,
+/// bridge netfilter, and the nftables/xtables pieces of their NAT and filter rules.
+const CONTAINER_MODULES: &[&str] = &[
+    "overlay",
+    "br_netfilter",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_ct",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_conntrack",
+    "xt_nat",
+    "xt_tcpudp",
+    "xt_comment",
+    "xt_mark",
+    "iptable_nat",
+    "iptable_filter",
+    "nf_conntrack_netlink",
+];
+/// The config of the cluster's registry unit (`docker-registry serve /etc/...`).
+pub const REGISTRY_CONFIG: &str = "etc/docker/registry/cluster.yml";
+
+fn registry_config() -> String {
+    shoal_harness::registry::config_text(":5000", Path::new("/var/lib/docker-registry"))
+}
+
+/// Docker trusts the cluster's plain-HTTP registry (a unit on a node of the private range).
+const DOCKER_DAEMON_JSON: &str = "{\n  \"insecure-registries\": [\"10.0.0.0/8\"]\n}\n";
+
 const IMAGE_SIZE: &str = "3G";
 /// The device the image appears as in the guest (the only virtio disk).
 pub const ROOT_DEVICE: &str = "/dev/vda";
@@ -101,7 +142,15 @@ fn remove_other_images(dir: &Path, keep: &Path) {
 /// Changes to the files put into the image, or another kernel, make a new image.
 fn recipe_hash(kernel: &GuestKernel) -> u64 {
     let mut hasher = DefaultHasher::new();
-    (SUITE, PACKAGES, GUEST_MODULES, &kernel.version).hash(&mut hasher);
+    (
+        SUITE,
+        PACKAGES,
+        GUEST_MODULES,
+        CONTAINER_MODULES,
+        &kernel.version,
+    )
+        .hash(&mut hasher);
+    (DOCKER_DAEMON_JSON, registry_config()).hash(&mut hasher);
     (
         SETUP_SCRIPT,
         SETUP_UNIT,
@@ -116,7 +165,9 @@ fn recipe_hash(kernel: &GuestKernel) -> u64 {
 /// Puts the guest modules, the setup and command-server units in the unpacked root.
 fn configure(root: &Path, kernel: &GuestKernel) -> Result<()> {
     let modules = root.join("usr/lib/modules").join(&kernel.version);
-    for module in kernel.module_closure(GUEST_MODULES)? {
+    let mut wanted = GUEST_MODULES.to_vec();
+    wanted.extend_from_slice(CONTAINER_MODULES);
+    for module in kernel.module_closure(&wanted)? {
         image::copy_module(&kernel.modules_dir().join(&module), &modules.join(&module))?;
     }
     for index in [
@@ -162,7 +213,27 @@ fn configure(root: &Path, kernel: &GuestKernel) -> Result<()> {
     // An empty machine-id: every boot of the shared image gets its own (fleet tells machines
     // apart by it); no getty on the console the host follows.
     write(root, "etc/machine-id", "")?;
+    // systemd would copy this one (written while the packages were installed) into the empty
+    // /etc/machine-id, and every VM would be the same machine to fleet.
+    let dbus_id = root.join("var/lib/dbus/machine-id");
+    if dbus_id.is_file() && !dbus_id.is_symlink() {
+        fs::remove_file(&dbus_id).context(|| format!("removing {}", dbus_id.display()))?;
+    }
     write(root, "etc/hostname", "shoal\n")?;
+    fs::create_dir_all(root.join("etc/docker")).context(|| "creating etc/docker".to_string())?;
+    write(root, "etc/docker/daemon.json", DOCKER_DAEMON_JSON)?;
+    // The cluster's registry runs as a fleet unit with this config (plain HTTP on :5000, no
+    // auth); Debian's own docker-registry.service, whose config asks for an htpasswd file,
+    // stays off so the port is the unit's.
+    fs::create_dir_all(root.join("etc/docker/registry"))
+        .context(|| "creating etc/docker/registry".to_string())?;
+    write(root, REGISTRY_CONFIG, &registry_config())?;
+    let debian_registry = units.join("docker-registry.service");
+    if !debian_registry.is_symlink() {
+        std::os::unix::fs::symlink("/dev/null", &debian_registry)
+            .context(|| format!("masking {}", debian_registry.display()))?;
+    }
+
     let getty = units.join("serial-getty@ttyS0.service");
     if !getty.exists() {
         std::os::unix::fs::symlink("/dev/null", &getty)
