@@ -86,6 +86,7 @@ impl Member {
             pool,
             db,
             leases: LeaseClock::default(),
+            leadership_floor: Default::default(),
             read_requests,
             write_requests,
         });

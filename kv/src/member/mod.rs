@@ -26,7 +26,7 @@ pub use self::compactor::{AutoCompaction, REVISION_CHECK_INTERVAL};
 pub use self::config::{ClientLimits, ClusterState, Config, member_id, new_cluster};
 use self::lease_clock::LeaseClock;
 pub use self::membership::MembershipChange;
-use self::read_index::ReadWaiter;
+use self::read_index::{LeadershipFloor, ReadWaiter};
 pub use self::write::MAX_REQUEST_BYTES;
 use self::write::{WriteWaiter, Written};
 use crate::error::EtcdError;
@@ -49,6 +49,8 @@ pub struct Member {
     /// The data file, for defragmenting it.
     db: Arc<crate::storage::store::DataFile>,
     leases: LeaseClock,
+    /// What a read index may not go below in the term this member leads.
+    leadership_floor: LeadershipFloor,
     read_requests: mpsc::Sender<ReadWaiter>,
     write_requests: mpsc::Sender<WriteWaiter>,
 }

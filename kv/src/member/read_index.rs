@@ -1,8 +1,17 @@
 //! Batched ReadIndex: a linearizable read waits until this member applied everything committed
 //! when it arrived. Concurrent reads share one leadership confirmation round on the leader
 //! (asked over the peer network from a follower).
-use std::sync::Arc;
+//!
+//! A read index is never below the last log index the leader held when its leadership began
+//! ([`LeadershipFloor`]). openraft alone answers `max(first entry of the term, commit index)`,
+//! and a leader restarted with its vote still committed resumes its term at once, with the
+//! commit index it rebuilt from its snapshot (shoal does not store the commit index): entries
+//! committed before the crash sit in its log but count as uncommitted, and a read would be
+//! served below them. Raft (§6.4) asks a leader to know its term's commit index before it serves
+//! reads; the leader's log holds every committed entry, so its last index does.
+use std::sync::{Arc, Mutex};
 
+use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,9 +22,27 @@ use crate::peer::ForwardRpc;
 pub(super) type ReadWaiter = oneshot::Sender<Result<u64, EtcdError>>;
 
 impl Member {
+    /// The read index when this member leads: openraft's confirmed read index, raised to the
+    /// [`LeadershipFloor`] of its term. `Err` names the leader to ask instead, if known.
     pub(super) async fn read_index_here(&self) -> Result<u64, Option<u64>> {
         match self.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or_default()),
+            Ok(log_id) => {
+                let confirmed = log_id.map(|l| l.index).unwrap_or_default();
+                // Read after the confirmation: the floor of the term that confirmed it, or of a
+                // later term of ours (higher still); none if leadership was lost meanwhile.
+                let floor = {
+                    let metrics = self.raft.metrics();
+                    let m = metrics.borrow();
+                    let leading =
+                        m.state == ServerState::Leader && m.current_leader == Some(self.id);
+                    self.leadership_floor
+                        .observe(m.current_term, leading, m.last_log_index)
+                };
+                match floor {
+                    Some(floor) => Ok(confirmed.max(floor)),
+                    None => Err(self.raft.metrics().borrow().current_leader),
+                }
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(f.leader_id),
             Err(e) => {
                 tracing::debug!("confirming leadership: {e}");
@@ -68,5 +95,65 @@ impl Member {
             },
         )
         .await
+    }
+}
+
+/// The last log index this member held when it first saw itself lead its current term: every
+/// entry committed before that term is at or below it (a leader's log holds them all), so a read
+/// index at or above it misses none, even when the commit index is still catching up after a
+/// restart.
+#[derive(Debug, Default)]
+pub(super) struct LeadershipFloor {
+    /// (term, floor) of the latest term this member led.
+    led: Mutex<Option<(u64, u64)>>,
+}
+
+impl LeadershipFloor {
+    /// The floor of `term` if this member leads it (`leading`): the first `last_log_index`
+    /// observed while leading the term, kept for the rest of it. `None` when not leading.
+    pub(super) fn observe(
+        &self,
+        term: u64,
+        leading: bool,
+        last_log_index: Option<u64>,
+    ) -> Option<u64> {
+        if !leading {
+            return None;
+        }
+        let mut led = self.led.lock().unwrap_or_else(|p| p.into_inner());
+        match *led {
+            Some((led_term, floor)) if led_term == term => Some(floor),
+            _ => {
+                let floor = last_log_index.unwrap_or_default();
+                *led = Some((term, floor));
+                Some(floor)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeadershipFloor;
+
+    #[test]
+    fn the_floor_is_the_last_log_index_first_seen_in_the_term_and_stays() {
+        let floor = LeadershipFloor::default();
+        assert_eq!(floor.observe(3, true, Some(2434)), Some(2434));
+        assert_eq!(floor.observe(3, true, Some(2500)), Some(2434));
+    }
+
+    #[test]
+    fn a_new_term_takes_a_new_floor() {
+        let floor = LeadershipFloor::default();
+        assert_eq!(floor.observe(3, true, Some(10)), Some(10));
+        assert_eq!(floor.observe(4, true, Some(17)), Some(17));
+    }
+
+    #[test]
+    fn a_member_that_does_not_lead_has_no_floor() {
+        let floor = LeadershipFloor::default();
+        assert_eq!(floor.observe(3, false, Some(10)), None);
+        assert_eq!(floor.observe(3, true, None), Some(0));
     }
 }
