@@ -6,8 +6,8 @@
 //! the same `root` client certificate to both. A second table sets shoal with TLS against
 //! shoal in plaintext and against etcd with TLS.
 //!
-//! Metrics: put throughput and p50/p99 latency at 1 client and at 128 concurrent clients,
-//! linearizable and serializable range throughput, and watch fan-out (events per second
+//! Metrics: put throughput and p50/p99 latency at 1 client, at 128 concurrent clients and at
+//! 1,000 clients as `etcdctl check perf --load=xl` drives them ([`put_xl`]), linearizable and serializable range throughput, and watch fan-out (events per second
 //! delivered to 1,000 watchers). Both clusters stay up while rounds alternate between them;
 //! each metric reports its median round. Results (medians and every round) go to
 //! `target/bench/kv.json`, a table on stdout and `target/bench/kv.png`.
@@ -36,6 +36,15 @@ const READS: usize = 20_000;
 const WATCHERS: usize = 1_000;
 const WATCHED_PUTS: usize = 100;
 
+/// `etcdctl check perf --load=xl`: 1,000 clients, each with its own connection, put 256-byte
+/// keys with 1 KiB values, at most 15,000 writes/s in all (etcd 3.4's `checkPerfCfgMap`).
+/// etcdctl runs 60 s; the bench runs [`XL_SECONDS`] per round.
+const XL_CLIENTS: usize = 1_000;
+const XL_WRITES_PER_SEC: u64 = 15_000;
+const XL_KEY_BYTES: usize = 256;
+const XL_VALUE_BYTES: usize = 1024;
+const XL_SECONDS: u64 = 10;
+
 #[derive(Debug, Clone, Serialize, Default)]
 struct Latency {
     ops_per_sec: f64,
@@ -50,6 +59,9 @@ struct StoreResults {
     /// forwarding hop costs).
     put_1_client_per_member: Vec<MemberPuts>,
     put_128_clients: Latency,
+    /// [`put_xl`]'s writes.
+    #[serde(default)]
+    put_1000_clients: Latency,
     range_linearizable: Latency,
     range_serializable: Latency,
     watch_events_per_sec: f64,
@@ -347,6 +359,9 @@ async fn measure(name: &str, store: &Store) -> anyhow::Result<StoreResults> {
     let put_128_clients = run_concurrent(&clients, MANY_CLIENTS, MANY_CLIENT_PUTS, put).await?;
     eprintln!("{name}: put {MANY_CLIENTS} clients {put_128_clients:?}");
     eprint!("{}", shoal_kv::profile::take_report());
+    let put_1000_clients = put_xl(store).await?;
+    eprintln!("{name}: put {XL_CLIENTS} clients (check perf xl) {put_1000_clients:?}");
+    eprint!("{}", shoal_kv::profile::take_report());
     let get = |serializable: bool| {
         move |mut c: Client, n: usize| async move {
             let mut options = GetOptions::new();
@@ -368,10 +383,71 @@ async fn measure(name: &str, store: &Store) -> anyhow::Result<StoreResults> {
         put_1_client,
         put_1_client_per_member,
         put_128_clients,
+        put_1000_clients,
         range_linearizable,
         range_serializable,
         watch_events_per_sec,
     })
+}
+
+/// The writes of `etcdctl check perf --load=xl` (see [`XL_CLIENTS`]) for [`XL_SECONDS`]: a
+/// pacer hands out [`XL_WRITES_PER_SEC`] permits a second (at most one waiting per client, as
+/// etcdctl's request channel holds one per client), each client puts once per permit. The
+/// clients' connections go to the members in turn.
+async fn put_xl(store: &Store) -> anyhow::Result<Latency> {
+    let mut clients = Vec::with_capacity(XL_CLIENTS);
+    for n in 0..XL_CLIENTS {
+        let endpoint = &store.endpoints[n % store.endpoints.len()];
+        clients.push(store.connect(std::slice::from_ref(endpoint)).await?);
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Instant::now();
+    let pacer = {
+        let permits = permits.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let mut issued = 0u64;
+            while started.elapsed() < Duration::from_secs(XL_SECONDS) {
+                tick.tick().await;
+                let due = started.elapsed().as_micros() as u64 * XL_WRITES_PER_SEC / 1_000_000;
+                let room = XL_CLIENTS.saturating_sub(permits.available_permits()) as u64;
+                let grant = due.saturating_sub(issued).min(room);
+                permits.add_permits(grant as usize);
+                // Permits not granted for want of room are not owed later (etcdctl's limiter
+                // blocks while the channel is full).
+                issued = due;
+            }
+            permits.close();
+        })
+    };
+    let mut tasks = Vec::with_capacity(XL_CLIENTS);
+    for (n, mut client) in clients.into_iter().enumerate() {
+        let permits = permits.clone();
+        tasks.push(tokio::spawn(async move {
+            let value = vec![0u8; XL_VALUE_BYTES];
+            let mut latencies = Vec::new();
+            let mut key = b"bench/xl/".to_vec();
+            key.resize(key.len() + XL_KEY_BYTES, 0);
+            let mut sequence = 0u64;
+            while let Ok(permit) = permits.acquire().await {
+                permit.forget();
+                let unique = ((n as u64) << 40) | sequence;
+                key[9..17].copy_from_slice(&unique.to_be_bytes());
+                sequence += 1;
+                let t = Instant::now();
+                client.put(key.clone(), value.clone(), None).await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let elapsed = started.elapsed();
+    pacer.await?;
+    Ok(summarize(all, elapsed))
 }
 
 /// Events per second delivered to [`WATCHERS`] watchers of one key while it is written
@@ -439,6 +515,17 @@ fn ratios(shoal: &StoreResults, etcd: &StoreResults) -> Vec<(String, f64)> {
             r(etcd.put_128_clients.p99_ms, shoal.put_128_clients.p99_ms),
         ),
         (
+            "put 1000 clients ops/s".into(),
+            r(
+                shoal.put_1000_clients.ops_per_sec,
+                etcd.put_1000_clients.ops_per_sec,
+            ),
+        ),
+        (
+            "put 1000 clients p99 (etcd/shoal)".into(),
+            r(etcd.put_1000_clients.p99_ms, shoal.put_1000_clients.p99_ms),
+        ),
+        (
             "range linearizable ops/s".into(),
             r(
                 shoal.range_linearizable.ops_per_sec,
@@ -462,15 +549,6 @@ fn ratios(shoal: &StoreResults, etcd: &StoreResults) -> Vec<(String, f64)> {
 /// shoal / etcd (or any store over another) for every throughput metric, in table order.
 fn throughput_ratios(a: &StoreResults, b: &StoreResults) -> Vec<(String, f64)> {
     let r = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    let throughputs = |s: &StoreResults| {
-        [
-            s.put_1_client.ops_per_sec,
-            s.put_128_clients.ops_per_sec,
-            s.range_linearizable.ops_per_sec,
-            s.range_serializable.ops_per_sec,
-            s.watch_events_per_sec,
-        ]
-    };
     METRICS
         .iter()
         .zip(throughputs(a).into_iter().zip(throughputs(b)))
@@ -478,10 +556,23 @@ fn throughput_ratios(a: &StoreResults, b: &StoreResults) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// A store's throughput for each of [`METRICS`].
+fn throughputs(s: &StoreResults) -> [f64; 6] {
+    [
+        s.put_1_client.ops_per_sec,
+        s.put_128_clients.ops_per_sec,
+        s.put_1000_clients.ops_per_sec,
+        s.range_linearizable.ops_per_sec,
+        s.range_serializable.ops_per_sec,
+        s.watch_events_per_sec,
+    ]
+}
+
 /// The table's metrics, in order.
-const METRICS: [&str; 5] = [
+const METRICS: [&str; 6] = [
     "put, 1 client",
     "put, 128 clients",
+    "put, 1,000 clients (check perf xl)",
     "range, linearizable",
     "range, serializable",
     "watch fan-out, 1,000 watchers",
@@ -497,6 +588,10 @@ fn cells(s: &StoreResults) -> Vec<String> {
         format!(
             "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms",
             s.put_128_clients.ops_per_sec, s.put_128_clients.p50_ms, s.put_128_clients.p99_ms
+        ),
+        format!(
+            "{:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms",
+            s.put_1000_clients.ops_per_sec, s.put_1000_clients.p50_ms, s.put_1000_clients.p99_ms
         ),
         format!(
             "{:.0} ops/s, p99 {:.2} ms",
@@ -519,7 +614,7 @@ fn header(out: &mut String, columns: &[&str]) {
 /// The results table, as printed and as recorded in RESULTS.md.
 fn table(report: &Report) -> String {
     let mut out = String::new();
-    let ratio_for = [0, 2, 4, 5, 6];
+    let ratio_for = [0, 2, 4, 6, 7, 8];
     let _ = writeln!(
         out,
         "median of {} alternating rounds per store",
@@ -543,9 +638,10 @@ fn table(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "p99 ratio (etcd / shoal, above 1 is better): 1 client {:.2}x, 128 clients {:.2}x",
-        report.ratios[1].1, report.ratios[3].1
+        "p99 ratio (etcd / shoal, above 1 is better): 1 client {:.2}x, 128 clients {:.2}x, 1,000 clients {:.2}x",
+        report.ratios[1].1, report.ratios[3].1, report.ratios[5].1
     );
+    out.push_str(&every_round(report));
     for (store, results) in [("shoal", &report.shoal), ("etcd", &report.etcd)] {
         let per_member: Vec<String> = results
             .put_1_client_per_member
@@ -563,6 +659,27 @@ fn table(report: &Report) -> String {
     }
     if let Some(tls) = &report.tls {
         out.push_str(&tls_table(report, tls));
+    }
+    out
+}
+
+/// Every round's throughput of each metric, per store, in the order the rounds ran.
+fn every_round(report: &Report) -> String {
+    let mut out = String::from("every round (shoal | etcd):\n");
+    let figures = |rounds: &[StoreResults], i: usize| {
+        rounds
+            .iter()
+            .map(|r| format!("{:.0}", throughputs(r)[i]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (i, name) in METRICS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {name}: {} | {}",
+            figures(&report.shoal_rounds, i),
+            figures(&report.etcd_rounds, i)
+        );
     }
     out
 }
@@ -616,8 +733,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 report = json.load(open(sys.argv[1]))
-names = ["put_1_client", "put_128_clients", "range_linearizable", "range_serializable"]
-labels = ["put 1 client", "put 128 clients", "range lin.", "range ser.", "watch events/s"]
+names = ["put_1_client", "put_128_clients", "put_1000_clients", "range_linearizable", "range_serializable"]
+labels = ["put 1 client", "put 128 clients", "put 1,000 clients", "range lin.", "range ser.", "watch events/s"]
 def values(results):
     return [results[n]["ops_per_sec"] for n in names] + [results["watch_events_per_sec"]]
 stores = [("shoal kv (3 members)", report["shoal"]), ("etcd 3.4 (3 members)", report["etcd"])]
@@ -676,6 +793,9 @@ fn median_results(rounds: &[StoreResults]) -> StoreResults {
         put_128_clients: median_round(rounds, |r| r.put_128_clients.ops_per_sec)
             .put_128_clients
             .clone(),
+        put_1000_clients: median_round(rounds, |r| r.put_1000_clients.ops_per_sec)
+            .put_1000_clients
+            .clone(),
         range_linearizable: median_round(rounds, |r| r.range_linearizable.ops_per_sec)
             .range_linearizable
             .clone(),
@@ -705,6 +825,8 @@ fn rounds_of(sides: &mut [Side], name: &str) -> Vec<StoreResults> {
 /// Runs the suite (with `tls`, also both stores with TLS); its table, unless
 /// `SHOAL_BENCH_ONLY` measured one store alone.
 pub fn run(tls: bool) -> anyhow::Result<Option<String>> {
+    // 1,000 client connections per store (`put_xl`), and the members' ends of them in-process.
+    crate::leases::raise_fd_limit();
     let dir = tempfile::tempdir()?;
     let load = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,19 +1,29 @@
-//! The Watch service. Each client stream runs one session task that owns its watchers; the
-//! session hears applied events from the state machine's broadcast feed and reads history from
-//! the store for `start_revision` (and when it fell behind the feed). With auth on, a watch is
+//! The Watch service. Each client stream has one session that owns its watchers; the session
+//! hears applied events from the state machine's broadcast feed and reads history from the
+//! store for `start_revision` (and when it fell behind the feed). With auth on, a watch is
 //! created only on keys its stream's sender may read.
+//!
+//! The session is the response stream itself ([`Session::into_stream`]): the HTTP/2 stream's
+//! task polls it, so an event reaches the wire with one task wakeup per stream instead of two
+//! (a session task, then a channel to the stream's task), and the responses a step makes are
+//! encoded together into one DATA frame. Backpressure is HTTP/2's: a stream the client does not
+//! read is not polled, falls behind the feed and catches up from history. The client's requests
+//! are read by a task of their own ([`read_requests`]): polling the request body goes through
+//! tonic's decoder, the body layers and the HTTP/2 connection's lock, which every event paid
+//! when the session polled it beside the feed.
 //!
 //! Applied events reach many streams at once (every flannel node watches every lease), so each
 //! event is encoded once, when the first stream sends it, and every stream's response carries
 //! those bytes ([`WatchCodec`]) instead of cloning and encoding the event again.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
+use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -120,24 +130,57 @@ pub struct WatchService(pub Arc<Member>);
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<Outgoing, Status>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<Outgoing, Status>> + Send>>;
 
     async fn watch(
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (tx, rx) = mpsc::channel(256);
         let session = Session {
             credentials: Credentials::of(&request),
             member: self.0.clone(),
             feed: self.0.shared.feed.subscribe(),
-            tx,
+            out: VecDeque::new(),
             watchers: BTreeMap::new(),
             next_id: 0,
             ticker: None,
         };
-        tokio::spawn(session.run(request.into_inner()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUED);
+        let reader = tokio::spawn(read_requests(request.into_inner(), requests_tx));
+        Ok(Response::new(Box::pin(session.into_stream(Requests {
+            queue: requests,
+            _reader: AbortOnDrop(reader),
+        }))))
+    }
+}
+
+/// Requests read ahead of the session, per stream.
+const REQUESTS_QUEUED: usize = 16;
+
+/// Hands the stream's requests to its session until the client closes its side, the stream
+/// fails or the session is gone.
+async fn read_requests(
+    mut inbound: Streaming<pb::WatchRequest>,
+    requests: mpsc::Sender<pb::WatchRequest>,
+) {
+    while let Ok(Some(request)) = inbound.message().await {
+        if requests.send(request).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The session's side of [`read_requests`]: the queue, and the task, stopped with the session.
+struct Requests {
+    queue: mpsc::Receiver<pb::WatchRequest>,
+    _reader: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -204,7 +247,8 @@ struct Session {
     credentials: Credentials,
     member: Arc<Member>,
     feed: broadcast::Receiver<Feed>,
-    tx: mpsc::Sender<Result<Outgoing, Status>>,
+    /// Responses made and not yet taken by the stream.
+    out: VecDeque<Outgoing>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// Runs once a watcher asks for progress notifications (a ticking timer would cost every
@@ -226,31 +270,40 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
 struct Closed;
 
 impl Session {
-    async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
-        loop {
-            let step = tokio::select! {
-                message = inbound.message() => match message {
-                    Ok(Some(request)) => self.handle(request).await,
-                    Ok(None) | Err(_) => Err(Closed),
-                },
-                feed = self.feed.recv() => match feed {
-                    Ok(Feed::Events(events)) => self.deliver_queued(events).await,
-                    Ok(Feed::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
-                    Err(broadcast::error::RecvError::Closed) => Err(Closed),
-                },
-                _ = next_tick(&mut self.ticker) => self.progress_tick().await,
-            };
-            if step.is_err() {
-                return;
+    /// The session as its stream's responses: each step (a request, the feed's events, a
+    /// progress tick) queues its responses, which the stream hands out before the next step.
+    /// The stream ends when the client closes its side or goes away.
+    fn into_stream(self, inbound: Requests) -> impl Stream<Item = Result<Outgoing, Status>> + Send {
+        futures::stream::unfold(Some((self, inbound)), |state| async move {
+            let (mut session, mut inbound) = state?;
+            loop {
+                if let Some(response) = session.out.pop_front() {
+                    return Some((Ok(response), Some((session, inbound))));
+                }
+                if session.step(&mut inbound).await.is_err() {
+                    return None;
+                }
             }
+        })
+    }
+
+    async fn step(&mut self, inbound: &mut Requests) -> Result<(), Closed> {
+        tokio::select! {
+            request = inbound.queue.recv() => match request {
+                Some(request) => self.handle(request).await,
+                None => Err(Closed),
+            },
+            feed = self.feed.recv() => match feed {
+                Ok(Feed::Events(events)) => self.deliver_queued(events),
+                Ok(Feed::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => self.resync(),
+                Err(broadcast::error::RecvError::Closed) => Err(Closed),
+            },
+            _ = next_tick(&mut self.ticker) => self.progress_tick(),
         }
     }
 
-    async fn send(&self, response: pb::WatchResponse) -> Result<(), Closed> {
-        self.tx
-            .send(Ok(Outgoing::Message(response)))
-            .await
-            .map_err(|_| Closed)
+    fn send(&mut self, response: pb::WatchResponse) {
+        self.out.push_back(Outgoing::Message(response));
     }
 
     fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
@@ -268,8 +321,7 @@ impl Session {
                         watch_id: cancel.watch_id,
                         canceled: true,
                         ..Default::default()
-                    })
-                    .await?;
+                    });
                 }
                 Ok(())
             }
@@ -279,8 +331,8 @@ impl Session {
                     header: self.header(revision),
                     watch_id: -1,
                     ..Default::default()
-                })
-                .await
+                });
+                Ok(())
             }
             None => Ok(()),
         }
@@ -309,55 +361,47 @@ impl Session {
         )
     }
 
+    /// A creation refused with `reason`: etcd answers created and canceled at once.
+    fn refuse_create(&mut self, watch_id: i64, reason: String) {
+        let revision = self.member.shared.read().mvcc.revision();
+        self.send(pb::WatchResponse {
+            header: self.header(revision),
+            watch_id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        });
+    }
+
     async fn create(&mut self, create: pb::WatchCreateRequest) -> Result<(), Closed> {
         if let Err(refused) = self.check_read(&create).await {
-            let revision = self.member.shared.read().mvcc.revision();
             let reason = match refused {
                 EtcdError::InvalidAuthToken | EtcdError::AuthOldRevision | EtcdError::UserEmpty => {
                     refused
                 }
                 _ => EtcdError::PermissionDenied,
             };
-            return self
-                .send(pb::WatchResponse {
-                    header: self.header(revision),
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: reason.grpc_go_text(),
-                    ..Default::default()
-                })
-                .await;
+            self.refuse_create(-1, reason.grpc_go_text());
+            return Ok(());
         }
         let limit = self.member.config.limits.max_watchers_per_stream;
         if self.watchers.len() >= limit {
-            let revision = self.member.shared.read().mvcc.revision();
-            return self
-                .send(pb::WatchResponse {
-                    header: self.header(revision),
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: format!(
-                        "etcdserver: too many watchers on one stream (at most {limit}, \
-                         --max-watchers-per-stream)"
-                    ),
-                    ..Default::default()
-                })
-                .await;
+            self.refuse_create(
+                -1,
+                format!(
+                    "etcdserver: too many watchers on one stream (at most {limit}, \
+                     --max-watchers-per-stream)"
+                ),
+            );
+            return Ok(());
         }
         let Some(id) = self.allocate_id(create.watch_id) else {
-            let revision = self.member.shared.read().mvcc.revision();
-            return self
-                .send(pb::WatchResponse {
-                    header: self.header(revision),
-                    watch_id: create.watch_id,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: "etcdserver: watch ID already exists".to_string(),
-                    ..Default::default()
-                })
-                .await;
+            self.refuse_create(
+                create.watch_id,
+                "etcdserver: watch ID already exists".to_string(),
+            );
+            return Ok(());
         };
         let mut watcher = Watcher {
             key: create.key,
@@ -388,10 +432,10 @@ impl Session {
             watch_id: id,
             created: true,
             ..Default::default()
-        })
-        .await?;
+        });
         if watcher.next_rev > 0 && watcher.next_rev < compacted {
-            return self.send_compacted(id, compacted, current).await;
+            self.send_compacted(id, compacted, current);
+            return Ok(());
         }
         if watcher.next_rev <= 0 {
             watcher.next_rev = current + 1;
@@ -399,7 +443,7 @@ impl Session {
         let events = watcher.select(history.iter());
         watcher.next_rev = watcher.next_rev.max(current + 1);
         if !events.is_empty() {
-            self.send_events(id, events, current).await?;
+            self.send_events(id, events, current);
         }
         if watcher.progress_notify && self.ticker.is_none() {
             let first = tokio::time::Instant::now() + PROGRESS_INTERVAL;
@@ -409,36 +453,29 @@ impl Session {
         Ok(())
     }
 
-    async fn send_compacted(&self, id: i64, compacted: i64, current: i64) -> Result<(), Closed> {
+    fn send_compacted(&mut self, id: i64, compacted: i64, current: i64) {
         self.send(pb::WatchResponse {
             header: self.header(current),
             watch_id: id,
             canceled: true,
             compact_revision: compacted,
             ..Default::default()
-        })
-        .await
+        });
     }
 
-    async fn send_events(
-        &self,
-        id: i64,
-        events: Vec<mvccpb::Event>,
-        revision: i64,
-    ) -> Result<(), Closed> {
+    fn send_events(&mut self, id: i64, events: Vec<mvccpb::Event>, revision: i64) {
         self.send(pb::WatchResponse {
             header: self.header(revision),
             watch_id: id,
             events,
             ..Default::default()
-        })
-        .await
+        });
     }
 
     /// Delivers `first` and whatever else the feed already holds (up to [`MAX_COALESCED_EVENTS`]
     /// events), each watcher's share in one response, as etcd batches a watcher's events: a
     /// session that fell behind catches up with few messages instead of one per write.
-    async fn deliver_queued(&mut self, first: Arc<EventBatch>) -> Result<(), Closed> {
+    fn deliver_queued(&mut self, first: Arc<EventBatch>) -> Result<(), Closed> {
         let mut count = first.events.len();
         let mut queued = vec![first];
         let mut resync = false;
@@ -456,14 +493,15 @@ impl Session {
                 Err(broadcast::error::TryRecvError::Closed) => return Err(Closed),
             }
         }
-        self.deliver(&queued).await?;
+        self.deliver(&queued);
         if resync {
-            self.resync().await?;
+            self.resync()?;
         }
         Ok(())
     }
 
-    async fn deliver(&mut self, queued: &[Arc<EventBatch>]) -> Result<(), Closed> {
+    /// Queues each watcher's share of `queued`, one response per watcher with events.
+    fn deliver(&mut self, queued: &[Arc<EventBatch>]) {
         let Some(last) = queued
             .iter()
             .rev()
@@ -471,34 +509,29 @@ impl Session {
             .and_then(|e| e.kv.as_ref())
             .map(|kv| kv.mod_revision)
         else {
-            return Ok(());
+            return;
         };
-        let mut outgoing = Vec::new();
+        // One header for every response of this delivery (reading it takes the Raft metrics'
+        // lock).
+        let header = self.header(last);
         for (id, watcher) in &mut self.watchers {
-            let selected = watcher.select_encoded(queued);
+            let events = watcher.select_encoded(queued);
             watcher.next_rev = watcher.next_rev.max(last + 1);
-            if !selected.is_empty() {
+            if !events.is_empty() {
                 watcher.sent_since_tick = true;
-                outgoing.push((*id, selected));
+                let head = pb::WatchResponse {
+                    header,
+                    watch_id: *id,
+                    ..Default::default()
+                };
+                self.out.push_back(Outgoing::Encoded { head, events });
             }
         }
-        for (id, events) in outgoing {
-            let head = pb::WatchResponse {
-                header: self.header(last),
-                watch_id: id,
-                ..Default::default()
-            };
-            self.tx
-                .send(Ok(Outgoing::Encoded { head, events }))
-                .await
-                .map_err(|_| Closed)?;
-        }
-        Ok(())
     }
 
     /// The feed skipped events (a slow session, or a snapshot replaced the state): catch every
     /// watcher up from the store's history.
-    async fn resync(&mut self) -> Result<(), Closed> {
+    fn resync(&mut self) -> Result<(), Closed> {
         let mut outgoing = Vec::new();
         let mut compacted_out = Vec::new();
         let (current, compacted) = {
@@ -524,15 +557,15 @@ impl Session {
         };
         for id in compacted_out {
             self.watchers.remove(&id);
-            self.send_compacted(id, compacted, current).await?;
+            self.send_compacted(id, compacted, current);
         }
         for (id, selected) in outgoing {
-            self.send_events(id, selected, current).await?;
+            self.send_events(id, selected, current);
         }
         Ok(())
     }
 
-    async fn progress_tick(&mut self) -> Result<(), Closed> {
+    fn progress_tick(&mut self) -> Result<(), Closed> {
         let revision = self.member.shared.read().mvcc.revision();
         let mut due = Vec::new();
         for (id, watcher) in &mut self.watchers {
@@ -546,8 +579,7 @@ impl Session {
                 header: self.header(revision),
                 watch_id: id,
                 ..Default::default()
-            })
-            .await?;
+            });
         }
         Ok(())
     }
