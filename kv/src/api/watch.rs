@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use prost::Message;
 use futures::Stream;
+use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status, Streaming};
