@@ -40,6 +40,24 @@ pub struct Report {
     pub operations_checked: usize,
     /// Partitions that are not linearizable or whose check ran out of budget.
     pub failures: Vec<PartitionFailure>,
+    /// How long the whole check took.
+    pub seconds: f64,
+    /// The partition whose search took the most steps.
+    pub hardest: Option<PartitionStats>,
+}
+
+/// What one partition's search cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionStats {
+    /// Keys and leases.
+    pub items: usize,
+    pub operations: usize,
+    /// Operations of unknown outcome (they never return, and may or may not take effect).
+    pub unknown: usize,
+    pub steps: u64,
+    pub seconds: f64,
+    /// The most model states the search carried at once.
+    pub most_states: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,6 +79,7 @@ pub struct PartitionFailure {
 
 /// Checks `history`: every partition, each within `budget`.
 pub fn check(history: &[Operation], budget: Budget) -> Report {
+    let started = Instant::now();
     let checked: Vec<&Operation> = history.iter().filter(|op| is_checked(op)).collect();
     let partitions = partition(&checked);
     let mut report = Report {
@@ -68,9 +87,23 @@ pub fn check(history: &[Operation], budget: Budget) -> Report {
         partitions: partitions.len(),
         operations_checked: checked.len(),
         failures: Vec::new(),
+        seconds: 0.0,
+        hardest: None,
     };
     for (items, ops) in partitions {
-        let (verdict, detail) = match search(&ops, budget) {
+        let (result, stats) = search(&ops, budget);
+        let stats = PartitionStats {
+            items: items.len(),
+            ..stats
+        };
+        if report
+            .hardest
+            .as_ref()
+            .is_none_or(|h| h.steps < stats.steps)
+        {
+            report.hardest = Some(stats);
+        }
+        let (verdict, detail) = match result {
             Search::Linearizable => continue,
             Search::Stuck(detail) => (Verdict::NotLinearizable, detail),
             Search::OutOfBudget(detail) => (Verdict::Unknown, detail),
@@ -85,6 +118,7 @@ pub fn check(history: &[Operation], budget: Budget) -> Report {
             detail,
         });
     }
+    report.seconds = started.elapsed().as_secs_f64();
     report
 }
 
@@ -247,17 +281,30 @@ impl Bits {
 type States = Vec<State>;
 
 fn step(states: &States, op: &Operation) -> States {
-    let mut next: States = states
-        .iter()
-        .flat_map(|state| state.step(&op.request, &op.outcome))
-        .collect();
+    let mut next: States = states.iter().flat_map(|state| state.step(op)).collect();
     next.sort_unstable();
     next.dedup();
     next
 }
 
-fn search(ops: &[&Operation], budget: Budget) -> Search {
+fn search(ops: &[&Operation], budget: Budget) -> (Search, PartitionStats) {
     let started = Instant::now();
+    let mut stats = PartitionStats {
+        operations: ops.len(),
+        unknown: ops.iter().filter(|op| !op.answered()).count(),
+        ..PartitionStats::default()
+    };
+    let result = run_search(ops, budget, started, &mut stats);
+    stats.seconds = started.elapsed().as_secs_f64();
+    (result, stats)
+}
+
+fn run_search(
+    ops: &[&Operation],
+    budget: Budget,
+    started: Instant,
+    stats: &mut PartitionStats,
+) -> Search {
     let mut events = Events::new(ops);
     let mut linearized = Bits::new(ops.len());
     let mut seen: HashSet<(Bits, States)> = HashSet::new();
@@ -268,6 +315,8 @@ fn search(ops: &[&Operation], budget: Budget) -> Search {
     let mut event = events.head();
     while events.head() != NONE {
         steps += 1;
+        stats.steps = steps;
+        stats.most_states = stats.most_states.max(states.len());
         // A step can be slow (many possible states): the clock is read at every one.
         if steps > budget.max_steps || started.elapsed() > budget.max_time {
             return Search::OutOfBudget(format!(

@@ -271,8 +271,7 @@ async fn run_round(
     };
     let budget = config.budget;
     let (history, settled, linearizability) = match tokio::task::spawn_blocking(move || {
-        let (settled_ops, settled) = patch::settle(&history.operations, &history.watches);
-        let report = linearizability::check(&settled_ops, budget);
+        let (settled, report) = check_linearizability(&history, budget);
         (history, settled, report)
     })
     .await
@@ -298,6 +297,16 @@ async fn run_round(
         result.history = Some(history);
     }
     result
+}
+
+/// The linearizability check of a round's history: writes of unknown outcome settled from the
+/// watches, then the search.
+pub fn check_linearizability(
+    history: &History,
+    budget: Budget,
+) -> (patch::Settled, linearizability::Report) {
+    let (settled_ops, settled) = patch::settle(&history.operations, &history.watches);
+    (settled, linearizability::check(&settled_ops, budget))
 }
 
 async fn connect_client(
