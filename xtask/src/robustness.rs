@@ -47,8 +47,12 @@ pub struct RobustnessArgs {
     /// round. Succeeds only if the suite finds the violation (lost acknowledged writes).
     #[arg(long, conflicts_with_all = ["store", "faults"])]
     broken: bool,
+    /// Keeps every round's history in the report, not only the failed rounds'.
+    #[arg(long)]
+    keep_histories: bool,
     /// Runs no traffic: checks again the linearizability of the histories a saved report kept
-    /// (those of its failed rounds), and prints each round's verdict and the checker's cost.
+    /// (its failed rounds', or every round's with `--keep-histories`), and prints each round's
+    /// verdict and the checker's cost.
     #[arg(long, value_name = "REPORT.json", conflicts_with_all = ["store", "faults", "broken"])]
     recheck: Option<PathBuf>,
 }
@@ -91,6 +95,7 @@ pub fn run(args: RobustnessArgs) -> Result<()> {
         let mut config = RunConfig::broken(args.rounds, round);
         config.shape.clients = args.clients;
         config.seed = args.seed;
+        config.keep_histories = args.keep_histories;
         let report = runtime.block_on(runner::run(&config))?;
         write(&report, "broken")?;
         if !report.violated() {
@@ -105,6 +110,7 @@ pub fn run(args: RobustnessArgs) -> Result<()> {
         let mut config = RunConfig::new(kind, args.rounds, round, &faults);
         config.shape.clients = args.clients;
         config.seed = args.seed;
+        config.keep_histories = args.keep_histories;
         let report = runtime.block_on(runner::run(&config))?;
         let name = match kind {
             StoreKind::ShoalKv => "shoal",

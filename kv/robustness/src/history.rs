@@ -191,6 +191,20 @@ pub enum Response {
     LeaseNotFound,
 }
 
+impl Response {
+    /// The response header's revision (`None` for answers without one).
+    pub fn revision(&self) -> Option<i64> {
+        match self {
+            Response::Get { revision, .. }
+            | Response::Put { revision }
+            | Response::Delete { revision, .. }
+            | Response::Txn { revision, .. }
+            | Response::LeaseRevoke { revision } => Some(*revision),
+            Response::LeaseGrant | Response::LeaseNotFound => None,
+        }
+    }
+}
+
 /// A key as a read returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct KeyValue {

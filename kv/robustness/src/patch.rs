@@ -1,32 +1,41 @@
-//! Settles requests of unknown outcome from what the watches saw, as etcd's robustness suite
-//! does before its linearizability check: every value a put writes is unique, so a put or txn
-//! that timed out either shows up in a complete watch of its family (it happened, at that
-//! event's revision, and the event's value says which branch a txn took) or does not (it never
-//! happened). Without this, every unsettled write doubles the states the search must carry.
+//! Settles requests of unknown outcome before the linearizability check, as etcd's robustness
+//! suite patches its histories; every rule only ever narrows what a request may have done, so a
+//! history that is not linearizable stays so:
 //!
-//! Only a watch that covered the whole round (from its start to the end marker) settles
-//! anything; deletes, lease grants and revokes of unknown outcome stay unknown. A settled
-//! request keeps no return time (it may have been applied any time after its call). If a watch
-//! dropped an event, a read may later show a value this step thought never written: the round
-//! still fails, on linearizability.
+//! - *Writes seen or never seen*: every value a put writes is unique, so a put or txn that
+//!   timed out either shows up in a complete watch of its family (it happened, at that event's
+//!   revision, and the event's value says which branch a txn took) or does not (it never
+//!   happened, and is left out). Only a watch that covered the whole round (from its start to
+//!   the end marker) settles anything. If a watch dropped an event, a read may later show a
+//!   value this step thought never written: the round still fails, on linearizability.
+//! - *Bounded by revisions*: a write settled at revision `r` took effect before any response
+//!   carrying a revision of `r` or more was sent (the store had applied `r` by then), so its
+//!   return is the earliest such response's.
+//! - *Grants seen in use*: lease IDs are unique per grant, so a grant that timed out but whose
+//!   lease a put or a revoke then used successfully happened, before the first such use
+//!   returned.
+//!
+//! Deletes, revokes, and grants never seen in use stay unknown: they never return, and may or
+//! may not take effect.
 use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::history::{Operation, Outcome, Request, Response, TxnOp, WatchLog};
+use crate::history::{LeaseId, Nanos, Operation, Outcome, Request, Response, TxnOp, WatchLog};
 
 /// What settling did.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Settled {
-    /// Requests of unknown outcome a watch showed happened.
+    /// Requests of unknown outcome a watch or a later use showed happened.
     pub happened: usize,
     /// Requests of unknown outcome no complete watch showed: left out.
     pub never_happened: usize,
-    /// Requests of unknown outcome no complete watch covered: still unknown.
+    /// Requests of unknown outcome nothing settled: still unknown.
     pub still_unknown: usize,
 }
 
-/// `ops` with every unknown put and txn settled by `watches` where one covered its keys.
+/// `ops` with every unknown put and txn settled by `watches` where one covered its keys, every
+/// unknown grant whose lease was used settled, and settled requests' returns bounded.
 pub fn settle(ops: &[Operation], watches: &[WatchLog]) -> (Vec<Operation>, Settled) {
     let complete: Vec<&WatchLog> = watches
         .iter()
@@ -41,11 +50,30 @@ pub fn settle(ops: &[Operation], watches: &[WatchLog]) -> (Vec<Operation>, Settl
         }
     }
     let covered = |key: &str| complete.iter().any(|w| key.starts_with(&w.prefix));
+    let applied_by = AppliedBy::of(ops);
+    let used = lease_uses(ops);
     let mut settled = Settled::default();
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
         if op.answered() {
             out.push(op.clone());
+            continue;
+        }
+        if let Request::LeaseGrant { id, .. } = &op.request {
+            match used.get(id) {
+                Some(&used_by) => {
+                    settled.happened += 1;
+                    out.push(Operation {
+                        ret: used_by.max(op.call),
+                        outcome: Outcome::Done(Response::LeaseGrant),
+                        ..op.clone()
+                    });
+                }
+                None => {
+                    settled.still_unknown += 1;
+                    out.push(op.clone());
+                }
+            }
             continue;
         }
         let puts = puts_of(&op.request);
@@ -72,12 +100,66 @@ pub fn settle(ops: &[Operation], watches: &[WatchLog]) -> (Vec<Operation>, Settl
             _ => Response::Put { revision },
         };
         out.push(Operation {
-            ret: u64::MAX,
+            ret: applied_by.time(revision).max(op.call),
             outcome: Outcome::Done(response),
             ..op.clone()
         });
     }
     (out, settled)
+}
+
+/// When the store had applied a revision for sure: the earliest return of a response carrying
+/// that revision or a later one.
+struct AppliedBy {
+    /// (revision, the earliest return of a response at this revision or above), by revision.
+    by_revision: Vec<(i64, Nanos)>,
+}
+
+impl AppliedBy {
+    fn of(ops: &[Operation]) -> Self {
+        let mut by_revision: Vec<(i64, Nanos)> = ops
+            .iter()
+            .filter_map(|op| match &op.outcome {
+                Outcome::Done(response) => Some((response.revision()?, op.ret)),
+                Outcome::Unknown(_) => None,
+            })
+            .collect();
+        by_revision.sort_unstable();
+        // Each entry becomes the earliest return at its revision or above.
+        let mut earliest = Nanos::MAX;
+        for entry in by_revision.iter_mut().rev() {
+            earliest = earliest.min(entry.1);
+            entry.1 = earliest;
+        }
+        AppliedBy { by_revision }
+    }
+
+    /// The earliest time a response showed `revision` applied; `Nanos::MAX` if none did.
+    fn time(&self, revision: i64) -> Nanos {
+        let first = self.by_revision.partition_point(|(rev, _)| *rev < revision);
+        self.by_revision.get(first).map_or(Nanos::MAX, |e| e.1)
+    }
+}
+
+/// Per lease, the earliest return of a request that used it successfully (a put with it, a
+/// revoke of it): its grant had happened by then.
+fn lease_uses(ops: &[Operation]) -> HashMap<LeaseId, Nanos> {
+    let mut used: HashMap<LeaseId, Nanos> = HashMap::new();
+    for op in ops {
+        let id = match (&op.request, &op.outcome) {
+            (
+                Request::Put {
+                    lease: Some(id), ..
+                },
+                Outcome::Done(Response::Put { .. }),
+            )
+            | (Request::LeaseRevoke { id }, Outcome::Done(Response::LeaseRevoke { .. })) => *id,
+            _ => continue,
+        };
+        let at = used.entry(id).or_insert(op.ret);
+        *at = (*at).min(op.ret);
+    }
+    used
 }
 
 /// The puts a request makes: (the txn branch they belong to, key, value); a plain put is in
@@ -144,6 +226,58 @@ mod tests {
             Outcome::Done(Response::Put { revision: 9 })
         );
         assert_eq!(settled_ops[0].ret, u64::MAX);
+    }
+
+    #[test]
+    fn a_settled_write_returns_by_the_first_response_at_or_above_its_revision() {
+        let read = |call: u64, ret: u64, revision: i64| Operation {
+            client: 1,
+            call,
+            ret,
+            request: Request::Get {
+                key: "g/b".into(),
+                serializable: false,
+            },
+            outcome: Outcome::Done(Response::Get { revision, kv: None }),
+        };
+        // Revision 8 says nothing of 9; of the responses at 9 and above, the one at 12
+        // returned first.
+        let ops = [
+            unknown_put("seen"),
+            read(10, 20, 8),
+            read(30, 50, 9),
+            read(31, 40, 12),
+        ];
+        let (settled_ops, _) = settle(&ops, &[watch(9)]);
+        assert_eq!(settled_ops[0].ret, 40);
+    }
+
+    #[test]
+    fn a_grant_seen_in_use_happened_before_that_use_returned() {
+        let grant = |id| Operation {
+            client: 0,
+            call: 5,
+            ret: 6,
+            request: Request::LeaseGrant { id, ttl: 60 },
+            outcome: Outcome::Unknown("timeout".into()),
+        };
+        let leased_put = |call: u64, ret: u64| Operation {
+            client: 1,
+            call,
+            ret,
+            request: Request::Put {
+                key: "h/a".into(),
+                value: format!("v{call}"),
+                lease: Some(7),
+            },
+            outcome: Outcome::Done(Response::Put { revision: 3 }),
+        };
+        let ops = [grant(7), grant(8), leased_put(30, 45), leased_put(10, 35)];
+        let (settled_ops, settled) = settle(&ops, &[]);
+        assert_eq!((settled.happened, settled.still_unknown), (1, 1));
+        assert_eq!(settled_ops[0].outcome, Outcome::Done(Response::LeaseGrant));
+        assert_eq!(settled_ops[0].ret, 35);
+        assert_eq!(settled_ops[1], ops[1], "a grant never used stays unknown");
     }
 
     #[test]

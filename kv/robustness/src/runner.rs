@@ -51,6 +51,9 @@ pub struct RunConfig {
     /// member (acknowledging writes it never synced) and a power loss of all members each
     /// round. The suite must fail.
     pub broken: bool,
+    /// Keep every round's history in the report, not only the failed rounds' (to check them
+    /// again with `cargo xtask robustness --recheck`).
+    pub keep_histories: bool,
 }
 
 impl RunConfig {
@@ -65,6 +68,7 @@ impl RunConfig {
             seed: 1,
             budget: Budget::default(),
             broken: false,
+            keep_histories: false,
         }
     }
 
@@ -293,7 +297,7 @@ async fn run_round(
         history: None,
     };
     // A failed round keeps its whole history in the report, to be read.
-    if !result.passed() {
+    if !result.passed() || config.keep_histories {
         result.history = Some(history);
     }
     result
