@@ -8,12 +8,12 @@
 //! Requests of unknown outcome never returned as far as the search is concerned (their return
 //! is after every other event) and may or may not take effect; reads of unknown outcome and
 //! serializable reads are left out (see [`crate::serializable`] for the latter).
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::history::{Operation, Outcome, Request};
+use crate::history::{LeaseId, Operation, Outcome, Request};
 use crate::model::State;
 
 /// How much work one partition may take before its verdict is "unknown".
@@ -280,8 +280,45 @@ impl Bits {
 /// The model states the linearization so far can be in (unknown outcomes make several).
 type States = Vec<State>;
 
-fn step(states: &States, op: &Operation) -> States {
-    let mut next: States = states.iter().flat_map(|state| state.step(op)).collect();
+/// Per lease, how many operations that name it are still to place.
+struct LeaseUses(HashMap<LeaseId, usize>);
+
+impl LeaseUses {
+    fn new(ops: &[&Operation]) -> Self {
+        let mut uses = HashMap::new();
+        for id in ops.iter().filter_map(|op| op.request.lease()) {
+            *uses.entry(id).or_insert(0) += 1;
+        }
+        LeaseUses(uses)
+    }
+
+    fn placed(&mut self, op: &Operation) {
+        if let Some(uses) = op.request.lease().and_then(|id| self.0.get_mut(&id)) {
+            *uses -= 1;
+        }
+    }
+
+    fn unplaced(&mut self, op: &Operation) {
+        if let Some(uses) = op.request.lease().and_then(|id| self.0.get_mut(&id)) {
+            *uses += 1;
+        }
+    }
+
+    fn pending(&self, id: LeaseId) -> bool {
+        self.0.get(&id).is_some_and(|uses| *uses > 0)
+    }
+}
+
+/// The states `op` leads to from `states`, once placed (`uses` already counts it placed).
+fn step(states: &States, op: &Operation, uses: &LeaseUses) -> States {
+    let mut next: States = states
+        .iter()
+        .flat_map(|state| state.step(op))
+        .map(|mut state| {
+            state.forget_leases(|id| uses.pending(id));
+            state
+        })
+        .collect();
     next.sort_unstable();
     next.dedup();
     next
@@ -312,6 +349,7 @@ fn run_search(
     let mut states: States = vec![State::default()];
     let mut deepest = (0, NONE, States::new());
     let mut steps = 0u64;
+    let mut uses = LeaseUses::new(ops);
     let mut event = events.head();
     while events.head() != NONE {
         steps += 1;
@@ -328,7 +366,8 @@ fn run_search(
         }
         let op = events.op[event];
         if events.is_call[event] {
-            let next = step(&states, ops[op]);
+            uses.placed(ops[op]);
+            let next = step(&states, ops[op], &uses);
             if !next.is_empty() {
                 linearized.set(op);
                 if seen.insert((linearized.clone(), next.clone())) {
@@ -339,6 +378,7 @@ fn run_search(
                 }
                 linearized.clear(op);
             }
+            uses.unplaced(ops[op]);
             event = events.next[event];
         } else {
             // An operation returned before any order could place it: undo the last choice.
@@ -349,6 +389,7 @@ fn run_search(
                 return Search::Stuck(describe_stuck(ops, &deepest));
             };
             states = previous;
+            uses.unplaced(ops[events.op[call]]);
             linearized.clear(events.op[call]);
             events.unlift(call);
             event = events.next[call];

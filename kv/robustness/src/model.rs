@@ -224,6 +224,16 @@ impl State {
         }
     }
 
+    /// Drops the leases nothing can observe any more: no key holds them, and `named(id)` says
+    /// no operation still to place names them. Their presence then changes no answer (they can
+    /// expire only where an operation names them or touches their keys), and forgetting them
+    /// lets states that differ only there merge.
+    pub fn forget_leases(&mut self, named: impl Fn(LeaseId) -> bool) {
+        let keys = &self.keys;
+        self.leases
+            .retain(|id, _| named(*id) || keys.values().any(|k| k.lease == *id));
+    }
+
     /// A linearizable read of `key` answered at `revision` with `kv`.
     fn read(&self, key: &str, revision: i64, kv: Option<&KeyValue>) -> Option<State> {
         if revision < self.floor {

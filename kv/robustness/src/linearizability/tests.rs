@@ -430,3 +430,54 @@ fn a_lease_not_found_after_its_grant_was_seen_in_use_is_rejected() {
     history.push(op(2, 30, 40, leased("2"), Response::LeaseNotFound));
     assert_eq!(settled_verdict(&history, &[]), Verdict::NotLinearizable);
 }
+
+/// `leases` rounds of: grant a lease, put `a` with it, overwrite `a` without it, then revoke
+/// the lease with no answer: whether each revoke happened no later operation can tell.
+fn unanswered_revokes_of_unused_leases(leases: i64) -> Vec<Operation> {
+    let mut history = Vec::new();
+    for i in 0..leases {
+        let t = i as u64 * 100;
+        let id = i + 1;
+        history.push(op(
+            0,
+            t,
+            t + 10,
+            Request::LeaseGrant { id, ttl: 3600 },
+            Response::LeaseGrant,
+        ));
+        let leased = Request::Put {
+            key: "a".into(),
+            value: format!("leased{i}"),
+            lease: Some(id),
+        };
+        history.push(op(0, t + 20, t + 30, leased, put_ok(2 * i + 2)));
+        history.push(op(
+            0,
+            t + 40,
+            t + 50,
+            put("a", &format!("free{i}")),
+            put_ok(2 * i + 3),
+        ));
+        history.push(unknown(1, t + 60, Request::LeaseRevoke { id }));
+    }
+    history
+}
+
+#[test]
+fn leases_nothing_can_observe_any_more_are_forgotten() {
+    let history = unanswered_revokes_of_unused_leases(14);
+    let report = check(&history, Budget::default());
+    assert_eq!(
+        report.verdict,
+        Verdict::Linearizable,
+        "{:?}",
+        report.failures
+    );
+    // Without forgetting: one state per subset of the revokes that happened.
+    assert!(report.hardest.expect("a partition").most_states <= 2);
+    // A read of an overwritten value: to say no, the search tries every subset of the
+    // revokes that are still pending (so fewer of them here).
+    let mut broken = unanswered_revokes_of_unused_leases(6);
+    broken.push(op(2, 2_000, 2_010, get("a"), read(13, "free3", 13, 12)));
+    assert_eq!(verdict(&broken), Verdict::NotLinearizable);
+}
