@@ -7,7 +7,12 @@
 //!
 //! Requests of unknown outcome never returned as far as the search is concerned (their return
 //! is after every other event) and may or may not take effect; reads of unknown outcome and
-//! serializable reads are left out (see [`crate::serializable`] for the latter).
+//! serializable reads are left out (see [`crate::serializable`] for the latter). Run it on a
+//! history [`crate::patch`] settled first.
+//!
+//! The search forgets a lease once no key holds it and no operation still to place names it:
+//! nothing can observe it any more, and states that differ only by such leases (a revoke of
+//! unknown outcome that did or did not happen) merge instead of doubling the states for good.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
