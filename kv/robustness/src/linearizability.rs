@@ -47,7 +47,7 @@ pub struct Report {
     pub failures: Vec<PartitionFailure>,
     /// How long the whole check took.
     pub seconds: f64,
-    /// The partition whose search took the most steps.
+    /// The partition whose search took the longest.
     pub hardest: Option<PartitionStats>,
 }
 
@@ -104,7 +104,7 @@ pub fn check(history: &[Operation], budget: Budget) -> Report {
         if report
             .hardest
             .as_ref()
-            .is_none_or(|h| h.steps < stats.steps)
+            .is_none_or(|h| h.seconds < stats.seconds)
         {
             report.hardest = Some(stats);
         }

@@ -14,10 +14,16 @@
 //! - *Grants seen in use*: lease IDs are unique per grant, so a grant that timed out but whose
 //!   lease a put or a revoke then used successfully happened, before the first such use
 //!   returned.
+//! - *Deletes that deleted nothing*: a single-key delete that took effect wrote a revision
+//!   above every revision answered before it was called, holding that one delete event alone.
+//!   When a complete watch of the key shows no such revision that another request may not
+//!   have written (one with other events, or one an answered put, delete or txn wrote), the
+//!   delete changed nothing (or took effect after everything the round observed), and is left
+//!   out.
 //!
-//! Deletes, revokes, and grants never seen in use stay unknown: they never return, and may or
-//! may not take effect.
-use std::collections::HashMap;
+//! Revokes, and grants never seen in use, stay unknown: they never return, and may or may not
+//! take effect.
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -51,6 +57,8 @@ pub fn settle(ops: &[Operation], watches: &[WatchLog]) -> (Vec<Operation>, Settl
     }
     let covered = |key: &str| complete.iter().any(|w| key.starts_with(&w.prefix));
     let applied_by = AppliedBy::of(ops);
+    let floor = FloorAt::of(ops);
+    let deletes = LoneDeletes::of(ops, &complete);
     let used = lease_uses(ops);
     let mut settled = Settled::default();
     let mut out = Vec::with_capacity(ops.len());
@@ -74,6 +82,13 @@ pub fn settle(ops: &[Operation], watches: &[WatchLog]) -> (Vec<Operation>, Settl
                     out.push(op.clone());
                 }
             }
+            continue;
+        }
+        if let Request::Delete { key } = &op.request
+            && covered(key)
+            && !deletes.may_be(key, floor.before(op.call))
+        {
+            settled.never_happened += 1;
             continue;
         }
         let puts = puts_of(&op.request);
@@ -138,6 +153,100 @@ impl AppliedBy {
     fn time(&self, revision: i64) -> Nanos {
         let first = self.by_revision.partition_point(|(rev, _)| *rev < revision);
         self.by_revision.get(first).map_or(Nanos::MAX, |e| e.1)
+    }
+}
+
+/// The highest revision answered before a time: what any request called then writes above.
+struct FloorAt {
+    /// (return, the highest revision answered by then), by return.
+    by_return: Vec<(Nanos, i64)>,
+}
+
+impl FloorAt {
+    fn of(ops: &[Operation]) -> Self {
+        let mut by_return: Vec<(Nanos, i64)> = ops
+            .iter()
+            .filter_map(|op| match &op.outcome {
+                Outcome::Done(response) => Some((op.ret, response.revision()?)),
+                Outcome::Unknown(_) => None,
+            })
+            .collect();
+        by_return.sort_unstable();
+        let mut highest = 0;
+        for entry in &mut by_return {
+            highest = highest.max(entry.1);
+            entry.1 = highest;
+        }
+        FloorAt { by_return }
+    }
+
+    /// The highest revision a response that returned before `time` carried (0: none).
+    fn before(&self, time: Nanos) -> i64 {
+        let returned = self.by_return.partition_point(|(ret, _)| *ret < time);
+        returned.checked_sub(1).map_or(0, |i| self.by_return[i].1)
+    }
+}
+
+/// The revisions of the complete watches a single-key delete of unknown outcome may have
+/// written: those holding one event, a delete, that no answered put, delete or txn wrote.
+struct LoneDeletes<'a> {
+    by_key: HashMap<&'a str, Vec<i64>>,
+}
+
+impl<'a> LoneDeletes<'a> {
+    fn of(ops: &[Operation], complete: &[&'a WatchLog]) -> Self {
+        let mut events_at: HashMap<i64, usize> = HashMap::new();
+        for event in complete.iter().flat_map(|w| w.events()) {
+            *events_at.entry(event.mod_revision).or_insert(0) += 1;
+        }
+        let written: HashSet<i64> = ops.iter().filter_map(definite_write).collect();
+        let mut by_key: HashMap<&str, Vec<i64>> = HashMap::new();
+        for event in complete.iter().flat_map(|w| w.events()) {
+            let lone = events_at.get(&event.mod_revision) == Some(&1);
+            if event.value.is_none() && lone && !written.contains(&event.mod_revision) {
+                by_key
+                    .entry(event.key.as_str())
+                    .or_default()
+                    .push(event.mod_revision);
+            }
+        }
+        LoneDeletes { by_key }
+    }
+
+    /// Whether a delete of `key` called after revision `floor` was answered may have deleted it.
+    fn may_be(&self, key: &str, floor: i64) -> bool {
+        self.by_key
+            .get(key)
+            .is_some_and(|revisions| revisions.iter().any(|r| *r > floor))
+    }
+}
+
+/// The revision an answered request wrote for sure: a put's, a delete's that deleted, a txn's
+/// whose branch puts (a revoke may have deleted nothing, and answers the current revision).
+fn definite_write(op: &Operation) -> Option<i64> {
+    match (&op.request, &op.outcome) {
+        (Request::Put { .. }, Outcome::Done(Response::Put { revision })) => Some(*revision),
+        (Request::Delete { .. }, Outcome::Done(Response::Delete { revision, deleted }))
+            if *deleted > 0 =>
+        {
+            Some(*revision)
+        }
+        (
+            Request::Txn(txn),
+            Outcome::Done(Response::Txn {
+                revision,
+                succeeded,
+            }),
+        ) => {
+            let branch = if *succeeded {
+                &txn.success
+            } else {
+                &txn.failure
+            };
+            let puts = branch.iter().any(|op| matches!(op, TxnOp::Put { .. }));
+            puts.then_some(*revision)
+        }
+        _ => None,
     }
 }
 
@@ -278,6 +387,58 @@ mod tests {
         assert_eq!(settled_ops[0].outcome, Outcome::Done(Response::LeaseGrant));
         assert_eq!(settled_ops[0].ret, 35);
         assert_eq!(settled_ops[1], ops[1], "a grant never used stays unknown");
+    }
+
+    #[test]
+    fn a_delete_with_no_lone_delete_event_above_its_floor_is_left_out() {
+        let op = |call: u64, ret: u64, request: Request, outcome: Outcome| Operation {
+            client: 0,
+            call,
+            ret,
+            request,
+            outcome,
+        };
+        let delete = |call: u64| {
+            let request = Request::Delete { key: "f/a".into() };
+            op(call, call + 1, request, Outcome::Unknown("timeout".into()))
+        };
+        let deleted = |revision| {
+            Outcome::Done(Response::Delete {
+                revision,
+                deleted: 1,
+            })
+        };
+        let events = |events: &[(i64, Option<&str>)]| WatchLog {
+            prefix: "f/".into(),
+            start_revision: 2,
+            end_revision: 9,
+            responses: events
+                .iter()
+                .map(|(revision, value)| WatchResponse {
+                    revision: *revision,
+                    events: vec![WatchEvent {
+                        key: "f/a".into(),
+                        value: value.map(String::from),
+                        mod_revision: *revision,
+                    }],
+                })
+                .collect(),
+        };
+        let answered_delete = op(10, 20, Request::Delete { key: "f/a".into() }, deleted(4));
+        let watch = events(&[(3, Some("x")), (4, None), (6, None), (9, Some("end"))]);
+        // Called after revision 4 was answered: the delete at 6, which nothing answered, may
+        // be its.
+        let (_, settled) = settle(&[answered_delete.clone(), delete(30)], &[watch]);
+        assert_eq!(settled.still_unknown, 1);
+        // Without the delete at 6, the one at 4 is the answered delete's.
+        let watch = events(&[(3, Some("x")), (4, None), (9, Some("end"))]);
+        let (ops, settled) = settle(&[answered_delete.clone(), delete(30)], &[watch]);
+        assert_eq!((settled.never_happened, ops.len()), (1, 1));
+        // Called before anything was answered: the one delete event is still the answered
+        // delete's.
+        let watch = events(&[(3, Some("x")), (4, None), (9, Some("end"))]);
+        let (_, settled) = settle(&[answered_delete, delete(5)], &[watch]);
+        assert_eq!(settled.never_happened, 1);
     }
 
     #[test]

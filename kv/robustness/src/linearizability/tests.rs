@@ -481,3 +481,50 @@ fn leases_nothing_can_observe_any_more_are_forgotten() {
     broken.push(op(2, 2_000, 2_010, get("a"), read(13, "free3", 13, 12)));
     assert_eq!(verdict(&broken), Verdict::NotLinearizable);
 }
+
+/// A complete watch of everything up to revision `end`, with `events` (key, value or a delete,
+/// revision).
+fn watch_of(end: i64, events: &[(&str, Option<&str>, i64)]) -> crate::history::WatchLog {
+    use crate::history::{WatchEvent, WatchLog, WatchResponse};
+    WatchLog {
+        prefix: String::new(),
+        start_revision: 2,
+        end_revision: end,
+        responses: events
+            .iter()
+            .map(|(key, value, revision)| WatchResponse {
+                revision: *revision,
+                events: vec![WatchEvent {
+                    key: key.to_string(),
+                    value: value.map(String::from),
+                    mod_revision: *revision,
+                }],
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_delete_the_watch_shows_never_took_effect_cannot_explain_a_missing_key() {
+    let delete = || unknown(1, 20, Request::Delete { key: "a".into() });
+    let history = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        delete(),
+        op(2, 30, 40, put("b", "1"), put_ok(3)),
+        op(2, 50, 60, get("a"), read_none(3)),
+    ];
+    // No delete event of a: the read that misses it is wrong.
+    let without = watch_of(3, &[("a", Some("1"), 2), ("b", Some("1"), 3)]);
+    assert_eq!(
+        settled_verdict(&history, &[without]),
+        Verdict::NotLinearizable
+    );
+    // A delete of a at revision 3 that nothing answered explains it.
+    let history = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        delete(),
+        op(2, 50, 60, get("a"), read_none(3)),
+    ];
+    let with = watch_of(3, &[("a", Some("1"), 2), ("a", None, 3)]);
+    assert_eq!(settled_verdict(&history, &[with]), Verdict::Linearizable);
+}
