@@ -3,12 +3,12 @@
 //! store for `start_revision` (and when it fell behind the feed). With auth on, a watch is
 //! created only on keys its stream's sender may read.
 //!
-//! The session is the response stream itself ([`Session::into_stream`]): the HTTP/2 stream's
+//! The session is the response stream itself (`Session::into_stream`): the HTTP/2 stream's
 //! task polls it, so an event reaches the wire with one task wakeup per stream instead of two
 //! (a session task, then a channel to the stream's task), and the responses a step makes are
 //! encoded together into one DATA frame. Backpressure is HTTP/2's: a stream the client does not
 //! read is not polled, falls behind the feed and catches up from history. The client's requests
-//! are read by a task of their own ([`read_requests`]): polling the request body goes through
+//! are read by a task of their own (`read_requests`): polling the request body goes through
 //! tonic's decoder, the body layers and the HTTP/2 connection's lock, which every event paid
 //! when the session polled it beside the feed.
 //!
