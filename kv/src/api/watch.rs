@@ -640,7 +640,13 @@ mod history_tests {
         // A transaction's three events at revision 2 stay together past the limit.
         let chunks = revision_chunks(events(&[1, 2, 2, 2, 3, 4]), 2);
         assert_eq!(sizes(&chunks), vec![4, 2]);
-        assert_eq!(chunks.concat(), events(&[1, 2, 2, 2, 3, 4]).into_iter().map(|(_, e)| e).collect::<Vec<_>>());
+        assert_eq!(
+            chunks.concat(),
+            events(&[1, 2, 2, 2, 3, 4])
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect::<Vec<_>>()
+        );
         assert!(revision_chunks(Vec::new(), 2).is_empty());
     }
 }

@@ -145,7 +145,10 @@ mod tests {
         recent.push(batch(2..=5, 1));
         recent.reset(9);
         assert!(recent.since(5).is_none());
-        assert_eq!(revisions(recent.since(10).expect("kept")), Vec::<i64>::new());
+        assert_eq!(
+            revisions(recent.since(10).expect("kept")),
+            Vec::<i64>::new()
+        );
         recent.push(batch(10..=10, 1));
         assert_eq!(revisions(recent.since(10).expect("kept")), vec![10]);
     }
