@@ -13,8 +13,8 @@ const MAX_EVENTS: usize = 20_000;
 /// Most bytes of keys and values kept (events and their previous key-values).
 const MAX_BYTES: usize = 16 * 1024 * 1024;
 
-/// Event batches in revision order, holding every event from [`RecentEvents::complete_from`]
-/// on. Changed only with the state, under its write lock, so a reader holding the state's read
+/// Event batches in revision order, holding every event from a revision on (`complete_from`).
+/// Changed only with the state, under its write lock, so a reader holding the state's read
 /// lock sees exactly the events up to the state's revision.
 #[derive(Debug, Default)]
 pub struct RecentEvents {
