@@ -9,14 +9,16 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
-use shoal_dataplane_common::{Backend, Counter, DataplaneConfig, UDP_OVERHEAD, VXLAN_OVERHEAD};
+use shoal_dataplane_common::{
+    Backend, CachedHop, Counter, DataplaneConfig, HopKey, HopKind, UDP_OVERHEAD, VXLAN_OVERHEAD,
+};
 
 use crate::{
     headers::{
         ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV4_NO_OPTIONS, Ipv4Hdr, UDP_LEN,
         UdpHdr, VXLAN_LEN, VxlanHdr, decrement_ttl, fib_params, in_subnet,
     },
-    maps::{config, count, endpoint_for, route_for},
+    maps::{cache_hop, cached_hop, config, count, endpoint_for, route_for},
 };
 
 /// Offsets with an option-less outer IPv4 header.
@@ -282,6 +284,40 @@ fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
         return None;
     }
     let endpoint = endpoint_for(inner.dst)?;
+    let hop = kernel_hop_to(ctx, cfg, &inner)?;
+    if hop.ifindex != endpoint.via_ifindex || hop.dmac != endpoint.mac {
+        return None;
+    }
+    decrement_ttl(ctx, &inner)?;
+    let macs = [hop.dmac, hop.smac];
+    ctx.store(0, &macs, 0).ok()?;
+    count(Counter::DeliverDirectPackets, 1);
+    // SAFETY: plain helper calls with scalar arguments.
+    let action = unsafe {
+        if endpoint.peer != 0 {
+            bpf_redirect_peer(endpoint.port_ifindex, 0)
+        } else {
+            bpf_redirect(endpoint.port_ifindex, 0)
+        }
+    };
+    Some(action as i32)
+}
+
+/// Where the kernel's own forwarding would send the decapsulated `inner` packet (its FIB and
+/// neighbour lookup from the underlay device), from the hop cache when the same lookup answered
+/// less than `HOP_CACHE_NS` ago; `None` where the kernel has no resolved answer.
+#[inline(always)]
+fn kernel_hop_to(ctx: &TcContext, cfg: &DataplaneConfig, inner: &Ipv4Hdr) -> Option<CachedHop> {
+    let key = HopKey {
+        dst: inner.dst,
+        src: inner.src,
+        kind: HopKind::Workload as u8,
+        tos: inner.tos,
+        _pad: [0; 2],
+    };
+    if let Some(hop) = cached_hop(ctx, &key) {
+        return Some(hop);
+    }
     let mut slot = core::mem::MaybeUninit::uninit();
     let params = fib_params(
         &mut slot,
@@ -301,23 +337,8 @@ fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
             0,
         )
     };
-    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || params.ifindex != endpoint.via_ifindex
-        || params.dmac != endpoint.mac
-    {
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return None;
     }
-    decrement_ttl(ctx, &inner)?;
-    let macs = [params.dmac, params.smac];
-    ctx.store(0, &macs, 0).ok()?;
-    count(Counter::DeliverDirectPackets, 1);
-    // SAFETY: plain helper calls with scalar arguments.
-    let action = unsafe {
-        if endpoint.peer != 0 {
-            bpf_redirect_peer(endpoint.port_ifindex, 0)
-        } else {
-            bpf_redirect(endpoint.port_ifindex, 0)
-        }
-    };
-    Some(action as i32)
+    Some(cache_hop(&key, params))
 }

@@ -4,7 +4,8 @@
 //! Packets reach this hook because the kernel routes each remote subnet out of the underlay
 //! device (a route per subnet via a permanent neighbour, the layout flannel gives `flannel.1`).
 //! A packet whose destination is in the routes map gets the outer headers of its route's backend,
-//! then the outer MACs from a FIB lookup of the remote node's underlay address.
+//! then the outer MACs from a FIB lookup of the remote node's underlay address (cached for a
+//! short while per remote node, `HOPS`).
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
@@ -18,7 +19,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use shoal_dataplane_common::{
-    Backend, Counter, DataplaneConfig, RouteTarget, UDP_OVERHEAD, VXLAN_OVERHEAD,
+    Backend, Counter, DataplaneConfig, HopKey, HopKind, RouteTarget, UDP_OVERHEAD, VXLAN_OVERHEAD,
 };
 
 use crate::{
@@ -26,7 +27,7 @@ use crate::{
         ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_NO_OPTIONS, Ipv4Hdr, UdpHdr, VxlanHdr,
         decrement_ttl, fib_params, source_port,
     },
-    maps::{config, count, route_for, workload_port},
+    maps::{cache_hop, cached_hop, config, count, route_for, workload_port},
 };
 
 /// Everything in front of the inner IPv4 packet of a VXLAN packet.
@@ -250,8 +251,9 @@ fn push_udp(
         .map_err(|_| Counter::DropAdjustFailed)
 }
 
-/// Fills the outer MACs from the kernel's FIB and neighbour tables, looked up from `ifindex`. A
-/// resolved neighbour on that device keeps the packet on its way (TC_ACT_OK); otherwise the kernel
+/// Fills the outer MACs from the kernel's FIB and neighbour tables, looked up from `ifindex` (or
+/// from the hop cache, where the same lookup answered less than `HOP_CACHE_NS` ago). A resolved
+/// neighbour on that device keeps the packet on its way (TC_ACT_OK); otherwise the kernel
 /// resolves it (`bpf_redirect_neigh`) or another device is used (`bpf_redirect`).
 #[inline(always)]
 fn set_outer_macs(
@@ -260,6 +262,16 @@ fn set_outer_macs(
     route: &RouteTarget,
     ifindex: u32,
 ) -> Result<i32, Counter> {
+    let key = HopKey {
+        dst: route.underlay_ip,
+        src: cfg.underlay_ip,
+        kind: HopKind::Underlay as u8,
+        tos: 0,
+        _pad: [0; 2],
+    };
+    if let Some(hop) = cached_hop(ctx, &key) {
+        return send_to_hop(ctx, ifindex, hop.dmac, hop.smac, hop.ifindex);
+    }
     let mut slot = core::mem::MaybeUninit::uninit();
     let params = fib_params(
         &mut slot,
@@ -279,14 +291,8 @@ fn set_outer_macs(
         )
     };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        let macs = [params.dmac, params.smac];
-        ctx.store(0, &macs, 0)
-            .map_err(|_| Counter::DropAdjustFailed)?;
-        if params.ifindex == ifindex {
-            return Ok(TC_ACT_OK);
-        }
-        // SAFETY: plain helper call with scalar arguments.
-        return Ok(unsafe { bpf_redirect(params.ifindex, 0) } as i32);
+        let hop = cache_hop(&key, params);
+        return send_to_hop(ctx, ifindex, hop.dmac, hop.smac, hop.ifindex);
     }
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         // The kernel routes the outer packet itself and resolves the neighbour (queueing the
@@ -297,4 +303,24 @@ fn set_outer_macs(
         return Ok(action as i32);
     }
     Err(Counter::DropNoUnderlayRoute)
+}
+
+/// Writes the outer MACs of a resolved next hop and sends the packet out of its device: on its
+/// way if that is `ifindex`, redirected otherwise.
+#[inline(always)]
+fn send_to_hop(
+    ctx: &TcContext,
+    ifindex: u32,
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    hop_ifindex: u32,
+) -> Result<i32, Counter> {
+    let macs = [dmac, smac];
+    ctx.store(0, &macs, 0)
+        .map_err(|_| Counter::DropAdjustFailed)?;
+    if hop_ifindex == ifindex {
+        return Ok(TC_ACT_OK);
+    }
+    // SAFETY: plain helper call with scalar arguments.
+    Ok(unsafe { bpf_redirect(hop_ifindex, 0) } as i32)
 }
