@@ -546,24 +546,32 @@ fn measure_latency(bed: &Testbed) -> anyhow::Result<(f64, f64)> {
         "taskset",
         &["-c", "1", "sockperf", "sr", "-i", &ip, "-p", "11111"],
     )?;
-    let output = bed.client().output(
-        "taskset",
-        [
-            "-c",
-            "0",
-            "sockperf",
-            "pp",
-            "-i",
-            &ip,
-            "-p",
-            "11111",
-            "-m",
-            "64",
-            "-t",
-            &SECONDS.to_string(),
-        ],
-    )?;
-    let text = String::from_utf8_lossy(&output.stdout);
+    let seconds = SECONDS.to_string();
+    let args = [
+        "-c",
+        "0",
+        "sockperf",
+        "pp",
+        "-i",
+        &ip,
+        "-p",
+        "11111",
+        "-m",
+        "64",
+        "-t",
+        &seconds,
+    ];
+    // On a busy machine the server may not listen yet after Server::start's wait: the client
+    // then hears nothing, and is run again.
+    let mut text = String::new();
+    for _attempt in 0..3 {
+        let output = bed.client().output("taskset", args)?;
+        text = String::from_utf8_lossy(&output.stdout).to_string();
+        if !text.contains("No messages were received") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let percentile = |which: &str| -> anyhow::Result<f64> {
         text.lines()
             .find(|line| line.contains(&format!("percentile {which}")))

@@ -16,7 +16,7 @@ use shoal_dataplane_common::{
 use crate::{
     headers::{
         ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV4_NO_OPTIONS, Ipv4Hdr, UDP_LEN,
-        UdpHdr, VXLAN_LEN, VxlanHdr, decrement_ttl, fib_params, in_subnet,
+        UdpHdr, VXLAN_LEN, VxlanHdr, fib_params, in_subnet,
     },
     maps::{cache_hop, cached_hop, config, count, endpoint_for, route_for},
 };
@@ -28,6 +28,13 @@ const VXLAN: usize = OUTER_UDP + UDP_LEN;
 const VXLAN_INNER_ETH: usize = VXLAN + VXLAN_LEN;
 const VXLAN_INNER_IP: usize = VXLAN_INNER_ETH + ETH_LEN;
 const UDP_INNER_IP: usize = OUTER_UDP + UDP_LEN;
+
+/// The Ethernet and IPv4 headers of a packet delivered directly.
+#[repr(C)]
+struct ForwardedHead {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+}
 
 /// What to do with a frame arriving on the underlay.
 pub enum Verdict {
@@ -288,9 +295,17 @@ fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
     if hop.ifindex != endpoint.via_ifindex || hop.dmac != endpoint.mac {
         return None;
     }
-    decrement_ttl(ctx, &inner)?;
-    let macs = [hop.dmac, hop.smac];
-    ctx.store(0, &macs, 0).ok()?;
+    // The frame as the kernel would forward it, in one store: the next hop's MACs, the
+    // inner header with TTL - 1.
+    let head = ForwardedHead {
+        eth: EthHdr {
+            dst: hop.dmac,
+            src: hop.smac,
+            proto: ETHERTYPE_IPV4,
+        },
+        ip: inner.forwarded(),
+    };
+    ctx.store(0, &head, 0).ok()?;
     count(Counter::DeliverDirectPackets, 1);
     // SAFETY: plain helper calls with scalar arguments.
     let action = unsafe {
@@ -315,8 +330,12 @@ fn kernel_hop_to(ctx: &TcContext, cfg: &DataplaneConfig, inner: &Ipv4Hdr) -> Opt
         tos: inner.tos,
         _pad: [0; 2],
     };
-    if let Some(hop) = cached_hop(ctx, &key) {
-        return Some(hop);
+    if let Some(hop) = cached_hop(&key) {
+        // SAFETY: reading a field of the kernel-provided __sk_buff context.
+        let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+        // What the lookup checked (the kernel's is_skb_forwardable): a frame that is not GSO
+        // fits the MTU plus an Ethernet header and one VLAN tag.
+        return (gso_size != 0 || ctx.len() <= hop.mtu + 18).then_some(hop);
     }
     let mut slot = core::mem::MaybeUninit::uninit();
     let params = fib_params(

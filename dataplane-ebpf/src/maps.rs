@@ -4,7 +4,6 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::TcContext,
 };
 use shoal_dataplane_common::{
     COUNTER_COUNT, CachedHop, Counter, DataplaneConfig, HOP_CACHE_NS, HopKey, LocalEndpoint,
@@ -61,21 +60,15 @@ pub fn workload_port(ifindex: u32) -> Option<WorkloadPort> {
     unsafe { WORKLOAD_PORTS.get(&ifindex).copied() }
 }
 
-/// The answer a FIB lookup gave for `key` less than [`HOP_CACHE_NS`] ago, if it holds for the
-/// packet in `ctx` too: a packet that is not GSO must fit the egress MTU, as the lookup checks
-/// (otherwise the caller asks the FIB, which gives its own verdict).
+/// The answer a FIB lookup gave for `key` less than [`HOP_CACHE_NS`] ago. The lookup checked the
+/// packet it was given against the egress MTU; the caller checks each later packet against
+/// [`CachedHop::mtu`].
 #[inline(always)]
-pub fn cached_hop(ctx: &TcContext, key: &HopKey) -> Option<CachedHop> {
+pub fn cached_hop(key: &HopKey) -> Option<CachedHop> {
     // SAFETY: the value is copied out at once; a refresh replaces the entry whole.
     let hop = unsafe { HOPS.get(key).copied() }?;
     let age = now_ns().wrapping_sub(hop.checked_ns);
-    if age >= HOP_CACHE_NS {
-        return None;
-    }
-    // SAFETY: reading a field of the kernel-provided __sk_buff context.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    // The kernel's is_skb_forwardable: MTU + Ethernet header + one VLAN tag.
-    (gso_size != 0 || ctx.len() <= hop.mtu + 18).then_some(hop)
+    (age < HOP_CACHE_NS).then_some(hop)
 }
 
 /// Remembers a successful FIB lookup (its `params` after the call) for `key` from now on.
