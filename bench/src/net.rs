@@ -548,18 +548,7 @@ fn measure_latency(bed: &Testbed) -> anyhow::Result<(f64, f64)> {
     )?;
     let seconds = SECONDS.to_string();
     let args = [
-        "-c",
-        "0",
-        "sockperf",
-        "pp",
-        "-i",
-        &ip,
-        "-p",
-        "11111",
-        "-m",
-        "64",
-        "-t",
-        &seconds,
+        "-c", "0", "sockperf", "pp", "-i", &ip, "-p", "11111", "-m", "64", "-t", &seconds,
     ];
     // On a busy machine the server may not listen yet after Server::start's wait: the client
     // then hears nothing, and is run again.
