@@ -113,9 +113,10 @@ pub fn run(settings: &Settings) -> Result<String> {
                     .context("writing the network config")?;
                 let outcome = runtime.block_on(run_nodes(kind, &cluster, nodes))?;
                 eprintln!(
-                    "leases: {} converged in {:.2} s",
+                    "leases: {} converged in {:.2} s (this client process: {:.0} MiB resident)",
                     label(kind),
-                    outcome.all_known_s
+                    outcome.all_known_s,
+                    rss_mb(&[std::process::id()], "VmRSS:")
                 );
                 rounds.push(outcome);
             }
@@ -461,8 +462,31 @@ fn table(sizes: &[Size]) -> String {
                 size.nodes
             );
         }
+        if let [shoal, etcd] = size.median.as_slice() {
+            let _ = writeln!(
+                out,
+                "{} nodes, the store's load per node: shoal kv {:.2} ms CPU and {:.1} KB RSS, \
+                 etcd 3.4 {:.2} ms CPU and {:.1} KB RSS (shoal / etcd: CPU {}, RSS {})",
+                size.nodes,
+                shoal.cpu_ms_per_node,
+                shoal.rss_kb_per_node,
+                etcd.cpu_ms_per_node,
+                etcd.rss_kb_per_node,
+                ratio_text(shoal.cpu_ms_per_node, etcd.cpu_ms_per_node),
+                ratio_text(shoal.rss_kb_per_node, etcd.rss_kb_per_node),
+            );
+        }
     }
     out
+}
+
+/// `shoal / etcd` as `0.48x`, or `n/a` when etcd's figure is zero.
+fn ratio_text(shoal: f64, etcd: f64) -> String {
+    if etcd > 0.0 {
+        format!("{:.2}x", shoal / etcd)
+    } else {
+        "n/a".to_string()
+    }
 }
 
 /// shoal kv's time until every node knew every lease, as a fraction of etcd's.

@@ -17,13 +17,13 @@
 //!
 //! Each configuration gets a fresh two-node cluster with one container per node and the workload
 //! MTU its encapsulation allows; rounds interleave the configurations so background load hits
-//! them alike. Metrics: single-stream TCP (iperf3, client on CPU 0 and server on CPU 1: left to
-//! the scheduler the same configuration ranged 10-16 Gbit/s between rounds, pinned it stays
-//! within ~5%), and again left to the scheduler, as a container runs; 64-byte UDP packets per
-//! second delivered to the receiving container's UDP layer by two saturating `sendmmsg` senders
-//! (one per CPU); UDP request/response latency p50/p99 (sockperf ping-pong, one-way = RTT/2,
-//! pinned as iperf3 is); CPU time per delivered 64-byte packet (the senders' user+system time
-//! plus the machine's softirq time during the flood).
+//! them alike, every other round in reverse order. Metrics: single-stream TCP (iperf3, client on
+//! CPU 0 and server on CPU 1: left to the scheduler the same configuration ranged 10-16 Gbit/s
+//! between rounds, pinned it stays within ~5%), and again left to the scheduler, as a container
+//! runs; 64-byte UDP packets per second delivered to the receiving container's UDP layer by two
+//! saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99 (sockperf
+//! ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte packet (the
+//! senders' user+system time plus the machine's softirq time during the flood).
 //! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
 //! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named configurations,
 //! `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
@@ -546,24 +546,21 @@ fn measure_latency(bed: &Testbed) -> anyhow::Result<(f64, f64)> {
         "taskset",
         &["-c", "1", "sockperf", "sr", "-i", &ip, "-p", "11111"],
     )?;
-    let output = bed.client().output(
-        "taskset",
-        [
-            "-c",
-            "0",
-            "sockperf",
-            "pp",
-            "-i",
-            &ip,
-            "-p",
-            "11111",
-            "-m",
-            "64",
-            "-t",
-            &SECONDS.to_string(),
-        ],
-    )?;
-    let text = String::from_utf8_lossy(&output.stdout);
+    let seconds = SECONDS.to_string();
+    let args = [
+        "-c", "0", "sockperf", "pp", "-i", &ip, "-p", "11111", "-m", "64", "-t", &seconds,
+    ];
+    // On a busy machine the server may not listen yet after Server::start's wait: the client
+    // then hears nothing, and is run again.
+    let mut text = String::new();
+    for _attempt in 0..3 {
+        let output = bed.client().output("taskset", args)?;
+        text = String::from_utf8_lossy(&output.stdout).to_string();
+        if !text.contains("No messages were received") {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let percentile = |which: &str| -> anyhow::Result<f64> {
         text.lines()
             .find(|line| line.contains(&format!("percentile {which}")))
@@ -827,9 +824,20 @@ pub fn run(rounds: usize) -> anyhow::Result<String> {
     let layouts = layouts_from_env();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); layouts.len()];
     for round in 0..rounds {
-        for (index, layout) in layouts.iter().enumerate() {
-            let sample = measure(*layout)?;
-            eprintln!("round {round} {:<20} {sample:?}", layout.name);
+        // Every other round runs the configurations in reverse, so none always runs first or
+        // last (the machine's load drifts within a round).
+        let mut order: Vec<usize> = (0..layouts.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for index in order {
+            let layout = layouts[index];
+            let sample = measure(layout)?;
+            eprintln!(
+                "round {round} {:<20} {sample:?} load {:.2}",
+                layout.name,
+                load_average()
+            );
             samples[index].push(sample);
         }
     }
@@ -850,6 +858,14 @@ pub fn run(rounds: usize) -> anyhow::Result<String> {
     };
     write_outputs(&report)?;
     Ok(table(&report))
+}
+
+/// The machine's 1-minute load average (0 where /proc/loadavg cannot be read).
+fn load_average() -> f64 {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Whether `SHOAL_NET_BENCH_ONLY` picks some configurations rather than all.

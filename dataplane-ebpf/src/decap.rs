@@ -9,14 +9,16 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
-use shoal_dataplane_common::{Backend, Counter, DataplaneConfig, UDP_OVERHEAD, VXLAN_OVERHEAD};
+use shoal_dataplane_common::{
+    Backend, CachedHop, Counter, DataplaneConfig, HopKey, HopKind, UDP_OVERHEAD, VXLAN_OVERHEAD,
+};
 
 use crate::{
     headers::{
         ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV4_NO_OPTIONS, Ipv4Hdr, UDP_LEN,
-        UdpHdr, VXLAN_LEN, VxlanHdr, decrement_ttl, fib_params, in_subnet,
+        UdpHdr, VXLAN_LEN, VxlanHdr, fib_params, in_subnet,
     },
-    maps::{config, count, endpoint_for, route_for},
+    maps::{cache_hop, cached_hop, config, count, endpoint_for, route_for},
 };
 
 /// Offsets with an option-less outer IPv4 header.
@@ -26,6 +28,13 @@ const VXLAN: usize = OUTER_UDP + UDP_LEN;
 const VXLAN_INNER_ETH: usize = VXLAN + VXLAN_LEN;
 const VXLAN_INNER_IP: usize = VXLAN_INNER_ETH + ETH_LEN;
 const UDP_INNER_IP: usize = OUTER_UDP + UDP_LEN;
+
+/// The Ethernet and IPv4 headers of a packet delivered directly.
+#[repr(C)]
+struct ForwardedHead {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+}
 
 /// What to do with a frame arriving on the underlay.
 pub enum Verdict {
@@ -282,6 +291,52 @@ fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
         return None;
     }
     let endpoint = endpoint_for(inner.dst)?;
+    let hop = kernel_hop_to(ctx, cfg, &inner)?;
+    if hop.ifindex != endpoint.via_ifindex || hop.dmac != endpoint.mac {
+        return None;
+    }
+    // The frame as the kernel would forward it, in one store: the next hop's MACs, the
+    // inner header with TTL - 1.
+    let head = ForwardedHead {
+        eth: EthHdr {
+            dst: hop.dmac,
+            src: hop.smac,
+            proto: ETHERTYPE_IPV4,
+        },
+        ip: inner.forwarded(),
+    };
+    ctx.store(0, &head, 0).ok()?;
+    count(Counter::DeliverDirectPackets, 1);
+    // SAFETY: plain helper calls with scalar arguments.
+    let action = unsafe {
+        if endpoint.peer != 0 {
+            bpf_redirect_peer(endpoint.port_ifindex, 0)
+        } else {
+            bpf_redirect(endpoint.port_ifindex, 0)
+        }
+    };
+    Some(action as i32)
+}
+
+/// Where the kernel's own forwarding would send the decapsulated `inner` packet (its FIB and
+/// neighbour lookup from the underlay device), from the hop cache when the same lookup answered
+/// less than `HOP_CACHE_NS` ago; `None` where the kernel has no resolved answer.
+#[inline(always)]
+fn kernel_hop_to(ctx: &TcContext, cfg: &DataplaneConfig, inner: &Ipv4Hdr) -> Option<CachedHop> {
+    let key = HopKey {
+        dst: inner.dst,
+        src: inner.src,
+        kind: HopKind::Workload as u8,
+        tos: inner.tos,
+        _pad: [0; 2],
+    };
+    if let Some(hop) = cached_hop(&key) {
+        // SAFETY: reading a field of the kernel-provided __sk_buff context.
+        let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+        // What the lookup checked (the kernel's is_skb_forwardable): a frame that is not GSO
+        // fits the MTU plus an Ethernet header and one VLAN tag.
+        return (gso_size != 0 || ctx.len() <= hop.mtu + 18).then_some(hop);
+    }
     let mut slot = core::mem::MaybeUninit::uninit();
     let params = fib_params(
         &mut slot,
@@ -301,23 +356,8 @@ fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
             0,
         )
     };
-    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || params.ifindex != endpoint.via_ifindex
-        || params.dmac != endpoint.mac
-    {
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return None;
     }
-    decrement_ttl(ctx, &inner)?;
-    let macs = [params.dmac, params.smac];
-    ctx.store(0, &macs, 0).ok()?;
-    count(Counter::DeliverDirectPackets, 1);
-    // SAFETY: plain helper calls with scalar arguments.
-    let action = unsafe {
-        if endpoint.peer != 0 {
-            bpf_redirect_peer(endpoint.port_ifindex, 0)
-        } else {
-            bpf_redirect(endpoint.port_ifindex, 0)
-        }
-    };
-    Some(action as i32)
+    Some(cache_hop(&key, params))
 }

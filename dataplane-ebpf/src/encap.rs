@@ -4,7 +4,8 @@
 //! Packets reach this hook because the kernel routes each remote subnet out of the underlay
 //! device (a route per subnet via a permanent neighbour, the layout flannel gives `flannel.1`).
 //! A packet whose destination is in the routes map gets the outer headers of its route's backend,
-//! then the outer MACs from a FIB lookup of the remote node's underlay address.
+//! then the outer MACs from a FIB lookup of the remote node's underlay address (cached for a
+//! short while per remote node, `HOPS`).
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
@@ -18,18 +19,20 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use shoal_dataplane_common::{
-    Backend, Counter, DataplaneConfig, RouteTarget, UDP_OVERHEAD, VXLAN_OVERHEAD,
+    Backend, CachedHop, Counter, DataplaneConfig, HopKey, HopKind, RouteTarget, UDP_OVERHEAD,
+    VXLAN_OVERHEAD,
 };
 
 use crate::{
     headers::{
         ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_NO_OPTIONS, Ipv4Hdr, UdpHdr, VxlanHdr,
-        decrement_ttl, fib_params, source_port,
+        fib_params, source_port,
     },
-    maps::{config, count, route_for, workload_port},
+    maps::{cache_hop, cached_hop, config, count, route_for, workload_port},
 };
 
-/// Everything in front of the inner IPv4 packet of a VXLAN packet.
+/// Everything in front of the inner IPv4 packet of a VXLAN packet, and the inner header itself
+/// (written back with the forwarded TTL): one store per packet.
 #[repr(C)]
 struct VxlanHeaders {
     outer_eth: EthHdr,
@@ -37,14 +40,24 @@ struct VxlanHeaders {
     udp: UdpHdr,
     vxlan: VxlanHdr,
     inner_eth: EthHdr,
+    inner_ip: Ipv4Hdr,
 }
 
-/// Everything in front of the inner IPv4 packet of a flannel `udp` packet.
+/// Everything in front of the inner IPv4 packet of a flannel `udp` packet, and the inner header.
 #[repr(C)]
 struct UdpHeaders {
     outer_eth: EthHdr,
     outer_ip: Ipv4Hdr,
     udp: UdpHdr,
+    inner_ip: Ipv4Hdr,
+}
+
+/// Where an encapsulated packet goes next on the underlay.
+enum NextHop {
+    /// A resolved neighbour: the outer MACs and the device.
+    Resolved(CachedHop),
+    /// The route's device, whose neighbour the kernel must resolve first.
+    Unresolved(u32),
 }
 
 pub fn tc_egress(ctx: &TcContext) -> i32 {
@@ -93,13 +106,7 @@ pub fn tc_workload_ingress(ctx: &TcContext) -> i32 {
         // The kernel's route MTU answers it with frag-needed (or fragments it).
         return TC_ACT_OK;
     }
-    if decrement_ttl(ctx, &inner).is_none() {
-        return TC_ACT_OK;
-    }
-    let inner = Ipv4Hdr {
-        ttl: inner.ttl - 1,
-        ..inner
-    };
+    let inner = inner.forwarded();
     // Not on the underlay yet: the FIB lookup starts there, and the packet is redirected.
     match encapsulate(ctx, cfg, route, backend, &inner, cfg.underlay_ifindex) {
         Ok(action) => {
@@ -164,13 +171,35 @@ fn encapsulate(
         // The route MTU keeps forwarded traffic below this; what still arrives cannot be sent.
         return Err(Counter::DropTooBig);
     }
+    let next = next_hop(ctx, cfg, route, ifindex, inner_len + overhead, gso_size)?;
+    let (dmac, smac) = match &next {
+        NextHop::Resolved(hop) => (hop.dmac, hop.smac),
+        // Placeholders the kernel overwrites once it resolved the neighbour.
+        NextHop::Unresolved(_) => (cfg.underlay_mac, cfg.underlay_mac),
+    };
+    let outer_eth = EthHdr {
+        dst: dmac,
+        src: smac,
+        proto: ETHERTYPE_IPV4,
+    };
     // SAFETY: the helper only reads the skb.
     let sport = source_port(unsafe { bpf_get_hash_recalc(skb) });
     match backend {
-        Backend::Vxlan => push_vxlan(ctx, cfg, route, inner, inner_len, sport)?,
-        Backend::Udp => push_udp(ctx, cfg, route, inner, inner_len, sport)?,
+        Backend::Vxlan => push_vxlan(ctx, cfg, route, outer_eth, inner, inner_len, sport)?,
+        Backend::Udp => push_udp(ctx, cfg, route, outer_eth, inner, inner_len, sport)?,
     }
-    let action = set_outer_macs(ctx, cfg, route, ifindex)?;
+    // SAFETY: plain helper calls with scalar arguments; a null nexthop with length 0 is
+    // bpf_redirect_neigh's documented "look it up" form.
+    let action = match next {
+        NextHop::Resolved(hop) if hop.ifindex == ifindex => TC_ACT_OK,
+        NextHop::Resolved(hop) => unsafe { bpf_redirect(hop.ifindex, 0) as i32 },
+        // The kernel routes the outer packet itself and resolves the neighbour (queueing the
+        // packet meanwhile). Without a nexthop argument it also replaces the skb's route with
+        // the underlay one, so a queued packet leaves with the underlay neighbour's MAC.
+        NextHop::Unresolved(device) => unsafe {
+            bpf_redirect_neigh(device, core::ptr::null_mut(), 0, 0) as i32
+        },
+    };
     let (packets, bytes) = match backend {
         Backend::Vxlan => (Counter::EncapVxlanPackets, Counter::EncapVxlanBytes),
         Backend::Udp => (Counter::EncapUdpPackets, Counter::EncapUdpBytes),
@@ -185,6 +214,7 @@ fn push_vxlan(
     ctx: &TcContext,
     cfg: &DataplaneConfig,
     route: &RouteTarget,
+    outer_eth: EthHdr,
     inner: &Ipv4Hdr,
     inner_len: u32,
     sport: u16,
@@ -199,13 +229,7 @@ fn push_vxlan(
     // Outer payload: UDP + VXLAN + inner Ethernet + inner IPv4.
     let udp_payload = 8 + ETH_LEN as u32 + inner_len;
     let headers = VxlanHeaders {
-        outer_eth: EthHdr {
-            // A placeholder `set_outer_macs` overwrites: a copy of a MAC at hand costs six byte
-            // moves, a zero literal a call to compiler_builtins' byte-at-a-time memset.
-            dst: cfg.underlay_mac,
-            src: cfg.underlay_mac,
-            proto: ETHERTYPE_IPV4,
-        },
+        outer_eth,
         outer_ip: Ipv4Hdr::outer_udp(
             cfg.underlay_ip,
             route.underlay_ip,
@@ -219,6 +243,7 @@ fn push_vxlan(
             src: cfg.vtep_mac,
             proto: ETHERTYPE_IPV4,
         },
+        inner_ip: *inner,
     };
     ctx.store(0, &headers, 0)
         .map_err(|_| Counter::DropAdjustFailed)
@@ -229,6 +254,7 @@ fn push_udp(
     ctx: &TcContext,
     cfg: &DataplaneConfig,
     route: &RouteTarget,
+    outer_eth: EthHdr,
     inner: &Ipv4Hdr,
     inner_len: u32,
     sport: u16,
@@ -238,63 +264,67 @@ fn push_udp(
     ctx.adjust_room(UDP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, u64::from(flags))
         .map_err(|_| Counter::DropAdjustFailed)?;
     let headers = UdpHeaders {
-        outer_eth: EthHdr {
-            dst: cfg.underlay_mac, // placeholder, as in push_vxlan
-            src: cfg.underlay_mac,
-            proto: ETHERTYPE_IPV4,
-        },
+        outer_eth,
         outer_ip: Ipv4Hdr::outer_udp(cfg.underlay_ip, route.underlay_ip, 8 + inner_len, inner.tos),
         udp: UdpHdr::new(sport, cfg.udp_port, inner_len),
+        inner_ip: *inner,
     };
     ctx.store(0, &headers, 0)
         .map_err(|_| Counter::DropAdjustFailed)
 }
 
-/// Fills the outer MACs from the kernel's FIB and neighbour tables, looked up from `ifindex`. A
-/// resolved neighbour on that device keeps the packet on its way (TC_ACT_OK); otherwise the kernel
-/// resolves it (`bpf_redirect_neigh`) or another device is used (`bpf_redirect`).
+/// The underlay next hop towards the route's node: the kernel's FIB and neighbour tables,
+/// looked up from `ifindex` (or the hop cache, where the same lookup answered less than
+/// `HOP_CACHE_NS` ago). `outer_len` is the IPv4 length the packet will have; one that is not
+/// GSO must fit the hop's MTU.
 #[inline(always)]
-fn set_outer_macs(
+fn next_hop(
     ctx: &TcContext,
     cfg: &DataplaneConfig,
     route: &RouteTarget,
     ifindex: u32,
-) -> Result<i32, Counter> {
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let params = fib_params(
-        &mut slot,
-        ifindex,
-        IPPROTO_UDP,
-        0,
-        cfg.underlay_ip,
-        route.underlay_ip,
-    );
-    // SAFETY: params lives on this stack frame for the duration of the call.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
+    outer_len: u32,
+    gso_size: u32,
+) -> Result<NextHop, Counter> {
+    let key = HopKey {
+        dst: route.underlay_ip,
+        src: cfg.underlay_ip,
+        kind: HopKind::Underlay as u8,
+        tos: 0,
+        _pad: [0; 2],
     };
-    if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        let macs = [params.dmac, params.smac];
-        ctx.store(0, &macs, 0)
-            .map_err(|_| Counter::DropAdjustFailed)?;
-        if params.ifindex == ifindex {
-            return Ok(TC_ACT_OK);
+    let hop = match cached_hop(&key) {
+        Some(hop) => hop,
+        None => {
+            let mut slot = core::mem::MaybeUninit::uninit();
+            let params = fib_params(
+                &mut slot,
+                ifindex,
+                IPPROTO_UDP,
+                0,
+                cfg.underlay_ip,
+                route.underlay_ip,
+            );
+            // SAFETY: params lives on this stack frame for the duration of the call.
+            let rc = unsafe {
+                fib_lookup(
+                    ctx.skb.skb as *mut _,
+                    params,
+                    core::mem::size_of::<bpf_fib_lookup>() as i32,
+                    BPF_FIB_LOOKUP_OUTPUT,
+                )
+            };
+            if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+                return Ok(NextHop::Unresolved(params.ifindex));
+            }
+            if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+                return Err(Counter::DropNoUnderlayRoute);
+            }
+            cache_hop(&key, params)
         }
-        // SAFETY: plain helper call with scalar arguments.
-        return Ok(unsafe { bpf_redirect(params.ifindex, 0) } as i32);
+    };
+    if gso_size == 0 && outer_len > hop.mtu {
+        return Err(Counter::DropTooBig);
     }
-    if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
-        // The kernel routes the outer packet itself and resolves the neighbour (queueing the
-        // packet meanwhile). Without a nexthop argument it also replaces the skb's route with
-        // the underlay one, so a queued packet leaves with the underlay neighbour's MAC.
-        // SAFETY: a null nexthop with length 0 is the documented "look it up" form.
-        let action = unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) };
-        return Ok(action as i32);
-    }
-    Err(Counter::DropNoUnderlayRoute)
+    Ok(NextHop::Resolved(hop))
 }

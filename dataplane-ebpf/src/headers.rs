@@ -102,6 +102,21 @@ impl Ipv4Hdr {
         !(sum as u16)
     }
 
+    /// The header as `ip_forward` leaves it: TTL - 1, the checksum updated incrementally as
+    /// `ip_decrease_ttl` does (the caller made sure the TTL is above 1).
+    #[inline(always)]
+    pub fn forwarded(&self) -> Self {
+        // The TTL is the high byte of its 16-bit word: one less there is 0x0100 more in the
+        // ones' complement checksum.
+        let check = u32::from(u16::from_be_bytes(self.csum)) + 0x0100;
+        let check = check + u32::from(check >= 0xffff);
+        Self {
+            ttl: self.ttl - 1,
+            csum: (check as u16).to_be_bytes(),
+            ..*self
+        }
+    }
+
     #[inline(always)]
     pub fn is_fragment(&self) -> bool {
         // More-fragments flag or a non-zero offset.
@@ -164,19 +179,6 @@ pub fn source_port(hash: u32) -> u16 {
 #[inline(always)]
 pub fn in_subnet(addr: [u8; 4], network: [u8; 4], mask: [u8; 4]) -> bool {
     u32::from_ne_bytes(addr) & u32::from_ne_bytes(mask) == u32::from_ne_bytes(network)
-}
-
-/// TTL - 1 with an incremental header checksum update, as `ip_forward` does.
-#[inline(always)]
-pub fn decrement_ttl(ctx: &aya_ebpf::programs::TcContext, inner: &Ipv4Hdr) -> Option<()> {
-    const TTL_OFFSET: usize = ETH_LEN + 8;
-    const CSUM_OFFSET: usize = ETH_LEN + 10;
-    let ttl = inner.ttl - 1;
-    let old = u16::from_ne_bytes([inner.ttl, inner.proto]);
-    let new = u16::from_ne_bytes([ttl, inner.proto]);
-    ctx.l3_csum_replace(CSUM_OFFSET, u64::from(old), u64::from(new), 2)
-        .ok()?;
-    ctx.store(TTL_OFFSET, &ttl, 0).ok()
 }
 
 /// Fills `slot` with the parameters of an IPv4 `bpf_fib_lookup` from `src` to `dst`, starting

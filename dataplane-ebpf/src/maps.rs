@@ -1,11 +1,13 @@
 //! The pinned maps shared with userspace (names and value types in `shoal_dataplane_common`).
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use shoal_dataplane_common::{
-    COUNTER_COUNT, Counter, DataplaneConfig, LocalEndpoint, MAX_ENDPOINTS, MAX_ROUTES, RouteTarget,
-    WorkloadPort,
+    COUNTER_COUNT, CachedHop, Counter, DataplaneConfig, HOP_CACHE_NS, HopKey, LocalEndpoint,
+    MAX_ENDPOINTS, MAX_HOPS, MAX_ROUTES, RouteTarget, WorkloadPort,
 };
 
 /// Remote subnet -> the node leasing it. Key data: the IPv4 address, network order.
@@ -27,6 +29,11 @@ static ENDPOINTS: HashMap<[u8; 4], LocalEndpoint> = HashMap::pinned(MAX_ENDPOINT
 /// Bridge port ifindex -> what frames on it the host routes.
 #[map]
 static WORKLOAD_PORTS: HashMap<u32, WorkloadPort> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// FIB lookups the programs made, reused for [`HOP_CACHE_NS`]. Not pinned: a cache, which each
+/// loaded object starts empty (a takeover's new programs fill their own).
+#[map]
+static HOPS: LruHashMap<HopKey, CachedHop> = LruHashMap::with_max_entries(MAX_HOPS, 0);
 
 #[inline(always)]
 pub fn config() -> Option<&'static DataplaneConfig> {
@@ -51,6 +58,40 @@ pub fn endpoint_for(addr: [u8; 4]) -> Option<LocalEndpoint> {
 pub fn workload_port(ifindex: u32) -> Option<WorkloadPort> {
     // SAFETY: the value is copied out at once; a concurrent update replaces the entry whole.
     unsafe { WORKLOAD_PORTS.get(&ifindex).copied() }
+}
+
+/// The answer a FIB lookup gave for `key` less than [`HOP_CACHE_NS`] ago. The lookup checked the
+/// packet it was given against the egress MTU; the caller checks each later packet against
+/// [`CachedHop::mtu`].
+#[inline(always)]
+pub fn cached_hop(key: &HopKey) -> Option<CachedHop> {
+    // SAFETY: the value is copied out at once; a refresh replaces the entry whole.
+    let hop = unsafe { HOPS.get(key).copied() }?;
+    let age = now_ns().wrapping_sub(hop.checked_ns);
+    (age < HOP_CACHE_NS).then_some(hop)
+}
+
+/// Remembers a successful FIB lookup (its `params` after the call) for `key` from now on.
+#[inline(always)]
+pub fn cache_hop(key: &HopKey, params: &bpf_fib_lookup) -> CachedHop {
+    let hop = CachedHop {
+        dmac: params.dmac,
+        smac: params.smac,
+        ifindex: params.ifindex,
+        // SAFETY: a successful lookup with tot_len 0 leaves the egress MTU in this union.
+        mtu: u32::from(unsafe { params.__bindgen_anon_1.mtu_result }),
+        _pad: 0,
+        checked_ns: now_ns(),
+    };
+    // A full cache evicts its least recently used entry; a failed insert only costs a lookup.
+    let _ = HOPS.insert(key, &hop, 0);
+    hop
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: plain helper call without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

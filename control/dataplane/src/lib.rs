@@ -50,7 +50,7 @@ pub use endpoints::{Endpoint, sync_pinned_endpoints};
 pub use error::{Error, Result};
 pub use mac::MacAddr;
 pub use routes::RouteTarget;
-pub use shoal_dataplane_common::{Backend, Counter};
+pub use shoal_dataplane_common::{Backend, Counter, HOP_CACHE_NS};
 pub use stats::{Stats, read_pinned_stats};
 
 /// The eBPF object built from `dataplane-ebpf` by this crate's build script.

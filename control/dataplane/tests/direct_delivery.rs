@@ -8,7 +8,9 @@
 mod common;
 
 use common::*;
-use shoal_dataplane::{Backend, Counter, DecapHook};
+use std::time::Duration;
+
+use shoal_dataplane::{Backend, Counter, DecapHook, HOP_CACHE_NS};
 use shoal_harness::{Cluster, flannel_vxlan};
 
 fn tc_nodes() -> (Cluster, Vec<NodeDataplane>) {
@@ -195,6 +197,8 @@ fn a_workload_with_a_new_mac_falls_back_to_the_kernel_path() {
         .node(1)
         .exec("ip", &["neigh", "flush", "dev", "cbr0"])
         .expect("neighbour flush");
+    // The programs reuse a FIB answer for HOP_CACHE_NS; after that they see the change.
+    std::thread::sleep(Duration::from_nanos(HOP_CACHE_NS) * 2);
     let direct = dataplanes[1].count(Counter::DeliverDirectPackets);
     assert!(ping(a.ns(), b_ip, 56, 3), "the kernel path still delivers");
     assert_eq!(

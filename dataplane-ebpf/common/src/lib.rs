@@ -37,6 +37,17 @@ pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
 /// Name of the hash map from a bridge port's ifindex to the [`WorkloadPort`] its workloads
 /// route through.
 pub const WORKLOAD_PORTS_MAP: &str = "WORKLOAD_PORTS";
+/// Name of the LRU hash map caching FIB and neighbour lookups the programs made: a [`HopKey`]
+/// to the [`CachedHop`] it gave.
+pub const HOPS_MAP: &str = "HOPS";
+/// Capacity of the hop cache (flows to remote nodes and to local workloads; the least recently
+/// used entry makes room).
+pub const MAX_HOPS: u32 = 16384;
+/// How long a cached lookup answers for its key before the FIB is asked again, in nanoseconds
+/// of `bpf_ktime_get_coarse_ns` (tick granularity): a changed route or neighbour (a workload
+/// replaced behind the same address) is followed within this time, and a flow asks the FIB once
+/// per period instead of once per packet.
+pub const HOP_CACHE_NS: u64 = 20_000_000;
 /// Capacity of the endpoints map (workloads on one node), and of the workload ports map.
 pub const MAX_ENDPOINTS: u32 = 4096;
 /// Capacity of the routes map (remote subnets).
@@ -119,6 +130,50 @@ pub struct LocalEndpoint {
 pub struct WorkloadPort {
     pub gateway_mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// What a cached FIB lookup was asked: which lookup, from where to where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopKey {
+    /// Destination address, network order.
+    pub dst: [u8; 4],
+    /// Source address, network order.
+    pub src: [u8; 4],
+    /// A [`HopKind`] as `u8`.
+    pub kind: u8,
+    /// IPv4 TOS of the lookup.
+    pub tos: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The lookups the programs cache.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HopKind {
+    /// The underlay next hop of an encapsulated packet (output lookup from the underlay device).
+    Underlay = 1,
+    /// The kernel's route to a local workload after decapsulation (input lookup on the underlay
+    /// device).
+    Workload = 2,
+}
+
+/// A successful FIB lookup's answer and when it was made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachedHop {
+    /// Next hop's MAC (the outer or the forwarded frame's destination).
+    pub dmac: [u8; 6],
+    /// The egress device's MAC.
+    pub smac: [u8; 6],
+    /// The egress device.
+    pub ifindex: u32,
+    /// The egress device's MTU, which a packet that is not GSO must fit into for the answer to
+    /// hold (the lookup checks the skb it is given).
+    pub mtu: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_coarse_ns` at the lookup.
+    pub checked_ns: u64,
 }
 
 /// The one entry of the config map: what this node is.
@@ -268,4 +323,8 @@ mod pod {
     unsafe impl aya::Pod for super::LocalEndpoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::WorkloadPort {}
+    // SAFETY: as above (HopKey and CachedHop have an explicit `_pad`).
+    unsafe impl aya::Pod for super::HopKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CachedHop {}
 }

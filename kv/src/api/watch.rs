@@ -27,7 +27,8 @@ use crate::proto::mvccpb::{self, event::EventType};
 use crate::proto::watch_service::watch_server::Watch;
 use crate::storage::auth::Access;
 use crate::storage::mvcc::key_in_range;
-use crate::storage::state_machine::{EventBatch, Feed};
+use crate::storage::recent_events::RecentEvents;
+use crate::storage::state_machine::{EventBatch, Feed, State};
 
 /// The field number of `WatchResponse.events`.
 const EVENTS_FIELD: u32 = 11;
@@ -197,6 +198,56 @@ impl Watcher {
             })
             .collect()
     }
+}
+
+/// A watcher's history: what it missed, up to the state's revision.
+enum History {
+    /// Each event's revision and its shared encoding, from the recent batches.
+    Encoded(Vec<(i64, Bytes)>),
+    /// Built from the store, when the recent batches no longer reach back far enough.
+    Built(Vec<mvccpb::Event>),
+}
+
+impl Watcher {
+    /// The events from `next_rev` up to `state`'s revision this watcher wants: the encodings
+    /// the live feed shares when the recent batches still hold them all, else built from the
+    /// store. Called with the state read-locked, so `recent` ends at the state's revision.
+    fn history(&self, state: &State, recent: &RecentEvents) -> History {
+        let Some(batches) = recent.since(self.next_rev) else {
+            let built = state
+                .mvcc
+                .events_since(&self.key, &self.range_end, self.next_rev);
+            return History::Built(self.select(built.iter()));
+        };
+        let variant = usize::from(self.prev_kv);
+        History::Encoded(
+            batches
+                .flat_map(|batch| batch.events.iter().zip(encoded(batch)))
+                .filter(|(event, _)| self.wants(event))
+                .map(|(event, both)| {
+                    let revision = event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    (revision, both[variant].clone())
+                })
+                .collect(),
+        )
+    }
+}
+
+/// `events` (in revision order) in groups of about `max`: a group ends at the first revision
+/// change at or after `max` events.
+fn revision_chunks(events: Vec<(i64, Bytes)>, max: usize) -> Vec<Vec<Bytes>> {
+    let mut chunks: Vec<Vec<Bytes>> = Vec::new();
+    let mut last_revision = None;
+    for (revision, event) in events {
+        match chunks.last_mut() {
+            Some(chunk) if chunk.len() < max || last_revision == Some(revision) => {
+                chunk.push(event)
+            }
+            _ => chunks.push(vec![event]),
+        }
+        last_revision = Some(revision);
+    }
+    chunks
 }
 
 struct Session {
@@ -375,11 +426,9 @@ impl Session {
             let compacted = state.mvcc.compact_revision();
             let start = watcher.next_rev;
             let history = if start > 0 && start <= current && start >= compacted {
-                state
-                    .mvcc
-                    .events_since(&watcher.key, &watcher.range_end, start)
+                watcher.history(&state, &self.member.shared.recent_events())
             } else {
-                Vec::new()
+                History::Built(Vec::new())
             };
             (current, compacted, history)
         };
@@ -396,11 +445,8 @@ impl Session {
         if watcher.next_rev <= 0 {
             watcher.next_rev = current + 1;
         }
-        let events = watcher.select(history.iter());
         watcher.next_rev = watcher.next_rev.max(current + 1);
-        if !events.is_empty() {
-            self.send_events(id, events, current).await?;
-        }
+        self.send_history(id, history, current).await?;
         if watcher.progress_notify && self.ticker.is_none() {
             let first = tokio::time::Instant::now() + PROGRESS_INTERVAL;
             self.ticker = Some(tokio::time::interval_at(first, PROGRESS_INTERVAL));
@@ -433,6 +479,30 @@ impl Session {
             ..Default::default()
         })
         .await
+    }
+
+    /// Sends a watcher's history: the built events in one response, the shared encodings in
+    /// responses of about [`MAX_COALESCED_EVENTS`] events each (etcd's `watchBatchMaxRevs`),
+    /// cut only between revisions so a transaction's events arrive together.
+    async fn send_history(&self, id: i64, history: History, revision: i64) -> Result<(), Closed> {
+        match history {
+            History::Built(events) if events.is_empty() => Ok(()),
+            History::Built(events) => self.send_events(id, events, revision).await,
+            History::Encoded(events) => {
+                for events in revision_chunks(events, MAX_COALESCED_EVENTS) {
+                    let head = pb::WatchResponse {
+                        header: self.header(revision),
+                        watch_id: id,
+                        ..Default::default()
+                    };
+                    self.tx
+                        .send(Ok(Outgoing::Encoded { head, events }))
+                        .await
+                        .map_err(|_| Closed)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Delivers `first` and whatever else the feed already holds (up to [`MAX_COALESCED_EVENTS`]
@@ -503,6 +573,7 @@ impl Session {
         let mut compacted_out = Vec::new();
         let (current, compacted) = {
             let state = self.member.shared.read();
+            let recent = self.member.shared.recent_events();
             let current = state.mvcc.revision();
             let compacted = state.mvcc.compact_revision();
             for (id, watcher) in &mut self.watchers {
@@ -510,15 +581,9 @@ impl Session {
                     compacted_out.push(*id);
                     continue;
                 }
-                let history =
-                    state
-                        .mvcc
-                        .events_since(&watcher.key, &watcher.range_end, watcher.next_rev);
-                let selected = watcher.select(history.iter());
+                let history = watcher.history(&state, &recent);
                 watcher.next_rev = watcher.next_rev.max(current + 1);
-                if !selected.is_empty() {
-                    outgoing.push((*id, selected));
-                }
+                outgoing.push((*id, history));
             }
             (current, compacted)
         };
@@ -526,8 +591,8 @@ impl Session {
             self.watchers.remove(&id);
             self.send_compacted(id, compacted, current).await?;
         }
-        for (id, selected) in outgoing {
-            self.send_events(id, selected, current).await?;
+        for (id, history) in outgoing {
+            self.send_history(id, history, current).await?;
         }
         Ok(())
     }
@@ -550,5 +615,38 @@ impl Session {
             .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    fn events(revisions: &[i64]) -> Vec<(i64, Bytes)> {
+        revisions
+            .iter()
+            .map(|revision| (*revision, Bytes::from(revision.to_string())))
+            .collect()
+    }
+
+    fn sizes(chunks: &[Vec<Bytes>]) -> Vec<usize> {
+        chunks.iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn history_is_sent_in_groups_of_the_limit_cut_only_between_revisions() {
+        let chunks = revision_chunks(events(&[1, 2, 3, 4, 5]), 2);
+        assert_eq!(sizes(&chunks), vec![2, 2, 1]);
+        // A transaction's three events at revision 2 stay together past the limit.
+        let chunks = revision_chunks(events(&[1, 2, 2, 2, 3, 4]), 2);
+        assert_eq!(sizes(&chunks), vec![4, 2]);
+        assert_eq!(
+            chunks.concat(),
+            events(&[1, 2, 2, 2, 3, 4])
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect::<Vec<_>>()
+        );
+        assert!(revision_chunks(Vec::new(), 2).is_empty());
     }
 }

@@ -36,6 +36,7 @@ impl Member {
             feed,
             applied: tokio::sync::watch::channel(0).0,
             db_size: Default::default(),
+            recent: Default::default(),
         });
         let initial = initial_members(&config);
         let id = member_id(

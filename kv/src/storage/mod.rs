@@ -3,7 +3,8 @@
 //! ([`auth`]) with this member's simple tokens ([`tokens`]), the Raft log on disk ([`log`]) and how
 //! far it is durable ([`durable`]), openraft's log storage with the vote, purge point and
 //! snapshots in redb ([`store`]), the versioned, CRC-sealed records of that file ([`records`]),
-//! and the state machine ([`state_machine`]). Every directory of the data dir is owner-only
+//! the state machine ([`state_machine`]) and the latest applies' events it keeps for watchers
+//! ([`recent_events`]). Every directory of the data dir is owner-only
 //! (0700, as etcd makes its data dir) and every file in it 0600, whatever the umask.
 pub mod alarms;
 pub mod auth;
@@ -12,6 +13,7 @@ pub mod durable;
 pub mod log;
 pub mod mvcc;
 pub mod quota;
+pub mod recent_events;
 pub mod records;
 pub mod state_machine;
 pub mod store;

@@ -22,6 +22,7 @@ use crate::storage::db_size::DbSize;
 use crate::storage::durable::Durability;
 use crate::storage::mvcc::Mvcc;
 use crate::storage::quota;
+use crate::storage::recent_events::RecentEvents;
 use crate::storage::tokens::SimpleTokens;
 use crate::types::{
     Command, Entry, LogId, MemberAttrs, MemberNode, Members, Outcome, Proto, StorageError,
@@ -221,6 +222,9 @@ pub struct Shared {
     pub applied: tokio::sync::watch::Sender<u64>,
     /// The state's size as etcd's database, updated as entries apply.
     pub db_size: DbSize,
+    /// The latest applies' events, for watchers catching up; changed only under `state`'s
+    /// write lock (lock `state` first, then this).
+    pub recent: RwLock<RecentEvents>,
 }
 
 impl Shared {
@@ -241,7 +245,22 @@ impl Shared {
         let mut current = self.write();
         state.tokens = current.tokens.clone();
         self.db_size.reset(state.mvcc.row_bytes());
+        self.recent_events_mut().reset(state.mvcc.revision());
         *current = state;
+    }
+
+    /// The latest applies' events, to read. Lock the state first.
+    pub fn recent_events(&self) -> std::sync::RwLockReadGuard<'_, RecentEvents> {
+        self.recent
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The latest applies' events, to change along with the state, whose write lock is held.
+    fn recent_events_mut(&self) -> std::sync::RwLockWriteGuard<'_, RecentEvents> {
+        self.recent
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Gives back what the state no longer uses, and counts the database as rewritten: etcd's
@@ -423,7 +442,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let t = std::time::Instant::now();
         let mut outcomes = Vec::new();
         let mut events = Vec::new();
-        {
+        let batch = {
             let mut state = self.shared.write();
             for entry in entries {
                 self.last_applied = Some(entry.log_id);
@@ -443,13 +462,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 outcomes.push(outcome);
             }
             self.shared.db_size.observe(state.mvcc.row_bytes());
-        }
-        if !events.is_empty() {
+            // Kept with the state it came from, so history and state always agree.
+            (!events.is_empty()).then(|| {
+                let batch = Arc::new(EventBatch::new(events));
+                self.shared.recent_events_mut().push(batch.clone());
+                batch
+            })
+        };
+        if let Some(batch) = batch {
             // No receiver just means no watcher.
-            let _ = self
-                .shared
-                .feed
-                .send(Feed::Events(Arc::new(EventBatch::new(events))));
+            let _ = self.shared.feed.send(Feed::Events(batch));
         }
         self.publish_applied();
         crate::profile::record("sm.apply", t);
@@ -625,6 +647,7 @@ mod tests {
             feed: broadcast::channel(1).0,
             applied: tokio::sync::watch::channel(0).0,
             db_size: DbSize::default(),
+            recent: Default::default(),
         };
         shared.replace(restored);
         assert_eq!(
@@ -657,6 +680,7 @@ mod tests {
             feed: broadcast::channel(16).0,
             applied: tokio::sync::watch::channel(0).0,
             db_size: DbSize::default(),
+            recent: Default::default(),
         });
         let mut machine = StateMachine::open(
             db.clone(),
@@ -687,6 +711,7 @@ mod tests {
                 feed: broadcast::channel(16).0,
                 applied: tokio::sync::watch::channel(0).0,
                 db_size: DbSize::default(),
+                recent: Default::default(),
             }),
             Durability::new(u64::MAX),
             SnapshotMark::new(),
