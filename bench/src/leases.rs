@@ -42,7 +42,7 @@ fn deadline(nodes: usize) -> Duration {
 }
 
 /// How reports name a store.
-fn label(kind: StoreKind) -> &'static str {
+pub fn label(kind: StoreKind) -> &'static str {
     match kind {
         StoreKind::ShoalKv => "shoal-kv",
         StoreKind::Etcd => "etcd-3.4",

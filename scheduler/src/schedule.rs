@@ -168,23 +168,41 @@ impl Placement {
 
     /// The least-loaded machine able to run `unit`, or why there is none.
     pub fn decide(&self, unit: &str) -> Result<String, Unschedulable> {
-        let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
-        for (_, id) in &self.by_load {
-            let Some(machine) = self.machines.get(id) else {
-                continue;
-            };
-            match self.able_to_run(unit, machine) {
-                Ok(()) => return Ok(id.clone()),
-                Err(refusal) => *refusals.entry(refusal).or_default() += 1,
-            }
+        if let Some(machine) = self.first_able(unit) {
+            return Ok(machine.id.clone());
         }
         if self.machines.is_empty() {
             return Err(Unschedulable::NoMachines);
+        }
+        // Why not: counted only now, a refusal per machine is an allocation per machine.
+        let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
+        for machine in self.machines.values() {
+            if let Err(refusal) = self.able_to_run(unit, machine) {
+                *refusals.entry(refusal).or_default() += 1;
+            }
         }
         Err(Unschedulable::NoEligibleMachine {
             machines: self.machines.len(),
             refusals,
         })
+    }
+
+    /// The least-loaded machine able to run `unit`. A unit with `MachineOf` can only go where
+    /// its first peer is, so that machine is the only one asked (at 5,000 machines, asking
+    /// them all in load order is what placing a sidecar cost).
+    fn first_able(&self, unit: &str) -> Option<&Machine> {
+        let peer = self
+            .requirements
+            .get(unit)
+            .and_then(|rules| rules.machine_of.first());
+        if let Some(peer) = peer {
+            let machine = self.machines.get(self.target.get(peer)?)?;
+            return self.able_to_run(unit, machine).is_ok().then_some(machine);
+        }
+        self.by_load
+            .iter()
+            .filter_map(|(_, id)| self.machines.get(id))
+            .find(|machine| self.able_to_run(unit, machine).is_ok())
     }
 
     /// Places `unit` on the least-loaded able machine; units it replaces there are unscheduled

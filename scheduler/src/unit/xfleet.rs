@@ -150,16 +150,22 @@ impl Requirements {
 
     /// Does a machine with this metadata satisfy `MachineMetadata`?
     pub fn metadata_matches(&self, machine: &std::collections::BTreeMap<String, String>) -> bool {
-        let mut keys: Vec<&str> = self.metadata.iter().map(|r| r.key.as_str()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys.into_iter().all(|key| {
-            let have = machine.get(key);
-            let rules = self.metadata.iter().filter(|r| r.key == key);
-            let (excluded, wanted): (Vec<_>, Vec<_>) = rules.partition(|r| r.negated);
-            let wanted_ok = wanted.is_empty() || wanted.iter().any(|r| have == Some(&r.value));
-            let excluded_ok = excluded.iter().all(|r| have != Some(&r.value));
-            wanted_ok && excluded_ok
+        // Without allocating: the engine asks this for every machine it passes over.
+        self.metadata.iter().enumerate().all(|(index, first)| {
+            if self.metadata[..index].iter().any(|r| r.key == first.key) {
+                return true; // this key was judged at its first rule
+            }
+            let have = machine.get(&first.key);
+            let (mut wanted, mut wanted_ok, mut excluded_ok) = (false, false, true);
+            for rule in self.metadata.iter().filter(|r| r.key == first.key) {
+                if rule.negated {
+                    excluded_ok &= have != Some(&rule.value);
+                } else {
+                    wanted = true;
+                    wanted_ok |= have == Some(&rule.value);
+                }
+            }
+            (!wanted || wanted_ok) && excluded_ok
         })
     }
 
