@@ -22,6 +22,7 @@ const CONFIG: &str = "etc/shoal/agent.yaml";
 /// Where `--pki` puts a node's certificates (what an agent's `pki: /etc/shoal/pki` reads).
 const PKI: &str = "etc/shoal/pki";
 const SERVICE: &str = "shoal.service";
+const DOCKER_SERVICE: &str = "docker.service";
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
@@ -137,6 +138,22 @@ pub async fn install(args: InstallArgs) -> Result<()> {
         systemctl(&["daemon-reload"])?;
         systemctl(&["enable", "--now", SERVICE])?;
         println!("enabled and started {SERVICE}");
+        restart_running_docker()?;
+    }
+    Ok(())
+}
+
+/// A Docker already running was started without the drop-in: it restarts on it, so its bridge
+/// moves onto the node's lease. `--no-block`: the drop-in's `mk-docker-opts --wait` waits for
+/// the agent's first lease.
+fn restart_running_docker() -> Result<()> {
+    let active = Command::new("systemctl")
+        .args(["is-active", "--quiet", DOCKER_SERVICE])
+        .status()
+        .context("running systemctl is-active")?;
+    if active.success() {
+        systemctl(&["restart", "--no-block", DOCKER_SERVICE])?;
+        println!("restarting {DOCKER_SERVICE} on the drop-in");
     }
     Ok(())
 }
