@@ -83,7 +83,7 @@ pub fn docker_drop_in() -> String {
          \n\
          [Service]\n\
          EnvironmentFile=-{docker_env}\n\
-         ExecStartPre=/{BINARY} mk-docker-opts --wait 60\n\
+         ExecStartPre=/{BINARY} mk-docker-opts --wait 60 --fixed-cidr\n\
          ExecStart=\n\
          ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS\n",
         docker_env = shoal_flannel::docker_opts::DEFAULT_PATH,
@@ -339,7 +339,7 @@ mod tests {
             "Requires=shoal.service",
             "After=shoal.service",
             "EnvironmentFile=-/run/flannel/docker",
-            "ExecStartPre=/usr/local/bin/shoal mk-docker-opts --wait 60",
+            "ExecStartPre=/usr/local/bin/shoal mk-docker-opts --wait 60 --fixed-cidr",
             "ExecStart=\n",
             "ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS",
         ] {

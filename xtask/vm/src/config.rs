@@ -208,7 +208,7 @@ After=shoal.service
 
 [Service]
 EnvironmentFile=-/run/flannel/docker
-ExecStartPre=/usr/local/bin/shoal mk-docker-opts --wait 60
+ExecStartPre=/usr/local/bin/shoal mk-docker-opts --wait 60 --fixed-cidr
 ExecStart=
 ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS
 ";
