@@ -143,18 +143,20 @@ pub async fn install(args: InstallArgs) -> Result<()> {
     Ok(())
 }
 
-/// A Docker already running was started without the drop-in: it restarts on it, so its bridge
-/// moves onto the node's lease. `--no-block`: the drop-in's `mk-docker-opts --wait` waits for
-/// the agent's first lease.
+/// A Docker already running (or still starting, as at boot) was started without the
+/// drop-in: it restarts on it, so its bridge moves onto the node's lease (`try-restart` leaves a
+/// stopped Docker alone). `--no-block`: the drop-in's `mk-docker-opts --wait` waits for the
+/// agent's first lease.
 fn restart_running_docker() -> Result<()> {
-    let active = Command::new("systemctl")
-        .args(["is-active", "--quiet", DOCKER_SERVICE])
-        .status()
-        .context("running systemctl is-active")?;
-    if active.success() {
-        systemctl(&["restart", "--no-block", DOCKER_SERVICE])?;
-        println!("restarting {DOCKER_SERVICE} on the drop-in");
+    let load_state = Command::new("systemctl")
+        .args(["show", "-p", "LoadState", "--value", DOCKER_SERVICE])
+        .output()
+        .context("running systemctl show")?;
+    if String::from_utf8_lossy(&load_state.stdout).trim() != "loaded" {
+        return Ok(());
     }
+    systemctl(&["try-restart", "--no-block", DOCKER_SERVICE])?;
+    println!("restarting {DOCKER_SERVICE} on the drop-in if it runs");
     Ok(())
 }
 
