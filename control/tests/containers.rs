@@ -519,9 +519,8 @@ fn podman_container_reaches_docker_nginx(
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     podman(&["pull", "--tls-verify=false", busybox]);
-    let script = format!(
-        "ip -o -4 addr show dev eth0; sleep 3; timeout 5 wget -q -O - http://{nginx_ip}/"
-    );
+    let script =
+        format!("ip -o -4 addr show dev eth0; sleep 3; timeout 5 wget -q -O - http://{nginx_ip}/");
     let (runner, ports) = std::thread::scope(|scope| {
         let runner = scope.spawn(|| {
             podman(&[
@@ -556,15 +555,24 @@ fn podman_container_reaches_docker_nginx(
         "podman container on node 1: {} (Docker's client: {client_ip})",
         output.lines().next().unwrap_or_default()
     );
-    let address = address
-        .unwrap_or_else(|| panic!("the podman container is not in {lease}: {output}"));
+    let address =
+        address.unwrap_or_else(|| panic!("the podman container is not in {lease}: {output}"));
     let upper_half = |ip: &str| -> bool {
         let ip: std::net::Ipv4Addr = ip.parse().expect("an address");
         u32::from(ip) - u32::from(lease.network()) >= lease.size() / 2
     };
-    assert!(upper_half(&address), "podman's {address} not in the upper half of {lease}");
-    assert!(!upper_half(client_ip), "Docker's {client_ip} not in the lower half of {lease}");
-    let links = node.ns().ip(["-o", "link", "show", "type", "bridge"]).expect("bridges");
+    assert!(
+        upper_half(&address),
+        "podman's {address} not in the upper half of {lease}"
+    );
+    assert!(
+        !upper_half(client_ip),
+        "Docker's {client_ip} not in the lower half of {lease}"
+    );
+    let links = node
+        .ns()
+        .ip(["-o", "link", "show", "type", "bridge"])
+        .expect("bridges");
     assert!(
         !links.contains("cni0"),
         "a second bridge for the lease: {links}"

@@ -403,23 +403,27 @@ fn announced(scenario: &Scenario, endpoints: &str, index: usize) -> Result<Strin
 /// active, with flannel's drop-in, its bridge on the node's lease, its addresses in the lower
 /// half (`--fixed-cidr`). Returns a line saying so.
 fn docker_on_the_lease(scenario: &Scenario, index: usize) -> Result<String> {
-    wait_until("docker.service on the lease", Duration::from_secs(300), || {
-        let out = scenario.cluster.exec(
-            index,
-            "systemctl is-active docker.service; \
+    wait_until(
+        "docker.service on the lease",
+        Duration::from_secs(300),
+        || {
+            let out = scenario.cluster.exec(
+                index,
+                "systemctl is-active docker.service; \
              systemctl show -p DropInPaths --value docker.service; \
              ip -o -4 addr show dev docker0 | awk '{print $4}'; ps -o args= -C dockerd",
-            Duration::from_secs(30),
-        )?;
-        let lines: Vec<&str> = out.output.lines().map(str::trim).collect();
-        let ready = lines.first() == Some(&"active")
-            && lines.iter().any(|line| line.contains("40-flannel.conf"))
-            && lines.iter().any(|line| line.starts_with("10.244."))
-            && lines
-                .iter()
-                .any(|line| line.contains("--fixed-cidr=10.244."));
-        Ok(ready.then(|| lines.join(" | ")))
-    })
+                Duration::from_secs(30),
+            )?;
+            let lines: Vec<&str> = out.output.lines().map(str::trim).collect();
+            let ready = lines.first() == Some(&"active")
+                && lines.iter().any(|line| line.contains("40-flannel.conf"))
+                && lines.iter().any(|line| line.starts_with("10.244."))
+                && lines
+                    .iter()
+                    .any(|line| line.contains("--fixed-cidr=10.244."));
+            Ok(ready.then(|| lines.join(" | ")))
+        },
+    )
 }
 
 /// podman on node `index` (which also runs Docker) runs a busybox container through shoal as
@@ -492,8 +496,7 @@ impl VxlanCapture {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .context("starting tcpdump")?;
-        let mut stderr =
-            std::io::BufReader::new(child.stderr.take().context("tcpdump's stderr")?);
+        let mut stderr = std::io::BufReader::new(child.stderr.take().context("tcpdump's stderr")?);
         let mut line = String::new();
         stderr.read_line(&mut line)?;
         ensure!(line.contains("listening on"), "tcpdump: {line}");

@@ -291,8 +291,7 @@ mod tests {
                 "gateway": "10.1.74.1",
             }]])
         );
-        std::fs::write(&docker_file, "DOCKER_OPTS=\" --fixed-cidr=10.9.0.0/25\"\n")
-            .expect("write");
+        std::fs::write(&docker_file, "DOCKER_OPTS=\" --fixed-cidr=10.9.0.0/25\"\n").expect("write");
         let err = SharedBridge::from_docker_options(&docker_file, &env).expect_err("foreign");
         assert_eq!(err.code, code::INVALID_CONFIG);
     }

@@ -244,7 +244,11 @@ mod tests {
         );
         assert_eq!(read_fixed_cidr(&dir.path().join("absent")), None);
         let other: Ipv4Network = "10.1.74.128/25".parse().expect("cidr");
-        assert_eq!(cni_range(env.subnet, other), None, "not at the lease's start");
+        assert_eq!(
+            cni_range(env.subnet, other),
+            None,
+            "not at the lease's start"
+        );
         assert_eq!(docker_half("10.1.74.0/30".parse().expect("cidr")), None);
     }
 
