@@ -257,14 +257,21 @@ fn alarm_refuses_writes_on_every_member(kind: StoreKind) -> Vec<String> {
     transcript
 }
 
-#[test]
-fn a_raised_alarm_refuses_writes_through_every_member_as_in_etcd() {
-    let shoal = std::thread::spawn(|| alarm_refuses_writes_on_every_member(StoreKind::ShoalKv));
-    let etcd = alarm_refuses_writes_on_every_member(StoreKind::Etcd);
+/// Runs one etcdctl session against shoal kv and etcd 3.4 side by side and asserts the
+/// transcripts are equal; returns shoal's for the test's own checks.
+fn same_on_shoal_and_etcd(session: fn(StoreKind) -> Vec<String>) -> Vec<String> {
+    let shoal = std::thread::spawn(move || session(StoreKind::ShoalKv));
+    let etcd = session(StoreKind::Etcd);
     let shoal = shoal.join().expect("the shoal session");
     println!("--- shoal kv\n{}", shoal.join("\n"));
     println!("--- etcd 3.4\n{}", etcd.join("\n"));
     assert_eq!(shoal, etcd);
+    shoal
+}
+
+#[test]
+fn a_raised_alarm_refuses_writes_through_every_member_as_in_etcd() {
+    let shoal = same_on_shoal_and_etcd(alarm_refuses_writes_on_every_member);
     assert!(
         shoal[3].ends_with(&format!("Error: {NO_SPACE}")),
         "{}",
@@ -274,12 +281,7 @@ fn a_raised_alarm_refuses_writes_through_every_member_as_in_etcd() {
 
 #[test]
 fn nospace_alarm_flow_matches_etcd_with_etcdctl() {
-    let shoal = std::thread::spawn(|| session(StoreKind::ShoalKv));
-    let etcd = session(StoreKind::Etcd);
-    let shoal = shoal.join().expect("the shoal session");
-    println!("--- shoal kv\n{}", shoal.join("\n"));
-    println!("--- etcd 3.4\n{}", etcd.join("\n"));
-    assert_eq!(shoal, etcd);
+    let shoal = same_on_shoal_and_etcd(session);
     let list = &shoal[0];
     assert!(list.ends_with("memberID:<id> alarm:NOSPACE"), "{list}");
     assert_eq!(shoal[1], "$ curl /health\n{\"health\":\"false\"}\n 503");

@@ -2,13 +2,15 @@
 //! cluster, a real etcd 3.4 cluster (the control), or both, every round checked for
 //! linearizability, watch and lease guarantees and equal replicas (see kv/robustness). Reports
 //! in `target/robustness/<store>-<unix time>.{json,txt}`; fails when a run fails.
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use shoal_harness::StoreKind;
 use shoal_robustness::faults;
-use shoal_robustness::report::RunReport;
+use shoal_robustness::linearizability::{Budget, Verdict};
+use shoal_robustness::report::{self, RunReport};
 use shoal_robustness::runner::{self, RunConfig};
 
 use crate::workspace_root;
@@ -45,6 +47,14 @@ pub struct RobustnessArgs {
     /// round. Succeeds only if the suite finds the violation (lost acknowledged writes).
     #[arg(long, conflicts_with_all = ["store", "faults"])]
     broken: bool,
+    /// Keeps every round's history in the report, not only the failed rounds'.
+    #[arg(long)]
+    keep_histories: bool,
+    /// Runs no traffic: checks again the linearizability of the histories a saved report kept
+    /// (its failed rounds', or every round's with `--keep-histories`), and prints each round's
+    /// verdict and the checker's cost.
+    #[arg(long, value_name = "REPORT.json", conflicts_with_all = ["store", "faults", "broken"])]
+    recheck: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,6 +83,9 @@ pub fn run(args: RobustnessArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(path) = &args.recheck {
+        return recheck(path);
+    }
     for name in &args.faults {
         faults::parse(name).map_err(anyhow::Error::msg)?;
     }
@@ -82,6 +95,7 @@ pub fn run(args: RobustnessArgs) -> Result<()> {
         let mut config = RunConfig::broken(args.rounds, round);
         config.shape.clients = args.clients;
         config.seed = args.seed;
+        config.keep_histories = args.keep_histories;
         let report = runtime.block_on(runner::run(&config))?;
         write(&report, "broken")?;
         if !report.violated() {
@@ -96,6 +110,7 @@ pub fn run(args: RobustnessArgs) -> Result<()> {
         let mut config = RunConfig::new(kind, args.rounds, round, &faults);
         config.shape.clients = args.clients;
         config.seed = args.seed;
+        config.keep_histories = args.keep_histories;
         let report = runtime.block_on(runner::run(&config))?;
         let name = match kind {
             StoreKind::ShoalKv => "shoal",
@@ -111,6 +126,43 @@ pub fn run(args: RobustnessArgs) -> Result<()> {
             "the robustness suite failed against {}",
             failed.join(" and ")
         );
+    }
+    Ok(())
+}
+
+/// Checks again the histories the report at `path` kept; fails if one is not linearizable.
+fn recheck(path: &Path) -> Result<()> {
+    let json = std::fs::read_to_string(path)?;
+    let rounds = report::saved_rounds(&json)?;
+    if rounds.is_empty() {
+        println!("{} kept no history (every round passed)", path.display());
+    }
+    let mut violated = false;
+    for saved in rounds {
+        let (settled, checked) = runner::check_linearizability(&saved.history, Budget::default());
+        println!(
+            "round {} {}: {} operations, {:?} in {:.2} s ({} partitions; settled {:?})",
+            saved.round,
+            saved.fault,
+            saved.history.operations.len(),
+            checked.verdict,
+            checked.seconds,
+            checked.partitions,
+            settled,
+        );
+        if let Some(hardest) = &checked.hardest {
+            println!("  hardest partition: {hardest:?}");
+        }
+        for failure in &checked.failures {
+            println!(
+                "  {:?} {:?}: {}",
+                failure.verdict, failure.items, failure.detail
+            );
+        }
+        violated |= checked.verdict == Verdict::NotLinearizable;
+    }
+    if violated {
+        bail!("a history is not linearizable");
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! What the traffic did: every operation with its call and return times, its request and what
 //! came back, and what every watch delivered. Plain data, no I/O: the checkers read it and the
 //! report serializes it.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Nanoseconds since the run started (a monotonic clock).
 pub type Nanos = u64;
@@ -9,7 +9,7 @@ pub type Nanos = u64;
 pub type LeaseId = i64;
 
 /// One client request and what became of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
     /// Which client issued it (a client issues one request at a time).
     pub client: usize,
@@ -24,28 +24,21 @@ impl Operation {
     /// Every key the request may read or change, and `lease/<id>` for every lease it names:
     /// what ties operations into one partition of the linearizability check.
     pub fn items(&self) -> Vec<String> {
-        let mut items = Vec::new();
-        match &self.request {
-            Request::Get { key, .. } | Request::Delete { key } => items.push(key.clone()),
-            Request::Put { key, lease, .. } => {
-                items.push(key.clone());
-                items.extend(lease.map(lease_item));
-            }
-            Request::Txn(txn) => {
-                items.extend(txn.compares.iter().map(|c| c.key.clone()));
-                for op in txn.success.iter().chain(&txn.failure) {
-                    match op {
-                        TxnOp::Put { key, .. } | TxnOp::Delete { key } => items.push(key.clone()),
-                    }
-                }
-            }
-            Request::LeaseGrant { id, .. } | Request::LeaseRevoke { id } => {
-                items.push(lease_item(*id))
-            }
-        }
+        let mut items: Vec<String> = self.request.keys().into_iter().map(String::from).collect();
+        items.extend(self.request.lease().map(lease_item));
         items.sort();
         items.dedup();
         items
+    }
+
+    /// The latest time the request can have taken effect: its return if the store answered,
+    /// else never known (it may still be in flight).
+    pub fn latest(&self) -> Nanos {
+        if self.answered() {
+            self.ret.max(self.call)
+        } else {
+            Nanos::MAX
+        }
     }
 
     /// Whether the store answered (the outcome is known).
@@ -59,7 +52,7 @@ fn lease_item(id: LeaseId) -> String {
 }
 
 /// A request, as the model reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// A single-key range. Serializable ones may be answered from a stale member.
     Get {
@@ -85,6 +78,35 @@ pub enum Request {
 }
 
 impl Request {
+    /// Every key the request may read or change.
+    pub fn keys(&self) -> Vec<&str> {
+        let mut keys = Vec::new();
+        match self {
+            Request::Get { key, .. } | Request::Put { key, .. } | Request::Delete { key } => {
+                keys.push(key.as_str())
+            }
+            Request::Txn(txn) => {
+                keys.extend(txn.compares.iter().map(|c| c.key.as_str()));
+                for op in txn.success.iter().chain(&txn.failure) {
+                    match op {
+                        TxnOp::Put { key, .. } | TxnOp::Delete { key } => keys.push(key.as_str()),
+                    }
+                }
+            }
+            Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => {}
+        }
+        keys
+    }
+
+    /// The lease the request names, if any.
+    pub fn lease(&self) -> Option<LeaseId> {
+        match self {
+            Request::Put { lease, .. } => *lease,
+            Request::LeaseGrant { id, .. } | Request::LeaseRevoke { id } => Some(*id),
+            _ => None,
+        }
+    }
+
     /// A short name for counts in the report.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -106,7 +128,7 @@ impl Request {
 }
 
 /// A transaction: if every compare holds, `success` runs, else `failure`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
     pub compares: Vec<Compare>,
     pub success: Vec<TxnOp>,
@@ -114,13 +136,13 @@ pub struct Txn {
 }
 
 /// A compare on one key (etcd's `=` only).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     pub key: String,
     pub target: CompareTarget,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
     /// The key's value equals this (a missing key never does).
     Value(String),
@@ -128,14 +150,14 @@ pub enum CompareTarget {
     ModRevision(i64),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
     Put { key: String, value: String },
     Delete { key: String },
 }
 
 /// What became of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The store answered.
     Done(Response),
@@ -144,7 +166,7 @@ pub enum Outcome {
 }
 
 /// A store's answer; `revision` is the response header's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Get {
         revision: i64,
@@ -169,8 +191,22 @@ pub enum Response {
     LeaseNotFound,
 }
 
+impl Response {
+    /// The response header's revision (`None` for answers without one).
+    pub fn revision(&self) -> Option<i64> {
+        match self {
+            Response::Get { revision, .. }
+            | Response::Put { revision }
+            | Response::Delete { revision, .. }
+            | Response::Txn { revision, .. }
+            | Response::LeaseRevoke { revision } => Some(*revision),
+            Response::LeaseGrant | Response::LeaseNotFound => None,
+        }
+    }
+}
+
 /// A key as a read returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct KeyValue {
     pub value: String,
     pub create_revision: i64,
@@ -181,7 +217,7 @@ pub struct KeyValue {
 }
 
 /// What one watch delivered, response by response, until it ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchLog {
     /// The prefix it watched.
     pub prefix: String,
@@ -208,13 +244,13 @@ impl WatchLog {
 }
 
 /// One watch response carrying events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchResponse {
     pub revision: i64,
     pub events: Vec<WatchEvent>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchEvent {
     pub key: String,
     /// `None`: a delete.
@@ -224,7 +260,7 @@ pub struct WatchEvent {
 }
 
 /// Everything one round recorded.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct History {
     pub operations: Vec<Operation>,
     pub watches: Vec<WatchLog>,

@@ -3,7 +3,8 @@
 //! checked for linearizability, watch and lease guarantees, and replicas that agree.
 //!
 //! The core is deterministic and does no I/O: [`history`] (what happened), [`model`] (etcd's
-//! semantics for a set of keys), [`patch`] (settling timed-out writes from the watches), [`linearizability`] (the search), [`watch`], [`lease`] and
+//! semantics for a set of keys), [`patch`] (settling requests of unknown outcome from the watches
+//! and the revisions), [`linearizability`] (the search), [`watch`], [`lease`] and
 //! [`serializable`] (the other checks) and [`report`]. The I/O lives beside it: [`traffic`]
 //! (the clients), [`replicas`] (revision and HashKV on every member), [`faults`] and [`runner`]
 //! (rounds against a store cluster).

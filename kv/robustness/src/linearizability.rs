@@ -7,13 +7,18 @@
 //!
 //! Requests of unknown outcome never returned as far as the search is concerned (their return
 //! is after every other event) and may or may not take effect; reads of unknown outcome and
-//! serializable reads are left out (see [`crate::serializable`] for the latter).
-use std::collections::{BTreeMap, HashSet};
+//! serializable reads are left out (see [`crate::serializable`] for the latter). Run it on a
+//! history [`crate::patch`] settled first.
+//!
+//! The search forgets a lease once no key holds it and no operation still to place names it:
+//! nothing can observe it any more, and states that differ only by such leases (a revoke of
+//! unknown outcome that did or did not happen) merge instead of doubling the states for good.
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::history::{Operation, Outcome, Request};
+use crate::history::{LeaseId, Operation, Outcome, Request};
 use crate::model::State;
 
 /// How much work one partition may take before its verdict is "unknown".
@@ -40,6 +45,24 @@ pub struct Report {
     pub operations_checked: usize,
     /// Partitions that are not linearizable or whose check ran out of budget.
     pub failures: Vec<PartitionFailure>,
+    /// How long the whole check took.
+    pub seconds: f64,
+    /// The partition whose search took the longest.
+    pub hardest: Option<PartitionStats>,
+}
+
+/// What one partition's search cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionStats {
+    /// Keys and leases.
+    pub items: usize,
+    pub operations: usize,
+    /// Operations of unknown outcome (they never return, and may or may not take effect).
+    pub unknown: usize,
+    pub steps: u64,
+    pub seconds: f64,
+    /// The most model states the search carried at once.
+    pub most_states: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,6 +84,7 @@ pub struct PartitionFailure {
 
 /// Checks `history`: every partition, each within `budget`.
 pub fn check(history: &[Operation], budget: Budget) -> Report {
+    let started = Instant::now();
     let checked: Vec<&Operation> = history.iter().filter(|op| is_checked(op)).collect();
     let partitions = partition(&checked);
     let mut report = Report {
@@ -68,9 +92,23 @@ pub fn check(history: &[Operation], budget: Budget) -> Report {
         partitions: partitions.len(),
         operations_checked: checked.len(),
         failures: Vec::new(),
+        seconds: 0.0,
+        hardest: None,
     };
     for (items, ops) in partitions {
-        let (verdict, detail) = match search(&ops, budget) {
+        let (result, stats) = search(&ops, budget);
+        let stats = PartitionStats {
+            items: items.len(),
+            ..stats
+        };
+        if report
+            .hardest
+            .as_ref()
+            .is_none_or(|h| h.seconds < stats.seconds)
+        {
+            report.hardest = Some(stats);
+        }
+        let (verdict, detail) = match result {
             Search::Linearizable => continue,
             Search::Stuck(detail) => (Verdict::NotLinearizable, detail),
             Search::OutOfBudget(detail) => (Verdict::Unknown, detail),
@@ -85,6 +123,7 @@ pub fn check(history: &[Operation], budget: Budget) -> Report {
             detail,
         });
     }
+    report.seconds = started.elapsed().as_secs_f64();
     report
 }
 
@@ -246,18 +285,68 @@ impl Bits {
 /// The model states the linearization so far can be in (unknown outcomes make several).
 type States = Vec<State>;
 
-fn step(states: &States, op: &Operation) -> States {
+/// Per lease, how many operations that name it are still to place.
+struct LeaseUses(HashMap<LeaseId, usize>);
+
+impl LeaseUses {
+    fn new(ops: &[&Operation]) -> Self {
+        let mut uses = HashMap::new();
+        for id in ops.iter().filter_map(|op| op.request.lease()) {
+            *uses.entry(id).or_insert(0) += 1;
+        }
+        LeaseUses(uses)
+    }
+
+    fn placed(&mut self, op: &Operation) {
+        if let Some(uses) = op.request.lease().and_then(|id| self.0.get_mut(&id)) {
+            *uses -= 1;
+        }
+    }
+
+    fn unplaced(&mut self, op: &Operation) {
+        if let Some(uses) = op.request.lease().and_then(|id| self.0.get_mut(&id)) {
+            *uses += 1;
+        }
+    }
+
+    fn pending(&self, id: LeaseId) -> bool {
+        self.0.get(&id).is_some_and(|uses| *uses > 0)
+    }
+}
+
+/// The states `op` leads to from `states`, once placed (`uses` already counts it placed).
+fn step(states: &States, op: &Operation, uses: &LeaseUses) -> States {
     let mut next: States = states
         .iter()
-        .flat_map(|state| state.step(&op.request, &op.outcome))
+        .flat_map(|state| state.step(op))
+        .map(|mut state| {
+            state.forget_leases(|id| uses.pending(id));
+            state
+        })
         .collect();
     next.sort_unstable();
     next.dedup();
     next
 }
 
-fn search(ops: &[&Operation], budget: Budget) -> Search {
+fn search(ops: &[&Operation], budget: Budget) -> (Search, PartitionStats) {
     let started = Instant::now();
+    let mut stats = PartitionStats {
+        operations: ops.len(),
+        unknown: ops.iter().filter(|op| !op.answered()).count(),
+        ..PartitionStats::default()
+    };
+    let result = run_search(ops, budget, started, &mut stats);
+    stats.seconds = started.elapsed().as_secs_f64();
+    (result, stats)
+}
+
+fn run_search(
+    ops: &[&Operation],
+    budget: Budget,
+    started: Instant,
+    stats: &mut PartitionStats,
+) -> Search {
     let mut events = Events::new(ops);
     let mut linearized = Bits::new(ops.len());
     let mut seen: HashSet<(Bits, States)> = HashSet::new();
@@ -265,9 +354,12 @@ fn search(ops: &[&Operation], budget: Budget) -> Search {
     let mut states: States = vec![State::default()];
     let mut deepest = (0, NONE, States::new());
     let mut steps = 0u64;
+    let mut uses = LeaseUses::new(ops);
     let mut event = events.head();
     while events.head() != NONE {
         steps += 1;
+        stats.steps = steps;
+        stats.most_states = stats.most_states.max(states.len());
         // A step can be slow (many possible states): the clock is read at every one.
         if steps > budget.max_steps || started.elapsed() > budget.max_time {
             return Search::OutOfBudget(format!(
@@ -279,7 +371,8 @@ fn search(ops: &[&Operation], budget: Budget) -> Search {
         }
         let op = events.op[event];
         if events.is_call[event] {
-            let next = step(&states, ops[op]);
+            uses.placed(ops[op]);
+            let next = step(&states, ops[op], &uses);
             if !next.is_empty() {
                 linearized.set(op);
                 if seen.insert((linearized.clone(), next.clone())) {
@@ -290,6 +383,7 @@ fn search(ops: &[&Operation], budget: Budget) -> Search {
                 }
                 linearized.clear(op);
             }
+            uses.unplaced(ops[op]);
             event = events.next[event];
         } else {
             // An operation returned before any order could place it: undo the last choice.
@@ -300,6 +394,7 @@ fn search(ops: &[&Operation], budget: Budget) -> Search {
                 return Search::Stuck(describe_stuck(ops, &deepest));
             };
             states = previous;
+            uses.unplaced(ops[events.op[call]]);
             linearized.clear(events.op[call]);
             events.unlift(call);
             event = events.next[call];

@@ -5,21 +5,25 @@
 //! in the linearization, a read's revision is not below it, and a key's mod revision is the
 //! revision of the write that made it.
 //!
-//! Leases granted with a TTL under [`EXPIRING_TTL`] may expire: the model lets such a lease end
-//! (its keys deleted) before any operation after its grant, since it knows no time; a lease
-//! with a longer TTL ends only by a revoke.
+//! A lease may expire by itself (its keys deleted), but not before its TTL has run from its
+//! grant's call: etcd and shoal both start a lease's clock on the leader once the grant is
+//! applied, and a new leader starts it afresh. The model lets a lease expire only where that
+//! shows, lazily: just before an operation that names the lease or touches one of its keys,
+//! and only if that operation can have taken effect after the lease's earliest expiry. An
+//! expiry commutes with every operation that neither names the lease nor touches its keys, so
+//! postponing it to the first one that does loses no linearization; expiring eagerly before
+//! every operation would double the states for every live lease.
 //!
 //! A request whose outcome is unknown (an error or a timeout) may or may not have happened: the
 //! model offers both states, and a write that may have happened has a revision the model only
 //! knows to be above the floor of its time ([`Rev::After`]) until a read shows it.
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::history::{
-    Compare, CompareTarget, KeyValue, LeaseId, Outcome, Request, Response, Txn, TxnOp,
+    Compare, CompareTarget, KeyValue, LeaseId, Nanos, Operation, Outcome, Request, Response, Txn,
+    TxnOp,
 };
-
-/// Leases with a TTL under this many seconds may expire during a round.
-pub const EXPIRING_TTL: i64 = 60;
 
 /// A revision the model knows, or only knows to be above some revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,11 +58,14 @@ pub struct KeyState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct State {
     pub keys: BTreeMap<String, KeyState>,
-    pub leases: BTreeSet<LeaseId>,
-    /// The live leases that may expire by themselves.
-    pub expiring: BTreeSet<LeaseId>,
+    /// The live leases, each with the earliest time it can expire (its grant's call plus its
+    /// TTL, on the history's clock).
+    pub leases: BTreeMap<LeaseId, Nanos>,
     /// The highest revision a response in the linearization so far carried.
     pub floor: i64,
+    /// No operation after this point of the linearization can have taken effect before this
+    /// time: a lease expired before it, and leases expire no earlier than their TTL allows.
+    pub not_before: Nanos,
 }
 
 /// The revision a write takes effect at.
@@ -71,31 +78,45 @@ enum WriteRev {
 }
 
 impl State {
-    /// Every state `request` with `outcome` can lead to from this one; empty when the outcome
-    /// is impossible here.
-    pub fn step(&self, request: &Request, outcome: &Outcome) -> Vec<State> {
-        self.expirations()
+    /// Every state `op` can lead to from this one; empty when its outcome is impossible here.
+    pub fn step(&self, op: &Operation) -> Vec<State> {
+        let latest = op.latest();
+        if latest <= self.not_before {
+            return Vec::new();
+        }
+        let (request, call) = (&op.request, op.call);
+        self.expirations(request, latest)
             .iter()
-            .flat_map(|state| match outcome {
-                Outcome::Done(response) => state.step_known(request, response),
+            .flat_map(|state| match &op.outcome {
+                Outcome::Done(response) => state.step_known(request, response, call),
                 Outcome::Unknown(_) => {
                     let mut states = vec![state.clone()];
-                    states.extend(state.step_unknown(request));
+                    states.extend(state.step_unknown(request, call));
                     states
                 }
             })
             .collect()
     }
 
-    /// This state and every state some of its expiring leases' expiry leads to.
-    fn expirations(&self) -> Vec<State> {
+    /// This state and every state the expiry of leases that matter to `request` leads to: the
+    /// lease it names and the leases of the keys it touches, those that can have expired
+    /// before `latest`.
+    fn expirations(&self, request: &Request, latest: Nanos) -> Vec<State> {
+        let mut relevant: BTreeSet<LeaseId> = request.lease().into_iter().collect();
+        for key in request.keys() {
+            relevant.extend(self.keys.get(key).map(|k| k.lease).filter(|id| *id != 0));
+        }
         let mut states = vec![self.clone()];
-        for id in &self.expiring {
+        for id in relevant {
+            let Some(&earliest) = self.leases.get(&id).filter(|at| **at < latest) else {
+                continue;
+            };
             let expired: Vec<State> = states
                 .iter()
                 .map(|state| {
                     let mut next = state.clone();
-                    next.revoke(*id);
+                    next.revoke(id);
+                    next.not_before = next.not_before.max(earliest);
                     next
                 })
                 .collect();
@@ -104,13 +125,14 @@ impl State {
         states
     }
 
-    fn step_known(&self, request: &Request, response: &Response) -> Vec<State> {
+    fn step_known(&self, request: &Request, response: &Response, call: Nanos) -> Vec<State> {
         match (request, response) {
             (Request::Get { key, .. }, Response::Get { revision, kv }) => {
                 self.read(key, *revision, kv.as_ref()).into_iter().collect()
             }
             (Request::Put { key, value, lease }, Response::Put { revision }) => {
-                if *revision <= self.floor || lease.is_some_and(|id| !self.leases.contains(&id)) {
+                if *revision <= self.floor || lease.is_some_and(|id| !self.leases.contains_key(&id))
+                {
                     return Vec::new();
                 }
                 let mut next = self.clone();
@@ -119,7 +141,7 @@ impl State {
                 vec![next]
             }
             (Request::Put { lease, .. }, Response::LeaseNotFound) => {
-                let missing = lease.is_some_and(|id| !self.leases.contains(&id));
+                let missing = lease.is_some_and(|id| !self.leases.contains_key(&id));
                 missing.then(|| self.clone()).into_iter().collect()
             }
             (Request::Delete { key }, Response::Delete { revision, deleted }) => {
@@ -145,10 +167,10 @@ impl State {
                 .filter_map(|(state, _)| state.txn(txn, *succeeded, WriteRev::Known(*revision)))
                 .collect(),
             (Request::LeaseGrant { id, ttl }, Response::LeaseGrant) => {
-                self.grant(*id, *ttl).into_iter().collect()
+                self.grant(*id, *ttl, call).into_iter().collect()
             }
             (Request::LeaseRevoke { id }, Response::LeaseRevoke { revision }) => {
-                if !self.leases.contains(id) {
+                if !self.leases.contains_key(id) {
                     return Vec::new();
                 }
                 let mut next = self.clone();
@@ -160,7 +182,7 @@ impl State {
                 vec![next]
             }
             (Request::LeaseRevoke { id }, Response::LeaseNotFound) => {
-                let missing = !self.leases.contains(id);
+                let missing = !self.leases.contains_key(id);
                 missing.then(|| self.clone()).into_iter().collect()
             }
             // An answer of another kind than the request: never linearizable.
@@ -169,12 +191,12 @@ impl State {
     }
 
     /// The states a request of unknown outcome leads to if it took effect.
-    fn step_unknown(&self, request: &Request) -> Vec<State> {
+    fn step_unknown(&self, request: &Request, call: Nanos) -> Vec<State> {
         match request {
             // A read changes nothing.
             Request::Get { .. } => Vec::new(),
             Request::Put { key, value, lease } => {
-                if lease.is_some_and(|id| !self.leases.contains(&id)) {
+                if lease.is_some_and(|id| !self.leases.contains_key(&id)) {
                     return Vec::new();
                 }
                 let mut next = self.clone();
@@ -190,9 +212,9 @@ impl State {
                 .into_iter()
                 .filter_map(|(state, holds)| state.txn(txn, holds, WriteRev::Unknown))
                 .collect(),
-            Request::LeaseGrant { id, ttl } => self.grant(*id, *ttl).into_iter().collect(),
+            Request::LeaseGrant { id, ttl } => self.grant(*id, *ttl, call).into_iter().collect(),
             Request::LeaseRevoke { id } => {
-                if !self.leases.contains(id) {
+                if !self.leases.contains_key(id) {
                     return Vec::new();
                 }
                 let mut next = self.clone();
@@ -200,6 +222,16 @@ impl State {
                 vec![next]
             }
         }
+    }
+
+    /// Drops the leases nothing can observe any more: no key holds them, and `named(id)` says
+    /// no operation still to place names them. Their presence then changes no answer (they can
+    /// expire only where an operation names them or touches their keys), and forgetting them
+    /// lets states that differ only there merge.
+    pub fn forget_leases(&mut self, named: impl Fn(LeaseId) -> bool) {
+        let keys = &self.keys;
+        self.leases
+            .retain(|id, _| named(*id) || keys.values().any(|k| k.lease == *id));
     }
 
     /// A linearizable read of `key` answered at `revision` with `kv`.
@@ -256,22 +288,21 @@ impl State {
         self.keys.insert(key.to_string(), state);
     }
 
-    /// A new lease; `None` if the ID is taken.
-    fn grant(&self, id: LeaseId, ttl: i64) -> Option<State> {
-        let mut next = self.clone();
-        if !next.leases.insert(id) {
+    /// A new lease granted by a request called at `call`; `None` if the ID is taken.
+    fn grant(&self, id: LeaseId, ttl: i64, call: Nanos) -> Option<State> {
+        if self.leases.contains_key(&id) {
             return None;
         }
-        if ttl < EXPIRING_TTL {
-            next.expiring.insert(id);
-        }
+        let mut next = self.clone();
+        let ttl = Duration::from_secs(ttl.max(0).unsigned_abs());
+        let earliest = call.saturating_add(ttl.as_nanos().try_into().unwrap_or(Nanos::MAX));
+        next.leases.insert(id, earliest);
         Some(next)
     }
 
     /// Ends lease `id` and deletes its keys; whether any key went.
     fn revoke(&mut self, id: LeaseId) -> bool {
         self.leases.remove(&id);
-        self.expiring.remove(&id);
         let before = self.keys.len();
         self.keys.retain(|_, state| state.lease != id);
         self.keys.len() != before
@@ -348,6 +379,8 @@ impl State {
 mod tests {
     use super::*;
 
+    const SECOND: Nanos = 1_000_000_000;
+
     fn put(key: &str, value: &str) -> Request {
         Request::Put {
             key: key.into(),
@@ -356,13 +389,25 @@ mod tests {
         }
     }
 
+    /// `request` called at `call` s and answered `response` at `ret` s.
+    fn at(call: f64, ret: f64, request: Request, response: Response) -> Operation {
+        Operation {
+            client: 0,
+            call: (call * SECOND as f64) as Nanos,
+            ret: (ret * SECOND as f64) as Nanos,
+            request,
+            outcome: Outcome::Done(response),
+        }
+    }
+
+    fn done(request: Request, response: Response) -> Operation {
+        at(0.0, 0.001, request, response)
+    }
+
     #[test]
     fn a_put_sets_the_mod_revision_its_response_names() {
         let state = State::default();
-        let next = state.step(
-            &put("a", "1"),
-            &Outcome::Done(Response::Put { revision: 5 }),
-        );
+        let next = state.step(&done(put("a", "1"), Response::Put { revision: 5 }));
         assert_eq!(next.len(), 1);
         let key = &next[0].keys["a"];
         assert_eq!(
@@ -378,16 +423,17 @@ mod tests {
             floor: 7,
             ..State::default()
         };
-        let next = state.step(
-            &put("a", "1"),
-            &Outcome::Done(Response::Put { revision: 7 }),
-        );
+        let next = state.step(&done(put("a", "1"), Response::Put { revision: 7 }));
         assert!(next.is_empty());
     }
 
     #[test]
     fn an_unknown_write_may_or_may_not_have_happened() {
-        let next = State::default().step(&put("a", "1"), &Outcome::Unknown("timeout".into()));
+        let op = Operation {
+            outcome: Outcome::Unknown("timeout".into()),
+            ..done(put("a", "1"), Response::Put { revision: 0 })
+        };
+        let next = State::default().step(&op);
         assert_eq!(next.len(), 2);
         assert!(next[0].keys.is_empty());
         assert_eq!(next[1].keys["a"].modified, Rev::After(0));
@@ -396,48 +442,143 @@ mod tests {
     #[test]
     fn a_revoke_deletes_the_keys_of_its_lease() {
         let grant = Request::LeaseGrant { id: 9, ttl: 60 };
-        let state = &State::default().step(&grant, &Outcome::Done(Response::LeaseGrant))[0];
+        let state = &State::default().step(&done(grant, Response::LeaseGrant))[0];
         let leased = Request::Put {
             key: "a".into(),
             value: "1".into(),
             lease: Some(9),
         };
-        let state = &state.step(&leased, &Outcome::Done(Response::Put { revision: 2 }))[0];
+        let state = &state.step(&done(leased, Response::Put { revision: 2 }))[0];
         let revoke = Request::LeaseRevoke { id: 9 };
-        let revoked = &state.step(
-            &revoke,
-            &Outcome::Done(Response::LeaseRevoke { revision: 3 }),
-        );
+        let revoked = &state.step(&done(revoke, Response::LeaseRevoke { revision: 3 }));
         assert_eq!(revoked.len(), 1);
         assert!(revoked[0].keys.is_empty() && revoked[0].leases.is_empty());
     }
 
-    #[test]
-    fn a_short_lease_may_expire_with_its_keys_before_any_later_operation() {
-        let grant = Request::LeaseGrant { id: 4, ttl: 2 };
-        let state = &State::default().step(&grant, &Outcome::Done(Response::LeaseGrant))[0];
-        assert!(state.expiring.contains(&4));
+    /// A state with lease 4 of `ttl` s granted at 0 s and key `a` put with it at revision 2.
+    fn leased_key(ttl: i64) -> State {
+        let grant = Request::LeaseGrant { id: 4, ttl };
+        let state = &State::default().step(&at(0.0, 0.1, grant, Response::LeaseGrant))[0];
         let leased = Request::Put {
             key: "a".into(),
             value: "1".into(),
             lease: Some(4),
         };
-        let put = state.step(&leased, &Outcome::Done(Response::Put { revision: 2 }));
+        let put = state.step(&at(0.2, 0.3, leased, Response::Put { revision: 2 }));
         assert_eq!(put.len(), 1, "a put with the lease needs it alive");
-        let read = Request::Get {
+        put[0].clone()
+    }
+
+    fn get_a() -> Request {
+        Request::Get {
             key: "a".into(),
             serializable: false,
-        };
-        let gone = put[0].step(
-            &read,
-            &Outcome::Done(Response::Get {
+        }
+    }
+
+    #[test]
+    fn a_lease_may_expire_with_its_keys_once_its_ttl_has_run() {
+        let state = leased_key(2);
+        let gone = state.step(&at(
+            2.5,
+            2.6,
+            get_a(),
+            Response::Get {
                 revision: 3,
                 kv: None,
-            }),
-        );
+            },
+        ));
         assert_eq!(gone.len(), 1);
         assert!(gone[0].leases.is_empty() && gone[0].keys.is_empty());
-        let refused = gone[0].step(&leased, &Outcome::Done(Response::LeaseNotFound));
+        assert_eq!(gone[0].not_before, 2 * SECOND);
+        let leased = Request::Put {
+            key: "a".into(),
+            value: "2".into(),
+            lease: Some(4),
+        };
+        let refused = gone[0].step(&at(2.7, 2.8, leased, Response::LeaseNotFound));
         assert_eq!(refused.len(), 1, "an expired lease is not found");
+    }
+
+    #[test]
+    fn a_lease_never_expires_before_its_ttl_has_run() {
+        let state = leased_key(2);
+        // Answered 1.9 s after the grant was called: the lease's clock had not run out.
+        let early = at(
+            1.5,
+            1.9,
+            get_a(),
+            Response::Get {
+                revision: 3,
+                kv: None,
+            },
+        );
+        assert!(state.step(&early).is_empty());
+    }
+
+    #[test]
+    fn nothing_after_an_expiry_takes_effect_before_the_lease_could_expire() {
+        // Two reads overlap, and the linearization puts the one that saw the lease expired
+        // first: the other, answered before the TTL ran out, cannot come after it.
+        let state = leased_key(2);
+        let gone = &state.step(&at(
+            1.0,
+            2.5,
+            get_a(),
+            Response::Get {
+                revision: 3,
+                kv: None,
+            },
+        ))[0];
+        let read = Request::Get {
+            key: "b".into(),
+            serializable: false,
+        };
+        let before = at(
+            1.2,
+            1.8,
+            read,
+            Response::Get {
+                revision: 3,
+                kv: None,
+            },
+        );
+        assert!(gone.step(&before).is_empty());
+        assert_eq!(state.step(&before).len(), 1);
+    }
+
+    #[test]
+    fn a_lease_expires_only_where_an_operation_touches_it() {
+        let state = leased_key(2);
+        let elsewhere = Request::Get {
+            key: "b".into(),
+            serializable: false,
+        };
+        let next = state.step(&at(
+            3.0,
+            3.1,
+            elsewhere,
+            Response::Get {
+                revision: 2,
+                kv: None,
+            },
+        ));
+        assert_eq!(
+            next.len(),
+            1,
+            "no branch for a lease the read does not touch"
+        );
+        assert!(next[0].leases.contains_key(&4));
+        let touched = state.step(&at(
+            3.0,
+            3.1,
+            get_a(),
+            Response::Get {
+                revision: 2,
+                kv: None,
+            },
+        ));
+        assert_eq!(touched.len(), 1, "the read of its key saw it expired");
+        assert!(touched[0].leases.is_empty());
     }
 }

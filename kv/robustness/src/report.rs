@@ -121,13 +121,14 @@ impl RunReport {
         );
         let _ = writeln!(
             out,
-            "{:>5} {:<30} {:>7} {:>6} {:>8} {:>16} {:>8} {:>7} {:>7} {:>8}",
+            "{:>5} {:<30} {:>7} {:>6} {:>8} {:>16} {:>7} {:>8} {:>7} {:>7} {:>8}",
             "round",
             "fault",
             "ops",
             "unknown",
             "seconds",
             "linearizability",
+            "check s",
             "watch",
             "lease",
             "serial.",
@@ -142,13 +143,14 @@ impl RunReport {
             let unknown: usize = round.operations.values().map(|c| c.unknown).sum();
             let _ = writeln!(
                 out,
-                "{:>5} {:<30} {:>7} {:>6} {:>8.1} {:>16} {:>8} {:>7} {:>7} {:>8}",
+                "{:>5} {:<30} {:>7} {:>6} {:>8.1} {:>16} {:>7.2} {:>8} {:>7} {:>7} {:>8}",
                 round.round,
                 round.fault.name,
                 ops,
                 unknown,
                 round.seconds,
                 format!("{:?}", round.linearizability.verdict),
+                round.linearizability.seconds,
                 verdict_of(&round.watch),
                 verdict_of(&round.lease),
                 verdict_of(&round.serializable),
@@ -221,6 +223,44 @@ impl RunReport {
         std::fs::write(&text, self.table())?;
         Ok((json, text))
     }
+}
+
+/// A round a saved report kept the history of (failed rounds keep theirs).
+#[derive(Debug, Clone)]
+pub struct SavedRound {
+    pub round: usize,
+    pub fault: String,
+    pub history: History,
+}
+
+/// The histories a report written by [`RunReport::write`] kept, to check them again.
+pub fn saved_rounds(json: &str) -> Result<Vec<SavedRound>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        rounds: Vec<Round>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Round {
+        round: usize,
+        fault: Fault,
+        history: Option<History>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Fault {
+        name: String,
+    }
+    let saved: Saved = serde_json::from_str(json)?;
+    Ok(saved
+        .rounds
+        .into_iter()
+        .filter_map(|r| {
+            Some(SavedRound {
+                round: r.round,
+                fault: r.fault.name,
+                history: r.history?,
+            })
+        })
+        .collect())
 }
 
 fn verdict_of(findings: &Findings) -> String {

@@ -51,6 +51,9 @@ pub struct RunConfig {
     /// member (acknowledging writes it never synced) and a power loss of all members each
     /// round. The suite must fail.
     pub broken: bool,
+    /// Keep every round's history in the report, not only the failed rounds' (to check them
+    /// again with `cargo xtask robustness --recheck`).
+    pub keep_histories: bool,
 }
 
 impl RunConfig {
@@ -65,6 +68,7 @@ impl RunConfig {
             seed: 1,
             budget: Budget::default(),
             broken: false,
+            keep_histories: false,
         }
     }
 
@@ -271,8 +275,7 @@ async fn run_round(
     };
     let budget = config.budget;
     let (history, settled, linearizability) = match tokio::task::spawn_blocking(move || {
-        let (settled_ops, settled) = patch::settle(&history.operations, &history.watches);
-        let report = linearizability::check(&settled_ops, budget);
+        let (settled, report) = check_linearizability(&history, budget);
         (history, settled, report)
     })
     .await
@@ -294,10 +297,20 @@ async fn run_round(
         history: None,
     };
     // A failed round keeps its whole history in the report, to be read.
-    if !result.passed() {
+    if !result.passed() || config.keep_histories {
         result.history = Some(history);
     }
     result
+}
+
+/// The linearizability check of a round's history: writes of unknown outcome settled from the
+/// watches, then the search.
+pub fn check_linearizability(
+    history: &History,
+    budget: Budget,
+) -> (patch::Settled, linearizability::Report) {
+    let (settled_ops, settled) = patch::settle(&history.operations, &history.watches);
+    (settled, linearizability::check(&settled_ops, budget))
 }
 
 async fn connect_client(

@@ -289,3 +289,242 @@ fn a_search_over_budget_is_unknown_not_a_hang() {
     };
     assert_eq!(check(&history, by_steps).verdict, Verdict::Unknown);
 }
+
+const MILLI: u64 = 1_000_000;
+
+/// One client granting `leases` leases of 2 s, one every 300 ms, each put on one of three keys
+/// with its lease and read back: most leases outlive their keys' use and are past their TTL.
+fn short_leases(leases: i64) -> Vec<Operation> {
+    let mut history = Vec::new();
+    for i in 0..leases {
+        let t = i as u64 * 300 * MILLI;
+        let key = format!("k{}", i % 3);
+        let value = format!("v{i}");
+        let revision = i + 2;
+        history.push(op(
+            0,
+            t,
+            t + 10 * MILLI,
+            Request::LeaseGrant { id: i + 1, ttl: 2 },
+            Response::LeaseGrant,
+        ));
+        let leased = Request::Put {
+            key: key.clone(),
+            value: value.clone(),
+            lease: Some(i + 1),
+        };
+        history.push(op(
+            0,
+            t + 20 * MILLI,
+            t + 30 * MILLI,
+            leased,
+            put_ok(revision),
+        ));
+        let seen = KeyValue {
+            value,
+            create_revision: i % 3 + 2,
+            mod_revision: revision,
+            version: i / 3 + 1,
+            lease: i + 1,
+        };
+        let answer = Response::Get {
+            revision,
+            kv: Some(seen),
+        };
+        history.push(op(1, t + 40 * MILLI, t + 50 * MILLI, get(&key), answer));
+    }
+    history
+}
+
+#[test]
+fn many_live_leases_past_their_ttl_are_decided_quickly() {
+    // Expiring every live lease before every operation would carry 2^leases model states.
+    let history = short_leases(40);
+    let started = Instant::now();
+    let report = check(&history, Budget::default());
+    assert_eq!(
+        report.verdict,
+        Verdict::Linearizable,
+        "{:?}",
+        report.failures
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(report.hardest.expect("a partition").most_states <= 4);
+}
+
+#[test]
+fn a_key_whose_lease_ran_out_may_be_gone_but_not_before() {
+    let mut history = short_leases(3);
+    // Lease 3 was granted at 600 ms with a TTL of 2 s.
+    let at = |ms: u64| (ms * MILLI, (ms + 10) * MILLI);
+    let (call, ret) = at(2_700);
+    let expired = op(2, call, ret, get("k2"), read_none(4));
+    history.push(expired);
+    assert_eq!(verdict(&history), Verdict::Linearizable);
+    let mut early = short_leases(3);
+    let (call, ret) = at(2_500);
+    early.push(op(2, call, ret, get("k2"), read_none(4)));
+    assert_eq!(verdict(&early), Verdict::NotLinearizable);
+}
+
+fn settled_verdict(history: &[Operation], watches: &[crate::history::WatchLog]) -> Verdict {
+    let (settled, _) = crate::patch::settle(history, watches);
+    verdict(&settled)
+}
+
+#[test]
+fn a_read_older_than_a_settled_write_it_follows_is_rejected() {
+    use crate::history::{WatchEvent, WatchLog, WatchResponse};
+    // The put of a timed out; the watch saw it at revision 5; a put of b at revision 6
+    // returned at 20, so the store had applied 5 by then; a read of a called at 30 answers
+    // from revision 4, without it: stale.
+    let watch = WatchLog {
+        prefix: String::new(),
+        start_revision: 2,
+        end_revision: 6,
+        responses: vec![WatchResponse {
+            revision: 6,
+            events: vec![
+                WatchEvent {
+                    key: "a".into(),
+                    value: Some("x".into()),
+                    mod_revision: 5,
+                },
+                WatchEvent {
+                    key: "b".into(),
+                    value: Some("y".into()),
+                    mod_revision: 6,
+                },
+            ],
+        }],
+    };
+    let mut history = vec![
+        unknown(0, 0, put("a", "x")),
+        op(1, 10, 20, put("b", "y"), put_ok(6)),
+        op(2, 30, 40, get("a"), read(6, "x", 5, 1)),
+    ];
+    assert_eq!(
+        settled_verdict(&history, std::slice::from_ref(&watch)),
+        Verdict::Linearizable
+    );
+    history[2] = op(2, 30, 40, get("a"), read_none(4));
+    assert_eq!(
+        settled_verdict(&history, &[watch]),
+        Verdict::NotLinearizable
+    );
+}
+
+#[test]
+fn a_lease_not_found_after_its_grant_was_seen_in_use_is_rejected() {
+    let leased = |value: &str| Request::Put {
+        key: "a".into(),
+        value: value.into(),
+        lease: Some(7),
+    };
+    let mut history = vec![
+        unknown(0, 0, Request::LeaseGrant { id: 7, ttl: 3600 }),
+        op(1, 10, 20, leased("1"), put_ok(2)),
+    ];
+    history.push(op(2, 5, 8, leased("0"), Response::LeaseNotFound));
+    assert_eq!(settled_verdict(&history, &[]), Verdict::Linearizable);
+    history.push(op(2, 30, 40, leased("2"), Response::LeaseNotFound));
+    assert_eq!(settled_verdict(&history, &[]), Verdict::NotLinearizable);
+}
+
+/// `leases` rounds of: grant a lease, put `a` with it, overwrite `a` without it, then revoke
+/// the lease with no answer: whether each revoke happened no later operation can tell.
+fn unanswered_revokes_of_unused_leases(leases: i64) -> Vec<Operation> {
+    let mut history = Vec::new();
+    for i in 0..leases {
+        let t = i as u64 * 100;
+        let id = i + 1;
+        history.push(op(
+            0,
+            t,
+            t + 10,
+            Request::LeaseGrant { id, ttl: 3600 },
+            Response::LeaseGrant,
+        ));
+        let leased = Request::Put {
+            key: "a".into(),
+            value: format!("leased{i}"),
+            lease: Some(id),
+        };
+        history.push(op(0, t + 20, t + 30, leased, put_ok(2 * i + 2)));
+        history.push(op(
+            0,
+            t + 40,
+            t + 50,
+            put("a", &format!("free{i}")),
+            put_ok(2 * i + 3),
+        ));
+        history.push(unknown(1, t + 60, Request::LeaseRevoke { id }));
+    }
+    history
+}
+
+#[test]
+fn leases_nothing_can_observe_any_more_are_forgotten() {
+    let history = unanswered_revokes_of_unused_leases(14);
+    let report = check(&history, Budget::default());
+    assert_eq!(
+        report.verdict,
+        Verdict::Linearizable,
+        "{:?}",
+        report.failures
+    );
+    // Without forgetting: one state per subset of the revokes that happened.
+    assert!(report.hardest.expect("a partition").most_states <= 2);
+    // A read of an overwritten value: to say no, the search tries every subset of the
+    // revokes that are still pending (so fewer of them here).
+    let mut broken = unanswered_revokes_of_unused_leases(6);
+    broken.push(op(2, 2_000, 2_010, get("a"), read(13, "free3", 13, 12)));
+    assert_eq!(verdict(&broken), Verdict::NotLinearizable);
+}
+
+/// A complete watch of everything up to revision `end`, with `events` (key, value or a delete,
+/// revision).
+fn watch_of(end: i64, events: &[(&str, Option<&str>, i64)]) -> crate::history::WatchLog {
+    use crate::history::{WatchEvent, WatchLog, WatchResponse};
+    WatchLog {
+        prefix: String::new(),
+        start_revision: 2,
+        end_revision: end,
+        responses: events
+            .iter()
+            .map(|(key, value, revision)| WatchResponse {
+                revision: *revision,
+                events: vec![WatchEvent {
+                    key: key.to_string(),
+                    value: value.map(String::from),
+                    mod_revision: *revision,
+                }],
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_delete_the_watch_shows_never_took_effect_cannot_explain_a_missing_key() {
+    let delete = || unknown(1, 20, Request::Delete { key: "a".into() });
+    let history = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        delete(),
+        op(2, 30, 40, put("b", "1"), put_ok(3)),
+        op(2, 50, 60, get("a"), read_none(3)),
+    ];
+    // No delete event of a: the read that misses it is wrong.
+    let without = watch_of(3, &[("a", Some("1"), 2), ("b", Some("1"), 3)]);
+    assert_eq!(
+        settled_verdict(&history, &[without]),
+        Verdict::NotLinearizable
+    );
+    // A delete of a at revision 3 that nothing answered explains it.
+    let history = [
+        op(0, 0, 10, put("a", "1"), put_ok(2)),
+        delete(),
+        op(2, 50, 60, get("a"), read_none(3)),
+    ];
+    let with = watch_of(3, &[("a", Some("1"), 2), ("a", None, 3)]);
+    assert_eq!(settled_verdict(&history, &[with]), Verdict::Linearizable);
+}
