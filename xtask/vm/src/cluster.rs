@@ -221,8 +221,10 @@ impl VmCluster {
                 cluster.vm_config(kernel, &initramfs, &share, &layout, index + 1, spec);
             if let Some(disk) = &disk {
                 config.disk = Some(disk.clone());
+                // apparmor=0: Debian's kernel enables AppArmor, but the image has no
+                // apparmor_parser, without which Docker refuses to start containers.
                 config.append = format!(
-                    "{} net.ifnames=0 systemd.show_status=false shoal.mode=root shoal.root={}",
+                    "{} net.ifnames=0 apparmor=0 systemd.show_status=false shoal.mode=root shoal.root={}",
                     config.append,
                     crate::debian::ROOT_DEVICE
                 );
