@@ -497,9 +497,14 @@ impl VxlanCapture {
             .spawn()
             .context("starting tcpdump")?;
         let mut stderr = std::io::BufReader::new(child.stderr.take().context("tcpdump's stderr")?);
-        let mut line = String::new();
-        stderr.read_line(&mut line)?;
-        ensure!(line.contains("listening on"), "tcpdump: {line}");
+        // "verbose output suppressed ..." comes first when printing, then "listening on".
+        let mut said = String::new();
+        for _ in 0..3 {
+            if stderr.read_line(&mut said)? == 0 || said.contains("listening on") {
+                break;
+            }
+        }
+        ensure!(said.contains("listening on"), "tcpdump: {said}");
         Ok(Self {
             child,
             _stderr: stderr,
