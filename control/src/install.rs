@@ -22,6 +22,7 @@ const CONFIG: &str = "etc/shoal/agent.yaml";
 /// Where `--pki` puts a node's certificates (what an agent's `pki: /etc/shoal/pki` reads).
 const PKI: &str = "etc/shoal/pki";
 const SERVICE: &str = "shoal.service";
+const DOCKER_SERVICE: &str = "docker.service";
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
@@ -82,7 +83,7 @@ pub fn docker_drop_in() -> String {
          \n\
          [Service]\n\
          EnvironmentFile=-{docker_env}\n\
-         ExecStartPre=/{BINARY} mk-docker-opts --wait 60\n\
+         ExecStartPre=/{BINARY} mk-docker-opts --wait 60 --fixed-cidr\n\
          ExecStart=\n\
          ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS\n",
         docker_env = shoal_flannel::docker_opts::DEFAULT_PATH,
@@ -137,7 +138,25 @@ pub async fn install(args: InstallArgs) -> Result<()> {
         systemctl(&["daemon-reload"])?;
         systemctl(&["enable", "--now", SERVICE])?;
         println!("enabled and started {SERVICE}");
+        restart_running_docker()?;
     }
+    Ok(())
+}
+
+/// A Docker already running (or still starting, as at boot) was started without the
+/// drop-in: it restarts on it, so its bridge moves onto the node's lease (`try-restart` leaves a
+/// stopped Docker alone). `--no-block`: the drop-in's `mk-docker-opts --wait` waits for the
+/// agent's first lease.
+fn restart_running_docker() -> Result<()> {
+    let load_state = Command::new("systemctl")
+        .args(["show", "-p", "LoadState", "--value", DOCKER_SERVICE])
+        .output()
+        .context("running systemctl show")?;
+    if String::from_utf8_lossy(&load_state.stdout).trim() != "loaded" {
+        return Ok(());
+    }
+    systemctl(&["try-restart", "--no-block", DOCKER_SERVICE])?;
+    println!("restarting {DOCKER_SERVICE} on the drop-in if it runs");
     Ok(())
 }
 
@@ -322,7 +341,7 @@ mod tests {
             "Requires=shoal.service",
             "After=shoal.service",
             "EnvironmentFile=-/run/flannel/docker",
-            "ExecStartPre=/usr/local/bin/shoal mk-docker-opts --wait 60",
+            "ExecStartPre=/usr/local/bin/shoal mk-docker-opts --wait 60 --fixed-cidr",
             "ExecStart=\n",
             "ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS",
         ] {

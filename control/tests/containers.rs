@@ -3,8 +3,9 @@
 //! network namespaces, each with a /run of its own. Nodes 1 and 2 run Debian's dockerd, started
 //! with the `DOCKER_OPTS` flannel wrote beside subnet.env (what the `docker.service` drop-in
 //! passes); node 1 also runs Debian's docker-registry, into which the images built from
-//! Debian's packages (nginx, redis, busybox) are pushed. Node 3 runs podman with shoal as
-//! flannel's CNI plugin.
+//! Debian's packages (nginx, redis, busybox) are pushed, and podman with shoal as flannel's
+//! CNI plugin beside its Docker: both on `docker0`, Docker in the lower half of the lease
+//! (`--fixed-cidr`), CNI containers in the upper half.
 //!
 //! Shown: containers get addresses in their node's lease; a busybox container fetches nginx's
 //! page from a container on the other node, and redis-cli talks to redis there; the traffic
@@ -316,6 +317,9 @@ impl Drop for Capture {
     }
 }
 
+/// The node where podman runs beside Docker (node 1).
+const PODMAN_NODE: usize = 0;
+
 fn in_lease(ip: &str, lease: Ipv4Network) -> bool {
     ip.parse().is_ok_and(|ip| lease.contains(ip))
 }
@@ -439,18 +443,25 @@ fn docker_and_podman_containers_talk_over_the_overlay_and_fleet_runs_the_books_d
     assert_eq!(cli(&["GET", "book"]), "coreos");
     lap("redis-cli in a container on node 1: PING, SET, GET against redis on node 2");
 
-    podman_container_reaches_docker_nginx(&setup, &busybox, &nginx_ip);
-    lap("podman container (CNI) on node 3 fetched nginx's page on node 2");
+    podman_container_reaches_docker_nginx(&setup, &busybox, &nginx_ip, &client_ip);
+    lap("podman container (CNI) beside Docker on node 1 fetched nginx's page on node 2");
 
     fleet_runs_the_books_nginx_unit(&setup, &nginx);
     lap("fleet ran and stopped the book's nginx unit");
     eprintln!("{}", web.docker(&["ps", "-a"]).unwrap_or_default());
 }
 
-/// podman on node 3 (no Docker there), its container attached by shoal as flannel's CNI plugin
-/// (a conflist in a CNI config dir of the test's, `flannel` a symlink to shoal), pulls busybox
-/// from the registry and fetches nginx's page from Docker's container on node 2.
-fn podman_container_reaches_docker_nginx(setup: &Setup, busybox: &str, nginx_ip: &str) {
+/// podman on node 1, beside Docker, its container attached by shoal as flannel's CNI plugin
+/// (a conflist in a CNI config dir of the test's, `flannel` a symlink to shoal): on Docker's
+/// `docker0` (no second bridge claims the gateway), with an address in the upper half of the
+/// lease while Docker's `client_ip` is in the lower half; it pulls busybox from the registry and
+/// fetches nginx's page from Docker's container on node 2.
+fn podman_container_reaches_docker_nginx(
+    setup: &Setup,
+    busybox: &str,
+    nginx_ip: &str,
+    client_ip: &str,
+) {
     let dir = setup.dir.path().join("podman");
     let (bin, conf_dir) = (dir.join("cni-bin"), dir.join("cni-conf"));
     for path in [&bin, &conf_dir] {
@@ -462,7 +473,7 @@ fn podman_container_reaches_docker_nginx(setup: &Setup, busybox: &str, nginx_ip:
         "name": "shoal-overlay",
         "plugins": [{
             "type": "flannel",
-            "subnetFile": setup.agents.node_dir(2).join("subnet.env"),
+            "subnetFile": setup.agents.node_dir(PODMAN_NODE).join("subnet.env"),
             "dataDir": dir.join("flannel-data"),
             "ipam": { "dataDir": dir.join("ipam") },
         }],
@@ -486,7 +497,7 @@ fn podman_container_reaches_docker_nginx(setup: &Setup, busybox: &str, nginx_ip:
         ),
     )
     .expect("containers.conf");
-    let node = setup.cluster.node(2);
+    let node = setup.cluster.node(PODMAN_NODE);
     let podman = |args: &[&str]| {
         let out = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", node.ns().name()))
@@ -508,29 +519,63 @@ fn podman_container_reaches_docker_nginx(setup: &Setup, busybox: &str, nginx_ip:
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     podman(&["pull", "--tls-verify=false", busybox]);
-    let script = format!("ip -o -4 addr show dev eth0; timeout 5 wget -q -O - http://{nginx_ip}/");
-    let output = podman(&[
-        "run",
-        "--rm",
-        "--network",
-        "shoal-overlay",
-        busybox,
-        "sh",
-        "-c",
-        &script,
-    ]);
-    let lease3 = setup.lease(2);
+    let script =
+        format!("ip -o -4 addr show dev eth0; sleep 3; timeout 5 wget -q -O - http://{nginx_ip}/");
+    let (runner, ports) = std::thread::scope(|scope| {
+        let runner = scope.spawn(|| {
+            podman(&[
+                "run",
+                "--rm",
+                "--network",
+                "shoal-overlay",
+                busybox,
+                "sh",
+                "-c",
+                &script,
+            ])
+        });
+        // While it runs: the bridge ports of docker0 (Docker's client container and podman's).
+        let ports = wait_for("podman's veth on docker0", Duration::from_secs(30), || {
+            let ports = node
+                .ns()
+                .ip(["-o", "link", "show", "master", "docker0"])
+                .ok()?;
+            (ports.lines().count() >= 2).then_some(ports)
+        });
+        (runner.join().expect("podman run"), ports)
+    });
+    let output = runner;
+    eprintln!("node 1 docker0 ports:\n{}", ports.trim_end());
+    let lease = setup.lease(PODMAN_NODE);
     let address = output
         .split_whitespace()
         .find_map(|word| word.split_once('/').map(|(ip, _)| ip.to_string()))
-        .filter(|ip| in_lease(ip, lease3));
+        .filter(|ip| in_lease(ip, lease));
     eprintln!(
-        "podman container on node 3: {}",
+        "podman container on node 1: {} (Docker's client: {client_ip})",
         output.lines().next().unwrap_or_default()
     );
+    let address =
+        address.unwrap_or_else(|| panic!("the podman container is not in {lease}: {output}"));
+    let upper_half = |ip: &str| -> bool {
+        let ip: std::net::Ipv4Addr = ip.parse().expect("an address");
+        u32::from(ip) - u32::from(lease.network()) >= lease.size() / 2
+    };
     assert!(
-        address.is_some(),
-        "the podman container is not in {lease3}: {output}"
+        upper_half(&address),
+        "podman's {address} not in the upper half of {lease}"
+    );
+    assert!(
+        !upper_half(client_ip),
+        "Docker's {client_ip} not in the lower half of {lease}"
+    );
+    let links = node
+        .ns()
+        .ip(["-o", "link", "show", "type", "bridge"])
+        .expect("bridges");
+    assert!(
+        !links.contains("cni0"),
+        "a second bridge for the lease: {links}"
     );
     assert!(output.contains("Welcome to nginx!"), "{output}");
     // --rm ran the plugin's DEL: the container's address is free again.

@@ -4,7 +4,11 @@
 //! Global busybox unit, nginx on a web node (`-p ${COREOS_PUBLIC_IPV4}:8080:80`) reached on
 //! the node's address and, over the overlay, from a container on the db node, redis on the db
 //! node reached from a container on a web node, a sidekick announcing nginx's container
-//! address, and nginx moving to the other web node when its node loses power.
+//! address, a podman container (shoal as flannel's CNI plugin, beside Docker on `docker0`)
+//! reaching nginx on another node, and nginx moving to the other web node when its node loses
+//! power. The guests are provisioned by `#cloud-config` (`coreos.units` starts docker.service
+//! with flannel's drop-in through the guest's systemd); a capture on the cluster's bridge shows
+//! container-to-container traffic crossing as VXLAN.
 //!
 //! Under TCG this takes minutes (the guests unpack the images), so it is the long form: it runs
 //! with `SHOAL_VM_CONTAINERS=1` (and wherever the VM tests run), and says SKIPPED otherwise.
@@ -169,7 +173,8 @@ fn books_docker_units_registry_sidekick_and_failover_on_debian_guests() -> Resul
         masters: 3,
         metadata: book_metadata()?,
         memory_mib: 1024,
-        boot_timeout: Duration::from_secs(300),
+        // Under TCG on a shared 2-core machine a Debian boot took up to 150 s per node.
+        boot_timeout: Duration::from_secs(600),
         secure: false,
         ..ClusterSpec::default()
     };
@@ -182,6 +187,11 @@ fn books_docker_units_registry_sidekick_and_failover_on_debian_guests() -> Resul
         )
         .context("waiting for every agent's /readyz")?;
     steps.done("three Debian guests booted, agents ready");
+    for index in 0..3 {
+        let docker = docker_on_the_lease(&scenario, index)?;
+        println!("{}: {docker}", scenario.node_name(index));
+    }
+    steps.done("cloud-config's docker.service (systemd, flannel's drop-in) on every lease");
     let endpoints = scenario.cluster.store_endpoints();
     let node_ip = |index: usize| scenario.cluster.nodes()[index].address().to_string();
     let registry = format!("{}:5000", node_ip(0));
@@ -273,12 +283,29 @@ fn books_docker_units_registry_sidekick_and_failover_on_debian_guests() -> Resul
 
     let announced = announced(&scenario, &endpoints, first_web)?;
     steps.done(&format!("the sidekick announced nginx at {announced}"));
+    let capture = VxlanCapture::start(&scenario)?;
     let page = scenario.in_node(
         2,
         &format!("docker run --rm {registry}/busybox wget -q -O - http://{announced}/"),
     )?;
     ensure!(page.contains("Welcome to nginx!"), "{page}");
-    steps.done("a container on the db node fetched nginx's page over the overlay");
+    let packets = capture.stop()?;
+    let crossing: Vec<&String> = packets
+        .iter()
+        .filter(|line| line.contains("VXLAN") && line.contains(&format!("{announced}.80")))
+        .collect();
+    println!(
+        "capture on the cluster's bridge ({} VXLAN packets), to and from nginx's container:",
+        packets.len()
+    );
+    for line in crossing.iter().take(6) {
+        println!("  {line}");
+    }
+    ensure!(
+        crossing.len() >= 2,
+        "no VXLAN packets to nginx's container on the bridge: {packets:#?}"
+    );
+    steps.done("a container on the db node fetched nginx's page over the overlay (VXLAN)");
 
     let redis_ip = scenario
         .in_node(
@@ -297,6 +324,11 @@ fn books_docker_units_registry_sidekick_and_failover_on_debian_guests() -> Resul
     steps.done(&format!(
         "a container on {} talked to redis ({redis_ip}) on the db node",
         scenario.node_name(first_web)
+    ));
+
+    let podman = podman_fetches(&scenario, 2, &registry, &announced)?;
+    steps.done(&format!(
+        "a podman container (CNI, on docker0 beside redis) on the db node fetched nginx's page: {podman}"
     ));
 
     scenario.power_off(first_web);
@@ -365,4 +397,139 @@ fn announced(scenario: &Scenario, endpoints: &str, index: usize) -> Result<Strin
             .starts_with("10.244.")
             .then(|| value.trim().to_string()))
     })
+}
+
+/// Docker on node `index` as the cloud-config's `coreos.units` started it through systemd:
+/// active, with flannel's drop-in, its bridge on the node's lease, its addresses in the lower
+/// half (`--fixed-cidr`). Returns a line saying so.
+fn docker_on_the_lease(scenario: &Scenario, index: usize) -> Result<String> {
+    wait_until(
+        "docker.service on the lease",
+        Duration::from_secs(300),
+        || {
+            let out = scenario.cluster.exec(
+                index,
+                "systemctl is-active docker.service; \
+             systemctl show -p DropInPaths --value docker.service; \
+             ip -o -4 addr show dev docker0 | awk '{print $4}'; ps -o args= -C dockerd",
+                Duration::from_secs(30),
+            )?;
+            let lines: Vec<&str> = out.output.lines().map(str::trim).collect();
+            let ready = lines.first() == Some(&"active")
+                && lines.iter().any(|line| line.contains("40-flannel.conf"))
+                && lines.iter().any(|line| line.starts_with("10.244."))
+                && lines
+                    .iter()
+                    .any(|line| line.contains("--fixed-cidr=10.244."));
+            Ok(ready.then(|| lines.join(" | ")))
+        },
+    )
+}
+
+/// podman on node `index` (which also runs Docker) runs a busybox container through shoal as
+/// flannel's CNI plugin (`/opt/cni/bin/flannel`, which `shoal install` links) and fetches
+/// nginx's page at `nginx`; returns the container's address, which must be in the upper half
+/// of the node's lease (Docker's `--fixed-cidr` has the lower half).
+fn podman_fetches(
+    scenario: &Scenario,
+    index: usize,
+    registry: &str,
+    nginx: &str,
+) -> Result<String> {
+    let conflist =
+        r#"{"cniVersion":"1.0.0","name":"shoal-overlay","plugins":[{"type":"flannel"}]}"#;
+    let script = format!(
+        "mkdir -p /etc/cni/net.d && echo '{conflist}' > /etc/cni/net.d/10-shoal.conflist && \
+         podman --network-backend cni pull -q --tls-verify=false {registry}/busybox >/dev/null && \
+         podman --network-backend cni run --rm --network shoal-overlay \
+           --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 {registry}/busybox \
+           sh -c 'ip -o -4 addr show dev eth0; timeout 10 wget -q -O - http://{nginx}/'"
+    );
+    let out = scenario
+        .cluster
+        .exec(index, &script, Duration::from_secs(240))
+        .context("podman run")?;
+    ensure!(
+        out.success(),
+        "podman on {}: {}",
+        scenario.node_name(index),
+        out.output
+    );
+    ensure!(out.output.contains("Welcome to nginx!"), "{}", out.output);
+    let address = out
+        .output
+        .split_whitespace()
+        .find_map(|word| {
+            word.strip_suffix("/24")
+                .filter(|ip| ip.starts_with("10.244."))
+        })
+        .context("the podman container's address")?
+        .to_string();
+    let last: u8 = address
+        .rsplit('.')
+        .next()
+        .and_then(|octet| octet.parse().ok())
+        .context("an IPv4 address")?;
+    ensure!(
+        last >= 128,
+        "podman's {address} is not in the upper half of the lease"
+    );
+    Ok(address)
+}
+
+/// tcpdump on the cluster's bridge (the host side of every VM's tap), VXLAN only.
+struct VxlanCapture {
+    child: std::process::Child,
+    /// Held open: tcpdump reports its counts there on exit (a closed pipe would kill it).
+    _stderr: std::io::BufReader<std::process::ChildStderr>,
+}
+
+impl VxlanCapture {
+    fn start(scenario: &Scenario) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = scenario
+            .cluster
+            .host_command("tcpdump")
+            .args(["-i", shoal_vm::netns::BRIDGE, "-nn", "-l", "-T", "vxlan"])
+            .args(["-s", "256", "udp", "port", "8472"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting tcpdump")?;
+        let mut stderr = std::io::BufReader::new(child.stderr.take().context("tcpdump's stderr")?);
+        // "verbose output suppressed ..." comes first when printing, then "listening on".
+        let mut said = String::new();
+        for _ in 0..3 {
+            if stderr.read_line(&mut said)? == 0 || said.contains("listening on") {
+                break;
+            }
+        }
+        ensure!(said.contains("listening on"), "tcpdump: {said}");
+        Ok(Self {
+            child,
+            _stderr: stderr,
+        })
+    }
+
+    /// Stops the capture; its packets, one line each (outer and inner headers joined).
+    fn stop(self) -> Result<Vec<String>> {
+        std::thread::sleep(Duration::from_millis(500));
+        std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .context("stopping tcpdump")?;
+        let output = self.child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut packets: Vec<String> = Vec::new();
+        for line in text.lines() {
+            match packets.last_mut() {
+                Some(last) if !line.as_bytes().first().is_some_and(u8::is_ascii_digit) => {
+                    last.push(' ');
+                    last.push_str(line.trim());
+                }
+                _ => packets.push(line.to_string()),
+            }
+        }
+        Ok(packets)
+    }
 }

@@ -39,7 +39,7 @@ fn debian_guest_runs_shoal_install_and_fleet_units_under_systemd() -> Result<()>
     scenario
         .in_node(
             0,
-            "cmp /etc/shoal/agent.yaml /mnt/shoal/nodes/n1/agent.yaml",
+            "cmp /etc/shoal/agent.yaml /mnt/shoal/nodes/n1/cloud-config.yaml",
         )
         .context("the installed config differs from the node's")?;
 

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use shoal_flannel::subnet_env::{SubnetEnv, SubnetEnvError};
 
 use crate::{
-    config::NetConf,
+    config::{NetConf, SharedBridge},
     error::{CniError, code},
 };
 
@@ -148,11 +148,14 @@ fn check_version(version: &str, command: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-/// ADD: the delegate config from subnet.env, kept for DEL, then the delegate's ADD.
+/// ADD: the delegate config from subnet.env (and Docker's options beside it: a shared
+/// bridge), kept for DEL, then the delegate's ADD.
 fn add(invocation: &Invocation, conf: &NetConf) -> Result<Vec<u8>, CniError> {
     conf.validate()?;
     let env = read_subnet_env(conf)?;
-    let delegate = conf.delegate_config(&env)?;
+    let docker_file = shoal_flannel::docker_opts::path_beside(&conf.subnet_file);
+    let shared = SharedBridge::from_docker_options(&docker_file, &env)?;
+    let delegate = conf.delegate_config(&env, shared.as_ref())?;
     let bytes = encode(&delegate)?;
     scratch::save(
         &scratch::path(&conf.data_dir, &invocation.container_id)?,

@@ -3,8 +3,19 @@
 //! combined `DOCKER_OPTS=" --bip=... --ip-masq=... --mtu=..."`, which a
 //! `docker.service` drop-in reads with `EnvironmentFile=`. flannel writes it beside subnet.env
 //! after each lease; `shoal mk-docker-opts` writes it on demand.
+//!
+//! Where Docker shares its bridge with CNI containers (shoal's own addition, off in
+//! mk-docker-opts.sh's format), Docker also gets `--fixed-cidr` with the lower half of the
+//! lease ([`docker_half`]): its IPAM hands out only those, and the CNI plugin, which reads the
+//! option back from this file ([`read_fixed_cidr`]), gives host-local the upper half
+//! ([`cni_range`]) on the same bridge, behind the same gateway.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use ipnetwork::Ipv4Network;
 
 use crate::subnet_env::{SubnetEnv, SubnetEnvError, write_atomically};
 
@@ -33,6 +44,9 @@ pub struct DockerOptsFormat {
     pub key: String,
     /// Emit `--ip-masq` (`-m` turns it off, for old Docker versions).
     pub ip_masq: bool,
+    /// Emit `--fixed-cidr` with the lease's lower half (`DOCKER_OPT_FIXED_CIDR`, last), leaving
+    /// the upper half to CNI containers on Docker's bridge. Not in mk-docker-opts.sh.
+    pub fixed_cidr: bool,
 }
 
 impl Default for DockerOptsFormat {
@@ -42,26 +56,61 @@ impl Default for DockerOptsFormat {
             combined: true,
             key: DEFAULT_KEY.to_string(),
             ip_masq: true,
+            fixed_cidr: false,
         }
     }
 }
 
 /// Docker's options for this node's lease: its bridge takes the subnet's first address, the
 /// overlay's MTU, and masquerades only when flannel does not.
-pub fn options(env: &SubnetEnv, ip_masq: bool) -> Vec<(&'static str, String)> {
+pub fn options(env: &SubnetEnv, format: &DockerOptsFormat) -> Vec<(&'static str, String)> {
     let mut options = vec![("DOCKER_OPT_BIP", format!("--bip={}", env.gateway()))];
-    if ip_masq {
+    if format.ip_masq {
         options.push(("DOCKER_OPT_IPMASQ", format!("--ip-masq={}", !env.ip_masq)));
     }
     options.push(("DOCKER_OPT_MTU", format!("--mtu={}", env.mtu)));
+    if format.fixed_cidr
+        && let Some(half) = docker_half(env.subnet)
+    {
+        options.push(("DOCKER_OPT_FIXED_CIDR", format!("--fixed-cidr={half}")));
+    }
     options
+}
+
+/// The part of a lease Docker allocates from when it shares its bridge: the lower half (the
+/// gateway, `.1`, is in it and Docker skips it). `None` for a lease too small to split.
+pub fn docker_half(subnet: Ipv4Network) -> Option<Ipv4Network> {
+    if subnet.prefix() >= 30 {
+        return None;
+    }
+    Ipv4Network::new(subnet.network(), subnet.prefix() + 1).ok()
+}
+
+/// The addresses of `subnet` left to CNI when Docker allocates from `docker` (a prefix at the
+/// start of the lease, as [`docker_half`] gives): from the first address after it to the last
+/// before the lease's broadcast. `None` if `docker` is not such a prefix or leaves nothing.
+pub fn cni_range(subnet: Ipv4Network, docker: Ipv4Network) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    if docker.network() != subnet.network() || docker.prefix() <= subnet.prefix() {
+        return None;
+    }
+    let start = u32::from(docker.broadcast()).checked_add(1)?;
+    let end = u32::from(subnet.broadcast()).checked_sub(1)?;
+    (start <= end).then(|| (Ipv4Addr::from(start), Ipv4Addr::from(end)))
+}
+
+/// The `--fixed-cidr` in a Docker options file, if the file exists and has one.
+pub fn read_fixed_cidr(path: &Path) -> Option<Ipv4Network> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.split(|c: char| c.is_whitespace() || c == '"')
+        .find_map(|word| word.strip_prefix("--fixed-cidr="))
+        .and_then(|cidr| cidr.parse().ok())
 }
 
 /// The file's text, byte for byte what mk-docker-opts.sh writes for the same input. (The script
 /// also starts the combined variable from that variable's value in its own environment; shoal
 /// does not, so that regenerating the file in a unit that reads it never repeats options.)
 pub fn render(env: &SubnetEnv, format: &DockerOptsFormat) -> String {
-    let options = options(env, format.ip_masq);
+    let options = options(env, format);
     let mut text = String::new();
     let mut combined = String::new();
     for (name, value) in &options {
@@ -170,6 +219,37 @@ mod tests {
             render(&env, &format),
             "DOCKER_OPTS=\" --bip=10.1.74.1/24 --ip-masq=false --mtu=1472\"\n"
         );
+    }
+
+    #[test]
+    fn a_shared_bridge_gives_docker_the_lower_half_and_cni_the_upper() {
+        let env = sample();
+        let format = DockerOptsFormat {
+            individual: false,
+            fixed_cidr: true,
+            ..DockerOptsFormat::default()
+        };
+        assert_eq!(
+            render(&env, &format),
+            "DOCKER_OPTS=\" --bip=10.1.74.1/24 --ip-masq=true --mtu=1472 --fixed-cidr=10.1.74.0/25\"\n"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("docker");
+        write(&path, &env, &format).expect("written");
+        let docker = read_fixed_cidr(&path).expect("a --fixed-cidr");
+        assert_eq!(docker, "10.1.74.0/25".parse::<Ipv4Network>().expect("cidr"));
+        assert_eq!(
+            cni_range(env.subnet, docker),
+            Some((Ipv4Addr::new(10, 1, 74, 128), Ipv4Addr::new(10, 1, 74, 254)))
+        );
+        assert_eq!(read_fixed_cidr(&dir.path().join("absent")), None);
+        let other: Ipv4Network = "10.1.74.128/25".parse().expect("cidr");
+        assert_eq!(
+            cni_range(env.subnet, other),
+            None,
+            "not at the lease's start"
+        );
+        assert_eq!(docker_half("10.1.74.0/30".parse().expect("cidr")), None);
     }
 
     #[test]

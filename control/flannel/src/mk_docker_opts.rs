@@ -36,6 +36,11 @@ pub struct MkDockerOptsArgs {
     /// Do not output --ip-masq (for older Docker versions).
     #[arg(short = 'm', long = "no-ip-masq")]
     pub no_ip_masq: bool,
+    /// Also restrict Docker's container addresses to the lower half of the lease
+    /// (`--fixed-cidr`), leaving the upper half to CNI containers on Docker's bridge (shoal's
+    /// addition; not a flag of mk-docker-opts.sh).
+    #[arg(long)]
+    pub fixed_cidr: bool,
     /// Seconds to wait for flannel's env file to appear (0: it must be there already).
     #[arg(long, default_value_t = 0)]
     pub wait: u64,
@@ -50,6 +55,7 @@ impl MkDockerOptsArgs {
             combined: self.combined || both,
             key: self.key.clone(),
             ip_masq: !self.no_ip_masq,
+            fixed_cidr: self.fixed_cidr,
         }
     }
 }

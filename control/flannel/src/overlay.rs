@@ -268,7 +268,12 @@ async fn configure_node(
     }
     // Docker's options first: whoever sees subnet.env finds them too.
     let docker_file = docker_opts::path_beside(&config.subnet_file);
-    docker_opts::write(&docker_file, &env, &DockerOptsFormat::default())?;
+    // Without a bridge of ours, Docker's holds the gateway and shares it with CNI containers.
+    let format = DockerOptsFormat {
+        fixed_cidr: config.bridge.is_none(),
+        ..DockerOptsFormat::default()
+    };
+    docker_opts::write(&docker_file, &env, &format)?;
     tracing::info!(path = %docker_file.display(), "Docker's options written");
     env.write(&config.subnet_file)?;
     tracing::info!(path = %config.subnet_file.display(), "subnet file written");

@@ -1,8 +1,9 @@
 #!/bin/sh
 # shoal-vm-setup: first service of a vm-cluster node on the Debian image (systemd is PID 1).
 # Networks eth0 from the kernel command line (shoal.node, shoal.ip), mounts the 9p share
-# "shoal" and installs the agent with `shoal install --config` (which enables and starts
-# shoal.service). Marker lines "SHOAL-VM ..." go to the console the host follows.
+# "shoal" and installs the agent with `shoal install --config` on the node's #cloud-config
+# (which enables and starts shoal.service). Marker lines "SHOAL-VM ..." go to the console
+# the host follows.
 mark() { echo "SHOAL-VM $*" > /dev/console; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
@@ -31,21 +32,18 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro shoal /mnt/sho
     exit 1
 fi
 mark "version: $(/mnt/shoal/shoal version | head -1)"
-mark "installing: shoal install --config /mnt/shoal/nodes/$NODE/agent.yaml at $(uptime_s)s"
+# The node is described by a #cloud-config (coreos.etcd2, fleet, flannel, units), which
+# shoal.service's `shoal agent --config` reads; its units start docker.service with flannel's
+# drop-in through this systemd.
+config="/mnt/shoal/nodes/$NODE/cloud-config.yaml"
+mark "installing: shoal install --config $config at $(uptime_s)s"
 # A secure cluster's certificates go in with the config (/etc/shoal/pki, keys 0600).
 pki=""
 [ -d "/mnt/shoal/nodes/$NODE/pki" ] && pki="--pki /mnt/shoal/nodes/$NODE/pki"
+# `shoal install` also restarts the Docker that started at boot on the drop-in it places.
 # shellcheck disable=SC2086 # $pki is empty or two words
-if /mnt/shoal/shoal install --config "/mnt/shoal/nodes/$NODE/agent.yaml" $pki \
-    > /run/shoal-install.log 2>&1; then
+if /mnt/shoal/shoal install --config "$config" $pki > /run/shoal-install.log 2>&1; then
     mark "agent starting at $(uptime_s)s (shoal.service $(systemctl is-active shoal.service))"
-    # Docker started at boot, before the drop-in `shoal install` just wrote (a machine
-    # provisioned from the start has it first): start it again on the node's lease. Its
-    # ExecStartPre waits for subnet.env, so this does not wait.
-    if [ -e /lib/systemd/system/docker.service ]; then
-        systemctl daemon-reload
-        systemctl restart --no-block docker.service
-    fi
 else
     rc=$?
     mark "error: shoal install exited $rc: $(tail -n 1 /run/shoal-install.log)"

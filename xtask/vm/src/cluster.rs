@@ -26,8 +26,9 @@ pub enum GuestImage {
     /// Busybox in an initramfs; the init starts `shoal agent` itself (boots in seconds).
     #[default]
     Small,
-    /// Debian with systemd as PID 1; `shoal install` sets up shoal.service (see
-    /// [`crate::debian`]).
+    /// Debian with systemd as PID 1, provisioned by a `#cloud-config`
+    /// ([`config::cloud_config_yaml`]) that `shoal install` puts in place for shoal.service
+    /// (see [`crate::debian`]).
     Debian,
 }
 
@@ -205,7 +206,7 @@ impl VmCluster {
             ),
         );
         let layouts = layouts(spec, id)?;
-        let share = prepare_share(dir, binary, &layouts)?;
+        let share = prepare_share(dir, binary, &layouts, spec.image)?;
         let namespace = netns::create(id, layouts.len())?;
         let mut cluster = Self {
             id,
@@ -220,8 +221,10 @@ impl VmCluster {
                 cluster.vm_config(kernel, &initramfs, &share, &layout, index + 1, spec);
             if let Some(disk) = &disk {
                 config.disk = Some(disk.clone());
+                // apparmor=0: Debian's kernel enables AppArmor, but the image has no
+                // apparmor_parser, without which Docker refuses to start containers.
                 config.append = format!(
-                    "{} net.ifnames=0 systemd.show_status=false shoal.mode=root shoal.root={}",
+                    "{} net.ifnames=0 apparmor=0 systemd.show_status=false shoal.mode=root shoal.root={}",
                     config.append,
                     crate::debian::ROOT_DEVICE
                 );
@@ -658,8 +661,14 @@ fn claim_cluster_dir(cache: &Path) -> Result<(u32, PathBuf)> {
 }
 
 /// The 9p share: the binary (with its shared libraries under `sysroot/` if it is dynamically
-/// linked) and one directory per node holding its `agent.yaml`.
-fn prepare_share(dir: &Path, binary: &Path, layouts: &[NodeLayout]) -> Result<PathBuf> {
+/// linked) and one directory per node holding its description: `agent.yaml`, or for the
+/// Debian guest a `#cloud-config` (`cloud-config.yaml`).
+fn prepare_share(
+    dir: &Path,
+    binary: &Path,
+    layouts: &[NodeLayout],
+    image: GuestImage,
+) -> Result<PathBuf> {
     let pki = layouts
         .iter()
         .any(|layout| layout.secure)
@@ -682,8 +691,13 @@ fn prepare_share(dir: &Path, binary: &Path, layouts: &[NodeLayout]) -> Result<Pa
     for layout in layouts {
         let node_dir = share.join("nodes").join(&layout.name);
         fs::create_dir_all(&node_dir).context(|| format!("creating {}", node_dir.display()))?;
-        let yaml = config::agent_yaml(layout, layouts)?;
-        let path = node_dir.join("agent.yaml");
+        let cloud_config = image == GuestImage::Debian;
+        let yaml = if cloud_config {
+            config::cloud_config_yaml(layout, layouts)?
+        } else {
+            config::agent_yaml(layout, layouts)?
+        };
+        let path = node_dir.join(config::config_file_name(cloud_config));
         fs::write(&path, yaml).context(|| format!("writing {}", path.display()))?;
         if let Some(pki) = &pki {
             share_node_pki(

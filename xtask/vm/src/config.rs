@@ -73,8 +73,9 @@ struct AgentConfig<'a> {
     health: HealthSection,
 }
 
-const GUEST_HEARTBEAT_INTERVAL: &str = "250ms";
-const GUEST_ELECTION_TIMEOUT: &str = "2500ms";
+/// Raft timing of the guests' store members, in milliseconds (etcd2's unit).
+const GUEST_HEARTBEAT_INTERVAL_MS: u32 = 250;
+const GUEST_ELECTION_TIMEOUT_MS: u32 = 2500;
 
 #[derive(Serialize)]
 struct StoreSection {
@@ -90,9 +91,9 @@ struct StoreSection {
     /// Masters: Raft timing for emulated (TCG) guests, where etcd's 100 ms heartbeats time out
     /// (`timeout after 100ms when AppendEntries` in the guests' logs) and cost elections.
     #[serde(skip_serializing_if = "Option::is_none")]
-    heartbeat_interval: Option<&'static str>,
+    heartbeat_interval: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    election_timeout: Option<&'static str>,
+    election_timeout: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -159,8 +160,8 @@ pub fn agent_yaml(node: &NodeLayout, nodes: &[NodeLayout]) -> Result<String> {
             listen_client_urls: is_master.then(|| node.client_url()),
             listen_peer_urls: is_master.then(|| node.peer_url()),
             endpoints: masters.iter().map(|m| m.client_url()).collect(),
-            heartbeat_interval: is_master.then_some(GUEST_HEARTBEAT_INTERVAL),
-            election_timeout: is_master.then_some(GUEST_ELECTION_TIMEOUT),
+            heartbeat_interval: is_master.then(|| format!("{GUEST_HEARTBEAT_INTERVAL_MS}ms")),
+            election_timeout: is_master.then(|| format!("{GUEST_ELECTION_TIMEOUT_MS}ms")),
         },
         network: NetworkSection {
             config: FlannelNetwork {
@@ -185,6 +186,221 @@ pub fn agent_yaml(node: &NodeLayout, nodes: &[NodeLayout]) -> Result<String> {
     })?;
     Ok(format!(
         "#shoal-config\n# {} of a vm-cluster, written by `cargo xtask vm-cluster`.\n{yaml}",
+        node.name
+    ))
+}
+
+/// The file a node's description is shared as: the agent's YAML for the small guest, a CoreOS
+/// `#cloud-config` for the Debian guest.
+pub fn config_file_name(cloud_config: bool) -> &'static str {
+    if cloud_config {
+        "cloud-config.yaml"
+    } else {
+        "agent.yaml"
+    }
+}
+
+/// The `docker.service` drop-in of the CoreOS book's cloud-config (the one `shoal install`
+/// writes): dockerd on the node's lease, with the options flannel wrote beside subnet.env.
+const DOCKER_DROP_IN: &str = "[Unit]
+Requires=shoal.service
+After=shoal.service
+
+[Service]
+EnvironmentFile=-/run/flannel/docker
+ExecStartPre=/usr/local/bin/shoal mk-docker-opts --wait 60 --fixed-cidr
+ExecStart=
+ExecStart=/usr/sbin/dockerd -H fd:// $DOCKER_OPTS
+";
+
+#[derive(Serialize)]
+struct CloudConfig<'a> {
+    hostname: &'a str,
+    coreos: CoreOs,
+    /// What CoreOS's keys cannot say, in the agent's own format.
+    shoal: ShoalSection,
+}
+
+#[derive(Serialize)]
+struct CoreOs {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etcd2: Option<Etcd2>,
+    fleet: Fleet,
+    flannel: Flannel,
+    units: Vec<CloudUnit>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Etcd2 {
+    name: String,
+    initial_cluster: String,
+    initial_cluster_state: &'static str,
+    initial_advertise_peer_urls: String,
+    listen_peer_urls: String,
+    listen_client_urls: String,
+    advertise_client_urls: String,
+    /// Milliseconds, as etcd2's flags.
+    heartbeat_interval: u32,
+    election_timeout: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Fleet {
+    public_ip: Ipv4Addr,
+    metadata: String,
+    etcd_servers: String,
+    agent_ttl: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Flannel {
+    interface: &'static str,
+    etcd_prefix: &'static str,
+    etcd_endpoints: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ip_masq: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct CloudUnit {
+    name: &'static str,
+    command: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    drop_ins: Vec<DropIn>,
+}
+
+#[derive(Serialize)]
+struct DropIn {
+    name: &'static str,
+    content: String,
+}
+
+#[derive(Serialize)]
+struct ShoalSection {
+    data_dir: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pki: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<ShoalNetwork>,
+    health: HealthSection,
+}
+
+#[derive(Serialize)]
+struct ShoalNetwork {
+    bridge: &'static str,
+}
+
+/// Node `node`'s `#cloud-config`, as the CoreOS book's nodes were described: `coreos.etcd2` on
+/// masters, `coreos.fleet` (public IP, metadata), `coreos.flannel`, and `coreos.units` starting
+/// etcd2, fleet, flanneld (whose drop-in sets the network config) and docker.service with
+/// flannel's drop-in. The agent runs the same components as from [`agent_yaml`].
+pub fn cloud_config_yaml(node: &NodeLayout, nodes: &[NodeLayout]) -> Result<String> {
+    let masters: Vec<&NodeLayout> = nodes.iter().filter(|n| n.role == Role::Master).collect();
+    if masters.is_empty() {
+        return Err(Error::Invalid(
+            "a cluster needs at least one master".to_string(),
+        ));
+    }
+    let endpoints = masters
+        .iter()
+        .map(|m| m.client_url())
+        .collect::<Vec<_>>()
+        .join(",");
+    let is_master = node.role == Role::Master;
+    let etcd2 = is_master.then(|| Etcd2 {
+        name: node.name.clone(),
+        initial_cluster: masters
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(","),
+        initial_cluster_state: "new",
+        initial_advertise_peer_urls: node.peer_url(),
+        listen_peer_urls: node.peer_url(),
+        listen_client_urls: node.client_url(),
+        advertise_client_urls: node.client_url(),
+        heartbeat_interval: GUEST_HEARTBEAT_INTERVAL_MS,
+        election_timeout: GUEST_ELECTION_TIMEOUT_MS,
+    });
+    let network = format!(
+        "{{ \"Network\": \"{OVERLAY_NETWORK}\", \"SubnetLen\": {OVERLAY_SUBNET_LEN}, \"Backend\": {{ \"Type\": \"vxlan\" }} }}"
+    );
+    let mut units = Vec::new();
+    if is_master {
+        units.push(CloudUnit {
+            name: "etcd2.service",
+            command: "start",
+            drop_ins: Vec::new(),
+        });
+    }
+    units.push(CloudUnit {
+        name: "fleet.service",
+        command: "start",
+        drop_ins: Vec::new(),
+    });
+    units.push(CloudUnit {
+        name: "flanneld.service",
+        command: "start",
+        drop_ins: vec![DropIn {
+            name: "50-network-config.conf",
+            content: format!(
+                "[Service]\nExecStartPre=/usr/bin/etcdctl set /coreos.com/network/config '{network}'\n"
+            ),
+        }],
+    });
+    if node.docker {
+        units.push(CloudUnit {
+            name: "docker.service",
+            command: "start",
+            drop_ins: vec![DropIn {
+                name: "40-flannel.conf",
+                content: DOCKER_DROP_IN.to_string(),
+            }],
+        });
+    }
+    let config = CloudConfig {
+        hostname: &node.name,
+        coreos: CoreOs {
+            etcd2,
+            fleet: Fleet {
+                public_ip: node.address,
+                metadata: node
+                    .metadata
+                    .iter()
+                    .map(|(key, value)| format!("{key}={value}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                etcd_servers: endpoints.clone(),
+                agent_ttl: "30s",
+            },
+            flannel: Flannel {
+                interface: "eth0",
+                etcd_prefix: "/coreos.com/network",
+                etcd_endpoints: endpoints,
+                ip_masq: node.docker,
+            },
+            units,
+        },
+        shoal: ShoalSection {
+            data_dir: "/var/lib/shoal",
+            pki: node.secure.then_some(GUEST_PKI),
+            network: node.docker.then_some(ShoalNetwork { bridge: "" }),
+            health: HealthSection {
+                listen: format!("0.0.0.0:{HEALTH_PORT}"),
+            },
+        },
+    };
+    let yaml = serde_yaml::to_string(&config).map_err(|err| Error::Encode {
+        what: format!("the cloud-config of {}", node.name),
+        message: err.to_string(),
+    })?;
+    Ok(format!(
+        "#cloud-config\n# {} of a vm-cluster, written by `cargo xtask vm-cluster`: `shoal install` puts it\n\
+         # in place for shoal.service's `shoal agent --config`.\n{yaml}",
         node.name
     ))
 }
@@ -260,6 +476,51 @@ mod tests {
     fn a_cluster_without_masters_is_refused() {
         let nodes = [node(1, Role::Worker)];
         assert!(agent_yaml(&nodes[0], &nodes).is_err());
+    }
+
+    #[test]
+    fn cloud_configs_start_the_books_units_with_the_nodes_metadata() {
+        let mut nodes = [node(1, Role::Master), node(2, Role::Worker)];
+        for node in &mut nodes {
+            node.docker = true;
+        }
+        let master = cloud_config_yaml(&nodes[0], &nodes).expect("yaml");
+        assert!(master.starts_with("#cloud-config\n"), "{master}");
+        let master: serde_yaml::Value = serde_yaml::from_str(&master).expect("parse");
+        assert_eq!(master["coreos"]["etcd2"]["name"], "n1");
+        assert_eq!(
+            master["coreos"]["etcd2"]["initial-cluster"],
+            "n1=http://10.97.0.11:2380"
+        );
+        assert_eq!(
+            master["coreos"]["fleet"]["metadata"],
+            "compute=web,rack=rack1"
+        );
+        assert_eq!(master["coreos"]["flannel"]["ip-masq"], true);
+        let units: Vec<&str> = master["coreos"]["units"]
+            .as_sequence()
+            .expect("units")
+            .iter()
+            .filter_map(|unit| unit["name"].as_str())
+            .collect();
+        assert_eq!(
+            units,
+            [
+                "etcd2.service",
+                "fleet.service",
+                "flanneld.service",
+                "docker.service"
+            ]
+        );
+        assert_eq!(master["shoal"]["network"]["bridge"], "");
+        let worker: serde_yaml::Value =
+            serde_yaml::from_str(&cloud_config_yaml(&nodes[1], &nodes).expect("yaml"))
+                .expect("parse");
+        assert!(worker["coreos"].get("etcd2").is_none());
+        assert_eq!(
+            worker["coreos"]["fleet"]["etcd-servers"],
+            "http://10.97.0.11:2379"
+        );
     }
 
     #[test]
