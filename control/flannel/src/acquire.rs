@@ -7,7 +7,7 @@ use ipnetwork::Ipv4Network;
 
 use super::{
     config::NetworkConfig,
-    lease::{LeaseAttrs, pick_free_subnet, within},
+    lease::{Lease, LeaseAttrs, pick_free_subnet, within},
     registry::{Registry, RegistryError},
     sync::Snapshot,
 };
@@ -40,9 +40,16 @@ pub struct OwnLease {
     pub ttl: Duration,
     /// The leases listed to take this one: the lease sync can start from them.
     pub snapshot: Snapshot,
+    /// How many create-if-absent transactions another node won before this one held a lease.
+    pub races: usize,
 }
 
 /// Acquires a lease for `attrs.public_ip`.
+///
+/// The etcd lease the key will live under does not depend on the list, so it is granted while
+/// the list is read (one round trip less per node), and kept across lost races: a node that
+/// loses one lists again and tries another subnet under the same etcd lease. It is revoked
+/// when the node ends up needing none (a reservation) or fails.
 pub async fn acquire(
     registry: &mut Registry,
     config: &NetworkConfig,
@@ -50,43 +57,73 @@ pub async fn acquire(
     previous: Option<Ipv4Network>,
     ttl: Duration,
 ) -> Result<OwnLease, AcquireError> {
-    for _ in 0..RACE_RETRIES {
-        if let Some(lease) = try_acquire(registry, config, attrs, previous, ttl).await? {
-            return Ok(lease);
+    let mut granter = registry.clone();
+    let (listed, granted) = tokio::join!(registry.list(), granter.grant(ttl));
+    let etcd_lease = granted?;
+    let mut listed = listed;
+    for races in 0..RACE_RETRIES {
+        let outcome = match listed {
+            Ok(snapshot) => {
+                let held = Held { etcd_lease, ttl };
+                try_acquire(registry, config, attrs, previous, held, snapshot).await
+            }
+            Err(err) => Err(err.into()),
+        };
+        match outcome {
+            Ok(Some(lease)) => {
+                if lease.etcd_lease != etcd_lease {
+                    registry.revoke(etcd_lease).await;
+                }
+                return Ok(OwnLease { races, ..lease });
+            }
+            Ok(None) => listed = registry.list().await,
+            Err(err) => {
+                registry.revoke(etcd_lease).await;
+                return Err(err);
+            }
         }
     }
+    registry.revoke(etcd_lease).await;
     Err(AcquireError::Races)
 }
 
+/// The etcd lease granted for the key, and its lifetime.
+#[derive(Clone, Copy)]
+struct Held {
+    etcd_lease: i64,
+    ttl: Duration,
+}
+
+/// One try from one list: `None` when another node created the chosen subnet first.
 async fn try_acquire(
     registry: &mut Registry,
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
     previous: Option<Ipv4Network>,
-    ttl: Duration,
+    Held { etcd_lease, ttl }: Held,
+    (leases, revision): (Vec<Lease>, i64),
 ) -> Result<Option<OwnLease>, AcquireError> {
-    let (leases, revision) = registry.list().await?;
-    if let Some(mine) = leases
+    let mine = leases
         .iter()
         .find(|lease| lease.attrs.public_ip == attrs.public_ip)
-    {
-        if config.is_compatible(mine.subnet) {
-            let lease_ttl = (!mine.is_reservation()).then_some(ttl);
-            tracing::info!(subnet = %mine.subnet, reservation = mine.is_reservation(), "reusing the lease of this node's public IP");
-            let etcd_lease = registry.update(mine.subnet, attrs, lease_ttl).await?;
+        .map(|lease| (lease.subnet, lease.is_reservation()));
+    if let Some((subnet, reservation)) = mine {
+        if config.is_compatible(subnet) {
+            tracing::info!(%subnet, reservation, "reusing the lease of this node's public IP");
+            // A reservation stays one: no etcd lease, nothing to renew.
+            let etcd_lease = if reservation { 0 } else { etcd_lease };
+            registry.update(subnet, attrs, etcd_lease).await?;
             return Ok(Some(OwnLease {
-                subnet: mine.subnet,
+                subnet,
                 attrs: attrs.clone(),
                 etcd_lease,
                 ttl,
-                snapshot: Snapshot {
-                    leases: leases.clone(),
-                    revision,
-                },
+                snapshot: Snapshot { leases, revision },
+                races: 0,
             }));
         }
-        tracing::info!(subnet = %mine.subnet, "this node's lease does not fit the network config; deleting it");
-        registry.delete(mine.subnet).await?;
+        tracing::info!(%subnet, "this node's lease does not fit the network config; deleting it");
+        registry.delete(subnet).await?;
     }
     // A key outside the network is no node's lease (a `0.0.0.0/0` one would leave no subnet
     // free).
@@ -107,21 +144,19 @@ async fn try_acquire(
             max: config.subnet_max,
         })?,
     };
-    match registry.create(subnet, attrs, ttl).await? {
-        Some(etcd_lease) => {
-            tracing::info!(%subnet, "acquired a new lease");
-            Ok(Some(OwnLease {
-                subnet,
-                attrs: attrs.clone(),
-                etcd_lease,
-                ttl,
-                snapshot: Snapshot { leases, revision },
-            }))
-        }
-        None => {
-            tracing::debug!(%subnet, "another node took the subnet first; retrying");
-            Ok(None)
-        }
+    if registry.create(subnet, attrs, etcd_lease).await? {
+        tracing::info!(%subnet, "acquired a new lease");
+        Ok(Some(OwnLease {
+            subnet,
+            attrs: attrs.clone(),
+            etcd_lease,
+            ttl,
+            snapshot: Snapshot { leases, revision },
+            races: 0,
+        }))
+    } else {
+        tracing::debug!(%subnet, "another node took the subnet first; retrying");
+        Ok(None)
     }
 }
 

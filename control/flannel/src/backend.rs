@@ -6,7 +6,10 @@ use ipnetwork::Ipv4Network;
 
 use shoal_netlink::{Netlink, NetlinkError};
 
-use super::{config::BackendConfig, lease::Lease};
+use super::{
+    config::BackendConfig,
+    lease::{BackendData, Lease},
+};
 
 mod ebpf;
 mod host_gw;
@@ -55,7 +58,7 @@ pub trait Backend: Send + Sync {
     fn type_name(&self) -> &'static str;
     /// Prepares devices that must exist before the lease is taken and returns this node's
     /// `BackendData`.
-    async fn prepare(&mut self) -> BackendResult<Option<serde_json::Value>>;
+    async fn prepare(&mut self) -> BackendResult<Option<BackendData>>;
     /// Finishes the local setup once this node's subnet is known.
     async fn configure(&mut self, own: Ipv4Network) -> BackendResult<()>;
     /// Makes a peer's subnet reachable (idempotent: also used for changed leases).

@@ -27,7 +27,47 @@ pub struct LeaseAttrs {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub backend_data: Option<serde_json::Value>,
+    pub backend_data: Option<BackendData>,
+    /// A dual-stack node's IPv6 backend data; kept as it came so nothing of a peer's lease is
+    /// lost.
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<BackendData>,
+}
+
+/// A backend's data as the JSON text it came in (flannel's `json.RawMessage`): checked to be
+/// well-formed JSON, decoded only by the backend that reads it. A node follows every peer's
+/// lease, so a decoded tree per peer would cost a node O(peers) allocations per list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BackendData(Box<serde_json::value::RawValue>);
+
+impl BackendData {
+    /// `data` as JSON text.
+    pub fn encode<T: Serialize + ?Sized>(data: &T) -> serde_json::Result<Self> {
+        serde_json::value::to_raw_value(data).map(Self)
+    }
+
+    /// The JSON text, exactly as it was read or encoded.
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Decodes the data as `T`.
+    pub fn decode<'a, T: Deserialize<'a>>(&'a self) -> serde_json::Result<T> {
+        serde_json::from_str(self.0.get())
+    }
+}
+
+/// The same text is the same data: flannel writes a node's data the same way every time, and a
+/// differently spelled equal value only costs the peer one more update.
+impl PartialEq for BackendData {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text()
+    }
 }
 
 /// The `BackendData` of a vxlan lease.
@@ -80,7 +120,7 @@ impl Lease {
 
     /// The vxlan backend data, if the lease carries well-formed vxlan data.
     pub fn vxlan_data(&self) -> Option<VxlanBackendData> {
-        serde_json::from_value(self.attrs.backend_data.clone()?).ok()
+        self.attrs.backend_data.as_ref()?.decode().ok()
     }
 }
 
@@ -153,12 +193,13 @@ mod tests {
             public_ipv6: None,
             backend_type: "vxlan".into(),
             backend_data: Some(
-                serde_json::to_value(VxlanBackendData {
+                BackendData::encode(&VxlanBackendData {
                     vni: 1,
                     vtep_mac: "0a:58:0a:f4:01:01".into(),
                 })
                 .expect("serializable"),
             ),
+            backend_v6_data: None,
         };
         let text = serde_json::to_string(&attrs).expect("serializable");
         assert_eq!(
@@ -171,6 +212,38 @@ mod tests {
             serde_json::from_str(r#"{"PublicIP":"10.99.0.2","BackendType":"host-gw"}"#)
                 .expect("parses");
         assert_eq!(host_gw.backend_data, None);
+    }
+
+    #[test]
+    fn every_field_of_flannels_lease_value_is_kept_as_it_came() {
+        // A dual-stack vxlan lease as flanneld writes it, with backend data this version of
+        // shoal does not know (a field more, nested values, odd spacing).
+        let text = r#"{"PublicIP":"10.99.0.3","PublicIPv6":"fc00::3","BackendType":"vxlan","BackendData":{"VNI":4, "VtepMAC":"0a:58:0a:f4:01:03","Future":{"a":[1,2]}},"BackendV6Data":{"VNI":4,"VtepMAC":"0a:58:0a:f4:01:04"}}"#;
+        let attrs: LeaseAttrs = serde_json::from_str(text).expect("parses");
+        assert_eq!(attrs.public_ip, Ipv4Addr::new(10, 99, 0, 3));
+        assert_eq!(attrs.public_ipv6, Some("fc00::3".parse().expect("IPv6")));
+        assert_eq!(attrs.backend_type, "vxlan");
+        let data = attrs.backend_data.as_ref().expect("BackendData");
+        assert_eq!(
+            data.text(),
+            r#"{"VNI":4, "VtepMAC":"0a:58:0a:f4:01:03","Future":{"a":[1,2]}}"#
+        );
+        let vxlan: VxlanBackendData = data.decode().expect("vxlan data");
+        assert_eq!(vxlan.vni, 4);
+        assert_eq!(vxlan.mac_bytes(), Some([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]));
+        assert_eq!(
+            attrs.backend_v6_data.as_ref().map(BackendData::text),
+            Some(r#"{"VNI":4,"VtepMAC":"0a:58:0a:f4:01:04"}"#)
+        );
+        // Written back, the value is the one read, field for field.
+        let written = serde_json::to_string(&attrs).expect("serializable");
+        assert_eq!(written, text);
+    }
+
+    #[test]
+    fn backend_data_that_is_not_json_refuses_the_lease() {
+        let text = r#"{"PublicIP":"10.99.0.3","BackendType":"vxlan","BackendData":{"VNI":4,}}"#;
+        assert!(serde_json::from_str::<LeaseAttrs>(text).is_err());
     }
 
     #[test]

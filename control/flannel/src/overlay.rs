@@ -229,6 +229,7 @@ async fn take_lease(
         public_ipv6: None,
         backend_type: backend.type_name().to_string(),
         backend_data,
+        backend_v6_data: None,
     };
     let previous = subnet_env::previous_subnet(&config.subnet_file);
     let own = acquire::acquire(registry, network, &attrs, previous, config.lease_ttl())

@@ -215,17 +215,17 @@ impl Registry {
         Ok((leases, revision))
     }
 
-    /// Writes a new lease key only if the key does not exist (flannel's create-if-absent
-    /// transaction). Returns the etcd lease id, or `None` if another node won the race.
+    /// Writes a new lease key under etcd lease `lease_id` only if the key does not exist
+    /// (flannel's create-if-absent transaction). `false` when another node won the race; the
+    /// etcd lease is then still unused, and the caller may try another subnet with it.
     pub async fn create(
         &mut self,
         subnet: Ipv4Network,
         attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Option<i64>> {
+        lease_id: i64,
+    ) -> Result<bool> {
         let key = self.lease_key(subnet);
         let value = serde_json::to_string(attrs)?;
-        let lease_id = self.grant(ttl).await?;
         let txn = Txn::new()
             .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -233,47 +233,30 @@ impl Registry {
                 value,
                 Some(PutOptions::new().with_lease(lease_id)),
             )]);
-        let outcome = self
+        let response = self
             .client
             .txn(txn)
             .await
-            .map_err(etcd(format!("creating {key}")));
-        match outcome {
-            Ok(response) if response.succeeded() => Ok(Some(lease_id)),
-            Ok(_) => {
-                self.revoke(lease_id).await;
-                Ok(None)
-            }
-            Err(err) => {
-                self.revoke(lease_id).await;
-                Err(err)
-            }
-        }
+            .map_err(etcd(format!("creating {key}")))?;
+        Ok(response.succeeded())
     }
 
-    /// Rewrites a lease this node owns: with a fresh etcd lease of `ttl`, or without one (a
-    /// reservation stays a reservation) when `ttl` is `None`. Returns the etcd lease id (0 for
-    /// none).
+    /// Rewrites a lease this node owns: under etcd lease `lease_id`, or without one (a
+    /// reservation stays a reservation) when it is 0.
     pub async fn update(
         &mut self,
         subnet: Ipv4Network,
         attrs: &LeaseAttrs,
-        ttl: Option<Duration>,
-    ) -> Result<i64> {
+        lease_id: i64,
+    ) -> Result<()> {
         let key = self.lease_key(subnet);
         let value = serde_json::to_string(attrs)?;
-        let lease_id = match ttl {
-            Some(ttl) => self.grant(ttl).await?,
-            None => 0,
-        };
         let options = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
-        if let Err(err) = self.client.put(key.clone(), value, options).await {
-            if lease_id != 0 {
-                self.revoke(lease_id).await;
-            }
-            return Err(etcd(format!("updating {key}"))(err));
-        }
-        Ok(lease_id)
+        self.client
+            .put(key.clone(), value, options)
+            .await
+            .map_err(etcd(format!("updating {key}")))?;
+        Ok(())
     }
 
     pub async fn delete(&mut self, subnet: Ipv4Network) -> Result<()> {
@@ -331,7 +314,8 @@ impl Registry {
             .collect()
     }
 
-    async fn grant(&mut self, ttl: Duration) -> Result<i64> {
+    /// Grants an etcd lease of `ttl`; returns its id.
+    pub async fn grant(&mut self, ttl: Duration) -> Result<i64> {
         let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
         let response = self
             .client
@@ -341,7 +325,9 @@ impl Registry {
         Ok(response.id())
     }
 
-    async fn revoke(&mut self, lease_id: i64) {
+    /// Revokes an etcd lease this node no longer needs (best effort: logged, never fails; an
+    /// unused lease expires anyway).
+    pub async fn revoke(&mut self, lease_id: i64) {
         if let Err(err) = self.client.lease_revoke(lease_id).await {
             tracing::warn!("revoking unused etcd lease {lease_id:x}: {}", Chain(&err));
         }

@@ -28,6 +28,7 @@ fn attrs(public_ip: Ipv4Addr) -> LeaseAttrs {
         public_ipv6: None,
         backend_type: "host-gw".into(),
         backend_data: None,
+        backend_v6_data: None,
     }
 }
 

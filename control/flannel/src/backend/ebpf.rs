@@ -10,7 +10,7 @@ use shoal_netlink::{Netlink, OverlayRoute};
 
 use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
 use crate::{
-    lease::{Lease, VxlanBackendData, format_mac},
+    lease::{BackendData, Lease, VxlanBackendData, format_mac},
     subnet_env::gateway_of,
 };
 use shoal_store_client::Chain;
@@ -158,7 +158,7 @@ impl Backend for EbpfOverlay {
         }
     }
 
-    async fn prepare(&mut self) -> BackendResult<Option<serde_json::Value>> {
+    async fn prepare(&mut self) -> BackendResult<Option<BackendData>> {
         let link = self
             .netlink
             .link_by_index(self.underlay.index)
@@ -174,8 +174,7 @@ impl Backend for EbpfOverlay {
                     vni: self.settings.vni,
                     vtep_mac: format_mac(mac),
                 };
-                let value = serde_json::to_value(data)?;
-                Ok(Some(value))
+                Ok(Some(BackendData::encode(&data)?))
             }
             Encapsulation::Udp => Ok(None),
         }

@@ -4,7 +4,7 @@ use super::{Backend, BackendResult, prune_routes};
 use ipnetwork::Ipv4Network;
 use shoal_netlink::{Netlink, OverlayRoute};
 
-use crate::lease::Lease;
+use crate::lease::{BackendData, Lease};
 
 #[derive(Debug)]
 pub struct HostGw {
@@ -23,7 +23,7 @@ impl Backend for HostGw {
         "host-gw"
     }
 
-    async fn prepare(&mut self) -> BackendResult<Option<serde_json::Value>> {
+    async fn prepare(&mut self) -> BackendResult<Option<BackendData>> {
         Ok(None)
     }
 

@@ -10,7 +10,7 @@ use shoal_netlink::{Netlink, OverlayRoute, VxlanDevice};
 use super::{Backend, BackendError, BackendResult, Underlay, prune_routes};
 use crate::{
     config::VxlanConfig,
-    lease::{Lease, VxlanBackendData, format_mac},
+    lease::{BackendData, Lease, VxlanBackendData, format_mac},
 };
 
 #[derive(Debug)]
@@ -71,7 +71,7 @@ impl Backend for KernelVxlan {
         "vxlan"
     }
 
-    async fn prepare(&mut self) -> BackendResult<Option<serde_json::Value>> {
+    async fn prepare(&mut self) -> BackendResult<Option<BackendData>> {
         let spec = VxlanDevice {
             name: self.device_name(),
             vni: self.config.vni,
@@ -93,8 +93,7 @@ impl Backend for KernelVxlan {
             vni: self.config.vni,
             vtep_mac: format_mac(mac),
         };
-        let data = serde_json::to_value(data)?;
-        Ok(Some(data))
+        Ok(Some(BackendData::encode(&data)?))
     }
 
     async fn configure(&mut self, own: Ipv4Network) -> BackendResult<()> {
