@@ -23,7 +23,7 @@ use shoal_flannel::{
     acquire::{self, LEASE_TTL},
     backend::BackendResult,
     config::NetworkConfig,
-    lease::{Lease, LeaseAttrs},
+    lease::{BackendData, Lease, LeaseAttrs, VxlanBackendData, format_mac},
     registry::Registry,
     sync::{LeaseScope, LeaseSync, PeerSink},
 };
@@ -73,6 +73,13 @@ struct Outcome {
     rss_kb_per_node: f64,
     /// Lease keys in the store at the end.
     leases_stored: usize,
+    /// Create-if-absent transactions lost to another node (each costs a node one more list,
+    /// grant, transaction and revoke).
+    races: usize,
+    /// CPU time (user + system) of this process, which runs every simulated node.
+    client_cpu_s: f64,
+    /// This process's resident memory when the round ended.
+    client_rss_mb: f64,
 }
 
 /// What a run of the suite measures.
@@ -107,7 +114,7 @@ pub fn run(settings: &Settings) -> Result<String> {
                     "leases: {nodes} nodes against a 3-member {}, round {round}",
                     label(kind)
                 );
-                let cluster = start_store(kind);
+                let cluster = start_store(kind, nodes);
                 cluster
                     .ctl(&["put", &format!("{PREFIX}/config"), NETWORK])
                     .context("writing the network config")?;
@@ -142,14 +149,25 @@ fn median_round(rounds: &[Outcome], store: &str) -> Option<Outcome> {
     mine.get(mine.len() / 2).map(|o| (*o).clone())
 }
 
-/// Three members on loopback; shoal kv runs as `shoal kv`, the way nodes run it.
-fn start_store(kind: StoreKind) -> StoreCluster {
+/// Three members on loopback; shoal kv runs as `shoal kv`, the way nodes run it. Every node
+/// connects from 127.0.0.1, so shoal's per-address connection limit (etcd has none) is raised
+/// to let all of them (and the bench's own clients) reach one member.
+fn start_store(kind: StoreKind, nodes: usize) -> StoreCluster {
     let builder = StoreCluster::builder(kind, 3);
     match kind {
         StoreKind::Etcd => builder.start(),
-        StoreKind::ShoalKv => builder.program(binaries::shoal(), ["kv"]).start(),
+        StoreKind::ShoalKv => builder
+            .program(binaries::shoal(), ["kv"])
+            .args([
+                "--max-connections-per-client".to_string(),
+                (nodes + CONNECTIONS_SPARE).to_string(),
+            ])
+            .start(),
     }
 }
+
+/// Connections a member allows from 127.0.0.1 beyond one per node: the bench's own clients.
+const CONNECTIONS_SPARE: usize = 100;
 
 /// The members' process ids, for their CPU time and memory.
 fn member_pids(cluster: &StoreCluster) -> Vec<u32> {
@@ -229,22 +247,31 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
     for node in 0..nodes {
         registries.push(connect(&endpoints[node % endpoints.len()]).await?);
     }
+    let client = [std::process::id()];
     let cpu_before = cpu_seconds(&member_pids(cluster));
+    let client_cpu_before = cpu_seconds(&client);
     let rss_before_mb = rss_mb(&member_pids(cluster), "VmRSS:");
     let converged = Arc::new(Mutex::new(Vec::with_capacity(nodes)));
     let acquired = Arc::new(Mutex::new(Vec::with_capacity(nodes)));
     let done = Arc::new(AtomicUsize::new(0));
+    let races = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(nodes);
     for (node, registry) in registries.into_iter().enumerate() {
         let config = config.clone();
-        let (converged, acquired, done) = (converged.clone(), acquired.clone(), done.clone());
+        let (converged, acquired, done, races) = (
+            converged.clone(),
+            acquired.clone(),
+            done.clone(),
+            races.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let progress = Progress {
                 start,
                 converged,
                 acquired,
                 done,
+                races,
             };
             simulate_node(node, nodes, registry, config, progress).await
         }));
@@ -270,6 +297,8 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
     }
     let all_known_s = start.elapsed().as_secs_f64();
     let store_cpu_s = cpu_seconds(&member_pids(cluster)) - cpu_before;
+    let client_cpu_s = cpu_seconds(&client) - client_cpu_before;
+    let client_rss_mb = rss_mb(&client, "VmRSS:");
     for task in &tasks {
         task.abort();
     }
@@ -299,6 +328,9 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
         cpu_ms_per_node: store_cpu_s * 1000.0 / nodes as f64,
         rss_kb_per_node: (store_peak_rss_mb - rss_before_mb).max(0.0) * 1024.0 / nodes as f64,
         leases_stored,
+        races: races.load(Ordering::SeqCst),
+        client_cpu_s,
+        client_rss_mb,
     })
 }
 
@@ -308,6 +340,8 @@ struct Progress {
     converged: Arc<Mutex<Vec<f64>>>,
     acquired: Arc<Mutex<Vec<f64>>>,
     done: Arc<AtomicUsize>,
+    /// Create-if-absent transactions the nodes lost.
+    races: Arc<AtomicUsize>,
 }
 
 /// One node: take a lease exactly as `shoal flannel` does, then follow every lease.
@@ -323,18 +357,22 @@ async fn simulate_node(
         converged,
         acquired,
         done,
+        races,
     } = progress;
     let public_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + node as u32 + 1);
     let attrs = LeaseAttrs {
         public_ip,
         public_ipv6: None,
         backend_type: "vxlan".into(),
-        backend_data: Some(
-            serde_json::json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:{:02x}:{:02x}", node >> 8, node & 0xff)}),
-        ),
+        backend_data: Some(BackendData::encode(&VxlanBackendData {
+            vni: 1,
+            vtep_mac: format_mac([2, 0, 0, (node >> 16) as u8, (node >> 8) as u8, node as u8]),
+        })?),
+        backend_v6_data: None,
     };
     let began = Instant::now();
     let own = acquire::acquire(&mut registry, &config, &attrs, None, LEASE_TTL).await?;
+    races.fetch_add(own.races, Ordering::SeqCst);
     if let Ok(mut acquired) = acquired.lock() {
         acquired.push(began.elapsed().as_secs_f64());
     }
@@ -399,7 +437,7 @@ fn table(sizes: &[Size]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>6} {:>14} {:>14} {:>12} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7}",
+        "{:<10} {:>6} {:>14} {:>14} {:>12} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>6} {:>12} {:>13}",
         "store",
         "nodes",
         "all leased (s)",
@@ -410,13 +448,16 @@ fn table(sizes: &[Size]) -> String {
         "store CPU s",
         "CPU ms/node",
         "RSS KB/node",
-        "leases"
+        "leases",
+        "races",
+        "client CPU s",
+        "client RSS MB"
     );
     for size in sizes {
         for o in &size.median {
             let _ = writeln!(
                 out,
-                "{:<10} {:>6} {:>14.2} {:>14.2} {:>12.2} {:>11.1} {:>11.1} {:>11.1} {:>11.2} {:>11.1} {:>7}",
+                "{:<10} {:>6} {:>14.2} {:>14.2} {:>12.2} {:>11.1} {:>11.1} {:>11.1} {:>11.2} {:>11.1} {:>7} {:>6} {:>12.1} {:>13.0}",
                 o.store,
                 o.nodes,
                 o.all_acquired_s,
@@ -427,7 +468,10 @@ fn table(sizes: &[Size]) -> String {
                 o.store_cpu_s,
                 o.cpu_ms_per_node,
                 o.rss_kb_per_node,
-                o.leases_stored
+                o.leases_stored,
+                o.races,
+                o.client_cpu_s,
+                o.client_rss_mb
             );
         }
     }

@@ -58,9 +58,8 @@ pub async fn acquire(
     ttl: Duration,
 ) -> Result<OwnLease, AcquireError> {
     let mut granter = registry.clone();
-    let (listed, granted) = tokio::join!(registry.list(), granter.grant(ttl));
+    let (mut listed, granted) = tokio::join!(registry.list(), granter.grant(ttl));
     let etcd_lease = granted?;
-    let mut listed = listed;
     for races in 0..RACE_RETRIES {
         let outcome = match listed {
             Ok(snapshot) => {

@@ -197,6 +197,55 @@ async fn concurrent_nodes_never_share_a_subnet(kind: StoreKind) {
     }
     assert_eq!(subnets.len(), 15);
     assert_eq!(etcd.leases().len(), 15);
+    // 15 nodes for 15 subnets race often; each keeps the one etcd lease it granted across its
+    // lost races, so exactly one per key is left.
+    assert_eq!(etcd_leases(&etcd), 15);
+}
+
+/// How many etcd leases the store holds.
+fn etcd_leases(etcd: &StoreCluster) -> usize {
+    let listed = etcd.ctl(&["lease", "list"]).expect("etcdctl lease list");
+    listed
+        .split("found ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected etcdctl output {listed:?}"))
+}
+
+async fn an_etcd_lease_granted_but_not_needed_is_revoked(kind: StoreKind) {
+    let etcd = common::store(kind).start();
+    let mut registry = registry(&etcd).await;
+    // One subnet, reserved (no etcd lease) for 10.99.0.200.
+    let config =
+        NetworkConfig::parse(r#"{"Network": "10.5.0.0/29", "SubnetLen": 30}"#).expect("valid");
+    etcd.put(
+        &format!("{PREFIX}/subnets/10.5.0.4-30"),
+        r#"{"PublicIP":"10.99.0.200","BackendType":"host-gw"}"#,
+    );
+    let owner = acquire::acquire(
+        &mut registry,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 0, 200)),
+        None,
+        LEASE_TTL,
+    )
+    .await
+    .expect("reservation owner");
+    assert_eq!(owner.etcd_lease, 0);
+    let refused = acquire::acquire(
+        &mut registry,
+        &config,
+        &attrs(Ipv4Addr::new(10, 99, 0, 1)),
+        None,
+        LEASE_TTL,
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(AcquireError::OutOfSubnets { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(etcd_leases(&etcd), 0);
 }
 
 /// Records what the watch delivers, shared with the test.
@@ -320,5 +369,6 @@ per_store!(
     leases_are_written_as_flannel_writes_them,
     restarts_keep_the_subnet_and_reservations_are_never_taken,
     concurrent_nodes_never_share_a_subnet,
+    an_etcd_lease_granted_but_not_needed_is_revoked,
     the_watch_loses_no_update_between_list_and_watch,
 );
