@@ -230,7 +230,10 @@ mod tests {
         );
         let vxlan: VxlanBackendData = data.decode().expect("vxlan data");
         assert_eq!(vxlan.vni, 4);
-        assert_eq!(vxlan.mac_bytes(), Some([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]));
+        assert_eq!(
+            vxlan.mac_bytes(),
+            Some([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03])
+        );
         assert_eq!(
             attrs.backend_v6_data.as_ref().map(BackendData::text),
             Some(r#"{"VNI":4,"VtepMAC":"0a:58:0a:f4:01:04"}"#)
