@@ -216,13 +216,15 @@ fn etcd_leases(etcd: &StoreCluster) -> usize {
 async fn an_etcd_lease_granted_but_not_needed_is_revoked(kind: StoreKind) {
     let etcd = common::store(kind).start();
     let mut registry = registry(&etcd).await;
-    // One subnet, reserved (no etcd lease) for 10.99.0.200.
+    // Three subnets (10.5.0.4/30 .. 10.5.0.12/30), each reserved (no etcd lease).
     let config =
-        NetworkConfig::parse(r#"{"Network": "10.5.0.0/29", "SubnetLen": 30}"#).expect("valid");
-    etcd.put(
-        &format!("{PREFIX}/subnets/10.5.0.4-30"),
-        r#"{"PublicIP":"10.99.0.200","BackendType":"host-gw"}"#,
-    );
+        NetworkConfig::parse(r#"{"Network": "10.5.0.0/28", "SubnetLen": 30}"#).expect("valid");
+    for (slot, owner) in [(4, 200), (8, 201), (12, 202)] {
+        etcd.put(
+            &format!("{PREFIX}/subnets/10.5.0.{slot}-30"),
+            &format!(r#"{{"PublicIP":"10.99.0.{owner}","BackendType":"host-gw"}}"#),
+        );
+    }
     let owner = acquire::acquire(
         &mut registry,
         &config,
