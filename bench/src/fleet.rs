@@ -1,11 +1,12 @@
 //! `cargo xtask bench fleet`: fleet's engine at 1,000 simulated agents and 10,000 units with
 //! mixed constraints, against a 3-member etcd 3.4 and a 3-member shoal kv side by side.
 //!
-//! The engine is shoal's real engine ([`shoal_scheduler::engine::run_engine`]). The agents are
-//! simulated: each has its own store lease (kept alive on its own keep-alive stream) and machine
-//! key with metadata, and reports a unit `active/running` under its lease as soon as the unit is
-//! scheduled to it and launched, as a real agent does after starting it. One watch feeds all
-//! simulated agents; their reports are written in transactions of up to 128 puts.
+//! The engine is shoal's real engine ([`shoal_scheduler::engine::run_engine`]), in this
+//! process. The agents are simulated: each has its own store lease (kept alive on its own
+//! keep-alive stream) and machine key with metadata, and as soon as a unit is scheduled to it
+//! and launched it writes what a real agent writes after starting it, under its lease: the
+//! unit's state (`active/running`, with the unit's hash) and its journal (empty), each agent in
+//! its own transactions of up to 128 operations. One watch feeds all simulated agents.
 //!
 //! Measured: submit -> every unit reported running by its target machine; after 10% of the
 //! agents stop heart-beating, the time from their machine keys expiring (TTL) to all their units
@@ -28,7 +29,7 @@ use shoal_harness::{StoreCluster, StoreKind};
 use shoal_scheduler::{
     engine::{EngineSettings, run_engine},
     registry::{Registry, ValidUnit},
-    store::{DEFAULT_PREFIX, MachineRecord, Store, TargetState, UnitStateRecord},
+    store::{DEFAULT_PREFIX, JobRecord, MachineRecord, Store, TargetState, UnitStateRecord},
 };
 use tokio::sync::{mpsc, watch};
 
@@ -255,12 +256,16 @@ fn unit_mix(count: usize) -> Vec<(String, String)> {
 #[derive(Default)]
 struct View {
     target: HashMap<String, String>,
+    /// Each job's unit hash, from its object.
+    hash: HashMap<String, String>,
     launched: HashSet<String>,
     /// The machines each unit is reported running on.
     running: HashMap<String, HashSet<String>>,
     /// Units reported running on the machine they are scheduled to, kept as events arrive so
     /// the waits below cost nothing per event at 50,000 units.
     settled: HashSet<String>,
+    /// Machines registered (their keys live).
+    machines: HashSet<String>,
     key_writes: u64,
     revisions: HashSet<i64>,
 }
@@ -310,14 +315,24 @@ async fn scenario(
         shutdown.clone(),
     ));
     let (view_tx, mut view_rx) = watch::channel(0u64);
-    let view = std::sync::Arc::new(tokio::sync::Mutex::new(View::default()));
+    // The agents registered before the watch began: their machines start the view.
+    let view = std::sync::Arc::new(tokio::sync::Mutex::new(View {
+        machines: agents.ids.iter().cloned().collect(),
+        ..View::default()
+    }));
+    let (watching, watch_started) = tokio::sync::oneshot::channel();
     let simulator = tokio::spawn(simulate(
         store.clone(),
         agents.leases.clone(),
         view.clone(),
         view_tx,
+        watching,
         shutdown.clone(),
     ));
+    // The submit starts once the agents' watch sees every write.
+    watch_started
+        .await
+        .map_err(|_| anyhow::anyhow!("the simulated agents' watch did not start"))?;
 
     let units = unit_mix(scale.units);
     let names: Vec<String> = units.iter().map(|(n, _)| n.clone()).collect();
@@ -373,7 +388,7 @@ async fn scenario(
     };
     agents.kill(&dead).await;
     let killed = Instant::now();
-    let expired = wait_machines_gone(&store, &dead, scale.ttl * 3).await?;
+    let expired = wait_machines_gone(&view, &mut view_rx, &dead, scale.ttl * 3).await?;
     let mut orphan_names = orphans.clone();
     orphan_names.sort();
     wait_moved(
@@ -545,6 +560,7 @@ async fn simulate(
     leases: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
     view: std::sync::Arc<tokio::sync::Mutex<View>>,
     notify: watch::Sender<u64>,
+    watching: tokio::sync::oneshot::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let keys = store.keys().clone();
@@ -552,7 +568,8 @@ async fn simulate(
     let mut events = client
         .watch(keys.prefix(), Some(WatchOptions::new().with_prefix()))
         .await?;
-    let mut pending: Vec<(String, String)> = Vec::new();
+    let _ = watching.send(());
+    let mut pending: Vec<Report> = Vec::new();
     // Reports are written beside the watch, as agents write theirs on their own.
     let mut reporting = tokio::task::JoinSet::new();
     let mut flush = tokio::time::interval(Duration::from_millis(50));
@@ -571,6 +588,12 @@ async fn simulate(
                     let put = event.event_type() == EventType::Put;
                     if let Some((unit, field)) = keys.parse_job_key(&key) {
                         match (field, put) {
+                            ("object", true) => {
+                                if let Ok(record) = serde_json::from_str::<JobRecord>(&value) {
+                                    v.hash.insert(unit.to_string(), record.unit_hash);
+                                }
+                                continue;
+                            }
                             ("target", true) => { v.target.insert(unit.to_string(), value.clone()); }
                             ("target", false) => { v.target.remove(unit); }
                             ("target-state", true) if value == "launched" => { v.launched.insert(unit.to_string()); }
@@ -578,9 +601,15 @@ async fn simulate(
                             _ => continue,
                         }
                         if let Some(machine) = v.target.get(unit).filter(|_| v.launched.contains(unit)) {
-                            pending.push((unit.to_string(), machine.clone()));
+                            pending.push(Report {
+                                unit: unit.to_string(),
+                                machine: machine.clone(),
+                                hash: v.hash.get(unit).cloned().unwrap_or_default(),
+                            });
                         }
                         v.refresh(unit);
+                    } else if let Some(machine) = keys.parse_machine_key(&key) {
+                        if put { v.machines.insert(machine.to_string()); } else { v.machines.remove(machine); }
                     } else if let Some((unit, machine)) = keys.parse_state_key(&key) {
                         let machines = v.running.entry(unit.to_string()).or_default();
                         if put { machines.insert(machine.to_string()); } else { machines.remove(machine); }
@@ -604,43 +633,61 @@ async fn simulate(
     }
 }
 
-/// Writes `batch`'s states in transactions of up to 128 puts, all at once.
+/// A unit a simulated agent has started and reports.
+struct Report {
+    unit: String,
+    machine: String,
+    hash: String,
+}
+
+/// Writes `batch`'s reports as each agent writes its own: the unit's state and journal under
+/// the agent's lease, every agent in its own transactions of up to 128 operations, all agents
+/// at once.
 async fn report_running(
     store: Store,
     leases: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
-    batch: Vec<(String, String)>,
+    batch: Vec<Report>,
 ) -> anyhow::Result<()> {
     let keys = store.keys();
     let leases = leases
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
-    let ops: Vec<TxnOp> = batch
-        .into_iter()
-        .filter_map(|(unit, machine)| {
-            let lease = *leases.get(&machine)?;
-            let record = UnitStateRecord {
-                load_state: "loaded".into(),
-                active_state: "active".into(),
-                sub_state: "running".into(),
-                machine_id: machine.clone(),
-                unit_hash: String::new(),
-                main_pid: None,
-                since: None,
-            };
-            let value = serde_json::to_string(&record).ok()?;
-            Some(TxnOp::put(
-                keys.state(&unit, &machine),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            ))
-        })
-        .collect();
+    let mut by_agent: HashMap<String, Vec<TxnOp>> = HashMap::new();
+    for report in batch {
+        // A dead agent reports nothing.
+        let Some(&lease) = leases.get(&report.machine) else {
+            continue;
+        };
+        let record = UnitStateRecord {
+            load_state: "loaded".into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            machine_id: report.machine.clone(),
+            unit_hash: report.hash,
+            main_pid: None,
+            since: None,
+        };
+        let options = PutOptions::new().with_lease(lease);
+        let ops = by_agent.entry(report.machine.clone()).or_default();
+        ops.push(TxnOp::put(
+            keys.state(&report.unit, &report.machine),
+            serde_json::to_string(&record)?,
+            Some(options.clone()),
+        ));
+        ops.push(TxnOp::put(
+            keys.journal(&report.unit, &report.machine),
+            "",
+            Some(options),
+        ));
+    }
     let mut writes = tokio::task::JoinSet::new();
-    for chunk in ops.chunks(shoal_scheduler::store::MAX_TXN_OPS) {
-        let mut client = store.client();
-        let txn = Txn::new().and_then(chunk.to_vec());
-        writes.spawn(async move { client.txn(txn).await });
+    for ops in by_agent.into_values() {
+        for chunk in ops.chunks(shoal_scheduler::store::MAX_TXN_OPS) {
+            let mut client = store.client();
+            let txn = Txn::new().and_then(chunk.to_vec());
+            writes.spawn(async move { client.txn(txn).await });
+        }
     }
     while let Some(done) = writes.join_next().await {
         done??;
@@ -680,22 +727,25 @@ async fn wait_all_running(
     }
 }
 
+/// Waits until the watch has seen every one of `dead`'s machine keys expire.
 async fn wait_machines_gone(
-    store: &Store,
+    view: &tokio::sync::Mutex<View>,
+    changes: &mut watch::Receiver<u64>,
     dead: &[String],
     limit: Duration,
 ) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + limit;
     loop {
-        let machines = store.machines().await?;
-        let alive: HashSet<String> = machines.into_iter().map(|m| m.id).collect();
-        if dead.iter().all(|id| !alive.contains(id)) {
-            return Ok(Instant::now());
+        {
+            let v = view.lock().await;
+            if dead.iter().all(|id| !v.machines.contains(id)) {
+                return Ok(Instant::now());
+            }
         }
         if Instant::now() > deadline {
             bail!("dead agents' machine keys did not expire within {limit:?}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
     }
 }
 
