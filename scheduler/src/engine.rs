@@ -162,6 +162,9 @@ async fn lead(
             _ = sleep_until_opt(due) => {
                 dirty_since = None;
                 engine.reconcile(false).await?;
+                if engine.model.is_dirty() {
+                    dirty_since = Some(tokio::time::Instant::now());
+                }
             }
             _ = interval.tick() => engine.reconcile(true).await?,
             _ = lease.lost() => return Err(StoreError::Conflict("engine lease lost".into())),
@@ -226,7 +229,10 @@ impl Engine {
         let Some(rest) = kv.key().strip_prefix(self.store.keys().prefix().as_bytes()) else {
             return Ok(false);
         };
-        if !(rest.starts_with(b"job/") || rest.starts_with(b"machines/") || rest.starts_with(b"unit/")) {
+        if !(rest.starts_with(b"job/")
+            || rest.starts_with(b"machines/")
+            || rest.starts_with(b"unit/"))
+        {
             return Ok(false);
         }
         let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -326,16 +332,16 @@ impl Engine {
         let ops: Vec<TxnOp> = writes
             .iter()
             .map(|write| match write {
-                Write::Target { job, machine: Some(machine) } => {
-                    TxnOp::put(keys.target(job), machine.as_str(), None)
-                }
+                Write::Target {
+                    job,
+                    machine: Some(machine),
+                } => TxnOp::put(keys.target(job), machine.as_str(), None),
                 Write::Target { job, machine: None } => TxnOp::delete(keys.target(job), None),
-                Write::Reason { job, reason: Some(reason) } => {
-                    TxnOp::put(keys.unschedulable(job), reason.as_str(), None)
-                }
-                Write::Reason { job, reason: None } => {
-                    TxnOp::delete(keys.unschedulable(job), None)
-                }
+                Write::Reason {
+                    job,
+                    reason: Some(reason),
+                } => TxnOp::put(keys.unschedulable(job), reason.as_str(), None),
+                Write::Reason { job, reason: None } => TxnOp::delete(keys.unschedulable(job), None),
             })
             .collect();
         let guard = [Compare::lease(
@@ -343,7 +349,11 @@ impl Engine {
             CompareOp::Equal,
             self.lease,
         )];
-        if !self.store.batched_concurrently(&guard, ops, WRITES_IN_FLIGHT).await? {
+        if !self
+            .store
+            .batched_concurrently(&guard, ops, WRITES_IN_FLIGHT)
+            .await?
+        {
             return Err(StoreError::Conflict("engine leadership lost".into()));
         }
         tracing::debug!(writes = writes.len(), full, "engine: reconciled");

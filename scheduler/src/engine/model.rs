@@ -44,8 +44,14 @@ impl JobView {
 /// `None` to delete it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Write {
-    Target { job: String, machine: Option<String> },
-    Reason { job: String, reason: Option<String> },
+    Target {
+        job: String,
+        machine: Option<String>,
+    },
+    Reason {
+        job: String,
+        reason: Option<String>,
+    },
 }
 
 /// Machines, jobs and placements as the watch reported them, plus what changed since the
@@ -181,6 +187,12 @@ impl Model {
         }
     }
 
+    /// Whether something changed since the last reconcile (a reconcile that displaced units
+    /// leaves their machine to check again).
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty_jobs.is_empty() || !self.dirty_machines.is_empty()
+    }
+
     /// Brings the schedule in line with desired state: `full` looks at every job, otherwise
     /// only at what changed since the last reconcile. Returns the writes that make the store
     /// agree; [`Self::written`] records them once they are in the store.
@@ -266,8 +278,13 @@ impl Model {
             reasons.clear();
             for name in std::mem::take(&mut pending) {
                 match self.placement.schedule(&name) {
-                    Ok((_, displaced)) => {
+                    Ok((machine, displaced)) => {
                         progressed = true;
+                        if !displaced.is_empty() {
+                            // A displaced unit may be another's MachineOf peer there: the
+                            // machine is checked again next time.
+                            self.dirty_machines.insert(machine);
+                        }
                         moved.push(name);
                         moved.extend(displaced.iter().cloned());
                         displaced_all.extend(displaced);
@@ -288,7 +305,10 @@ impl Model {
     /// The writes that make the store's `target` and `unschedulable` of `jobs` match.
     fn diff(&self, jobs: &BTreeSet<String>, reasons: &BTreeMap<String, String>) -> Vec<Write> {
         let mut writes = Vec::new();
-        for (name, job) in jobs.iter().filter_map(|name| Some((name, self.jobs.get(name)?))) {
+        for (name, job) in jobs
+            .iter()
+            .filter_map(|name| Some((name, self.jobs.get(name)?)))
+        {
             let target = self.placement.target(name);
             if job.stored_target.as_deref() != target {
                 writes.push(Write::Target {
