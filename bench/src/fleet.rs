@@ -653,46 +653,68 @@ async fn report_running(
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
-    let mut by_agent: HashMap<String, Vec<TxnOp>> = HashMap::new();
+    // One report per unit and agent (a unit's job events may queue it twice).
+    let mut by_agent: HashMap<String, std::collections::BTreeMap<String, String>> = HashMap::new();
     for report in batch {
-        // A dead agent reports nothing.
-        let Some(&lease) = leases.get(&report.machine) else {
-            continue;
-        };
-        let record = UnitStateRecord {
-            load_state: "loaded".into(),
-            active_state: "active".into(),
-            sub_state: "running".into(),
-            machine_id: report.machine.clone(),
-            unit_hash: report.hash,
-            main_pid: None,
-            since: None,
-        };
-        let options = PutOptions::new().with_lease(lease);
-        let ops = by_agent.entry(report.machine.clone()).or_default();
-        ops.push(TxnOp::put(
-            keys.state(&report.unit, &report.machine),
-            serde_json::to_string(&record)?,
-            Some(options.clone()),
-        ));
-        ops.push(TxnOp::put(
-            keys.journal(&report.unit, &report.machine),
-            "",
-            Some(options),
-        ));
+        by_agent
+            .entry(report.machine)
+            .or_default()
+            .insert(report.unit, report.hash);
     }
     let mut writes = tokio::task::JoinSet::new();
-    for ops in by_agent.into_values() {
+    for (machine, units) in by_agent {
+        // A dead agent reports nothing.
+        let Some(&lease) = leases.get(&machine) else {
+            continue;
+        };
+        let options = PutOptions::new().with_lease(lease);
+        let mut ops = Vec::with_capacity(units.len() * 2);
+        for (unit, hash) in units {
+            let record = UnitStateRecord {
+                load_state: "loaded".into(),
+                active_state: "active".into(),
+                sub_state: "running".into(),
+                machine_id: machine.clone(),
+                unit_hash: hash,
+                main_pid: None,
+                since: None,
+            };
+            ops.push(TxnOp::put(
+                keys.state(&unit, &machine),
+                serde_json::to_string(&record)?,
+                Some(options.clone()),
+            ));
+            ops.push(TxnOp::put(
+                keys.journal(&unit, &machine),
+                "",
+                Some(options.clone()),
+            ));
+        }
         for chunk in ops.chunks(shoal_scheduler::store::MAX_TXN_OPS) {
-            let mut client = store.client();
-            let txn = Txn::new().and_then(chunk.to_vec());
-            writes.spawn(async move { client.txn(txn).await });
+            writes.spawn(report_txn(store.clone(), chunk.to_vec()));
         }
     }
     while let Some(done) = writes.join_next().await {
         done??;
     }
     Ok(())
+}
+
+/// One agent's report transaction, tried again as an agent reports again after a failure.
+async fn report_txn(store: Store, ops: Vec<TxnOp>) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        let mut client = store.client();
+        match client.txn(Txn::new().and_then(ops.clone())).await {
+            Ok(_) => return Ok(()),
+            Err(err) if attempt < 20 => {
+                attempt += 1;
+                eprintln!("  a simulated agent's report failed (trying again): {err}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// Waits until every unit runs where it is scheduled; returns when every unit first had a
