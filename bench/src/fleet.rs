@@ -305,7 +305,7 @@ async fn scenario(
     let store = Store::connect(endpoints, DEFAULT_PREFIX, Duration::from_secs(10)).await?;
     let (stop, shutdown) = watch::channel(false);
     let agents = Agents::start(&store, scale.machines, scale.ttl).await?;
-    let engine = tokio::spawn(run_engine(
+    let mut engine = AbortOnDrop(tokio::spawn(run_engine(
         store.clone(),
         EngineSettings {
             machine_id: "engine-bench".into(),
@@ -313,7 +313,7 @@ async fn scenario(
             reconcile_interval: Duration::from_secs(2),
         },
         shutdown.clone(),
-    ));
+    )));
     let (view_tx, mut view_rx) = watch::channel(0u64);
     // The agents registered before the watch began: their machines start the view.
     let view = std::sync::Arc::new(tokio::sync::Mutex::new(View {
@@ -321,14 +321,14 @@ async fn scenario(
         ..View::default()
     }));
     let (watching, watch_started) = tokio::sync::oneshot::channel();
-    let simulator = tokio::spawn(simulate(
+    let simulator = AbortOnDrop(tokio::spawn(simulate(
         store.clone(),
         agents.leases.clone(),
         view.clone(),
         view_tx,
         watching,
         shutdown.clone(),
-    ));
+    )));
     // The submit starts once the agents' watch sees every write.
     watch_started
         .await
@@ -408,10 +408,14 @@ async fn scenario(
         reschedule.as_secs_f64(),
         since_kill.as_secs_f64()
     );
+    let retries = REPORT_RETRIES.swap(0, std::sync::atomic::Ordering::Relaxed);
+    if retries > 0 {
+        println!("  {retries} simulated agents' reports failed and were tried again");
+    }
     let _ = stop.send(true);
-    let _ = engine.await;
-    simulator.abort();
-    agents.stop().await;
+    let _ = (&mut engine.0).await;
+    drop(simulator);
+    drop(agents);
     Ok(Outcome {
         store: store_name.to_string(),
         machines: scale.machines,
@@ -498,11 +502,24 @@ impl Agents {
             }
         }
     }
+}
 
-    async fn stop(self) {
-        for task in self.tasks {
+/// A failed round leaves no agent heart-beating against the next round's store.
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// A task of a round (the engine, the simulated agents), stopped when the round ends, also
+/// when it fails half-way.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -691,6 +708,12 @@ async fn report_running(
             ));
         }
         for chunk in ops.chunks(shoal_scheduler::store::MAX_TXN_OPS) {
+            // Thousands of agents answering the same events at once timed etcd's requests out.
+            while writes.len() >= REPORTS_IN_FLIGHT
+                && let Some(done) = writes.join_next().await
+            {
+                done??;
+            }
             writes.spawn(report_txn(store.clone(), chunk.to_vec()));
         }
     }
@@ -699,6 +722,11 @@ async fn report_running(
     }
     Ok(())
 }
+
+/// At most this many report transactions of one flush are in flight.
+const REPORTS_IN_FLIGHT: usize = 256;
+/// Reports that failed and were tried again, printed once at the end of a round.
+static REPORT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One agent's report transaction, tried again as an agent reports again after a failure.
 async fn report_txn(store: Store, ops: Vec<TxnOp>) -> anyhow::Result<()> {
@@ -709,7 +737,9 @@ async fn report_txn(store: Store, ops: Vec<TxnOp>) -> anyhow::Result<()> {
             Ok(_) => return Ok(()),
             Err(err) if attempt < 20 => {
                 attempt += 1;
-                eprintln!("  a simulated agent's report failed (trying again): {err}");
+                if REPORT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                    eprintln!("  a simulated agent's report failed (trying again): {err}");
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(err) => return Err(err.into()),
