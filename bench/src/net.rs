@@ -23,7 +23,10 @@
 //! runs; 64-byte UDP packets per second delivered to the receiving container's UDP layer by two
 //! saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99 (sockperf
 //! ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte packet (the
-//! senders' user+system time plus the machine's softirq time during the flood).
+//! senders' user+system time plus the machine's softirq time during the flood); for shoal's
+//! configurations, each program's runs per second and nanoseconds per run during the unpinned
+//! TCP test (the kernel's BPF run statistics, on for the whole run: two clock reads per run of
+//! every BPF program, in every configuration that has programs).
 //! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
 //! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named configurations,
 //! `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
