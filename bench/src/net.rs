@@ -41,9 +41,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use shoal_dataplane::{
-    Backend, Config, Dataplane, DecapHook, MacAddr, ProgramRuns, RouteTarget,
-};
+use shoal_dataplane::{Backend, Config, Dataplane, DecapHook, MacAddr, ProgramRuns, RouteTarget};
 use shoal_harness::{Cluster, Namespace, Node, NsWorker, flannel_vxlan};
 
 const SECONDS: u32 = 4;
@@ -169,15 +167,14 @@ struct ProgramCost {
 
 impl ProgramCost {
     /// The programs' runs between two readings of every node's dataplane, per program name.
-    fn between(
-        before: &[ProgramRuns],
-        after: &[ProgramRuns],
-        seconds: f64,
-    ) -> Vec<ProgramCost> {
+    fn between(before: &[ProgramRuns], after: &[ProgramRuns], seconds: f64) -> Vec<ProgramCost> {
         let mut totals: Vec<ProgramRuns> = Vec::new();
         for (late, early) in after.iter().zip(before) {
             let delta = late.since(early);
-            match totals.iter_mut().find(|total| total.program == delta.program) {
+            match totals
+                .iter_mut()
+                .find(|total| total.program == delta.program)
+            {
                 Some(total) => {
                     total.runs += delta.runs;
                     total.run_time += delta.run_time;

@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use shoal_dataplane_common::{
-    Backend, CachedHop, Counter, DataplaneConfig, ENCAPSULATED_MARK, HopKey, HopKind,
-    RouteTarget, UDP_OVERHEAD, VXLAN_OVERHEAD,
+    Backend, CachedHop, Counter, DataplaneConfig, ENCAPSULATED_MARK, HopKey, HopKind, RouteTarget,
+    UDP_OVERHEAD, VXLAN_OVERHEAD,
 };
 
 use crate::{

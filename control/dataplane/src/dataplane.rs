@@ -14,8 +14,8 @@ use shoal_dataplane_common::{
 };
 
 use crate::{
-    AttachMode, Config, DecapHook, EBPF_OBJECT, Endpoint, Error, MacAddr, Result, RouteTarget,
-    ProgramRuns, Stats,
+    AttachMode, Config, DecapHook, EBPF_OBJECT, Endpoint, Error, MacAddr, ProgramRuns, Result,
+    RouteTarget, Stats,
     attach::{attach_egress, attach_tc_ingress, attach_xdp_ingress},
     clsact::detach_clsact,
     endpoints::{WorkloadMaps, remove_key},
@@ -246,9 +246,7 @@ impl Dataplane {
             let Some(program) = self.ebpf.program(name).filter(|p| p.fd().is_ok()) else {
                 continue;
             };
-            let info = program
-                .info()
-                .map_err(program_error(name, &self.config))?;
+            let info = program.info().map_err(program_error(name, &self.config))?;
             runs.push(ProgramRuns {
                 program: name.to_string(),
                 runs: info.run_count(),
