@@ -27,7 +27,8 @@ pub const OUTER_TTL: u8 = 64;
 /// underlay device, where the egress program (which every packet sent there meets) takes it off
 /// and passes the packet at once instead of examining it a second time. A packet reaching the
 /// workload program carries no mark of its own (the veth from the workload's namespace scrubbed
-/// it); the kernel's paths never set this value.
+/// it). The kernel never sets this value itself; a firewall rule giving exactly this mark to a
+/// packet for a remote subnet would send it out unencapsulated.
 pub const ENCAPSULATED_MARK: u32 = 0x5ba1_e11c;
 
 /// Name of the LPM trie that maps a remote subnet (key: prefix length, then the 4 address bytes
