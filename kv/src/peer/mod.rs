@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use bincode::Options;
 use bytes::Bytes;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
-    Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -468,7 +468,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let n = rpc.entries.len();
         let from = rpc.vote.leader_id().voted_for().unwrap_or_default();
         let r = self
-            .send(&rpc, &option, Method::AppendEntries, (RPCTypes::AppendEntries, from))
+            .send(
+                &rpc,
+                &option,
+                Method::AppendEntries,
+                (RPCTypes::AppendEntries, from),
+            )
             .await;
         // A heartbeat's round trip (it carries no entries to write) is the peer RTT etcd's
         // prober measures.
@@ -731,7 +736,8 @@ mod tests {
     #[test]
     fn a_call_without_an_answer_in_time_is_a_timeout_not_an_unreachable_peer() {
         let action = (RPCTypes::AppendEntries, 1);
-        let slow: RPCError<u64, MemberNode> = rpc_error(CallError::Timeout(Duration::from_millis(100)), action, 2);
+        let slow: RPCError<u64, MemberNode> =
+            rpc_error(CallError::Timeout(Duration::from_millis(100)), action, 2);
         assert!(
             matches!(slow, RPCError::Timeout(Timeout { target: 2, .. })),
             "{slow:?}"
