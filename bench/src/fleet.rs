@@ -1,11 +1,12 @@
 //! `cargo xtask bench fleet`: fleet's engine at 1,000 simulated agents and 10,000 units with
 //! mixed constraints, against a 3-member etcd 3.4 and a 3-member shoal kv side by side.
 //!
-//! The engine is shoal's real engine ([`shoal_scheduler::engine::run_engine`]). The agents are
-//! simulated: each has its own store lease (kept alive on its own keep-alive stream) and machine
-//! key with metadata, and reports a unit `active/running` under its lease as soon as the unit is
-//! scheduled to it and launched, as a real agent does after starting it. One watch feeds all
-//! simulated agents; their reports are written in transactions of up to 128 puts.
+//! The engine is shoal's real engine ([`shoal_scheduler::engine::run_engine`]), in this
+//! process. The agents are simulated: each has its own store lease (kept alive on its own
+//! keep-alive stream) and machine key with metadata, and as soon as a unit is scheduled to it
+//! and launched it writes what a real agent writes after starting it, under its lease: the
+//! unit's state (`active/running`, with the unit's hash) and its journal (empty), each agent in
+//! its own transactions of up to 128 operations. One watch feeds all simulated agents.
 //!
 //! Measured: submit -> every unit reported running by its target machine; after 10% of the
 //! agents stop heart-beating, the time from their machine keys expiring (TTL) to all their units
@@ -28,7 +29,7 @@ use shoal_harness::{StoreCluster, StoreKind};
 use shoal_scheduler::{
     engine::{EngineSettings, run_engine},
     registry::{Registry, ValidUnit},
-    store::{DEFAULT_PREFIX, MachineRecord, Store, TargetState, UnitStateRecord},
+    store::{DEFAULT_PREFIX, JobRecord, MachineRecord, Store, TargetState, UnitStateRecord},
 };
 use tokio::sync::{mpsc, watch};
 
@@ -255,12 +256,16 @@ fn unit_mix(count: usize) -> Vec<(String, String)> {
 #[derive(Default)]
 struct View {
     target: HashMap<String, String>,
+    /// Each job's unit hash, from its object.
+    hash: HashMap<String, String>,
     launched: HashSet<String>,
     /// The machines each unit is reported running on.
     running: HashMap<String, HashSet<String>>,
     /// Units reported running on the machine they are scheduled to, kept as events arrive so
     /// the waits below cost nothing per event at 50,000 units.
     settled: HashSet<String>,
+    /// Machines registered (their keys live).
+    machines: HashSet<String>,
     key_writes: u64,
     revisions: HashSet<i64>,
 }
@@ -300,7 +305,7 @@ async fn scenario(
     let store = Store::connect(endpoints, DEFAULT_PREFIX, Duration::from_secs(10)).await?;
     let (stop, shutdown) = watch::channel(false);
     let agents = Agents::start(&store, scale.machines, scale.ttl).await?;
-    let engine = tokio::spawn(run_engine(
+    let mut engine = AbortOnDrop(tokio::spawn(run_engine(
         store.clone(),
         EngineSettings {
             machine_id: "engine-bench".into(),
@@ -308,16 +313,26 @@ async fn scenario(
             reconcile_interval: Duration::from_secs(2),
         },
         shutdown.clone(),
-    ));
+    )));
     let (view_tx, mut view_rx) = watch::channel(0u64);
-    let view = std::sync::Arc::new(tokio::sync::Mutex::new(View::default()));
-    let simulator = tokio::spawn(simulate(
+    // The agents registered before the watch began: their machines start the view.
+    let view = std::sync::Arc::new(tokio::sync::Mutex::new(View {
+        machines: agents.ids.iter().cloned().collect(),
+        ..View::default()
+    }));
+    let (watching, watch_started) = tokio::sync::oneshot::channel();
+    let simulator = AbortOnDrop(tokio::spawn(simulate(
         store.clone(),
         agents.leases.clone(),
         view.clone(),
         view_tx,
+        watching,
         shutdown.clone(),
-    ));
+    )));
+    // The submit starts once the agents' watch sees every write.
+    watch_started
+        .await
+        .map_err(|_| anyhow::anyhow!("the simulated agents' watch did not start"))?;
 
     let units = unit_mix(scale.units);
     let names: Vec<String> = units.iter().map(|(n, _)| n.clone()).collect();
@@ -373,7 +388,7 @@ async fn scenario(
     };
     agents.kill(&dead).await;
     let killed = Instant::now();
-    let expired = wait_machines_gone(&store, &dead, scale.ttl * 3).await?;
+    let expired = wait_machines_gone(&view, &mut view_rx, &dead, scale.ttl * 3).await?;
     let mut orphan_names = orphans.clone();
     orphan_names.sort();
     wait_moved(
@@ -393,10 +408,14 @@ async fn scenario(
         reschedule.as_secs_f64(),
         since_kill.as_secs_f64()
     );
+    let retries = REPORT_RETRIES.swap(0, std::sync::atomic::Ordering::Relaxed);
+    if retries > 0 {
+        println!("  {retries} simulated agents' reports failed and were tried again");
+    }
     let _ = stop.send(true);
-    let _ = engine.await;
-    simulator.abort();
-    agents.stop().await;
+    let _ = (&mut engine.0).await;
+    drop(simulator);
+    drop(agents);
     Ok(Outcome {
         store: store_name.to_string(),
         machines: scale.machines,
@@ -483,11 +502,24 @@ impl Agents {
             }
         }
     }
+}
 
-    async fn stop(self) {
-        for task in self.tasks {
+/// A failed round leaves no agent heart-beating against the next round's store.
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// A task of a round (the engine, the simulated agents), stopped when the round ends, also
+/// when it fails half-way.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -545,6 +577,7 @@ async fn simulate(
     leases: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
     view: std::sync::Arc<tokio::sync::Mutex<View>>,
     notify: watch::Sender<u64>,
+    watching: tokio::sync::oneshot::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let keys = store.keys().clone();
@@ -552,7 +585,8 @@ async fn simulate(
     let mut events = client
         .watch(keys.prefix(), Some(WatchOptions::new().with_prefix()))
         .await?;
-    let mut pending: Vec<(String, String)> = Vec::new();
+    let _ = watching.send(());
+    let mut pending: Vec<Report> = Vec::new();
     // Reports are written beside the watch, as agents write theirs on their own.
     let mut reporting = tokio::task::JoinSet::new();
     let mut flush = tokio::time::interval(Duration::from_millis(50));
@@ -571,6 +605,12 @@ async fn simulate(
                     let put = event.event_type() == EventType::Put;
                     if let Some((unit, field)) = keys.parse_job_key(&key) {
                         match (field, put) {
+                            ("object", true) => {
+                                if let Ok(record) = serde_json::from_str::<JobRecord>(&value) {
+                                    v.hash.insert(unit.to_string(), record.unit_hash);
+                                }
+                                continue;
+                            }
                             ("target", true) => { v.target.insert(unit.to_string(), value.clone()); }
                             ("target", false) => { v.target.remove(unit); }
                             ("target-state", true) if value == "launched" => { v.launched.insert(unit.to_string()); }
@@ -578,9 +618,15 @@ async fn simulate(
                             _ => continue,
                         }
                         if let Some(machine) = v.target.get(unit).filter(|_| v.launched.contains(unit)) {
-                            pending.push((unit.to_string(), machine.clone()));
+                            pending.push(Report {
+                                unit: unit.to_string(),
+                                machine: machine.clone(),
+                                hash: v.hash.get(unit).cloned().unwrap_or_default(),
+                            });
                         }
                         v.refresh(unit);
+                    } else if let Some(machine) = keys.parse_machine_key(&key) {
+                        if put { v.machines.insert(machine.to_string()); } else { v.machines.remove(machine); }
                     } else if let Some((unit, machine)) = keys.parse_state_key(&key) {
                         let machines = v.running.entry(unit.to_string()).or_default();
                         if put { machines.insert(machine.to_string()); } else { machines.remove(machine); }
@@ -604,48 +650,101 @@ async fn simulate(
     }
 }
 
-/// Writes `batch`'s states in transactions of up to 128 puts, all at once.
+/// A unit a simulated agent has started and reports.
+struct Report {
+    unit: String,
+    machine: String,
+    hash: String,
+}
+
+/// Writes `batch`'s reports as each agent writes its own: the unit's state and journal under
+/// the agent's lease, every agent in its own transactions of up to 128 operations, all agents
+/// at once.
 async fn report_running(
     store: Store,
     leases: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
-    batch: Vec<(String, String)>,
+    batch: Vec<Report>,
 ) -> anyhow::Result<()> {
     let keys = store.keys();
     let leases = leases
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
-    let ops: Vec<TxnOp> = batch
-        .into_iter()
-        .filter_map(|(unit, machine)| {
-            let lease = *leases.get(&machine)?;
+    // One report per unit and agent (a unit's job events may queue it twice).
+    let mut by_agent: HashMap<String, std::collections::BTreeMap<String, String>> = HashMap::new();
+    for report in batch {
+        by_agent
+            .entry(report.machine)
+            .or_default()
+            .insert(report.unit, report.hash);
+    }
+    let mut writes = tokio::task::JoinSet::new();
+    for (machine, units) in by_agent {
+        // A dead agent reports nothing.
+        let Some(&lease) = leases.get(&machine) else {
+            continue;
+        };
+        let options = PutOptions::new().with_lease(lease);
+        let mut ops = Vec::with_capacity(units.len() * 2);
+        for (unit, hash) in units {
             let record = UnitStateRecord {
                 load_state: "loaded".into(),
                 active_state: "active".into(),
                 sub_state: "running".into(),
                 machine_id: machine.clone(),
-                unit_hash: String::new(),
+                unit_hash: hash,
                 main_pid: None,
                 since: None,
             };
-            let value = serde_json::to_string(&record).ok()?;
-            Some(TxnOp::put(
+            ops.push(TxnOp::put(
                 keys.state(&unit, &machine),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            ))
-        })
-        .collect();
-    let mut writes = tokio::task::JoinSet::new();
-    for chunk in ops.chunks(shoal_scheduler::store::MAX_TXN_OPS) {
-        let mut client = store.client();
-        let txn = Txn::new().and_then(chunk.to_vec());
-        writes.spawn(async move { client.txn(txn).await });
+                serde_json::to_string(&record)?,
+                Some(options.clone()),
+            ));
+            ops.push(TxnOp::put(
+                keys.journal(&unit, &machine),
+                "",
+                Some(options.clone()),
+            ));
+        }
+        for chunk in ops.chunks(shoal_scheduler::store::MAX_TXN_OPS) {
+            // Thousands of agents answering the same events at once timed etcd's requests out.
+            while writes.len() >= REPORTS_IN_FLIGHT
+                && let Some(done) = writes.join_next().await
+            {
+                done??;
+            }
+            writes.spawn(report_txn(store.clone(), chunk.to_vec()));
+        }
     }
     while let Some(done) = writes.join_next().await {
         done??;
     }
     Ok(())
+}
+
+/// At most this many report transactions of one flush are in flight.
+const REPORTS_IN_FLIGHT: usize = 256;
+/// Reports that failed and were tried again, printed once at the end of a round.
+static REPORT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One agent's report transaction, tried again as an agent reports again after a failure.
+async fn report_txn(store: Store, ops: Vec<TxnOp>) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        let mut client = store.client();
+        match client.txn(Txn::new().and_then(ops.clone())).await {
+            Ok(_) => return Ok(()),
+            Err(err) if attempt < 20 => {
+                attempt += 1;
+                if REPORT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                    eprintln!("  a simulated agent's report failed (trying again): {err}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// Waits until every unit runs where it is scheduled; returns when every unit first had a
@@ -680,22 +779,25 @@ async fn wait_all_running(
     }
 }
 
+/// Waits until the watch has seen every one of `dead`'s machine keys expire.
 async fn wait_machines_gone(
-    store: &Store,
+    view: &tokio::sync::Mutex<View>,
+    changes: &mut watch::Receiver<u64>,
     dead: &[String],
     limit: Duration,
 ) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + limit;
     loop {
-        let machines = store.machines().await?;
-        let alive: HashSet<String> = machines.into_iter().map(|m| m.id).collect();
-        if dead.iter().all(|id| !alive.contains(id)) {
-            return Ok(Instant::now());
+        {
+            let v = view.lock().await;
+            if dead.iter().all(|id| !v.machines.contains(id)) {
+                return Ok(Instant::now());
+            }
         }
         if Instant::now() > deadline {
             bail!("dead agents' machine keys did not expire within {limit:?}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
     }
 }
 

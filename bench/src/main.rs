@@ -28,6 +28,10 @@ struct Cli {
     /// watch only: watcher counts, each measured in its own rounds.
     #[arg(long, value_delimiter = ',', default_values_t = watch::DEFAULT_WATCHERS)]
     watchers: Vec<usize>,
+    /// watch only: puts the writer keeps in flight (1: each put waits for the previous one, so
+    /// the put latency bounds a round; more measure what the store can deliver).
+    #[arg(long, default_value_t = 1)]
+    puts_in_flight: usize,
     /// fleet only: units per scale.
     #[arg(long, value_delimiter = ',', default_values_t = [fleet::DEFAULT_UNITS])]
     units: Vec<usize>,
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         machines,
         units,
         watchers,
+        puts_in_flight,
     } = Cli::parse();
     if tls && !matches!(suite, Suite::Kv) {
         anyhow::bail!("--tls is for the kv suite only");
@@ -69,7 +74,11 @@ fn main() -> anyhow::Result<()> {
         })?,
         Suite::Kv => kv::run(tls)?,
         Suite::Leases => Some(leases::run(&leases::Settings { nodes, rounds })?),
-        Suite::Watch => Some(watch::run(&watch::Settings { watchers, rounds })?),
+        Suite::Watch => Some(watch::run(&watch::Settings {
+            watchers,
+            rounds,
+            puts_in_flight,
+        })?),
         Suite::Net => {
             let table = net::run(net::rounds_from_env())?;
             if net::is_subset() {

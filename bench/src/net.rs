@@ -23,7 +23,10 @@
 //! runs; 64-byte UDP packets per second delivered to the receiving container's UDP layer by two
 //! saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99 (sockperf
 //! ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte packet (the
-//! senders' user+system time plus the machine's softirq time during the flood).
+//! senders' user+system time plus the machine's softirq time during the flood); for shoal's
+//! configurations, each program's runs per second and nanoseconds per run during the unpinned
+//! TCP test (the kernel's BPF run statistics, on for the whole run: two clock reads per run of
+//! every BPF program, in every configuration that has programs).
 //! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
 //! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named configurations,
 //! `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
@@ -38,7 +41,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use shoal_dataplane::{Backend, Config, Dataplane, DecapHook, MacAddr, RouteTarget};
+use shoal_dataplane::{Backend, Config, Dataplane, DecapHook, MacAddr, ProgramRuns, RouteTarget};
 use shoal_harness::{Cluster, Namespace, Node, NsWorker, flannel_vxlan};
 
 const SECONDS: u32 = 4;
@@ -149,6 +152,46 @@ struct Sample {
     latency_p50_us: f64,
     latency_p99_us: f64,
     cpu_ns_per_packet: f64,
+    /// shoal's programs during the unpinned TCP test (both nodes): the noise-resistant part of
+    /// the comparison, what the dataplane costs per packet. Empty for the other wirings.
+    programs_unpinned_tcp: Vec<ProgramCost>,
+}
+
+/// One program's runs during a test, on both nodes together.
+#[derive(Clone, Debug, Default, Serialize)]
+struct ProgramCost {
+    program: String,
+    runs_per_second: f64,
+    ns_per_run: f64,
+}
+
+impl ProgramCost {
+    /// The programs' runs between two readings of every node's dataplane, per program name.
+    fn between(before: &[ProgramRuns], after: &[ProgramRuns], seconds: f64) -> Vec<ProgramCost> {
+        let mut totals: Vec<ProgramRuns> = Vec::new();
+        for (late, early) in after.iter().zip(before) {
+            let delta = late.since(early);
+            match totals
+                .iter_mut()
+                .find(|total| total.program == delta.program)
+            {
+                Some(total) => {
+                    total.runs += delta.runs;
+                    total.run_time += delta.run_time;
+                }
+                None => totals.push(delta),
+            }
+        }
+        totals
+            .iter()
+            .filter(|total| total.runs > 0)
+            .map(|total| ProgramCost {
+                program: total.program.clone(),
+                runs_per_second: total.runs as f64 / seconds,
+                ns_per_run: total.ns_per_run(),
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -195,6 +238,15 @@ impl NodeDataplane {
             worker,
             dataplane: Some(dataplane),
         })
+    }
+
+    /// The kernel's run counts and times of this node's programs (see [`shoal_dataplane::enable_program_stats`]).
+    fn program_runs(&self) -> anyhow::Result<Vec<ProgramRuns>> {
+        Ok(self
+            .dataplane
+            .as_ref()
+            .context("detached")?
+            .program_runs()?)
     }
 
     fn vtep_mac(&self) -> MacAddr {
@@ -296,6 +348,15 @@ impl Testbed {
             dataplane.sync_endpoints()?;
         }
         Ok(())
+    }
+
+    /// Every node's program runs, in one list (empty without shoal's dataplane).
+    fn program_runs(&self) -> anyhow::Result<Vec<ProgramRuns>> {
+        let mut runs = Vec::new();
+        for dataplane in &self.dataplanes {
+            runs.extend(dataplane.program_runs()?);
+        }
+        Ok(runs)
     }
 
     fn client(&self) -> &Namespace {
@@ -577,8 +638,15 @@ fn measure(layout: Layout) -> anyhow::Result<Sample> {
     bed.warm_up()
         .with_context(|| format!("warming up {name}"))?;
     let tcp_gbps = measure_tcp(&bed, true).with_context(|| format!("TCP on {name}"))?;
+    let runs_before = bed.program_runs()?;
+    let started = Instant::now();
     let tcp_unpinned_gbps =
         measure_tcp(&bed, false).with_context(|| format!("unpinned TCP on {name}"))?;
+    let programs_unpinned_tcp = ProgramCost::between(
+        &runs_before,
+        &bed.program_runs()?,
+        started.elapsed().as_secs_f64(),
+    );
     let (udp64_pps, cpu_ns_per_packet) =
         measure_udp64(&bed).with_context(|| format!("UDP on {name}"))?;
     let (latency_p50_us, latency_p99_us) =
@@ -590,6 +658,7 @@ fn measure(layout: Layout) -> anyhow::Result<Sample> {
         latency_p50_us,
         latency_p99_us,
         cpu_ns_per_packet,
+        programs_unpinned_tcp,
     })
 }
 
@@ -611,7 +680,40 @@ fn median_sample(rounds: &[Sample]) -> Sample {
         latency_p50_us: of(|s| s.latency_p50_us),
         latency_p99_us: of(|s| s.latency_p99_us),
         cpu_ns_per_packet: of(|s| s.cpu_ns_per_packet),
+        programs_unpinned_tcp: median_program_costs(rounds),
     }
+}
+
+/// Per program, the median over rounds of its runs per second and nanoseconds per run.
+fn median_program_costs(rounds: &[Sample]) -> Vec<ProgramCost> {
+    let mut names: Vec<&str> = Vec::new();
+    for sample in rounds {
+        for cost in &sample.programs_unpinned_tcp {
+            if !names.contains(&cost.program.as_str()) {
+                names.push(&cost.program);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let of = |metric: fn(&ProgramCost) -> f64| {
+                median(
+                    rounds
+                        .iter()
+                        .flat_map(|sample| &sample.programs_unpinned_tcp)
+                        .filter(|cost| cost.program == name)
+                        .map(metric)
+                        .collect(),
+                )
+            };
+            ProgramCost {
+                program: name.to_string(),
+                runs_per_second: of(|c| c.runs_per_second),
+                ns_per_run: of(|c| c.ns_per_run),
+            }
+        })
+        .collect()
 }
 
 fn ratio(what: &str, value: f64, target: Option<(&str, bool)>) -> Ratio {
@@ -773,6 +875,26 @@ fn table(report: &Report) -> String {
             m.cpu_ns_per_packet
         );
     }
+    let with_programs: Vec<&ConfigResult> = report
+        .configs
+        .iter()
+        .filter(|config| !config.median.programs_unpinned_tcp.is_empty())
+        .collect();
+    if !with_programs.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nshoal's programs during unpinned TCP (both nodes; median of rounds):"
+        );
+        for config in with_programs {
+            for cost in &config.median.programs_unpinned_tcp {
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<18} {:>10.0} runs/s {:>7.0} ns/run",
+                    config.name, cost.program, cost.runs_per_second, cost.ns_per_run
+                );
+            }
+        }
+    }
     out.push('\n');
     for ratio in &report.ratios {
         let verdict = match (ratio.met, &ratio.target) {
@@ -822,6 +944,12 @@ fn write_outputs(report: &Report) -> anyhow::Result<()> {
 pub fn run(rounds: usize) -> anyhow::Result<String> {
     let rounds = rounds.max(1);
     let layouts = layouts_from_env();
+    // The programs' run counts and times, reported per configuration (two clock reads per run
+    // of every BPF program, the same in every configuration that has programs).
+    let _program_stats = shoal_dataplane::enable_program_stats()
+        .map_err(anyhow::Error::from)
+        .inspect_err(|err| eprintln!("no BPF run statistics: {err:#}"))
+        .ok();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); layouts.len()];
     for round in 0..rounds {
         // Every other round runs the configurations in reverse, so none always runs first or

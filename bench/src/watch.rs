@@ -4,7 +4,11 @@
 //! one writer. Reports events delivered per second (watchers x puts over the time until the
 //! last watcher had the last event) and the delivery latency (put sent -> event received) p50
 //! and p99, for a 3-member shoal kv (`shoal kv`) and a 3-member etcd 3.4, both up while rounds
-//! alternate between them; each figure is the median round's, with every round listed.
+//! alternate between them; each figure is the median round's, with every round listed. Every
+//! watcher checks that it gets every put, in order, with its payload. Beside the rates, where a
+//! round's time went: the members' and the bench client's CPU per 1,000 events (the client runs
+//! on the same machine and decodes every response) and the writer's mean put latency (the puts
+//! are sequential, so it bounds the round).
 use std::{
     fmt::Write as _,
     time::{Duration, Instant},
@@ -27,6 +31,8 @@ const KEY: &str = "bench/watched";
 pub struct Settings {
     pub watchers: Vec<usize>,
     pub rounds: usize,
+    /// Puts the writer keeps in flight (at least 1).
+    pub puts_in_flight: usize,
 }
 
 /// One round of one store.
@@ -37,6 +43,13 @@ struct Round {
     events_per_s: f64,
     latency_p50_ms: f64,
     latency_p99_ms: f64,
+    /// The three members' CPU time per 1,000 events delivered, from the first put to the last
+    /// event.
+    store_cpu_ms_per_1k: f64,
+    /// The bench process's (watchers' and writer's) CPU time per 1,000 events, same window.
+    client_cpu_ms_per_1k: f64,
+    /// The writer's mean put latency.
+    put_mean_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +68,9 @@ fn label(kind: StoreKind) -> &'static str {
 }
 
 pub fn run(settings: &Settings) -> anyhow::Result<String> {
+    if settings.puts_in_flight == 0 {
+        bail!("--puts-in-flight must be at least 1");
+    }
     crate::leases::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -75,12 +91,23 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
         let mut rounds = Vec::new();
         for round in 1..=settings.rounds {
             for (kind, cluster) in &clusters {
-                let measured = runtime.block_on(fan_out(*kind, &cluster.endpoints(), watchers))?;
+                let members = member_pids(cluster);
+                let measured = runtime.block_on(fan_out(
+                    *kind,
+                    &cluster.endpoints(),
+                    &members,
+                    watchers,
+                    settings.puts_in_flight,
+                ))?;
                 eprintln!(
-                    "watch: {watchers} watchers, {} round {round}: {:.0} events/s, p99 {:.1} ms",
+                    "watch: {watchers} watchers, {} round {round}: {:.0} events/s, p99 {:.1} ms, \
+                     CPU ms/1k events store {:.1} client {:.1}, put {:.2} ms",
                     label(*kind),
                     measured.events_per_s,
-                    measured.latency_p99_ms
+                    measured.latency_p99_ms,
+                    measured.store_cpu_ms_per_1k,
+                    measured.client_cpu_ms_per_1k,
+                    measured.put_mean_ms,
                 );
                 rounds.push(measured);
             }
@@ -96,9 +123,14 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
         });
     }
     drop(clusters);
-    let json = serde_json::json!({"suite": "watch", "target_ratio": 2.0, "sizes": sizes});
+    let json = serde_json::json!({
+        "suite": "watch",
+        "target_ratio": 2.0,
+        "puts_in_flight": settings.puts_in_flight,
+        "sizes": sizes,
+    });
     crate::results::write_outputs("watch", &json, CHART)?;
-    Ok(table(&sizes))
+    Ok(table(&sizes, settings.puts_in_flight))
 }
 
 fn median_round(rounds: &[Round], store: &str) -> Option<Round> {
@@ -107,8 +139,95 @@ fn median_round(rounds: &[Round], store: &str) -> Option<Round> {
     mine.get(mine.len() / 2).map(|r| (*r).clone())
 }
 
-/// One round: `watchers` streams on [`KEY`], [`PUTS`] writes, each carrying its send time.
-async fn fan_out(kind: StoreKind, endpoints: &[String], watchers: usize) -> anyhow::Result<Round> {
+fn member_pids(cluster: &StoreCluster) -> Vec<u32> {
+    (0..cluster.endpoints().len())
+        .filter_map(|i| cluster.process(i).map(|member| member.child.id()))
+        .collect()
+}
+
+/// Nanoseconds processes ran on a CPU, every thread's (`/proc/<pid>/task/*/schedstat`: finer
+/// than `stat`'s clock ticks, which a round of a fraction of a second needs).
+fn cpu_ns(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A put's value: its sequence number and its send time (microseconds since the round's epoch).
+fn payload(sequence: usize, sent_us: u128) -> String {
+    format!("{sequence} {sent_us}")
+}
+
+/// What a watcher has seen, to check each event against.
+struct Seen {
+    /// Put by put: whether its event arrived.
+    puts: Vec<bool>,
+    count: usize,
+    last_revision: i64,
+    /// Whether the writer sent one put at a time (then events must come in sequence order).
+    sequential: bool,
+}
+
+impl Seen {
+    fn new(sequential: bool) -> Self {
+        Seen {
+            puts: vec![false; PUTS],
+            count: 0,
+            last_revision: 0,
+            sequential,
+        }
+    }
+
+    /// The send time of a watched event, checked: a put of [`KEY`] with the writer's payload,
+    /// after the previous event in revision order, seen once, and with a sequential writer
+    /// the next put in sequence.
+    fn check(&mut self, event: &etcd_client::Event) -> anyhow::Result<Duration> {
+        let n = self.count;
+        let kv = event.kv().context("an event without its key-value")?;
+        if event.event_type() != etcd_client::EventType::Put || kv.key() != KEY.as_bytes() {
+            bail!("event {n}: not a put of {KEY}");
+        }
+        let text = std::str::from_utf8(kv.value()).context("a payload that is not text")?;
+        let (sequence, sent_us) = text
+            .split_once(' ')
+            .and_then(|(sequence, sent)| {
+                Some((sequence.parse::<usize>().ok()?, sent.parse().ok()?))
+            })
+            .filter(|(sequence, _)| *sequence < PUTS)
+            .with_context(|| format!("event {n}: payload {text:?} is not the writer's"))?;
+        if kv.mod_revision() <= self.last_revision {
+            bail!(
+                "event {n}: revision {} after {}",
+                kv.mod_revision(),
+                self.last_revision
+            );
+        }
+        if std::mem::replace(&mut self.puts[sequence], true) {
+            bail!("event {n}: put {sequence} arrived twice");
+        }
+        if self.sequential && sequence != n {
+            bail!("event {n} arrived as put {sequence}: out of order or missing");
+        }
+        self.last_revision = kv.mod_revision();
+        self.count += 1;
+        Ok(Duration::from_micros(sent_us))
+    }
+}
+
+/// One round: `watchers` streams on [`KEY`], [`PUTS`] writes, each carrying its sequence number
+/// and send time.
+async fn fan_out(
+    kind: StoreKind,
+    endpoints: &[String],
+    members: &[u32],
+    watchers: usize,
+    puts_in_flight: usize,
+) -> anyhow::Result<Round> {
+    // More than PUTS in flight is every put at once.
+    let puts_in_flight = puts_in_flight.min(PUTS);
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for n in 0..CONNECTIONS {
         let endpoint = &endpoints[n % endpoints.len()];
@@ -129,18 +248,15 @@ async fn fan_out(kind: StoreKind, endpoints: &[String], watchers: usize) -> anyh
             stream.message().await?;
             ready.send(()).await?;
             let mut latencies = Vec::with_capacity(PUTS);
+            let mut seen = Seen::new(puts_in_flight == 1);
             while latencies.len() < PUTS {
                 let Some(response) = stream.message().await? else {
                     bail!("watch stream ended after {} events", latencies.len());
                 };
                 let received = epoch.elapsed();
                 for event in response.events() {
-                    let sent = event
-                        .kv()
-                        .and_then(|kv| std::str::from_utf8(kv.value()).ok())
-                        .and_then(|text| text.parse::<u64>().ok())
-                        .context("an event without its send time")?;
-                    latencies.push(received.saturating_sub(Duration::from_micros(sent)));
+                    let sent = seen.check(event)?;
+                    latencies.push(received.saturating_sub(sent));
                 }
             }
             anyhow::Ok((epoch.elapsed(), latencies))
@@ -150,12 +266,35 @@ async fn fan_out(kind: StoreKind, endpoints: &[String], watchers: usize) -> anyh
     for _ in 0..watchers {
         ready_rx.recv().await.context("a watcher failed to start")?;
     }
-    let mut writer = clients[0].clone();
+    let writer = clients[0].clone();
+    let client = [std::process::id()];
+    let (store_cpu_before, client_cpu_before) = (cpu_ns(members), cpu_ns(&client));
     let started = epoch.elapsed();
-    for _ in 0..PUTS {
-        let sent = epoch.elapsed().as_micros().to_string();
-        writer.put(KEY, sent, None).await?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::with_capacity(puts_in_flight);
+    for _ in 0..puts_in_flight {
+        let mut writer = writer.clone();
+        let next = next.clone();
+        writers.push(tokio::spawn(async move {
+            let mut put_time = Duration::ZERO;
+            loop {
+                let sequence = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if sequence >= PUTS {
+                    return anyhow::Ok(put_time);
+                }
+                let sent = epoch.elapsed();
+                writer
+                    .put(KEY, payload(sequence, sent.as_micros()), None)
+                    .await?;
+                put_time += epoch.elapsed() - sent;
+            }
+        }));
     }
+    let mut put_time = Duration::ZERO;
+    for writer in writers {
+        put_time += writer.await??;
+    }
+    let put_mean = put_time / PUTS as u32;
     let mut last = started;
     let mut latencies = Vec::with_capacity(watchers * PUTS);
     for task in tasks {
@@ -163,6 +302,10 @@ async fn fan_out(kind: StoreKind, endpoints: &[String], watchers: usize) -> anyh
         last = last.max(done);
         latencies.extend(mine);
     }
+    let events = (watchers * PUTS) as f64;
+    let per_1k_events = |ns: u64| ns as f64 / 1e6 / (events / 1000.0);
+    let store_cpu = per_1k_events(cpu_ns(members) - store_cpu_before);
+    let client_cpu = per_1k_events(cpu_ns(&client) - client_cpu_before);
     latencies.sort();
     let percentile = |fraction: f64| {
         let index = ((latencies.len() as f64 - 1.0) * fraction).round() as usize;
@@ -173,24 +316,30 @@ async fn fan_out(kind: StoreKind, endpoints: &[String], watchers: usize) -> anyh
     Ok(Round {
         store: label(kind),
         watchers,
-        events_per_s: (watchers * PUTS) as f64 / (last - started).as_secs_f64(),
+        events_per_s: events / (last - started).as_secs_f64(),
         latency_p50_ms: percentile(0.50),
         latency_p99_ms: percentile(0.99),
+        store_cpu_ms_per_1k: store_cpu,
+        client_cpu_ms_per_1k: client_cpu,
+        put_mean_ms: put_mean.as_secs_f64() * 1000.0,
     })
 }
 
 /// The results table, as printed and as recorded in RESULTS.md.
-fn table(sizes: &[Size]) -> String {
+fn table(sizes: &[Size], puts_in_flight: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{PUTS} puts of one key, watched by every watcher ({CONNECTIONS} connections); median of alternating rounds"
+        "{PUTS} puts of one key ({puts_in_flight} in flight), watched by every watcher ({CONNECTIONS} connections); median of alternating rounds"
     );
     let _ = writeln!(
         out,
-        "| watchers | store | events/s | latency p50 ms | latency p99 ms | every round's events/s |"
+        "| watchers | store | events/s | latency p50 ms | latency p99 ms | store CPU ms/1k events | client CPU ms/1k events | put ms | every round's events/s |"
     );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        out,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for size in sizes {
         for median in &size.median {
             let rounds: Vec<String> = size
@@ -201,12 +350,15 @@ fn table(sizes: &[Size]) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.1} | {:.1} | {} |",
+                "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
                 size.watchers,
                 median.store,
                 median.events_per_s,
                 median.latency_p50_ms,
                 median.latency_p99_ms,
+                median.store_cpu_ms_per_1k,
+                median.client_cpu_ms_per_1k,
+                median.put_mean_ms,
                 rounds.join(", ")
             );
         }

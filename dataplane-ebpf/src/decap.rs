@@ -242,8 +242,10 @@ pub fn tc_ingress(ctx: &TcContext) -> i32 {
     } else {
         needed
     };
-    // A failed pull just leaves less linear data; classify() then passes or drops.
-    let _ = ctx.pull_data(pull as u32);
+    if ctx.data() + pull > ctx.data_end() {
+        // A failed pull just leaves less linear data; classify() then passes or drops.
+        let _ = ctx.pull_data(pull as u32);
+    }
     match classify(ctx.data(), ctx.data_end(), frame_len, cfg) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::PassCounted(counter) => {
@@ -286,7 +288,8 @@ pub fn tc_ingress(ctx: &TcContext) -> i32 {
 /// then segment it in software; a veth keeps it whole.
 #[inline(always)]
 fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
-    let inner = ctx.load::<Ipv4Hdr>(ETH_LEN).ok()?;
+    // In place: the classified headers were linear, and the decapsulation kept them so.
+    let inner = *at::<Ipv4Hdr>(ctx.data(), ctx.data_end(), ETH_LEN)?;
     if inner.ttl <= 1 {
         return None;
     }

@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use shoal_dataplane_common::{
-    Backend, CachedHop, Counter, DataplaneConfig, HopKey, HopKind, RouteTarget, UDP_OVERHEAD,
-    VXLAN_OVERHEAD,
+    Backend, CachedHop, Counter, DataplaneConfig, ENCAPSULATED_MARK, HopKey, HopKind, RouteTarget,
+    UDP_OVERHEAD, VXLAN_OVERHEAD,
 };
 
 use crate::{
@@ -61,6 +61,12 @@ enum NextHop {
 }
 
 pub fn tc_egress(ctx: &TcContext) -> i32 {
+    // SAFETY: reading a field of the kernel-provided __sk_buff context.
+    if unsafe { (*ctx.skb.skb).mark } == ENCAPSULATED_MARK {
+        // The workload program encapsulated it already (and redirected it here).
+        ctx.set_mark(0);
+        return TC_ACT_OK;
+    }
     let Some(cfg) = config() else {
         count(Counter::PassUnconfigured, 1);
         return TC_ACT_OK;
@@ -111,6 +117,9 @@ pub fn tc_workload_ingress(ctx: &TcContext) -> i32 {
     match encapsulate(ctx, cfg, route, backend, &inner, cfg.underlay_ifindex) {
         Ok(action) => {
             count(Counter::EncapFromWorkloadPackets, 1);
+            // Sent out of the underlay device, it meets the egress program there: this mark
+            // tells it the packet is done.
+            ctx.set_mark(ENCAPSULATED_MARK);
             if action == TC_ACT_OK {
                 // SAFETY: plain helper call with scalar arguments.
                 unsafe { bpf_redirect(cfg.underlay_ifindex, 0) as i32 }
@@ -135,19 +144,40 @@ fn addressed_to_host(ctx: &TcContext) -> bool {
     let Some(port) = workload_port(ifindex) else {
         return true;
     };
-    ctx.load::<[u8; 6]>(0)
-        .is_ok_and(|destination| destination == port.gateway_mac)
+    headers(ctx).is_some_and(|(eth, _)| eth.dst == port.gateway_mac)
+}
+
+/// The Ethernet and IPv4 headers at the start of the frame, read in place (the sender's stack
+/// leaves them in the linear data; a frame where it did not is pulled once).
+#[inline(always)]
+fn headers(ctx: &TcContext) -> Option<(&EthHdr, &Ipv4Hdr)> {
+    const LEN: usize = ETH_LEN + core::mem::size_of::<Ipv4Hdr>();
+    if ctx.data() + LEN > ctx.data_end() {
+        ctx.pull_data(LEN as u32).ok()?;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + LEN > end {
+        return None;
+    }
+    // SAFETY: LEN bytes checked against data_end just above; both types have alignment 1.
+    unsafe {
+        Some((
+            &*(start as *const EthHdr),
+            &*((start + ETH_LEN) as *const Ipv4Hdr),
+        ))
+    }
 }
 
 /// The IPv4 header of a frame addressed to a remote subnet in the routes map, with its route
 /// and backend; `None` for anything else (which the kernel gets untouched).
 #[inline(always)]
 fn bound_for_remote_subnet(ctx: &TcContext) -> Option<(Ipv4Hdr, &'static RouteTarget, Backend)> {
-    let eth = ctx.load::<EthHdr>(0).ok()?;
+    let (eth, inner) = headers(ctx)?;
     if eth.proto != ETHERTYPE_IPV4 {
         return None;
     }
-    let inner = ctx.load::<Ipv4Hdr>(ETH_LEN).ok()?;
+    // A copy: the packet data it points into moves with the encapsulation.
+    let inner = *inner;
     let route = route_for(inner.dst)?;
     let backend = Backend::from_u8(route.backend)?;
     Some((inner, route, backend))

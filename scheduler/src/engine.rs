@@ -5,26 +5,31 @@
 //!
 //! Reconciling: a job that is `loaded`/`launched`, valid and not Global must be scheduled to a
 //! live machine able to run it; anything else must not be scheduled. Decisions come from
-//! [`Placement`]; writes are guarded by the engine's lease still holding the leader key, so a
-//! deposed engine cannot write.
+//! [`Model`] (what changed since the last reconcile; everything every `reconcile_interval`);
+//! writes go a few transactions at a time, each guarded by the engine's lease still holding the
+//! leader key, so a deposed engine cannot write.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    time::Duration,
-};
+mod model;
+
+use std::{collections::HashMap, time::Duration};
 
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use shoal_store_client::Chain;
 use tokio::sync::watch;
 
+pub use model::{Model, Write};
+
 use crate::{
     lease::{KeptLease, stopped, until_stopped},
-    schedule::{Machine, Placement},
+    schedule::Machine,
     store::{
         JobRecord, MachineRecord, Store, StoreError, StoreResult, TargetState, absent, parse_json,
     },
     unit::{InvalidUnit, Requirements, parse_rules},
 };
+
+/// How many of the engine's write transactions are in flight at once.
+const WRITES_IN_FLIGHT: usize = 8;
 
 /// Settings of the engine candidate.
 #[derive(Debug, Clone)]
@@ -35,28 +40,6 @@ pub struct EngineSettings {
     pub lease_ttl: Duration,
     /// Full in-memory reconcile period (besides event-driven ones).
     pub reconcile_interval: Duration,
-}
-
-/// What the engine knows about one job.
-#[derive(Debug, Clone, Default)]
-struct JobView {
-    hash: Option<String>,
-    target_state: Option<TargetState>,
-    /// `target` as last seen in (or written to) the store.
-    stored_target: Option<String>,
-    stored_reason: Option<String>,
-    /// Parsed rules; `Err` when the unit text is missing or invalid.
-    rules: Option<Result<Requirements, InvalidUnit>>,
-}
-
-impl JobView {
-    fn wants_placement(&self) -> bool {
-        let active = matches!(
-            self.target_state,
-            Some(TargetState::Loaded | TargetState::Launched)
-        );
-        active && matches!(&self.rules, Some(Ok(rules)) if !rules.global)
-    }
 }
 
 /// Runs the engine candidate until `shutdown` turns true: campaign, lead, step down, repeat.
@@ -156,7 +139,7 @@ async fn lead(
             client.watch(store.keys().prefix(), Some(options)),
         )
         .await?;
-    engine.reconcile().await?;
+    engine.reconcile(true).await?;
     let mut interval = tokio::time::interval(settings.reconcile_interval);
     let debounce = Duration::from_millis(50);
     let mut dirty_since: Option<tokio::time::Instant> = None;
@@ -178,9 +161,12 @@ async fn lead(
             }
             _ = sleep_until_opt(due) => {
                 dirty_since = None;
-                engine.reconcile().await?;
+                engine.reconcile(false).await?;
+                if engine.model.is_dirty() {
+                    dirty_since = Some(tokio::time::Instant::now());
+                }
             }
-            _ = interval.tick() => engine.reconcile().await?,
+            _ = interval.tick() => engine.reconcile(true).await?,
             _ = lease.lost() => return Err(StoreError::Conflict("engine lease lost".into())),
             _ = until_stopped(&mut shutdown) => return Ok(()),
         }
@@ -194,13 +180,12 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// The leader's model and its reconciler.
+/// The leader's model, fed from the store, and the writes of its decisions.
 pub struct Engine {
     store: Store,
     lease: i64,
-    jobs: BTreeMap<String, JobView>,
     units: HashMap<String, String>,
-    placement: Placement,
+    model: Model,
 }
 
 impl Engine {
@@ -208,9 +193,8 @@ impl Engine {
         Self {
             store,
             lease,
-            jobs: BTreeMap::new(),
             units: HashMap::new(),
-            placement: Placement::default(),
+            model: Model::default(),
         }
     }
 
@@ -227,8 +211,8 @@ impl Engine {
             self.apply_put(&key, &value).await?;
         }
         tracing::info!(
-            jobs = self.jobs.len(),
-            machines = self.placement.machines().count(),
+            jobs = self.model.jobs(),
+            machines = self.model.machines(),
             revision,
             "engine: loaded state"
         );
@@ -240,6 +224,17 @@ impl Engine {
         let Some(kv) = event.kv() else {
             return Ok(false);
         };
+        // Agents' reports (states, journals) are most of the events and none of our business:
+        // skipped before anything is copied.
+        let Some(rest) = kv.key().strip_prefix(self.store.keys().prefix().as_bytes()) else {
+            return Ok(false);
+        };
+        if !(rest.starts_with(b"job/")
+            || rest.starts_with(b"machines/")
+            || rest.starts_with(b"unit/"))
+        {
+            return Ok(false);
+        }
         let key = String::from_utf8_lossy(kv.key()).into_owned();
         match event.event_type() {
             EventType::Put => {
@@ -260,11 +255,10 @@ impl Engine {
                     return Ok(false);
                 }
             };
-            self.placement.add_machine(Machine {
+            return Ok(self.model.put_machine(Machine {
                 id: id.to_string(),
                 metadata: record.metadata,
-            });
-            return Ok(true);
+            }));
         }
         if let Some(hash) = key.strip_prefix(&format!("{}unit/", keys.prefix())) {
             self.units.insert(hash.to_string(), value.to_string());
@@ -273,8 +267,7 @@ impl Engine {
         let Some((name, field)) = keys.parse_job_key(key) else {
             return Ok(false);
         };
-        let name = name.to_string();
-        match field {
+        Ok(match field {
             "object" => {
                 let record: JobRecord = match parse_json(key, value) {
                     Ok(record) => record,
@@ -283,55 +276,31 @@ impl Engine {
                         return Ok(false);
                     }
                 };
-                let rules = self.rules_for(&name, &record.unit_hash).await?;
-                self.placement
-                    .set_requirements(&name, rules.clone().unwrap_or_default());
-                let job = self.jobs.entry(name).or_default();
-                job.hash = Some(record.unit_hash);
-                job.rules = Some(rules);
+                let rules = self.rules_for(name, &record.unit_hash).await?;
+                self.model.put_job(name, rules)
             }
-            "target-state" => {
-                self.jobs.entry(name).or_default().target_state = TargetState::parse(value)
-            }
-            "target" => {
-                self.placement.assign(&name, value);
-                self.jobs.entry(name).or_default().stored_target = Some(value.to_string());
-            }
-            "unschedulable" => {
-                self.jobs.entry(name).or_default().stored_reason = Some(value.to_string())
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
+            "target-state" => self.model.set_target_state(name, TargetState::parse(value)),
+            "target" => self.model.set_stored_target(name, Some(value)),
+            "unschedulable" => self.model.set_stored_reason(name, Some(value)),
+            _ => false,
+        })
     }
 
     fn apply_delete(&mut self, key: &str) -> bool {
         let keys = self.store.keys();
         if let Some(id) = keys.parse_machine_key(key) {
-            let orphans = self.placement.remove_machine(id);
-            tracing::info!(machine = id, units = orphans.len(), "engine: machine left");
-            return true;
+            return self.model.remove_machine(id);
         }
         let Some((name, field)) = keys.parse_job_key(key) else {
             return false;
         };
-        let Some(job) = self.jobs.get_mut(name) else {
-            return false;
-        };
         match field {
-            "object" => {
-                self.placement.forget(name);
-                self.jobs.remove(name);
-            }
-            "target-state" => job.target_state = None,
-            "target" => {
-                job.stored_target = None;
-                self.placement.unassign(name);
-            }
-            "unschedulable" => job.stored_reason = None,
-            _ => return false,
+            "object" => self.model.remove_job(name),
+            "target-state" => self.model.set_target_state(name, None),
+            "target" => self.model.set_stored_target(name, None),
+            "unschedulable" => self.model.set_stored_reason(name, None),
+            _ => false,
         }
-        true
     }
 
     async fn rules_for(
@@ -352,121 +321,43 @@ impl Engine {
         Ok(parse_rules(name, text))
     }
 
-    /// Brings the schedule in line with desired state and writes the differences.
-    pub async fn reconcile(&mut self) -> StoreResult<()> {
-        self.unschedule_invalid();
-        let mut reasons = self.schedule_pending();
-        reasons.extend(self.invalid_jobs());
-        let ops = self.diff_ops(&reasons);
-        if ops.is_empty() {
+    /// Brings the schedule in line with desired state and writes the differences: `full`
+    /// looks at every job, otherwise at what changed since the last reconcile.
+    pub async fn reconcile(&mut self, full: bool) -> StoreResult<()> {
+        let writes = self.model.reconcile(full);
+        if writes.is_empty() {
             return Ok(());
         }
-        let count = ops.len();
+        let keys = self.store.keys();
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|write| match write {
+                Write::Target {
+                    job,
+                    machine: Some(machine),
+                } => TxnOp::put(keys.target(job), machine.as_str(), None),
+                Write::Target { job, machine: None } => TxnOp::delete(keys.target(job), None),
+                Write::Reason {
+                    job,
+                    reason: Some(reason),
+                } => TxnOp::put(keys.unschedulable(job), reason.as_str(), None),
+                Write::Reason { job, reason: None } => TxnOp::delete(keys.unschedulable(job), None),
+            })
+            .collect();
         let guard = [Compare::lease(
             self.store.keys().engine_leader(),
             CompareOp::Equal,
             self.lease,
         )];
-        if !self.store.batched(&guard, ops).await? {
+        if !self
+            .store
+            .batched_concurrently(&guard, ops, WRITES_IN_FLIGHT)
+            .await?
+        {
             return Err(StoreError::Conflict("engine leadership lost".into()));
         }
-        self.record_written(&reasons);
-        tracing::debug!(writes = count, "engine: reconciled");
+        tracing::debug!(writes = writes.len(), full, "engine: reconciled");
+        self.model.written(writes);
         Ok(())
-    }
-
-    /// Drops placements that are no longer wanted or no longer allowed.
-    fn unschedule_invalid(&mut self) {
-        for (name, job) in &self.jobs {
-            let Some(machine_id) = self.placement.target(name).map(str::to_string) else {
-                continue;
-            };
-            let keep = job.wants_placement()
-                && self
-                    .placement
-                    .machine(&machine_id)
-                    .is_some_and(|machine| self.placement.able_to_run(name, machine).is_ok());
-            if !keep {
-                self.placement.unassign(name);
-            }
-        }
-    }
-
-    /// Places every wanted, unplaced job; returns the reasons of those that cannot be placed.
-    fn schedule_pending(&mut self) -> BTreeMap<String, String> {
-        let mut pending: Vec<String> = self
-            .jobs
-            .iter()
-            .filter(|(name, job)| job.wants_placement() && self.placement.target(name).is_none())
-            .map(|(name, _)| name.clone())
-            .collect();
-        let mut reasons = BTreeMap::new();
-        loop {
-            let mut progressed = false;
-            let mut displaced_all = Vec::new();
-            reasons.clear();
-            for name in std::mem::take(&mut pending) {
-                match self.placement.schedule(&name) {
-                    Ok((_, displaced)) => {
-                        progressed = true;
-                        displaced_all.extend(displaced);
-                    }
-                    Err(reason) => {
-                        reasons.insert(name.clone(), reason.to_string());
-                        pending.push(name);
-                    }
-                }
-            }
-            pending.extend(displaced_all);
-            if pending.is_empty() || !progressed {
-                return reasons;
-            }
-        }
-    }
-
-    /// Desired jobs whose unit cannot be used at all, with why.
-    fn invalid_jobs(&self) -> Vec<(String, String)> {
-        self.jobs
-            .iter()
-            .filter(|(_, job)| {
-                matches!(
-                    job.target_state,
-                    Some(TargetState::Loaded | TargetState::Launched)
-                )
-            })
-            .filter_map(|(name, job)| match &job.rules {
-                Some(Err(reason)) => Some((name.clone(), format!("invalid unit: {reason}"))),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn diff_ops(&self, reasons: &BTreeMap<String, String>) -> Vec<TxnOp> {
-        let keys = self.store.keys();
-        let mut ops = Vec::new();
-        for (name, job) in &self.jobs {
-            let target = self.placement.target(name);
-            if job.stored_target.as_deref() != target {
-                ops.push(match target {
-                    Some(machine) => TxnOp::put(keys.target(name), machine, None),
-                    None => TxnOp::delete(keys.target(name), None),
-                });
-            }
-            let reason = reasons.get(name);
-            if job.stored_reason.as_ref() != reason {
-                ops.push(match reason {
-                    Some(reason) => TxnOp::put(keys.unschedulable(name), reason.as_str(), None),
-                    None => TxnOp::delete(keys.unschedulable(name), None),
-                });
-            }
-        }
-        ops
-    }
-
-    fn record_written(&mut self, reasons: &BTreeMap<String, String>) {
-        for (name, job) in self.jobs.iter_mut() {
-            job.stored_target = self.placement.target(name).map(str::to_string);
-            job.stored_reason = reasons.get(name).cloned();
-        }
     }
 }

@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use shoal_store_client::Chain;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::store::{Store, StoreResult};
 
-/// A granted lease and the task refreshing it.
+/// A granted lease and the task refreshing it, on one keep-alive stream for its lifetime (a
+/// stream per refresh cost every machine a stream open each third of its TTL).
 pub struct KeptLease {
     id: i64,
     lost: watch::Receiver<bool>,
@@ -74,9 +76,10 @@ async fn refresh(store: Store, id: i64, ttl: Duration, lost: watch::Sender<bool>
     let period = (ttl / 3).max(Duration::from_millis(200));
     let deadline = ttl;
     let mut last_ok = tokio::time::Instant::now();
+    let mut stream = None;
     loop {
         tokio::time::sleep(period).await;
-        match keep_alive_once(&store, id).await {
+        match keep_alive(&store, id, &mut stream).await {
             Ok(true) => last_ok = tokio::time::Instant::now(),
             Ok(false) => {
                 tracing::warn!(lease = id, "lease expired in the store");
@@ -84,6 +87,7 @@ async fn refresh(store: Store, id: i64, ttl: Duration, lost: watch::Sender<bool>
                 return;
             }
             Err(err) => {
+                stream = None;
                 tracing::warn!(lease = id, "refreshing lease: {}", Chain(&err));
                 if last_ok.elapsed() >= deadline {
                     let _ = lost.send(true);
@@ -94,15 +98,37 @@ async fn refresh(store: Store, id: i64, ttl: Duration, lost: watch::Sender<bool>
     }
 }
 
-/// One keep-alive round trip; `Ok(false)` when the store says the lease is gone.
-async fn keep_alive_once(store: &Store, id: i64) -> StoreResult<bool> {
-    let mut client = store.client();
-    let (mut keeper, mut responses) = store
-        .call("open keep-alive", client.lease_keep_alive(id))
-        .await?;
-    store.call("send keep-alive", keeper.keep_alive()).await?;
-    let response = store.call("await keep-alive", responses.message()).await?;
-    Ok(response.is_some_and(|r| r.ttl() > 0))
+/// A lease's keep-alive stream, opened once and used for every refresh.
+type KeepAliveStream = (LeaseKeeper, LeaseKeepAliveStream);
+
+/// One keep-alive round trip on `stream` (opened first if there is none, again if the store
+/// ended it); `Ok(false)` when the store says the lease is gone.
+async fn keep_alive(
+    store: &Store,
+    id: i64,
+    stream: &mut Option<KeepAliveStream>,
+) -> StoreResult<bool> {
+    for fresh in [stream.is_none(), true] {
+        if fresh {
+            let mut client = store.client();
+            *stream = Some(
+                store
+                    .call("open keep-alive", client.lease_keep_alive(id))
+                    .await?,
+            );
+        }
+        let Some((keeper, responses)) = stream.as_mut() else {
+            continue;
+        };
+        store.call("send keep-alive", keeper.keep_alive()).await?;
+        match store.call("await keep-alive", responses.message()).await? {
+            Some(response) => return Ok(response.ttl() > 0),
+            // The stream ended without an answer: once more on a new one.
+            None if !fresh => *stream = None,
+            None => break,
+        }
+    }
+    Ok(false)
 }
 
 /// Has `shutdown` been signalled? (Reads without holding the borrow across an await.)

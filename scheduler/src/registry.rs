@@ -32,6 +32,10 @@ pub enum RegistryError {
 
 pub type RegistryResult<T> = Result<T, RegistryError>;
 
+/// How many of a command's transactions are in flight at once: a submit of thousands of units
+/// is hundreds of transactions, and one after the other they cost a round trip each.
+const TXNS_IN_FLIGHT: usize = 8;
+
 /// A job as stored: the unit it runs and what should happen to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Job {
@@ -165,54 +169,68 @@ impl Registry {
         }
         let mut seen_names = std::collections::HashSet::new();
         plans.retain(|(unit, _, _)| seen_names.insert(unit.name.to_string()));
-        for chunk in plans.chunks(crate::store::MAX_TXN_OPS / 3) {
-            let mut guards = Vec::new();
-            let mut ops = Vec::new();
-            let mut texts_written = std::collections::HashSet::new();
-            for (unit, hash, outcome) in chunk {
-                let name = unit.name.as_str();
-                let keys = self.store.keys();
-                let object = to_json(&JobRecord {
-                    name: name.to_string(),
-                    unit_hash: hash.clone(),
-                });
-                match outcome {
-                    Submitted::Unchanged => continue,
-                    Submitted::Created => {
-                        guards.push(absent(&keys.job_object(name)));
-                        ops.push(TxnOp::put(
-                            keys.target_state(name),
-                            TargetState::Inactive.as_str(),
-                            None,
-                        ));
-                    }
-                    Submitted::Replaced => {
-                        let revision = existing[name].object_revision;
-                        guards.push(Compare::mod_revision(
-                            keys.job_object(name),
-                            CompareOp::Equal,
-                            revision,
-                        ));
-                    }
-                }
-                if texts_written.insert(hash.clone()) {
-                    ops.push(TxnOp::put(keys.unit(hash), unit.unit.serialize(), None));
-                }
-                ops.push(TxnOp::put(keys.job_object(name), object, None));
-            }
-            if ops.is_empty() {
-                continue;
-            }
-            let txn = Txn::new().when(guards).and_then(ops);
-            if !self.store.txn("submit units", txn).await? {
-                let first = chunk
-                    .first()
-                    .map(|(u, _, _)| u.name.to_string())
-                    .unwrap_or_default();
-                return Err(RegistryError::Raced(first));
+        let chunks: Vec<_> = plans.chunks(crate::store::MAX_TXN_OPS / 3).collect();
+        let mut txns = Vec::with_capacity(chunks.len());
+        let mut firsts = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            if let Some(txn) = self.submit_txn(chunk, &existing) {
+                txns.push(txn);
+                firsts.push(chunk.first().map(|(u, _, _)| u.name.to_string()));
             }
         }
+        let failed = self
+            .store
+            .txns_concurrently("submit units", txns, TXNS_IN_FLIGHT)
+            .await?;
+        if let Some(index) = failed {
+            let first = firsts.get(index).cloned().flatten().unwrap_or_default();
+            return Err(RegistryError::Raced(first));
+        }
         Ok(plans.into_iter().map(|(_, _, outcome)| outcome).collect())
+    }
+
+    /// The transaction that submits `chunk`, guarded as its outcomes require; `None` when
+    /// nothing in it changes.
+    fn submit_txn(
+        &self,
+        chunk: &[(&ValidUnit, String, Submitted)],
+        existing: &BTreeMap<String, Job>,
+    ) -> Option<Txn> {
+        let keys = self.store.keys();
+        let mut guards = Vec::new();
+        let mut ops = Vec::new();
+        let mut texts_written = std::collections::HashSet::new();
+        for (unit, hash, outcome) in chunk {
+            let name = unit.name.as_str();
+            let object = to_json(&JobRecord {
+                name: name.to_string(),
+                unit_hash: hash.clone(),
+            });
+            match outcome {
+                Submitted::Unchanged => continue,
+                Submitted::Created => {
+                    guards.push(absent(&keys.job_object(name)));
+                    ops.push(TxnOp::put(
+                        keys.target_state(name),
+                        TargetState::Inactive.as_str(),
+                        None,
+                    ));
+                }
+                Submitted::Replaced => {
+                    let revision = existing.get(name).map_or(0, |job| job.object_revision);
+                    guards.push(Compare::mod_revision(
+                        keys.job_object(name),
+                        CompareOp::Equal,
+                        revision,
+                    ));
+                }
+            }
+            if texts_written.insert(hash.clone()) {
+                ops.push(TxnOp::put(keys.unit(hash), unit.unit.serialize(), None));
+            }
+            ops.push(TxnOp::put(keys.job_object(name), object, None));
+        }
+        (!ops.is_empty()).then(|| Txn::new().when(guards).and_then(ops))
     }
 
     /// Sets the desired state of existing units (all or none are changed).
@@ -222,23 +240,34 @@ impl Registry {
         state: TargetState,
     ) -> RegistryResult<()> {
         let keys = self.store.keys().clone();
-        for chunk in names.chunks(crate::store::MAX_TXN_OPS) {
-            let guards: Vec<Compare> = chunk
-                .iter()
-                .map(|name| Compare::create_revision(keys.job_object(name), CompareOp::Greater, 0))
-                .collect();
-            let ops: Vec<TxnOp> = chunk
-                .iter()
-                .map(|name| TxnOp::put(keys.target_state(name), state.as_str(), None))
-                .collect();
-            let txn = Txn::new().when(guards).and_then(ops);
-            if !self.store.txn("set target state", txn).await? {
-                let jobs = self.jobs().await?;
-                let missing = chunk.iter().find(|name| !jobs.contains_key(*name));
-                return Err(RegistryError::UnknownUnit(
-                    missing.cloned().unwrap_or_default(),
-                ));
-            }
+        let chunks: Vec<&[String]> = names.chunks(crate::store::MAX_TXN_OPS).collect();
+        let txns = chunks
+            .iter()
+            .map(|chunk| {
+                let guards: Vec<Compare> = chunk
+                    .iter()
+                    .map(|name| {
+                        Compare::create_revision(keys.job_object(name), CompareOp::Greater, 0)
+                    })
+                    .collect();
+                let ops: Vec<TxnOp> = chunk
+                    .iter()
+                    .map(|name| TxnOp::put(keys.target_state(name), state.as_str(), None))
+                    .collect();
+                Txn::new().when(guards).and_then(ops)
+            })
+            .collect();
+        let failed = self
+            .store
+            .txns_concurrently("set target state", txns, TXNS_IN_FLIGHT)
+            .await?;
+        if let Some(index) = failed {
+            let jobs = self.jobs().await?;
+            let chunk = chunks.get(index).copied().unwrap_or_default();
+            let missing = chunk.iter().find(|name| !jobs.contains_key(*name));
+            return Err(RegistryError::UnknownUnit(
+                missing.cloned().unwrap_or_default(),
+            ));
         }
         Ok(())
     }

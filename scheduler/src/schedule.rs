@@ -2,11 +2,24 @@
 //! in-memory; the engine feeds it the cluster it watches and writes the decisions back.
 //!
 //! The decider is fleet's least-loaded one: machines ordered by the number of units scheduled
-//! to them (ties by machine ID), the first that can run the unit wins.
+//! to them (ties by machine ID), the first that can run the unit wins. A unit with
+//! `MachineMetadata` walks only the machines its rules match, kept in load order per rule set
+//! (a `role=db disk=ssd` unit would otherwise pass over every machine of other roles).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::unit::Requirements;
+use crate::unit::{MetadataRule, Requirements};
+
+/// At most this many metadata rule sets get an index; units with others scan every machine.
+pub const MAX_METADATA_INDEXES: usize = 64;
+
+/// The machines one `MachineMetadata` rule set matches, in load order, and how many units
+/// use the rule set (the index goes when the last one does).
+#[derive(Debug, Default, Clone)]
+struct MetadataIndex {
+    by_load: BTreeSet<(usize, String)>,
+    units: usize,
+}
 
 /// A machine as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,25 +58,38 @@ pub struct Placement {
     target: HashMap<String, String>,
     units_on: HashMap<String, BTreeSet<String>>,
     by_load: BTreeSet<(usize, String)>,
+    by_metadata: BTreeMap<Vec<MetadataRule>, MetadataIndex>,
 }
 
 impl Placement {
+    /// Adds a machine, or replaces one whose metadata changed.
     pub fn add_machine(&mut self, machine: Machine) {
-        let load = self.load(&machine.id);
-        self.by_load.insert((load, machine.id.clone()));
+        let entry = (self.load(&machine.id), machine.id.clone());
+        for (rules, index) in &mut self.by_metadata {
+            index.by_load.remove(&entry);
+            if metadata_matches(rules, &machine) {
+                index.by_load.insert(entry.clone());
+            }
+        }
+        self.by_load.insert(entry);
         self.machines.insert(machine.id.clone(), machine);
     }
 
     /// Removes a machine; returns the units that were scheduled to it (now unscheduled).
     pub fn remove_machine(&mut self, id: &str) -> Vec<String> {
-        let Some(_) = self.machines.remove(id) else {
+        if !self.machines.contains_key(id) {
             return Vec::new();
-        };
+        }
+        let entry = (self.load(id), id.to_string());
+        self.by_load.remove(&entry);
+        for index in self.by_metadata.values_mut() {
+            index.by_load.remove(&entry);
+        }
+        self.machines.remove(id);
         let orphans: Vec<String> = self.units_on.remove(id).into_iter().flatten().collect();
         for unit in &orphans {
             self.target.remove(unit);
         }
-        self.by_load.retain(|(_, machine)| machine != id);
         orphans
     }
 
@@ -76,7 +102,63 @@ impl Placement {
     }
 
     pub fn set_requirements(&mut self, unit: &str, requirements: Requirements) {
+        self.release_index(unit);
+        if !requirements.metadata.is_empty() {
+            self.use_index(&requirements.metadata);
+        }
         self.requirements.insert(unit.to_string(), requirements);
+    }
+
+    /// Counts a unit of rule set `rules`, building its index on first use (within the cap).
+    fn use_index(&mut self, rules: &[MetadataRule]) {
+        if let Some(index) = self.by_metadata.get_mut(rules) {
+            index.units += 1;
+            return;
+        }
+        if self.by_metadata.len() >= MAX_METADATA_INDEXES {
+            return;
+        }
+        let by_load = self
+            .by_load
+            .iter()
+            .filter(|(_, id)| {
+                self.machines
+                    .get(id)
+                    .is_some_and(|machine| metadata_matches(rules, machine))
+            })
+            .cloned()
+            .collect();
+        self.by_metadata
+            .insert(rules.to_vec(), MetadataIndex { by_load, units: 1 });
+    }
+
+    /// Stops counting `unit` towards its rule set's index; the last unit's going drops it.
+    fn release_index(&mut self, unit: &str) {
+        let Some(rules) = self.requirements.get(unit).map(|r| &r.metadata) else {
+            return;
+        };
+        if let Some(index) = self.by_metadata.get_mut(rules) {
+            index.units = index.units.saturating_sub(1);
+            if index.units == 0 {
+                self.by_metadata.remove(rules);
+            }
+        }
+    }
+
+    /// Moves `machine` from `load` to `new_load` in the load orders it is in.
+    fn reload(&mut self, machine: &str, load: usize, new_load: usize) {
+        if !self.machines.contains_key(machine) {
+            return;
+        }
+        let old = (load, machine.to_string());
+        let new = (new_load, machine.to_string());
+        self.by_load.remove(&old);
+        self.by_load.insert(new.clone());
+        for index in self.by_metadata.values_mut() {
+            if index.by_load.remove(&old) {
+                index.by_load.insert(new.clone());
+            }
+        }
     }
 
     pub fn requirements(&self, unit: &str) -> Option<&Requirements> {
@@ -85,6 +167,7 @@ impl Placement {
 
     /// Forgets a unit entirely (destroyed); returns the machine it was on.
     pub fn forget(&mut self, unit: &str) -> Option<String> {
+        self.release_index(unit);
         self.requirements.remove(unit);
         self.unassign(unit)
     }
@@ -108,10 +191,7 @@ impl Placement {
         }
         self.unassign(unit);
         let load = self.load(machine);
-        if self.machines.contains_key(machine) {
-            self.by_load.remove(&(load, machine.to_string()));
-            self.by_load.insert((load + 1, machine.to_string()));
-        }
+        self.reload(machine, load, load + 1);
         self.units_on
             .entry(machine.to_string())
             .or_default()
@@ -126,11 +206,7 @@ impl Placement {
         if let Some(units) = self.units_on.get_mut(&machine) {
             units.remove(unit);
         }
-        if self.machines.contains_key(&machine) {
-            self.by_load.remove(&(load, machine.clone()));
-            self.by_load
-                .insert((load.saturating_sub(1), machine.clone()));
-        }
+        self.reload(&machine, load, load.saturating_sub(1));
         Some(machine)
     }
 
@@ -189,13 +265,31 @@ impl Placement {
 
     /// The least-loaded machine able to run `unit`. A unit with `MachineOf` can only go where
     /// its first peer is, so that machine is the only one asked (at 5,000 machines, asking
-    /// them all in load order is what placing a sidecar cost).
+    /// them all in load order is what placing a sidecar cost); one with `MachineMetadata`
+    /// asks only the machines its rules match, in the same order.
     fn first_able(&self, unit: &str) -> Option<&Machine> {
-        let peer = self
+        let rules = self.requirements.get(unit);
+        if let Some(peer) = rules.and_then(|rules| rules.machine_of.first()) {
+            let machine = self.machines.get(self.target.get(peer)?)?;
+            return self.able_to_run(unit, machine).is_ok().then_some(machine);
+        }
+        let order = rules
+            .and_then(|rules| self.by_metadata.get(&rules.metadata))
+            .map_or(&self.by_load, |index| &index.by_load);
+        order
+            .iter()
+            .filter_map(|(_, id)| self.machines.get(id))
+            .find(|machine| self.able_to_run(unit, machine).is_ok())
+    }
+
+    /// [`Self::first_able`] without the metadata indexes: every machine in load order.
+    #[cfg(test)]
+    fn first_able_by_scan(&self, unit: &str) -> Option<&Machine> {
+        if let Some(peer) = self
             .requirements
             .get(unit)
-            .and_then(|rules| rules.machine_of.first());
-        if let Some(peer) = peer {
+            .and_then(|rules| rules.machine_of.first())
+        {
             let machine = self.machines.get(self.target.get(peer)?)?;
             return self.able_to_run(unit, machine).is_ok().then_some(machine);
         }
@@ -237,6 +331,11 @@ pub enum Unschedulable {
         machines: usize,
         refusals: BTreeMap<Refusal, usize>,
     },
+}
+
+/// Does `machine` satisfy the `MachineMetadata` rules `rules`?
+fn metadata_matches(rules: &[MetadataRule], machine: &Machine) -> bool {
+    Requirements::metadata_rules_match(rules, &machine.metadata)
 }
 
 fn describe_refusals(refusals: &BTreeMap<Refusal, usize>) -> String {

@@ -330,6 +330,55 @@ impl Store {
         Ok(true)
     }
 
+    /// [`Self::batched`] with up to `in_flight` transactions at once: every transaction
+    /// still carries `guard`, so once one fails the others that follow fail too. Returns false
+    /// if any guard failed; the transactions that were in flight when it did may have applied.
+    pub async fn batched_concurrently(
+        &self,
+        guard: &[Compare],
+        ops: Vec<TxnOp>,
+        in_flight: usize,
+    ) -> StoreResult<bool> {
+        let txns: Vec<Txn> = ops
+            .chunks(MAX_TXN_OPS)
+            .map(|chunk| Txn::new().when(guard.to_vec()).and_then(chunk.to_vec()))
+            .collect();
+        self.txns_concurrently("batched write", txns, in_flight)
+            .await
+            .map(|failed| failed.is_none())
+    }
+
+    /// Runs `txns`, up to `in_flight` at once, stopping at the first error or failed compare;
+    /// returns the index of a transaction whose compares failed, if one did.
+    pub async fn txns_concurrently(
+        &self,
+        operation: &str,
+        txns: Vec<Txn>,
+        in_flight: usize,
+    ) -> StoreResult<Option<usize>> {
+        let mut running = tokio::task::JoinSet::new();
+        let mut txns = txns.into_iter().enumerate();
+        loop {
+            while running.len() < in_flight.max(1) {
+                let Some((index, txn)) = txns.next() else {
+                    break;
+                };
+                let store = self.clone();
+                let operation = operation.to_string();
+                running.spawn(async move { (index, store.txn(&operation, txn).await) });
+            }
+            let Some(done) = running.join_next().await else {
+                return Ok(None);
+            };
+            let (index, succeeded) = done.map_err(|err| {
+                StoreError::Conflict(format!("{operation}: transaction task failed: {err}"))
+            })?;
+            if !succeeded? {
+                return Ok(Some(index));
+            }
+        }
+    }
+
     pub async fn machines(&self) -> StoreResult<Vec<MachineRecord>> {
         let (pairs, _) = self.get_prefix(&self.keys.machines()).await?;
         pairs

@@ -9,17 +9,17 @@ use aya::{
 };
 use ipnetwork::Ipv4Network;
 use shoal_dataplane_common::{
-    Backend, CONFIG_MAP, COUNTERS_MAP, DataplaneConfig, ENDPOINTS_MAP, ROUTES_MAP,
-    RouteTarget as RawTarget,
+    Backend, CONFIG_MAP, COUNTERS_MAP, DataplaneConfig, ENDPOINTS_MAP, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_TC_WORKLOAD, PROG_XDP_INGRESS, ROUTES_MAP, RouteTarget as RawTarget,
 };
 
 use crate::{
-    AttachMode, Config, DecapHook, EBPF_OBJECT, Endpoint, Error, MacAddr, Result, RouteTarget,
-    Stats,
+    AttachMode, Config, DecapHook, EBPF_OBJECT, Endpoint, Error, MacAddr, ProgramRuns, Result,
+    RouteTarget, Stats,
     attach::{attach_egress, attach_tc_ingress, attach_xdp_ingress},
     clsact::detach_clsact,
     endpoints::{WorkloadMaps, remove_key},
-    error::map_error,
+    error::{map_error, program_error},
     interface::{InterfaceInfo, enable_gro, interface_info, link_kind},
     pins::{ensure_bpffs, remove_pins},
     routes::{KernelRoute, route_key},
@@ -37,7 +37,7 @@ pub struct Dataplane {
     workloads: WorkloadMaps,
     counters: PerCpuArray<MapData, u64>,
     // Keeps the programs loaded while this handle lives (the links keep them attached after).
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl fmt::Debug for Dataplane {
@@ -118,7 +118,7 @@ impl Dataplane {
             routes,
             workloads,
             counters,
-            _ebpf: ebpf,
+            ebpf,
         })
     }
 
@@ -228,6 +228,32 @@ impl Dataplane {
     /// Counter totals over all CPUs.
     pub fn stats(&self) -> Result<Stats> {
         sum_counters(&self.counters).map_err(|source| self.map_error(COUNTERS_MAP, source))
+    }
+
+    /// Run counts and times of the programs this handle loaded (the ones the links run), as the
+    /// kernel counted them since the load; zero unless BPF run statistics are on
+    /// ([`crate::enable_program_stats`]).
+    pub fn program_runs(&self) -> Result<Vec<ProgramRuns>> {
+        let mut runs = Vec::new();
+        let names = [
+            PROG_TC_WORKLOAD,
+            PROG_TC_EGRESS,
+            PROG_TC_INGRESS,
+            PROG_XDP_INGRESS,
+        ];
+        for name in names {
+            // A program this configuration does not use was never loaded.
+            let Some(program) = self.ebpf.program(name).filter(|p| p.fd().is_ok()) else {
+                continue;
+            };
+            let info = program.info().map_err(program_error(name, &self.config))?;
+            runs.push(ProgramRuns {
+                program: name.to_string(),
+                runs: info.run_count(),
+                run_time: info.run_time(),
+            });
+        }
+        Ok(runs)
     }
 
     /// Detaches the programs, removes the kernel routes this dataplane installed and every pin.

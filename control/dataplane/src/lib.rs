@@ -51,7 +51,7 @@ pub use error::{Error, Result};
 pub use mac::MacAddr;
 pub use routes::RouteTarget;
 pub use shoal_dataplane_common::{Backend, Counter, HOP_CACHE_NS};
-pub use stats::{Stats, read_pinned_stats};
+pub use stats::{ProgramRuns, Stats, enable_program_stats, read_pinned_stats};
 
 /// The eBPF object built from `dataplane-ebpf` by this crate's build script.
 pub static EBPF_OBJECT: &[u8] =

@@ -176,6 +176,45 @@ fn bridge_ports_encapsulate_what_the_host_routes_and_leave_the_rest_to_the_bridg
 }
 
 #[test]
+fn program_runs_show_what_each_packet_of_a_workload_flow_costs() {
+    let (cluster, mut dataplanes) = tc_nodes();
+    let (a, b) = (cluster.node(0).container(0), cluster.node(1).container(0));
+    let b_ip = b.ip().expect("ip");
+    assert!(ping(a.ns(), b_ip, 56, 2), "ICMP before registration");
+    for dataplane in &mut dataplanes {
+        assert_eq!(dataplane.sync_endpoints(), 1);
+    }
+    let _stats = shoal_dataplane::enable_program_stats().expect("BPF run statistics");
+    let programs = ["shoal_tc_workload", "shoal_tc_egress", "shoal_tc_ingress"];
+    let before: Vec<_> = programs
+        .iter()
+        .map(|program| dataplanes[0].program_runs(program))
+        .collect();
+    let encapsulated = dataplanes[0].count(Counter::EncapFromWorkloadPackets);
+    assert!(ping(a.ns(), b_ip, 56, 5), "ICMP 0 -> 1");
+    let encapsulated = dataplanes[0].count(Counter::EncapFromWorkloadPackets) - encapsulated;
+    let runs: Vec<_> = programs
+        .iter()
+        .zip(&before)
+        .map(|(program, before)| dataplanes[0].program_runs(program).since(before))
+        .collect();
+    assert!(encapsulated >= 5, "{encapsulated} encapsulated on the port");
+    let (workload, egress, ingress) = (&runs[0], &runs[1], &runs[2]);
+    // Every request went through the port's program, and then past the underlay's egress
+    // program (which only takes off the workload program's mark); every reply came in through
+    // the ingress program.
+    assert!(workload.runs >= encapsulated, "{workload:?}");
+    assert!(egress.runs >= encapsulated, "{egress:?}");
+    assert!(ingress.runs >= 5, "{ingress:?}");
+    for program in &runs {
+        assert!(
+            program.run_time > Duration::ZERO && program.ns_per_run() > 0.0,
+            "{program:?}"
+        );
+    }
+}
+
+#[test]
 fn a_workload_with_a_new_mac_falls_back_to_the_kernel_path() {
     let (cluster, mut dataplanes) = tc_nodes();
     let (a, b) = (cluster.node(0).container(0), cluster.node(1).container(0));

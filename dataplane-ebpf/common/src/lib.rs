@@ -23,6 +23,13 @@ pub const SOURCE_PORT_MIN: u16 = 32768;
 pub const SOURCE_PORT_MAX: u16 = 60999;
 /// TTL of outer IPv4 headers (the kernel VXLAN device's default: the IPv4 default hop limit).
 pub const OUTER_TTL: u8 = 64;
+/// `skb->mark` the workload program gives a packet it encapsulated and redirected to the
+/// underlay device, where the egress program (which every packet sent there meets) takes it off
+/// and passes the packet at once instead of examining it a second time. A packet reaching the
+/// workload program carries no mark of its own (the veth from the workload's namespace scrubbed
+/// it). The kernel never sets this value itself; a firewall rule giving exactly this mark to a
+/// packet for a remote subnet would send it out unencapsulated.
+pub const ENCAPSULATED_MARK: u32 = 0x5ba1_e11c;
 
 /// Name of the LPM trie that maps a remote subnet (key: prefix length, then the 4 address bytes
 /// in network order) to the node that leases it.

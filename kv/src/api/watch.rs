@@ -18,10 +18,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
+use futures::task::AtomicWaker;
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
 use tonic::codec::{Codec, EncodeBuf, Encoder};
@@ -146,10 +149,16 @@ impl Watch for WatchService {
             next_id: 0,
             ticker: None,
         };
-        let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUED);
-        let reader = tokio::spawn(read_requests(request.into_inner(), requests_tx));
+        let (requests_tx, queue) = mpsc::channel(REQUESTS_QUEUED);
+        let arrived = Arc::new(Arrived::default());
+        let reader = tokio::spawn(read_requests(
+            request.into_inner(),
+            requests_tx,
+            arrived.clone(),
+        ));
         Ok(Response::new(Box::pin(session.into_stream(Requests {
-            queue: requests,
+            queue,
+            arrived,
             _reader: AbortOnDrop(reader),
         }))))
     }
@@ -159,22 +168,81 @@ impl Watch for WatchService {
 const REQUESTS_QUEUED: usize = 16;
 
 /// Hands the stream's requests to its session until the client closes its side, the stream
-/// fails or the session is gone.
+/// fails or the session is gone; each one (and the end) raises [`Arrived`].
 async fn read_requests(
     mut inbound: Streaming<pb::WatchRequest>,
     requests: mpsc::Sender<pb::WatchRequest>,
+    arrived: Arc<Arrived>,
 ) {
     while let Ok(Some(request)) = inbound.message().await {
         if requests.send(request).await.is_err() {
             return;
         }
+        arrived.raise();
+    }
+    drop(requests);
+    arrived.raise();
+}
+
+/// Whether the requests queue may hold something, and the session's stream to wake when it
+/// does. The stream looks at the queue only when this is raised: the queue's own check walks
+/// its block list, which every stream paid at every event while requests almost never come.
+#[derive(Default)]
+struct Arrived {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Arrived {
+    /// Called after a request was queued (or the queue closed).
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Takes the signal, or registers the stream to be woken by the next one.
+    fn take(&self, cx: &mut Context<'_>) -> bool {
+        if self.raised.swap(false, Ordering::AcqRel) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.raised.swap(false, Ordering::AcqRel)
     }
 }
 
 /// The session's side of [`read_requests`]: the queue, and the task, stopped with the session.
 struct Requests {
     queue: mpsc::Receiver<pb::WatchRequest>,
+    arrived: Arc<Arrived>,
     _reader: AbortOnDrop,
+}
+
+impl Requests {
+    /// The next request, or `None` once the client closed its side.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<pb::WatchRequest>> {
+        if !self.arrived.take(cx) {
+            return Poll::Pending;
+        }
+        match self.queue.try_recv() {
+            Ok(request) => {
+                // More may be queued behind it: look again at the next step.
+                self.arrived.raised.store(true, Ordering::Release);
+                Poll::Ready(Some(request))
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => Poll::Ready(None),
+            // Taken at an earlier step; the signal was for that one.
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if self.arrived.take(cx) {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<pb::WatchRequest> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -340,7 +408,8 @@ impl Session {
 
     async fn step(&mut self, inbound: &mut Requests) -> Result<(), Closed> {
         tokio::select! {
-            request = inbound.queue.recv() => match request {
+            biased;
+            request = inbound.next() => match request {
                 Some(request) => self.handle(request).await,
                 None => Err(Closed),
             },
@@ -676,5 +745,87 @@ mod history_tests {
                 .collect::<Vec<_>>()
         );
         assert!(revision_chunks(Vec::new(), 2).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod requests_tests {
+    use super::*;
+
+    fn requests() -> (mpsc::Sender<pb::WatchRequest>, Arc<Arrived>, Requests) {
+        let (sender, queue) = mpsc::channel(REQUESTS_QUEUED);
+        let arrived = Arc::new(Arrived::default());
+        let reader = tokio::spawn(std::future::pending::<()>());
+        let requests = Requests {
+            queue,
+            arrived: arrived.clone(),
+            _reader: AbortOnDrop(reader),
+        };
+        (sender, arrived, requests)
+    }
+
+    fn progress() -> pb::WatchRequest {
+        pb::WatchRequest {
+            request_union: Some(RequestUnion::ProgressRequest(Default::default())),
+        }
+    }
+
+    fn poll(requests: &mut Requests) -> Poll<Option<pb::WatchRequest>> {
+        requests.poll_next(&mut Context::from_waker(futures::task::noop_waker_ref()))
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_read_only_once_a_request_was_signalled() {
+        let (sender, arrived, mut requests) = requests();
+        sender.try_send(progress()).unwrap();
+        // Queued but not yet signalled: the stream does not look.
+        assert!(poll(&mut requests).is_pending());
+        arrived.raise();
+        assert!(matches!(poll(&mut requests), Poll::Ready(Some(_))));
+        assert!(poll(&mut requests).is_pending());
+    }
+
+    #[tokio::test]
+    async fn every_queued_request_is_taken_after_one_signal_and_the_end_after_the_last() {
+        let (sender, arrived, mut requests) = requests();
+        for _ in 0..3 {
+            sender.try_send(progress()).unwrap();
+        }
+        arrived.raise();
+        for _ in 0..3 {
+            assert!(matches!(poll(&mut requests), Poll::Ready(Some(_))));
+        }
+        assert!(poll(&mut requests).is_pending());
+        drop(sender);
+        arrived.raise();
+        assert!(matches!(poll(&mut requests), Poll::Ready(None)));
+    }
+
+    #[tokio::test]
+    async fn a_signal_wakes_the_stream_that_found_nothing() {
+        let (sender, arrived, mut requests) = requests();
+        let woken = Arc::new(WakeCount::default());
+        let waker = std::task::Waker::from(woken.clone());
+        assert!(
+            requests
+                .poll_next(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        sender.try_send(progress()).unwrap();
+        arrived.raise();
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            requests.poll_next(&mut Context::from_waker(&waker)),
+            Poll::Ready(Some(_))
+        ));
+    }
+
+    #[derive(Default)]
+    struct WakeCount(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for WakeCount {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }

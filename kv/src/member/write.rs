@@ -175,41 +175,48 @@ impl Member {
         }
     }
 
-    async fn write_batch(&self, mut batch: Vec<WriteWaiter>) {
-        let command = if batch.len() == 1 {
-            batch[0].0.clone()
-        } else {
-            Command::Batch(batch.iter().map(|(c, _)| c.clone()).collect())
+    /// Sends one batch: the queued commands move into it (each proposer kept its own for a
+    /// retry), and each waiter hears its own outcome.
+    async fn write_batch(&self, batch: Vec<WriteWaiter>) {
+        let (mut commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let command = match commands.pop() {
+            Some(command) if commands.is_empty() => command,
+            Some(last) => {
+                commands.push(last);
+                Command::Batch(commands)
+            }
+            None => return,
         };
-        crate::profile::record_duration("batch.size", Duration::from_micros(batch.len() as u64));
+        crate::profile::record_duration("batch.size", Duration::from_micros(waiters.len() as u64));
         let written = match self.leader() {
             Some((leader, _)) if leader == self.id => self.write_here(command).await,
             Some((_, node)) => self.forward(node, command).await,
             None => Written::Retry,
         };
         match written {
-            Written::Done(outcome, index) if batch.len() == 1 => {
-                let (_, waiter) = batch.remove(0);
-                let _ = waiter.send(Written::Done(outcome, index));
+            Written::Done(outcome, index) if waiters.len() == 1 => {
+                if let Some(waiter) = waiters.into_iter().next() {
+                    let _ = waiter.send(Written::Done(outcome, index));
+                }
             }
-            Written::Done(Outcome::Batch(outcomes), index) if outcomes.len() == batch.len() => {
-                for ((_, waiter), outcome) in batch.into_iter().zip(outcomes) {
+            Written::Done(Outcome::Batch(outcomes), index) if outcomes.len() == waiters.len() => {
+                for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
                     let _ = waiter.send(Written::Done(outcome, index));
                 }
             }
             Written::Done(other, _) => {
                 let error = EtcdError::Internal(format!("unexpected batch outcome {other:?}"));
-                for (_, waiter) in batch {
+                for waiter in waiters {
                     let _ = waiter.send(Written::Failed(error.clone()));
                 }
             }
             Written::Failed(error) => {
-                for (_, waiter) in batch {
+                for waiter in waiters {
                     let _ = waiter.send(Written::Failed(error.clone()));
                 }
             }
             Written::Retry => {
-                for (_, waiter) in batch {
+                for waiter in waiters {
                     let _ = waiter.send(Written::Retry);
                 }
             }

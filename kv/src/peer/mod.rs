@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use bincode::Options;
 use bytes::Bytes;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -374,12 +374,48 @@ pub struct PeerConnection {
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<u64, MemberNode, RaftError<u64, E>>>;
 
+/// How long a replication stream waits after a peer was unreachable, then again while it stays
+/// so: openraft's default is 500 ms every time, which a member back after a blip (or a
+/// connection that broke) would wait out with writes through it stalled.
+fn unreachable_backoff() -> impl Iterator<Item = Duration> + Send + 'static {
+    (0u32..).map(|attempt| Duration::from_millis(20 << attempt.min(4)))
+}
+
+/// openraft's name for a call to `target` that got no answer: a call that got none in time is
+/// a [`Timeout`], which openraft simply retries; only a peer that could not be reached (or whose
+/// connection broke) is [`Unreachable`], which holds its replication back for a backoff.
+fn rpc_error<E: std::error::Error>(
+    error: CallError,
+    action: (RPCTypes, u64),
+    target: u64,
+) -> RPCError<u64, MemberNode, E> {
+    match error {
+        e @ CallError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
+        CallError::Timeout(timeout) => {
+            crate::profile::record_duration("net.rpc_timeout", timeout);
+            RPCError::Timeout(Timeout {
+                action: action.0,
+                id: action.1,
+                target,
+                timeout,
+            })
+        }
+        e @ (CallError::NotSent(_) | CallError::Unreachable(_)) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+    }
+}
+
 impl PeerConnection {
+    /// Sends a Raft RPC; `action` is its kind and the sender, for a [`Timeout`]: a follower
+    /// slower than the heartbeat interval (a large append synced on a loaded machine) is not
+    /// unreachable ([`rpc_error`]).
     async fn send<Q, A, E>(
         &self,
         request: &Q,
         option: &RPCOption,
         method: Method,
+        action: (RPCTypes, u64),
     ) -> RpcResult<A, E>
     where
         Q: Serialize,
@@ -400,10 +436,7 @@ impl PeerConnection {
         if answer.is_err() {
             self.metrics.send_failures.inc();
         }
-        let answer = answer.map_err(|e| match e {
-            e @ CallError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
-            e => RPCError::Unreachable(Unreachable::new(&e)),
-        })?;
+        let answer = answer.map_err(|e| rpc_error(e, action, self.target))?;
         answer.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
@@ -433,7 +466,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         }
         let t = Instant::now();
         let n = rpc.entries.len();
-        let r = self.send(&rpc, &option, Method::AppendEntries).await;
+        let from = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        let r = self
+            .send(
+                &rpc,
+                &option,
+                Method::AppendEntries,
+                (RPCTypes::AppendEntries, from),
+            )
+            .await;
         // A heartbeat's round trip (it carries no entries to write) is the peer RTT etcd's
         // prober measures.
         if n == 0 && r.is_ok() {
@@ -455,7 +496,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
-        self.send(&rpc, &option, Method::FullSnapshot).await
+        let from = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        self.send(
+            &rpc,
+            &option,
+            Method::FullSnapshot,
+            (RPCTypes::InstallSnapshot, from),
+        )
+        .await
     }
 
     async fn vote(
@@ -463,7 +511,13 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<u64>> {
-        self.send(&rpc, &option, Method::Vote).await
+        let from = rpc.vote.leader_id().voted_for().unwrap_or_default();
+        self.send(&rpc, &option, Method::Vote, (RPCTypes::Vote, from))
+            .await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(unreachable_backoff())
     }
 }
 
@@ -677,6 +731,32 @@ mod tests {
             entries,
             leader_commit: None,
         }
+    }
+
+    #[test]
+    fn a_call_without_an_answer_in_time_is_a_timeout_not_an_unreachable_peer() {
+        let action = (RPCTypes::AppendEntries, 1);
+        let slow: RPCError<u64, MemberNode> =
+            rpc_error(CallError::Timeout(Duration::from_millis(100)), action, 2);
+        assert!(
+            matches!(slow, RPCError::Timeout(Timeout { target: 2, .. })),
+            "{slow:?}"
+        );
+        for gone in [
+            CallError::NotSent("refused".to_string()),
+            CallError::Unreachable("reset".to_string()),
+        ] {
+            let gone: RPCError<u64, MemberNode> = rpc_error(gone, action, 2);
+            assert!(matches!(gone, RPCError::Unreachable(_)), "{gone:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_retried_soon_then_at_most_every_few_hundred_ms() {
+        let waits: Vec<Duration> = unreachable_backoff().take(8).collect();
+        assert_eq!(waits[0], Duration::from_millis(20));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(waits[7], Duration::from_millis(320));
     }
 
     #[test]

@@ -205,3 +205,66 @@ fn able_to_run_ignores_the_unit_itself() {
     let machine = p.machine(&m).unwrap().clone();
     assert!(p.able_to_run("web@1.service", &machine).is_ok());
 }
+
+#[test]
+fn the_metadata_index_picks_the_machine_a_scan_of_every_machine_picks() {
+    let roles = ["web", "db", "cache"];
+    let mut p = Placement::default();
+    for index in 0..30 {
+        let id = format!("{index:08x}{:024x}", 0);
+        let role = roles[index % 3];
+        let disk = if index % 2 == 0 { "ssd" } else { "hdd" };
+        p.add_machine(machine(&id, &[("role", role), ("disk", disk)]));
+    }
+    let kinds = [
+        "MachineMetadata=role=db\nMachineMetadata=disk=ssd",
+        "MachineMetadata=role=web",
+        "MachineMetadata=role!=db disk=ssd",
+        "",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for index in 0..600 {
+        let unit = format!("u{index}.service");
+        add_unit(&mut p, &unit, kinds[index % kinds.len()]);
+        let scanned = p.first_able_by_scan(&unit).map(|m| m.id.clone());
+        let indexed = p.first_able(&unit).map(|m| m.id.clone());
+        assert_eq!(indexed, scanned, "{unit}");
+        if index % 7 == 0 {
+            // Loads change behind the index's back: units leave, machines change metadata.
+            p.unassign(&format!("u{}.service", next(index + 1)));
+            let changed = next(30);
+            let id = format!("{changed:08x}{:024x}", 0);
+            let role = roles[next(3)];
+            p.add_machine(machine(&id, &[("role", role), ("disk", "ssd")]));
+        }
+        if index % 50 == 49 {
+            let gone = format!("{:08x}{:024x}", next(30), 0);
+            p.remove_machine(&gone);
+            p.add_machine(machine(&gone, &[("role", "db"), ("disk", "ssd")]));
+        }
+        let _ = p.schedule(&unit);
+    }
+    assert!(
+        p.by_metadata.len() <= kinds.len(),
+        "one index per rule set in use"
+    );
+}
+
+#[test]
+fn a_metadata_index_goes_with_the_last_unit_that_uses_it() {
+    let mut p = placement(&[machine(A, &[("role", "db")]), machine(B, &[])]);
+    add_unit(&mut p, "a.service", "MachineMetadata=role=db");
+    add_unit(&mut p, "b.service", "MachineMetadata=role=db");
+    assert_eq!(p.by_metadata.len(), 1);
+    assert_eq!(p.schedule("a.service").unwrap().0, A);
+    p.forget("a.service");
+    assert_eq!(p.by_metadata.len(), 1);
+    add_unit(&mut p, "b.service", "");
+    assert!(p.by_metadata.is_empty());
+}

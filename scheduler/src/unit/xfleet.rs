@@ -16,7 +16,7 @@ pub struct RequirementsError {
 }
 
 /// One `MachineMetadata` term: `key=value` or `key!=value`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MetadataRule {
     pub key: String,
     pub value: String,
@@ -150,14 +150,22 @@ impl Requirements {
 
     /// Does a machine with this metadata satisfy `MachineMetadata`?
     pub fn metadata_matches(&self, machine: &std::collections::BTreeMap<String, String>) -> bool {
+        Self::metadata_rules_match(&self.metadata, machine)
+    }
+
+    /// Does a machine with this metadata satisfy the `MachineMetadata` terms `rules`?
+    pub fn metadata_rules_match(
+        rules: &[MetadataRule],
+        machine: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
         // Without allocating: the engine asks this for every machine it passes over.
-        self.metadata.iter().enumerate().all(|(index, first)| {
-            if self.metadata[..index].iter().any(|r| r.key == first.key) {
+        rules.iter().enumerate().all(|(index, first)| {
+            if rules[..index].iter().any(|r| r.key == first.key) {
                 return true; // this key was judged at its first rule
             }
             let have = machine.get(&first.key);
             let (mut wanted, mut wanted_ok, mut excluded_ok) = (false, false, true);
-            for rule in self.metadata.iter().filter(|r| r.key == first.key) {
+            for rule in rules.iter().filter(|r| r.key == first.key) {
                 if rule.negated {
                     excluded_ok &= have != Some(&rule.value);
                 } else {

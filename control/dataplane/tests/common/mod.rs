@@ -8,7 +8,8 @@ use std::{
 
 use ipnetwork::Ipv4Network;
 use shoal_dataplane::{
-    Backend, Config, Counter, Dataplane, DecapHook, Endpoint, MacAddr, RouteTarget, Stats, TcAttach,
+    Backend, Config, Counter, Dataplane, DecapHook, Endpoint, MacAddr, ProgramRuns, RouteTarget,
+    Stats, TcAttach,
 };
 use shoal_harness::{Cluster, Node, NsWorker, Process};
 
@@ -124,6 +125,16 @@ impl NodeDataplane {
 
     pub fn count(&self, counter: Counter) -> u64 {
         self.stats().get(counter)
+    }
+
+    /// Runs of the named program so far (counted while BPF run statistics are on).
+    pub fn program_runs(&self, program: &str) -> ProgramRuns {
+        self.dp()
+            .program_runs()
+            .expect("reading program runs")
+            .into_iter()
+            .find(|runs| runs.program == program)
+            .unwrap_or_else(|| panic!("no program {program} loaded"))
     }
 
     fn dp(&self) -> &Dataplane {
