@@ -32,6 +32,23 @@ fn attrs(public_ip: Ipv4Addr) -> LeaseAttrs {
     }
 }
 
+/// Node `10.99.0.<host>` takes its lease as `shoal flannel` starts: no previous subnet, the
+/// 24 h etcd lease.
+async fn acquire_as(
+    registry: &mut Registry,
+    config: &NetworkConfig,
+    host: u8,
+) -> Result<acquire::OwnLease, AcquireError> {
+    acquire::acquire(
+        registry,
+        config,
+        &attrs(Ipv4Addr::new(10, 99, 0, host)),
+        None,
+        LEASE_TTL,
+    )
+    .await
+}
+
 async fn registry(etcd: &StoreCluster) -> Registry {
     Registry::connect(&StoreOptions {
         endpoints: vec![etcd.endpoint()],
@@ -48,15 +65,9 @@ async fn leases_are_written_as_flannel_writes_them(kind: StoreKind) {
     let config =
         NetworkConfig::parse(r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#)
             .expect("valid");
-    let own = acquire::acquire(
-        &mut registry,
-        &config,
-        &attrs(Ipv4Addr::new(10, 99, 0, 1)),
-        None,
-        LEASE_TTL,
-    )
-    .await
-    .expect("acquired");
+    let own = acquire_as(&mut registry, &config, 1)
+        .await
+        .expect("acquired");
     let leases = etcd.leases();
     assert_eq!(leases.len(), 1);
     let (key, value) = &leases[0];
@@ -96,61 +107,30 @@ async fn restarts_keep_the_subnet_and_reservations_are_never_taken(kind: StoreKi
         &format!("{PREFIX}/subnets/10.5.0.8-30"),
         r#"{"PublicIP":"10.99.0.200","BackendType":"host-gw"}"#,
     );
-    let first = acquire::acquire(
-        &mut registry,
-        &config,
-        &attrs(Ipv4Addr::new(10, 99, 0, 1)),
-        None,
-        LEASE_TTL,
-    )
-    .await
-    .expect("first node");
-    let second = acquire::acquire(
-        &mut registry,
-        &config,
-        &attrs(Ipv4Addr::new(10, 99, 0, 2)),
-        None,
-        LEASE_TTL,
-    )
-    .await
-    .expect("second node");
+    let first = acquire_as(&mut registry, &config, 1)
+        .await
+        .expect("first node");
+    let second = acquire_as(&mut registry, &config, 2)
+        .await
+        .expect("second node");
     let reserved: Ipv4Network = "10.5.0.8/30".parse().expect("cidr");
     assert_ne!(first.subnet, reserved);
     assert_ne!(second.subnet, reserved);
     assert_ne!(first.subnet, second.subnet);
-    let third = acquire::acquire(
-        &mut registry,
-        &config,
-        &attrs(Ipv4Addr::new(10, 99, 0, 3)),
-        None,
-        LEASE_TTL,
-    )
-    .await;
+    let third = acquire_as(&mut registry, &config, 3).await;
     assert!(
         matches!(third, Err(AcquireError::OutOfSubnets { .. })),
         "{third:?}"
     );
     // A restart (same public IP) gets the same subnet back.
-    let again = acquire::acquire(
-        &mut registry,
-        &config,
-        &attrs(Ipv4Addr::new(10, 99, 0, 1)),
-        None,
-        LEASE_TTL,
-    )
-    .await
-    .expect("restarted node");
+    let again = acquire_as(&mut registry, &config, 1)
+        .await
+        .expect("restarted node");
     assert_eq!(again.subnet, first.subnet);
     // The reservation's owner gets its reservation, still without an etcd lease.
-    let owner = acquire::acquire(
-        &mut registry,
-        &config,
-        &attrs(Ipv4Addr::new(10, 99, 0, 200)),
-        None,
-        LEASE_TTL,
-    )
-    .await
-    .expect("reservation owner");
+    let owner = acquire_as(&mut registry, &config, 200)
+        .await
+        .expect("reservation owner");
     assert_eq!(owner.subnet, reserved);
     assert_eq!(owner.etcd_lease, 0);
     // A node whose lease expired comes back on its previous subnet (from subnet.env).
@@ -176,14 +156,7 @@ async fn concurrent_nodes_never_share_a_subnet(kind: StoreKind) {
         let mut registry = registry(&etcd).await;
         let config = config.clone();
         tasks.push(tokio::spawn(async move {
-            acquire::acquire(
-                &mut registry,
-                &config,
-                &attrs(Ipv4Addr::new(10, 99, 0, node)),
-                None,
-                LEASE_TTL,
-            )
-            .await
+            acquire_as(&mut registry, &config, node).await
         }));
     }
     let mut subnets = HashSet::new();
@@ -225,24 +198,11 @@ async fn an_etcd_lease_granted_but_not_needed_is_revoked(kind: StoreKind) {
             &format!(r#"{{"PublicIP":"10.99.0.{owner}","BackendType":"host-gw"}}"#),
         );
     }
-    let owner = acquire::acquire(
-        &mut registry,
-        &config,
-        &attrs(Ipv4Addr::new(10, 99, 0, 200)),
-        None,
-        LEASE_TTL,
-    )
-    .await
-    .expect("reservation owner");
+    let owner = acquire_as(&mut registry, &config, 200)
+        .await
+        .expect("reservation owner");
     assert_eq!(owner.etcd_lease, 0);
-    let refused = acquire::acquire(
-        &mut registry,
-        &config,
-        &attrs(Ipv4Addr::new(10, 99, 0, 1)),
-        None,
-        LEASE_TTL,
-    )
-    .await;
+    let refused = acquire_as(&mut registry, &config, 1).await;
     assert!(
         matches!(refused, Err(AcquireError::OutOfSubnets { .. })),
         "{refused:?}"
