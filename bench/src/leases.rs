@@ -25,7 +25,7 @@ use shoal_flannel::{
     config::NetworkConfig,
     lease::{BackendData, Lease, LeaseAttrs, VxlanBackendData, format_mac},
     registry::Registry,
-    sync::{LeaseScope, LeaseSync, PeerSink},
+    sync::{LeaseScope, LeaseSync, PeerSink, WatchTally},
 };
 use shoal_harness::{StoreCluster, StoreKind, binaries};
 
@@ -80,6 +80,16 @@ struct Outcome {
     client_cpu_s: f64,
     /// This process's resident memory when the round ended.
     client_rss_mb: f64,
+    /// The client's CPU milliseconds per simulated node.
+    client_cpu_ms_per_node: f64,
+    /// What this process's resident memory grew by during the round, per node.
+    client_rss_kb_per_node: f64,
+    /// Lease watch responses that carried events, summed over the nodes.
+    watch_responses: u64,
+    /// The events they carried.
+    watch_events: u64,
+    /// Events per such response (1 means one message per event per node).
+    events_per_response: f64,
 }
 
 /// What a run of the suite measures.
@@ -120,9 +130,13 @@ pub fn run(settings: &Settings) -> Result<String> {
                     .context("writing the network config")?;
                 let outcome = runtime.block_on(run_nodes(kind, &cluster, nodes))?;
                 eprintln!(
-                    "leases: {} converged in {:.2} s (this client process: {:.0} MiB resident)",
+                    "leases: {} converged in {:.2} s (store CPU {:.1} s, client CPU {:.1} s, \
+                     {:.2} events per watch response; this client process: {:.0} MiB resident)",
                     label(kind),
                     outcome.all_known_s,
+                    outcome.store_cpu_s,
+                    outcome.client_cpu_s,
+                    outcome.events_per_response,
                     rss_mb(&[std::process::id()], "VmRSS:")
                 );
                 rounds.push(outcome);
@@ -227,6 +241,9 @@ impl PeerSink for Knowledge {
     }
 
     async fn resynced(&mut self, keep: &[Ipv4Network]) -> BackendResult<()> {
+        // A set, not `keep.contains`: a node's first list holds up to every lease, and a scan
+        // per known lease would cost each node the square of the node count.
+        let keep: HashSet<&Ipv4Network> = keep.iter().collect();
         self.known.retain(|subnet| keep.contains(subnet));
         Ok(())
     }
@@ -250,6 +267,8 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
     let client = [std::process::id()];
     let cpu_before = cpu_seconds(&member_pids(cluster));
     let client_cpu_before = cpu_seconds(&client);
+    let client_rss_before_mb = rss_mb(&client, "VmRSS:");
+    let tally = Arc::new(WatchTally::default());
     let rss_before_mb = rss_mb(&member_pids(cluster), "VmRSS:");
     let converged = Arc::new(Mutex::new(Vec::with_capacity(nodes)));
     let acquired = Arc::new(Mutex::new(Vec::with_capacity(nodes)));
@@ -259,11 +278,12 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
     let mut tasks = Vec::with_capacity(nodes);
     for (node, registry) in registries.into_iter().enumerate() {
         let config = config.clone();
-        let (converged, acquired, done, races) = (
+        let (converged, acquired, done, races, tally) = (
             converged.clone(),
             acquired.clone(),
             done.clone(),
             races.clone(),
+            tally.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let progress = Progress {
@@ -272,6 +292,7 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
                 acquired,
                 done,
                 races,
+                tally,
             };
             simulate_node(node, nodes, registry, config, progress).await
         }));
@@ -299,6 +320,7 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
     let store_cpu_s = cpu_seconds(&member_pids(cluster)) - cpu_before;
     let client_cpu_s = cpu_seconds(&client) - client_cpu_before;
     let client_rss_mb = rss_mb(&client, "VmRSS:");
+    let (watch_responses, watch_events) = (tally.responses(), tally.events());
     for task in &tasks {
         task.abort();
     }
@@ -331,6 +353,12 @@ async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Res
         races: races.load(Ordering::SeqCst),
         client_cpu_s,
         client_rss_mb,
+        client_cpu_ms_per_node: client_cpu_s * 1000.0 / nodes as f64,
+        client_rss_kb_per_node: (client_rss_mb - client_rss_before_mb).max(0.0) * 1024.0
+            / nodes as f64,
+        watch_responses,
+        watch_events,
+        events_per_response: watch_events as f64 / watch_responses.max(1) as f64,
     })
 }
 
@@ -342,6 +370,8 @@ struct Progress {
     done: Arc<AtomicUsize>,
     /// Create-if-absent transactions the nodes lost.
     races: Arc<AtomicUsize>,
+    /// What the nodes' lease watches delivered.
+    tally: Arc<WatchTally>,
 }
 
 /// One node: take a lease exactly as `shoal flannel` does, then follow every lease.
@@ -358,6 +388,7 @@ async fn simulate_node(
         acquired,
         done,
         races,
+        tally,
     } = progress;
     let public_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + node as u32 + 1);
     let attrs = LeaseAttrs {
@@ -388,7 +419,7 @@ async fn simulate_node(
         network: config.network,
         underlay: Vec::new(),
     };
-    let mut sync = LeaseSync::new(registry, own.subnet, scope);
+    let mut sync = LeaseSync::new(registry, own.subnet, scope).with_tally(tally);
     let end = sync.run_from(Some(own.snapshot), &mut knowledge).await;
     Err(anyhow::Error::new(end))
 }
@@ -437,7 +468,7 @@ fn table(sizes: &[Size]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>6} {:>14} {:>14} {:>12} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>6} {:>12} {:>13}",
+        "{:<10} {:>6} {:>14} {:>14} {:>12} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>6} {:>12} {:>13} {:>14} {:>14} {:>8}",
         "store",
         "nodes",
         "all leased (s)",
@@ -451,13 +482,16 @@ fn table(sizes: &[Size]) -> String {
         "leases",
         "races",
         "client CPU s",
-        "client RSS MB"
+        "client RSS MB",
+        "client ms/node",
+        "client KB/node",
+        "ev/resp"
     );
     for size in sizes {
         for o in &size.median {
             let _ = writeln!(
                 out,
-                "{:<10} {:>6} {:>14.2} {:>14.2} {:>12.2} {:>11.1} {:>11.1} {:>11.1} {:>11.2} {:>11.1} {:>7} {:>6} {:>12.1} {:>13.0}",
+                "{:<10} {:>6} {:>14.2} {:>14.2} {:>12.2} {:>11.1} {:>11.1} {:>11.1} {:>11.2} {:>11.1} {:>7} {:>6} {:>12.1} {:>13.0} {:>14.2} {:>14.1} {:>8.2}",
                 o.store,
                 o.nodes,
                 o.all_acquired_s,
@@ -471,7 +505,10 @@ fn table(sizes: &[Size]) -> String {
                 o.leases_stored,
                 o.races,
                 o.client_cpu_s,
-                o.client_rss_mb
+                o.client_rss_mb,
+                o.client_cpu_ms_per_node,
+                o.client_rss_kb_per_node,
+                o.events_per_response
             );
         }
     }

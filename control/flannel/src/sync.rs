@@ -6,7 +6,14 @@
 //! A lease becomes a route, so the store must not be able to redirect the host's own traffic:
 //! only leases inside the overlay network that overlap none of the underlay's connected
 //! subnets are programmed ([`LeaseScope`]); any other is ignored with a warning.
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use ipnetwork::Ipv4Network;
 use shoal_store_client::EtcdError;
@@ -89,6 +96,33 @@ impl LeaseScope {
     }
 }
 
+/// What lease watches delivered: responses that carried events, and their events. Shared by
+/// any number of [`LeaseSync`]s (a benchmark's simulated nodes), so counted atomically.
+#[derive(Debug, Default)]
+pub struct WatchTally {
+    responses: AtomicU64,
+    events: AtomicU64,
+}
+
+impl WatchTally {
+    /// Watch responses that carried at least one event.
+    pub fn responses(&self) -> u64 {
+        self.responses.load(Ordering::Relaxed)
+    }
+
+    /// Events those responses carried.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, events: usize) {
+        if events > 0 {
+            self.responses.fetch_add(1, Ordering::Relaxed);
+            self.events.fetch_add(events as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Follows every lease of the network, except this node's own.
 #[derive(Debug)]
 pub struct LeaseSync {
@@ -96,6 +130,7 @@ pub struct LeaseSync {
     own: Ipv4Network,
     scope: LeaseScope,
     known: HashMap<Ipv4Network, Lease>,
+    tally: Option<Arc<WatchTally>>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -107,7 +142,14 @@ impl LeaseSync {
             own,
             scope,
             known: HashMap::new(),
+            tally: None,
         }
+    }
+
+    /// Counts what this sync's watches deliver into `tally`.
+    pub fn with_tally(mut self, tally: Arc<WatchTally>) -> Self {
+        self.tally = Some(tally);
+        self
     }
 
     /// The peers' leases known right now.
@@ -221,6 +263,9 @@ impl LeaseSync {
                 );
                 return Ok(None);
             }
+            if let Some(tally) = &self.tally {
+                tally.record(response.events().len());
+            }
             for event in Registry::decode_events(response.events()) {
                 if let Some(end) = self.apply(sink, event).await {
                     return Ok(Some(end));
@@ -284,6 +329,15 @@ mod tests {
 
     fn net(text: &str) -> Ipv4Network {
         text.parse().expect("CIDR")
+    }
+
+    #[test]
+    fn the_tally_counts_only_responses_that_carry_events() {
+        let tally = WatchTally::default();
+        for events in [0, 3, 0, 1] {
+            tally.record(events);
+        }
+        assert_eq!((tally.responses(), tally.events()), (2, 4));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use shoal_flannel::{
     config::NetworkConfig,
     lease::{Lease, LeaseAttrs},
     registry::{Registry, StoreOptions},
-    sync::{LeaseScope, LeaseSync, PeerSink},
+    sync::{LeaseScope, LeaseSync, PeerSink, WatchTally},
 };
 use shoal_harness::{StoreCluster, StoreKind};
 
@@ -270,7 +270,9 @@ async fn the_watch_loses_no_update_between_list_and_watch(kind: StoreKind) {
         network: config.network,
         underlay: Vec::new(),
     };
-    let mut sync = LeaseSync::new(registry(&etcd).await, own.subnet, scope);
+    let tally = Arc::new(WatchTally::default());
+    let mut sync =
+        LeaseSync::new(registry(&etcd).await, own.subnet, scope).with_tally(tally.clone());
     let watcher = tokio::spawn(async move { sync.run(&mut sink).await });
     // Writes racing with the watcher's first list and the start of its watch.
     let mut expected = HashSet::new();
@@ -307,6 +309,13 @@ async fn the_watch_loses_no_update_between_list_and_watch(kind: StoreKind) {
         .expect("watcher stops")
         .expect("watcher task");
     assert!(end.to_string().contains("was deleted or expired"), "{end}");
+    // The deletions came after the watcher's list, so through its watch, and the tally saw
+    // them: at least one event per response that carried any.
+    assert!(tally.events() > removed.len() as u64, "{tally:?}");
+    assert!(
+        (1..=tally.events()).contains(&tally.responses()),
+        "{tally:?}"
+    );
 }
 
 /// Every test above, once against etcd 3.4 and once against shoal kv.
