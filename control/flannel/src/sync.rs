@@ -129,9 +129,14 @@ pub struct LeaseSync {
     registry: Registry,
     own: Ipv4Network,
     scope: LeaseScope,
-    known: HashMap<Ipv4Network, Lease>,
+    known: KnownLeases,
     tally: Option<Arc<WatchTally>>,
 }
+
+/// The peers' leases by subnet. Hashed with foldhash (seeded per map), not SipHash: a node
+/// hashes every peer's subnet on each event and each list, and the keys are the store's lease
+/// keys, not an attacker's choice of many.
+pub type KnownLeases = HashMap<Ipv4Network, Lease, foldhash::fast::RandomState>;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -141,7 +146,7 @@ impl LeaseSync {
             registry,
             own,
             scope,
-            known: HashMap::new(),
+            known: KnownLeases::default(),
             tally: None,
         }
     }
@@ -153,7 +158,7 @@ impl LeaseSync {
     }
 
     /// The peers' leases known right now.
-    pub fn known(&self) -> &HashMap<Ipv4Network, Lease> {
+    pub fn known(&self) -> &KnownLeases {
         &self.known
     }
 
@@ -211,7 +216,7 @@ impl LeaseSync {
 
     async fn apply_snapshot(&mut self, snapshot: Snapshot, sink: &mut dyn PeerSink) -> i64 {
         let Snapshot { leases, revision } = snapshot;
-        let current: HashMap<Ipv4Network, Lease> = leases
+        let current: KnownLeases = leases
             .into_iter()
             .filter(|lease| lease.subnet != self.own && self.scope.admits(lease.subnet))
             .map(|lease| (lease.subnet, lease))
@@ -225,6 +230,9 @@ impl LeaseSync {
         for lease in gone {
             self.forget(sink, lease.subnet).await;
         }
+        // One allocation for a first list of every lease, instead of growing through it.
+        self.known
+            .reserve(current.len().saturating_sub(self.known.len()));
         for lease in current.into_values() {
             self.learn(sink, lease).await;
         }
