@@ -141,6 +141,11 @@ impl Keys {
         format!("{}machines/{id}/object", self.prefix)
     }
 
+    /// `unit/`: every unit text.
+    pub fn units(&self) -> String {
+        format!("{}unit/", self.prefix)
+    }
+
     pub fn unit(&self, hash: &str) -> String {
         format!("{}unit/{hash}", self.prefix)
     }
@@ -294,10 +299,37 @@ impl Store {
 
     /// Every key/value under `prefix`, and the store revision they were read at.
     pub async fn get_prefix(&self, prefix: &str) -> StoreResult<(Vec<(String, String)>, i64)> {
+        self.range(
+            prefix,
+            GetOptions::new().with_prefix(),
+            format!("get {prefix}*"),
+        )
+        .await
+    }
+
+    /// Every key/value under `prefix` as it was at `revision` (several prefixes read as one
+    /// snapshot).
+    pub async fn get_prefix_at(
+        &self,
+        prefix: &str,
+        revision: i64,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let options = GetOptions::new().with_prefix().with_revision(revision);
+        let (pairs, _) = self
+            .range(prefix, options, format!("get {prefix}* at {revision}"))
+            .await?;
+        Ok(pairs)
+    }
+
+    async fn range(
+        &self,
+        prefix: &str,
+        options: GetOptions,
+        operation: String,
+    ) -> StoreResult<(Vec<(String, String)>, i64)> {
         let mut client = self.client.client();
-        let options = GetOptions::new().with_prefix();
         let response = self
-            .call(&format!("get {prefix}*"), client.get(prefix, Some(options)))
+            .call(&operation, client.get(prefix, Some(options)))
             .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let mut pairs = Vec::with_capacity(response.kvs().len());
