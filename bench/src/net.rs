@@ -20,7 +20,9 @@
 //! them alike, every other round in reverse order. Metrics: single-stream TCP (iperf3, client on
 //! CPU 0 and server on CPU 1: left to the scheduler the same configuration ranged 10-16 Gbit/s
 //! between rounds, pinned it stays within ~5%), and again left to the scheduler, as a container
-//! runs; 64-byte UDP packets per second delivered to the receiving container's UDP layer by two
+//! runs, with the CPU time iperf3's client and server spend per KB received (their user and
+//! system time, which includes the packet path's softirq work run in their context); 64-byte
+//! UDP packets per second delivered to the receiving container's UDP layer by two
 //! saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99 (sockperf
 //! ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte packet (the
 //! senders' user+system time plus the machine's softirq time during the flood); for shoal's
@@ -148,6 +150,12 @@ struct Sample {
     tcp_gbps: f64,
     /// Left to the scheduler.
     tcp_unpinned_gbps: f64,
+    /// CPU time of the iperf3 client and server per KB received, pinned and unpinned: their
+    /// user and system time, which includes the softirq work (both nodes' packet path) run in
+    /// their context. Noise moves it less than the rate: a busy machine takes CPU away from
+    /// iperf3 but adds little to what each byte costs.
+    tcp_cpu_ns_per_kb: f64,
+    tcp_unpinned_cpu_ns_per_kb: f64,
     udp64_pps: f64,
     latency_p50_us: f64,
     latency_p99_us: f64,
@@ -450,8 +458,15 @@ fn iperf3_json(ns: &Namespace, args: &[&str]) -> anyhow::Result<serde_json::Valu
 
 const PORT: &str = "5201";
 
-/// Single-stream TCP in Gbit/s; `pinned`: client on CPU 0, server on CPU 1.
-fn measure_tcp(bed: &Testbed, pinned: bool) -> anyhow::Result<f64> {
+/// What one iperf3 run measured.
+struct TcpRun {
+    gbps: f64,
+    /// Client and server CPU nanoseconds per KB received.
+    cpu_ns_per_kb: f64,
+}
+
+/// Single-stream TCP; `pinned`: client on CPU 0, server on CPU 1.
+fn measure_tcp(bed: &Testbed, pinned: bool) -> anyhow::Result<TcpRun> {
     let _server = Server::start(bed.server(), "iperf3", &["-s", "-1", "-p", PORT])?;
     let ip = bed.server_ip()?.to_string();
     let seconds = SECONDS.to_string();
@@ -460,10 +475,24 @@ fn measure_tcp(bed: &Testbed, pinned: bool) -> anyhow::Result<f64> {
         args.extend(["-A", "0,1"]);
     }
     let json = iperf3_json(bed.client(), &args)?;
-    let bps = json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 reported no received rate")?;
-    Ok(bps / 1e9)
+    let received = &json["end"]["sum_received"];
+    let number = |value: &serde_json::Value, what: &str| {
+        value
+            .as_f64()
+            .with_context(|| format!("iperf3 reported no {what}"))
+    };
+    let bps = number(&received["bits_per_second"], "received rate")?;
+    let bytes = number(&received["bytes"], "received bytes")?;
+    let seconds = number(&received["seconds"], "test duration")?;
+    // Each side's user + system time as a percentage of the test's wall-clock time.
+    let cpu = &json["end"]["cpu_utilization_percent"];
+    let cpu_percent =
+        number(&cpu["host_total"], "client CPU")? + number(&cpu["remote_total"], "server CPU")?;
+    let cpu_ns = cpu_percent / 100.0 * seconds * 1e9;
+    Ok(TcpRun {
+        gbps: bps / 1e9,
+        cpu_ns_per_kb: cpu_ns / (bytes.max(1.0) / 1024.0),
+    })
 }
 
 /// Machine-wide softirq time in seconds (from /proc/stat).
@@ -637,11 +666,10 @@ fn measure(layout: Layout) -> anyhow::Result<Sample> {
     let mut bed = Testbed::build(layout).with_context(|| format!("building {name}"))?;
     bed.warm_up()
         .with_context(|| format!("warming up {name}"))?;
-    let tcp_gbps = measure_tcp(&bed, true).with_context(|| format!("TCP on {name}"))?;
+    let pinned = measure_tcp(&bed, true).with_context(|| format!("TCP on {name}"))?;
     let runs_before = bed.program_runs()?;
     let started = Instant::now();
-    let tcp_unpinned_gbps =
-        measure_tcp(&bed, false).with_context(|| format!("unpinned TCP on {name}"))?;
+    let unpinned = measure_tcp(&bed, false).with_context(|| format!("unpinned TCP on {name}"))?;
     let programs_unpinned_tcp = ProgramCost::between(
         &runs_before,
         &bed.program_runs()?,
@@ -652,8 +680,10 @@ fn measure(layout: Layout) -> anyhow::Result<Sample> {
     let (latency_p50_us, latency_p99_us) =
         measure_latency(&bed).with_context(|| format!("latency on {name}"))?;
     Ok(Sample {
-        tcp_gbps,
-        tcp_unpinned_gbps,
+        tcp_gbps: pinned.gbps,
+        tcp_unpinned_gbps: unpinned.gbps,
+        tcp_cpu_ns_per_kb: pinned.cpu_ns_per_kb,
+        tcp_unpinned_cpu_ns_per_kb: unpinned.cpu_ns_per_kb,
         udp64_pps,
         latency_p50_us,
         latency_p99_us,
@@ -676,6 +706,8 @@ fn median_sample(rounds: &[Sample]) -> Sample {
     Sample {
         tcp_gbps: of(|s| s.tcp_gbps),
         tcp_unpinned_gbps: of(|s| s.tcp_unpinned_gbps),
+        tcp_cpu_ns_per_kb: of(|s| s.tcp_cpu_ns_per_kb),
+        tcp_unpinned_cpu_ns_per_kb: of(|s| s.tcp_unpinned_cpu_ns_per_kb),
         udp64_pps: of(|s| s.udp64_pps),
         latency_p50_us: of(|s| s.latency_p50_us),
         latency_p99_us: of(|s| s.latency_p99_us),
@@ -806,6 +838,16 @@ fn bridge_ratios<'a>(find: &dyn Fn(&str) -> Option<&'a Sample>) -> Vec<Ratio> {
             None,
         ),
         ratio(
+            "bridge: shoal-vxlan / host-gw TCP CPU per KB (pinned)",
+            s.tcp_cpu_ns_per_kb / h.tcp_cpu_ns_per_kb,
+            None,
+        ),
+        ratio(
+            "bridge: shoal-vxlan / host-gw TCP CPU per KB (unpinned)",
+            s.tcp_unpinned_cpu_ns_per_kb / h.tcp_unpinned_cpu_ns_per_kb,
+            None,
+        ),
+        ratio(
             "bridge: shoal-vxlan / host-gw 64-byte UDP pps",
             s.udp64_pps / h.udp64_pps,
             None,
@@ -853,27 +895,59 @@ fn target_ratios(prefix: &str, s: &Sample, k: &Sample, h: &Sample) -> Vec<Ratio>
     ]
 }
 
-/// The results table: each configuration's medians, then the ratios against the targets.
+/// The results table: each configuration's medians, every round's TCP rates and latencies,
+/// then the ratios against the targets.
 fn table(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<20} {:>10} {:>10} {:>14} {:>10} {:>10} {:>12}",
-        "config", "TCP Gbit/s", "unpinned", "UDP64 pkt/s", "p50 us", "p99 us", "CPU ns/pkt"
+        "\n{:<20} {:>10} {:>10} {:>14} {:>10} {:>10} {:>12} {:>11} {:>11}",
+        "config",
+        "TCP Gbit/s",
+        "unpinned",
+        "UDP64 pkt/s",
+        "p50 us",
+        "p99 us",
+        "CPU ns/pkt",
+        "TCP ns/KB",
+        "unpinned"
     );
     for config in &report.configs {
         let m = &config.median;
         let _ = writeln!(
             out,
-            "{:<20} {:>10.2} {:>10.2} {:>14.0} {:>10.1} {:>10.1} {:>12.0}",
+            "{:<20} {:>10.2} {:>10.2} {:>14.0} {:>10.1} {:>10.1} {:>12.0} {:>11.0} {:>11.0}",
             config.name,
             m.tcp_gbps,
             m.tcp_unpinned_gbps,
             m.udp64_pps,
             m.latency_p50_us,
             m.latency_p99_us,
-            m.cpu_ns_per_packet
+            m.cpu_ns_per_packet,
+            m.tcp_cpu_ns_per_kb,
+            m.tcp_unpinned_cpu_ns_per_kb
         );
+    }
+    let _ = writeln!(
+        out,
+        "\nevery round: TCP Gbit/s pinned / unpinned, TCP CPU ns/KB pinned / unpinned, p50 us"
+    );
+    for config in &report.configs {
+        let rounds: Vec<String> = config
+            .rounds
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:.2}/{:.2} {:.0}/{:.0} {:.1}",
+                    s.tcp_gbps,
+                    s.tcp_unpinned_gbps,
+                    s.tcp_cpu_ns_per_kb,
+                    s.tcp_unpinned_cpu_ns_per_kb,
+                    s.latency_p50_us
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "{:<20} {}", config.name, rounds.join(" | "));
     }
     let with_programs: Vec<&ConfigResult> = report
         .configs
@@ -921,6 +995,7 @@ metrics = [
     ("latency_p50_us", "UDP ping-pong p50 (us, one way)"),
     ("latency_p99_us", "UDP ping-pong p99 (us, one way)"),
     ("cpu_ns_per_packet", "CPU per 64-byte packet (ns)"),
+    ("tcp_unpinned_cpu_ns_per_kb", "TCP unpinned, iperf3 CPU per KB (ns)"),
 ]
 fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 5))
 colors = ["#888888", "#d62728", "#1f77b4", "#6baed6", "#2ca02c",

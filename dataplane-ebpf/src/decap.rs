@@ -10,7 +10,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use shoal_dataplane_common::{
-    Backend, CachedHop, Counter, DataplaneConfig, HopKey, HopKind, UDP_OVERHEAD, VXLAN_OVERHEAD,
+    Backend, CachedHop, Counter, DataplaneConfig, HopKey, HopKind, LocalEndpoint, UDP_OVERHEAD,
+    VXLAN_OVERHEAD,
 };
 
 use crate::{
@@ -18,7 +19,7 @@ use crate::{
         ETH_LEN, ETHERTYPE_IPV4, EthHdr, IPPROTO_UDP, IPV4_LEN, IPV4_NO_OPTIONS, Ipv4Hdr, UDP_LEN,
         UdpHdr, VXLAN_LEN, VxlanHdr, fib_params, in_subnet,
     },
-    maps::{cache_hop, cached_hop, config, count, endpoint_for, route_for},
+    maps::{cached_hop, config, count, endpoint_for, hop_from, remember_hop, route_for},
 };
 
 /// Offsets with an option-less outer IPv4 header.
@@ -293,11 +294,7 @@ fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
     if inner.ttl <= 1 {
         return None;
     }
-    let endpoint = endpoint_for(inner.dst)?;
-    let hop = kernel_hop_to(ctx, cfg, &inner)?;
-    if hop.ifindex != endpoint.via_ifindex || hop.dmac != endpoint.mac {
-        return None;
-    }
+    let hop = direct_hop(ctx, cfg, &inner)?;
     // The frame as the kernel would forward it, in one store: the next hop's MACs, the
     // inner header with TTL - 1.
     let head = ForwardedHead {
@@ -312,20 +309,27 @@ fn deliver_direct(ctx: &TcContext, cfg: &DataplaneConfig) -> Option<i32> {
     count(Counter::DeliverDirectPackets, 1);
     // SAFETY: plain helper calls with scalar arguments.
     let action = unsafe {
-        if endpoint.peer != 0 {
-            bpf_redirect_peer(endpoint.port_ifindex, 0)
+        if hop.deliver_peer != 0 {
+            bpf_redirect_peer(hop.deliver_ifindex, 0)
         } else {
-            bpf_redirect(endpoint.port_ifindex, 0)
+            bpf_redirect(hop.deliver_ifindex, 0)
         }
     };
     Some(action as i32)
 }
 
-/// Where the kernel's own forwarding would send the decapsulated `inner` packet (its FIB and
-/// neighbour lookup from the underlay device), from the hop cache when the same lookup answered
-/// less than `HOP_CACHE_NS` ago; `None` where the kernel has no resolved answer.
+/// The kernel's own next hop for the decapsulated `inner` packet (its FIB and neighbour lookup
+/// from the underlay device), when it ends at the registered endpoint of the destination, with
+/// that endpoint's device in `deliver_ifindex`; `None` where the kernel has no resolved answer or
+/// it ends elsewhere.
+///
+/// A flow's packets take one hop cache lookup: the cached answer carries the endpoint it was
+/// checked against, so the endpoints map and the FIB are asked once per `HOP_CACHE_NS` (an
+/// endpoint userspace removes or changes is followed within that time, as a route or neighbour
+/// change is). A registration takes effect at once: an answer cached without a match is checked
+/// against the endpoints map again.
 #[inline(always)]
-fn kernel_hop_to(ctx: &TcContext, cfg: &DataplaneConfig, inner: &Ipv4Hdr) -> Option<CachedHop> {
+fn direct_hop(ctx: &TcContext, cfg: &DataplaneConfig, inner: &Ipv4Hdr) -> Option<CachedHop> {
     let key = HopKey {
         dst: inner.dst,
         src: inner.src,
@@ -338,8 +342,16 @@ fn kernel_hop_to(ctx: &TcContext, cfg: &DataplaneConfig, inner: &Ipv4Hdr) -> Opt
         let gso_size = unsafe { (*ctx.skb.skb).gso_size };
         // What the lookup checked (the kernel's is_skb_forwardable): a frame that is not GSO
         // fits the MTU plus an Ethernet header and one VLAN tag.
-        return (gso_size != 0 || ctx.len() <= hop.mtu + 18).then_some(hop);
+        if gso_size == 0 && ctx.len() > hop.mtu + 18 {
+            return None;
+        }
+        if hop.deliver_ifindex != 0 {
+            return Some(hop);
+        }
+        return matching_endpoint(hop, endpoint_for(inner.dst)?);
     }
+    // Only registered workloads are worth a FIB lookup.
+    let endpoint = endpoint_for(inner.dst)?;
     let mut slot = core::mem::MaybeUninit::uninit();
     let params = fib_params(
         &mut slot,
@@ -362,5 +374,21 @@ fn kernel_hop_to(ctx: &TcContext, cfg: &DataplaneConfig, inner: &Ipv4Hdr) -> Opt
     if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return None;
     }
-    Some(cache_hop(&key, params))
+    let answer = hop_from(params);
+    let verified = matching_endpoint(answer, endpoint);
+    remember_hop(&key, verified.as_ref().unwrap_or(&answer));
+    verified
+}
+
+/// `hop` with `endpoint`'s device to deliver to, if the kernel's answer ends at that endpoint.
+#[inline(always)]
+fn matching_endpoint(hop: CachedHop, endpoint: LocalEndpoint) -> Option<CachedHop> {
+    if hop.ifindex != endpoint.via_ifindex || hop.dmac != endpoint.mac {
+        return None;
+    }
+    Some(CachedHop {
+        deliver_ifindex: endpoint.port_ifindex,
+        deliver_peer: endpoint.peer,
+        ..hop
+    })
 }

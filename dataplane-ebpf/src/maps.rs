@@ -74,18 +74,33 @@ pub fn cached_hop(key: &HopKey) -> Option<CachedHop> {
 /// Remembers a successful FIB lookup (its `params` after the call) for `key` from now on.
 #[inline(always)]
 pub fn cache_hop(key: &HopKey, params: &bpf_fib_lookup) -> CachedHop {
-    let hop = CachedHop {
+    let hop = hop_from(params);
+    remember_hop(key, &hop);
+    hop
+}
+
+/// What a successful FIB lookup answered (its `params` after the call), stamped now, not yet
+/// cached.
+#[inline(always)]
+pub fn hop_from(params: &bpf_fib_lookup) -> CachedHop {
+    CachedHop {
         dmac: params.dmac,
         smac: params.smac,
         ifindex: params.ifindex,
         // SAFETY: a successful lookup with tot_len 0 leaves the egress MTU in this union.
         mtu: u32::from(unsafe { params.__bindgen_anon_1.mtu_result }),
-        _pad: 0,
+        deliver_ifindex: 0,
         checked_ns: now_ns(),
-    };
+        deliver_peer: 0,
+        _pad: [0; 7],
+    }
+}
+
+/// Caches `hop` for `key` until [`HOP_CACHE_NS`] after its lookup.
+#[inline(always)]
+pub fn remember_hop(key: &HopKey, hop: &CachedHop) {
     // A full cache evicts its least recently used entry; a failed insert only costs a lookup.
-    let _ = HOPS.insert(key, &hop, 0);
-    hop
+    let _ = HOPS.insert(key, hop, 0);
 }
 
 #[inline(always)]

@@ -257,6 +257,33 @@ fn a_workload_with_a_new_mac_falls_back_to_the_kernel_path() {
 }
 
 #[test]
+fn a_workload_taken_out_of_the_endpoints_map_is_left_to_the_kernel_after_the_hop_cache_period() {
+    let (cluster, mut dataplanes) = tc_nodes();
+    let (a, b) = (cluster.node(0).container(0), cluster.node(1).container(0));
+    let b_ip = b.ip().expect("ip");
+    assert!(ping(a.ns(), b_ip, 56, 2));
+    assert_eq!(dataplanes[1].sync_endpoints(), 1);
+    let direct = dataplanes[1].count(Counter::DeliverDirectPackets);
+    assert!(ping(a.ns(), b_ip, 56, 2));
+    assert!(
+        dataplanes[1].count(Counter::DeliverDirectPackets) >= direct + 2,
+        "served directly while registered"
+    );
+
+    // The kernel's FIB and neighbour still end at the workload: only the registration goes,
+    // and the cached answer that carried it expires.
+    dataplanes[1].remove_endpoint(b_ip);
+    std::thread::sleep(Duration::from_nanos(HOP_CACHE_NS) * 2);
+    let direct = dataplanes[1].count(Counter::DeliverDirectPackets);
+    assert!(ping(a.ns(), b_ip, 56, 3), "the kernel path delivers");
+    assert_eq!(
+        dataplanes[1].count(Counter::DeliverDirectPackets),
+        direct,
+        "a workload no longer registered was served directly"
+    );
+}
+
+#[test]
 fn sync_forgets_workloads_that_are_gone() {
     let (cluster, mut dataplanes) = tc_nodes();
     let (a, b) = (cluster.node(0).container(0), cluster.node(1).container(0));

@@ -178,9 +178,16 @@ pub struct CachedHop {
     /// The egress device's MTU, which a packet that is not GSO must fit into for the answer to
     /// hold (the lookup checks the skb it is given).
     pub mtu: u32,
-    pub _pad: u32,
+    /// For a [`HopKind::Workload`] lookup whose answer matched the workload's
+    /// [`LocalEndpoint`] when it was made: that endpoint's `port_ifindex`, so later packets of
+    /// the flow are delivered without looking the endpoint up again. 0: not checked against an
+    /// endpoint (or no match then).
+    pub deliver_ifindex: u32,
     /// `bpf_ktime_get_coarse_ns` at the lookup.
     pub checked_ns: u64,
+    /// The endpoint's `peer` flag, with `deliver_ifindex`.
+    pub deliver_peer: u8,
+    pub _pad: [u8; 7],
 }
 
 /// The one entry of the config map: what this node is.
@@ -330,7 +337,8 @@ mod pod {
     unsafe impl aya::Pod for super::LocalEndpoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::WorkloadPort {}
-    // SAFETY: as above (HopKey and CachedHop have an explicit `_pad`).
+    // SAFETY: as above (HopKey and CachedHop have an explicit `_pad`, and CachedHop's u64 sits
+    // at offset 24).
     unsafe impl aya::Pod for super::HopKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CachedHop {}

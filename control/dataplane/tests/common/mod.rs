@@ -107,6 +107,17 @@ impl NodeDataplane {
         result.unwrap_or_else(|err| panic!("syncing endpoints: {err}"))
     }
 
+    /// Takes one workload's registration out of the endpoints map.
+    pub fn remove_endpoint(&mut self, address: std::net::Ipv4Addr) {
+        let mut dataplane = self.dataplane.take().expect("attached");
+        let (dataplane, result) = self.worker.run(move || {
+            let result = dataplane.remove_endpoint(address);
+            (dataplane, result)
+        });
+        self.dataplane = Some(dataplane);
+        result.unwrap_or_else(|err| panic!("removing endpoint {address}: {err}"));
+    }
+
     /// The same through the pinned map only, as a task beside the handle's owner does.
     pub fn sync_pinned_endpoints(&self) -> usize {
         let (pin_dir, subnet) = (self.config.pin_dir(), self.config.local_subnet);
