@@ -2,18 +2,24 @@
 //! mixed constraints, against a 3-member etcd 3.4 and a 3-member shoal kv side by side.
 //!
 //! The engine is shoal's real engine ([`shoal_scheduler::engine::run_engine`]), in this
-//! process. The agents are simulated: each has its own store lease (kept alive on its own
-//! keep-alive stream) and machine key with metadata, and as soon as a unit is scheduled to it
+//! process, on a connection of its own, as fleetctl's submit is. The agents are simulated: each
+//! registers as the real agent does (a [`KeptLease`] refreshed every third of the TTL, its
+//! machine key with metadata under it; a lease the store lets expire makes it register again
+//! under a new one and report all its units again), and as soon as a unit is scheduled to it
 //! and launched it writes what a real agent writes after starting it, under its lease: the
 //! unit's state (`active/running`, with the unit's hash) and its journal (empty), each agent in
-//! its own transactions of up to 128 operations. One watch feeds all simulated agents.
+//! its own transactions of up to 128 operations. One watch, on its own connection, feeds all
+//! simulated agents; the agents' keep-alives and reports go on connections shared by
+//! [`AGENTS_PER_CONNECTION`] agents.
 //!
 //! Measured: submit -> every unit reported running by its target machine; after 10% of the
 //! agents stop heart-beating, the time from their machine keys expiring (TTL) to all their units
 //! running elsewhere; store key writes per second (watch events) during the launch; and the
-//! store members' CPU and resident memory per unit. `--machines 1000,5000 --units
-//! 10000,50000` measures each pair in turn; rounds (`--rounds`) alternate between the stores,
-//! a fresh cluster each, and the table reports each store's median launch with every round.
+//! store members' CPU and resident memory per unit, and the bench process's memory. `--machines
+//! 1000,5000 --units 10000,50000` measures each pair in turn; rounds (`--rounds`) alternate
+//! between the stores, a fresh cluster each, and the table reports each store's median launch
+//! with every round. A round that fails (a store error, or no unit more running for a minute)
+//! is reported with its reason and the other rounds go on.
 //! FLEET_BENCH_TTL sets the agents' lease TTL (10 s).
 
 use std::{
@@ -28,6 +34,7 @@ use serde_json::json;
 use shoal_harness::{StoreCluster, StoreKind};
 use shoal_scheduler::{
     engine::{EngineSettings, run_engine},
+    lease::KeptLease,
     registry::{Registry, ValidUnit},
     store::{DEFAULT_PREFIX, JobRecord, MachineRecord, Store, TargetState, UnitStateRecord},
 };
@@ -104,10 +111,25 @@ struct Outcome {
     /// What the members' peak resident memory grew by, per unit, from before the agents
     /// registered to all running.
     rss_kb_per_unit: f64,
+    /// The members' peak resident memory together, MB, at all running.
+    members_rss_mb: f64,
+    /// The bench process's resident memory (engine, fleetctl, simulated agents), MB, at all
+    /// running.
+    bench_rss_mb: f64,
+    /// How often a live agent's lease expired and it registered again.
+    leases_lost: u64,
 }
 
 pub fn run(settings: &Settings) -> anyhow::Result<Option<String>> {
     let scales = settings.scales()?;
+    // The engine's warnings (leadership lost, a failed reconcile) explain a slow or failed
+    // round; RUST_LOG chooses others.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("shoal_scheduler::engine=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -115,6 +137,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<Option<String>> {
     for scale in scales {
         let rounds = runtime.block_on(async {
             let mut rounds = Vec::new();
+            let mut failures = Vec::new();
             for round in 1..=settings.rounds {
                 for backend in [StoreKind::Etcd, StoreKind::ShoalKv] {
                     println!(
@@ -137,14 +160,24 @@ pub fn run(settings: &Settings) -> anyhow::Result<Option<String>> {
                     drop(cluster);
                     match outcome {
                         Ok(outcome) => rounds.push(outcome),
-                        Err(err) => println!("  {} failed: {err:#}", backend.name()),
+                        Err(err) => {
+                            let reason = format!("{err:#}{}", agent_trouble());
+                            println!("  {} failed: {reason}", backend.name());
+                            failures.push(Failure {
+                                store: crate::leases::label(backend).to_string(),
+                                round,
+                                reason,
+                            });
+                        }
                     }
                 }
             }
-            anyhow::Ok(rounds)
+            anyhow::Ok((rounds, failures))
         })?;
+        let (rounds, failures) = rounds;
+        // A scale no store completed stays in the table and the chart, with its failures.
         if rounds.is_empty() {
-            bail!("no store completed the scenario at {}", describe(scale));
+            println!("  no store completed the scenario at {}", describe(scale));
         }
         let median = STORES
             .into_iter()
@@ -154,11 +187,20 @@ pub fn run(settings: &Settings) -> anyhow::Result<Option<String>> {
             machines: scale.machines,
             units: scale.units,
             rounds,
+            failures,
             median,
         });
     }
     write_outputs(&sizes)?;
     Ok(Some(table(&sizes)))
+}
+
+/// What went wrong for the simulated agents in a failed round (leases lost, reports tried
+/// again), counted since the round began.
+fn agent_trouble() -> String {
+    let lost = LEASES_LOST.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let retries = REPORT_RETRIES.swap(0, std::sync::atomic::Ordering::Relaxed);
+    format!(" (live agents' leases expired {lost} times; {retries} reports tried again)")
 }
 
 /// Every round at one scale and each store's median round.
@@ -167,7 +209,17 @@ struct Size {
     machines: usize,
     units: usize,
     rounds: Vec<Outcome>,
+    /// Rounds that did not complete, and why.
+    failures: Vec<Failure>,
     median: Vec<Outcome>,
+}
+
+/// A round that did not complete.
+#[derive(Debug, serde::Serialize)]
+struct Failure {
+    store: String,
+    round: usize,
+    reason: String,
 }
 
 /// The round of `store` with the median launch time.
@@ -264,10 +316,14 @@ struct View {
     /// Units reported running on the machine they are scheduled to, kept as events arrive so
     /// the waits below cost nothing per event at 50,000 units.
     settled: HashSet<String>,
+    /// Why the engine could not place a unit, as it wrote it.
+    unschedulable: HashMap<String, String>,
     /// Machines registered (their keys live).
     machines: HashSet<String>,
     key_writes: u64,
     revisions: HashSet<i64>,
+    /// Why the simulated agents stopped, if they did.
+    stopped: Option<String>,
 }
 
 impl View {
@@ -289,9 +345,63 @@ impl View {
         }
     }
 
+    /// The report `unit`'s agent writes once it runs it: when it is launched and has a target.
+    fn report(&self, unit: &str) -> Option<Report> {
+        let machine = self
+            .target
+            .get(unit)
+            .filter(|_| self.launched.contains(unit))?;
+        Some(Report {
+            unit: unit.to_string(),
+            machine: machine.clone(),
+            hash: self.hash.get(unit).cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Fails once the simulated agents have stopped: nothing the waits wait for can happen.
+    fn check_agents(&self) -> anyhow::Result<()> {
+        match &self.stopped {
+            Some(reason) => bail!("the simulated agents stopped: {reason}"),
+            None => Ok(()),
+        }
+    }
+
     /// How many of `units` do not run where they are scheduled.
     fn unsettled(&self, units: &[String]) -> usize {
         units.iter().filter(|u| !self.is_running(u)).count()
+    }
+
+    /// Why `units` that do not run where they should do not, counted by cause, with one
+    /// example of each: what a failed round reports.
+    fn describe_missing<'a>(
+        &self,
+        units: impl IntoIterator<Item = &'a String>,
+        dead: &HashSet<&String>,
+    ) -> String {
+        let mut causes: std::collections::BTreeMap<&str, (usize, String)> = Default::default();
+        for unit in units {
+            let cause = match self.target.get(unit) {
+                _ if !self.launched.contains(unit) => "not launched",
+                None if self.unschedulable.contains_key(unit) => "unschedulable",
+                None => "no target",
+                Some(machine) if dead.contains(machine) => "on a dead machine",
+                Some(machine) if !self.machines.contains(machine) => "on a machine not registered",
+                Some(machine) if self.running.get(unit).is_some_and(|m| !m.contains(machine)) => {
+                    "reported running elsewhere only"
+                }
+                Some(_) => "not reported running",
+            };
+            let entry = causes.entry(cause).or_insert_with(|| {
+                let reason = self.unschedulable.get(unit).map(|r| format!(": {r}"));
+                (0, format!("{unit}{}", reason.unwrap_or_default()))
+            });
+            entry.0 += 1;
+        }
+        causes
+            .iter()
+            .map(|(cause, (count, example))| format!("{count} {cause} (e.g. {example})"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -302,11 +412,20 @@ async fn scenario(
     scale: Scale,
 ) -> anyhow::Result<Outcome> {
     let rss_before_mb = crate::leases::rss_mb(pids, "VmRSS:");
-    let store = Store::connect(endpoints, DEFAULT_PREFIX, Duration::from_secs(10)).await?;
+    LEASES_LOST.store(0, std::sync::atomic::Ordering::Relaxed);
+    REPORT_RETRIES.store(0, std::sync::atomic::Ordering::Relaxed);
+    // The engine, fleetctl and the agents' watch each on a connection of their own, as they
+    // are on a real cluster's machines.
+    let (fleetctl, engine_store, watcher) = (
+        connect(endpoints).await?,
+        connect(endpoints).await?,
+        connect(endpoints).await?,
+    );
     let (stop, shutdown) = watch::channel(false);
-    let agents = Agents::start(&store, scale.machines, scale.ttl).await?;
+    let (reregistered, reregistrations) = mpsc::unbounded_channel();
+    let agents = Agents::start(endpoints, scale.machines, scale.ttl, reregistered).await?;
     let mut engine = AbortOnDrop(tokio::spawn(run_engine(
-        store.clone(),
+        engine_store,
         EngineSettings {
             machine_id: "engine-bench".into(),
             lease_ttl: Duration::from_secs(10),
@@ -321,14 +440,24 @@ async fn scenario(
         ..View::default()
     }));
     let (watching, watch_started) = tokio::sync::oneshot::channel();
-    let simulator = AbortOnDrop(tokio::spawn(simulate(
-        store.clone(),
-        agents.leases.clone(),
+    let simulated = simulate(
+        watcher,
+        agents.sessions.clone(),
+        reregistrations,
         view.clone(),
         view_tx,
         watching,
         shutdown.clone(),
-    )));
+    );
+    let simulator_view = view.clone();
+    let simulator = AbortOnDrop(tokio::spawn(async move {
+        // The waits below see the simulated agents stop, and why, instead of a frozen view.
+        let reason = match simulated.await {
+            Ok(()) => "their watch ended".to_string(),
+            Err(err) => format!("{err:#}"),
+        };
+        simulator_view.lock().await.stopped = Some(reason);
+    }));
     // The submit starts once the agents' watch sees every write.
     watch_started
         .await
@@ -340,7 +469,7 @@ async fn scenario(
         .iter()
         .map(|(name, text)| ValidUnit::new(name, name, text))
         .collect::<Result<_, _>>()?;
-    let registry = Registry::new(store.clone());
+    let registry = Registry::new(fleetctl);
     let (writes_before, revisions_before) = {
         let v = view.lock().await;
         (v.key_writes, v.revisions.len())
@@ -357,6 +486,7 @@ async fn scenario(
     let scheduled_s = all_targeted.duration_since(started).as_secs_f64();
     let launch_cpu_s = crate::leases::cpu_seconds(pids) - cpu_before;
     let launch_rss_mb = crate::leases::rss_mb(pids, "VmHWM:");
+    let bench_rss_mb = crate::leases::rss_mb(&[std::process::id()], "VmRSS:");
     let (key_writes, txns) = {
         let v = view.lock().await;
         (
@@ -412,6 +542,12 @@ async fn scenario(
     if retries > 0 {
         println!("  {retries} simulated agents' reports failed and were tried again");
     }
+    let leases_lost = LEASES_LOST.swap(0, std::sync::atomic::Ordering::Relaxed);
+    if leases_lost > 0 {
+        println!(
+            "  {leases_lost} times a live simulated agent's lease expired (keep-alives late) and it registered again"
+        );
+    }
     let _ = stop.send(true);
     let _ = (&mut engine.0).await;
     drop(simulator);
@@ -432,35 +568,64 @@ async fn scenario(
         write_txns_per_s: txns as f64 / launch.as_secs_f64(),
         cpu_ms_per_unit: launch_cpu_s * 1000.0 / scale.units as f64,
         rss_kb_per_unit: (launch_rss_mb - rss_before_mb).max(0.0) * 1024.0 / scale.units as f64,
+        members_rss_mb: launch_rss_mb,
+        bench_rss_mb,
+        leases_lost,
     })
 }
 
-/// Simulated agents: leases, machine keys, keep-alives.
+/// Simulated agents: leases kept alive as the real agent keeps them, machine keys.
 struct Agents {
     ids: Vec<String>,
-    leases: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    sessions: Sessions,
     killers: HashMap<String, mpsc::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// A live agent's current lease and the connection it writes on.
+#[derive(Clone)]
+struct Session {
+    lease: i64,
+    store: Store,
+}
+
+/// Every live agent's session, by machine ID (a dead agent has none).
+type Sessions = std::sync::Arc<std::sync::Mutex<HashMap<String, Session>>>;
+
 /// How many simulated agents register at once.
 const REGISTERING_AT_ONCE: usize = 64;
+/// Simulated agents sharing one client connection. A real agent has a connection of its own;
+/// 5,000 would cost the bench process more than the store. No agent shares a connection with
+/// the engine's or the simulator's watch: a watch read late holds the connection's HTTP/2
+/// flow-control window, and keep-alive answers queued behind it let leases expire.
+const AGENTS_PER_CONNECTION: usize = 100;
+/// Agents that lost their lease (and registered again), printed at the end of a round.
+static LEASES_LOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One registered simulated agent.
 struct Registered {
     id: String,
-    lease: i64,
+    session: Session,
     kill: mpsc::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Agents {
     /// Registers `count` agents, [`REGISTERING_AT_ONCE`] at a time (one after the other, 5,000
-    /// would take longer than the measurement).
-    async fn start(store: &Store, count: usize, ttl: Duration) -> anyhow::Result<Self> {
+    /// would take longer than the measurement), on connections of their own.
+    async fn start(
+        endpoints: &[String],
+        count: usize,
+        ttl: Duration,
+        reregistered: mpsc::UnboundedSender<String>,
+    ) -> anyhow::Result<Self> {
+        let mut connections = Vec::new();
+        for _ in 0..count.div_ceil(AGENTS_PER_CONNECTION).max(1) {
+            connections.push(connect(endpoints).await?);
+        }
         let mut agents = Self {
             ids: Vec::new(),
-            leases: Default::default(),
+            sessions: Default::default(),
             killers: HashMap::new(),
             tasks: Vec::new(),
         };
@@ -472,23 +637,29 @@ impl Agents {
             {
                 registered.push(done??);
             }
-            registering.spawn(register_agent(store.clone(), index, ttl));
+            registering.spawn(register_agent(
+                connections[index % connections.len()].clone(),
+                index,
+                ttl,
+                agents.sessions.clone(),
+                reregistered.clone(),
+            ));
         }
         while let Some(done) = registering.join_next().await {
             registered.push(done??);
         }
         registered.sort_by(|a: &Registered, b| a.id.cmp(&b.id));
-        let mut leases = agents
-            .leases
+        let mut sessions = agents
+            .sessions
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?;
         for agent in registered {
-            leases.insert(agent.id.clone(), agent.lease);
+            sessions.insert(agent.id.clone(), agent.session);
             agents.killers.insert(agent.id.clone(), agent.kill);
             agents.tasks.push(agent.task);
             agents.ids.push(agent.id);
         }
-        drop(leases);
+        drop(sessions);
         Ok(agents)
     }
 
@@ -497,8 +668,8 @@ impl Agents {
             if let Some(kill) = self.killers.get(id) {
                 let _ = kill.send(()).await;
             }
-            if let Ok(mut leases) = self.leases.lock() {
-                leases.remove(id);
+            if let Ok(mut sessions) = self.sessions.lock() {
+                sessions.remove(id);
             }
         }
     }
@@ -523,14 +694,15 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Agent `index`: a lease, its machine key, and a task keeping the lease alive on its own
-/// stream every third of the TTL until it is told to stop.
-async fn register_agent(store: Store, index: usize, ttl: Duration) -> anyhow::Result<Registered> {
-    let id = machine_id(index);
-    let mut client = store.client();
-    let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
-    let record = MachineRecord {
-        id: id.clone(),
+/// A connection of the bench's own (engine, fleetctl, simulator, a group of agents).
+async fn connect(endpoints: &[String]) -> anyhow::Result<Store> {
+    Ok(Store::connect(endpoints, DEFAULT_PREFIX, Duration::from_secs(10)).await?)
+}
+
+/// Agent `index`'s machine record: its ID, an address and its metadata.
+fn machine_record(index: usize) -> MachineRecord {
+    MachineRecord {
+        id: machine_id(index),
         public_ip: format!(
             "10.{}.{}.{}",
             index >> 16 & 255,
@@ -539,42 +711,91 @@ async fn register_agent(store: Store, index: usize, ttl: Duration) -> anyhow::Re
         ),
         metadata: machine_metadata(index).into_iter().collect(),
         version: "bench".into(),
+    }
+}
+
+/// Agent `index`, registered as the real agent registers (a [`KeptLease`], its machine key
+/// under it), and a task that, like the real agent, registers again under a new lease when the
+/// store says the lease is gone, until it is told to stop (its lease then expires by its TTL).
+async fn register_agent(
+    store: Store,
+    index: usize,
+    ttl: Duration,
+    sessions: Sessions,
+    reregistered: mpsc::UnboundedSender<String>,
+) -> anyhow::Result<Registered> {
+    let record = machine_record(index);
+    let id = record.id.clone();
+    let first = register(&store, &record, ttl).await?;
+    let session = Session {
+        lease: first.id(),
+        store: store.clone(),
     };
-    client
-        .put(
-            store.keys().machine(&id),
-            serde_json::to_string(&record)?,
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await?;
-    let (keeper, mut responses) = client.lease_keep_alive(lease).await?;
     let (kill, mut killed) = mpsc::channel::<()>(1);
-    let period = ttl / 3;
     let task = tokio::spawn(async move {
-        let mut keeper = keeper;
-        let mut tick = tokio::time::interval(period);
+        let mut kept = first;
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    if keeper.keep_alive().await.is_err() { return; }
-                    let _ = responses.message().await;
-                }
+                _ = kept.lost() => {}
+                // Dropping the lease stops its keep-alives: it expires by its TTL.
                 _ = killed.recv() => return,
             }
+            LEASES_LOST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            kept = loop {
+                tokio::select! {
+                    again = register(&store, &record, ttl) => match again {
+                        Ok(again) => break again,
+                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    },
+                    _ = killed.recv() => return,
+                }
+            };
+            if let Ok(mut sessions) = sessions.lock() {
+                let session = Session {
+                    lease: kept.id(),
+                    store: store.clone(),
+                };
+                sessions.insert(record.id.clone(), session);
+            }
+            // The real agent reports every unit it runs again after registering.
+            let _ = reregistered.send(record.id.clone());
         }
     });
     Ok(Registered {
         id,
-        lease,
+        session,
         kill,
         task,
     })
 }
 
-/// The agents' side: report units scheduled to a live agent as running, under its lease.
+/// A lease kept alive in the background and `record` written under it.
+async fn register(
+    store: &Store,
+    record: &MachineRecord,
+    ttl: Duration,
+) -> anyhow::Result<KeptLease> {
+    let lease = KeptLease::grant(store, ttl).await?;
+    let mut client = store.client();
+    store
+        .call(
+            "register machine",
+            client.put(
+                store.keys().machine(&record.id),
+                serde_json::to_string(record)?,
+                Some(PutOptions::new().with_lease(lease.id())),
+            ),
+        )
+        .await?;
+    Ok(lease)
+}
+
+/// The agents' side: report units scheduled to a live agent as running, under its lease, on
+/// the agent's connection; an agent that registered again reports all its units again.
 async fn simulate(
     store: Store,
-    leases: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    sessions: Sessions,
+    mut reregistered: mpsc::UnboundedReceiver<String>,
     view: std::sync::Arc<tokio::sync::Mutex<View>>,
     notify: watch::Sender<u64>,
     watching: tokio::sync::oneshot::Sender<()>,
@@ -589,12 +810,16 @@ async fn simulate(
     let mut pending: Vec<Report> = Vec::new();
     // Reports are written beside the watch, as agents write theirs on their own.
     let mut reporting = tokio::task::JoinSet::new();
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(REPORTS_IN_FLIGHT));
     let mut flush = tokio::time::interval(Duration::from_millis(50));
     let mut generation = 0u64;
     loop {
         tokio::select! {
             message = events.message() => {
                 let Some(response) = message? else { return Ok(()) };
+                if response.canceled() {
+                    bail!("the store cancelled the agents' watch: {}", response.cancel_reason());
+                }
                 let mut v = view.lock().await;
                 for event in response.events() {
                     let Some(kv) = event.kv() else { continue };
@@ -613,16 +838,14 @@ async fn simulate(
                             }
                             ("target", true) => { v.target.insert(unit.to_string(), value.clone()); }
                             ("target", false) => { v.target.remove(unit); }
+                            ("unschedulable", true) => { v.unschedulable.insert(unit.to_string(), value.clone()); continue; }
+                            ("unschedulable", false) => { v.unschedulable.remove(unit); continue; }
                             ("target-state", true) if value == "launched" => { v.launched.insert(unit.to_string()); }
                             ("target-state", _) => { v.launched.remove(unit); }
                             _ => continue,
                         }
-                        if let Some(machine) = v.target.get(unit).filter(|_| v.launched.contains(unit)) {
-                            pending.push(Report {
-                                unit: unit.to_string(),
-                                machine: machine.clone(),
-                                hash: v.hash.get(unit).cloned().unwrap_or_default(),
-                            });
+                        if let Some(report) = v.report(unit) {
+                            pending.push(report);
                         }
                         v.refresh(unit);
                     } else if let Some(machine) = keys.parse_machine_key(&key) {
@@ -636,13 +859,18 @@ async fn simulate(
                 generation += 1;
                 let _ = notify.send(generation);
             }
+            Some(machine) = reregistered.recv() => {
+                let v = view.lock().await;
+                let units = v.target.iter().filter(|(_, m)| **m == machine).map(|(u, _)| u);
+                pending.extend(units.filter_map(|unit| v.report(unit)));
+            }
             _ = flush.tick() => {
                 while let Some(done) = reporting.try_join_next() {
                     done??;
                 }
                 if !pending.is_empty() {
                     let batch = std::mem::take(&mut pending);
-                    reporting.spawn(report_running(store.clone(), leases.clone(), batch));
+                    reporting.spawn(report_running(sessions.clone(), in_flight.clone(), batch));
                 }
             }
             _ = shutdown.changed() => return Ok(()),
@@ -658,18 +886,13 @@ struct Report {
 }
 
 /// Writes `batch`'s reports as each agent writes its own: the unit's state and journal under
-/// the agent's lease, every agent in its own transactions of up to 128 operations, all agents
-/// at once.
+/// the agent's lease, on its connection, every agent in its own transactions of up to 128
+/// operations, all agents at once within `in_flight`.
 async fn report_running(
-    store: Store,
-    leases: std::sync::Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    sessions: Sessions,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     batch: Vec<Report>,
 ) -> anyhow::Result<()> {
-    let keys = store.keys();
-    let leases = leases
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
     // One report per unit and agent (a unit's job events may queue it twice).
     let mut by_agent: HashMap<String, std::collections::BTreeMap<String, String>> = HashMap::new();
     for report in batch {
@@ -678,13 +901,20 @@ async fn report_running(
             .or_default()
             .insert(report.unit, report.hash);
     }
+    let agents: Vec<(String, Session, std::collections::BTreeMap<String, String>)> = {
+        let sessions = sessions.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        by_agent
+            .into_iter()
+            // A dead agent reports nothing.
+            .filter_map(|(machine, units)| {
+                Some((machine.clone(), sessions.get(&machine)?.clone(), units))
+            })
+            .collect()
+    };
     let mut writes = tokio::task::JoinSet::new();
-    for (machine, units) in by_agent {
-        // A dead agent reports nothing.
-        let Some(&lease) = leases.get(&machine) else {
-            continue;
-        };
-        let options = PutOptions::new().with_lease(lease);
+    for (machine, session, units) in agents {
+        let keys = session.store.keys();
+        let options = PutOptions::new().with_lease(session.lease);
         let mut ops = Vec::with_capacity(units.len() * 2);
         for (unit, hash) in units {
             let record = UnitStateRecord {
@@ -709,12 +939,17 @@ async fn report_running(
         }
         for chunk in ops.chunks(shoal_scheduler::store::MAX_TXN_OPS) {
             // Thousands of agents answering the same events at once timed etcd's requests out.
-            while writes.len() >= REPORTS_IN_FLIGHT
-                && let Some(done) = writes.join_next().await
-            {
+            let permit = in_flight.clone().acquire_owned().await?;
+            let store = session.store.clone();
+            let txn = Txn::new().and_then(chunk.to_vec());
+            writes.spawn(async move {
+                let written = report_txn(store, txn).await;
+                drop(permit);
+                written
+            });
+            while let Some(done) = writes.try_join_next() {
                 done??;
             }
-            writes.spawn(report_txn(store.clone(), chunk.to_vec()));
         }
     }
     while let Some(done) = writes.join_next().await {
@@ -723,18 +958,27 @@ async fn report_running(
     Ok(())
 }
 
-/// At most this many report transactions of one flush are in flight.
+/// At most this many report transactions are in flight (all flushes together).
 const REPORTS_IN_FLIGHT: usize = 256;
 /// Reports that failed and were tried again, printed once at the end of a round.
 static REPORT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// gRPC's NOT_FOUND, the store's answer to a write under a lease that is gone.
+const NOT_FOUND: i32 = 5;
 
-/// One agent's report transaction, tried again as an agent reports again after a failure.
-async fn report_txn(store: Store, ops: Vec<TxnOp>) -> anyhow::Result<()> {
+/// One agent's report transaction, tried again as an agent reports again after a failure. A
+/// report under a lease the store no longer has is dropped: the agent registers again under a
+/// new lease and then reports everything again.
+async fn report_txn(store: Store, txn: Txn) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
         let mut client = store.client();
-        match client.txn(Txn::new().and_then(ops.clone())).await {
+        match client.txn(txn.clone()).await {
             Ok(_) => return Ok(()),
+            Err(etcd_client::Error::GRpcStatus(status))
+                if i32::from(status.code()) == NOT_FOUND =>
+            {
+                return Ok(());
+            }
             Err(err) if attempt < 20 => {
                 attempt += 1;
                 if REPORT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
@@ -747,6 +991,17 @@ async fn report_txn(store: Store, ops: Vec<TxnOp>) -> anyhow::Result<()> {
     }
 }
 
+/// Until the view changes or `period` passes (a view whose simulator stopped changes no more:
+/// the waits then notice why).
+async fn next_change(changes: &mut watch::Receiver<u64>, period: Duration) {
+    if let Ok(Err(_)) = tokio::time::timeout(period, changes.changed()).await {
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// A launch with no unit more running for this long has failed.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
 /// Waits until every unit runs where it is scheduled; returns when every unit first had a
 /// target (the engine's share of the launch).
 async fn wait_all_running(
@@ -757,11 +1012,26 @@ async fn wait_all_running(
 ) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + limit;
     let mut all_targeted = None;
+    let mut progress = (0, Instant::now());
     loop {
         {
             let v = view.lock().await;
-            if all_targeted.is_none() && names.iter().all(|n| v.target.contains_key(n)) {
+            v.check_agents()?;
+            if all_targeted.is_none()
+                && v.target.len() >= names.len()
+                && names.iter().all(|n| v.target.contains_key(n))
+            {
                 all_targeted = Some(Instant::now());
+            }
+            if v.settled.len() > progress.0 {
+                progress = (v.settled.len(), Instant::now());
+            } else if progress.1.elapsed() > STALL_LIMIT {
+                let missing = v.unsettled(names);
+                bail!(
+                    "{missing} of {} units not running, none more for {STALL_LIMIT:?}: {}",
+                    names.len(),
+                    v.describe_missing(names.iter().filter(|u| !v.is_running(u)), &HashSet::new())
+                );
             }
             // Counting is only worth it once as many units have settled as there are.
             if v.settled.len() >= names.len() {
@@ -772,10 +1042,13 @@ async fn wait_all_running(
             }
             if Instant::now() > deadline {
                 let missing = v.unsettled(names);
-                bail!("{missing} units not running after {limit:?}");
+                bail!(
+                    "{missing} units not running after {limit:?}: {}",
+                    v.describe_missing(names.iter().filter(|u| !v.is_running(u)), &HashSet::new())
+                );
             }
         }
-        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+        next_change(changes, Duration::from_millis(200)).await;
     }
 }
 
@@ -790,6 +1063,7 @@ async fn wait_machines_gone(
     loop {
         {
             let v = view.lock().await;
+            v.check_agents()?;
             if dead.iter().all(|id| !v.machines.contains(id)) {
                 return Ok(Instant::now());
             }
@@ -797,7 +1071,7 @@ async fn wait_machines_gone(
         if Instant::now() > deadline {
             bail!("dead agents' machine keys did not expire within {limit:?}");
         }
-        let _ = tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
+        next_change(changes, Duration::from_millis(50)).await;
     }
 }
 
@@ -813,6 +1087,7 @@ async fn wait_moved(
     loop {
         {
             let v = view.lock().await;
+            v.check_agents()?;
             let missing = units
                 .iter()
                 .filter(|u| {
@@ -823,10 +1098,16 @@ async fn wait_moved(
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{missing} orphaned units not running elsewhere after {limit:?}");
+                let not_moved = units.iter().filter(|u| {
+                    !(v.is_running(u) && v.target.get(*u).is_some_and(|m| !dead.contains(m)))
+                });
+                bail!(
+                    "{missing} orphaned units not running elsewhere after {limit:?}: {}",
+                    v.describe_missing(not_moved, &dead)
+                );
             }
         }
-        let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
+        next_change(changes, Duration::from_millis(100)).await;
     }
 }
 
@@ -837,7 +1118,7 @@ fn table(sizes: &[Size]) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
-        "{:<10} {:>8} {:>7} {:>9} {:>11} {:>9} {:>11} {:>10} {:>9} {:>8} {:>11} {:>11}",
+        "{:<10} {:>8} {:>7} {:>9} {:>11} {:>9} {:>11} {:>10} {:>9} {:>8} {:>11} {:>11} {:>10} {:>8}",
         "store",
         "machines",
         "units",
@@ -849,13 +1130,15 @@ fn table(sizes: &[Size]) -> String {
         "writes/s",
         "txns/s",
         "CPU ms/unit",
-        "RSS KB/unit"
+        "RSS KB/unit",
+        "members MB",
+        "bench MB"
     );
     for size in sizes {
         for o in &size.median {
             let _ = writeln!(
                 out,
-                "{:<10} {:>8} {:>7} {:>9.2} {:>11.2} {:>9.2} {:>11.2} {:>10.2} {:>9.0} {:>8.0} {:>11.3} {:>11.2}",
+                "{:<10} {:>8} {:>7} {:>9.2} {:>11.2} {:>9.2} {:>11.2} {:>10.2} {:>9.0} {:>8.0} {:>11.3} {:>11.2} {:>10.0} {:>8.0}",
                 o.store,
                 o.machines,
                 o.units,
@@ -867,7 +1150,9 @@ fn table(sizes: &[Size]) -> String {
                 o.key_writes_per_s,
                 o.write_txns_per_s,
                 o.cpu_ms_per_unit,
-                o.rss_kb_per_unit
+                o.rss_kb_per_unit,
+                o.members_rss_mb,
+                o.bench_rss_mb
             );
         }
     }
@@ -877,8 +1162,9 @@ fn table(sizes: &[Size]) -> String {
             "* the units of 10% of the agents ({} of {} at the first scale, {} units) running elsewhere, from the moment all \
              their machine keys expired ({} s TTL); writes/s and txns/s: key changes and store revisions seen by a watch \
              from submit to all running; submit s: fleetctl's submit and start of every unit, scheduled s: until every unit \
-             had a target, launch s: until every unit was reported running (all from the start of the submit); medians by \
-             launch time",
+             had a target, launch s: until every unit was reported running (all from the start of the submit); members MB: the \
+             three members' peak resident memory together, bench MB: the bench process's (engine, fleetctl, simulated agents) \
+             at all running; medians by launch time",
             o.dead_agents, o.machines, o.orphaned_units, o.ttl_s
         );
     }
@@ -896,6 +1182,20 @@ fn table(sizes: &[Size]) -> String {
                 size.units,
                 size.machines,
                 rounds.join(", ")
+            );
+        }
+        for failure in &size.failures {
+            let _ = writeln!(
+                out,
+                "  {} units on {} machines, {} round {} did not complete: {}",
+                size.units, size.machines, failure.store, failure.round, failure.reason
+            );
+        }
+        for o in size.rounds.iter().filter(|o| o.leases_lost > 0) {
+            let _ = writeln!(
+                out,
+                "  {} units on {} machines, {}: live agents' leases expired {} times (each registered again)",
+                size.units, size.machines, o.store, o.leases_lost
             );
         }
         if let [etcd, shoal] = size.median.as_slice() {
@@ -946,6 +1246,14 @@ for store, color in (("shoal-kv", "#4c72b0"), ("etcd-3.4", "#dd8452")):
         for s in sizes:
             rounds = [o[key] for o in s["rounds"] if o["store"] == store]
             ax.scatter([s["units"]] * len(rounds), rounds, color=color, alpha=0.4, s=12)
+# A round that did not complete: an x on the axis, named.
+for s in sizes:
+    for i, f in enumerate(s.get("failures", [])):
+        color = "#4c72b0" if f["store"] == "shoal-kv" else "#dd8452"
+        axes[0].scatter([s["units"]], [0], marker="x", color=color, s=40, clip_on=False)
+        axes[0].annotate(f"{f['store']} round {f['round']} did not complete", (s["units"], 0),
+                         textcoords="offset points", xytext=(-4, 8 + 11 * i), ha="right",
+                         fontsize=7, color=color)
 axes[0].set_title("submit -> every unit running")
 axes[0].set_xlabel("units (on units/10 machines)")
 axes[0].set_ylabel("seconds")

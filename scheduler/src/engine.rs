@@ -198,17 +198,22 @@ impl Engine {
         }
     }
 
-    /// Reads machines, units and jobs once; returns the revision to watch from.
+    /// Reads unit texts, jobs and machines once, at one revision; returns the revision to
+    /// watch from. Agents' states and journals, most of the tree at scale, are not read: at
+    /// 50,000 units the whole prefix is a response too large to arrive within the timeout.
     pub async fn load(&mut self) -> StoreResult<i64> {
-        let (pairs, revision) = self.store.get_prefix(self.store.keys().prefix()).await?;
         let keys = self.store.keys().clone();
-        for (key, value) in &pairs {
-            if let Some(hash) = key.strip_prefix(&format!("{}unit/", keys.prefix())) {
-                self.units.insert(hash.to_string(), value.clone());
+        let (units, revision) = self.store.get_prefix(&keys.units()).await?;
+        for (key, value) in units {
+            if let Some(hash) = key.strip_prefix(&keys.units()) {
+                self.units.insert(hash.to_string(), value);
             }
         }
-        for (key, value) in pairs {
-            self.apply_put(&key, &value).await?;
+        for prefix in [keys.jobs(), keys.machines()] {
+            let pairs = self.store.get_prefix_at(&prefix, revision).await?;
+            for (key, value) in pairs {
+                self.apply_put(&key, &value).await?;
+            }
         }
         tracing::info!(
             jobs = self.model.jobs(),

@@ -141,6 +141,11 @@ impl Keys {
         format!("{}machines/{id}/object", self.prefix)
     }
 
+    /// `unit/`: every unit text.
+    pub fn units(&self) -> String {
+        format!("{}unit/", self.prefix)
+    }
+
     pub fn unit(&self, hash: &str) -> String {
         format!("{}unit/{hash}", self.prefix)
     }
@@ -294,19 +299,58 @@ impl Store {
 
     /// Every key/value under `prefix`, and the store revision they were read at.
     pub async fn get_prefix(&self, prefix: &str) -> StoreResult<(Vec<(String, String)>, i64)> {
-        let mut client = self.client.client();
-        let options = GetOptions::new().with_prefix();
-        let response = self
-            .call(&format!("get {prefix}*"), client.get(prefix, Some(options)))
-            .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let mut pairs = Vec::with_capacity(response.kvs().len());
-        for kv in response.kvs() {
-            let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let value = value_text(&key, kv.value())?;
-            pairs.push((key, value));
+        self.read_prefix(prefix, None).await
+    }
+
+    /// Every key/value under `prefix` as it was at `revision` (several prefixes read as one
+    /// snapshot).
+    pub async fn get_prefix_at(
+        &self,
+        prefix: &str,
+        revision: i64,
+    ) -> StoreResult<Vec<(String, String)>> {
+        Ok(self.read_prefix(prefix, Some(revision)).await?.0)
+    }
+
+    /// Reads `prefix` in pages of [`PAGE_KEYS`], every page at the revision of the first (or
+    /// at `revision`): a single response for 50,000 jobs is larger than gRPC's 4 MiB.
+    async fn read_prefix(
+        &self,
+        prefix: &str,
+        revision: Option<i64>,
+    ) -> StoreResult<(Vec<(String, String)>, i64)> {
+        let end = prefix_end(prefix.as_bytes());
+        let mut start = prefix.as_bytes().to_vec();
+        let mut revision = revision;
+        let mut pairs = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE_KEYS);
+            if let Some(revision) = revision {
+                options = options.with_revision(revision);
+            }
+            let mut client = self.client.client();
+            let response = self
+                .call(
+                    &format!("get {prefix}*"),
+                    client.get(start.clone(), Some(options)),
+                )
+                .await?;
+            let read_at = *revision.get_or_insert(response.header().map_or(0, |h| h.revision()));
+            for kv in response.kvs() {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let value = value_text(&key, kv.value())?;
+                pairs.push((key, value));
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((pairs, read_at)),
+            }
         }
-        Ok((pairs, revision))
     }
 
     /// Runs `txn`; returns whether its compares held.
@@ -408,6 +452,22 @@ impl Store {
     }
 }
 
+/// Keys per read of a prefix: at fleet's record sizes a page is well under a megabyte.
+const PAGE_KEYS: i64 = 2_000;
+
+/// The end of the key range that holds every key starting with `prefix` (etcd's rule: the
+/// prefix with its last byte below 0xff incremented; everything when there is none).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// Compare that holds while `key` does not exist.
 pub fn absent(key: &str) -> Compare {
     Compare::create_revision(key, CompareOp::Equal, 0)
@@ -429,4 +489,16 @@ fn value_text(key: &str, value: &[u8]) -> StoreResult<String> {
         key: key.to_string(),
         reason: "value is not UTF-8".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_below_0xff() {
+        assert_eq!(prefix_end(b"/fleet/job/"), b"/fleet/job0".to_vec());
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
 }
