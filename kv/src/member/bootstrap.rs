@@ -77,7 +77,6 @@ impl Member {
         .await
         .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (read_requests, read_waiters) = mpsc::channel(4096);
-        let (write_requests, write_waiters) = mpsc::channel(4096);
         let member = Arc::new(Member {
             id,
             cluster_id,
@@ -89,11 +88,11 @@ impl Member {
             leases: LeaseClock::default(),
             leadership_floor: Default::default(),
             read_requests,
-            write_requests,
+            writes: Default::default(),
         });
         let tasks = vec![
             tokio::spawn(member.clone().run_read_batcher(read_waiters)),
-            tokio::spawn(member.clone().run_write_batcher(write_waiters)),
+            tokio::spawn(member.clone().run_write_batcher()),
             tokio::spawn(member.clone().tell_followers_what_is_durable(durability)),
         ];
         Ok((member, tasks))

@@ -28,7 +28,7 @@ use self::lease_clock::LeaseClock;
 pub use self::membership::MembershipChange;
 use self::read_index::{LeadershipFloor, ReadWaiter};
 pub use self::write::MAX_REQUEST_BYTES;
-use self::write::{WriteWaiter, Written};
+use self::write::{WriteQueue, Written};
 use crate::error::EtcdError;
 use crate::peer::wire::Identity;
 use crate::peer::{ClusterView, PeerHandler, PeerPool};
@@ -52,7 +52,7 @@ pub struct Member {
     /// What a read index may not go below in the term this member leads.
     leadership_floor: LeadershipFloor,
     read_requests: mpsc::Sender<ReadWaiter>,
-    write_requests: mpsc::Sender<WriteWaiter>,
+    writes: WriteQueue,
 }
 
 /// A running member; [`RunningMember::shutdown`] stops it. Dropping it stops its Raft core

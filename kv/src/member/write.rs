@@ -1,11 +1,12 @@
 //! Writes: [`Member::propose`] hands a command to the write batcher, which sends whatever queued
 //! meanwhile as one batch: one log entry on the leader, one forwarded request to the leader from
 //! a follower. The proposer answers once this member applied the batch.
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use super::{Member, REQUEST_TIMEOUT};
 use crate::error::EtcdError;
@@ -75,7 +76,79 @@ pub(super) enum Written {
     Retry,
 }
 
-pub(super) type WriteWaiter = (Command, oneshot::Sender<Written>);
+type WriteWaiter = (Command, oneshot::Sender<Written>);
+
+/// The writes waiting for the batch in flight, and whether one is in flight. Only one batch is
+/// in flight at a time: sent by the proposer that found none in flight and nothing queued, or by
+/// the batcher task, which [`Turn`] wakes when that proposer's write is done and others queued.
+#[derive(Default)]
+pub(super) struct WriteQueue {
+    state: Mutex<QueueState>,
+    queued: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    in_flight: bool,
+    waiting: VecDeque<WriteWaiter>,
+}
+
+impl WriteQueue {
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Ok(command)` when the caller may send it now (its [`Turn`] then), or the receiver of
+    /// its outcome once a batch carried it.
+    fn take_turn_or_queue(&self, command: Command) -> Result<Command, oneshot::Receiver<Written>> {
+        let mut state = self.state();
+        if !state.in_flight && state.waiting.is_empty() {
+            state.in_flight = true;
+            return Ok(command);
+        }
+        let (tx, rx) = oneshot::channel();
+        state.waiting.push_back((command, tx));
+        Err(rx)
+    }
+
+    /// The next batch (about [`MAX_BATCH_BYTES`] of commands at most), or `None` when nothing
+    /// is queued: then no batch is in flight any more.
+    fn next_batch(&self) -> Option<Vec<WriteWaiter>> {
+        let mut state = self.state();
+        let first = match state.waiting.pop_front() {
+            Some(first) => first,
+            None => {
+                state.in_flight = false;
+                return None;
+            }
+        };
+        let mut batch = vec![first];
+        let mut bytes = 0u64;
+        while bytes < MAX_BATCH_BYTES {
+            let Some(more) = state.waiting.pop_front() else {
+                break;
+            };
+            bytes += bincode::serialized_size(&more.0).unwrap_or(MAX_BATCH_BYTES);
+            batch.push(more);
+        }
+        Some(batch)
+    }
+}
+
+/// A proposer's own write in flight; when it ends (or its proposer gives up), the batcher sends
+/// what queued meanwhile, or nothing is in flight any more.
+struct Turn<'a>(&'a WriteQueue);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        if state.waiting.is_empty() {
+            state.in_flight = false;
+        } else {
+            self.0.queued.notify_one();
+        }
+    }
+}
 
 impl Member {
     /// Replicates a command and returns its outcome once this member applied it.
@@ -128,11 +201,16 @@ impl Member {
         }
     }
 
+    /// Writes one command: at once from this task when no batch is in flight (no hop to the
+    /// batcher and back), otherwise queued for the next batch.
     pub(super) async fn write_once(&self, command: Command) -> Written {
-        let (tx, rx) = oneshot::channel();
-        if self.write_requests.send((command, tx)).await.is_err() {
-            return Written::Failed(EtcdError::Internal("the write batcher stopped".to_string()));
-        }
+        let rx = match self.writes.take_turn_or_queue(command) {
+            Ok(command) => {
+                let _turn = Turn(&self.writes);
+                return self.send_batch(command).await;
+            }
+            Err(rx) => rx,
+        };
         rx.await.unwrap_or(Written::Retry)
     }
 
@@ -154,24 +232,14 @@ impl Member {
     /// meanwhile make the next batch bigger (one log entry, one fsync per member, one forwarded
     /// request), and the CPU is what runs out (measured at 128 clients: with the leader's
     /// serial fsync, 1 in flight 9-12k puts/s, 2: 8-10k, 4: 7.5-9k, 8: 2-5k; with its parallel
-    /// flush, 1: 16.4k, 2 and 4: 15.9-16.0k).
-    pub(super) async fn run_write_batcher(
-        self: Arc<Self>,
-        mut requests: mpsc::Receiver<WriteWaiter>,
-    ) {
-        while let Some(first) = requests.recv().await {
-            let mut batch = vec![first];
-            let mut bytes = 0u64;
-            while bytes < MAX_BATCH_BYTES {
-                match requests.try_recv() {
-                    Ok(more) => {
-                        bytes += bincode::serialized_size(&more.0).unwrap_or(MAX_BATCH_BYTES);
-                        batch.push(more);
-                    }
-                    Err(_) => break,
-                }
+    /// flush, 1: 16.4k, 2 and 4: 15.9-16.0k). This task sends the queued batches once the
+    /// write sent directly by its proposer ([`Member::write_once`]) is done.
+    pub(super) async fn run_write_batcher(self: Arc<Self>) {
+        loop {
+            self.writes.queued.notified().await;
+            while let Some(batch) = self.writes.next_batch() {
+                self.write_batch(batch).await;
             }
-            self.write_batch(batch).await;
         }
     }
 
@@ -188,11 +256,7 @@ impl Member {
             None => return,
         };
         crate::profile::record_duration("batch.size", Duration::from_micros(waiters.len() as u64));
-        let written = match self.leader() {
-            Some((leader, _)) if leader == self.id => self.write_here(command).await,
-            Some((_, node)) => self.forward(node, command).await,
-            None => Written::Retry,
-        };
+        let written = self.send_batch(command).await;
         match written {
             Written::Done(outcome, index) if waiters.len() == 1 => {
                 if let Some(waiter) = waiters.into_iter().next() {
@@ -220,6 +284,15 @@ impl Member {
                     let _ = waiter.send(Written::Retry);
                 }
             }
+        }
+    }
+
+    /// Appends a command (or a batch) to the log here if this member leads, else forwards it.
+    async fn send_batch(&self, command: Command) -> Written {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => self.write_here(command).await,
+            Some((_, node)) => self.forward(node, command).await,
+            None => Written::Retry,
         }
     }
 
@@ -251,5 +324,56 @@ impl Member {
             Err(EtcdError::NoLeader) => Written::Retry,
             Err(error) => Written::Failed(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(rx: Result<Command, oneshot::Receiver<Written>>) -> oneshot::Receiver<Written> {
+        match rx {
+            Ok(command) => panic!("{command:?} was sent at once while a batch was in flight"),
+            Err(rx) => rx,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_with_nothing_in_flight_is_sent_by_its_proposer_and_others_wait_for_the_batcher()
+     {
+        let queue = WriteQueue::default();
+        let own = queue
+            .take_turn_or_queue(Command::Compact(1))
+            .expect("nothing in flight: the proposer sends its write itself");
+        assert!(matches!(own, Command::Compact(1)));
+        let _second = queued(queue.take_turn_or_queue(Command::Compact(2)));
+        let _third = queued(queue.take_turn_or_queue(Command::Compact(3)));
+        drop(Turn(&queue));
+        tokio::time::timeout(Duration::from_secs(5), queue.queued.notified())
+            .await
+            .expect("the end of the turn wakes the batcher");
+        let batch = queue.next_batch().expect("the queued writes");
+        let sent: Vec<_> = batch.iter().map(|(command, _)| command.clone()).collect();
+        assert!(matches!(
+            sent.as_slice(),
+            [Command::Compact(2), Command::Compact(3)]
+        ));
+        // Still in flight while the batcher sends them: a new write queues.
+        let _fourth = queued(queue.take_turn_or_queue(Command::Compact(4)));
+        assert!(queue.next_batch().is_some());
+        assert!(queue.next_batch().is_none());
+        assert!(queue.take_turn_or_queue(Command::Compact(5)).is_ok());
+    }
+
+    #[test]
+    fn a_turn_ended_with_nothing_queued_leaves_nothing_in_flight() {
+        let queue = WriteQueue::default();
+        assert!(queue.take_turn_or_queue(Command::Compact(1)).is_ok());
+        // The proposer gave up (its client went away) before its write was done.
+        drop(Turn(&queue));
+        assert!(
+            queue.take_turn_or_queue(Command::Compact(2)).is_ok(),
+            "the next write is sent at once"
+        );
     }
 }

@@ -155,11 +155,17 @@ fn encode_records(entries: &[Entry]) -> Result<Encoded, StoreError> {
     let mut buf = Vec::new();
     let mut offsets = Vec::with_capacity(entries.len());
     for entry in entries {
-        offsets.push((entry.log_id.index, buf.len()));
-        let payload = bincode::serialize(entry)?;
-        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        buf.extend_from_slice(&payload);
+        let start = buf.len();
+        offsets.push((entry.log_id.index, start));
+        // The payload is encoded in place after room for its header, which is filled in then.
+        buf.resize(start + HEADER_BYTES, 0);
+        bincode::serialize_into(&mut buf, entry)?;
+        let payload = &buf[start + HEADER_BYTES..];
+        let len = u32::try_from(payload.len())
+            .map_err(|_| StoreError::Io(std::io::Error::other("a log entry over 4 GiB")))?;
+        let crc = crc32fast::hash(payload);
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        buf[start + 4..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
         buf.resize(align(buf.len()), 0);
     }
     Ok(Encoded {
