@@ -4,7 +4,8 @@
 //! one writer. Reports events delivered per second (watchers x puts over the time until the
 //! last watcher had the last event) and the delivery latency (put sent -> event received) p50
 //! and p99, for a 3-member shoal kv (`shoal kv`) and a 3-member etcd 3.4, both up while rounds
-//! alternate between them; each figure is the median round's, with every round listed. Every
+//! alternate between them; each figure is the median round's, with every round listed. The writer
+//! is a client of its own (its own connection to the first member, on its own thread). Every
 //! watcher checks that it gets every put, in order, with its payload. Beside the rates, where a
 //! round's time went: the members' and the bench client's CPU per 1,000 events (the client runs
 //! on the same machine and decodes every response) and the writer's mean put latency (the puts
@@ -266,34 +267,16 @@ async fn fan_out(
     for _ in 0..watchers {
         ready_rx.recv().await.context("a watcher failed to start")?;
     }
-    let writer = clients[0].clone();
     let client = [std::process::id()];
-    let (store_cpu_before, client_cpu_before) = (cpu_ns(members), cpu_ns(&client));
-    let started = epoch.elapsed();
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut writers = Vec::with_capacity(puts_in_flight);
-    for _ in 0..puts_in_flight {
-        let mut writer = writer.clone();
-        let next = next.clone();
-        writers.push(tokio::spawn(async move {
-            let mut put_time = Duration::ZERO;
-            loop {
-                let sequence = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if sequence >= PUTS {
-                    return anyhow::Ok(put_time);
-                }
-                let sent = epoch.elapsed();
-                writer
-                    .put(KEY, payload(sequence, sent.as_micros()), None)
-                    .await?;
-                put_time += epoch.elapsed() - sent;
-            }
-        }));
-    }
-    let mut put_time = Duration::ZERO;
-    for writer in writers {
-        put_time += writer.await??;
-    }
+    let writer_endpoint = endpoints[0].clone();
+    let measured = members.to_vec();
+    let ((store_cpu_before, client_cpu_before, started), put_time) =
+        tokio::task::spawn_blocking(move || {
+            write(&writer_endpoint, epoch, puts_in_flight, || {
+                (cpu_ns(&measured), cpu_ns(&client), epoch.elapsed())
+            })
+        })
+        .await??;
     let put_mean = put_time / PUTS as u32;
     let mut last = started;
     let mut latencies = Vec::with_capacity(watchers * PUTS);
@@ -322,6 +305,53 @@ async fn fan_out(
         store_cpu_ms_per_1k: store_cpu,
         client_cpu_ms_per_1k: client_cpu,
         put_mean_ms: put_mean.as_secs_f64() * 1000.0,
+    })
+}
+
+/// The writer: [`PUTS`] puts of [`KEY`], `puts_in_flight` at a time, each carrying its sequence
+/// number and send time, once connected and `ready` ran; returns what `ready` did and the time
+/// the puts took, summed. A program of its own beside the
+/// watchers, as a writer is: its own connection, and its own thread, so that its puts queue
+/// neither behind the watchers' events on a shared connection nor behind the watcher tasks.
+fn write<T>(
+    endpoint: &str,
+    epoch: Instant,
+    puts_in_flight: usize,
+    ready: impl FnOnce() -> T,
+) -> anyhow::Result<(T, Duration)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let writer = Client::connect([endpoint], None)
+            .await
+            .with_context(|| format!("connecting the writer to {endpoint}"))?;
+        let ready = ready();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut writers = Vec::with_capacity(puts_in_flight);
+        for _ in 0..puts_in_flight {
+            let mut writer = writer.clone();
+            let next = next.clone();
+            writers.push(tokio::spawn(async move {
+                let mut put_time = Duration::ZERO;
+                loop {
+                    let sequence = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if sequence >= PUTS {
+                        return anyhow::Ok(put_time);
+                    }
+                    let sent = epoch.elapsed();
+                    writer
+                        .put(KEY, payload(sequence, sent.as_micros()), None)
+                        .await?;
+                    put_time += epoch.elapsed() - sent;
+                }
+            }));
+        }
+        let mut put_time = Duration::ZERO;
+        for writer in writers {
+            put_time += writer.await??;
+        }
+        Ok((ready, put_time))
     })
 }
 

@@ -55,11 +55,14 @@ pub struct Member {
     writes: WriteQueue,
 }
 
-/// A running member; dropping it does not stop it, [`RunningMember::shutdown`] does.
+/// A running member; [`RunningMember::shutdown`] stops it. Dropping it stops its Raft core
+/// (the runtime Raft and the peer server run on) but leaves its client servers running.
 pub struct RunningMember {
     pub member: Arc<Member>,
     pub(crate) tasks: Vec<JoinHandle<()>>,
     pub client_addrs: Vec<SocketAddr>,
+    /// Where Raft, the peer server and the member's own tasks run ([`crate::runtime`]).
+    pub(crate) core: crate::runtime::Core,
 }
 
 impl RunningMember {
@@ -75,6 +78,7 @@ impl RunningMember {
         if let Err(e) = self.member.raft.shutdown().await {
             tracing::warn!("stopping raft: {e}");
         }
+        drop(self.core);
     }
 }
 
