@@ -4,12 +4,9 @@
 //! that knows all three, so none of them knows another's server.
 use std::sync::Arc;
 
-use tokio::task::JoinHandle;
-
 use crate::error::StoreError;
 use crate::listen::{PerClient, bind_all, connections};
 use crate::member::{Config, Member, RunningMember};
-use crate::runtime::Core;
 use crate::storage::store;
 use crate::tls::{Tls, TlsFiles};
 
@@ -25,13 +22,15 @@ fn load(files: &Option<TlsFiles>, alpn: &[&[u8]]) -> Result<Option<Arc<Tls>>, St
 }
 
 impl Member {
-    /// Opens the data dir, starts Raft and serves clients and peers until shut down. Raft, the
-    /// peer server and the member's own tasks run on the member's [`Core`] runtime; the client
-    /// servers on the runtime this is called on.
+    /// Opens the data dir, starts Raft and serves clients and peers until shut down.
     pub async fn start(config: Config) -> Result<RunningMember, StoreError> {
         let client_tls = load(&config.client_tls, CLIENT_ALPN)?;
         let peer_tls = load(&config.peer_tls, &[])?;
         let db = store::open_database(&config.data_dir)?;
+        let mut peer_connections = Vec::new();
+        for listener in bind_all(&config.listen_peer_urls).await? {
+            peer_connections.push(connections(listener, peer_tls.clone(), None)?);
+        }
         // One count of connections per client address over the client and metrics listeners.
         let per_client = PerClient::new(config.limits.max_connections_per_client);
         let mut client_connections = Vec::new();
@@ -52,12 +51,15 @@ impl Member {
                 Some(per_client.clone()),
             )?);
         }
-        let core = Core::new(&format!("kv-core-{}", config.name))?;
-        let (member, mut tasks) = core
-            .handle()
-            .spawn(start_core(config, db, peer_tls))
-            .await
-            .map_err(|e| StoreError::Raft(format!("starting the member's core: {e}")))??;
+        let (member, mut tasks) = Member::open(config, db, peer_tls).await?;
+        for incoming in peer_connections {
+            let identity = member.identity();
+            tasks.push(tokio::spawn(crate::peer::serve(
+                member.clone(),
+                identity,
+                incoming,
+            )));
+        }
         for incoming in client_connections {
             tasks.push(tokio::spawn(crate::api::serve_clients(
                 member.clone(),
@@ -70,35 +72,11 @@ impl Member {
                 incoming,
             )));
         }
+        tasks.extend(Arc::clone(&member).join_the_cluster()?);
         Ok(RunningMember {
             member,
             tasks,
             client_addrs,
-            core,
         })
     }
-}
-
-/// The member's part on its core runtime: Raft and the member's tasks, the peer listeners and
-/// server, joining the cluster. Every task these spawn stays on the core runtime.
-async fn start_core(
-    config: Config,
-    db: Arc<store::DataFile>,
-    peer_tls: Option<Arc<Tls>>,
-) -> Result<(Arc<Member>, Vec<JoinHandle<()>>), StoreError> {
-    let mut peer_connections = Vec::new();
-    for listener in bind_all(&config.listen_peer_urls).await? {
-        peer_connections.push(connections(listener, peer_tls.clone(), None)?);
-    }
-    let (member, mut tasks) = Member::open(config, db, peer_tls).await?;
-    for incoming in peer_connections {
-        let identity = member.identity();
-        tasks.push(tokio::spawn(crate::peer::serve(
-            member.clone(),
-            identity,
-            incoming,
-        )));
-    }
-    tasks.extend(Arc::clone(&member).join_the_cluster()?);
-    Ok((member, tasks))
 }

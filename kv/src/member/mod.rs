@@ -55,14 +55,11 @@ pub struct Member {
     writes: WriteQueue,
 }
 
-/// A running member; [`RunningMember::shutdown`] stops it. Dropping it stops its Raft core
-/// (the runtime Raft and the peer server run on) but leaves its client servers running.
+/// A running member; dropping it does not stop it, [`RunningMember::shutdown`] does.
 pub struct RunningMember {
     pub member: Arc<Member>,
     pub(crate) tasks: Vec<JoinHandle<()>>,
     pub client_addrs: Vec<SocketAddr>,
-    /// Where Raft, the peer server and the member's own tasks run ([`crate::runtime`]).
-    pub(crate) core: crate::runtime::Core,
 }
 
 impl RunningMember {
@@ -78,7 +75,6 @@ impl RunningMember {
         if let Err(e) = self.member.raft.shutdown().await {
             tracing::warn!("stopping raft: {e}");
         }
-        drop(self.core);
     }
 }
 

@@ -469,13 +469,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 batch
             })
         };
-        // Writers waiting for this apply first, watchers after: a wakeup queues behind those
-        // before it on the client runtime, and a fan-out wakes every watch stream.
-        self.publish_applied();
         if let Some(batch) = batch {
             // No receiver just means no watcher.
             let _ = self.shared.feed.send(Feed::Events(batch));
         }
+        self.publish_applied();
         crate::profile::record("sm.apply", t);
         Ok(outcomes)
     }
