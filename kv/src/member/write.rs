@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::{Member, REQUEST_TIMEOUT};
 use crate::error::EtcdError;
@@ -17,6 +17,9 @@ use crate::types::{Command, MemberNode, Outcome};
 
 /// Roughly how many bytes of commands one batched log entry carries.
 const MAX_BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Writes a member holds at once, sent or queued (what the batcher's channel bounded before);
+/// more proposers wait for a slot instead of growing the queue without bound.
+const MAX_PENDING_WRITES: usize = 4096;
 /// etcd's `--max-request-bytes` default.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
@@ -81,10 +84,20 @@ type WriteWaiter = (Command, oneshot::Sender<Written>);
 /// The writes waiting for the batch in flight, and whether one is in flight. Only one batch is
 /// in flight at a time: sent by the proposer that found none in flight and nothing queued, or by
 /// the batcher task, which [`Turn`] wakes when that proposer's write is done and others queued.
-#[derive(Default)]
 pub(super) struct WriteQueue {
     state: Mutex<QueueState>,
     queued: Notify,
+    slots: Semaphore,
+}
+
+impl Default for WriteQueue {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            queued: Notify::new(),
+            slots: Semaphore::new(MAX_PENDING_WRITES),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -204,6 +217,9 @@ impl Member {
     /// Writes one command: at once from this task when no batch is in flight (no hop to the
     /// batcher and back), otherwise queued for the next batch.
     pub(super) async fn write_once(&self, command: Command) -> Written {
+        let Ok(_slot) = self.writes.slots.acquire().await else {
+            return Written::Failed(EtcdError::Internal("the write queue closed".to_string()));
+        };
         let rx = match self.writes.take_turn_or_queue(command) {
             Ok(command) => {
                 let _turn = Turn(&self.writes);
