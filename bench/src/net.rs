@@ -29,6 +29,8 @@
 //! configurations, each program's runs per second and nanoseconds per run during the unpinned
 //! TCP test (the kernel's BPF run statistics, on for the whole run: two clock reads per run of
 //! every BPF program, in every configuration that has programs).
+//! The bridge target's TCP ratios are also given as the median of per-round ratios, with each
+//! round's ratio (a round measures both configurations minutes apart, under the same load).
 //! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
 //! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named configurations,
 //! `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
@@ -224,6 +226,9 @@ struct Ratio {
     value: f64,
     target: Option<String>,
     met: Option<bool>,
+    /// For a median of per-round ratios: each round's ratio, in round order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rounds: Vec<f64>,
 }
 
 /// A dataplane living in a node, driven from a thread inside it; detached on drop.
@@ -754,6 +759,30 @@ fn ratio(what: &str, value: f64, target: Option<(&str, bool)>) -> Ratio {
         value,
         target: target.map(|(text, _)| text.to_string()),
         met: target.map(|(_, met)| met),
+        rounds: Vec::new(),
+    }
+}
+
+/// The median over rounds of `a`'s metric over `b`'s in the same round. Rounds interleave the
+/// configurations (every other one reversed), so a round's two figures were taken minutes
+/// apart under the same background load; the ratio of the column medians can pair one
+/// configuration's good round with the other's bad one.
+fn per_round_ratio(
+    what: &str,
+    a: &ConfigResult,
+    b: &ConfigResult,
+    metric: fn(&Sample) -> f64,
+) -> Ratio {
+    let rounds: Vec<f64> = a
+        .rounds
+        .iter()
+        .zip(&b.rounds)
+        .map(|(x, y)| metric(x) / metric(y))
+        .collect();
+    Ratio {
+        value: median(rounds.clone()),
+        rounds,
+        ..ratio(what, 0.0, None)
     }
 }
 
@@ -780,6 +809,7 @@ fn ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
         list.extend(target_ratios("nic: ", s, k, h));
     }
     list.extend(bridge_ratios(&find));
+    list.extend(bridge_per_round_ratios(configs));
     let pairs = [
         ("shoal-vxlan-xdp", "kernel-vxlan"),
         ("shoal-vxlan-xdp", "shoal-vxlan"),
@@ -856,6 +886,29 @@ fn bridge_ratios<'a>(find: &dyn Fn(&str) -> Option<&'a Sample>) -> Vec<Ratio> {
             "bridge: shoal-vxlan / host-gw latency p50",
             s.latency_p50_us / h.latency_p50_us,
             None,
+        ),
+    ]
+}
+
+/// The bridge target's TCP ratios again, as the median of per-round ratios (beside the ratio of
+/// medians above, which stays the target's figure).
+fn bridge_per_round_ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
+    let find = |name: &str| configs.iter().find(|config| config.name == name);
+    let (Some(s), Some(h)) = (find("bridge:shoal-vxlan"), find("bridge:host-gw")) else {
+        return Vec::new();
+    };
+    vec![
+        per_round_ratio(
+            "bridge: shoal-vxlan / host-gw TCP (pinned), median of per-round ratios",
+            s,
+            h,
+            |sample| sample.tcp_gbps,
+        ),
+        per_round_ratio(
+            "bridge: shoal-vxlan / host-gw TCP (unpinned), median of per-round ratios",
+            s,
+            h,
+            |sample| sample.tcp_unpinned_gbps,
         ),
     ]
 }
@@ -977,6 +1030,10 @@ fn table(report: &Report) -> String {
             _ => String::new(),
         };
         let _ = writeln!(out, "{:<70} {:>6.2}  {verdict}", ratio.what, ratio.value);
+        if !ratio.rounds.is_empty() {
+            let rounds: Vec<String> = ratio.rounds.iter().map(|r| format!("{r:.2}")).collect();
+            let _ = writeln!(out, "{:<70} {}", "    per round", rounds.join(", "));
+        }
     }
     out
 }
