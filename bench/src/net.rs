@@ -1157,3 +1157,58 @@ pub fn rounds_from_env() -> usize {
         .and_then(|value| value.parse().ok())
         .unwrap_or(3)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, unpinned: &[f64]) -> ConfigResult {
+        let rounds: Vec<Sample> = unpinned
+            .iter()
+            .map(|&gbps| Sample {
+                tcp_unpinned_gbps: gbps,
+                ..Sample::default()
+            })
+            .collect();
+        ConfigResult {
+            name: name.to_string(),
+            median: median_sample(&rounds),
+            rounds,
+        }
+    }
+
+    #[test]
+    fn per_round_ratio_pairs_each_round_and_takes_the_median() {
+        // One bad round of shoal's (12.94) beside host-gw's steady ones: the ratio of the column
+        // medians is below 1, while shoal is even or ahead in two rounds of three.
+        let shoal = config("bridge:shoal-vxlan", &[12.94, 16.10, 15.92]);
+        let host_gw = config("bridge:host-gw", &[16.10, 16.12, 16.19]);
+        let ratio = per_round_ratio("unpinned", &shoal, &host_gw, |s| s.tcp_unpinned_gbps);
+        let rounds: Vec<String> = ratio.rounds.iter().map(|r| format!("{r:.3}")).collect();
+        assert_eq!(rounds, ["0.804", "0.999", "0.983"]);
+        assert!((ratio.value - 15.92 / 16.19).abs() < 1e-12);
+        let of_medians = shoal.median.tcp_unpinned_gbps / host_gw.median.tcp_unpinned_gbps;
+        assert!((of_medians - 15.92 / 16.12).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bridge_ratios_need_no_kernel_vxlan() {
+        let configs = [
+            config("bridge:host-gw", &[10.0]),
+            config("bridge:shoal-vxlan", &[11.0]),
+        ];
+        let find = |name: &str| {
+            configs
+                .iter()
+                .find(|config| config.name == name)
+                .map(|config| &config.median)
+        };
+        let list = bridge_ratios(&find);
+        assert_eq!(
+            list[1].what,
+            "bridge: shoal-vxlan / host-gw TCP throughput (unpinned)"
+        );
+        assert!((list[1].value - 1.1).abs() < 1e-12);
+        assert!(!list.iter().any(|ratio| ratio.what.contains("kernel-vxlan")));
+    }
+}
