@@ -21,7 +21,8 @@
 //! CPU 0 and server on CPU 1: left to the scheduler the same configuration ranged 10-16 Gbit/s
 //! between rounds, pinned it stays within ~5%), and again left to the scheduler, as a container
 //! runs, with the CPU time iperf3's client and server spend per KB received (their user and
-//! system time, which includes the packet path's softirq work run in their context); 64-byte
+//! system time, which includes the packet path's softirq work run in their context) and the
+//! share of the test in which the scheduler kept both on one CPU; 64-byte
 //! UDP packets per second delivered to the receiving container's UDP layer by two
 //! saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99 (sockperf
 //! ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte packet (the
@@ -158,6 +159,10 @@ struct Sample {
     /// iperf3 but adds little to what each byte costs.
     tcp_cpu_ns_per_kb: f64,
     tcp_unpinned_cpu_ns_per_kb: f64,
+    /// Share of the unpinned test's samples (every 100 ms) in which the scheduler had the iperf3
+    /// client and server on the same CPU: a data packet's whole path runs on the sender's CPU,
+    /// so this is what decides whether the test runs on one CPU or two.
+    tcp_unpinned_same_cpu: f64,
     udp64_pps: f64,
     latency_p50_us: f64,
     latency_p99_us: f64,
@@ -451,14 +456,50 @@ impl Drop for Server {
     }
 }
 
-fn iperf3_json(ns: &Namespace, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let output = ns.output("iperf3", args)?;
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+/// Runs the iperf3 client; its JSON report and the share of samples (every 100 ms) in which it
+/// ran on the same CPU as `server` (the server process's id).
+fn iperf3_client(
+    ns: &Namespace,
+    args: &[&str],
+    server: u32,
+) -> anyhow::Result<(serde_json::Value, f64)> {
+    let mut cmd = ns.command("iperf3");
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = ns.spawn(&mut cmd)?;
+    let mut stdout = child.stdout.take().context("iperf3 stdout")?;
+    // Read while sampling, so a long report cannot fill the pipe and stall the client.
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut text).map(|_| text)
+    });
+    let (mut samples, mut same) = (0u32, 0u32);
+    while child.try_wait()?.is_none() {
+        if let (Some(a), Some(b)) = (cpu_of(child.id()), cpu_of(server)) {
+            samples += 1;
+            same += u32::from(a == b);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("iperf3 reader panicked"))?
+        .context("reading iperf3's report")?;
+    let json: serde_json::Value = serde_json::from_slice(&text)
         .with_context(|| format!("iperf3 {args:?} printed no JSON"))?;
     if let Some(error) = json.get("error") {
         bail!("iperf3 {args:?}: {error}");
     }
-    Ok(json)
+    Ok((json, f64::from(same) / f64::from(samples.max(1))))
+}
+
+/// The CPU process `pid` last ran on (field 39 of `/proc/<pid>/stat`), if it still exists.
+fn cpu_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it start with the state (3).
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace()
+        .nth(39 - 3)
+        .and_then(|cpu| cpu.parse().ok())
 }
 
 const PORT: &str = "5201";
@@ -468,18 +509,20 @@ struct TcpRun {
     gbps: f64,
     /// Client and server CPU nanoseconds per KB received.
     cpu_ns_per_kb: f64,
+    /// Share of samples with client and server on the same CPU.
+    same_cpu: f64,
 }
 
 /// Single-stream TCP; `pinned`: client on CPU 0, server on CPU 1.
 fn measure_tcp(bed: &Testbed, pinned: bool) -> anyhow::Result<TcpRun> {
-    let _server = Server::start(bed.server(), "iperf3", &["-s", "-1", "-p", PORT])?;
+    let server = Server::start(bed.server(), "iperf3", &["-s", "-1", "-p", PORT])?;
     let ip = bed.server_ip()?.to_string();
     let seconds = SECONDS.to_string();
     let mut args = vec!["-c", &ip, "-p", PORT, "-t", &seconds, "-J"];
     if pinned {
         args.extend(["-A", "0,1"]);
     }
-    let json = iperf3_json(bed.client(), &args)?;
+    let (json, same_cpu) = iperf3_client(bed.client(), &args, server.0.id())?;
     let received = &json["end"]["sum_received"];
     let number = |value: &serde_json::Value, what: &str| {
         value
@@ -497,6 +540,7 @@ fn measure_tcp(bed: &Testbed, pinned: bool) -> anyhow::Result<TcpRun> {
     Ok(TcpRun {
         gbps: bps / 1e9,
         cpu_ns_per_kb: cpu_ns / (bytes.max(1.0) / 1024.0),
+        same_cpu,
     })
 }
 
@@ -689,6 +733,7 @@ fn measure(layout: Layout) -> anyhow::Result<Sample> {
         tcp_unpinned_gbps: unpinned.gbps,
         tcp_cpu_ns_per_kb: pinned.cpu_ns_per_kb,
         tcp_unpinned_cpu_ns_per_kb: unpinned.cpu_ns_per_kb,
+        tcp_unpinned_same_cpu: unpinned.same_cpu,
         udp64_pps,
         latency_p50_us,
         latency_p99_us,
@@ -713,6 +758,7 @@ fn median_sample(rounds: &[Sample]) -> Sample {
         tcp_unpinned_gbps: of(|s| s.tcp_unpinned_gbps),
         tcp_cpu_ns_per_kb: of(|s| s.tcp_cpu_ns_per_kb),
         tcp_unpinned_cpu_ns_per_kb: of(|s| s.tcp_unpinned_cpu_ns_per_kb),
+        tcp_unpinned_same_cpu: of(|s| s.tcp_unpinned_same_cpu),
         udp64_pps: of(|s| s.udp64_pps),
         latency_p50_us: of(|s| s.latency_p50_us),
         latency_p99_us: of(|s| s.latency_p99_us),
@@ -987,7 +1033,8 @@ fn table(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\nevery round: TCP Gbit/s pinned / unpinned, TCP CPU ns/KB pinned / unpinned, p50 us"
+        "\nevery round: TCP Gbit/s pinned / unpinned, TCP CPU ns/KB pinned / unpinned, \
+         unpinned client and server on one CPU (% of samples), p50 us"
     );
     for config in &report.configs {
         let rounds: Vec<String> = config
@@ -995,11 +1042,12 @@ fn table(report: &Report) -> String {
             .iter()
             .map(|s| {
                 format!(
-                    "{:.2}/{:.2} {:.0}/{:.0} {:.1}",
+                    "{:.2}/{:.2} {:.0}/{:.0} {:.0}% {:.1}",
                     s.tcp_gbps,
                     s.tcp_unpinned_gbps,
                     s.tcp_cpu_ns_per_kb,
                     s.tcp_unpinned_cpu_ns_per_kb,
+                    s.tcp_unpinned_same_cpu * 100.0,
                     s.latency_p50_us
                 )
             })
