@@ -541,7 +541,7 @@ mod tests {
     use super::*;
     use crate::proto::etcdserverpb as pb;
     use crate::storage::auth::{Permission, ROOT};
-    use crate::types::Request;
+    use crate::types::ClientRequest;
 
     fn auth(state: &mut State, index: u64, command: AuthCommand) -> Outcome {
         state.apply(index, Command::Auth(command)).0
@@ -554,7 +554,7 @@ mod tests {
         };
         let command = Command::AsUser {
             user,
-            command: Box::new(Command::Put(Request::new(put))),
+            command: Box::new(Command::Put(ClientRequest::new(put))),
         };
         state.apply(0, command).0
     }
@@ -665,7 +665,7 @@ mod tests {
         };
         Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::Put(Request::new(put))),
+            payload: EntryPayload::Normal(Command::Put(ClientRequest::new(put))),
         }
     }
 
