@@ -709,7 +709,7 @@ pub async fn serve<H: PeerHandler>(
 mod tests {
     use super::*;
     use crate::proto::etcdserverpb::PutRequest;
-    use crate::types::{Entry, LogId, Proto};
+    use crate::types::{Entry, LogId, Request};
 
     fn append_of_puts(values: &[usize]) -> AppendEntriesRequest<TypeConfig> {
         let leader = openraft::CommittedLeaderId::new(1, 1);
@@ -718,7 +718,7 @@ mod tests {
             .enumerate()
             .map(|(i, len)| Entry {
                 log_id: LogId::new(leader, i as u64 + 1),
-                payload: openraft::EntryPayload::Normal(Command::Put(Proto(PutRequest {
+                payload: openraft::EntryPayload::Normal(Command::Put(Request::new(PutRequest {
                     key: b"k".to_vec(),
                     value: vec![0; *len],
                     ..Default::default()
