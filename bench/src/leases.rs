@@ -109,17 +109,35 @@ struct Size {
     median: Vec<Outcome>,
 }
 
-pub fn run(settings: &Settings) -> Result<String> {
+/// The results table to record; `None` (the table printed, nothing recorded) when
+/// `SHOAL_BENCH_ONLY` measured one store alone.
+pub fn run(settings: &Settings) -> Result<Option<String>> {
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // `SHOAL_BENCH_ONLY=shoal` (or `etcd`) measures one store, for profiling runs; the
+    // report files are only written by a full side-by-side run.
+    let only = std::env::var("SHOAL_BENCH_ONLY").ok();
+    let kinds: Vec<StoreKind> = [StoreKind::ShoalKv, StoreKind::Etcd]
+        .into_iter()
+        .filter(|kind| {
+            only.as_deref().is_none_or(|only| match kind {
+                StoreKind::ShoalKv => only == "shoal",
+                StoreKind::Etcd => only == "etcd",
+            })
+        })
+        .collect();
+    anyhow::ensure!(
+        !kinds.is_empty(),
+        "SHOAL_BENCH_ONLY must be `shoal` or `etcd`, not {only:?}"
+    );
     let mut sizes = Vec::new();
     for &nodes in &settings.nodes {
         anyhow::ensure!(nodes >= 2, "at least 2 nodes, not {nodes}");
         let mut rounds = Vec::new();
         for round in 1..=settings.rounds {
-            for kind in [StoreKind::ShoalKv, StoreKind::Etcd] {
+            for &kind in &kinds {
                 eprintln!(
                     "leases: {nodes} nodes against a 3-member {}, round {round}",
                     label(kind)
@@ -152,8 +170,12 @@ pub fn run(settings: &Settings) -> Result<String> {
             median,
         });
     }
+    if only.is_some() {
+        print!("{}", table(&sizes));
+        return Ok(None);
+    }
     write_outputs(&sizes)?;
-    Ok(table(&sizes))
+    Ok(Some(table(&sizes)))
 }
 
 /// The round of `store` with the median time until every node knew every lease.
@@ -312,7 +334,6 @@ impl Knowledge {
     }
 }
 
-#[async_trait::async_trait]
 impl PeerSink for Knowledge {
     async fn upsert(&mut self, lease: &Lease) -> BackendResult<()> {
         self.known.insert(lease.subnet);

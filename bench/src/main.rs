@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
         })?,
         Suite::Kv => kv::run(tls)?,
-        Suite::Leases => Some(leases::run(&leases::Settings { nodes, rounds })?),
+        Suite::Leases => leases::run(&leases::Settings { nodes, rounds })?,
         Suite::Watch => Some(watch::run(&watch::Settings {
             watchers,
             rounds,

@@ -1,10 +1,10 @@
 //! Subnet leases exactly as flannel stores them: key `<prefix>/subnets/<ip>-<len>`, value a
 //! JSON `LeaseAttrs` object, and the choice of a free subnet.
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{borrow::Cow, collections::HashSet, net::Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, de::Visitor};
 
 use super::config::NetworkConfig;
 
@@ -16,12 +16,14 @@ pub struct LeaseAttrs {
     /// flannel writes `null` here for IPv4-only nodes.
     #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// flannel's backend names are shared, not copied: a node keeps one per peer.
     #[serde(
         rename = "BackendType",
         default,
-        skip_serializing_if = "String::is_empty"
+        deserialize_with = "backend_type",
+        skip_serializing_if = "str::is_empty"
     )]
-    pub backend_type: String,
+    pub backend_type: Cow<'static, str>,
     #[serde(
         rename = "BackendData",
         default,
@@ -36,6 +38,30 @@ pub struct LeaseAttrs {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_v6_data: Option<BackendData>,
+}
+
+/// The backend types flannel writes, which a lease's `BackendType` borrows
+/// instead of allocating.
+const BACKEND_TYPES: [&str; 6] = ["vxlan", "host-gw", "udp", "wireguard", "ipip", "ipsec"];
+
+/// Reads `BackendType`, borrowing a known name.
+fn backend_type<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Cow<'static, str>, D::Error> {
+    struct Name;
+    impl Visitor<'_> for Name {
+        type Value = Cow<'static, str>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a backend type name")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+            Ok(match BACKEND_TYPES.iter().find(|known| **known == name) {
+                Some(known) => Cow::Borrowed(known),
+                None => Cow::Owned(name.to_string()),
+            })
+        }
+    }
+    deserializer.deserialize_str(Name)
 }
 
 /// A backend's data as the JSON text it came in (flannel's `json.RawMessage`): checked to be

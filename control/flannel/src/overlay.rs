@@ -227,7 +227,7 @@ async fn take_lease(
     let attrs = LeaseAttrs {
         public_ip: underlay.public_ip,
         public_ipv6: None,
-        backend_type: backend.type_name().to_string(),
+        backend_type: backend.type_name().into(),
         backend_data,
         backend_v6_data: None,
     };

@@ -295,23 +295,19 @@ impl Registry {
             )))
     }
 
-    /// Decodes the events of one watch response.
-    pub fn decode_events(events: &[etcd_client::Event]) -> Vec<LeaseEvent> {
-        events
-            .iter()
-            .filter_map(|event| {
-                let kv = event.kv()?;
-                match event.event_type() {
-                    etcd_client::EventType::Delete => {
-                        parse_subnet_key(&String::from_utf8_lossy(kv.key()))
-                            .map(LeaseEvent::Deleted)
-                    }
-                    etcd_client::EventType::Put => {
-                        decode_lease(kv.key(), kv.value(), kv.lease()).map(LeaseEvent::Put)
-                    }
+    /// Decodes the events of one watch response, one at a time as they are applied.
+    pub fn decode_events(events: &[etcd_client::Event]) -> impl Iterator<Item = LeaseEvent> + '_ {
+        events.iter().filter_map(|event| {
+            let kv = event.kv()?;
+            match event.event_type() {
+                etcd_client::EventType::Delete => {
+                    parse_subnet_key(&String::from_utf8_lossy(kv.key())).map(LeaseEvent::Deleted)
                 }
-            })
-            .collect()
+                etcd_client::EventType::Put => {
+                    decode_lease(kv.key(), kv.value(), kv.lease()).map(LeaseEvent::Put)
+                }
+            }
+        })
     }
 
     /// Grants an etcd lease of `ttl`; returns its id.

@@ -7,7 +7,7 @@
 //! only leases inside the overlay network that overlap none of the underlay's connected
 //! subnets are programmed ([`LeaseScope`]); any other is ignored with a warning.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -25,17 +25,16 @@ use super::{
 };
 use shoal_store_client::Chain;
 
-/// Receives the peers' leases as they come and go.
-#[async_trait::async_trait]
+/// Receives the peers' leases as they come and go. Implementations write `async fn`; the sync
+/// is generic over its sink, so a call costs no boxed future (a node makes one per peer event).
 pub trait PeerSink: Send {
-    async fn upsert(&mut self, lease: &Lease) -> BackendResult<()>;
-    async fn remove(&mut self, lease: &Lease) -> BackendResult<()>;
+    fn upsert(&mut self, lease: &Lease) -> impl Future<Output = BackendResult<()>> + Send;
+    fn remove(&mut self, lease: &Lease) -> impl Future<Output = BackendResult<()>> + Send;
     /// After a full list: everything not in `keep` may be dropped.
-    async fn resynced(&mut self, keep: &[Ipv4Network]) -> BackendResult<()>;
+    fn resynced(&mut self, keep: &[Ipv4Network]) -> impl Future<Output = BackendResult<()>> + Send;
 }
 
-#[async_trait::async_trait]
-impl PeerSink for Box<dyn Backend> {
+impl PeerSink for Box<dyn Backend + '_> {
     async fn upsert(&mut self, lease: &Lease) -> BackendResult<()> {
         self.add_peer(lease).await
     }
@@ -163,16 +162,16 @@ impl LeaseSync {
     }
 
     /// Runs until this node's own lease disappears (or forever; cancel by dropping).
-    pub async fn run(&mut self, sink: &mut dyn PeerSink) -> SyncError {
+    pub async fn run<S: PeerSink>(&mut self, sink: &mut S) -> SyncError {
         self.run_from(None, sink).await
     }
 
     /// Like [`LeaseSync::run`], starting from a list already taken (the one the lease was
     /// acquired from) instead of listing again.
-    pub async fn run_from(
+    pub async fn run_from<S: PeerSink>(
         &mut self,
         mut snapshot: Option<Snapshot>,
-        sink: &mut dyn PeerSink,
+        sink: &mut S,
     ) -> SyncError {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -207,14 +206,14 @@ impl LeaseSync {
 
     /// Lists every lease and brings the sink in line: adds new and changed ones, removes the
     /// ones that vanished. Returns the revision of the list.
-    pub async fn resync(&mut self, sink: &mut dyn PeerSink) -> Result<i64, RegistryError> {
+    pub async fn resync<S: PeerSink>(&mut self, sink: &mut S) -> Result<i64, RegistryError> {
         let (leases, revision) = self.registry.list().await?;
         Ok(self
             .apply_snapshot(Snapshot { leases, revision }, sink)
             .await)
     }
 
-    async fn apply_snapshot(&mut self, snapshot: Snapshot, sink: &mut dyn PeerSink) -> i64 {
+    async fn apply_snapshot<S: PeerSink>(&mut self, snapshot: Snapshot, sink: &mut S) -> i64 {
         let Snapshot { leases, revision } = snapshot;
         let current: KnownLeases = leases
             .into_iter()
@@ -246,10 +245,10 @@ impl LeaseSync {
 
     /// Applies watch events from `start_revision` on. `Ok(None)` when the watch ends or is
     /// cancelled (compaction included) and a resync is needed.
-    async fn follow(
+    async fn follow<S: PeerSink>(
         &mut self,
         start_revision: i64,
-        sink: &mut dyn PeerSink,
+        sink: &mut S,
     ) -> Result<Option<SyncError>, RegistryError> {
         let mut stream = self.registry.watch(start_revision).await?;
         loop {
@@ -282,7 +281,7 @@ impl LeaseSync {
         }
     }
 
-    async fn apply(&mut self, sink: &mut dyn PeerSink, event: LeaseEvent) -> Option<SyncError> {
+    async fn apply<S: PeerSink>(&mut self, sink: &mut S, event: LeaseEvent) -> Option<SyncError> {
         match event {
             LeaseEvent::Deleted(subnet) if subnet == self.own => {
                 Some(SyncError::OwnLeaseRemoved(subnet))
@@ -300,18 +299,18 @@ impl LeaseSync {
         }
     }
 
-    async fn learn(&mut self, sink: &mut dyn PeerSink, lease: Lease) {
-        if self
-            .known
-            .get(&lease.subnet)
-            .is_some_and(|known| known.attrs == lease.attrs)
+    async fn learn<S: PeerSink>(&mut self, sink: &mut S, lease: Lease) {
+        // One hash per event: the entry is looked up once, checked, and filled in place.
+        let entry = self.known.entry(lease.subnet);
+        if let Entry::Occupied(known) = &entry
+            && known.get().attrs == lease.attrs
         {
             return;
         }
         tracing::info!(subnet = %lease.subnet, public_ip = %lease.attrs.public_ip, "peer lease added");
         match sink.upsert(&lease).await {
             Ok(()) => {
-                self.known.insert(lease.subnet, lease);
+                entry.insert_entry(lease);
             }
             // Not remembered, so the next event or resync for this subnet tries again.
             Err(err) => {
@@ -320,7 +319,7 @@ impl LeaseSync {
         }
     }
 
-    async fn forget(&mut self, sink: &mut dyn PeerSink, subnet: Ipv4Network) {
+    async fn forget<S: PeerSink>(&mut self, sink: &mut S, subnet: Ipv4Network) {
         let Some(lease) = self.known.remove(&subnet) else {
             return;
         };

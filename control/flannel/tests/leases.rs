@@ -227,7 +227,6 @@ impl Table {
     }
 }
 
-#[async_trait::async_trait]
 impl PeerSink for Table {
     async fn upsert(&mut self, lease: &Lease) -> BackendResult<()> {
         self.peers
