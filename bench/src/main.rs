@@ -10,6 +10,11 @@ mod net;
 mod results;
 mod watch;
 
+/// The allocator of `shoal` and `shoal-kv`, for the members this process runs (see
+/// kv/src/bin/shoal-kv.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 struct Cli {
     suite: Suite,

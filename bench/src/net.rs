@@ -21,7 +21,8 @@
 //! CPU 0 and server on CPU 1: left to the scheduler the same configuration ranged 10-16 Gbit/s
 //! between rounds, pinned it stays within ~5%), and again left to the scheduler, as a container
 //! runs, with the CPU time iperf3's client and server spend per KB received (their user and
-//! system time, which includes the packet path's softirq work run in their context); 64-byte
+//! system time, which includes the packet path's softirq work run in their context) and the
+//! share of the test in which the scheduler kept both on one CPU; 64-byte
 //! UDP packets per second delivered to the receiving container's UDP layer by two
 //! saturating `sendmmsg` senders (one per CPU); UDP request/response latency p50/p99 (sockperf
 //! ping-pong, one-way = RTT/2, pinned as iperf3 is); CPU time per delivered 64-byte packet (the
@@ -29,6 +30,8 @@
 //! configurations, each program's runs per second and nanoseconds per run during the unpinned
 //! TCP test (the kernel's BPF run statistics, on for the whole run: two clock reads per run of
 //! every BPF program, in every configuration that has programs).
+//! The bridge target's TCP ratios are also given as the median of per-round ratios, with each
+//! round's ratio (a round measures both configurations minutes apart, under the same load).
 //! Results: `target/bench/net.json`, a table on stdout and `target/bench/net.png`.
 //! `SHOAL_NET_BENCH_ONLY=host-gw,shoal-vxlan` measures only the named configurations,
 //! `SHOAL_NET_BENCH_ROUNDS` sets the rounds (default 3).
@@ -156,6 +159,10 @@ struct Sample {
     /// iperf3 but adds little to what each byte costs.
     tcp_cpu_ns_per_kb: f64,
     tcp_unpinned_cpu_ns_per_kb: f64,
+    /// Share of the unpinned test's samples (every 100 ms) in which the scheduler had the iperf3
+    /// client and server on the same CPU: a data packet's whole path runs on the sender's CPU,
+    /// so this is what decides whether the test runs on one CPU or two.
+    tcp_unpinned_same_cpu: f64,
     udp64_pps: f64,
     latency_p50_us: f64,
     latency_p99_us: f64,
@@ -224,6 +231,9 @@ struct Ratio {
     value: f64,
     target: Option<String>,
     met: Option<bool>,
+    /// For a median of per-round ratios: each round's ratio, in round order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rounds: Vec<f64>,
 }
 
 /// A dataplane living in a node, driven from a thread inside it; detached on drop.
@@ -446,14 +456,50 @@ impl Drop for Server {
     }
 }
 
-fn iperf3_json(ns: &Namespace, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let output = ns.output("iperf3", args)?;
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+/// Runs the iperf3 client; its JSON report and the share of samples (every 100 ms) in which it
+/// ran on the same CPU as `server` (the server process's id).
+fn iperf3_client(
+    ns: &Namespace,
+    args: &[&str],
+    server: u32,
+) -> anyhow::Result<(serde_json::Value, f64)> {
+    let mut cmd = ns.command("iperf3");
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = ns.spawn(&mut cmd)?;
+    let mut stdout = child.stdout.take().context("iperf3 stdout")?;
+    // Read while sampling, so a long report cannot fill the pipe and stall the client.
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut text).map(|_| text)
+    });
+    let (mut samples, mut same) = (0u32, 0u32);
+    while child.try_wait()?.is_none() {
+        if let (Some(a), Some(b)) = (cpu_of(child.id()), cpu_of(server)) {
+            samples += 1;
+            same += u32::from(a == b);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("iperf3 reader panicked"))?
+        .context("reading iperf3's report")?;
+    let json: serde_json::Value = serde_json::from_slice(&text)
         .with_context(|| format!("iperf3 {args:?} printed no JSON"))?;
     if let Some(error) = json.get("error") {
         bail!("iperf3 {args:?}: {error}");
     }
-    Ok(json)
+    Ok((json, f64::from(same) / f64::from(samples.max(1))))
+}
+
+/// The CPU process `pid` last ran on (field 39 of `/proc/<pid>/stat`), if it still exists.
+fn cpu_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it start with the state (3).
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace()
+        .nth(39 - 3)
+        .and_then(|cpu| cpu.parse().ok())
 }
 
 const PORT: &str = "5201";
@@ -463,18 +509,20 @@ struct TcpRun {
     gbps: f64,
     /// Client and server CPU nanoseconds per KB received.
     cpu_ns_per_kb: f64,
+    /// Share of samples with client and server on the same CPU.
+    same_cpu: f64,
 }
 
 /// Single-stream TCP; `pinned`: client on CPU 0, server on CPU 1.
 fn measure_tcp(bed: &Testbed, pinned: bool) -> anyhow::Result<TcpRun> {
-    let _server = Server::start(bed.server(), "iperf3", &["-s", "-1", "-p", PORT])?;
+    let server = Server::start(bed.server(), "iperf3", &["-s", "-1", "-p", PORT])?;
     let ip = bed.server_ip()?.to_string();
     let seconds = SECONDS.to_string();
     let mut args = vec!["-c", &ip, "-p", PORT, "-t", &seconds, "-J"];
     if pinned {
         args.extend(["-A", "0,1"]);
     }
-    let json = iperf3_json(bed.client(), &args)?;
+    let (json, same_cpu) = iperf3_client(bed.client(), &args, server.0.id())?;
     let received = &json["end"]["sum_received"];
     let number = |value: &serde_json::Value, what: &str| {
         value
@@ -492,6 +540,7 @@ fn measure_tcp(bed: &Testbed, pinned: bool) -> anyhow::Result<TcpRun> {
     Ok(TcpRun {
         gbps: bps / 1e9,
         cpu_ns_per_kb: cpu_ns / (bytes.max(1.0) / 1024.0),
+        same_cpu,
     })
 }
 
@@ -684,6 +733,7 @@ fn measure(layout: Layout) -> anyhow::Result<Sample> {
         tcp_unpinned_gbps: unpinned.gbps,
         tcp_cpu_ns_per_kb: pinned.cpu_ns_per_kb,
         tcp_unpinned_cpu_ns_per_kb: unpinned.cpu_ns_per_kb,
+        tcp_unpinned_same_cpu: unpinned.same_cpu,
         udp64_pps,
         latency_p50_us,
         latency_p99_us,
@@ -708,6 +758,7 @@ fn median_sample(rounds: &[Sample]) -> Sample {
         tcp_unpinned_gbps: of(|s| s.tcp_unpinned_gbps),
         tcp_cpu_ns_per_kb: of(|s| s.tcp_cpu_ns_per_kb),
         tcp_unpinned_cpu_ns_per_kb: of(|s| s.tcp_unpinned_cpu_ns_per_kb),
+        tcp_unpinned_same_cpu: of(|s| s.tcp_unpinned_same_cpu),
         udp64_pps: of(|s| s.udp64_pps),
         latency_p50_us: of(|s| s.latency_p50_us),
         latency_p99_us: of(|s| s.latency_p99_us),
@@ -754,6 +805,30 @@ fn ratio(what: &str, value: f64, target: Option<(&str, bool)>) -> Ratio {
         value,
         target: target.map(|(text, _)| text.to_string()),
         met: target.map(|(_, met)| met),
+        rounds: Vec::new(),
+    }
+}
+
+/// The median over rounds of `a`'s metric over `b`'s in the same round. Rounds interleave the
+/// configurations (every other one reversed), so a round's two figures were taken minutes
+/// apart under the same background load; the ratio of the column medians can pair one
+/// configuration's good round with the other's bad one.
+fn per_round_ratio(
+    what: &str,
+    a: &ConfigResult,
+    b: &ConfigResult,
+    metric: fn(&Sample) -> f64,
+) -> Ratio {
+    let rounds: Vec<f64> = a
+        .rounds
+        .iter()
+        .zip(&b.rounds)
+        .map(|(x, y)| metric(x) / metric(y))
+        .collect();
+    Ratio {
+        value: median(rounds.clone()),
+        rounds,
+        ..ratio(what, 0.0, None)
     }
 }
 
@@ -780,6 +855,7 @@ fn ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
         list.extend(target_ratios("nic: ", s, k, h));
     }
     list.extend(bridge_ratios(&find));
+    list.extend(bridge_per_round_ratios(configs));
     let pairs = [
         ("shoal-vxlan-xdp", "kernel-vxlan"),
         ("shoal-vxlan-xdp", "shoal-vxlan"),
@@ -807,16 +883,12 @@ fn ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
 /// Containers on a Docker-style bridge: shoal against host-gw (target: at least even, pinned and
 /// unpinned) and against kernel VXLAN.
 fn bridge_ratios<'a>(find: &dyn Fn(&str) -> Option<&'a Sample>) -> Vec<Ratio> {
-    let (Some(s), Some(k), Some(h)) = (
-        find("bridge:shoal-vxlan"),
-        find("bridge:kernel-vxlan"),
-        find("bridge:host-gw"),
-    ) else {
+    let (Some(s), Some(h)) = (find("bridge:shoal-vxlan"), find("bridge:host-gw")) else {
         return Vec::new();
     };
     let pinned = s.tcp_gbps / h.tcp_gbps;
     let unpinned = s.tcp_unpinned_gbps / h.tcp_unpinned_gbps;
-    vec![
+    let mut list = vec![
         ratio(
             "bridge: shoal-vxlan / host-gw TCP throughput (pinned)",
             pinned,
@@ -827,16 +899,23 @@ fn bridge_ratios<'a>(find: &dyn Fn(&str) -> Option<&'a Sample>) -> Vec<Ratio> {
             unpinned,
             Some((">= 1.0", unpinned >= 1.0)),
         ),
-        ratio(
-            "bridge: shoal-vxlan / kernel-vxlan TCP throughput (pinned)",
-            s.tcp_gbps / k.tcp_gbps,
-            None,
-        ),
-        ratio(
-            "bridge: shoal-vxlan / kernel-vxlan TCP throughput (unpinned)",
-            s.tcp_unpinned_gbps / k.tcp_unpinned_gbps,
-            None,
-        ),
+    ];
+    // A run of only the two target configurations has no kernel VXLAN to compare with.
+    if let Some(k) = find("bridge:kernel-vxlan") {
+        list.extend([
+            ratio(
+                "bridge: shoal-vxlan / kernel-vxlan TCP throughput (pinned)",
+                s.tcp_gbps / k.tcp_gbps,
+                None,
+            ),
+            ratio(
+                "bridge: shoal-vxlan / kernel-vxlan TCP throughput (unpinned)",
+                s.tcp_unpinned_gbps / k.tcp_unpinned_gbps,
+                None,
+            ),
+        ]);
+    }
+    list.extend([
         ratio(
             "bridge: shoal-vxlan / host-gw TCP CPU per KB (pinned)",
             s.tcp_cpu_ns_per_kb / h.tcp_cpu_ns_per_kb,
@@ -856,6 +935,30 @@ fn bridge_ratios<'a>(find: &dyn Fn(&str) -> Option<&'a Sample>) -> Vec<Ratio> {
             "bridge: shoal-vxlan / host-gw latency p50",
             s.latency_p50_us / h.latency_p50_us,
             None,
+        ),
+    ]);
+    list
+}
+
+/// The bridge target's TCP ratios again, as the median of per-round ratios (beside the ratio of
+/// medians above, which stays the target's figure).
+fn bridge_per_round_ratios(configs: &[ConfigResult]) -> Vec<Ratio> {
+    let find = |name: &str| configs.iter().find(|config| config.name == name);
+    let (Some(s), Some(h)) = (find("bridge:shoal-vxlan"), find("bridge:host-gw")) else {
+        return Vec::new();
+    };
+    vec![
+        per_round_ratio(
+            "bridge: shoal-vxlan / host-gw TCP (pinned), median of round ratios",
+            s,
+            h,
+            |sample| sample.tcp_gbps,
+        ),
+        per_round_ratio(
+            "bridge: shoal-vxlan / host-gw TCP (unpinned), median of round ratios",
+            s,
+            h,
+            |sample| sample.tcp_unpinned_gbps,
         ),
     ]
 }
@@ -930,7 +1033,8 @@ fn table(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\nevery round: TCP Gbit/s pinned / unpinned, TCP CPU ns/KB pinned / unpinned, p50 us"
+        "\nevery round: TCP Gbit/s pinned / unpinned, TCP CPU ns/KB pinned / unpinned, \
+         unpinned client and server on one CPU (% of samples), p50 us"
     );
     for config in &report.configs {
         let rounds: Vec<String> = config
@@ -938,11 +1042,12 @@ fn table(report: &Report) -> String {
             .iter()
             .map(|s| {
                 format!(
-                    "{:.2}/{:.2} {:.0}/{:.0} {:.1}",
+                    "{:.2}/{:.2} {:.0}/{:.0} {:.0}% {:.1}",
                     s.tcp_gbps,
                     s.tcp_unpinned_gbps,
                     s.tcp_cpu_ns_per_kb,
                     s.tcp_unpinned_cpu_ns_per_kb,
+                    s.tcp_unpinned_same_cpu * 100.0,
                     s.latency_p50_us
                 )
             })
@@ -977,6 +1082,10 @@ fn table(report: &Report) -> String {
             _ => String::new(),
         };
         let _ = writeln!(out, "{:<70} {:>6.2}  {verdict}", ratio.what, ratio.value);
+        if !ratio.rounds.is_empty() {
+            let rounds: Vec<String> = ratio.rounds.iter().map(|r| format!("{r:.2}")).collect();
+            let _ = writeln!(out, "{:<70} {}", "    per round", rounds.join(", "));
+        }
     }
     out
 }
@@ -1095,4 +1204,59 @@ pub fn rounds_from_env() -> usize {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, unpinned: &[f64]) -> ConfigResult {
+        let rounds: Vec<Sample> = unpinned
+            .iter()
+            .map(|&gbps| Sample {
+                tcp_unpinned_gbps: gbps,
+                ..Sample::default()
+            })
+            .collect();
+        ConfigResult {
+            name: name.to_string(),
+            median: median_sample(&rounds),
+            rounds,
+        }
+    }
+
+    #[test]
+    fn per_round_ratio_pairs_each_round_and_takes_the_median() {
+        // One bad round of shoal's (12.94) beside host-gw's steady ones: the ratio of the column
+        // medians is below 1, while shoal is even or ahead in two rounds of three.
+        let shoal = config("bridge:shoal-vxlan", &[12.94, 16.10, 15.92]);
+        let host_gw = config("bridge:host-gw", &[16.10, 16.12, 16.19]);
+        let ratio = per_round_ratio("unpinned", &shoal, &host_gw, |s| s.tcp_unpinned_gbps);
+        let rounds: Vec<String> = ratio.rounds.iter().map(|r| format!("{r:.3}")).collect();
+        assert_eq!(rounds, ["0.804", "0.999", "0.983"]);
+        assert!((ratio.value - 15.92 / 16.19).abs() < 1e-12);
+        let of_medians = shoal.median.tcp_unpinned_gbps / host_gw.median.tcp_unpinned_gbps;
+        assert!((of_medians - 15.92 / 16.12).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bridge_ratios_need_no_kernel_vxlan() {
+        let configs = [
+            config("bridge:host-gw", &[10.0]),
+            config("bridge:shoal-vxlan", &[11.0]),
+        ];
+        let find = |name: &str| {
+            configs
+                .iter()
+                .find(|config| config.name == name)
+                .map(|config| &config.median)
+        };
+        let list = bridge_ratios(&find);
+        assert_eq!(
+            list[1].what,
+            "bridge: shoal-vxlan / host-gw TCP throughput (unpinned)"
+        );
+        assert!((list[1].value - 1.1).abs() < 1e-12);
+        assert!(!list.iter().any(|ratio| ratio.what.contains("kernel-vxlan")));
+    }
 }

@@ -8,6 +8,10 @@ use clap::Parser;
 use shoal_control::cli::{Cli, Command};
 use shoal_scheduler::cli::{FleetctlArgs, FleetdArgs, FleetdCommandLine, with_fleetd_flags};
 
+/// The store's allocator (see kv/src/bin/shoal-kv.rs), for `shoal kv`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let command = if invoked_as(&args, "fleetctl") {

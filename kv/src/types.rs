@@ -2,6 +2,9 @@
 //! configuration.
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -29,12 +32,86 @@ impl<'de, T: prost::Message + Default> Deserialize<'de> for Proto<T> {
     }
 }
 
+/// A client's request inside a [`Command`], with its protobuf encoding made at most once and
+/// shared by every clone: openraft clones an entry for each follower, and the log record, each
+/// follower's AppendEntries and a forwarded write all carry the same bytes. One decoded from a
+/// peer or the log keeps the bytes it came from.
+pub struct ClientRequest<T>(Arc<Encoded<T>>);
+
+struct Encoded<T> {
+    message: T,
+    encoding: OnceLock<Bytes>,
+}
+
+impl<T> ClientRequest<T> {
+    pub fn new(message: T) -> Self {
+        Self(Arc::new(Encoded {
+            message,
+            encoding: OnceLock::new(),
+        }))
+    }
+
+    pub fn message(&self) -> &T {
+        &self.0.message
+    }
+}
+
+impl<T: prost::Message> ClientRequest<T> {
+    /// The message's protobuf encoding, made on first use.
+    pub fn encoding(&self) -> &Bytes {
+        self.0
+            .encoding
+            .get_or_init(|| Bytes::from(self.0.message.encode_to_vec()))
+    }
+}
+
+impl<T> Clone for ClientRequest<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for ClientRequest<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.message().fmt(f)
+    }
+}
+
+impl<T: PartialEq> PartialEq for ClientRequest<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.message() == other.message()
+    }
+}
+
+impl<T: Default> Default for ClientRequest<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T: prost::Message> Serialize for ClientRequest<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.encoding())
+    }
+}
+
+impl<'de, T: prost::Message + Default> Deserialize<'de> for ClientRequest<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes = Bytes::from(serde_bytes::ByteBuf::deserialize(deserializer)?.into_vec());
+        let message = T::decode(bytes.as_ref()).map_err(serde::de::Error::custom)?;
+        Ok(Self(Arc::new(Encoded {
+            message,
+            encoding: OnceLock::from(bytes),
+        })))
+    }
+}
+
 /// A state change, proposed through Raft and applied by every member in log order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
-    Put(Proto<pb::PutRequest>),
-    DeleteRange(Proto<pb::DeleteRangeRequest>),
-    Txn(Proto<pb::TxnRequest>),
+    Put(ClientRequest<pb::PutRequest>),
+    DeleteRange(ClientRequest<pb::DeleteRangeRequest>),
+    Txn(ClientRequest<pb::TxnRequest>),
     Compact(i64),
     /// The leader picks the ID of a lease granted with ID 0, so every member agrees.
     LeaseGrant {

@@ -14,7 +14,7 @@ use shoal_kv::error::EtcdError;
 use shoal_kv::peer::wire::{CallError, Identity, Links};
 use shoal_kv::peer::{ForwardRpc, MAX_PEER_MESSAGE, Method, PeerPool};
 use shoal_kv::proto::etcdserverpb as pb;
-use shoal_kv::types::{Command, MemberNode, Outcome, Proto, TypeConfig};
+use shoal_kv::types::{ClientRequest, Command, MemberNode, Outcome, TypeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -157,7 +157,7 @@ async fn a_higher_term_append_entries_from_another_cluster_is_refused_by_a_follo
         prev_log_id: None,
         entries: vec![Entry {
             log_id: LogId::new(CommittedLeaderId::new(forged_term, 0x5eed), 1),
-            payload: EntryPayload::Normal(Command::Put(Proto(forged_put))),
+            payload: EntryPayload::Normal(Command::Put(ClientRequest::new(forged_put))),
         }],
         leader_commit: Some(LogId::new(CommittedLeaderId::new(forged_term, 0x5eed), 1)),
     };
@@ -186,7 +186,8 @@ async fn a_higher_term_append_entries_from_another_cluster_is_refused_by_a_follo
 async fn declared_lengths_of_2_pow_60_nested_batches_and_overlong_appends_are_refused() {
     let target = Target::start(1, 0).await;
     let batch_tag = &bincode::serialize(&Command::Batch(Vec::new())).expect("encode")[..4];
-    let put_tag = &bincode::serialize(&Command::Put(Proto::default())).expect("encode")[..4];
+    let put_tag =
+        &bincode::serialize(&Command::Put(ClientRequest::default())).expect("encode")[..4];
     let huge_batch = [batch_tag, &(1u64 << 60).to_le_bytes()].concat();
     let huge_bytes = [put_tag, &(1u64 << 60).to_le_bytes()].concat();
     let nested: Vec<u8> = (0..1_000_000)
@@ -263,7 +264,7 @@ async fn forwarded_writes_are_checked_on_the_leader_as_client_requests_are() {
     };
     let pool = PeerPool::new(target.identity, None);
     let put = |key: &[u8], value_bytes: usize| {
-        Command::Put(Proto(pb::PutRequest {
+        Command::Put(ClientRequest::new(pb::PutRequest {
             key: key.to_vec(),
             value: vec![b'v'; value_bytes],
             ..Default::default()
@@ -288,7 +289,7 @@ async fn forwarded_writes_are_checked_on_the_leader_as_client_requests_are() {
         (put(b"big", 2 * 1024 * 1024), EtcdError::RequestTooLarge),
         (put(b"", 1), EtcdError::EmptyKey),
         (
-            Command::Txn(Proto(pb::TxnRequest {
+            Command::Txn(ClientRequest::new(pb::TxnRequest {
                 success: txn_ops,
                 ..Default::default()
             })),

@@ -52,6 +52,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "podman",
     "docker-registry",
     "curl",
+    // jemalloc (tikv-jemalloc-sys) is compiled from C for the store's allocator.
+    "make",
+    "gcc",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -6,7 +6,7 @@ use super::revision_of;
 use crate::member::Member;
 use crate::proto::etcdserverpb as pb;
 use crate::storage::auth::Requester;
-use crate::types::{Command, Outcome, Proto};
+use crate::types::{ClientRequest, Command, Outcome, Proto};
 
 /// A request the API serves by proposing it through Raft.
 pub(super) trait Proposal {
@@ -75,10 +75,10 @@ macro_rules! proposal {
     };
 }
 
-proposal!(pb::PutRequest => pb::PutResponse, Put, |req| Command::Put(Proto(req)));
+proposal!(pb::PutRequest => pb::PutResponse, Put, |req| Command::Put(ClientRequest::new(req)));
 proposal!(pb::DeleteRangeRequest => pb::DeleteRangeResponse, DeleteRange,
-    |req| Command::DeleteRange(Proto(req)));
-proposal!(pb::TxnRequest => pb::TxnResponse, Txn, |req| Command::Txn(Proto(req)));
+    |req| Command::DeleteRange(ClientRequest::new(req)));
+proposal!(pb::TxnRequest => pb::TxnResponse, Txn, |req| Command::Txn(ClientRequest::new(req)));
 proposal!(pb::CompactionRequest => pb::CompactionResponse, Compact,
     |req| Command::Compact(req.revision));
 proposal!(pb::LeaseGrantRequest => pb::LeaseGrantResponse, LeaseGrant,

@@ -475,7 +475,7 @@ mod tests {
     use super::*;
     use crate::proto::etcdserverpb as pb;
     use crate::storage::auth::AuthCommand;
-    use crate::types::{Command, Proto};
+    use crate::types::{ClientRequest, Command};
 
     fn put(state: &mut State, key: &str, value: &str, lease: i64) {
         let req = pb::PutRequest {
@@ -484,7 +484,7 @@ mod tests {
             lease,
             ..Default::default()
         };
-        state.apply(0, Command::Put(Proto(req)));
+        state.apply(0, Command::Put(ClientRequest::new(req)));
     }
 
     fn sample() -> State {
@@ -495,7 +495,7 @@ mod tests {
         put(&mut state, "a", "3", 0);
         state.apply(
             0,
-            Command::DeleteRange(Proto(pb::DeleteRangeRequest {
+            Command::DeleteRange(ClientRequest::new(pb::DeleteRangeRequest {
                 key: b"b".to_vec(),
                 ..Default::default()
             })),

@@ -28,9 +28,9 @@ pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// forwarded it. Batches are the write batcher's, not requests.
 fn check_request(command: &Command) -> Result<(), EtcdError> {
     match command {
-        Command::Put(req) => validate::put(&req.0)?,
-        Command::DeleteRange(req) => validate::delete_range(&req.0)?,
-        Command::Txn(req) => validate::txn(&req.0)?,
+        Command::Put(req) => validate::put(req.message())?,
+        Command::DeleteRange(req) => validate::delete_range(req.message())?,
+        Command::Txn(req) => validate::txn(req.message())?,
         Command::LeaseGrant { ttl, .. } => validate::lease_ttl(*ttl)?,
         Command::Batch(_) => {
             return Err(EtcdError::Internal("a batch inside a request".to_string()));

@@ -709,7 +709,7 @@ pub async fn serve<H: PeerHandler>(
 mod tests {
     use super::*;
     use crate::proto::etcdserverpb::PutRequest;
-    use crate::types::{Entry, LogId, Proto};
+    use crate::types::{ClientRequest, Entry, LogId};
 
     fn append_of_puts(values: &[usize]) -> AppendEntriesRequest<TypeConfig> {
         let leader = openraft::CommittedLeaderId::new(1, 1);
@@ -718,11 +718,13 @@ mod tests {
             .enumerate()
             .map(|(i, len)| Entry {
                 log_id: LogId::new(leader, i as u64 + 1),
-                payload: openraft::EntryPayload::Normal(Command::Put(Proto(PutRequest {
-                    key: b"k".to_vec(),
-                    value: vec![0; *len],
-                    ..Default::default()
-                }))),
+                payload: openraft::EntryPayload::Normal(Command::Put(ClientRequest::new(
+                    PutRequest {
+                        key: b"k".to_vec(),
+                        value: vec![0; *len],
+                        ..Default::default()
+                    },
+                ))),
             })
             .collect();
         AppendEntriesRequest {

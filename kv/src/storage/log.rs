@@ -152,7 +152,14 @@ struct Encoded {
 }
 
 fn encode_records(entries: &[Entry]) -> Result<Encoded, StoreError> {
-    let mut buf = Vec::new();
+    // Sized first (cheap: a request's protobuf encoding is made once and kept), so the buffer is
+    // allocated once instead of doubling through the records.
+    let mut size = 0usize;
+    for entry in entries {
+        let payload = usize::try_from(bincode::serialized_size(entry)?).unwrap_or(0);
+        size = size.saturating_add(align(HEADER_BYTES.saturating_add(payload)));
+    }
+    let mut buf = Vec::with_capacity(size);
     let mut offsets = Vec::with_capacity(entries.len());
     for entry in entries {
         let start = buf.len();

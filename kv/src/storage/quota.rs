@@ -40,7 +40,7 @@ pub fn lease_grant_cost() -> u64 {
 pub fn takes_space(command: &Command) -> bool {
     match command {
         Command::Put(_) | Command::LeaseGrant { .. } => true,
-        Command::Txn(txn) => txn_cost(&txn.0) > 0,
+        Command::Txn(txn) => txn_cost(txn.message()) > 0,
         _ => false,
     }
 }
@@ -79,7 +79,7 @@ impl Quota {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Proto;
+    use crate::types::ClientRequest;
 
     fn put(key: &str, value: &str) -> pb::RequestOp {
         pb::RequestOp {
@@ -99,7 +99,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(txn_cost(&txn), 2 * (256 + 2));
-        assert!(takes_space(&Command::Txn(Proto(txn))));
+        assert!(takes_space(&Command::Txn(ClientRequest::new(txn))));
         let reads_only = pb::TxnRequest {
             success: vec![pb::RequestOp {
                 request: Some(request_op::Request::RequestRange(
@@ -108,7 +108,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(!takes_space(&Command::Txn(Proto(reads_only))));
+        assert!(!takes_space(&Command::Txn(ClientRequest::new(reads_only))));
         assert!(takes_space(&Command::LeaseGrant { id: 1, ttl: 5 }));
         assert!(!takes_space(&Command::Compact(3)));
         assert!(!takes_space(&Command::LeaseRevoke { id: 1 }));

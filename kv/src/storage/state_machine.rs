@@ -67,14 +67,14 @@ impl State {
         let mvcc = &mut self.mvcc;
         let result = match command {
             Command::Put(req) => mvcc
-                .put(&req.0)
+                .put(req.message())
                 .map(|a| (Outcome::Put(Proto(a.response)), a.events)),
             Command::DeleteRange(req) => {
-                let a = mvcc.delete_range(&req.0);
+                let a = mvcc.delete_range(req.message());
                 Ok((Outcome::DeleteRange(Proto(a.response)), a.events))
             }
             Command::Txn(req) => mvcc
-                .txn(&req.0)
+                .txn(req.message())
                 .map(|a| (Outcome::Txn(Proto(a.response)), a.events)),
             Command::Compact(rev) => mvcc
                 .compact(rev)
@@ -123,7 +123,7 @@ impl State {
         let auth = &self.auth;
         match command {
             Command::Put(req) => {
-                let req = &req.0;
+                let req = req.message();
                 auth.check_put(requester, &req.key)?;
                 // Attaching a lease needs write on the keys it holds (who revokes it deletes them).
                 self.check_lease_keys(requester, req.lease)?;
@@ -132,8 +132,8 @@ impl State {
                 }
                 Ok(())
             }
-            Command::DeleteRange(req) => auth.check_delete(requester, &req.0),
-            Command::Txn(req) => auth.check_txn(requester, &req.0),
+            Command::DeleteRange(req) => auth.check_delete(requester, req.message()),
+            Command::Txn(req) => auth.check_txn(requester, req.message()),
             Command::LeaseRevoke { id } => self.check_lease_keys(requester, *id),
             _ => Ok(()),
         }
@@ -541,6 +541,7 @@ mod tests {
     use super::*;
     use crate::proto::etcdserverpb as pb;
     use crate::storage::auth::{Permission, ROOT};
+    use crate::types::ClientRequest;
 
     fn auth(state: &mut State, index: u64, command: AuthCommand) -> Outcome {
         state.apply(index, Command::Auth(command)).0
@@ -553,7 +554,7 @@ mod tests {
         };
         let command = Command::AsUser {
             user,
-            command: Box::new(Command::Put(Proto(put))),
+            command: Box::new(Command::Put(ClientRequest::new(put))),
         };
         state.apply(0, command).0
     }
@@ -664,7 +665,7 @@ mod tests {
         };
         Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::Put(Proto(put))),
+            payload: EntryPayload::Normal(Command::Put(ClientRequest::new(put))),
         }
     }
 
