@@ -12,25 +12,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto"],
         )?;
-    // The Watch service once more, with a codec that sends events encoded once for every
-    // stream (`api::watch::WatchCodec`); the server uses this one, not the generated one above.
-    let watch = tonic_build::manual::Service::builder()
-        .name("Watch")
-        .package("etcdserverpb")
-        .method(
-            tonic_build::manual::Method::builder()
-                .name("watch")
-                .route_name("Watch")
-                .input_type("crate::proto::etcdserverpb::WatchRequest")
-                .output_type("crate::api::watch::Outgoing")
-                .codec_path("crate::api::watch::WatchCodec")
-                .client_streaming()
-                .server_streaming()
-                .build(),
-        )
-        .build();
-    tonic_build::manual::Builder::new()
-        .build_client(false)
-        .compile(&[watch]);
     Ok(())
 }

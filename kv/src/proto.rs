@@ -10,7 +10,3 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
-/// The Watch service with shoal's codec (`kv/build.rs`).
-pub mod watch_service {
-    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
-}

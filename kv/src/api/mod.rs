@@ -45,12 +45,7 @@ pub async fn serve_clients(
     let limit = MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
     let grpc =
         Routes::new(KvServer::new(KvService(member.clone())).max_decoding_message_size(limit))
-            .add_service(
-                crate::proto::watch_service::watch_server::WatchServer::new(
-                    crate::api::watch::WatchService(member.clone()),
-                )
-                .max_decoding_message_size(limit),
-            )
+            .add_service(watch::WatchServer::new(member.clone(), limit))
             .add_service(
                 LeaseServer::new(LeaseService(member.clone())).max_decoding_message_size(limit),
             )
