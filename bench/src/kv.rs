@@ -377,8 +377,11 @@ async fn measure(name: &str, store: &Store) -> anyhow::Result<StoreResults> {
     eprintln!("{name}: range linearizable {range_linearizable:?}");
     let range_serializable = run_concurrent(&clients, READERS, READS, get(true)).await?;
     eprintln!("{name}: range serializable {range_serializable:?}");
+    let _ = shoal_kv::profile::take_report();
     let watch_events_per_sec = watch_fan_out(&clients).await?;
     eprintln!("{name}: watch fan-out {watch_events_per_sec:.0} events/s");
+    // The write path's stages while its events fan out: where a put waits under watch load.
+    eprint!("{}", shoal_kv::profile::take_report());
     Ok(StoreResults {
         put_1_client,
         put_1_client_per_member,
