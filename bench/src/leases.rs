@@ -542,16 +542,25 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
     // SAFETY: sysconf has no memory effects.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|&pid| proc_stat(pid))
         .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces) start after ") ".
-            let rest = stat.rsplit_once(") ")?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
+            let utime: f64 = stat_field(&stat, 14)?.parse().ok()?;
+            let stime: f64 = stat_field(&stat, 15)?.parse().ok()?;
             Some((utime + stime) / ticks)
         })
         .sum()
+}
+
+/// `/proc/<pid>/stat`, if the process still exists.
+pub fn proc_stat(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
+}
+
+/// Field `number` of a `/proc/<pid>/stat` line, numbered as in proc(5), from 3 (the state) on:
+/// the command name before it (field 2) may hold spaces.
+pub fn stat_field(stat: &str, number: usize) -> Option<&str> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(number.checked_sub(3)?)
 }
 
 /// The sum of one memory line of `/proc/<pid>/status` (`VmRSS:` now, `VmHWM:` the peak) over
@@ -726,3 +735,18 @@ right.legend()
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=120)
 "##;
+
+#[cfg(test)]
+mod tests {
+    use super::stat_field;
+
+    #[test]
+    fn stat_fields_are_numbered_as_in_proc5_past_a_command_name_with_spaces() {
+        let stat = "42 (kv m0 (x)) S 1 42 42 0 -1 4194560 10 0 0 0 7 3";
+        assert_eq!(stat_field(stat, 3), Some("S"));
+        assert_eq!(stat_field(stat, 14), Some("7"));
+        assert_eq!(stat_field(stat, 15), Some("3"));
+        assert_eq!(stat_field(stat, 16), None);
+        assert_eq!(stat_field(stat, 2), None);
+    }
+}

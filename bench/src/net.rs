@@ -494,12 +494,8 @@ fn iperf3_client(
 
 /// The CPU process `pid` last ran on (field 39 of `/proc/<pid>/stat`), if it still exists.
 fn cpu_of(pid: u32) -> Option<u32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; the fields after it start with the state (3).
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace()
-        .nth(39 - 3)
-        .and_then(|cpu| cpu.parse().ok())
+    let stat = crate::leases::proc_stat(pid)?;
+    crate::leases::stat_field(&stat, 39)?.parse().ok()
 }
 
 const PORT: &str = "5201";
