@@ -358,7 +358,8 @@ async fn connect(endpoint: &str) -> Result<Registry> {
     let client = etcd_client::Client::connect([endpoint], None)
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
-    Ok(Registry::from_client(client, PREFIX))
+    Registry::from_client(client, endpoint, PREFIX)
+        .with_context(|| format!("the lease watch's channel to {endpoint}"))
 }
 
 async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Result<Outcome> {
