@@ -7,9 +7,7 @@ use ipnetwork::Ipv4Network;
 use serde::Deserialize;
 use shoal_store_client::{
     Credentials, EtcdError, StoreClient, StoreConfig, StoreError, TlsFiles,
-    etcd_client::{
-        self, Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp,
-    },
+    etcd_client::{self, Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp},
 };
 
 use super::{

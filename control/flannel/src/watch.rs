@@ -314,14 +314,20 @@ mod tests {
 
     #[test]
     fn a_prefix_range_ends_after_the_last_key_with_the_prefix() {
-        assert_eq!(prefix_range_end(b"/net/subnets/"), b"/net/subnets0".to_vec());
+        assert_eq!(
+            prefix_range_end(b"/net/subnets/"),
+            b"/net/subnets0".to_vec()
+        );
         assert_eq!(prefix_range_end(b"a\xff\xff"), b"b".to_vec());
         assert_eq!(prefix_range_end(b"\xff"), vec![0]);
     }
 
     #[test]
     fn a_bare_address_gets_the_scheme_etcd_client_gives_it() {
-        assert_eq!(endpoint_url("127.0.0.1:2379", false), "http://127.0.0.1:2379");
+        assert_eq!(
+            endpoint_url("127.0.0.1:2379", false),
+            "http://127.0.0.1:2379"
+        );
         assert_eq!(endpoint_url("10.0.0.1:2379", true), "https://10.0.0.1:2379");
         assert_eq!(endpoint_url("https://a:1", false), "https://a:1");
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{FlannelKeys, PREFIX};
 use shoal_flannel::{
-    registry::{Registry, RegistryError, StoreOptions},
+    registry::{Registry, StoreOptions},
     watch::{EventType, WatchError, WatchResponse, WatchStream},
 };
 use shoal_harness::{StoreCluster, StoreKind};
@@ -49,7 +49,11 @@ async fn write_leases(client: &mut Client) {
     let value = r#"{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#;
     let key = |name: &str| format!("{}{name}", subnets());
     client
-        .put(key("10.5.1.0-24"), value, Some(PutOptions::new().with_lease(lease)))
+        .put(
+            key("10.5.1.0-24"),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )
         .await
         .expect("put");
     client
@@ -60,7 +64,10 @@ async fn write_leases(client: &mut Client) {
         .put(format!("{PREFIX}/subnetsX"), "beside the prefix", None)
         .await
         .expect("put");
-    client.delete(key("10.5.2.0-24"), None).await.expect("delete");
+    client
+        .delete(key("10.5.2.0-24"), None)
+        .await
+        .expect("delete");
 }
 
 /// The events of `stream` until `count` arrived.
@@ -132,7 +139,9 @@ async fn delivers_what_etcd_clients_watch_delivers(kind: StoreKind) {
     let seen = ours(&mut stream, 3).await;
     assert_eq!(seen, etcd_clients(&mut client, 3).await);
     assert_eq!(
-        seen.iter().map(|(deleted, ..)| *deleted).collect::<Vec<_>>(),
+        seen.iter()
+            .map(|(deleted, ..)| *deleted)
+            .collect::<Vec<_>>(),
         [false, false, true]
     );
     assert!(seen[0].4 != 0, "the first lease is under an etcd lease");
@@ -193,7 +202,10 @@ async fn shoal_kv_a_watch_response_over_the_size_limit_is_refused() {
 async fn refuses_oversized_responses(kind: StoreKind) {
     let store = common::store(kind).start();
     let mut client = client(&store).await;
-    let big = format!(r#"{{"PublicIP":"10.99.0.1","BackendData":"{}"}}"#, "x".repeat(8192));
+    let big = format!(
+        r#"{{"PublicIP":"10.99.0.1","BackendData":"{}"}}"#,
+        "x".repeat(8192)
+    );
     client
         .put(format!("{}10.5.3.0-24", subnets()), big, None)
         .await
@@ -253,12 +265,14 @@ async fn carries_the_users_token(kind: StoreKind) {
     let anonymous = Client::connect([FlannelKeys::endpoint(&store)], None::<ConnectOptions>)
         .await
         .expect("etcd-client");
-    let mut registry = Registry::from_client(anonymous, &FlannelKeys::endpoint(&store), PREFIX)
-        .expect("registry");
+    let mut registry =
+        Registry::from_client(anonymous, &FlannelKeys::endpoint(&store), PREFIX).expect("registry");
     // etcd answers with a cancelled watch, a store may also refuse the call itself.
     let refused = match registry.watch(1).await {
         Err(_) => true,
-        Ok(mut stream) => next(&mut stream).await.map_or(true, |response| response.canceled),
+        Ok(mut stream) => next(&mut stream)
+            .await
+            .map_or(true, |response| response.canceled),
     };
     assert!(refused, "an anonymous watch got through with auth on");
 }
