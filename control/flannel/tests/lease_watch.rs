@@ -276,3 +276,43 @@ async fn carries_the_users_token(kind: StoreKind) {
     };
     assert!(refused, "an anonymous watch got through with auth on");
 }
+
+#[tokio::test]
+async fn etcd_the_lease_watch_connects_with_the_registrys_tls_files() {
+    connects_with_tls(StoreKind::Etcd).await;
+}
+
+#[tokio::test]
+async fn shoal_kv_the_lease_watch_connects_with_the_registrys_tls_files() {
+    connects_with_tls(StoreKind::ShoalKv).await;
+}
+
+/// A store that requires client certificates: the watch's own channel presents the
+/// registry's CA, certificate and key.
+async fn connects_with_tls(kind: StoreKind) {
+    let store = common::store(kind).tls().start();
+    let value = r#"{"PublicIP":"10.99.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#;
+    for subnet in ["10.5.1.0-24", "10.5.2.0-24"] {
+        store.put(&format!("{}{subnet}", subnets()), value);
+    }
+    let tls = store.tls().expect("a TLS cluster");
+    let certificate = tls.client("flannel-node");
+    let mut registry = Registry::connect(&StoreOptions {
+        endpoints: vec![FlannelKeys::endpoint(&store)],
+        prefix: PREFIX.into(),
+        cafile: Some(tls.ca.clone()),
+        certfile: Some(certificate.certificate.clone()),
+        keyfile: Some(certificate.key.clone()),
+        ..StoreOptions::default()
+    })
+    .await
+    .expect("connecting with TLS");
+    let mut stream = registry.watch(1).await.expect("watch");
+    let seen = ours(&mut stream, 2).await;
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|(deleted, _, seen_value, ..)| !deleted
+                && seen_value.as_slice() == value.as_bytes())
+    );
+}
