@@ -186,8 +186,9 @@ fn median_round(rounds: &[Outcome], store: &str) -> Option<Outcome> {
 }
 
 /// Three members on loopback; shoal kv runs as `shoal kv`, the way nodes run it. Every node
-/// connects from 127.0.0.1, so shoal's per-address connection limit (etcd has none) is raised
-/// to let all of them (and the bench's own clients) reach one member.
+/// connects from 127.0.0.1 (twice: its client and its lease watch's channel, both to the
+/// member it was given), so shoal's per-address connection limit (etcd has none) is raised to
+/// let a third of them (and the bench's own clients) reach one member.
 fn start_store(kind: StoreKind, nodes: usize) -> StoreCluster {
     let builder = StoreCluster::builder(kind, 3);
     match kind {
