@@ -188,7 +188,8 @@ fn median_round(rounds: &[Outcome], store: &str) -> Option<Outcome> {
 /// Three members on loopback; shoal kv runs as `shoal kv`, the way nodes run it. Every node
 /// connects from 127.0.0.1 (twice: its client and its lease watch's channel, both to the
 /// member it was given), so shoal's per-address connection limit (etcd has none) is raised to
-/// let a third of them (and the bench's own clients) reach one member.
+/// the node count plus the bench's own clients: a member serves a third of the nodes, two
+/// connections each.
 fn start_store(kind: StoreKind, nodes: usize) -> StoreCluster {
     let builder = StoreCluster::builder(kind, 3);
     match kind {
