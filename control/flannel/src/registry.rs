@@ -314,7 +314,7 @@ impl Registry {
     /// Watches every lease from `start_revision` on, on the registry's own watch stream.
     pub async fn watch(&mut self, start_revision: i64) -> Result<WatchStream> {
         let prefix = self.subnets_prefix();
-        let range_end = watch::prefix_range_end(prefix.as_bytes());
+        let range_end = shoal_store_client::prefix_range_end(prefix.as_bytes());
         Ok(self
             .watcher
             .watch(&self.client, &prefix, range_end, start_revision)

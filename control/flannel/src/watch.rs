@@ -7,18 +7,18 @@
 //! The stream runs on a channel of its own to the member the registry's client uses (the same
 //! endpoint, TLS files and user); with a user, a token from `Authenticate` goes with it, as
 //! etcd-client sends one with each call.
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use shoal_store_client::{
-    Credentials, EtcdError, TlsFiles,
+    Credentials, EtcdError, StoreError, TlsFiles,
     etcd_client::{self, Client},
 };
 use tokio_stream::StreamExt;
 use tonic::{
     codegen::http::uri::PathAndQuery,
     metadata::{AsciiMetadataValue, errors::InvalidMetadataValue},
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+    transport::{Channel, Endpoint},
 };
 
 /// The largest watch response accepted from the store, as etcd-client (tonic's default) does:
@@ -116,12 +116,8 @@ pub enum WatchError {
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("reading {}", path.display())]
-    ReadTlsFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("the TLS files for the lease watch")]
+    Tls(#[source] StoreError),
     #[error("authenticating as {user} for the lease watch")]
     Authenticate {
         user: String,
@@ -172,7 +168,7 @@ impl LeaseWatcher {
         }
         if let Some(tls) = tls {
             endpoint = endpoint
-                .tls_config(tls_config(tls)?)
+                .tls_config(tls.client_config().map_err(WatchError::Tls)?)
                 .map_err(endpoint_error)?;
         }
         Ok(Self {
@@ -276,51 +272,10 @@ fn endpoint_url(url: &str, tls: bool) -> String {
     }
 }
 
-fn tls_config(files: &TlsFiles) -> Result<ClientTlsConfig, WatchError> {
-    let mut tls = ClientTlsConfig::new();
-    if let Some(ca) = &files.ca {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-    }
-    if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-    }
-    Ok(tls)
-}
-
-fn read(path: &PathBuf) -> Result<Vec<u8>, WatchError> {
-    std::fs::read(path).map_err(|source| WatchError::ReadTlsFile {
-        path: path.clone(),
-        source,
-    })
-}
-
-/// etcd's end of a prefix range: the prefix with its last byte below 0xff incremented
-/// (`clientv3.GetPrefixRangeEnd`); `\0` (every key) when it is all 0xff.
-pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
-
-    #[test]
-    fn a_prefix_range_ends_after_the_last_key_with_the_prefix() {
-        assert_eq!(
-            prefix_range_end(b"/net/subnets/"),
-            b"/net/subnets0".to_vec()
-        );
-        assert_eq!(prefix_range_end(b"a\xff\xff"), b"b".to_vec());
-        assert_eq!(prefix_range_end(b"\xff"), vec![0]);
-    }
 
     #[test]
     fn a_bare_address_gets_the_scheme_etcd_client_gives_it() {
