@@ -286,3 +286,56 @@ async fn the_http_endpoints_answer_over_tls_on_the_grpc_port() {
     .await
     .expect("the checks");
 }
+
+/// The Watch service is served ahead of the router (`api::Dispatch`); its streams must still be
+/// counted as etcd's grpc metrics count them: started when opened, handled when the client
+/// closes its side (etcd's bidi streams end `OK` or `Canceled`; the count moves either way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_are_counted_started_and_handled_as_etcds() {
+    use common::Clients;
+    let started = "grpc_server_started_total{grpc_method=\"Watch\",\
+                   grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"} 1";
+    let handled = "grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",\
+                   grpc_type=\"bidi_stream\"} 1";
+    for kind in [StoreKind::ShoalKv, StoreKind::Etcd] {
+        let cluster = common::start(kind, 1).await;
+        let url = format!("http://{}/metrics", cluster.endpoints()[0]);
+        let mut client = cluster.client(0).await;
+        let mut stream = client.watch("counted", None).await.expect("watch");
+        client.put("counted", "v", None).await.expect("put");
+        let events = loop {
+            let response = stream.message().await.expect("events").expect("open");
+            if !response.events().is_empty() {
+                break response.events().len();
+            }
+        };
+        assert_eq!(events, 1, "{}: the put's event", kind.name());
+        let open = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || curl(&url, &[]).1
+        })
+        .await
+        .expect("scrape");
+        assert!(
+            open.contains(started),
+            "{}: the stream is started",
+            kind.name()
+        );
+        drop((stream, client));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let closed = loop {
+            let url = url.clone();
+            let scrape = tokio::task::spawn_blocking(move || curl(&url, &[]).1)
+                .await
+                .expect("scrape");
+            let counted = scrape.lines().any(|line| {
+                line.starts_with("grpc_server_handled_total") && line.contains(handled)
+            });
+            if counted || Instant::now() > deadline {
+                break counted;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(closed, "{}: the closed stream is handled", kind.name());
+    }
+}
