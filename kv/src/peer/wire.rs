@@ -7,12 +7,12 @@
 //! u8][cluster ID u64 LE][member ID u64 LE][request ID u64 LE]`, then the payload (an answer's
 //! status 0: the method's answer; otherwise a UTF-8 reason), each in a frame of `[length u32
 //! BE][frame]` (read with tokio-util's `LengthDelimitedCodec`, which refuses a length above the
-//! limit before allocating; written by [`FrameEncoder`], which puts the header and the
+//! limit before allocating; written by `FrameEncoder`, which puts the header and the
 //! [`Payload`] straight into the connection's write buffer, no copy of either in between, and
-//! refuses a frame above the limit as the reader would). A member refuses a frame of another protocol version (and closes the
-//! connection: the rest of it cannot be read) and a request from another cluster; a member that
-//! does not know its cluster yet (joining one) sends cluster ID 0, which only the server's open
-//! methods take. Requests are served in tasks of their own, at most so many at once per
+//! refuses a frame above the limit as the reader would). A member refuses a frame of another
+//! protocol version (and closes the connection: the rest of it cannot be read) and a request
+//! from another cluster; a member that does not know its cluster yet (joining one) sends
+//! cluster ID 0, which only the server's open methods take. Requests are served in tasks of their own, at most so many at once per
 //! connection and per server: past that the server stops reading, and the sender waits.
 //!
 //! This replaced gRPC between members: a loopback round trip through tonic cost ~250 us of task
