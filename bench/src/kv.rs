@@ -206,6 +206,8 @@ struct TlsReport {
 struct Store {
     endpoints: Vec<String>,
     tls: Option<TlsOptions>,
+    /// Its members run in this process (shoal's): [`MemberCosts`] are measured for it.
+    in_process: bool,
 }
 
 impl Store {
@@ -213,6 +215,15 @@ impl Store {
         Self {
             endpoints,
             tls: None,
+            in_process: false,
+        }
+    }
+
+    /// The cluster whose members run in this process.
+    fn in_process(self) -> Self {
+        Self {
+            in_process: true,
+            ..self
         }
     }
 
@@ -230,6 +241,7 @@ impl Store {
         Ok(Self {
             endpoints,
             tls: Some(options),
+            in_process: false,
         })
     }
 
@@ -435,8 +447,9 @@ async fn measure(name: &str, store: &Store) -> anyhow::Result<StoreResults> {
     let put_1000_clients = put_xl(store).await?;
     let after_xl = InProcess::sample();
     eprintln!("{name}: put {XL_CLIENTS} clients (check perf xl) {put_1000_clients:?}");
-    // Only shoal's members run in this process; etcd's threads are not counted here.
-    let members = (after_xl.member_cpu_seconds > 0.0).then(|| MemberCosts {
+    // Only shoal's members run in this process (with `--tls` both shoal clusters do: the idle
+    // one's heartbeats count too, well under 1 us per put).
+    let members = store.in_process.then(|| MemberCosts {
         cpu_us_per_put_xl: after_xl.member_cpu_us_per_op_since(&before_xl, put_1000_clients.ops),
         switches_per_put_1_client: after_1_client.switches_per_op_since(&before, put_1_client.ops),
     });
@@ -953,13 +966,19 @@ pub fn run(tls: bool) -> anyhow::Result<Option<String>> {
         sides.push(("etcd", Store::plain(cluster.endpoints())));
     }
     if let Some(cluster) = &shoal_cluster {
-        sides.push(("shoal", Store::plain(cluster.endpoints.clone())));
+        sides.push((
+            "shoal",
+            Store::plain(cluster.endpoints.clone()).in_process(),
+        ));
     }
     if let (Some(cluster), Some(ca)) = (&etcd_tls_cluster, ca) {
         sides.push(("etcd TLS", Store::tls(cluster.client_urls(), ca)?));
     }
     if let (Some(cluster), Some(ca)) = (&shoal_tls_cluster, ca) {
-        sides.push(("shoal TLS", Store::tls(cluster.endpoints.clone(), ca)?));
+        sides.push((
+            "shoal TLS",
+            Store::tls(cluster.endpoints.clone(), ca)?.in_process(),
+        ));
     }
     let mut sides: Vec<Side> = sides
         .into_iter()
