@@ -186,8 +186,10 @@ fn median_round(rounds: &[Outcome], store: &str) -> Option<Outcome> {
 }
 
 /// Three members on loopback; shoal kv runs as `shoal kv`, the way nodes run it. Every node
-/// connects from 127.0.0.1, so shoal's per-address connection limit (etcd has none) is raised
-/// to let all of them (and the bench's own clients) reach one member.
+/// connects from 127.0.0.1 (twice: its client and its lease watch's channel, both to the
+/// member it was given), so shoal's per-address connection limit (etcd has none) is raised to
+/// the node count plus the bench's own clients: a member serves a third of the nodes, two
+/// connections each.
 fn start_store(kind: StoreKind, nodes: usize) -> StoreCluster {
     let builder = StoreCluster::builder(kind, 3);
     match kind {
@@ -358,7 +360,8 @@ async fn connect(endpoint: &str) -> Result<Registry> {
     let client = etcd_client::Client::connect([endpoint], None)
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
-    Ok(Registry::from_client(client, PREFIX))
+    Registry::from_client(client, endpoint, PREFIX)
+        .with_context(|| format!("the lease watch's channel to {endpoint}"))
 }
 
 async fn run_nodes(kind: StoreKind, cluster: &StoreCluster, nodes: usize) -> Result<Outcome> {

@@ -22,7 +22,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
-use shoal_store_client::{StoreClient, StoreConfig, StoreError as StoreClientError};
+use shoal_store_client::{
+    StoreClient, StoreConfig, StoreError as StoreClientError, prefix_range_end,
+};
 
 /// The default key prefix, fleet's.
 pub const DEFAULT_PREFIX: &str = "/_coreos.com/fleet/";
@@ -319,7 +321,7 @@ impl Store {
         prefix: &str,
         revision: Option<i64>,
     ) -> StoreResult<(Vec<(String, String)>, i64)> {
-        let end = prefix_end(prefix.as_bytes());
+        let end = prefix_range_end(prefix.as_bytes());
         let mut start = prefix.as_bytes().to_vec();
         let mut revision = revision;
         let mut pairs = Vec::new();
@@ -455,19 +457,6 @@ impl Store {
 /// Keys per read of a prefix: at fleet's record sizes a page is well under a megabyte.
 const PAGE_KEYS: i64 = 2_000;
 
-/// The end of the key range that holds every key starting with `prefix` (etcd's rule: the
-/// prefix with its last byte below 0xff incremented; everything when there is none).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// Compare that holds while `key` does not exist.
 pub fn absent(key: &str) -> Compare {
     Compare::create_revision(key, CompareOp::Equal, 0)
@@ -489,16 +478,4 @@ fn value_text(key: &str, value: &[u8]) -> StoreResult<String> {
         key: key.to_string(),
         reason: "value is not UTF-8".into(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_end_increments_the_last_byte_below_0xff() {
-        assert_eq!(prefix_end(b"/fleet/job/"), b"/fleet/job0".to_vec());
-        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
-    }
 }

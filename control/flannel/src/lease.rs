@@ -158,11 +158,18 @@ pub fn subnet_key(subnet: Ipv4Network) -> String {
 /// Reads a subnet back from a full key or key name, as flannel does (`<ip>-<len>`, optionally
 /// followed by `&<ipv6>-<len>` which IPv4-only nodes ignore).
 pub fn parse_subnet_key(key: &str) -> Option<Ipv4Network> {
-    let name = key.rsplit('/').next()?;
-    let v4 = name.split('&').next()?;
-    let (ip, len) = v4.split_once('-')?;
-    let ip: Ipv4Addr = ip.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
+    parse_subnet_key_bytes(key.as_bytes())
+}
+
+/// [`parse_subnet_key`] on a key's bytes as the store sends them: a node reads every peer's
+/// key on every event, so without a UTF-8 pass or a copy first.
+pub fn parse_subnet_key_bytes(key: &[u8]) -> Option<Ipv4Network> {
+    let name = key.rsplit(|byte| *byte == b'/').next()?;
+    let v4 = name.split(|byte| *byte == b'&').next()?;
+    let dash = v4.iter().position(|byte| *byte == b'-')?;
+    let (ip, len) = (&v4[..dash], &v4[dash + 1..]);
+    let ip: Ipv4Addr = std::str::from_utf8(ip).ok()?.parse().ok()?;
+    let len: u8 = std::str::from_utf8(len).ok()?.parse().ok()?;
     let subnet = Ipv4Network::new(ip, len).ok()?;
     (subnet.network() == ip).then_some(subnet)
 }

@@ -3,7 +3,8 @@
 //!
 //! Code map: [`config`] parses `<prefix>/config`; [`registry`] is the store through the etcd v3
 //! API; [`lease`] is flannel's lease format and subnet choice; [`acquire`] takes and renews
-//! this node's lease; [`sync`] follows every lease (list + watch + resync) into a
+//! this node's lease; [`sync`] follows every lease (list + [`watch`], flannel's own watch
+//! stream, + resync) into a
 //! [`backend::Backend`] (`host-gw`, `vxlan`) that programs the kernel through
 //! [`shoal_netlink`]; [`subnet_env`], [`docker_opts`] (Docker's options from it, as
 //! mk-docker-opts.sh; [`mk_docker_opts`] is its command), [`ipmasq`] and [`healthz`] are the node-facing outputs;
@@ -23,6 +24,7 @@ pub mod overlay;
 pub mod registry;
 pub mod subnet_env;
 pub mod sync;
+pub mod watch;
 
 pub use backend::DataplaneKind;
 pub use overlay::{DEFAULT_BRIDGE, DEFAULT_PIN_ROOT, Overlay, OverlayConfig};

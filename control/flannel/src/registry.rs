@@ -7,13 +7,13 @@ use ipnetwork::Ipv4Network;
 use serde::Deserialize;
 use shoal_store_client::{
     Credentials, EtcdError, StoreClient, StoreConfig, StoreError, TlsFiles,
-    etcd_client::{
-        self, Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-        WatchStream,
-    },
+    etcd_client::{self, Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp},
 };
 
-use super::lease::{Lease, LeaseAttrs, parse_subnet_key, subnet_key};
+use super::{
+    lease::{Lease, LeaseAttrs, parse_subnet_key_bytes, subnet_key},
+    watch::{self, LeaseWatcher, WatchError, WatchStream, WatchTarget},
+};
 use shoal_store_client::Chain;
 
 /// How to reach the store: flanneld's `--etcd-*` flags.
@@ -84,6 +84,8 @@ pub enum RegistryError {
     },
     #[error("serializing lease attributes")]
     Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -109,6 +111,8 @@ pub struct Registry {
     client: Client,
     /// The connection the client came from, to fail over from; `None` for a shared client.
     store: Option<StoreClient>,
+    /// The lease watch's stream, to the client's member.
+    watcher: LeaseWatcher,
     prefix: String,
 }
 
@@ -124,23 +128,49 @@ impl Registry {
     /// Connects to the first of the endpoints that answers (see [`StoreClient::connect`]).
     pub async fn connect(options: &StoreOptions) -> Result<Self> {
         let store = StoreClient::connect(&options.store_config()).await?;
-        Ok(Self::from_store(store, &options.prefix))
+        Self::from_store(store, &options.prefix)
     }
 
-    fn from_store(store: StoreClient, prefix: &str) -> Self {
-        let mut registry = Self::from_client(store.client(), prefix);
-        registry.store = Some(store);
-        registry
+    fn from_store(store: StoreClient, prefix: &str) -> Result<Self> {
+        let config = store.config();
+        let watcher = LeaseWatcher::new(&WatchTarget {
+            url: store.endpoint().url(),
+            tls: config.tls.as_ref(),
+            credentials: config.credentials.as_ref(),
+            timeout: config.timeout,
+            keep_alive: config.keep_alive,
+        })?;
+        Ok(Self {
+            client: store.client(),
+            store: Some(store),
+            watcher,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        })
     }
 
-    /// A registry on an existing client (shared by simulated nodes in benchmarks); it has no
-    /// other member to fail over to.
-    pub fn from_client(client: Client, prefix: &str) -> Self {
-        Self {
+    /// A registry on an existing client of the plain-HTTP, auth-less member at `endpoint`
+    /// (`host:port` or a URL; simulated nodes in benchmarks); it has no other member to fail
+    /// over to.
+    pub fn from_client(client: Client, endpoint: &str, prefix: &str) -> Result<Self> {
+        let watcher = LeaseWatcher::new(&WatchTarget {
+            url: endpoint,
+            tls: None,
+            credentials: None,
+            timeout: STORE_TIMEOUT,
+            keep_alive: Some(KEEP_ALIVE),
+        })?;
+        Ok(Self {
             client,
             store: None,
+            watcher,
             prefix: prefix.trim_end_matches('/').to_string(),
-        }
+        })
+    }
+
+    /// Refuses lease watch responses larger than `bytes` (see [`watch::MAX_WATCH_MESSAGE`]).
+    pub fn with_max_watch_message(mut self, bytes: usize) -> Self {
+        self.watcher = self.watcher.with_max_message(bytes);
+        self
     }
 
     /// What a session that broke (a failed watch, list or renewal) should use next: a fresh
@@ -148,7 +178,7 @@ impl Registry {
     /// while others still serve. A registry on a shared client stays on it.
     pub async fn reconnected(&self) -> Result<Self> {
         match &self.store {
-            Some(store) => Ok(Self::from_store(store.reconnected().await?, &self.prefix)),
+            Some(store) => Self::from_store(store.reconnected().await?, &self.prefix),
             None => Ok(self.clone()),
         }
     }
@@ -281,30 +311,26 @@ impl Registry {
         Ok(response.map_or(0, |response| response.ttl()))
     }
 
-    /// Watches every lease from `start_revision` on.
+    /// Watches every lease from `start_revision` on, on the registry's own watch stream.
     pub async fn watch(&mut self, start_revision: i64) -> Result<WatchStream> {
         let prefix = self.subnets_prefix();
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(start_revision);
-        self.client
-            .watch(prefix.clone(), Some(options))
-            .await
-            .map_err(etcd(format!(
-                "watching {prefix} from revision {start_revision}"
-            )))
+        let range_end = shoal_store_client::prefix_range_end(prefix.as_bytes());
+        Ok(self
+            .watcher
+            .watch(&self.client, &prefix, range_end, start_revision)
+            .await?)
     }
 
     /// Decodes the events of one watch response, one at a time as they are applied.
-    pub fn decode_events(events: &[etcd_client::Event]) -> impl Iterator<Item = LeaseEvent> + '_ {
+    pub fn decode_events(events: &[watch::Event]) -> impl Iterator<Item = LeaseEvent> + '_ {
         events.iter().filter_map(|event| {
-            let kv = event.kv()?;
+            let kv = event.kv.as_ref()?;
             match event.event_type() {
-                etcd_client::EventType::Delete => {
-                    parse_subnet_key(&String::from_utf8_lossy(kv.key())).map(LeaseEvent::Deleted)
+                watch::EventType::Delete => {
+                    parse_subnet_key_bytes(&kv.key).map(LeaseEvent::Deleted)
                 }
-                etcd_client::EventType::Put => {
-                    decode_lease(kv.key(), kv.value(), kv.lease()).map(LeaseEvent::Put)
+                watch::EventType::Put => {
+                    decode_lease(&kv.key, &kv.value, kv.lease).map(LeaseEvent::Put)
                 }
             }
         })
@@ -332,18 +358,24 @@ impl Registry {
 
 /// A lease from a key and value, or `None` (logged) for keys that are not flannel leases.
 fn decode_lease(key: &[u8], value: &[u8], etcd_lease: i64) -> Option<Lease> {
-    let key = String::from_utf8_lossy(key);
-    let Some(subnet) = parse_subnet_key(&key) else {
+    let Some(subnet) = parse_subnet_key_bytes(key) else {
+        let key = String::from_utf8_lossy(key);
         tracing::warn!(%key, "ignoring a key that is not a subnet lease");
         return None;
     };
-    match serde_json::from_slice::<LeaseAttrs>(value) {
+    // One UTF-8 check of the whole value instead of one per string as `from_slice` makes: the
+    // same values are accepted (JSON's own syntax is ASCII).
+    let parsed = std::str::from_utf8(value)
+        .map_err(<serde_json::Error as serde::de::Error>::custom)
+        .and_then(serde_json::from_str::<LeaseAttrs>);
+    match parsed {
         Ok(attrs) => Some(Lease {
             subnet,
             attrs,
             etcd_lease,
         }),
         Err(err) => {
+            let key = String::from_utf8_lossy(key);
             tracing::warn!(%key, "ignoring a lease with a bad value: {}", Chain(&err));
             None
         }

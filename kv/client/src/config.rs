@@ -79,7 +79,7 @@ impl StoreConfig {
             options = options.with_user(credentials.user.clone(), credentials.password.clone());
         }
         if let Some(tls) = self.tls.as_ref().filter(|tls| !tls.is_empty()) {
-            options = options.with_tls(tls.options()?);
+            options = options.with_tls(tls.client_config()?);
         }
         Ok(options)
     }
@@ -106,7 +106,9 @@ impl TlsFiles {
         self.ca.is_none() && (self.cert.is_none() || self.key.is_none())
     }
 
-    fn options(&self) -> StoreResult<TlsOptions> {
+    /// The TLS configuration of a gRPC channel to the store with these files (etcd-client's
+    /// `TlsOptions` is tonic's `ClientTlsConfig`), for a component's own channel too.
+    pub fn client_config(&self) -> StoreResult<TlsOptions> {
         let mut tls = TlsOptions::new();
         if let Some(ca) = &self.ca {
             tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));

@@ -16,3 +16,29 @@ pub use client::StoreClient;
 pub use config::{Credentials, Endpoint, StoreConfig, TlsFiles};
 pub use error::{Chain, EtcdError, StoreError, StoreResult};
 pub use etcd_client;
+
+/// The end of the key range that holds every key starting with `prefix` (etcd's rule,
+/// clientv3's `GetPrefixRangeEnd`: the prefix with its last byte below 0xff incremented; `\0`,
+/// every key, when there is none).
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_range_end;
+
+    #[test]
+    fn a_prefix_range_ends_after_the_last_key_with_the_prefix() {
+        assert_eq!(prefix_range_end(b"/fleet/job/"), b"/fleet/job0".to_vec());
+        assert_eq!(prefix_range_end(b"a\xff\xff"), b"b".to_vec());
+        assert_eq!(prefix_range_end(b"\xff"), vec![0]);
+    }
+}
