@@ -47,6 +47,9 @@ const XL_SECONDS: u64 = 10;
 
 #[derive(Debug, Clone, Serialize, Default)]
 struct Latency {
+    /// Operations timed.
+    #[serde(default)]
+    ops: usize,
     ops_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -65,6 +68,72 @@ struct StoreResults {
     range_linearizable: Latency,
     range_serializable: Latency,
     watch_events_per_sec: f64,
+    /// What the members in this process (shoal's) spent per put: CPU at 1,000 clients, the
+    /// process's thread wakeups at 1 client; `None` for a store in other processes.
+    #[serde(default)]
+    members: Option<MemberCosts>,
+}
+
+/// The in-process members' cost per put (see [`InProcess`]).
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+struct MemberCosts {
+    /// The members' threads' CPU (user + system) per put of [`put_xl`], in us.
+    cpu_us_per_put_xl: f64,
+    /// Voluntary context switches of the whole process (members and the client) per put from
+    /// one client: each is a thread that went to sleep waiting for another.
+    switches_per_put_1_client: f64,
+}
+
+/// The members' threads of this process (the bench runs shoal's members in-process: runtimes
+/// `kv-m<i>`, the log flusher) and the whole process's voluntary context switches, at one
+/// moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct InProcess {
+    member_cpu_seconds: f64,
+    voluntary_switches: u64,
+}
+
+impl InProcess {
+    fn sample() -> Self {
+        // SAFETY: sysconf has no memory effects.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut sample = Self::default();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return sample;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.starts_with("kv-m") || comm.starts_with("kv-log-flusher") {
+                let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+                let field = |n| -> f64 {
+                    crate::leases::stat_field(&stat, n)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_default()
+                };
+                sample.member_cpu_seconds += (field(14) + field(15)) / ticks;
+            }
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            sample.voluntary_switches += status
+                .lines()
+                .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or_default();
+        }
+        sample
+    }
+
+    /// Voluntary context switches per op since `before`.
+    fn switches_per_op_since(&self, before: &Self, ops: usize) -> f64 {
+        self.voluntary_switches
+            .saturating_sub(before.voluntary_switches) as f64
+            / ops.max(1) as f64
+    }
+
+    /// The members' CPU per op since `before`, in us.
+    fn member_cpu_us_per_op_since(&self, before: &Self, ops: usize) -> f64 {
+        (self.member_cpu_seconds - before.member_cpu_seconds) * 1e6 / ops.max(1) as f64
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -137,6 +206,8 @@ struct TlsReport {
 struct Store {
     endpoints: Vec<String>,
     tls: Option<TlsOptions>,
+    /// Its members run in this process (shoal's): [`MemberCosts`] are measured for it.
+    in_process: bool,
 }
 
 impl Store {
@@ -144,6 +215,15 @@ impl Store {
         Self {
             endpoints,
             tls: None,
+            in_process: false,
+        }
+    }
+
+    /// The cluster whose members run in this process.
+    fn in_process(self) -> Self {
+        Self {
+            in_process: true,
+            ..self
         }
     }
 
@@ -161,6 +241,7 @@ impl Store {
         Ok(Self {
             endpoints,
             tls: Some(options),
+            in_process: false,
         })
     }
 
@@ -293,6 +374,7 @@ fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Latency {
             .unwrap_or_default()
     };
     Latency {
+        ops: latencies.len(),
         ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: at(0.50),
         p99_ms: at(0.99),
@@ -352,15 +434,32 @@ async fn measure(name: &str, store: &Store) -> anyhow::Result<StoreResults> {
         }
     };
     let _ = shoal_kv::profile::take_report();
+    let before = InProcess::sample();
     let put_1_client = run_concurrent(&clients[..1], 1, SINGLE_CLIENT_PUTS, put.clone()).await?;
+    let after_1_client = InProcess::sample();
     eprintln!("{name}: put 1 client {put_1_client:?}");
     eprint!("{}", shoal_kv::profile::take_report());
     let put_1_client_per_member = puts_per_member(name, store, &value).await?;
     let put_128_clients = run_concurrent(&clients, MANY_CLIENTS, MANY_CLIENT_PUTS, put).await?;
     eprintln!("{name}: put {MANY_CLIENTS} clients {put_128_clients:?}");
     eprint!("{}", shoal_kv::profile::take_report());
+    let before_xl = InProcess::sample();
     let put_1000_clients = put_xl(store).await?;
+    let after_xl = InProcess::sample();
     eprintln!("{name}: put {XL_CLIENTS} clients (check perf xl) {put_1000_clients:?}");
+    // Only shoal's members run in this process (with `--tls` both shoal clusters do: the idle
+    // one's heartbeats count too, well under 1 us per put).
+    let members = store.in_process.then(|| MemberCosts {
+        cpu_us_per_put_xl: after_xl.member_cpu_us_per_op_since(&before_xl, put_1000_clients.ops),
+        switches_per_put_1_client: after_1_client.switches_per_op_since(&before, put_1_client.ops),
+    });
+    if let Some(members) = &members {
+        eprintln!(
+            "{name}: members' CPU per put at {XL_CLIENTS} clients {:.1} us; voluntary context \
+             switches per put at 1 client {:.1}",
+            members.cpu_us_per_put_xl, members.switches_per_put_1_client
+        );
+    }
     eprint!("{}", shoal_kv::profile::take_report());
     let get = |serializable: bool| {
         move |mut c: Client, n: usize| async move {
@@ -390,6 +489,7 @@ async fn measure(name: &str, store: &Store) -> anyhow::Result<StoreResults> {
         range_linearizable,
         range_serializable,
         watch_events_per_sec,
+        members,
     })
 }
 
@@ -806,6 +906,7 @@ fn median_results(rounds: &[StoreResults]) -> StoreResults {
             .range_serializable
             .clone(),
         watch_events_per_sec: median_round(rounds, |r| r.watch_events_per_sec).watch_events_per_sec,
+        members: median_round(rounds, |r| r.members.map_or(0.0, |m| m.cpu_us_per_put_xl)).members,
     }
 }
 
@@ -865,13 +966,19 @@ pub fn run(tls: bool) -> anyhow::Result<Option<String>> {
         sides.push(("etcd", Store::plain(cluster.endpoints())));
     }
     if let Some(cluster) = &shoal_cluster {
-        sides.push(("shoal", Store::plain(cluster.endpoints.clone())));
+        sides.push((
+            "shoal",
+            Store::plain(cluster.endpoints.clone()).in_process(),
+        ));
     }
     if let (Some(cluster), Some(ca)) = (&etcd_tls_cluster, ca) {
         sides.push(("etcd TLS", Store::tls(cluster.client_urls(), ca)?));
     }
     if let (Some(cluster), Some(ca)) = (&shoal_tls_cluster, ca) {
-        sides.push(("shoal TLS", Store::tls(cluster.endpoints.clone(), ca)?));
+        sides.push((
+            "shoal TLS",
+            Store::tls(cluster.endpoints.clone(), ca)?.in_process(),
+        ));
     }
     let mut sides: Vec<Side> = sides
         .into_iter()

@@ -35,7 +35,8 @@ impl<'de, T: prost::Message + Default> Deserialize<'de> for Proto<T> {
 /// A client's request inside a [`Command`], with its protobuf encoding made at most once and
 /// shared by every clone: openraft clones an entry for each follower, and the log record, each
 /// follower's AppendEntries and a forwarded write all carry the same bytes. One decoded from a
-/// peer or the log keeps the bytes it came from.
+/// peer or the log keeps the bytes it came from, and its `Bytes` fields (a put's key and value)
+/// are slices of them.
 pub struct ClientRequest<T>(Arc<Encoded<T>>);
 
 struct Encoded<T> {
@@ -53,6 +54,23 @@ impl<T> ClientRequest<T> {
 
     pub fn message(&self) -> &T {
         &self.0.message
+    }
+}
+
+impl<T: prost::Message + Default> ClientRequest<T> {
+    /// A request that arrived in a buffer it must not keep alive (a client's gRPC body: the
+    /// `Bytes` fields of a message decoded from it are slices of the connection's whole receive
+    /// buffer), encoded now and decoded again from its own encoding, so that what the log's
+    /// entries keep in memory is that encoding and nothing around it.
+    pub fn detached(message: T) -> Self {
+        let encoding = Bytes::from(message.encode_to_vec());
+        // Decoding what was just encoded fails only if the encoding were wrong: keep the
+        // message then, whose fields are as good, only on a larger buffer.
+        let message = T::decode(encoding.clone()).unwrap_or(message);
+        Self(Arc::new(Encoded {
+            message,
+            encoding: OnceLock::from(encoding),
+        }))
     }
 }
 
@@ -98,7 +116,8 @@ impl<T: prost::Message> Serialize for ClientRequest<T> {
 impl<'de, T: prost::Message + Default> Deserialize<'de> for ClientRequest<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes = Bytes::from(serde_bytes::ByteBuf::deserialize(deserializer)?.into_vec());
-        let message = T::decode(bytes.as_ref()).map_err(serde::de::Error::custom)?;
+        // Decoded from `Bytes`, its `Bytes` fields are slices of the encoding, not copies.
+        let message = T::decode(bytes.clone()).map_err(serde::de::Error::custom)?;
         Ok(Self(Arc::new(Encoded {
             message,
             encoding: OnceLock::from(bytes),
@@ -254,6 +273,45 @@ mod tests {
             user: Requester::default(),
             command: Box::new(command),
         }
+    }
+
+    /// Whether `inner` lies within `outer`'s bytes (a slice of it, not a copy).
+    fn within(inner: &[u8], outer: &[u8]) -> bool {
+        let range = outer.as_ptr_range();
+        range.contains(&inner.as_ptr()) && inner.as_ptr_range().end <= range.end
+    }
+
+    #[test]
+    fn a_put_from_a_client_keeps_only_its_own_encoding_not_the_buffer_it_arrived_in() {
+        let body = bytes::Bytes::from(vec![7u8; 8192]);
+        let put = pb::PutRequest {
+            key: body.slice(10..20),
+            value: body.slice(100..1124),
+            ..Default::default()
+        };
+        let request = ClientRequest::detached(put.clone());
+        assert_eq!(request.message(), &put);
+        let encoding = request.encoding().clone();
+        assert!(within(&request.message().key, &encoding));
+        assert!(within(&request.message().value, &encoding));
+        assert!(!within(&request.message().value, &body));
+    }
+
+    #[test]
+    fn a_put_decoded_from_a_peer_or_the_log_is_a_slice_of_its_encoding() {
+        let put = pb::PutRequest {
+            key: bytes::Bytes::from_static(b"key"),
+            value: vec![1u8; 1024].into(),
+            ..Default::default()
+        };
+        let command = Command::Put(ClientRequest::new(put.clone()));
+        let bytes = bincode::serialize(&command).expect("encode");
+        let Command::Put(decoded) = bincode::deserialize::<Command>(&bytes).expect("decode") else {
+            unreachable!("a put was encoded")
+        };
+        assert_eq!(decoded.message(), &put);
+        assert!(within(&decoded.message().value, decoded.encoding()));
+        assert!(within(&decoded.message().key, decoded.encoding()));
     }
 
     #[test]

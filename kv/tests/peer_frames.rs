@@ -147,8 +147,8 @@ async fn a_higher_term_append_entries_from_another_cluster_is_refused_by_a_follo
     target.index = (target.cluster.leader().await + 1) % 3;
     let term = target.term().await;
     let forged_put = pb::PutRequest {
-        key: b"before".to_vec(),
-        value: b"forged".to_vec(),
+        key: b"before".to_vec().into(),
+        value: b"forged".to_vec().into(),
         ..Default::default()
     };
     let forged_term = term + 100;
@@ -265,15 +265,15 @@ async fn forwarded_writes_are_checked_on_the_leader_as_client_requests_are() {
     let pool = PeerPool::new(target.identity, None);
     let put = |key: &[u8], value_bytes: usize| {
         Command::Put(ClientRequest::new(pb::PutRequest {
-            key: key.to_vec(),
-            value: vec![b'v'; value_bytes],
+            key: key.to_vec().into(),
+            value: vec![b'v'; value_bytes].into(),
             ..Default::default()
         }))
     };
     let txn_ops = (0..129)
         .map(|n| pb::RequestOp {
             request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                key: format!("k{n}").into_bytes(),
+                key: format!("k{n}").into_bytes().into(),
                 ..Default::default()
             })),
         })

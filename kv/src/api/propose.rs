@@ -75,10 +75,10 @@ macro_rules! proposal {
     };
 }
 
-proposal!(pb::PutRequest => pb::PutResponse, Put, |req| Command::Put(ClientRequest::new(req)));
+proposal!(pb::PutRequest => pb::PutResponse, Put, |req| Command::Put(ClientRequest::detached(req)));
 proposal!(pb::DeleteRangeRequest => pb::DeleteRangeResponse, DeleteRange,
     |req| Command::DeleteRange(ClientRequest::new(req)));
-proposal!(pb::TxnRequest => pb::TxnResponse, Txn, |req| Command::Txn(ClientRequest::new(req)));
+proposal!(pb::TxnRequest => pb::TxnResponse, Txn, |req| Command::Txn(ClientRequest::detached(req)));
 proposal!(pb::CompactionRequest => pb::CompactionResponse, Compact,
     |req| Command::Compact(req.revision));
 proposal!(pb::LeaseGrantRequest => pb::LeaseGrantResponse, LeaseGrant,

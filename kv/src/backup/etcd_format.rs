@@ -479,8 +479,8 @@ mod tests {
 
     fn put(state: &mut State, key: &str, value: &str, lease: i64) {
         let req = pb::PutRequest {
-            key: key.into(),
-            value: value.into(),
+            key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+            value: bytes::Bytes::copy_from_slice(value.as_bytes()),
             lease,
             ..Default::default()
         };

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bincode::Options;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -33,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::EtcdError;
 use crate::member::MembershipChange;
 use crate::metrics::PeerMetrics;
-use crate::peer::wire::{CallError, Dial, Identity, Links, PeerStream, ServerRules, dial_tcp};
+use crate::peer::wire::{
+    CallError, Dial, Identity, Links, Payload, PeerStream, ServerRules, dial_tcp,
+};
 use crate::storage::store::CommitClamp;
 use crate::tls::Tls;
 use crate::types::{Command, MemberNode, Outcome, TypeConfig};
@@ -137,6 +139,18 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, PeerError> {
     bincode_options()
         .serialize(value)
         .map_err(PeerError::Encode)
+}
+
+/// A message encoded as [`encode`] does, straight into a frame's place in the connection's
+/// write buffer.
+struct Bincode<'a, T>(&'a T);
+
+impl<T: Serialize + Sync> Payload for Bincode<'_, T> {
+    fn write_into(&self, buf: &mut BytesMut) -> std::io::Result<()> {
+        bincode_options()
+            .serialize_into(buf.writer(), self.0)
+            .map_err(std::io::Error::other)
+    }
 }
 
 /// How many bytes [`encode`] makes of `value` (what it cannot encode counts as too large).
@@ -261,7 +275,7 @@ impl PeerPool {
     }
 
     /// Calls `method` on `node` with `request` and decodes its answer.
-    async fn request<Q: Serialize, A: DeserializeOwned>(
+    async fn request<Q: Serialize + Sync, A: DeserializeOwned>(
         &self,
         node: &MemberNode,
         method: Method,
@@ -270,20 +284,19 @@ impl PeerPool {
         metrics: Option<&PeerMetrics>,
     ) -> Result<A, CallError> {
         let address = peer_address(node).map_err(|e| CallError::NotSent(e.to_string()))?;
-        let payload = encode(request).map_err(|e| CallError::Failed(e.to_string()))?;
         let answer = self
             .links
-            .call(&address, method as u8, &payload, timeout)
+            .call(&address, method as u8, &Bincode(request), timeout)
             .await?;
         if let Some(metrics) = metrics {
-            metrics.sent.inc_by(payload.len() as u64);
+            metrics.sent.inc_by(encoded_size(request));
             metrics.received.inc_by(answer.len() as u64);
         }
         decode(&answer).map_err(|e| CallError::Failed(e.to_string()))
     }
 
     /// Calls one of the forwarding RPCs on `node` and decodes its answer.
-    pub async fn call<Q: Serialize, A: DeserializeOwned>(
+    pub async fn call<Q: Serialize + Sync, A: DeserializeOwned>(
         &self,
         node: MemberNode,
         rpc: ForwardRpc,
@@ -418,7 +431,7 @@ impl PeerConnection {
         action: (RPCTypes, u64),
     ) -> RpcResult<A, E>
     where
-        Q: Serialize,
+        Q: Serialize + Sync,
         A: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -720,8 +733,8 @@ mod tests {
                 log_id: LogId::new(leader, i as u64 + 1),
                 payload: openraft::EntryPayload::Normal(Command::Put(ClientRequest::new(
                     PutRequest {
-                        key: b"k".to_vec(),
-                        value: vec![0; *len],
+                        key: bytes::Bytes::from_static(b"k"),
+                        value: vec![0; *len].into(),
                         ..Default::default()
                     },
                 ))),

@@ -742,7 +742,7 @@ mod tests {
         let store = store_with(&[permission(Access::ReadWrite, "a", "")]);
         let put = |key: &str| pb::RequestOp {
             request: Some(request_op::Request::RequestPut(pb::PutRequest {
-                key: key.as_bytes().to_vec(),
+                key: key.as_bytes().to_vec().into(),
                 ..Default::default()
             })),
         };

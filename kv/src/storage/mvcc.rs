@@ -253,7 +253,7 @@ impl Mvcc {
         if (req.ignore_value || req.ignore_lease)
             && self
                 .keys
-                .get(&req.key)
+                .get(req.key.as_ref())
                 .and_then(|v| visible_at(v, rev))
                 .is_none()
         {
@@ -664,7 +664,7 @@ impl<'a> Writer<'a> {
         let prev = self.current(&req.key);
         let value = match (&prev, req.ignore_value) {
             (Some(p), true) => p.value.clone(),
-            _ => req.value.clone(),
+            _ => req.value.to_vec(),
         };
         let lease = match (&prev, req.ignore_lease) {
             (Some(p), true) => p.lease,
@@ -683,7 +683,7 @@ impl<'a> Writer<'a> {
         if lease != 0
             && let Some(record) = self.mvcc.leases.get_mut(&lease)
         {
-            record.keys.insert(req.key.clone());
+            record.keys.insert(req.key.to_vec());
         }
         let live = Live {
             create_revision,
@@ -839,7 +839,7 @@ pub mod validate {
         let mut deletes: Vec<(&[u8], &[u8])> = Vec::new();
         for op in ops {
             match &op.request {
-                Some(request_op::Request::RequestPut(p)) if !puts.insert(&p.key) => {
+                Some(request_op::Request::RequestPut(p)) if !puts.insert(p.key.as_ref()) => {
                     return Err(EtcdError::DuplicateKey);
                 }
                 Some(request_op::Request::RequestDeleteRange(d)) => {
@@ -867,8 +867,8 @@ mod tests {
     fn put(m: &mut Mvcc, key: &str, value: &str) -> i64 {
         let applied = m
             .put(&pb::PutRequest {
-                key: key.into(),
-                value: value.into(),
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                value: bytes::Bytes::copy_from_slice(value.as_bytes()),
                 ..Default::default()
             })
             .expect("put");

@@ -84,8 +84,8 @@ mod tests {
     fn put(key: &str, value: &str) -> pb::RequestOp {
         pb::RequestOp {
             request: Some(request_op::Request::RequestPut(pb::PutRequest {
-                key: key.into(),
-                value: value.into(),
+                key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                value: bytes::Bytes::copy_from_slice(value.as_bytes()),
                 ..Default::default()
             })),
         }

@@ -549,7 +549,7 @@ mod tests {
 
     fn put_as(state: &mut State, user: Requester, key: &str) -> Outcome {
         let put = pb::PutRequest {
-            key: key.as_bytes().to_vec(),
+            key: key.as_bytes().to_vec().into(),
             ..Default::default()
         };
         let command = Command::AsUser {
@@ -659,8 +659,8 @@ mod tests {
 
     fn put_entry(index: u64, key: &str) -> Entry {
         let put = pb::PutRequest {
-            key: key.as_bytes().to_vec(),
-            value: b"v".to_vec(),
+            key: key.as_bytes().to_vec().into(),
+            value: bytes::Bytes::from_static(b"v"),
             ..Default::default()
         };
         Entry {
