@@ -361,6 +361,7 @@ async fn connect(endpoint: &str) -> Result<Registry> {
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
     Registry::from_client(client, endpoint, PREFIX)
+        .await
         .with_context(|| format!("the lease watch's channel to {endpoint}"))
 }
 

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
 use crate::api::identity::ClientConnectInfo;
@@ -46,12 +46,18 @@ fn host_port(url: &str) -> Result<(&str, bool), StoreError> {
     Ok((rest.trim_end_matches('/'), secure))
 }
 
+/// The listen backlog asked for: the kernel caps it at `net.core.somaxconn`, so a listener
+/// queues as many connections as the host allows, as Go's (etcd's) listeners do. tokio's
+/// `TcpListener::bind` asks for 128, as std does: thousands of nodes (re)connecting at once
+/// overflow it, and the kernel drops their SYNs (a second lost per retry) or sends cookies.
+const LISTEN_BACKLOG: u32 = 65_535;
+
 /// Binds every URL.
 pub async fn bind_all(urls: &[String]) -> Result<Vec<Listener>, StoreError> {
     let mut listeners = Vec::new();
     for url in urls {
         let (host_port, secure) = host_port(url)?;
-        let tcp = TcpListener::bind(host_port)
+        let tcp = bind(host_port)
             .await
             .map_err(|e| StoreError::Config(format!("listening on {url}: {e}")))?;
         listeners.push(Listener {
@@ -61,6 +67,33 @@ pub async fn bind_all(urls: &[String]) -> Result<Vec<Listener>, StoreError> {
         });
     }
     Ok(listeners)
+}
+
+/// A listener on the first address `host_port` resolves to that can be bound (as
+/// `TcpListener::bind`), with [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (as std sets it).
+async fn bind(host_port: &str) -> io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(host_port).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
 }
 
 /// Accepted TCP connections with Nagle's algorithm off (tonic only sets TCP_NODELAY on
@@ -351,5 +384,41 @@ impl AsyncWrite for Connection {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::bind;
+
+    /// A burst of connections larger than tokio's default backlog (128, of which 129 complete)
+    /// all complete while nothing accepts them: the kernel queues them up to
+    /// `net.core.somaxconn`.
+    #[tokio::test]
+    async fn a_burst_past_tokios_default_backlog_is_queued_not_dropped() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .expect("somaxconn")
+            .trim()
+            .parse()
+            .expect("a number");
+        let burst = 1_500.min(somaxconn);
+        assert!(
+            burst > 1_024,
+            "net.core.somaxconn {somaxconn} caps the backlog at tokio's"
+        );
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let connects = (0..burst).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let results = futures::future::join_all(connects).await;
+        let connected = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(connected, burst, "connections completed without an accept");
+        drop(listener);
     }
 }

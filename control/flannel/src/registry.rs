@@ -128,18 +128,19 @@ impl Registry {
     /// Connects to the first of the endpoints that answers (see [`StoreClient::connect`]).
     pub async fn connect(options: &StoreOptions) -> Result<Self> {
         let store = StoreClient::connect(&options.store_config()).await?;
-        Self::from_store(store, &options.prefix)
+        Self::from_store(store, &options.prefix).await
     }
 
-    fn from_store(store: StoreClient, prefix: &str) -> Result<Self> {
+    async fn from_store(store: StoreClient, prefix: &str) -> Result<Self> {
         let config = store.config();
-        let watcher = LeaseWatcher::new(&WatchTarget {
+        let watcher = LeaseWatcher::connect(&WatchTarget {
             url: store.endpoint().url(),
             tls: config.tls.as_ref(),
             credentials: config.credentials.as_ref(),
             timeout: config.timeout,
             keep_alive: config.keep_alive,
-        })?;
+        })
+        .await?;
         Ok(Self {
             client: store.client(),
             store: Some(store),
@@ -151,14 +152,15 @@ impl Registry {
     /// A registry on an existing client of the plain-HTTP, auth-less member at `endpoint`
     /// (`host:port` or a URL; simulated nodes in benchmarks); it has no other member to fail
     /// over to.
-    pub fn from_client(client: Client, endpoint: &str, prefix: &str) -> Result<Self> {
-        let watcher = LeaseWatcher::new(&WatchTarget {
+    pub async fn from_client(client: Client, endpoint: &str, prefix: &str) -> Result<Self> {
+        let watcher = LeaseWatcher::connect(&WatchTarget {
             url: endpoint,
             tls: None,
             credentials: None,
             timeout: STORE_TIMEOUT,
             keep_alive: Some(KEEP_ALIVE),
-        })?;
+        })
+        .await?;
         Ok(Self {
             client,
             store: None,
@@ -178,7 +180,7 @@ impl Registry {
     /// while others still serve. A registry on a shared client stays on it.
     pub async fn reconnected(&self) -> Result<Self> {
         match &self.store {
-            Some(store) => Self::from_store(store.reconnected().await?, &self.prefix),
+            Some(store) => Self::from_store(store.reconnected().await?, &self.prefix).await,
             None => Ok(self.clone()),
         }
     }

@@ -140,7 +140,8 @@ pub struct WatchTarget<'a> {
     pub keep_alive: Option<Duration>,
 }
 
-/// Opens lease watches on a channel of its own (connected on first use, reconnected by tonic).
+/// Opens lease watches on a channel of its own (connected by [`LeaseWatcher::connect`] or on first
+/// use, reconnected by tonic).
 #[derive(Clone)]
 pub struct LeaseWatcher {
     channel: Channel,
@@ -177,6 +178,20 @@ impl LeaseWatcher {
             credentials: target.credentials.cloned(),
             max_message: MAX_WATCH_MESSAGE,
         })
+    }
+
+    /// [`LeaseWatcher::new`], connected: a node opens its watch's connection when it connects to
+    /// the store, not while it follows the leases (the channel reconnects by itself later).
+    pub async fn connect(target: &WatchTarget<'_>) -> Result<Self, WatchError> {
+        let watcher = Self::new(target)?;
+        tonic::client::Grpc::new(watcher.channel.clone())
+            .ready()
+            .await
+            .map_err(|source| WatchError::Endpoint {
+                url: watcher.url.clone(),
+                source,
+            })?;
+        Ok(watcher)
     }
 
     /// Refuses watch responses larger than `bytes` (default [`MAX_WATCH_MESSAGE`]).

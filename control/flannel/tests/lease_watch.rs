@@ -265,8 +265,9 @@ async fn carries_the_users_token(kind: StoreKind) {
     let anonymous = Client::connect([FlannelKeys::endpoint(&store)], None::<ConnectOptions>)
         .await
         .expect("etcd-client");
-    let mut registry =
-        Registry::from_client(anonymous, &FlannelKeys::endpoint(&store), PREFIX).expect("registry");
+    let mut registry = Registry::from_client(anonymous, &FlannelKeys::endpoint(&store), PREFIX)
+        .await
+        .expect("registry");
     // etcd answers with a cancelled watch, a store may also refuse the call itself.
     let refused = match registry.watch(1).await {
         Err(_) => true,
