@@ -239,24 +239,7 @@ async fn carries_the_users_token(kind: StoreKind) {
     let store = common::store(kind).start();
     let mut client = client(&store).await;
     write_leases(&mut client).await;
-    for command in [
-        vec!["user", "add", "root", "--new-user-password", "root-secret"],
-        vec!["user", "grant-role", "root", "root"],
-        vec!["role", "add", "flannel"],
-        vec![
-            "role",
-            "grant-permission",
-            "flannel",
-            "read",
-            &format!("{PREFIX}/"),
-            "--prefix=true",
-        ],
-        vec!["user", "add", "flannel", "--new-user-password", "secret"],
-        vec!["user", "grant-role", "flannel", "flannel"],
-        vec!["auth", "enable"],
-    ] {
-        store.ctl(&command).expect("etcdctl");
-    }
+    common::enable_auth(&store, "read", &format!("{PREFIX}/"), "secret");
     let mut registry = registry(&store, Some(("flannel", "secret"))).await;
     let mut stream = registry.watch(1).await.expect("watch");
     assert_eq!(ours(&mut stream, 3).await.len(), 3);

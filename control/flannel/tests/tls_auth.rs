@@ -8,33 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Flannel, FlannelKeys, PREFIX};
-use shoal_harness::{Cluster, StoreCluster, StoreKind, wait_for};
+use shoal_harness::{Cluster, StoreKind, wait_for};
 
 const CONFIG: &str = r#"{"Network": "10.5.0.0/16", "Backend": {"Type": "host-gw"}}"#;
 const PASSWORD: &str = "flannel-secret";
-
-/// etcd's auth set up as an operator would: root, and a `flannel` user whose role reads and
-/// writes the network prefix only.
-fn enable_auth(store: &StoreCluster) {
-    for command in [
-        vec!["user", "add", "root", "--new-user-password", "root-secret"],
-        vec!["user", "grant-role", "root", "root"],
-        vec!["role", "add", "flannel"],
-        vec![
-            "role",
-            "grant-permission",
-            "flannel",
-            "readwrite",
-            "/coreos.com/network/",
-            "--prefix=true",
-        ],
-        vec!["user", "add", "flannel", "--new-user-password", PASSWORD],
-        vec!["user", "grant-role", "flannel", "flannel"],
-        vec!["auth", "enable"],
-    ] {
-        store.ctl(&command).expect("etcdctl");
-    }
-}
 
 #[test]
 fn etcd_flannel_takes_a_lease_with_tls_and_a_password_and_is_refused_without_it() {
@@ -59,7 +36,7 @@ fn takes_a_lease_with_tls_and_a_password_and_is_refused_without_it(kind: StoreKi
         .tls()
         .start();
     store.put(&format!("{PREFIX}/config"), CONFIG);
-    enable_auth(&store);
+    common::enable_auth(&store, "readwrite", "/coreos.com/network/", PASSWORD);
     let tls = store.tls().expect("a TLS cluster");
     // A certificate whose name is no user: the password is what lets flannel in.
     let certificate = tls.client("node-without-a-user");

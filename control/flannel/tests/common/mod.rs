@@ -19,6 +19,29 @@ use shoal_harness::{
 
 pub const PREFIX: &str = "/coreos.com/network";
 
+/// etcd's auth set up as an operator would: root, and a `flannel` user with `password` whose
+/// role has `permission` (`read`, `readwrite`) on every key under `prefix`; then auth on.
+pub fn enable_auth(store: &StoreCluster, permission: &str, prefix: &str, password: &str) {
+    for command in [
+        vec!["user", "add", "root", "--new-user-password", "root-secret"],
+        vec!["user", "grant-role", "root", "root"],
+        vec!["role", "add", "flannel"],
+        vec![
+            "role",
+            "grant-permission",
+            "flannel",
+            permission,
+            prefix,
+            "--prefix=true",
+        ],
+        vec!["user", "add", "flannel", "--new-user-password", password],
+        vec!["user", "grant-role", "flannel", "flannel"],
+        vec!["auth", "enable"],
+    ] {
+        store.ctl(&command).expect("etcdctl");
+    }
+}
+
 /// A single-member store of `kind`; shoal kv runs as `shoal kv`, the way nodes run it.
 pub fn store(kind: StoreKind) -> StoreClusterBuilder {
     let builder = StoreCluster::builder(kind, 1);
