@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::rounds::round_order;
 use anyhow::{Context, bail};
 use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions, WatchOptions,
@@ -988,8 +989,10 @@ pub fn run(tls: bool) -> anyhow::Result<Option<String>> {
             rounds: Vec::new(),
         })
         .collect();
+    let indices: Vec<usize> = (0..sides.len()).collect();
     for round in 1..=rounds() {
-        for side in &mut sides {
+        for side in round_order(&indices, round) {
+            let side = &mut sides[side];
             let name = format!("{} round {round}", side.name);
             side.rounds
                 .push(load.block_on(measure(&name, &side.store))?);

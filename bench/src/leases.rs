@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::rounds::round_order;
 use anyhow::{Context, Result, bail};
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
@@ -137,6 +138,7 @@ pub fn run(settings: &Settings) -> Result<Option<String>> {
         anyhow::ensure!(nodes >= 2, "at least 2 nodes, not {nodes}");
         let mut rounds = Vec::new();
         for round in 1..=settings.rounds {
+            // A store that always ran first would pay alone for the client process's growth.
             for kind in round_order(&kinds, round) {
                 eprintln!(
                     "leases: {nodes} nodes against a 3-member {}, round {round}",
@@ -533,17 +535,6 @@ async fn simulate_node(
     Err(anyhow::Error::new(end))
 }
 
-/// The stores in the order a round runs them: the first store of odd rounds goes last in even
-/// ones, so that neither always runs first in a fresh client process (whose first round pays
-/// for growing to ~0.6 GiB per 1,000 nodes, which the second store then reuses).
-fn round_order(kinds: &[StoreKind], round: usize) -> Vec<StoreKind> {
-    let mut order = kinds.to_vec();
-    if round.is_multiple_of(2) {
-        order.reverse();
-    }
-    order
-}
-
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -753,16 +744,7 @@ fig.savefig(sys.argv[2], dpi=120)
 
 #[cfg(test)]
 mod tests {
-    use super::{StoreKind, round_order, stat_field};
-
-    #[test]
-    fn each_store_goes_first_in_every_other_round() {
-        let both = [StoreKind::ShoalKv, StoreKind::Etcd];
-        assert_eq!(round_order(&both, 1), both);
-        assert_eq!(round_order(&both, 2), [StoreKind::Etcd, StoreKind::ShoalKv]);
-        assert_eq!(round_order(&both, 3), both);
-        assert_eq!(round_order(&[StoreKind::Etcd], 2), [StoreKind::Etcd]);
-    }
+    use super::stat_field;
 
     #[test]
     fn stat_fields_are_numbered_as_in_proc5_past_a_command_name_with_spaces() {

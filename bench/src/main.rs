@@ -8,6 +8,7 @@ mod kv;
 mod leases;
 mod net;
 mod results;
+mod rounds;
 mod watch;
 
 /// The allocator of `shoal` and `shoal-kv`, for the members this process runs (see

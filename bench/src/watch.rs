@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::rounds::round_order;
 use anyhow::{Context, bail};
 use etcd_client::{Client, WatchOptions};
 use serde::Serialize;
@@ -91,7 +92,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<String> {
     for &watchers in &settings.watchers {
         let mut rounds = Vec::new();
         for round in 1..=settings.rounds {
-            for (kind, cluster) in &clusters {
+            for (kind, cluster) in round_order(&clusters.iter().collect::<Vec<_>>(), round) {
                 let members = member_pids(cluster);
                 let measured = runtime.block_on(fan_out(
                     *kind,
