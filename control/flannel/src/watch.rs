@@ -140,8 +140,8 @@ pub struct WatchTarget<'a> {
     pub keep_alive: Option<Duration>,
 }
 
-/// Opens lease watches on a channel of its own (connected by [`LeaseWatcher::connect`] or on first
-/// use, reconnected by tonic).
+/// Opens lease watches on a channel of its own (connected by [`LeaseWatcher::connect`],
+/// reconnected by tonic).
 #[derive(Clone)]
 pub struct LeaseWatcher {
     channel: Channel,
@@ -152,7 +152,8 @@ pub struct LeaseWatcher {
 }
 
 impl LeaseWatcher {
-    pub fn new(target: &WatchTarget<'_>) -> Result<Self, WatchError> {
+    /// The watcher with its channel not yet connected.
+    fn lazy(target: &WatchTarget<'_>) -> Result<Self, WatchError> {
         let endpoint_error = |source| WatchError::Endpoint {
             url: target.url.to_string(),
             source,
@@ -180,10 +181,11 @@ impl LeaseWatcher {
         })
     }
 
-    /// [`LeaseWatcher::new`], connected: a node opens its watch's connection when it connects to
-    /// the store, not while it follows the leases (the channel reconnects by itself later).
+    /// A watcher on a channel to `target`, connected: a node opens its watch's connection when it
+    /// connects to the store, not while it follows the leases (the channel reconnects by itself
+    /// later).
     pub async fn connect(target: &WatchTarget<'_>) -> Result<Self, WatchError> {
-        let watcher = Self::new(target)?;
+        let watcher = Self::lazy(target)?;
         tonic::client::Grpc::new(watcher.channel.clone())
             .ready()
             .await
